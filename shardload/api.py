@@ -1,0 +1,353 @@
+"""one / swarm / each, and their async twins: the public entry points.
+
+The sync functions run the coordinator on a private event loop in a background thread and hand
+bundles over through a queue, so they work the same from a plain script and from inside a
+running event loop (a notebook cell), and a slow consumer never stalls in-flight downloads.
+Closing an ``each()`` iterator early (break, exception, Ctrl-C) cancels the run: workers stop,
+temporary files are removed, nothing is left at a final path but complete files.
+
+Library rule (DESIGN rule 8): nothing here installs signal handlers, exits or prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sized
+from dataclasses import dataclass
+from typing import Any
+
+from .bundle import Bundle
+from .coordinator import Limits, coordinate
+from .errors import ConfigurationError, DownloadFailed
+from .executors.base import Executor
+from .executors.inloop import InLoopExecutor
+from .executors.processes import ProcessExecutor
+from .paths import DISPLACED_NAME
+from .urls import host_key
+from .worker.engine import AioDownload, describe
+from .worker.process import run_loop
+
+# Counting the distinct hosts of a known-size input is worth it only up to this size.
+_COUNT_HOSTS_UP_TO = 200_000
+
+
+@dataclass
+class _Plan:
+    items: Iterable[Any]
+    url_map: Callable[[Any], Any] | None
+    download: AioDownload
+    processes: int
+    split_hosts: dict[str, int]
+    start_method: str | None
+    limits: Limits
+
+    def executor(self) -> Executor:
+        if self.processes == 1:
+            return InLoopExecutor(self.download)
+        config = describe(self.download)
+        config["host_budgets"] = _split_budgets(self.download, self.split_hosts)
+        return ProcessExecutor(
+            config,
+            self.processes,
+            home=self.download.download_strategy.home,
+            start_method=self.start_method,
+        )
+
+    def run(self) -> AsyncIterator[list[Bundle]]:
+        return coordinate(
+            self.items,
+            self.executor(),
+            url_map=self.url_map,
+            split_hosts=self.split_hosts,
+            limits=self.limits,
+        )
+
+
+def _split_budgets(download: AioDownload, split_hosts: Mapping[str, int]) -> dict[str, Any]:
+    from .sharding import split_budget
+
+    rs = download.request_strategy
+    budgets: dict[str, Any] = dict(download.host_budgets)
+    for host, k in split_hosts.items():
+        _, concurrency, delay = split_budget(rs.concurrent, rs.delay, k)
+        budgets[host] = (concurrency, delay)
+    return budgets
+
+
+def _plan(
+    items: Iterable[Any],
+    url_map: Callable[[Any], Any] | None,
+    download: AioDownload | None,
+    processes: int | None,
+    split_hosts: Mapping[str, int] | None,
+    start_method: str | None,
+    *,
+    sync: bool,
+) -> _Plan:
+    download = download or AioDownload()
+    if processes is None:
+        processes = 1
+    if not isinstance(processes, int) or processes < 1:
+        raise ConfigurationError(f"processes must be a positive integer, got {processes!r}")
+    splits = _normalise_splits(split_hosts)
+    if isinstance(items, str | bytes | Bundle):
+        raise ConfigurationError("pass an iterable of URLs (a list), not a single URL; use one()")
+    processes = _useful_processes(items, url_map, processes, splits)
+    if processes > 1 and download.client is not None:
+        raise ConfigurationError(
+            "a live client session cannot be shared with worker processes; "
+            "drop client= or use processes=1"
+        )
+    if sync and download.client is not None:
+        raise ConfigurationError(
+            "a live client session belongs to its own event loop; "
+            "call aswarm()/aeach()/aone() from that loop instead"
+        )
+    if splits:
+        # Splitting divides a host's budget; each split host needs its own workers.
+        splits = {h: min(k, processes) for h, k in splits.items() if min(k, processes) > 1}
+    limits = Limits(
+        shard_cap=max(512, 4 * download.request_strategy.worker_concurrent),
+        lane_cap=max(8, 4 * download.request_strategy.concurrent),
+    )
+    return _Plan(items, url_map, download, processes, splits, start_method, limits)
+
+
+def _normalise_splits(split_hosts: Mapping[str, int] | None) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for host, k in (split_hosts or {}).items():
+        if not isinstance(k, int) or k < 1:
+            raise ConfigurationError(f"split_hosts[{host!r}] must be a positive integer")
+        key = host if "://" not in host else host_key(host)
+        out[key.lower()] = k
+    return out
+
+
+def _useful_processes(
+    items: Iterable[Any],
+    url_map: Callable[[Any], Any] | None,
+    processes: int,
+    splits: Mapping[str, int],
+) -> int:
+    """Never more workers than shards of work, when the input's size is known."""
+    if processes == 1 or not isinstance(items, Sized):
+        return processes
+    size = len(items)
+    if url_map is not None or size > _COUNT_HOSTS_UP_TO or not isinstance(items, list | tuple):
+        return max(1, min(processes, size))
+    lanes = 0
+    seen: set[str] = set()
+    for item in items:
+        url = item.url if isinstance(item, Bundle) else item
+        try:
+            key = host_key(url) if isinstance(url, str) else None
+        except DownloadFailed:
+            key = None
+        if key is not None and key not in seen:
+            seen.add(key)
+            lanes += splits.get(key, 1)
+    return max(1, min(processes, lanes))
+
+
+class _Bridge:
+    """Runs a plan's coordinator on a private loop in a thread; feeds a queue for the caller."""
+
+    _END = object()
+
+    def __init__(self, plan: _Plan, max_undelivered: int) -> None:
+        self.plan = plan
+        self.out: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._max_undelivered = max_undelivered
+        self._undelivered = 0
+        self._lock = threading.Lock()
+        self._consumed = threading.Event()
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="shardload-loop")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            run_loop(self._main())
+        except BaseException as exc:
+            self.out.put(exc)
+        finally:
+            self.out.put(self._END)
+
+    async def _main(self) -> None:
+        import asyncio
+
+        runner = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        watcher = threading.Thread(
+            target=self._watch_cancel, args=(loop, runner), daemon=True, name="shardload-cancel"
+        )
+        watcher.start()
+        try:
+            async with contextlib.aclosing(self.plan.run()) as batches:
+                async for batch in batches:
+                    self.out.put(batch)
+                    with self._lock:
+                        self._undelivered += len(batch)
+                    while self._too_far_ahead() and not self._cancel.is_set():
+                        await asyncio.to_thread(self._consumed.wait, 0.2)
+                        self._consumed.clear()
+        finally:
+            self._cancel.set()
+
+    def _too_far_ahead(self) -> bool:
+        with self._lock:
+            return self._undelivered > self._max_undelivered
+
+    def _watch_cancel(self, loop: Any, task: Any) -> None:
+        self._cancel.wait()
+        if task is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(task.cancel)
+
+    def consumed(self, count: int) -> None:
+        with self._lock:
+            self._undelivered -= count
+        self._consumed.set()
+
+    def stop(self) -> None:
+        self._cancel.set()
+        self._thread.join()
+
+    def batches(self) -> Iterator[list[Bundle]]:
+        while True:
+            try:
+                item = self.out.get(timeout=0.25)
+            except queue.Empty:
+                continue
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            self.consumed(len(item))
+            yield item
+
+
+def _iterate(plan: _Plan) -> Iterator[Bundle]:
+    bridge = _Bridge(plan, max_undelivered=max(4096, plan.limits.shard_cap * plan.processes))
+    bridge.start()
+    try:
+        for batch in bridge.batches():
+            yield from batch
+    finally:
+        bridge.stop()
+
+
+def each(
+    iterable: Iterable[Any],
+    url_map: Callable[[Any], Any] | None = None,
+    download: AioDownload | None = None,
+    *,
+    processes: int | None = None,
+    split_hosts: Mapping[str, int] | None = None,
+    start_method: str | None = None,
+) -> Iterator[Bundle]:
+    """Download every item; yield each bundle as it finishes (input read lazily).
+
+    ``url_map(item)`` gives the URL (or a Bundle) of an item; the item becomes ``bundle.info``.
+    ``processes`` worker processes (default 1: in-process) share the hosts by a stable hash, so
+    per-host limits stay exact; ``split_hosts={"host:port": k}`` spreads a hot host over k
+    workers, dividing its budget between them. Options are checked before any work starts.
+    """
+    plan = _plan(iterable, url_map, download, processes, split_hosts, start_method, sync=True)
+    return _iterate(plan)
+
+
+def swarm(
+    iterable: Iterable[Any],
+    download: AioDownload | None = None,
+    *,
+    processes: int | None = None,
+    split_hosts: Mapping[str, int] | None = None,
+    start_method: str | None = None,
+    url_map: Callable[[Any], Any] | None = None,
+) -> list[Bundle]:
+    """Download every item; return the bundles in input order (``[]`` for an empty input)."""
+    bundles = list(
+        each(
+            iterable,
+            url_map=url_map,
+            download=download,
+            processes=processes,
+            split_hosts=split_hosts,
+            start_method=start_method,
+        )
+    )
+    return _in_order(bundles)
+
+
+def one(url_or_bundle: str | Bundle, download: AioDownload | None = None, **options: Any) -> Bundle:
+    """Download one URL (or bundle) and return its bundle."""
+    return swarm([url_or_bundle], download=download, **options)[0]
+
+
+async def aeach(
+    iterable: Iterable[Any],
+    url_map: Callable[[Any], Any] | None = None,
+    download: AioDownload | None = None,
+    *,
+    processes: int | None = None,
+    split_hosts: Mapping[str, int] | None = None,
+    start_method: str | None = None,
+) -> AsyncIterator[Bundle]:
+    """``each`` for asyncio programs: runs in the current loop (a ``client=`` session works)."""
+    plan = _plan(iterable, url_map, download, processes, split_hosts, start_method, sync=False)
+    async with contextlib.aclosing(plan.run()) as batches:
+        async for batch in batches:
+            for bundle in batch:
+                yield bundle
+
+
+async def aswarm(
+    iterable: Iterable[Any],
+    download: AioDownload | None = None,
+    *,
+    processes: int | None = None,
+    split_hosts: Mapping[str, int] | None = None,
+    start_method: str | None = None,
+    url_map: Callable[[Any], Any] | None = None,
+) -> list[Bundle]:
+    """``swarm`` for asyncio programs."""
+    stream = aeach(
+        iterable,
+        url_map=url_map,
+        download=download,
+        processes=processes,
+        split_hosts=split_hosts,
+        start_method=start_method,
+    )
+    async with contextlib.aclosing(stream):
+        bundles = [bundle async for bundle in stream]
+    return _in_order(bundles)
+
+
+async def aone(
+    url_or_bundle: str | Bundle, download: AioDownload | None = None, **options: Any
+) -> Bundle:
+    """``one`` for asyncio programs."""
+    return (await aswarm([url_or_bundle], download=download, **options))[0]
+
+
+def _in_order(bundles: list[Bundle]) -> list[Bundle]:
+    bundles.sort(key=lambda b: b.seq)
+    for bundle in bundles:
+        _follow_displacement(bundle)
+    return bundles
+
+
+def _follow_displacement(bundle: Bundle) -> None:
+    """A file moved to ``<path>/%file`` after its bundle was made: point the bundle there."""
+    path = bundle.file_path
+    if bundle.ok and path and not os.path.isfile(path):
+        moved = os.path.join(path, DISPLACED_NAME)
+        if os.path.isfile(moved):
+            bundle.file_path = moved

@@ -1,0 +1,130 @@
+"""The bundle: one input item and everything a user needs to act on its result.
+
+A bundle is a plain, picklable dataclass. It stays in the calling process; workers receive a
+``Job`` (plain tuple data) and send back a ``Result``, which the coordinator copies onto the
+caller's bundle, so ``bundle.info`` is always the caller's own object, never a copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+PENDING = "pending"
+WRITTEN = "written"
+CACHED = "cached"
+FAILED = "failed"
+STATES = (PENDING, WRITTEN, CACHED, FAILED)
+
+# aiodownload's status words, kept for status_msg.
+_STATUS_WORDS = {
+    PENDING: "Initialized",
+    WRITTEN: "File written",
+    CACHED: "Cache hit",
+    FAILED: "Download failed",
+}
+
+
+@dataclass(eq=False)
+class Bundle:
+    """One URL's download: the input (url, info, params) and the outcome.
+
+    ``state`` is one of ``pending``, ``written``, ``cached`` or ``failed``; on failure
+    ``error_kind`` (an ``ErrorKind`` value) and ``error_message`` say why.
+    ``params`` are sent as the query string of a GET, never as a POST body.
+    """
+
+    url: str
+    info: Any = None
+    params: dict[str, Any] | None = None
+    file_path: str | None = None
+    state: str = PENDING
+    status: int | None = None
+    attempts: int = 0
+    bytes: int = 0
+    sha256: str | None = None
+    elapsed: float = 0.0
+    error_kind: str | None = None
+    error_message: str | None = None
+    # Sequence number within one call; set by the coordinator, used for ordering.
+    seq: int = field(default=-1, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        """True when the file is on disk and complete (written now or found cached)."""
+        return self.state in (WRITTEN, CACHED)
+
+    @property
+    def num_tries(self) -> int:
+        """aiodownload 0.1's name for ``attempts``."""
+        return self.attempts
+
+    @property
+    def status_msg(self) -> str:
+        word = _STATUS_WORDS.get(self.state, self.state)
+        if self.state == FAILED and self.error_kind:
+            word = f"{word} ({self.error_kind}: {self.error_message})"
+        return (
+            f"[URL: {self.url}, File Path: {self.file_path}, "
+            f"Attempts: {self.attempts}, Status: {word}]"
+        )
+
+    def to_record(self) -> dict[str, Any]:
+        """The manifest record of this bundle (JSON-serialisable except ``info``)."""
+        return {
+            "url": self.url,
+            "path": self.file_path,
+            "state": self.state,
+            "status": self.status,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "attempts": self.attempts,
+            "elapsed": round(self.elapsed, 6),
+            "error_kind": None if self.error_kind is None else str(self.error_kind),
+            "error_message": self.error_message,
+            "info": self.info,
+        }
+
+
+AioDownloadBundle = Bundle
+
+
+# What crosses to a worker: (seq, url, params, info-or-None, preset file_path). Plain data (rule 3).
+Job = tuple[int, str, "dict[str, Any] | None", Any, "str | None"]
+# What comes back: (seq, file_path, state, status, attempts, bytes, sha256, elapsed, kind, message).
+Result = tuple[
+    int, "str | None", str, "int | None", int, int, "str | None", float, "str | None", "str | None"
+]
+
+
+def to_result(bundle: Bundle) -> Result:
+    kind = None if bundle.error_kind is None else str(bundle.error_kind)
+    return (
+        bundle.seq,
+        bundle.file_path,
+        bundle.state,
+        bundle.status,
+        bundle.attempts,
+        bundle.bytes,
+        bundle.sha256,
+        bundle.elapsed,
+        kind,
+        bundle.error_message,
+    )
+
+
+def apply_result(bundle: Bundle, result: Result) -> Bundle:
+    """Copy a worker's outcome onto the caller's bundle (which keeps its own ``info``)."""
+    (
+        _,
+        bundle.file_path,
+        bundle.state,
+        bundle.status,
+        bundle.attempts,
+        bundle.bytes,
+        bundle.sha256,
+        bundle.elapsed,
+        bundle.error_kind,
+        bundle.error_message,
+    ) = result
+    return bundle

@@ -1,0 +1,1 @@
+"""The ``shardload`` command: batch downloads with a manifest, resume, progress and a summary."""

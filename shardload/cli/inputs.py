@@ -1,0 +1,199 @@
+"""The CLI's input: URL lines or JSON Lines, plain or gzip'd, from a file or stdin, read lazily.
+
+A line is a URL, or a JSON object with ``url`` and optional ``path`` (output path relative to the
+output directory) and ``info`` (passed through into the manifest). Blank lines and lines starting
+with ``#`` are ignored. A line that cannot be understood becomes a ``BadLine``; it never aborts the
+run. Reading is line by line, so a 10-million-line input streams in constant memory.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+GZIP_MAGIC = b"\x1f\x8b"
+MAX_LINE_BYTES = 1 << 20  # a longer line is reported as bad, never held in memory whole
+KEY_CHARS = 200  # how much of an unparseable line the manifest keeps as its "url"
+
+
+@dataclass(frozen=True, slots=True)
+class InputItem:
+    """One usable input line."""
+
+    lineno: int
+    url: str
+    path: str | None = None
+    info: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    """One line that cannot be sent to the library.
+
+    ``key`` is what the manifest records as the url: the url when the line had a usable one,
+    else the start of the line itself.
+    """
+
+    lineno: int
+    key: str
+    reason: str
+    info: Any = None
+
+
+Parsed = InputItem | BadLine
+
+
+def _key(text: str) -> str:
+    return text[:KEY_CHARS]
+
+
+def _parse_json(text: str, lineno: int) -> Parsed:
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        return BadLine(lineno, _key(text), f"line {lineno}: invalid JSON: {exc}")
+    if not isinstance(obj, dict):
+        return BadLine(lineno, _key(text), f"line {lineno}: JSON line is not an object")
+    info = obj.get("info")
+    url = obj.get("url")
+    if not isinstance(url, str) or not url.strip():
+        why = "missing 'url' field" if url is None else "'url' must be a non-empty string"
+        return BadLine(lineno, _key(text), f"line {lineno}: {why}", info)
+    url = url.strip()
+    path = obj.get("path")
+    if path is not None and (not isinstance(path, str) or not path):
+        return BadLine(lineno, url, f"line {lineno}: 'path' must be a non-empty string", info)
+    return InputItem(lineno, url, path, info)
+
+
+def parse_line(text: str, lineno: int) -> Parsed | None:
+    """Parse one decoded line: ``None`` for blank and comment lines. Pure."""
+    text = text.strip()
+    if not text or text.startswith("#"):
+        return None
+    if text.startswith("{"):
+        return _parse_json(text, lineno)
+    return InputItem(lineno, text)
+
+
+def is_countable(raw: bytes) -> bool:
+    """True when a raw line will produce an item or a bad line (for the progress total)."""
+    text = raw.strip()
+    return bool(text) and not text.startswith(b"#")
+
+
+def iter_raw_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
+    """Yield ``(lineno, raw bytes)``; ``None`` for a line longer than ``MAX_LINE_BYTES``."""
+    lineno = 0
+    while True:
+        raw = stream.readline(MAX_LINE_BYTES)
+        if not raw:
+            return
+        lineno += 1
+        if len(raw) >= MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            while raw and not raw.endswith(b"\n"):  # skip the rest of the monster line
+                raw = stream.readline(MAX_LINE_BYTES)
+            yield lineno, None
+            continue
+        yield lineno, raw
+
+
+def iter_parsed(stream: BinaryIO) -> Iterator[Parsed]:
+    """Every item and bad line of ``stream``. Never raises for bad data or a read error."""
+    lines = iter_raw_lines(stream)
+    lineno = 0
+    while True:
+        try:
+            lineno, raw = next(lines)
+        except StopIteration:
+            return
+        except (OSError, EOFError, ValueError, gzip.BadGzipFile) as exc:
+            yield BadLine(lineno + 1, f"<input line {lineno + 1}>", f"input read error: {exc}")
+            return
+        if raw is None:
+            yield BadLine(lineno, f"<input line {lineno}>", f"line {lineno}: line too long")
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            key = _key(raw.decode("utf-8", "replace").strip())
+            yield BadLine(lineno, key, f"line {lineno}: not UTF-8: {exc}")
+            continue
+        if lineno == 1:
+            text = text.removeprefix("\ufeff")
+        parsed = parse_line(text, lineno)
+        if parsed is not None:
+            yield parsed
+
+
+class _Prefixed(io.RawIOBase):
+    """A raw stream that first returns ``head``, then the rest of ``rest``."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        super().__init__()
+        self._head = head
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._head:
+            n = min(len(view), len(self._head))
+            view[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        read1 = getattr(self._rest, "read1", None)
+        data = read1(len(view)) if read1 is not None else self._rest.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+
+def _read_head(raw: BinaryIO, n: int) -> bytes:
+    head = b""
+    while len(head) < n:
+        chunk = raw.read(n - len(head))
+        if not chunk:
+            break
+        head += chunk
+    return head
+
+
+@contextmanager
+def open_input(spec: str, stdin: BinaryIO | None = None) -> Iterator[BinaryIO]:
+    """Open a path, or stdin for ``-``, as a binary stream; gzip is detected by magic bytes.
+
+    Raises ``OSError`` when the path cannot be opened (a usage error for the CLI).
+    """
+    if spec == "-":
+        raw: BinaryIO = stdin if stdin is not None else sys.stdin.buffer
+        owned = False
+    else:
+        raw = open(spec, "rb")  # noqa: SIM115 - closed below
+        owned = True
+    try:
+        head = _read_head(raw, len(GZIP_MAGIC))
+        stream: BinaryIO = io.BufferedReader(_Prefixed(head, raw))
+        if head == GZIP_MAGIC:
+            stream = gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[assignment]
+        yield stream
+    finally:
+        if owned:
+            raw.close()
+
+
+def count_items(spec: str) -> int:
+    """How many lines of the input at ``spec`` (not stdin) are not blank or comments."""
+    total = 0
+    with open_input(spec) as stream:
+        for _, raw in iter_raw_lines(stream):
+            if raw is None or is_countable(raw):
+                total += 1
+    return total

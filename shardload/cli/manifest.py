@@ -1,0 +1,178 @@
+"""The manifest: one JSON record per input URL, written incrementally, read back for ``--resume``.
+
+The writer appends records as bundles finish and flushes them in batches (every ``flush_every``
+records or ``flush_interval`` seconds, whichever comes first), so a crash loses at most the records
+in flight. The reader keeps only the latest record per URL, so an appended history is fine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from enum import StrEnum
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from shardload.errors import ErrorKind, is_transient
+
+DONE_STATES = frozenset({"written", "cached"})
+
+
+class Prior(StrEnum):
+    """What the latest manifest record says about a URL."""
+
+    DONE = "done"
+    TRANSIENT = "transient"  # failed, but a later attempt may succeed
+    PERMANENT = "permanent"  # failed for good (404, invalid URL, bad input line, ...)
+
+
+class Action(StrEnum):
+    """What this run does with an input URL."""
+
+    RUN = "run"
+    SKIP_DONE = "skip_done"
+    SKIP_PERMANENT = "skip_permanent"
+
+
+def classify(record: Mapping[str, Any]) -> Prior | None:
+    """The ``Prior`` of one record; ``None`` when it says nothing final (pending, unknown)."""
+    state = record.get("state")
+    if state in DONE_STATES:
+        return Prior.DONE
+    if state != "failed":
+        return None
+    kind = record.get("error_kind")
+    status = record.get("status")
+    status = status if isinstance(status, int) and not isinstance(status, bool) else None
+    if kind == ErrorKind.BAD_INPUT:
+        return Prior.PERMANENT
+    return Prior.TRANSIENT if is_transient(kind, status) else Prior.PERMANENT
+
+
+def decide(prior: Prior | None, *, transient_only: bool) -> Action:
+    """``--resume`` skips what is done; ``--retry-transient`` also skips permanent failures."""
+    if prior is Prior.DONE:
+        return Action.SKIP_DONE
+    if transient_only and prior is Prior.PERMANENT:
+        return Action.SKIP_PERMANENT
+    return Action.RUN
+
+
+def iter_records(lines: Iterable[bytes]) -> Iterator[dict[str, Any] | None]:
+    """Parse manifest lines; ``None`` for a line that is not a record (a torn last line)."""
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            yield None
+            continue
+        yield obj if isinstance(obj, dict) and isinstance(obj.get("url"), str) else None
+
+
+def latest_priors(records: Iterable[dict[str, Any] | None]) -> tuple[dict[str, Prior | None], int]:
+    """The prior of each URL from its LAST record, and how many lines were unreadable."""
+    priors: dict[str, Prior | None] = {}
+    unreadable = 0
+    for record in records:
+        if record is None:
+            unreadable += 1
+        else:
+            priors[record["url"]] = classify(record)
+    return priors, unreadable
+
+
+def load_priors(path: str | os.PathLike[str]) -> tuple[dict[str, Prior | None], int]:
+    """Read a manifest for ``--resume``; a missing manifest means nothing is known yet."""
+    try:
+        with open(path, "rb") as f:
+            return latest_priors(iter_records(f))
+    except FileNotFoundError:
+        return {}, 0
+
+
+def encode(record: Mapping[str, Any]) -> bytes:
+    """One manifest line. ``info`` that is not JSON is written as its ``str``."""
+    text = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
+    return text.encode("utf-8", "backslashreplace") + b"\n"
+
+
+def _ends_without_newline(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+    except FileNotFoundError:
+        return False
+
+
+class ManifestWriter:
+    """Buffers encoded records and writes them in batches. Not thread-safe: callers lock."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        append: bool,
+        flush_every: int = 1000,
+        flush_interval: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        torn = append and _ends_without_newline(self.path)
+        self._file: IO[bytes] = open(self.path, "ab" if append else "wb")  # noqa: SIM115
+        self._pending: list[bytes] = [b"\n"] if torn else []
+        self._count = 0
+        self._flush_every = flush_every
+        self._flush_interval = flush_interval
+        self._clock = clock
+        self._last_flush = clock()
+        self.written = 0
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        self._pending.append(encode(record))
+        self._count += 1
+        if self._count >= self._flush_every:
+            self.flush()
+
+    def flush_if_due(self) -> None:
+        if self._pending and self._clock() - self._last_flush >= self._flush_interval:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending = []
+            self.written += self._count
+            self._count = 0
+            self._file.write(data)
+        self._file.flush()
+        self._last_flush = self._clock()
+
+    def close(self) -> None:
+        if self._file.closed:
+            return
+        try:
+            self.flush()
+            os.fsync(self._file.fileno())
+        finally:
+            self._file.close()
+
+    def __enter__(self) -> ManifestWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,194 @@
+"""Live progress on stderr: a tqdm bar on a terminal, periodic plain lines otherwise.
+
+Reporters are not thread-safe; the CLI calls them under one lock (from the main loop and from
+its ticker thread). ``format_line`` and ``format_eta`` are pure.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TextIO
+
+from shardload.cli.summary import format_bytes, format_duration
+
+MODES = ("auto", "bar", "lines", "none")
+
+
+@dataclass
+class Counts:
+    """Progress so far. ``total`` is the number of input items when known."""
+
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    bytes: int = 0
+    total: int | None = None
+
+    @property
+    def seen(self) -> int:
+        return self.done + self.failed + self.skipped
+
+
+def format_eta(counts: Counts, elapsed: float) -> str:
+    """Remaining time from the average rate of this run; ``?`` when it cannot be known."""
+    processed = counts.done + counts.failed
+    if counts.total is None or processed == 0 or elapsed <= 0:
+        return "?"
+    remaining = max(0, counts.total - counts.seen)
+    return format_duration(remaining * elapsed / processed)
+
+
+def format_line(counts: Counts, elapsed: float) -> str:
+    """One plain progress line, for logs and pipes."""
+    total = "?" if counts.total is None else f"{counts.total:,}"
+    head = f"{counts.seen:,}/{total}"
+    if counts.total:
+        head += f" ({100 * counts.seen / counts.total:.0f}%)"
+    rate = (counts.done + counts.failed) / elapsed if elapsed > 0 else 0.0
+    bps = counts.bytes / elapsed if elapsed > 0 else 0.0
+    parts = [f"shardload: {head}", f"done {counts.done:,}", f"failed {counts.failed:,}"]
+    if counts.skipped:
+        parts.append(f"skipped {counts.skipped:,}")
+    parts.append(f"{rate:,.1f} files/s")
+    parts.append(f"{format_bytes(bps)}/s")
+    parts.append(f"elapsed {format_duration(elapsed)}")
+    parts.append(f"ETA {format_eta(counts, elapsed)}")
+    return " | ".join(parts)
+
+
+class Progress(Protocol):
+    counts: Counts
+
+    def finished(self, state: str, nbytes: int) -> None: ...
+    def skipped(self) -> None: ...
+    def set_total(self, total: int) -> None: ...
+    def tick(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class _Base:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.counts = Counts()
+        self._clock = clock
+        self._start = clock()
+
+    def elapsed(self) -> float:
+        return self._clock() - self._start
+
+    def finished(self, state: str, nbytes: int) -> None:
+        if state == "failed":
+            self.counts.failed += 1
+        else:
+            self.counts.done += 1
+            self.counts.bytes += nbytes if state == "written" else 0
+        self._advance()
+
+    def skipped(self) -> None:
+        self.counts.skipped += 1
+        self._advance()
+
+    def set_total(self, total: int) -> None:
+        self.counts.total = total
+
+    def _advance(self) -> None:
+        pass
+
+    def tick(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class NullProgress(_Base):
+    """Counts, shows nothing (``--quiet``, ``--progress none``)."""
+
+
+class LineProgress(_Base):
+    """A plain line every ``interval`` seconds (from ``tick``) and one at the end."""
+
+    def __init__(
+        self, stream: TextIO, interval: float = 5.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__(clock)
+        self._stream = stream
+        self._interval = interval
+        self._last = self._start
+
+    def tick(self) -> None:
+        now = self._clock()
+        if now - self._last >= self._interval:
+            self._last = now
+            self._emit()
+
+    def _emit(self) -> None:
+        print(format_line(self.counts, self.elapsed()), file=self._stream, flush=True)
+
+    def close(self) -> None:
+        self._emit()
+
+
+class BarProgress(_Base):
+    """A tqdm bar: files as the unit, failures and MB/s in the postfix."""
+
+    def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(clock)
+        tqdm = importlib.import_module("tqdm").tqdm  # optional: imported only for a bar
+        self._bar: Any = tqdm(
+            total=None,
+            unit="file",
+            file=stream,
+            dynamic_ncols=True,
+            smoothing=0.05,
+            mininterval=0.2,
+            desc="shardload",
+        )
+
+    def _advance(self) -> None:
+        self._bar.update(1)
+
+    def set_total(self, total: int) -> None:
+        super().set_total(total)
+        self._bar.total = total
+        self._bar.refresh()
+
+    def tick(self) -> None:
+        elapsed = self.elapsed()
+        bps = self.counts.bytes / elapsed if elapsed > 0 else 0.0
+        text = f"failed={self.counts.failed:,} {format_bytes(bps)}/s"
+        if self.counts.skipped:
+            text = f"skipped={self.counts.skipped:,} " + text
+        self._bar.set_postfix_str(text, refresh=False)
+        self._bar.refresh()
+
+    def close(self) -> None:
+        self.tick()
+        self._bar.close()
+
+
+def choose_mode(mode: str, *, is_tty: bool, quiet: bool, have_tqdm: bool) -> str:
+    """The reporter to use: ``bar``, ``lines`` or ``none``. Pure."""
+    if quiet or mode == "none":
+        return "none"
+    if mode == "auto":
+        return "bar" if is_tty and have_tqdm else "lines"
+    if mode == "bar" and not have_tqdm:
+        return "lines"
+    return mode
+
+
+def have_tqdm() -> bool:
+    return importlib.util.find_spec("tqdm") is not None
+
+
+def make_progress(mode: str, stream: TextIO, *, interval: float = 5.0) -> Progress:
+    """A reporter for a mode chosen by ``choose_mode``."""
+    if mode == "bar":
+        return BarProgress(stream)
+    if mode == "lines":
+        return LineProgress(stream, interval)
+    return NullProgress()

@@ -1,0 +1,301 @@
+"""The coordinator: input in, bundles out, exactly once each (DESIGN rules 1, 4, 5, 7).
+
+It reads the input lazily on a thread, turns each item into a bundle, sends it as a plain job to
+the shard that owns its host, and yields the caller's own bundles back as results arrive.
+
+Invariants:
+- every input item yields exactly one bundle: invalid items fail here, everything else is in
+  ``pending`` from admission until its first result; a later duplicate result is dropped;
+- memory is bounded: at most ``waiting_cap`` jobs wait in flow control, at most ``shard_cap`` are
+  outstanding per shard, and the input thread reads at most ``read_ahead`` items ahead;
+- the loop never blocks on a worker, a host or the input: it only awaits ``wake``;
+- a crashed shard is restarted and its outstanding jobs resent, up to ``max_restarts`` times;
+  after that its jobs fail with ``worker_crash`` and the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pickle
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .bundle import FAILED, PENDING, Bundle, Job, Result, apply_result
+from .errors import DownloadFailed, ErrorKind
+from .executors.base import Executor
+from .sharding import shard_for_url
+from .urls import host_key
+
+
+@dataclass
+class Limits:
+    shard_cap: int = 512
+    lane_cap: int = 16
+    waiting_cap: int = 20_000
+    read_ahead: int = 4096
+    max_restarts: int = 3
+
+
+@dataclass(slots=True)
+class _Entry:
+    bundle: Bundle
+    shard: int
+    lane: str
+    job: Job
+    sent: bool = False
+
+
+@dataclass
+class _Events:
+    """What happened since the coordinator last looked; filled by callbacks in the loop thread."""
+
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    results: deque[tuple[int, list[Result]]] = field(default_factory=deque)
+    crashes: deque[tuple[int, str]] = field(default_factory=deque)
+
+    def results_in(self, shard: int, results: list[Result]) -> None:
+        self.results.append((shard, results))
+        self.wake.set()
+
+    def crashed(self, shard: int, reason: str) -> None:
+        self.crashes.append((shard, reason))
+        self.wake.set()
+
+
+class _InputReader:
+    """Iterates the caller's input on a thread, at most ``cap`` bundles ahead of the loop."""
+
+    def __init__(
+        self,
+        items: Iterable[Any],
+        prepare: Callable[[int, Any], Bundle],
+        wake: Callable[[], None],
+        cap: int,
+    ) -> None:
+        self._items = items
+        self._prepare = prepare
+        self._wake = wake
+        self._cap = cap
+        self._buffer: deque[Bundle] = deque()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self.done = False
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="shardload-input")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for seq, item in enumerate(self._items):
+                bundle = self._prepare(seq, item)
+                with self._cond:
+                    while len(self._buffer) >= self._cap and not self._stopped:
+                        self._cond.wait(0.5)
+                    if self._stopped:
+                        return
+                    self._buffer.append(bundle)
+                    first = len(self._buffer) == 1
+                if first:
+                    self._wake()
+        except BaseException as exc:  # the caller's iterator failed: re-raised in the caller
+            self.error = exc
+        finally:
+            with self._cond:
+                self.done = True
+            self._wake()
+
+    def take(self, limit: int) -> list[Bundle]:
+        with self._cond:
+            count = min(limit, len(self._buffer))
+            out = [self._buffer.popleft() for _ in range(count)]
+            self._cond.notify()
+        return out
+
+    @property
+    def exhausted(self) -> bool:
+        with self._cond:
+            return self.done and not self._buffer
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+
+def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None) -> Bundle:
+    """Turn one input item into a fresh bundle; a failing ``url_map`` gives a failed bundle."""
+    if isinstance(item, Bundle):
+        bundle = item
+    else:
+        try:
+            url = url_map(item) if url_map is not None else item
+        except Exception as exc:
+            bundle = Bundle(url=_text(item), info=item)
+            bundle.seq = seq
+            bundle.state = FAILED
+            bundle.error_kind = ErrorKind.BAD_INPUT
+            bundle.error_message = f"url_map failed: {type(exc).__name__}: {exc}"
+            return bundle
+        if isinstance(url, Bundle):
+            bundle = url
+        else:
+            bundle = Bundle(url=_text(url), info=None if url == item else item)
+    bundle.seq = seq
+    bundle.state = PENDING
+    bundle.status = None
+    bundle.attempts = 0
+    bundle.bytes = 0
+    bundle.sha256 = None
+    bundle.elapsed = 0.0
+    bundle.error_kind = bundle.error_message = None
+    return bundle
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _wire_info(info: Any) -> Any:
+    """``info`` as sent to a worker process: itself when it pickles, else None (kept here)."""
+    if info is None or isinstance(info, str | int | float | bool):
+        return info
+    try:
+        pickle.dumps(info, pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return None
+    return info
+
+
+async def coordinate(
+    items: Iterable[Any],
+    executor: Executor,
+    *,
+    url_map: Callable[[Any], Any] | None = None,
+    split_hosts: Mapping[str, int] | None = None,
+    limits: Limits | None = None,
+) -> AsyncIterator[list[Bundle]]:
+    """Yield batches of finished bundles (the caller's own objects) as they complete."""
+    limits = limits or Limits()
+    split = dict(split_hosts or {})
+    shards = executor.shards
+    remote = shards > 1 or type(executor).__name__ != "InLoopExecutor"
+    events = _Events()
+    loop = asyncio.get_running_loop()
+
+    def wake_from_thread() -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closing: nobody is waiting
+            loop.call_soon_threadsafe(events.wake.set)
+
+    from .flow import FlowControl
+
+    flow: FlowControl[_Entry] = FlowControl(shards, limits.shard_cap, limits.lane_cap)
+    pending: dict[int, _Entry] = {}
+    restarts = [0] * shards
+    dead: dict[int, str] = {}
+    reader = _InputReader(
+        items, lambda seq, item: prepare_item(seq, item, url_map), wake_from_thread, limits.read_ahead
+    )
+
+    class _Sink:
+        results = staticmethod(events.results_in)
+        crashed = staticmethod(events.crashed)
+
+    def fail(bundle: Bundle, kind: ErrorKind, message: str) -> Bundle:
+        bundle.state = FAILED
+        bundle.error_kind = kind
+        bundle.error_message = message
+        return bundle
+
+    def admit(bundle: Bundle, out: list[Bundle], dirty: set[int]) -> None:
+        if bundle.state == FAILED:
+            out.append(bundle)
+            return
+        try:
+            key = host_key(bundle.url)
+        except DownloadFailed as exc:
+            out.append(fail(bundle, exc.kind, exc.message))
+            return
+        shard = shard_for_url(key, bundle.url, shards, split.get(key, 1)) if shards > 1 else 0
+        if shard in dead:
+            out.append(fail(bundle, ErrorKind.WORKER_CRASH, dead[shard]))
+            return
+        info = _wire_info(bundle.info) if remote else bundle.info
+        job: Job = (bundle.seq, bundle.url, bundle.params, info, bundle.file_path)
+        entry = _Entry(bundle, shard, key, job)
+        pending[bundle.seq] = entry
+        flow.push(shard, key, entry)
+        dirty.add(shard)
+
+    async def crashed(shard: int, reason: str, out: list[Bundle], dirty: set[int]) -> None:
+        restarts[shard] += 1
+        lost = sorted(
+            (e for e in pending.values() if e.shard == shard and e.sent),
+            key=lambda e: e.bundle.seq,
+        )
+        if restarts[shard] <= limits.max_restarts:
+            await executor.restart(shard)
+            if lost:
+                executor.send(shard, [e.job for e in lost])
+            return
+        dead[shard] = f"{reason}; gave up after {limits.max_restarts} restarts"
+        for entry in lost:
+            flow.done(shard, entry.lane)
+        for entry in lost + flow.drop_waiting(shard):
+            del pending[entry.bundle.seq]
+            out.append(fail(entry.bundle, ErrorKind.WORKER_CRASH, dead[shard]))
+
+    await executor.start(_Sink())
+    reader.start()
+    finished = False
+    try:
+        while True:
+            events.wake.clear()
+            out: list[Bundle] = []
+            dirty: set[int] = set()
+            while events.crashes:
+                shard, reason = events.crashes.popleft()
+                await crashed(shard, reason, out, dirty)
+            while events.results:
+                shard, results = events.results.popleft()
+                for result in results:
+                    entry = pending.pop(result[0], None)
+                    if entry is None:
+                        continue  # a job resent after a crash finished twice: keep the first
+                    out.append(apply_result(entry.bundle, result))
+                    flow.done(shard, entry.lane)
+                    dirty.add(shard)
+            room = limits.waiting_cap - flow.waiting
+            if room > 0:
+                for bundle in reader.take(room):
+                    admit(bundle, out, dirty)
+            for shard in dirty:
+                entries = flow.take(shard)
+                if entries:
+                    for entry in entries:
+                        entry.sent = True
+                    executor.send(shard, [e.job for e in entries])
+            if out:
+                yield out
+            if not pending and reader.exhausted:
+                if reader.error is not None:
+                    raise reader.error
+                break
+            if not (events.results or events.crashes):
+                await events.wake.wait()
+        finished = True
+    finally:
+        reader.stop()
+        if finished:
+            await executor.finish()
+        else:
+            await executor.abort()

@@ -1,0 +1,39 @@
+"""processes=1: the shard worker runs in the coordinator's own event loop, no child process."""
+
+from __future__ import annotations
+
+from ..bundle import Job
+from ..worker.engine import AioDownload
+from ..worker.shard import ShardWorker
+from .base import ExecutorSink
+
+
+class InLoopExecutor:
+    shards = 1
+
+    def __init__(self, engine: AioDownload) -> None:
+        self.engine = engine
+        self._worker: ShardWorker | None = None
+
+    async def start(self, sink: ExecutorSink) -> None:
+        self._worker = ShardWorker(self.engine, emit=lambda results: sink.results(0, results))
+
+    def _the_worker(self) -> ShardWorker:
+        if self._worker is None:
+            raise RuntimeError("executor not started")
+        return self._worker
+
+    def send(self, shard: int, jobs: list[Job]) -> None:
+        self._the_worker().accept(jobs)
+
+    async def restart(self, shard: int) -> None:
+        raise RuntimeError("an in-loop worker cannot crash separately from its coordinator")
+
+    async def finish(self) -> None:
+        await self._the_worker().drain()
+        await self.engine.close()
+
+    async def abort(self) -> None:
+        if self._worker is not None:
+            await self._worker.abort()
+        await self.engine.close()

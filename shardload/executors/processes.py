@@ -1,0 +1,189 @@
+"""processes=N: one worker process per shard, each with its own pipes.
+
+Why a pipe pair per worker instead of one shared result queue: a worker killed while writing to a
+shared queue can leave its lock held and hang every other worker; a private pipe breaks alone,
+and its end of file tells us the worker is gone. Each pipe has a thread on our side (a writer fed
+from a queue, a reader calling back into the loop), so the coordinator's loop never blocks.
+
+Workers start with ``spawn`` by default (the same on Linux and macOS; ``forkserver`` also works);
+``fork`` is refused because the caller's process may hold threads and event loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import pickle
+import queue
+import threading
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from ..bundle import Job, Result
+from ..errors import ConfigurationError
+from ..worker.files import remove_temp_files
+from ..worker.process import worker_main
+from .base import ExecutorSink
+
+_STOP = object()
+
+
+@dataclass
+class _Worker:
+    generation: int
+    process: BaseProcess
+    inbox: Connection
+    outbox: Connection
+    sends: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
+    finishing: bool = False
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class ProcessExecutor:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        shards: int,
+        home: str,
+        start_method: str | None = None,
+        stop_grace: float = 5.0,
+    ) -> None:
+        method = start_method or "spawn"
+        if method == "fork":
+            raise ConfigurationError("start_method='fork' is unsafe here; use spawn or forkserver")
+        self._context = multiprocessing.get_context(method)
+        try:
+            self._config = pickle.dumps(config, pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            raise ConfigurationError(
+                "the download strategies must be picklable to run in worker processes "
+                f"(define strategy classes at module level; no open clients or lambdas): {exc}"
+            ) from exc
+        self.shards = shards
+        self._home = home
+        self._stop_grace = stop_grace
+        self._workers: list[_Worker | None] = [None] * shards
+        self._generations = [0] * shards
+        self._sink: ExecutorSink | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self, sink: ExecutorSink) -> None:
+        self._sink = sink
+        self._loop = asyncio.get_running_loop()
+        for shard in range(self.shards):
+            await self._spawn(shard)
+
+    async def _spawn(self, shard: int) -> None:
+        inbox_r, inbox_w = self._context.Pipe(duplex=False)
+        outbox_r, outbox_w = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=worker_main,
+            args=(self._config, inbox_r, outbox_w),
+            name=f"shardload-worker-{shard}",
+            daemon=True,
+        )
+        # Starting a spawn child takes a while; keep the loop (and the other shards) running.
+        await asyncio.to_thread(process.start)
+        inbox_r.close()
+        outbox_w.close()
+        self._generations[shard] += 1
+        worker = _Worker(self._generations[shard], process, inbox_w, outbox_r)
+        self._workers[shard] = worker
+        threading.Thread(
+            target=self._write_loop, args=(worker,), daemon=True, name=f"shardload-send-{shard}"
+        ).start()
+        threading.Thread(
+            target=self._read_loop,
+            args=(shard, worker),
+            daemon=True,
+            name=f"shardload-recv-{shard}",
+        ).start()
+
+    def send(self, shard: int, jobs: list[Job]) -> None:
+        worker = self._workers[shard]
+        if worker is not None:
+            worker.sends.put(("jobs", jobs))
+
+    @staticmethod
+    def _write_loop(worker: _Worker) -> None:
+        while (message := worker.sends.get()) is not _STOP:
+            try:
+                worker.inbox.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
+            except OSError:
+                break  # the worker is gone; its reader reports it
+        with contextlib.suppress(OSError):
+            worker.inbox.close()
+
+    def _read_loop(self, shard: int, worker: _Worker) -> None:
+        loop, sink = self._loop, self._sink
+        if loop is None or sink is None:
+            return
+        while True:
+            try:
+                data = worker.outbox.recv_bytes()
+            except (EOFError, OSError):
+                break
+            results: list[Result] = pickle.loads(data)
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._deliver, shard, worker, results)
+        worker.process.join(timeout=self._stop_grace)
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._ended, shard, worker)
+
+    def _deliver(self, shard: int, worker: _Worker, results: list[Result]) -> None:
+        if self._sink is not None and self._workers[shard] is worker:
+            self._sink.results(shard, results)
+
+    def _ended(self, shard: int, worker: _Worker) -> None:
+        worker.ended.set()
+        with contextlib.suppress(OSError):
+            worker.outbox.close()
+        if self._workers[shard] is not worker or worker.finishing:
+            return
+        pid = worker.process.pid
+        if pid is not None:
+            remove_temp_files(self._home, pid)
+        code = worker.process.exitcode
+        reason = (
+            f"worker process {pid} was killed by signal {-code}"
+            if code is not None and code < 0
+            else f"worker process {pid} exited unexpectedly (exit code {code})"
+        )
+        if self._sink is not None:
+            self._sink.crashed(shard, reason)
+
+    async def restart(self, shard: int) -> None:
+        await self._spawn(shard)
+
+    async def finish(self) -> None:
+        live = [w for w in self._workers if w is not None]
+        for worker in live:
+            worker.finishing = True
+            worker.sends.put(("finish",))
+            worker.sends.put(_STOP)
+        for worker in live:
+            await worker.ended.wait()
+
+    async def abort(self) -> None:
+        live = [w for w in self._workers if w is not None]
+        for worker in live:
+            worker.finishing = True
+            worker.sends.put(("abort",))
+            worker.sends.put(_STOP)
+        await asyncio.to_thread(self._reap, live)
+
+    def _reap(self, workers: list[_Worker]) -> None:
+        for worker in workers:
+            worker.process.join(timeout=self._stop_grace)
+        for worker in workers:
+            if worker.process.is_alive():
+                worker.process.terminate()
+                worker.process.join(timeout=2)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            if worker.process.pid is not None:
+                remove_temp_files(self._home, worker.process.pid)

@@ -1,0 +1,80 @@
+"""Flow control: which waiting jobs may be sent to which shard now. Pure bookkeeping, no IO.
+
+Why: one slow host must delay only itself (DESIGN rule 7), and memory must stay bounded
+(rule 5). So the coordinator keeps, per (host, shard) lane, at most ``lane_cap`` jobs outstanding
+in the worker, and per shard at most ``shard_cap``; jobs beyond those wait here, in one FIFO per
+lane, and are released round-robin across lanes as results come back. A slow lane fills only its
+own FIFO while every other lane keeps flowing; the caller bounds the total waiting (``waiting``)
+by pausing its input.
+
+Invariants: ``outstanding(shard) <= shard_cap``; a lane's outstanding <= ``lane_cap``; every
+pushed item is taken exactly once; a lane with waiting items and room is in its shard's ready
+ring exactly once.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class FlowControl(Generic[T]):
+    def __init__(self, shards: int, shard_cap: int, lane_cap: int) -> None:
+        self.shard_cap = max(1, shard_cap)
+        self.lane_cap = max(1, lane_cap)
+        self._shard_out = [0] * shards
+        self._lane_out: dict[Hashable, int] = {}
+        self._waiting: dict[Hashable, deque[T]] = {}
+        self._ready: list[OrderedDict[Hashable, None]] = [OrderedDict() for _ in range(shards)]
+        self.waiting = 0
+
+    def push(self, shard: int, lane: Hashable, item: T) -> None:
+        key = (shard, lane)
+        self._waiting.setdefault(key, deque()).append(item)
+        self.waiting += 1
+        if self._lane_out.get(key, 0) < self.lane_cap:
+            self._ready[shard][key] = None
+
+    def take(self, shard: int) -> list[T]:
+        """Items to send to ``shard`` now, round-robin over its lanes, within both caps."""
+        out: list[T] = []
+        ready = self._ready[shard]
+        while ready and self._shard_out[shard] < self.shard_cap:
+            key, _ = ready.popitem(last=False)
+            queue = self._waiting[key]
+            out.append(queue.popleft())
+            self.waiting -= 1
+            self._shard_out[shard] += 1
+            lane_out = self._lane_out[key] = self._lane_out.get(key, 0) + 1
+            if not queue:
+                del self._waiting[key]
+            elif lane_out < self.lane_cap:
+                ready[key] = None  # back of the ring: round-robin between lanes
+        return out
+
+    def done(self, shard: int, lane: Hashable) -> None:
+        """One item of this lane finished in its shard: free its place."""
+        key = (shard, lane)
+        self._shard_out[shard] -= 1
+        left = self._lane_out[key] - 1
+        if left:
+            self._lane_out[key] = left
+        else:
+            del self._lane_out[key]
+        if key in self._waiting:
+            self._ready[shard][key] = None
+
+    def outstanding(self, shard: int) -> int:
+        return self._shard_out[shard]
+
+    def drop_waiting(self, shard: int) -> list[T]:
+        """Remove and return every item still waiting for ``shard`` (a shard given up on)."""
+        out: list[T] = []
+        for key in [k for k in self._waiting if k[0] == shard]:  # type: ignore[index]
+            out.extend(self._waiting.pop(key))
+        self.waiting -= len(out)
+        self._ready[shard].clear()
+        return out

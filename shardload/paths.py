@@ -1,0 +1,129 @@
+"""URL -> relative file path: readable in the simple case, safe and injective in every case.
+
+The rule (``url_to_relpath``), on a URL already split and normalised by ``shardload.urls``:
+
+1. The first component is the host, then ``_<port>`` when the port is not the scheme's default:
+   ``https://httpbin.org/links/0`` -> ``httpbin.org/links/0``, ``http://127.0.0.1:8080/links/3``
+   -> ``127.0.0.1_8080/links/3``. In the host, ``_`` is escaped (``%5F``) so the port suffix is
+   unambiguous; IPv6 hosts are written without brackets, ``:`` escaped.
+2. The path, less one leading ``/``, is split on ``/``. Each segment is fully percent-decoded to
+   bytes (so ``%2F`` is a ``/`` *inside* a name, a real ``/`` separates directories) and then
+   escaped: every byte outside ``A-Za-z0-9-._~+,=`` becomes ``%XX`` (uppercase hex), ``%``
+   included. A segment of dots only is escaped entirely (``..`` -> ``%2E%2E``), and the leading
+   dot of a segment starting with ``.shardload`` (any case) is escaped, since ``.shardload*`` is
+   reserved for the writer's temporary directory ``TEMP_DIR_NAME``.
+3. An empty segment (a trailing slash, an empty path, a ``//`` run) is named ``INDEX_NAME``
+   (``%index``): ``http://h`` and ``http://h/`` -> ``h/%index``, ``http://h/a/`` -> ``h/a/%index``,
+   ``http://h/a//b`` -> ``h/a/%index/b``.
+4. A non-empty query is appended to the last component after ``@`` (which escaping never leaves in
+   a name), escaped by the same rule but *not* decoded first: ``/a?b=1`` -> ``a@b=1``,
+   ``/?q=1`` -> ``%index@q=1``; ``?x=%2F`` and ``?x=/`` stay distinct.
+5. A component longer than ``MAX_COMPONENT`` bytes becomes its first 120 characters (never
+   splitting a ``%XX`` escape) + ``%~`` + 40 hex digits of its blake2b hash. A relative path longer
+   than ``MAX_RELPATH`` bytes becomes ``<host>/%long/<40 hex of blake2b(path)>-<first 100 chars of
+   the last component>``.
+
+Invariants: every component is ASCII, non-empty, not ``.`` or ``..``, free of ``/``, ``\\`` and
+NUL, never starts with ``.shardload``; the result is relative, so it stays under home. Escaping
+only ever produces ``%`` followed by two hex digits, so the reserved names (``%index``, ``%file``,
+``%long``) and markers (``%~``) never collide with a URL-derived name: the mapping is injective
+over (host key, decoded path segments, query), up to blake2b collisions. Equivalent spellings of
+one wire URL share a file, by design: ``/a b`` and ``/a%20b``, ``/%41`` and ``/A``; so do ``http``
+and ``https`` of the same host, port, path and query (the scheme is not part of the path). Dot
+segments are not resolved (``/a/../b`` is stored under ``a/%2E%2E/b``). The result is a pure
+function of the URL: no randomness, no environment, always ``/``-joined whatever ``os.sep`` is.
+Names are case-sensitive: on a case-insensitive filesystem ``/A`` and ``/a`` may collide.
+
+Files and directories: when a URL's file path is also needed as a directory by another URL
+(``/a`` next to ``/a/b``), the file lives at ``displaced_path(path)`` = ``<path>/%file``. The
+layout is then a function of the set of URLs, independent of the order of downloads; the writer
+does the move.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os.path
+from urllib.parse import unquote_to_bytes
+
+from shardload.errors import DownloadFailed, ErrorKind
+from shardload.urls import UrlParts
+
+TEMP_DIR_NAME = ".shardload-tmp"
+INDEX_NAME = "%index"
+DISPLACED_NAME = "%file"
+LONG_DIR_NAME = "%long"
+MAX_COMPONENT = 200
+MAX_RELPATH = 3000
+_KEEP = 120  # characters kept of an over-long component
+_KEEP_LONG = 100  # characters of the last component kept in a collapsed path
+_RESERVED_PREFIX = b".shardload"
+_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+,=")
+_HOST_SAFE = _SAFE - {ord("_")}
+
+
+def _escape(raw: bytes, safe: frozenset[int] = _SAFE) -> str:
+    """Escape bytes into one safe file name component (may be empty for empty input)."""
+    if raw and raw.strip(b".") == b"":
+        return "".join(f"%{b:02X}" for b in raw)
+    out = [chr(b) if b in safe else f"%{b:02X}" for b in raw]
+    if raw[: len(_RESERVED_PREFIX)].lower() == _RESERVED_PREFIX:
+        out[0] = "%2E"
+    return "".join(out)
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode("ascii"), digest_size=20).hexdigest()
+
+
+def _prefix(name: str, size: int) -> str:
+    """The first ``size`` characters of an escaped name, shortened so no ``%XX`` is split."""
+    cut = min(size, len(name))
+    pct = name.rfind("%", max(0, cut - 2), cut)
+    return name[:pct] if pct >= 0 and cut < len(name) and pct + 3 > cut else name[:cut]
+
+
+def _fit(name: str) -> str:
+    if len(name) <= MAX_COMPONENT:
+        return name
+    return f"{_prefix(name, _KEEP)}%~{_digest(name)}"
+
+
+def _host_component(parts: UrlParts) -> str:
+    host = _escape(parts.host.encode("utf-8", "surrogatepass"), _HOST_SAFE)
+    if not host:
+        raise DownloadFailed(ErrorKind.INVALID_URL, "URL has no host")
+    return _fit(host if parts.port is None else f"{host}_{parts.port}")
+
+
+def url_to_relpath(parts: UrlParts) -> str:
+    """The file of ``parts`` relative to the download home, ``/``-joined (rule in module doc)."""
+    path = parts.path.removeprefix("/")
+    names: list[str] = []
+    for segment in path.split("/"):
+        raw = unquote_to_bytes(segment.encode("utf-8", "surrogatepass"))
+        names.append(_escape(raw) or INDEX_NAME)
+    if parts.query:
+        names[-1] += "@" + _escape(parts.query.encode("utf-8", "surrogatepass"))
+    host = _host_component(parts)
+    relpath = "/".join([host, *(_fit(name) for name in names)])
+    if len(relpath) <= MAX_RELPATH:
+        return relpath
+    return f"{host}/{LONG_DIR_NAME}/{_digest(relpath)}-{_prefix(names[-1], _KEEP_LONG)}"
+
+
+def displaced_path(relpath: str) -> str:
+    """Where the file of ``relpath`` lives when ``relpath`` is needed as a directory."""
+    return f"{relpath}/{DISPLACED_NAME}"
+
+
+def is_within(home: str, path: str) -> bool:
+    """True when ``path`` (relative paths are taken relative to ``home``) is ``home`` or under it.
+
+    Pure string comparison of normalised absolute paths: symlinks are the writer's concern.
+    """
+    base = os.path.normpath(os.path.abspath(home))
+    target = os.path.normpath(os.path.abspath(os.path.join(base, path)))
+    if target == base:
+        return True
+    return target.startswith(base if base.endswith(os.sep) else base + os.sep)

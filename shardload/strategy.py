@@ -1,0 +1,178 @@
+"""Download and request strategies: aiodownload's extension points, with its documented defaults.
+
+Users subclass these and override methods; the engine always calls the methods (never inlines
+their logic), so overrides take effect. Strategies are sent to worker processes by pickling, so
+keep subclasses at module level and their attributes plain data.
+
+What changed from aiodownload (see DESIGN.md): ``max_attempts`` reaches its attribute (Lenient and
+BackOff really retry), ``retry`` also sees network errors (``Outcome.status`` is ``None`` then),
+sleeps hold no concurrency slot, ``concurrent`` and ``delay`` are per-host limits, and ``on_fail``
+never writes anything.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .backoff import exponential_delay
+from .bundle import Bundle
+from .errors import ErrorKind, ResponseRejected, is_transient
+from .paths import url_to_relpath
+from .urls import split_url
+
+if TYPE_CHECKING:
+    import aiohttp
+
+DEFAULT_USER_AGENT = "shardload/0.1 (+https://pypi.org/project/shardload/)"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One unsuccessful attempt, as ``RequestStrategy.retry`` sees it.
+
+    ``status`` is the HTTP status, or ``None`` when no response arrived (refused, reset, DNS,
+    timeout); ``error_kind`` says which. Code written for aiodownload that reads
+    ``response.status`` keeps working.
+    """
+
+    error_kind: str
+    message: str
+    status: int | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    retry_after: float | None = None
+    attempt: int = 1
+
+    @property
+    def transient(self) -> bool:
+        """True for failures worth retrying: 5xx, 408/425/429, network errors, timeouts."""
+        return is_transient(self.error_kind, self.status)
+
+
+class DownloadStrategy:
+    """Where files go and how a body is written.
+
+    ``home`` defaults to the working directory at construction time. ``skip_cached`` trusts what
+    it finds, because only complete files ever reach a final path. ``max_bytes`` caps a body
+    (after decompression); a larger one fails as ``too_large`` and leaves nothing behind.
+    """
+
+    def __init__(
+        self,
+        chunk_size: int = 65536,
+        home: str | os.PathLike[str] | None = None,
+        skip_cached: bool = False,
+        *,
+        max_bytes: int | None = None,
+    ) -> None:
+        self.chunk_size = chunk_size
+        self.home = os.path.abspath(os.fspath(home)) if home else os.getcwd()
+        self.skip_cached = skip_cached
+        self.max_bytes = max_bytes
+
+    def get_file_path(self, bundle: Bundle) -> str:
+        """``<home>/<host>/<path segments>``; see ``shardload.paths`` for the exact rule."""
+        return os.path.join(self.home, url_to_relpath(split_url(bundle.url, bundle.params)))
+
+    async def on_success(self, response: aiohttp.ClientResponse, bundle: Bundle) -> None:
+        """Stream the body to a temporary file and move it to ``bundle.file_path`` when complete."""
+        from .worker.files import stream_to_file
+
+        await stream_to_file(response, bundle, self)
+
+    async def on_fail(self, bundle: Bundle) -> None:
+        """Called once when a bundle has finally failed. Writes nothing: an earlier good copy stays."""
+
+
+class RequestStrategy:
+    """How requests are made, limited and retried.
+
+    ``concurrent`` is the per-host concurrency limit and ``delay`` the per-host minimum time
+    between request starts (plus up to ``jitter`` seconds); ``worker_concurrent`` caps all
+    requests of one worker process. ``max_attempts`` counts every attempt (0 and 1 both mean a
+    single one). ``timeout`` bounds connecting and every stall while reading, not the whole body,
+    so a large file can finish; ``max_time`` optionally bounds a whole attempt.
+    """
+
+    def __init__(
+        self,
+        concurrent: int = 2,
+        max_attempts: int = 0,
+        timeout: float = 60,
+        *,
+        delay: float = 0.0,
+        jitter: float = 0.0,
+        worker_concurrent: int = 64,
+        connect_timeout: float | None = None,
+        max_time: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        user_agent: str | None = None,
+        retry_after_cap: float = 300.0,
+        max_redirects: int = 10,
+    ) -> None:
+        self.concurrent = concurrent
+        self.max_attempts = max_attempts
+        self.timeout = timeout
+        self.delay = delay
+        self.jitter = jitter
+        self.worker_concurrent = worker_concurrent
+        self.connect_timeout = connect_timeout
+        self.max_time = max_time
+        self.headers = dict(headers or {})
+        self.user_agent = user_agent or DEFAULT_USER_AGENT
+        self.retry_after_cap = retry_after_cap
+        self.max_redirects = max_redirects
+
+    def assert_response(self, response: aiohttp.ClientResponse) -> None:
+        """Reject an unsuccessful response (status >= 400) by raising ``AssertionError``."""
+        if response.status >= 400:
+            raise ResponseRejected(f"HTTP {response.status}")
+
+    def retry(self, response: Any) -> bool:
+        """Whether a failed attempt is worth another; ``response`` is an ``Outcome``."""
+        return bool(getattr(response, "transient", False))
+
+    def get_sleep_time(self, bundle: Bundle) -> float:
+        """Seconds to wait before the next attempt (``bundle.attempts`` made so far).
+
+        The wait holds no concurrency slot. It is called before every attempt, as in aiodownload.
+        """
+        return 0.0
+
+
+class Lenient(RequestStrategy):
+    """2 concurrent requests and 0.25 s between request starts per host; up to 4 retries 60 s
+    apart for any failure except 404 (and except failures no retry can fix)."""
+
+    def __init__(self, max_attempts: int = 5, **options: Any) -> None:
+        options.setdefault("concurrent", 2)
+        options.setdefault("delay", 0.25)
+        super().__init__(max_attempts=max_attempts, **options)
+
+    def retry(self, response: Any) -> bool:
+        return getattr(response, "status", None) != 404
+
+    def get_sleep_time(self, bundle: Bundle) -> float:
+        return 60.0 if bundle.attempts > 0 else 0.0
+
+
+class BackOff(RequestStrategy):
+    """Exponential backoff: retries of transient failures after 0.25, 0.5, 1, ... capped at 60 s."""
+
+    def __init__(self, max_attempts: int = 10, **options: Any) -> None:
+        super().__init__(max_attempts=max_attempts, **options)
+
+    def get_sleep_time(self, bundle: Bundle) -> float:
+        return exponential_delay(bundle.attempts, base=0.25, cap=60.0)
+
+
+__all__ = [
+    "BackOff",
+    "DownloadStrategy",
+    "ErrorKind",
+    "Lenient",
+    "Outcome",
+    "RequestStrategy",
+]

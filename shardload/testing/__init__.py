@@ -1,0 +1,1 @@
+"""Test support shipped with the package: a real local multi-host HTTP server (demo, tests, bench)."""

@@ -1,0 +1,171 @@
+"""URL validation and normalisation: the host key every other policy is built on.
+
+Rules and invariants:
+
+- Only ``http`` and ``https`` are accepted (scheme compared case-insensitively); anything else,
+  including a missing scheme, fails with ``ErrorKind.UNSUPPORTED_SCHEME``.
+- Every other defect fails with ``ErrorKind.INVALID_URL``: not a string, empty, whitespace or
+  control characters inside the URL (surrounding whitespace is stripped first), lone surrogates,
+  no host, a port that is not 1..65535, a host that is not a valid host name after IDNA encoding.
+- The host is lowercase ASCII: IDNA (punycode) encoded, labels of ``a-z 0-9 - _`` of 1..63 chars,
+  253 chars at most (one trailing dot, the DNS root, is kept); or a dotted IPv4 address; or an
+  IPv6 address, written without brackets in its compressed form (zone ids are refused).
+- The default port of the scheme (80 for http, 443 for https) is stored as ``None``, so
+  ``http://h`` and ``http://h:80`` have the same host key.
+- Credentials (``user:pass@``) are accepted but never kept, and never appear in an error message:
+  messages show ``redact(url)``, cut to a readable length. The fragment is dropped.
+- ``params`` are appended to the query as aiohttp sends them on a GET (``urlencode``, doseq).
+- The host key is ``host`` or ``host:port``; IPv6 hosts are always bracketed (``[::1]``,
+  ``[::1]:8080``) so the key is unambiguous. It is what sharding and per-host limits use.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from shardload.errors import DownloadFailed, ErrorKind
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+_MAX_HOST = 253
+_MAX_LABEL = 63
+_MAX_SHOWN = 200  # characters of a URL quoted in an error message
+_LABEL = re.compile(r"[a-z0-9_-]{1,63}", re.ASCII)
+_PORT = re.compile(r"[0-9]{1,5}", re.ASCII)
+# Optional "scheme:", any run of slashes, then the authority: lenient, so garbage is redacted too.
+_AUTHORITY = re.compile(r"^(?:[^/?#\\@:]*:)?[/\\]*([^/?#\\]*)", re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True)
+class UrlParts:
+    """A validated, normalised http(s) URL, without credentials or fragment."""
+
+    scheme: str
+    host: str
+    port: int | None
+    path: str
+    query: str
+
+    @property
+    def host_key(self) -> str:
+        """``host`` or ``host:port``; IPv6 hosts are bracketed (``[::1]:8080``)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port is None else f"{host}:{self.port}"
+
+
+def redact(url: str) -> str:
+    """The URL with any userinfo replaced by ``***@``; never raises, whatever it is given."""
+    try:
+        text = url if isinstance(url, str) else str(url)
+        match = _AUTHORITY.match(text)
+        if match is None or "@" not in match.group(1):
+            return text
+        start, end = match.span(1)
+        at = text.rindex("@", start, end)
+        return f"{text[:start]}***{text[at:]}"
+    except Exception:  # redact must never raise, even on a str subclass that misbehaves
+        return "<unprintable url>"
+
+
+def _shown(url: str) -> str:
+    """``redact(url)``, cut to a readable length, with unprintable characters escaped."""
+    text = redact(url)
+    text = text if len(text) <= _MAX_SHOWN else text[:_MAX_SHOWN] + "..."
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+def _invalid(url: str, why: str) -> DownloadFailed:
+    return DownloadFailed(ErrorKind.INVALID_URL, f"invalid URL ({why}): {_shown(url)}")
+
+
+def _has_bad_char(text: str) -> bool:
+    return any(ch.isspace() or ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in text)
+
+
+def _split_host_port(hostport: str, url: str) -> tuple[str, str]:
+    """Split ``host[:port]`` or ``[v6][:port]`` into host and port text."""
+    if hostport.startswith("["):
+        end = hostport.find("]")
+        if end < 0:
+            raise _invalid(url, "unclosed IPv6 bracket")
+        host, rest = hostport[1:end], hostport[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise _invalid(url, "junk after IPv6 address")
+        return host, rest[1:]
+    host, _, port = hostport.partition(":")
+    return host, port
+
+
+def _normalise_host(host: str, bracketed: bool, url: str) -> str:
+    if bracketed:
+        try:
+            return str(ipaddress.IPv6Address(host)) if "%" not in host else ""
+        except ValueError:
+            return ""
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise _invalid(url, "IDNA encoding failed") from exc
+    host = host.lower()
+    name = host[:-1] if host.endswith(".") else host
+    if not name or len(name) > _MAX_HOST:
+        return ""
+    labels = name.split(".")
+    if any(len(label) > _MAX_LABEL or not _LABEL.fullmatch(label) for label in labels):
+        return ""
+    return host
+
+
+def split_url(url: str, params: Mapping[str, Any] | None = None) -> UrlParts:
+    """Validate and normalise ``url``; raise ``DownloadFailed`` with the reason otherwise."""
+    if not isinstance(url, str):
+        why = f"invalid URL (not a string but {type(url).__name__})"
+        raise DownloadFailed(ErrorKind.INVALID_URL, why)
+    text = url.strip()
+    if not text:
+        raise _invalid(url, "empty")
+    if _has_bad_char(text):
+        raise _invalid(url, "whitespace or control character")
+    try:
+        text.encode("utf-8")
+        parts = urlsplit(text)
+    except (UnicodeError, ValueError) as exc:
+        raise _invalid(url, "unparsable") from exc
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS:
+        why = f"scheme {scheme!r}" if scheme else "no scheme"
+        raise DownloadFailed(
+            ErrorKind.UNSUPPORTED_SCHEME, f"unsupported URL ({why}): {_shown(url)}"
+        )
+    hostport = parts.netloc.rpartition("@")[2]
+    raw_host, raw_port = _split_host_port(hostport, url)
+    if not raw_host:
+        raise _invalid(url, "no host")
+    host = _normalise_host(raw_host, hostport.startswith("["), url)
+    if not host:
+        raise _invalid(url, "bad host")
+    port: int | None = None
+    if raw_port:
+        if not _PORT.fullmatch(raw_port) or not 0 < int(raw_port) <= 65535:
+            raise _invalid(url, "bad port")
+        port = int(raw_port)
+    if port == DEFAULT_PORTS[scheme]:
+        port = None
+    query = parts.query
+    if params:
+        try:
+            extra = urlencode(params, doseq=True)
+        except (TypeError, ValueError, UnicodeError) as exc:
+            raise _invalid(url, "unencodable params") from exc
+        query = f"{query}&{extra}" if query else extra
+    return UrlParts(scheme, host, port, parts.path, query)
+
+
+def host_key(url: str) -> str:
+    """``split_url(url).host_key``: the key of sharding and per-host limits."""
+    return split_url(url).host_key

@@ -1,0 +1,1 @@
+"""Everything that runs inside one worker: the engine, its host slots, file writes, error mapping."""

@@ -1,0 +1,297 @@
+"""AioDownload: the per-process engine (one event loop, one session, per-host slots).
+
+Invariants:
+- ``main(bundle)`` never raises for a download problem: every failure ends as a failed bundle
+  with an error kind and message (DESIGN rule 4); only cancellation propagates;
+- a bundle waiting for a retry, a per-host gap or a host pause holds no slot (see ``hosts``);
+- bundles that target the same file while one is in flight share its download, so duplicate
+  URLs are fetched once and never write one file concurrently;
+- the session is created lazily inside the running loop and closed by ``close()``; a session
+  passed as ``client`` belongs to the caller and is never closed here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+from ..backoff import decide, parse_retry_after
+from ..bundle import CACHED, FAILED, WRITTEN, Bundle
+from ..errors import NEVER_RETRY_KINDS, DownloadFailed, ErrorKind
+from ..strategy import DownloadStrategy, Outcome, RequestStrategy
+from ..urls import UrlParts, split_url
+from .failures import classify
+from .files import check_target, find_complete
+from .hosts import HostSlot
+
+# Hosts whose Retry-After pauses the whole host.
+_PAUSE_STATUSES = frozenset({429, 503})
+
+
+class AioDownload:
+    """Downloads bundles with the given strategies; the same engine runs in every worker."""
+
+    def __init__(
+        self,
+        client: aiohttp.ClientSession | None = None,
+        download_strategy: DownloadStrategy | None = None,
+        request_strategy: RequestStrategy | None = None,
+    ) -> None:
+        self.client = client
+        self.download_strategy = download_strategy or DownloadStrategy()
+        self.request_strategy = request_strategy or RequestStrategy()
+        # Per-host (concurrency, delay) overrides: a hot host split over k workers gets 1/k.
+        self.host_budgets: dict[str, tuple[int, float]] = {}
+        self._reset()
+
+    # aiodownload's private names, read by some of its users' subclasses.
+    @property
+    def _download_strategy(self) -> DownloadStrategy:
+        return self.download_strategy
+
+    @property
+    def _request_strategy(self) -> RequestStrategy:
+        return self.request_strategy
+
+    def _reset(self) -> None:
+        self._session: aiohttp.ClientSession | None = self.client
+        self._worker_sem: asyncio.Semaphore | None = None
+        self._hosts: dict[str, HostSlot] = {}
+        self._inflight: dict[str, asyncio.Future[Bundle]] = {}
+
+    async def __aenter__(self) -> AioDownload:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the session this engine created (never a caller's ``client``)."""
+        session = self._session
+        self._reset()
+        if session is not None and session is not self.client:
+            await session.close()
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            rs = self.request_strategy
+            connector = aiohttp.TCPConnector(
+                limit=max(1, rs.worker_concurrent),
+                limit_per_host=0,
+                ttl_dns_cache=300,
+                enable_cleanup_closed=False,
+            )
+            headers = {"User-Agent": rs.user_agent, **rs.headers}
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers=headers,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                timeout=self._timeout(),
+                trust_env=False,
+            )
+        return self._session
+
+    def _timeout(self) -> aiohttp.ClientTimeout:
+        rs = self.request_strategy
+        connect = rs.connect_timeout if rs.connect_timeout is not None else rs.timeout
+        return aiohttp.ClientTimeout(
+            total=rs.max_time, sock_connect=connect, connect=None, sock_read=rs.timeout
+        )
+
+    def _slot(self, host_key: str) -> HostSlot:
+        slot = self._hosts.get(host_key)
+        if slot is None:
+            rs = self.request_strategy
+            concurrency, delay = self.host_budgets.get(host_key, (rs.concurrent, rs.delay))
+            slot = self._hosts[host_key] = HostSlot(concurrency, delay, rs.jitter)
+        return slot
+
+    def _worker_slots(self) -> asyncio.Semaphore:
+        if self._worker_sem is None:
+            self._worker_sem = asyncio.Semaphore(max(1, self.request_strategy.worker_concurrent))
+        return self._worker_sem
+
+    async def main(self, bundle: Bundle) -> Bundle:
+        """Download one bundle to its file, retrying as the request strategy says."""
+        started = time.monotonic()
+        try:
+            await self._main(bundle)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug in a user's strategy must not lose the bundle
+            _fail(bundle, ErrorKind.STRATEGY, f"{type(exc).__name__}: {exc}")
+        bundle.elapsed = time.monotonic() - started
+        return bundle
+
+    async def _main(self, bundle: Bundle) -> None:
+        try:
+            parts = split_url(bundle.url, bundle.params)
+            bundle.file_path = self._target(bundle)
+        except DownloadFailed as exc:
+            _fail(bundle, exc.kind, exc.message)
+            return
+        path = bundle.file_path
+        twin = self._inflight.get(path)
+        if twin is not None:
+            _copy_outcome(await asyncio.shield(twin), bundle)
+            return
+        done: asyncio.Future[Bundle] = asyncio.get_running_loop().create_future()
+        self._inflight[path] = done
+        try:
+            await self._fetch(bundle, parts)
+        finally:
+            del self._inflight[path]
+            done.set_result(bundle)
+
+    def _target(self, bundle: Bundle) -> str:
+        ds = self.download_strategy
+        if bundle.file_path:
+            return check_target(ds.home, bundle.file_path)
+        try:
+            path = ds.get_file_path(bundle)
+        except DownloadFailed:
+            raise
+        except Exception as exc:
+            raise DownloadFailed(
+                ErrorKind.STRATEGY, f"get_file_path failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        return check_target(ds.home, path)
+
+    async def _fetch(self, bundle: Bundle, parts: UrlParts) -> None:
+        ds, rs = self.download_strategy, self.request_strategy
+        path = bundle.file_path
+        if path is not None and ds.skip_cached:
+            found = find_complete(path)
+            if found is not None:
+                bundle.file_path = found
+                bundle.state = CACHED
+                bundle.bytes = os.path.getsize(found)
+                return
+        slot = self._slot(parts.host_key)
+        slot.users += 1
+        try:
+            while True:
+                wait = rs.get_sleep_time(bundle)
+                if wait and wait > 0:
+                    await asyncio.sleep(wait)
+                async with slot.turn(self._worker_slots()):
+                    outcome = await self._attempt(bundle)
+                if outcome is None:
+                    bundle.state = WRITTEN
+                    bundle.error_kind = bundle.error_message = None
+                    return
+                if outcome.retry_after is not None and outcome.status in _PAUSE_STATUSES:
+                    slot.pause(min(outcome.retry_after, rs.retry_after_cap))
+                decision = decide(
+                    attempts=bundle.attempts,
+                    max_attempts=rs.max_attempts,
+                    wants_retry=bool(rs.retry(outcome)),
+                    never_retry=outcome.error_kind in NEVER_RETRY_KINDS,
+                    strategy_delay=0.0,
+                    retry_after=None,
+                    retry_after_cap=rs.retry_after_cap,
+                )
+                if not decision.retry:
+                    _fail(bundle, outcome.error_kind, outcome.message)
+                    await ds.on_fail(bundle)
+                    return
+        finally:
+            slot.users -= 1
+            if slot.idle():
+                self._hosts.pop(parts.host_key, None)
+
+    async def request_and_download(self, bundle: Bundle) -> Bundle:
+        """One attempt (no retry): request, check, write. Sets the bundle's final state."""
+        if bundle.file_path is None:
+            bundle.file_path = self._target(bundle)
+        outcome = await self._attempt(bundle)
+        if outcome is None:
+            bundle.state = WRITTEN
+        else:
+            _fail(bundle, outcome.error_kind, outcome.message)
+        return bundle
+
+    async def _attempt(self, bundle: Bundle) -> Outcome | None:
+        """Make one request and write its body; None on success, else what went wrong."""
+        rs = self.request_strategy
+        bundle.attempts += 1
+        status: int | None = None
+        headers: Mapping[str, str] = {}
+        try:
+            session = self._get_session()
+            async with session.get(
+                bundle.url,
+                params=bundle.params,
+                max_redirects=rs.max_redirects,
+                timeout=self._timeout(),
+            ) as response:
+                status = bundle.status = response.status
+                headers = response.headers
+                try:
+                    rs.assert_response(response)
+                except AssertionError as exc:
+                    return Outcome(
+                        error_kind=ErrorKind.HTTP,
+                        message=str(exc) or f"HTTP {status}",
+                        status=status,
+                        headers=_plain(headers),
+                        retry_after=parse_retry_after(headers.get("Retry-After"), time.time()),
+                        attempt=bundle.attempts,
+                    )
+                await self.download_strategy.on_success(response, bundle)
+                return None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            kind, message = classify(exc, bundle.url)
+            return Outcome(
+                error_kind=kind,
+                message=message,
+                status=status,
+                headers=_plain(headers),
+                attempt=bundle.attempts,
+            )
+
+
+def _plain(headers: Mapping[str, str]) -> dict[str, str]:
+    return {str(k): str(v) for k, v in headers.items()}
+
+
+def _fail(bundle: Bundle, kind: str, message: str) -> None:
+    bundle.state = FAILED
+    bundle.error_kind = kind
+    bundle.error_message = message
+
+
+def _copy_outcome(source: Bundle, target: Bundle) -> None:
+    for name in (
+        "file_path",
+        "state",
+        "status",
+        "attempts",
+        "bytes",
+        "sha256",
+        "error_kind",
+        "error_message",
+    ):
+        setattr(target, name, getattr(source, name))
+
+
+def describe(engine: AioDownload) -> dict[str, Any]:
+    """The plain, picklable configuration a worker process rebuilds this engine from."""
+    return {
+        "download_strategy": engine.download_strategy,
+        "request_strategy": engine.request_strategy,
+        "host_budgets": dict(engine.host_budgets),
+    }

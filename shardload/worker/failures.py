@@ -1,0 +1,65 @@
+"""The one place where exceptions become error kinds.
+
+Every exception an attempt can raise (aiohttp, asyncio, OS, a user's strategy) is mapped here to
+an ``ErrorKind`` and a message; nothing else in shardload inspects aiohttp's exception types.
+Messages never carry credentials (URLs are redacted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ssl
+
+import aiohttp
+
+from ..errors import DownloadFailed, ErrorKind
+from ..urls import redact
+
+
+def classify(exc: BaseException, url: str = "") -> tuple[ErrorKind, str]:
+    """The error kind and a one-line message for an exception raised during an attempt."""
+    kind = _kind(exc)
+    if isinstance(exc, DownloadFailed):
+        return exc.kind, exc.message
+    text = str(exc) or type(exc).__name__
+    if url:
+        text = text.replace(url, redact(url))
+    return kind, f"{type(exc).__name__}: {text}"[:500]
+
+
+def _kind(exc: BaseException) -> ErrorKind:
+    if isinstance(exc, DownloadFailed):
+        return exc.kind
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return ErrorKind.DNS
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        return ErrorKind.TLS
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return ErrorKind.CONNECT
+    if isinstance(exc, aiohttp.TooManyRedirects | aiohttp.RedirectClientError):
+        return ErrorKind.REDIRECT
+    if isinstance(exc, aiohttp.InvalidURL | aiohttp.InvalidUrlClientError):
+        return ErrorKind.INVALID_URL
+    if isinstance(exc, aiohttp.NonHttpUrlClientError):
+        return ErrorKind.UNSUPPORTED_SCHEME
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return ErrorKind.TIMEOUT
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return ErrorKind.TRUNCATED
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientConnectionResetError):
+        return ErrorKind.RESET
+    if isinstance(exc, aiohttp.ClientOSError):
+        return ErrorKind.RESET if exc.errno in _RESET_ERRNOS else ErrorKind.CONNECT
+    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientError):
+        return ErrorKind.PROTOCOL
+    if isinstance(exc, ssl.SSLError):
+        return ErrorKind.TLS
+    if isinstance(exc, ConnectionError):
+        return ErrorKind.RESET
+    if isinstance(exc, OSError):
+        return ErrorKind.DISK
+    return ErrorKind.STRATEGY
+
+
+_RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})

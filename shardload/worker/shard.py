@@ -1,0 +1,94 @@
+"""ShardWorker: runs the jobs of one shard on one engine and emits results in batches.
+
+The same object runs inside the coordinator's loop (processes=1), inside a worker process, and
+(later) inside a cluster actor: only how jobs arrive and results leave differs (the ``emit``
+callback). Invariant: every accepted job produces exactly one result, whatever happens, unless
+the worker is aborted (then the coordinator owns the unfinished jobs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from ..bundle import FAILED, Bundle, Job, Result, to_result
+from ..errors import ErrorKind
+from .engine import AioDownload
+
+
+class ShardWorker:
+    def __init__(
+        self,
+        engine: AioDownload,
+        emit: Callable[[list[Result]], None],
+        batch_size: int = 256,
+        flush_interval: float = 0.02,
+    ) -> None:
+        self.engine = engine
+        self._emit = emit
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self._out: list[Result] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def accept(self, jobs: list[Job]) -> None:
+        """Start every job now; per-host limits inside the engine decide when each runs."""
+        loop = asyncio.get_running_loop()
+        for job in jobs:
+            task = loop.create_task(self._run(job))
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+        if self._tasks:
+            self._idle.clear()
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not self._tasks:
+            self._idle.set()
+
+    async def _run(self, job: Job) -> None:
+        seq, url, params, info, file_path = job
+        bundle = Bundle(url, info=info, params=params, file_path=file_path)
+        bundle.seq = seq
+        try:
+            await self.engine.main(bundle)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # main() already maps failures; this is the last net
+            bundle.state = FAILED
+            bundle.error_kind = ErrorKind.STRATEGY
+            bundle.error_message = f"{type(exc).__name__}: {exc}"
+        self._out.append(to_result(bundle))
+        if len(self._out) >= self._batch_size:
+            self.flush()
+        elif self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(
+                self._flush_interval, self.flush
+            )
+
+    def flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._out:
+            out, self._out = self._out, []
+            self._emit(out)
+
+    async def drain(self) -> None:
+        """Wait until every accepted job has finished, then emit what is left."""
+        await self._idle.wait()
+        self.flush()
+
+    async def abort(self) -> None:
+        """Cancel every job (their temporary files are removed by the writers' cleanup)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._out = []

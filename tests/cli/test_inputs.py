@@ -1,0 +1,187 @@
+"""Input parsing: URL lines, JSON lines, comments, bad lines, gzip, stdin, long lines."""
+
+from __future__ import annotations
+
+import gzip
+import io
+from pathlib import Path
+
+import pytest
+
+from shardload.cli import inputs
+from shardload.cli.inputs import BadLine, InputItem, iter_parsed, open_input, parse_line
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", None),
+        ("   \n", None),
+        ("# a comment", None),
+        ("   # indented comment", None),
+        ("http://a/x\n", InputItem(1, "http://a/x")),
+        ("  http://a/x  \r\n", InputItem(1, "http://a/x")),
+        ("not a url", InputItem(1, "not a url")),  # the library reports invalid_url
+        ('{"url": "http://a/x"}', InputItem(1, "http://a/x")),
+        ('{"url": " http://a/x "}', InputItem(1, "http://a/x")),
+        ('{"url": "http://a/x", "path": "d/f.bin"}', InputItem(1, "http://a/x", "d/f.bin")),
+        ('{"url": "http://a/x", "path": null}', InputItem(1, "http://a/x")),
+        ('{"url": "http://a/x", "info": {"id": 7}}', InputItem(1, "http://a/x", None, {"id": 7})),
+        ('{"url": "http://a/x", "extra": 1}', InputItem(1, "http://a/x")),
+    ],
+)
+def test_parse_line_good(text: str, expected: InputItem | None) -> None:
+    assert parse_line(text, 1) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        ("{not json", "{not json", "invalid JSON"),
+        ('{"url": "http://a/x"', '{"url": "http://a/x"', "invalid JSON"),
+        ('{"path": "p"}', '{"path": "p"}', "missing 'url'"),
+        ('{"url": 5}', '{"url": 5}', "non-empty string"),
+        ('{"url": ""}', '{"url": ""}', "non-empty string"),
+        ('{"url": "http://a/x", "path": 3}', "http://a/x", "'path' must be"),
+        ('{"url": "http://a/x", "path": ""}', "http://a/x", "'path' must be"),
+    ],
+)
+def test_parse_line_bad(text: str, key: str, reason: str) -> None:
+    parsed = parse_line(text, 3)
+    assert isinstance(parsed, BadLine)
+    assert parsed.key == key
+    assert parsed.lineno == 3
+    assert reason in parsed.reason
+    assert parsed.reason.startswith("line 3: ")
+
+
+def test_bad_line_keeps_info_and_truncates_key() -> None:
+    parsed = parse_line('{"info": {"a": 1}, "url": null}', 1)
+    assert isinstance(parsed, BadLine)
+    assert parsed.info == {"a": 1}
+    long = parse_line("{" + "x" * 5000, 1)
+    assert isinstance(long, BadLine)
+    assert len(long.key) == inputs.KEY_CHARS
+
+
+def test_json_array_is_bad() -> None:
+    # A line starting with "{" is JSON; anything else is a URL, even "[1]".
+    assert parse_line("[1]", 1) == InputItem(1, "[1]")
+    bad = parse_line('{"a": [1', 1)
+    assert isinstance(bad, BadLine)
+
+
+def _parsed(data: bytes) -> list[InputItem | BadLine]:
+    return list(iter_parsed(io.BytesIO(data)))
+
+
+def test_iter_parsed_numbers_lines_and_skips_blanks() -> None:
+    data = b"\xef\xbb\xbfhttp://a/1\n\n# c\nhttp://a/2\r\n{bad\nhttp://a/3"
+    got = _parsed(data)
+    assert [type(p).__name__ for p in got] == ["InputItem", "InputItem", "BadLine", "InputItem"]
+    assert [p.lineno for p in got] == [1, 4, 5, 6]
+    assert got[0] == InputItem(1, "http://a/1")
+    assert got[3] == InputItem(6, "http://a/3")
+
+
+def test_iter_parsed_bad_utf8_is_a_bad_line() -> None:
+    got = _parsed(b"http://a/\xff\xfe\nhttp://a/ok\n")
+    assert isinstance(got[0], BadLine)
+    assert "not UTF-8" in got[0].reason
+    assert got[1] == InputItem(2, "http://a/ok")
+
+
+def test_iter_parsed_overlong_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inputs, "MAX_LINE_BYTES", 16)
+    got = _parsed(b"http://a/1\n" + b"x" * 100 + b"\nhttp://a/2\n")
+    assert got[0] == InputItem(1, "http://a/1")
+    assert isinstance(got[1], BadLine)
+    assert "too long" in got[1].reason
+    assert got[2] == InputItem(3, "http://a/2")
+
+
+def test_truncated_gzip_becomes_a_bad_line_not_a_crash(tmp_path: Path) -> None:
+    whole = gzip.compress(b"".join(b"http://a/%d\n" % i for i in range(2000)))
+    with open_input("-", io.BytesIO(whole[: len(whole) // 2])) as stream:
+        got = list(iter_parsed(stream))
+    assert isinstance(got[-1], BadLine)
+    assert "input read error" in got[-1].reason
+    assert all(isinstance(p, InputItem) for p in got[:-1])
+
+
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize("suffix", [".txt", ".gz"])
+def test_open_input_detects_gzip_by_magic(tmp_path: Path, compress: bool, suffix: str) -> None:
+    text = b"http://a/1\nhttp://a/2\n"
+    path = tmp_path / f"urls{suffix}"
+    path.write_bytes(gzip.compress(text) if compress else text)
+    with open_input(str(path)) as stream:
+        assert [p.url for p in iter_parsed(stream) if isinstance(p, InputItem)] == [
+            "http://a/1",
+            "http://a/2",
+        ]
+    assert inputs.count_items(str(path)) == 2
+
+
+class _Trickle(io.RawIOBase):
+    """A pipe that returns one byte per read, like a slow stdin."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: object) -> int:
+        if not self._data:
+            return 0
+        view = memoryview(buffer)  # type: ignore[arg-type]
+        view[0] = self._data[0]
+        self._data = self._data[1:]
+        return 1
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_open_input_stdin_one_byte_at_a_time(compress: bool) -> None:
+    text = b'http://a/1\n# c\n{"url": "http://a/2"}\n'
+    data = gzip.compress(text) if compress else text
+    with open_input("-", _Trickle(data)) as stream:  # type: ignore[arg-type]
+        got = list(iter_parsed(stream))
+    assert got == [InputItem(1, "http://a/1"), InputItem(3, "http://a/2")]
+
+
+def test_open_input_empty_and_missing(tmp_path: Path) -> None:
+    with open_input("-", io.BytesIO(b"")) as stream:
+        assert list(iter_parsed(stream)) == []
+    with pytest.raises(FileNotFoundError), open_input(f"{tmp_path}/nope.txt"):
+        pass
+
+
+def test_iter_parsed_is_lazy() -> None:
+    def endless() -> object:
+        i = 0
+        while True:
+            yield b"http://a/%d\n" % i
+            i += 1
+
+    class Endless(io.RawIOBase):
+        def __init__(self) -> None:
+            self._it = endless()
+            self._buf = b""
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: object) -> int:
+            if not self._buf:
+                self._buf = next(self._it)  # type: ignore[call-overload]
+            view = memoryview(buffer)  # type: ignore[arg-type]
+            n = min(len(view), len(self._buf))
+            view[:n] = self._buf[:n]
+            self._buf = self._buf[n:]
+            return n
+
+    with open_input("-", Endless()) as stream:  # type: ignore[arg-type]
+        it = iter_parsed(stream)
+        first = [next(it) for _ in range(3)]
+    assert [p.lineno for p in first] == [1, 2, 3]

@@ -1,0 +1,160 @@
+"""Manifest: resume decisions (tables), latest record wins, batched flushing, torn lines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shardload.cli.manifest import (
+    Action,
+    ManifestWriter,
+    Prior,
+    classify,
+    decide,
+    encode,
+    iter_records,
+    latest_priors,
+    load_priors,
+)
+
+
+def _rec(url: str = "http://a/x", **fields: Any) -> dict[str, Any]:
+    return {"url": url, **fields}
+
+
+@pytest.mark.parametrize(
+    ("record", "prior"),
+    [
+        (_rec(state="written", status=200), Prior.DONE),
+        (_rec(state="cached", status=None), Prior.DONE),
+        (_rec(state="pending"), None),
+        (_rec(), None),
+        (_rec(state="failed", error_kind="http", status=503), Prior.TRANSIENT),
+        (_rec(state="failed", error_kind="http", status=500), Prior.TRANSIENT),
+        (_rec(state="failed", error_kind="http", status=429), Prior.TRANSIENT),
+        (_rec(state="failed", error_kind="http", status=408), Prior.TRANSIENT),
+        (_rec(state="failed", error_kind="http", status=404), Prior.PERMANENT),
+        (_rec(state="failed", error_kind="http", status=410), Prior.PERMANENT),
+        (_rec(state="failed", error_kind="http", status=403), Prior.PERMANENT),
+        (_rec(state="failed", error_kind="http", status=None), Prior.PERMANENT),
+        (_rec(state="failed", error_kind="http", status="503"), Prior.PERMANENT),
+        (_rec(state="failed", error_kind="timeout"), Prior.TRANSIENT),
+        (_rec(state="failed", error_kind="connect"), Prior.TRANSIENT),
+        (_rec(state="failed", error_kind="reset"), Prior.TRANSIENT),
+        (_rec(state="failed", error_kind="dns"), Prior.TRANSIENT),
+        (_rec(state="failed", error_kind="truncated"), Prior.TRANSIENT),
+        (_rec(state="failed", error_kind="worker_crash"), Prior.TRANSIENT),
+        (_rec(state="failed", error_kind="invalid_url"), Prior.PERMANENT),
+        (_rec(state="failed", error_kind="unsupported_scheme"), Prior.PERMANENT),
+        (_rec(state="failed", error_kind="bad_input"), Prior.PERMANENT),
+        (_rec(state="failed", error_kind="too_large"), Prior.PERMANENT),
+        (_rec(state="failed", error_kind="unsafe_path"), Prior.PERMANENT),
+        (_rec(state="failed", error_kind=None), Prior.PERMANENT),
+    ],
+)
+def test_classify(record: dict[str, Any], prior: Prior | None) -> None:
+    assert classify(record) is prior
+
+
+@pytest.mark.parametrize(
+    ("prior", "transient_only", "action"),
+    [
+        (None, False, Action.RUN),
+        (None, True, Action.RUN),
+        (Prior.DONE, False, Action.SKIP_DONE),
+        (Prior.DONE, True, Action.SKIP_DONE),
+        (Prior.TRANSIENT, False, Action.RUN),
+        (Prior.TRANSIENT, True, Action.RUN),
+        (Prior.PERMANENT, False, Action.RUN),
+        (Prior.PERMANENT, True, Action.SKIP_PERMANENT),
+    ],
+)
+def test_decide(prior: Prior | None, transient_only: bool, action: Action) -> None:
+    assert decide(prior, transient_only=transient_only) is action
+
+
+def test_latest_record_wins_and_unreadable_lines_are_counted() -> None:
+    lines = [
+        encode(_rec("u1", state="failed", error_kind="http", status=503)),
+        encode(_rec("u2", state="written")),
+        b"\n",
+        b"[1, 2]\n",
+        b'{"no_url": 1}\n',
+        encode(_rec("u1", state="written")),
+        encode(_rec("u2", state="failed", error_kind="http", status=404)),
+        b'{"url": "u3", "sta',  # a torn last line
+    ]
+    priors, unreadable = latest_priors(iter_records(lines))
+    assert priors == {"u1": Prior.DONE, "u2": Prior.PERMANENT}
+    assert unreadable == 3
+
+
+def test_load_priors_missing_file_is_empty(tmp_path: Path) -> None:
+    assert load_priors(tmp_path / "none.jsonl") == ({}, 0)
+
+
+def test_encode_is_one_json_line_and_survives_odd_info() -> None:
+    line = encode(_rec("http://a/é", info={"set": {1}}, state="written"))
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    obj = json.loads(line)
+    assert obj["url"] == "http://a/é"
+    assert obj["info"] == {"set": "{1}"}
+    # a lone surrogate cannot be UTF-8: it is escaped, never a crash
+    assert json.loads(encode(_rec("http://a/\udcff")))["url"].startswith("http://a/")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_bytes().splitlines() if x.strip()]
+
+
+def test_writer_flushes_by_count_and_by_time(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "m.jsonl"
+    clock = Clock()
+    w = ManifestWriter(path, append=False, flush_every=3, flush_interval=0.5, clock=clock)
+    w.add(_rec("u1"))
+    w.add(_rec("u2"))
+    assert path.read_bytes() == b""  # buffered
+    w.add(_rec("u3"))
+    assert [r["url"] for r in _lines(path)] == ["u1", "u2", "u3"]  # count reached
+    w.add(_rec("u4"))
+    clock.now = 0.4
+    w.flush_if_due()
+    assert len(_lines(path)) == 3
+    clock.now = 0.6
+    w.flush_if_due()
+    assert len(_lines(path)) == 4  # interval reached
+    w.close()
+    w.close()  # idempotent
+    assert w.written == 4
+
+
+def test_writer_truncates_without_append_and_appends_with(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(encode(_rec("old")))
+    with ManifestWriter(path, append=True) as w:
+        w.add(_rec("new"))
+    assert [r["url"] for r in _lines(path)] == ["old", "new"]
+    with ManifestWriter(path, append=False) as w:
+        w.add(_rec("fresh"))
+    assert [r["url"] for r in _lines(path)] == ["fresh"]
+
+
+def test_writer_append_after_torn_line_starts_a_new_line(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(encode(_rec("u1", state="written")) + b'{"url": "u2", "sta')
+    with ManifestWriter(path, append=True) as w:
+        w.add(_rec("u2", state="written"))
+    priors, unreadable = load_priors(path)
+    assert priors == {"u1": Prior.DONE, "u2": Prior.DONE}
+    assert unreadable == 1

@@ -1,0 +1,109 @@
+"""Progress: pure line formatting and ETA, mode choice, and the line reporter's timing."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from shardload.cli.progress import (
+    BarProgress,
+    Counts,
+    LineProgress,
+    NullProgress,
+    choose_mode,
+    format_eta,
+    format_line,
+    make_progress,
+)
+
+
+@pytest.mark.parametrize(
+    ("counts", "elapsed", "eta"),
+    [
+        (Counts(done=10, total=None), 1.0, "?"),
+        (Counts(done=0, total=100), 1.0, "?"),
+        (Counts(done=10, total=100), 0.0, "?"),
+        (Counts(done=10, total=100), 10.0, "0:01:30"),
+        (Counts(done=5, failed=5, skipped=10, total=100), 10.0, "0:01:20"),
+        (Counts(done=100, total=100), 10.0, "0:00:00"),
+        (Counts(done=120, total=100), 10.0, "0:00:00"),
+    ],
+)
+def test_format_eta(counts: Counts, elapsed: float, eta: str) -> None:
+    assert format_eta(counts, elapsed) == eta
+
+
+def test_format_line() -> None:
+    line = format_line(Counts(done=90, failed=10, skipped=0, bytes=2_000_000, total=400), 2.0)
+    assert line == (
+        "shardload: 100/400 (25%) | done 90 | failed 10 | 50.0 files/s | 1.0 MB/s"
+        " | elapsed 0:00:02 | ETA 0:00:06"
+    )
+    unknown = format_line(Counts(done=1, skipped=2), 0.0)
+    assert unknown.startswith("shardload: 3/? | done 1 | failed 0 | skipped 2 | 0.0 files/s")
+    assert unknown.endswith("ETA ?")
+
+
+@pytest.mark.parametrize(
+    ("mode", "tty", "quiet", "tqdm", "chosen"),
+    [
+        ("auto", True, False, True, "bar"),
+        ("auto", False, False, True, "lines"),
+        ("auto", True, False, False, "lines"),
+        ("bar", False, False, True, "bar"),
+        ("bar", True, False, False, "lines"),
+        ("lines", True, False, True, "lines"),
+        ("none", True, False, True, "none"),
+        ("auto", True, True, True, "none"),
+        ("lines", False, True, True, "none"),
+    ],
+)
+def test_choose_mode(mode: str, tty: bool, quiet: bool, tqdm: bool, chosen: str) -> None:
+    assert choose_mode(mode, is_tty=tty, quiet=quiet, have_tqdm=tqdm) == chosen
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_line_progress_prints_every_interval_and_at_close() -> None:
+    out = io.StringIO()
+    clock = Clock()
+    p = LineProgress(out, interval=5.0, clock=clock)
+    p.set_total(3)
+    p.finished("written", 100)
+    p.finished("cached", 100)
+    p.tick()
+    assert out.getvalue() == ""
+    clock.now += 5.0
+    p.tick()
+    p.tick()
+    assert out.getvalue().count("\n") == 1
+    assert "2/3 (67%) | done 2 | failed 0" in out.getvalue()
+    p.finished("failed", 0)
+    p.close()
+    last = out.getvalue().splitlines()[-1]
+    assert "3/3 (100%) | done 2 | failed 1" in last
+    assert p.counts.bytes == 100  # cached bytes are not downloaded bytes
+
+
+def test_bar_progress_writes_to_its_stream() -> None:
+    out = io.StringIO()
+    p = BarProgress(out)
+    p.finished("written", 10)
+    p.skipped()
+    p.set_total(5)
+    p.tick()
+    p.close()
+    assert "2/5" in out.getvalue()
+    assert "skipped=1" in out.getvalue()
+
+
+def test_make_progress_kinds() -> None:
+    assert isinstance(make_progress("none", io.StringIO()), NullProgress)
+    assert isinstance(make_progress("lines", io.StringIO()), LineProgress)

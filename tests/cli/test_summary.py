@@ -1,0 +1,136 @@
+"""Summary: counting, labels, formatting and exit codes (tables)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from shardload.cli.summary import (
+    RunStats,
+    error_label,
+    exit_code,
+    format_bytes,
+    format_duration,
+    format_summary,
+    host_of,
+)
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "label"),
+    [
+        ("http", 404, "http 404"),
+        ("http", None, "http"),
+        ("timeout", None, "timeout"),
+        ("connect", 0, "connect"),
+        (None, None, "unknown"),
+    ],
+)
+def test_error_label(kind: str | None, status: int | None, label: str) -> None:
+    assert error_label(kind, status) == label
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("http://Example.com/a", "example.com"),
+        ("http://127.0.0.2:8080/x", "127.0.0.2:8080"),
+        ("https://user:pw@h.org/", "h.org"),
+        ("not a url", "<no host>"),
+        ("http://[::1/", "<no host>"),
+    ],
+)
+def test_host_of(url: str, host: str) -> None:
+    assert host_of(url) == host
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [(0, "0 B"), (999, "999 B"), (1000, "1.0 KB"), (1_500_000, "1.5 MB"), (3e12, "3.0 TB")],
+)
+def test_format_bytes(n: float, text: str) -> None:
+    assert format_bytes(n) == text
+
+
+@pytest.mark.parametrize(
+    ("s", "text"), [(0, "0:00:00"), (59.6, "0:01:00"), (3725, "1:02:05"), (-3, "0:00:00")]
+)
+def test_format_duration(s: float, text: str) -> None:
+    assert format_duration(s) == text
+
+
+def _stats(*records: dict[str, Any], skipped_done: int = 0, skipped_permanent: int = 0) -> RunStats:
+    stats = RunStats(skipped_done=skipped_done, skipped_permanent=skipped_permanent)
+    for r in records:
+        stats.add(r)
+    return stats
+
+
+W = {"url": "http://a:1/x", "state": "written", "bytes": 1000}
+C = {"url": "http://a:1/y", "state": "cached", "bytes": 50}
+F404 = {"url": "http://b:2/z", "state": "failed", "error_kind": "http", "status": 404}
+F503 = {"url": "http://c:3/z", "state": "failed", "error_kind": "http", "status": 503}
+FBAD = {"url": "{oops", "state": "failed", "error_kind": "bad_input", "status": None}
+
+
+@pytest.mark.parametrize(
+    ("stats", "interrupted", "code"),
+    [
+        (_stats(), False, 0),
+        (_stats(W, C), False, 0),
+        (_stats(W, F404), False, 1),
+        (_stats(FBAD), False, 1),
+        (_stats(W, skipped_done=5), False, 0),
+        (_stats(W, skipped_permanent=1), False, 1),
+        (_stats(W), True, 130),
+        (_stats(F503), True, 130),
+    ],
+)
+def test_exit_code(stats: RunStats, interrupted: bool, code: int) -> None:
+    assert exit_code(stats, interrupted=interrupted) == code
+
+
+def test_stats_counts() -> None:
+    stats = _stats(W, W, C, F404, F503, F503, FBAD)
+    assert stats.finished == 7
+    assert stats.ok == 3
+    assert stats.failed == 4
+    assert stats.bytes == 2000  # cached files were not downloaded
+    assert stats.by_error == {"http 404": 1, "http 503": 2, "bad_input": 1}
+    assert stats.failed_hosts == {"c:3": 2, "b:2": 1}  # bad input lines have no host
+    assert stats.transient == 2
+
+
+def test_format_summary_contents() -> None:
+    stats = _stats(W, W, C, F404, F503, F503, FBAD, skipped_done=3, skipped_permanent=1)
+    text = format_summary(stats, 2.0, output="/o", manifest="/o/m.jsonl")
+    lines = text.splitlines()
+    assert lines[0] == "shardload: summary"
+    assert "finished   7 (written 2, cached 1, failed 4)" in text
+    assert "skipped    3 already done, 1 permanent failures not retried" in text
+    assert "2.0 KB in 0:00:02 (3.5 files/s, 1.0 KB/s)" in text
+    errors = lines.index("  errors")
+    assert lines[errors + 1].split() == ["2", "http", "503"]  # most frequent first
+    hosts = lines.index("  hosts with the most failures")
+    assert lines[hosts + 1].split() == ["2", "c:3"]
+    assert "  files      /o" in lines
+    assert "  manifest   /o/m.jsonl" in lines
+    assert lines[-1] == "  rerun with --retry-transient to retry the 2 transient failures"
+
+
+def test_format_summary_interrupted_and_top_hosts() -> None:
+    records = [
+        {"url": f"http://h{i}/x", "state": "failed", "error_kind": "connect"} for i in range(15)
+    ]
+    text = format_summary(_stats(*records), 0.0, interrupted=True, top=10)
+    assert text.startswith("shardload: interrupted, partial summary")
+    assert "... and 5 more hosts" in text
+    assert "--resume" in text.splitlines()[-1]
+
+
+def test_format_summary_all_ok_has_no_error_sections() -> None:
+    text = format_summary(_stats(W), 1.0)
+    assert "errors" not in text and "hosts" not in text and "skipped" not in text
+    only_permanent = format_summary(_stats(F404), 1.0)
+    assert "rerun" not in only_permanent

@@ -1,0 +1,273 @@
+"""shardload.urls: validation, normalisation, host keys and redaction."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shardload.errors import DownloadFailed, ErrorKind
+from shardload.urls import UrlParts, host_key, redact, split_url
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://httpbin.org/links/0", UrlParts("https", "httpbin.org", None, "/links/0", "")),
+        ("http://127.0.0.1:8080/links/3", UrlParts("http", "127.0.0.1", 8080, "/links/3", "")),
+        ("HTTP://Example.COM", UrlParts("http", "example.com", None, "", "")),
+        ("http://h:80/x", UrlParts("http", "h", None, "/x", "")),
+        ("https://h:443/x", UrlParts("https", "h", None, "/x", "")),
+        ("http://h:443/x", UrlParts("http", "h", 443, "/x", "")),
+        ("https://h:80/x", UrlParts("https", "h", 80, "/x", "")),
+        ("http://h:/x", UrlParts("http", "h", None, "/x", "")),
+        ("  http://h/x\n", UrlParts("http", "h", None, "/x", "")),
+        ("http://u:p@h/x?a=1#frag", UrlParts("http", "h", None, "/x", "a=1")),
+        ("http://u@h:81", UrlParts("http", "h", 81, "", "")),
+        ("http://h?x", UrlParts("http", "h", None, "", "x")),
+        ("http://h/?", UrlParts("http", "h", None, "/", "")),
+        ("http://a_b.example.com/", UrlParts("http", "a_b.example.com", None, "/", "")),
+        ("http://bücher.de/ü", UrlParts("http", "xn--bcher-kva.de", None, "/ü", "")),
+        ("http://BÜCHER.de/", UrlParts("http", "xn--bcher-kva.de", None, "/", "")),
+        ("http://xn--bcher-kva.de/", UrlParts("http", "xn--bcher-kva.de", None, "/", "")),
+        ("http://a\u3002b.com/", UrlParts("http", "a.b.com", None, "/", "")),
+        ("http://example.com./", UrlParts("http", "example.com.", None, "/", "")),
+        ("http://[::1]:8080/x", UrlParts("http", "::1", 8080, "/x", "")),
+        ("http://[0:0::1]/", UrlParts("http", "::1", None, "/", "")),
+        ("http://[::FFFF:1.2.3.4]/", UrlParts("http", "::ffff:102:304", None, "/", "")),
+        ("http://h/a/../b//c", UrlParts("http", "h", None, "/a/../b//c", "")),
+        ("http://h/%2e%2E/%2F", UrlParts("http", "h", None, "/%2e%2E/%2F", "")),
+        ("http://h:65535", UrlParts("http", "h", 65535, "", "")),
+    ],
+)
+def test_split_url_normalises(url: str, expected: UrlParts) -> None:
+    assert split_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://h/x",
+        "file:///etc/passwd",
+        "example.com/x",
+        "localhost:8080/x",
+        "//h/x",
+        "/just/a/path",
+        "javascript:alert(1)",
+        "mailto:a@b",
+        "ftp://user:secret@h/x",
+    ],
+)
+def test_unsupported_scheme(url: str) -> None:
+    with pytest.raises(DownloadFailed) as info:
+        split_url(url)
+    assert info.value.kind == ErrorKind.UNSUPPORTED_SCHEME
+    assert "secret" not in info.value.message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "",
+        "   ",
+        "http://",
+        "http:///x",
+        "http://:80/",
+        "http://u:p@/x",
+        "http://h x/",
+        "http://h/a b",
+        "http://h/a\tb",
+        "http://h/\x00",
+        "http://h/\x7f",
+        "http://h/\x85x",
+        "http://h/\u3000x",
+        "http://h/\x9fx",
+        "http://h/\u2028x",
+        "http://h:0/",
+        "http://h:99999/",
+        "http://h:65536/",
+        "http://h:8o/",
+        "http://h:-1/",
+        "http://h:１２/",
+        "http://h:80:80/",
+        "http://a..b/",
+        "http://.a/",
+        "http://./",
+        "http://" + "a" * 64 + ".com/",
+        "http://" + ".".join(["a" * 60] * 5) + "/",
+        "http://ex%41mple.com/",
+        "http://a\\b/",
+        "http://a!b/",
+        "http://a*b/",
+        "http://ａ／b.com/",
+        "http://" + "ü" * 70 + ".de/",
+        "http://[::1/",
+        "http://[::1]x/",
+        "http://[not-v6]/",
+        "http://[fe80::1%25eth0]/",
+        "http://1.2.3.4:8080:9/",
+        "http://\ud800.com/",
+        "http://h/\udfff",
+    ],
+)
+def test_invalid_url(url: str) -> None:
+    with pytest.raises(DownloadFailed) as info:
+        split_url(url)
+    assert info.value.kind == ErrorKind.INVALID_URL
+    info.value.message.encode("utf-8")  # printable, encodable messages only
+
+
+@pytest.mark.parametrize("url", [None, 5, b"http://h/", ["http://h/"]])
+def test_non_string_is_invalid(url: object) -> None:
+    with pytest.raises(DownloadFailed) as info:
+        split_url(url)  # type: ignore[arg-type]
+    assert info.value.kind == ErrorKind.INVALID_URL
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://user:hunter2@a..b/",
+        "http://user:hunter2@h:99999/",
+        "http://user:hunter2@h/\x00",
+        "http://user:hunter2@/x",
+        "gopher://user:hunter2@h/",
+        "http://user:hunter2@ex%41mple.com/",
+        "http://us@er:hunter2@h:bad/",
+    ],
+)
+def test_messages_never_contain_credentials(url: str) -> None:
+    with pytest.raises(DownloadFailed) as info:
+        split_url(url)
+    assert "hunter2" not in info.value.message
+    assert "hunter2" not in str(info.value)
+    assert "***@" in info.value.message
+
+
+def test_long_url_message_is_cut() -> None:
+    with pytest.raises(DownloadFailed) as info:
+        split_url("http://h:bad/" + "x" * 10_000)
+    assert len(info.value.message) < 400
+
+
+def test_params_are_appended_as_aiohttp_sends_them() -> None:
+    assert split_url("http://h/x", {"a": "1"}).query == "a=1"
+    assert split_url("http://h/x?z=0", {"a": [1, 2], "b": "c d"}).query == "z=0&a=1&a=2&b=c+d"
+    assert split_url("http://h/x?z=0", {}).query == "z=0"
+    assert split_url("http://h/x?z=0", None).query == "z=0"
+    assert split_url("http://h/x", {"q": "/&="}).query == "q=%2F%26%3D"
+
+
+@pytest.mark.parametrize(
+    ("url", "key"),
+    [
+        ("https://httpbin.org/links/0", "httpbin.org"),
+        ("http://127.0.0.1:8080/links/3", "127.0.0.1:8080"),
+        ("http://H:80/", "h"),
+        ("https://h:80/", "h:80"),
+        ("http://[::1]:8080/", "[::1]:8080"),
+        ("http://[::1]/", "[::1]"),
+        ("http://u:p@bücher.de:81/", "xn--bcher-kva.de:81"),
+    ],
+)
+def test_host_key(url: str, key: str) -> None:
+    assert host_key(url) == key
+    assert split_url(url).host_key == key
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://u:p@h/x", "http://***@h/x"),
+        ("https://user@h:8080/x?y=@z", "https://***@h:8080/x?y=@z"),
+        ("http://a@b@h/x", "http://***@h/x"),
+        ("//u:p@h/x", "//***@h/x"),
+        ("http://h/x@y", "http://h/x@y"),
+        ("http://h/x", "http://h/x"),
+        ("not a url", "not a url"),
+        ("", ""),
+        ("http://u:p@h", "http://***@h"),
+        ("ftp://u:p@h/x", "ftp://***@h/x"),
+        ("://u:p@h/x", "://***@h/x"),
+        ("http:u:p@h/x", "http:***@h/x"),
+        ("http:\\\\u:p@h/x", "http:\\\\***@h/x"),
+        ("garbage here://u:p@h", "garbage here://***@h"),
+    ],
+)
+def test_redact(url: str, shown: str) -> None:
+    assert redact(url) == shown
+
+
+class _Hostile(str):
+    def __getitem__(self, item: object) -> str:
+        raise RuntimeError("boom")
+
+    def rindex(self, *args: object) -> int:
+        raise RuntimeError("boom")
+
+
+@given(st.one_of(st.text(), st.binary(), st.none(), st.integers()))
+@settings(max_examples=300, deadline=None)
+def test_redact_never_raises(value: object) -> None:
+    assert isinstance(redact(value), str)  # type: ignore[arg-type]
+
+
+def test_redact_survives_hostile_str() -> None:
+    assert isinstance(redact(_Hostile("http://u:p@h/x")), str)
+
+
+_SCHEMES = st.sampled_from(["http", "https", "HTTP", "ftp", "", "javascript"])
+_HOSTS = st.sampled_from(
+    ["h", "Example.com", "bücher.de", "a_b.c", "127.0.0.1", "[::1]", "", "a..b", "[::1", "h:99"]
+)
+_SEGMENT = st.one_of(
+    st.sampled_from(["..", ".", "%2e%2e", "%2F", "\\", "%00", "@", "", "a b", "%", "#", "?"]),
+    st.text(max_size=20),
+)
+
+
+@st.composite
+def _urls(draw: st.DrawFn) -> str:
+    scheme = draw(_SCHEMES)
+    creds = draw(st.sampled_from(["", "u:secretpw@", "secretpw@"]))
+    host = draw(_HOSTS)
+    port = draw(st.sampled_from(["", ":80", ":8080", ":0", ":x"]))
+    path = "/".join(draw(st.lists(_SEGMENT, max_size=5)))
+    return f"{scheme}://{creds}{host}{port}/{path}"
+
+
+@given(_urls())
+@settings(max_examples=500, deadline=None)
+def test_split_url_total(url: str) -> None:
+    """split_url either returns normalised parts or raises DownloadFailed; never leaks secrets."""
+    try:
+        parts = split_url(url)
+    except DownloadFailed as exc:
+        assert exc.kind in (ErrorKind.INVALID_URL, ErrorKind.UNSUPPORTED_SCHEME)
+        assert "secretpw" not in exc.message
+        return
+    assert parts.scheme in ("http", "https")
+    assert parts.host == parts.host.lower()
+    assert parts.host.isascii()
+    assert "secretpw" not in repr(parts)
+    assert parts.port is None or 0 < parts.port <= 65535
+    assert parts.port not in ({"http": 80, "https": 443}[parts.scheme],)
+    assert split_url(url) == parts  # deterministic
+
+
+@given(st.text(max_size=60))
+@settings(max_examples=500, deadline=None)
+def test_split_url_never_raises_anything_else(url: str) -> None:
+    try:
+        split_url(url)
+    except DownloadFailed:
+        pass
+
+
+def test_urlparts_is_frozen_and_picklable() -> None:
+    parts = split_url("http://h:81/x?y")
+    assert pickle.loads(pickle.dumps(parts)) == parts
+    with pytest.raises(AttributeError):
+        parts.host = "evil"  # type: ignore[misc]
