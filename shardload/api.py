@@ -43,8 +43,13 @@ class _Plan:
     split_hosts: dict[str, int]
     start_method: str | None
     limits: Limits
+    executor: Executor | None = None
 
-    def executor(self) -> Executor:
+    def __post_init__(self) -> None:
+        # Built now, in the caller's thread: an unpicklable strategy fails before any work.
+        self.executor = self._make_executor()
+
+    def _make_executor(self) -> Executor:
         if self.processes == 1:
             return InLoopExecutor(self.download)
         config = describe(self.download)
@@ -57,9 +62,12 @@ class _Plan:
         )
 
     def run(self) -> AsyncIterator[list[Bundle]]:
+        executor, self.executor = self.executor, None
+        if executor is None:
+            raise RuntimeError("a plan runs once")
         return coordinate(
             self.items,
-            self.executor(),
+            executor,
             url_map=self.url_map,
             split_hosts=self.split_hosts,
             limits=self.limits,

@@ -25,6 +25,7 @@ Routes (on every host):
   /loop                              redirects to itself forever
   /redirect-to?url=U                 one redirect to U
   /gzip/{n}                          a gzip body that expands to n zero bytes
+  /any/{anything}                    200 with the path, for any path below /any/
   /echo                              JSON of method, query and headers
   /_stats, /_reset                   the measurements, and their reset
 """
@@ -239,6 +240,10 @@ def _build_app(stats: _Stats) -> web.Application:
     async def gzipped(request: web.Request) -> web.Response:
         body = gzip.compress(b"\0" * int(request.match_info["n"]))
         return web.Response(body=body, headers={"Content-Encoding": "gzip"})
+
+    @routes.get("/any/{tail:.*}")
+    async def anything(request: web.Request) -> web.Response:
+        return web.Response(text="path " + request.path_qs)
 
     @routes.route("*", "/echo")
     async def echo(request: web.Request) -> web.Response:

@@ -1,0 +1,243 @@
+"""The multiprocess coordinator: exactly once, exact host limits, faults (issue 3)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import shardload
+from shardload import ConfigurationError, ErrorKind, RequestStrategy
+
+from .conftest import files_under, make_download, temp_files
+
+
+def mixed_urls(srv, n: int) -> list[str]:
+    urls = [f"{srv.base_urls[i % 4]}/bytes/{100 + i % 7}?name=m{i}" for i in range(n)]
+    urls[5] = "ftp://example.com/nope"
+    urls[9] = srv.base_urls[1] + "/status/404"
+    urls[13] = "http://exa mple.com/"
+    return urls
+
+
+@pytest.mark.parametrize("processes", [1, 2, 4])
+def test_every_url_exactly_once(srv, home, processes):
+    urls = mixed_urls(srv, 400)
+    seen = list(shardload.each(urls, download=make_download(home), processes=processes))
+    assert sorted(b.seq for b in seen) == list(range(400))
+    assert sorted(b.url for b in seen) == sorted(urls)
+    failed = {b.url for b in seen if not b.ok}
+    assert failed == {urls[5], urls[9], urls[13]}
+    assert len(files_under(home)) == 397
+    # Each good URL was requested exactly once across all workers.
+    paths = srv.stats()["paths"]
+    assert all(count == 1 for path, count in paths.items() if path.startswith("/bytes/"))
+
+
+def test_swarm_keeps_order_across_processes(srv, home):
+    urls = mixed_urls(srv, 100)
+    bundles = shardload.swarm(urls, download=make_download(home), processes=3)
+    assert [b.url for b in bundles] == urls
+
+
+def test_per_host_limit_holds_across_processes(srv, home):
+    urls = [f"{srv.base_urls[i % 4]}/slow/80/p{i}" for i in range(48)]
+    strategy = RequestStrategy(concurrent=2)
+    bundles = shardload.swarm(urls, download=make_download(home, strategy), processes=4)
+    assert all(b.ok for b in bundles)
+    peaks = [h["max_concurrency"] for h in srv.stats()["hosts"].values()]
+    assert peaks and max(peaks) == 2
+
+
+def test_split_hot_host_divides_its_budget(srv, home):
+    hot = srv.host_key(0)
+    urls = [f"http://{hot}/slow/150/h{i}" for i in range(40)]
+    strategy = RequestStrategy(concurrent=4)
+    bundles = shardload.swarm(
+        urls, download=make_download(home, strategy), processes=2, split_hosts={hot: 2}
+    )
+    assert all(b.ok for b in bundles)
+    peak = srv.stats()["hosts"][hot]["max_concurrency"]
+    # Two workers with 2 each: more than one worker's share, never more than the host's limit.
+    assert 2 < peak <= 4
+
+
+def test_a_worker_killed_mid_run_loses_nothing(srv, home):
+    urls = [f"{srv.base_urls[i % 4]}/slow/40/k{i}" for i in range(200)]
+    strategy = RequestStrategy(concurrent=4)
+    seen = []
+    killed = False
+    for bundle in shardload.each(urls, download=make_download(home, strategy), processes=2):
+        seen.append(bundle)
+        if len(seen) == 20 and not killed:
+            children = multiprocessing.active_children()
+            assert children, "no worker processes found"
+            os.kill(children[0].pid, signal.SIGKILL)
+            killed = True
+    assert killed
+    assert sorted(b.url for b in seen) == sorted(urls)
+    assert all(b.ok for b in seen), {b.error_kind for b in seen}
+    assert temp_files(home) == []
+    assert multiprocessing.active_children() == []
+
+
+def test_each_closed_early_stops_every_worker(srv, home):
+    urls = [f"{srv.base_urls[i % 4]}/slow/50/e{i}" for i in range(300)]
+    stream = shardload.each(urls, download=make_download(home), processes=2)
+    for count, _bundle in enumerate(stream, 1):
+        if count == 10:
+            break
+    stream.close()
+    assert multiprocessing.active_children() == []
+    assert temp_files(home) == []
+
+
+def test_unpicklable_strategy_is_a_clear_error_before_any_work(home):
+    class Local(RequestStrategy):  # defined inside a function: cannot be pickled
+        pass
+
+    download = make_download(home, Local())
+    with pytest.raises(ConfigurationError, match="picklable"):
+        shardload.each(["http://127.0.0.2/a", "http://127.0.0.3/b"], download=download, processes=2)
+    assert multiprocessing.active_children() == []
+
+
+def test_bad_processes_value(home):
+    with pytest.raises(ConfigurationError):
+        shardload.swarm(["http://127.0.0.2/"], processes=0)
+
+
+def test_never_more_workers_than_hosts(srv, home):
+    urls = [f"{srv.base_urls[0]}/links/{i}" for i in range(6)]
+    before = set(multiprocessing.active_children())
+    bundles = shardload.swarm(urls, download=make_download(home), processes=8)
+    assert all(b.ok for b in bundles)
+    assert set(multiprocessing.active_children()) == before
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_start_methods(srv, home, method):
+    urls = mixed_urls(srv, 40)
+    bundles = shardload.swarm(urls, download=make_download(home), processes=2, start_method=method)
+    assert len(bundles) == 40 and sum(b.ok for b in bundles) == 37
+
+
+def test_fork_is_refused(home):
+    with pytest.raises(ConfigurationError, match="fork"):
+        shardload.swarm(["http://127.0.0.2/", "http://127.0.0.3/"], processes=2, start_method="fork")
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import multiprocessing, sys
+    import shardload
+    from shardload import AioDownload, DownloadStrategy, RequestStrategy
+
+    if __name__ == "__main__":
+        bases, home = sys.argv[1].split(","), sys.argv[2]
+        urls = [f"{bases[i % len(bases)]}/drip/50?ms=40&n={i}" for i in range(400)]
+        download = AioDownload(download_strategy=DownloadStrategy(home=home),
+                               request_strategy=RequestStrategy(concurrent=4))
+        try:
+            for i, bundle in enumerate(shardload.each(urls, download=download, processes=2)):
+                if i == 0:
+                    pids = [p.pid for p in multiprocessing.active_children()]
+                    print("PIDS", *pids, flush=True)
+        except KeyboardInterrupt:
+            print("INTERRUPTED", flush=True)
+            print("LEFT", len(multiprocessing.active_children()), flush=True)
+            raise
+    """
+)
+
+
+def test_keyboard_interrupt_stops_workers_and_leaves_no_partial_files(srv, home, tmp_path):
+    script = tmp_path / "interrupt.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), ",".join(srv.base_urls), home],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("PIDS"), line + proc.stderr.read() if proc.stderr else line
+    pids = [int(p) for p in line.split()[1:]]
+    time.sleep(0.5)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert time.monotonic() - started < 20
+    assert "INTERRUPTED" in out and "LEFT 0" in out
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    assert "resource_tracker" not in err and "leaked" not in err
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    # Only complete files at final paths (each /drip/50 body is 50 bytes), no temp files.
+    for rel in files_under(home):
+        assert os.path.getsize(os.path.join(home, rel)) == 50
+    assert temp_files(home) == []
+
+
+def test_workers_exit_when_the_coordinator_is_killed(srv, home, tmp_path):
+    script = tmp_path / "orphan.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), ",".join(srv.base_urls), home],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    pids = [int(p) for p in proc.stdout.readline().split()[1:]]
+    assert pids
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 20
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [p for p in pids if _alive(p)]
+    assert alive == []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is not running; it only waits to be reaped by its (dead) parent's init.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_crash_limit_fails_jobs_with_the_reason(srv, home):
+    """A shard that keeps dying is given up on: its jobs fail with worker_crash, none is lost."""
+    from shardload.coordinator import Limits
+    from shardload.api import _plan
+
+    urls = [f"{srv.base_urls[i % 4]}/slow/300/c{i}" for i in range(40)]
+    plan = _plan(urls, None, make_download(home), 2, None, None, sync=True)
+    plan.limits = Limits(max_restarts=0)
+    from shardload.api import _iterate
+
+    seen = []
+    for bundle in _iterate(plan):
+        seen.append(bundle)
+        if len(seen) == 1:
+            for child in multiprocessing.active_children():
+                os.kill(child.pid, signal.SIGKILL)
+    assert sorted(b.url for b in seen) == sorted(urls)
+    crashed = [b for b in seen if b.error_kind == ErrorKind.WORKER_CRASH]
+    assert crashed and "killed by signal 9" in crashed[0].error_message

@@ -1,0 +1,169 @@
+"""The engine under network faults, timeouts and per-host limits (issue 2, items 4 and 7)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import shardload
+from shardload import ErrorKind, RequestStrategy
+
+from .conftest import files_under, make_download, temp_files
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [
+        ("/truncate/100000", ErrorKind.TRUNCATED),
+        ("/reset/100000", ErrorKind.TRUNCATED),
+        ("/chunked-cut", ErrorKind.TRUNCATED),
+        ("/status/500", ErrorKind.HTTP),
+        ("/loop", ErrorKind.REDIRECT),
+    ],
+)
+def test_failures_leave_nothing_on_disk(srv, home, path, kind):
+    (b,) = shardload.swarm([srv.base_urls[0] + path], download=make_download(home))
+    assert b.state == "failed"
+    assert b.error_kind == kind, b.error_message
+    assert files_under(home) == set()
+    assert temp_files(home) == []
+
+
+def test_timeout_on_a_server_that_never_answers(srv, home):
+    strategy = RequestStrategy(timeout=0.5)
+    (b,) = shardload.swarm([srv.base_urls[0] + "/hang"], download=make_download(home, strategy))
+    assert b.error_kind == ErrorKind.TIMEOUT
+    assert b.elapsed < 10
+
+
+def test_timeout_on_a_body_that_stalls(srv, home):
+    strategy = RequestStrategy(timeout=0.5)
+    (b,) = shardload.swarm([srv.base_urls[0] + "/stall/100"], download=make_download(home, strategy))
+    assert b.error_kind == ErrorKind.TIMEOUT
+    assert files_under(home) == set() and temp_files(home) == []
+
+
+def test_timeout_bounds_stalls_not_the_whole_body(srv, home):
+    """A body taking 1.2 s in total, with 0.2 s between bytes, finishes under timeout=0.6."""
+    strategy = RequestStrategy(timeout=0.6)
+    (b,) = shardload.swarm(
+        [srv.base_urls[0] + "/drip/6?ms=200"], download=make_download(home, strategy)
+    )
+    assert b.state == "written", b.error_message
+    assert b.bytes == 6 and b.elapsed >= 1.0
+
+
+def test_max_time_bounds_a_whole_attempt(srv, home):
+    strategy = RequestStrategy(timeout=5, max_time=0.5)
+    (b,) = shardload.swarm([srv.base_urls[0] + "/drip/20?ms=100"], download=make_download(home, strategy))
+    assert b.error_kind == ErrorKind.TIMEOUT
+
+
+def test_redirect_chain_is_followed(srv, home):
+    (b,) = shardload.swarm([srv.base_urls[0] + "/redirect/3"], download=make_download(home))
+    assert b.state == "written" and b.status == 200
+    # The file is named after the URL asked for, not where it redirected.
+    assert b.file_path.endswith(os.path.join("redirect", "3"))
+
+
+def test_redirect_to_a_non_http_scheme_fails(srv, home):
+    url = srv.base_urls[0] + "/redirect-to?url=ftp://example.com/x"
+    (b,) = shardload.swarm([url], download=make_download(home))
+    assert b.state == "failed" and b.error_kind in (ErrorKind.REDIRECT, ErrorKind.UNSUPPORTED_SCHEME)
+
+
+@pytest.mark.parametrize(("path", "limit"), [("/bytes/5000", 1000), ("/gzip/10000000", 100_000)])
+def test_max_bytes(srv, home, path, limit):
+    (b,) = shardload.swarm([srv.base_urls[0] + path], download=make_download(home, max_bytes=limit))
+    assert b.error_kind == ErrorKind.TOO_LARGE
+    assert files_under(home) == set() and temp_files(home) == []
+
+
+def test_body_within_max_bytes_is_written(srv, home):
+    (b,) = shardload.swarm([srv.base_urls[0] + "/bytes/999"], download=make_download(home, max_bytes=999))
+    assert b.state == "written" and b.bytes == 999
+
+
+def test_sha256_of_the_content(srv, home):
+    import hashlib
+
+    from shardload.testing.server import body_for
+
+    (b,) = shardload.swarm([srv.base_urls[0] + "/bytes/70000"], download=make_download(home))
+    assert b.sha256 == hashlib.sha256(body_for(70000)).hexdigest()
+
+
+def test_large_body_is_complete(srv, home):
+    from shardload.testing.server import body_for
+
+    (b,) = shardload.swarm([srv.base_urls[0] + "/bytes/5000000"], download=make_download(home))
+    assert b.state == "written" and b.bytes == 5_000_000
+    with open(b.file_path, "rb") as f:
+        assert f.read() == body_for(5_000_000)
+
+
+def test_per_host_concurrency_limit_is_exact(srv, home):
+    urls = [f"{srv.base_urls[0]}/slow/100/c{i}" for i in range(15)]
+    urls += [f"{srv.base_urls[1]}/slow/100/c{i}" for i in range(15)]
+    strategy = RequestStrategy(concurrent=3)
+    bundles = shardload.swarm(urls, download=make_download(home, strategy))
+    assert all(b.ok for b in bundles)
+    hosts = srv.stats()["hosts"]
+    assert hosts[srv.host_key(0)]["max_concurrency"] == 3
+    assert hosts[srv.host_key(1)]["max_concurrency"] == 3
+
+
+def test_worker_wide_limit_caps_all_hosts(srv, home):
+    urls = [f"{srv.base_urls[i % 4]}/slow/100/w{i}" for i in range(16)]
+    strategy = RequestStrategy(concurrent=4, worker_concurrent=2)
+    shardload.swarm(urls, download=make_download(home, strategy))
+    # Measured per host by the server; the sum of per-host peaks bounds nothing, but no host
+    # can exceed the worker-wide limit.
+    assert max(h["max_concurrency"] for h in srv.stats()["hosts"].values()) <= 2
+
+
+def test_per_host_delay_between_request_starts(srv, home):
+    urls = [f"{srv.base_urls[0]}/links/{i}" for i in range(5)]
+    strategy = RequestStrategy(concurrent=5, delay=0.2)
+    shardload.swarm(urls, download=make_download(home, strategy))
+    starts = sorted(srv.stats()["hosts"][srv.host_key(0)]["starts"])
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    assert len(gaps) == 4
+    assert min(gaps) >= 0.19
+
+
+def test_a_waiting_retry_holds_no_slot(srv, home):
+    """aiodownload slept inside its semaphore; here other hosts proceed while one waits."""
+
+    class SlowRetry(RequestStrategy):
+        def __init__(self):
+            super().__init__(max_attempts=2, worker_concurrent=1)
+
+        def get_sleep_time(self, bundle):
+            return 1.5 if bundle.attempts else 0.0
+
+    failing = srv.base_urls[0] + "/flaky/slot/1/503"
+    others = [f"{srv.base_urls[1]}/links/{i}" for i in range(5)]
+    order = [b.url for b in shardload.each([failing, *others], download=make_download(home, SlowRetry()))]
+    assert order[-1] == failing
+    assert set(order[:-1]) == set(others)
+
+
+def test_a_slow_host_does_not_delay_other_hosts(srv, home):
+    slow = [f"{srv.base_urls[0]}/slow/700/s{i}" for i in range(6)]
+    fast = [f"{srv.base_urls[1]}/links/{i}" for i in range(20)]
+    strategy = RequestStrategy(concurrent=1)
+    finished = [b.url for b in shardload.each(slow + fast, download=make_download(home, strategy))]
+    # The slow host needs ~4 s in series; every fast URL finishes before its second response.
+    assert all(finished.index(url) < finished.index(slow[1]) for url in fast)
+
+
+def test_user_agent_and_headers(srv, home):
+    import json
+
+    strategy = RequestStrategy(user_agent="probe/1.0", headers={"X-Test": "yes"})
+    (b,) = shardload.swarm([srv.base_urls[0] + "/echo"], download=make_download(home, strategy))
+    with open(b.file_path) as f:
+        headers = json.load(f)["headers"]
+    assert headers["User-Agent"] == "probe/1.0" and headers["X-Test"] == "yes"

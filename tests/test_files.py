@@ -1,0 +1,155 @@
+"""Files on disk: atomic, contained, order-independent, and trustworthy for skip_cached."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import shardload
+from shardload import Bundle, DownloadStrategy, ErrorKind
+from shardload.testing.server import body_for
+
+from .conftest import files_under, make_download, temp_files
+
+
+def read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_skip_cached_after_success_makes_no_request(srv, home):
+    url = srv.base_urls[0] + "/bytes/300?name=cache"
+    (first,) = shardload.swarm([url], download=make_download(home))
+    (second,) = shardload.swarm([url], download=make_download(home, skip_cached=True))
+    assert first.state == "written" and second.state == "cached"
+    assert second.file_path == first.file_path and second.bytes == 300
+    assert srv.stats()["paths"]["/bytes/300?name=cache"] == 1
+    assert "Cache hit" in second.status_msg
+
+
+def test_skip_cached_after_a_failure_downloads_again(srv, home):
+    """aiodownload left an empty file on failure, which skip_cached then trusted forever."""
+    url = srv.base_urls[0] + "/flaky/after-fail/1/500"
+    (first,) = shardload.swarm([url], download=make_download(home))
+    assert first.state == "failed" and files_under(home) == set()
+    (second,) = shardload.swarm([url], download=make_download(home, skip_cached=True))
+    assert second.state == "written" and read(second.file_path).startswith(b"ok after 2")
+
+
+@pytest.mark.parametrize("path", ["/status/500", "/truncate/5000", "/stall/10"])
+def test_a_failure_never_destroys_an_earlier_good_copy(srv, home, path):
+    target = os.path.join(home, "kept.bin")
+    good = Bundle(srv.base_urls[0] + "/bytes/777", file_path=target)
+    shardload.one(good, download=make_download(home))
+    assert read(target) == body_for(777)
+    bad = Bundle(srv.base_urls[0] + path, file_path=target)
+    shardload.one(bad, download=make_download(home, shardload.RequestStrategy(timeout=0.5)))
+    assert bad.state == "failed"
+    assert read(target) == body_for(777)
+    assert temp_files(home) == []
+
+
+def test_preset_relative_file_path_is_under_home(srv, home):
+    bundle = Bundle(srv.base_urls[0] + "/links/1", file_path="sub/dir/one.html")
+    shardload.one(bundle, download=make_download(home))
+    assert bundle.file_path == os.path.join(home, "sub", "dir", "one.html")
+    assert os.path.isfile(bundle.file_path)
+
+
+@pytest.mark.parametrize("preset", ["../escape", "/etc/shardload-escape", "a/../../escape", "."])
+def test_paths_outside_home_are_refused(srv, home, preset):
+    bundle = Bundle(srv.base_urls[0] + "/links/1", file_path=preset)
+    shardload.one(bundle, download=make_download(home))
+    assert bundle.state == "failed" and bundle.error_kind == ErrorKind.UNSAFE_PATH
+    assert not os.path.exists(os.path.join(os.path.dirname(home), "escape"))
+    assert not os.path.exists("/etc/shardload-escape")
+
+
+def test_custom_get_file_path_outside_home_is_refused(srv, home, tmp_path):
+    outside = os.path.join(str(tmp_path), "outside.txt")
+
+    class Escaping(DownloadStrategy):
+        def get_file_path(self, bundle):
+            return outside
+
+    download = shardload.AioDownload(download_strategy=Escaping(home=home))
+    (b,) = shardload.swarm([srv.base_urls[0] + "/links/1"], download=download)
+    assert b.error_kind == ErrorKind.UNSAFE_PATH and not os.path.exists(outside)
+
+
+def test_a_symlink_inside_home_is_never_followed_for_writing(srv, home, tmp_path):
+    outside = os.path.join(str(tmp_path), "outside")
+    os.makedirs(outside)
+    host_dir = srv.base_urls[0].removeprefix("http://").replace(":", "_")
+    os.symlink(outside, os.path.join(home, host_dir))
+    (b,) = shardload.swarm([srv.base_urls[0] + "/links/1"], download=make_download(home))
+    assert b.state == "failed" and b.error_kind == ErrorKind.UNSAFE_PATH
+    assert os.listdir(outside) == []
+
+
+def test_traversal_in_urls_stays_under_home(srv, home):
+    base = srv.base_urls[0]
+    urls = [
+        base + "/../../etc/passwd",
+        base + "/%2e%2e/%2e%2e/x",
+        base + "/a/..%2F..%2Fb",
+        base + "/..\\..\\c",
+    ]
+    for bundle in shardload.swarm(urls, download=make_download(home)):
+        if bundle.file_path:
+            assert os.path.abspath(bundle.file_path).startswith(home + os.sep)
+    for rel in files_under(home):
+        assert not rel.startswith("..")
+
+
+@pytest.mark.parametrize("order", ["file-first", "dir-first"])
+def test_a_next_to_a_b_both_kept_layout_independent_of_order(srv, tmp_path, order):
+    base = srv.base_urls[0]
+    # /x (a file) and /x/y (needs x to be a directory), one per call to force the order.
+    file_url, nested_url = base + "/any/x", base + "/any/x/y"
+    first, second = (file_url, nested_url) if order == "file-first" else (nested_url, file_url)
+    home = str(tmp_path / order)
+    os.makedirs(home)
+    shardload.swarm([first], download=make_download(home))
+    shardload.swarm([second], download=make_download(home))
+    bundles = shardload.swarm([file_url, nested_url], download=make_download(home))
+    host = base.removeprefix("http://").replace(":", "_")
+    assert files_under(home) == {f"{host}/any/x/%file", f"{host}/any/x/y"}
+    assert [b.state for b in bundles] == ["written", "written"]
+    assert read(bundles[0].file_path) == b"path /any/x"
+    assert read(bundles[1].file_path) == b"path /any/x/y"
+
+
+def test_trailing_slash_and_root_are_files(srv, home):
+    base = srv.base_urls[0]
+    bundles = shardload.swarm([base + "/", base + "/links/1/", base], download=make_download(home))
+    for bundle in bundles:
+        assert os.path.isfile(bundle.file_path) or bundle.state == "failed"
+    assert bundles[0].file_path == bundles[2].file_path  # "http://h" and "http://h/" are one URL
+
+
+def test_query_strings_do_not_collide(srv, home):
+    base = srv.base_urls[0]
+    urls = [base + "/bytes/10?name=1", base + "/bytes/10_name_1", base + "/bytes/10?name=2"]
+    bundles = shardload.swarm(urls, download=make_download(home))
+    paths = [b.file_path for b in bundles if b.file_path]
+    assert len(set(paths)) == 3
+
+
+def test_home_that_cannot_be_created_gives_a_disk_failure(srv, tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a directory is needed")
+    home = str(blocker / "home")
+    (b,) = shardload.swarm([srv.base_urls[0] + "/links/1"], download=make_download(home))
+    assert b.state == "failed" and b.error_kind == ErrorKind.DISK
+
+
+def test_a_file_where_a_directory_is_needed_by_a_custom_path(srv, home):
+    with open(os.path.join(home, "taken"), "w") as f:
+        f.write("user data")
+    bundle = Bundle(srv.base_urls[0] + "/links/1", file_path="taken/inner")
+    shardload.one(bundle, download=make_download(home))
+    # The layout rule moves the file aside rather than failing or overwriting it.
+    assert bundle.ok
+    assert read(os.path.join(home, "taken", "%file")) == b"user data"

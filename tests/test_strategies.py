@@ -1,0 +1,187 @@
+"""Strategies: documented defaults, retry counts as seen by the server, overrides (issue 2, item 3)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import shardload
+from shardload import BackOff, Bundle, DownloadStrategy, ErrorKind, Lenient, Outcome, RequestStrategy
+
+from .conftest import make_download, temp_files
+
+
+def requests_for(srv, path: str) -> int:
+    return srv.stats()["paths"].get(path, 0)
+
+
+class QuickLenient(Lenient):
+    """Lenient's retry rules with short sleeps, so its counts can be tested quickly."""
+
+    def get_sleep_time(self, bundle: Bundle) -> float:
+        return 0.01 if bundle.attempts else 0.0
+
+
+def test_documented_defaults():
+    ds = DownloadStrategy()
+    assert (ds.chunk_size, ds.home, ds.skip_cached) == (65536, os.getcwd(), False)
+    rs = RequestStrategy()
+    assert (rs.concurrent, rs.max_attempts, rs.timeout) == (2, 0, 60)
+    lenient = Lenient()
+    assert (lenient.concurrent, lenient.max_attempts, lenient.delay) == (2, 5, 0.25)
+    assert BackOff().max_attempts == 10
+    assert Lenient(3).max_attempts == 3  # positional max_attempts reaches max_attempts
+
+
+@pytest.mark.parametrize(("attempts", "sleep"), [(0, 0.0), (1, 60.0), (2, 60.0), (4, 60.0)])
+def test_lenient_sleeps_60_seconds_between_retries(attempts, sleep):
+    assert Lenient().get_sleep_time(Bundle("http://h/", attempts=attempts)) == sleep
+
+
+@pytest.mark.parametrize(
+    ("attempts", "sleep"), [(0, 0.0), (1, 0.25), (2, 0.5), (3, 1.0), (8, 32.0), (9, 60.0), (50, 60.0)]
+)
+def test_backoff_doubles_from_a_quarter_second_to_a_minute(attempts, sleep):
+    assert BackOff().get_sleep_time(Bundle("http://h/", attempts=attempts)) == sleep
+
+
+def test_lenient_retries_503_four_times_then_fails(srv, home):
+    path = "/status/503"
+    (b,) = shardload.swarm([srv.base_urls[0] + path], download=make_download(home, QuickLenient()))
+    assert b.state == "failed" and b.error_kind == ErrorKind.HTTP and b.status == 503
+    assert b.attempts == 5
+    assert requests_for(srv, path) == 5
+
+
+def test_lenient_never_retries_404(srv, home):
+    path = "/status/404"
+    (b,) = shardload.swarm([srv.base_urls[0] + path], download=make_download(home, QuickLenient()))
+    assert b.attempts == 1 and requests_for(srv, path) == 1
+
+
+def test_backoff_retries_transient_until_success(srv, home):
+    path = "/flaky/bo/2/503"
+    (b,) = shardload.swarm([srv.base_urls[0] + path], download=make_download(home, BackOff()))
+    assert b.state == "written" and b.attempts == 3
+    assert requests_for(srv, path) == 3
+
+
+def test_backoff_gives_up_after_max_attempts(srv, home):
+    path = "/status/500"
+    (b,) = shardload.swarm([srv.base_urls[0] + path], download=make_download(home, BackOff(3)))
+    assert b.state == "failed" and b.attempts == 3 and requests_for(srv, path) == 3
+
+
+def test_backoff_does_not_retry_permanent_errors(srv, home):
+    path = "/status/410"
+    (b,) = shardload.swarm([srv.base_urls[0] + path], download=make_download(home, BackOff()))
+    assert b.attempts == 1 and requests_for(srv, path) == 1
+
+
+def test_default_strategy_makes_a_single_attempt(srv, home):
+    path = "/status/503"
+    (b,) = shardload.swarm([srv.base_urls[0] + path], download=make_download(home))
+    assert b.attempts == 1 and requests_for(srv, path) == 1
+    assert not b.ok and "Download failed" in b.status_msg
+
+
+@pytest.mark.parametrize("date", [False, True])
+def test_retry_after_is_honoured(srv, home, date):
+    key = f"ra-{date}"
+    path = f"/retry-after/{key}/1/503?after=2" + ("&date=1" if date else "")
+    (b,) = shardload.swarm([srv.base_urls[0] + path], download=make_download(home, BackOff(3)))
+    assert b.state == "written" and b.attempts == 2
+    starts = srv.stats()["hosts"][srv.host_key(0)]["starts"]
+    assert len(starts) == 2
+    # BackOff alone would wait 0.25 s; the server asked for 2 s (an HTTP date has 1 s precision).
+    assert starts[1] - starts[0] >= (0.9 if date else 1.9)
+
+
+def test_retry_after_is_capped(srv, home):
+    path = "/retry-after/cap/1/429?after=3600"
+    strategy = BackOff(2, retry_after_cap=0.5)
+    (b,) = shardload.swarm([srv.base_urls[0] + path], download=make_download(home, strategy))
+    assert b.state == "written" and b.elapsed < 60
+
+
+def test_refused_connection_is_retried_then_fails(home, closed_port):
+    strategy = BackOff(3)
+    (b,) = shardload.swarm(
+        [f"http://127.0.0.1:{closed_port}/x"], download=make_download(home, strategy)
+    )
+    assert b.state == "failed" and b.error_kind == ErrorKind.CONNECT
+    assert b.attempts == 3 and b.status is None
+
+
+def test_retry_sees_network_errors_with_no_status(home, closed_port):
+    seen: list[Outcome] = []
+
+    class Recording(RequestStrategy):
+        def retry(self, response):
+            seen.append(response)
+            return False
+
+    shardload.swarm([f"http://127.0.0.1:{closed_port}/x"], download=make_download(home, Recording()))
+    assert len(seen) == 1
+    assert seen[0].status is None and seen[0].error_kind == ErrorKind.CONNECT
+    assert seen[0].transient
+
+
+def test_user_overrides_take_effect(srv, home):
+    class OnlyOk(RequestStrategy):
+        def __init__(self):
+            super().__init__(max_attempts=3)
+
+        def assert_response(self, response):
+            assert response.status == 200
+
+        def retry(self, response):
+            return response.status == 201
+
+        def get_sleep_time(self, bundle):
+            return 0.0
+
+    class Flat(DownloadStrategy):
+        def get_file_path(self, bundle):
+            return os.path.join(self.home, "flat-" + bundle.url.rsplit("/", 1)[-1])
+
+    download = shardload.AioDownload(
+        download_strategy=Flat(home=home), request_strategy=OnlyOk()
+    )
+    ok, created = shardload.swarm(
+        [srv.base_urls[0] + "/links/2", srv.base_urls[0] + "/status/201"], download=download
+    )
+    assert ok.state == "written" and ok.file_path == os.path.join(home, "flat-2")
+    assert created.state == "failed" and created.attempts == 3
+    assert not os.path.exists(os.path.join(home, "flat-201"))
+
+
+def test_custom_on_success_and_on_fail_are_called(srv, home):
+    calls = []
+
+    class Recording(DownloadStrategy):
+        async def on_success(self, response, bundle):
+            calls.append(("success", response.status))
+            await super().on_success(response, bundle)
+
+        async def on_fail(self, bundle):
+            calls.append(("fail", bundle.status))
+
+    download = shardload.AioDownload(download_strategy=Recording(home=home))
+    shardload.swarm([srv.base_urls[0] + "/links/1", srv.base_urls[0] + "/status/404"], download=download)
+    assert sorted(calls) == [("fail", 404), ("success", 200)]
+
+
+def test_a_strategy_that_raises_fails_its_bundle_not_the_batch(srv, home):
+    class Broken(RequestStrategy):
+        def get_sleep_time(self, bundle):
+            raise ZeroDivisionError("oops")
+
+    bundles = shardload.swarm(
+        [srv.base_urls[0] + "/links/1", srv.base_urls[1] + "/links/1"],
+        download=make_download(home, Broken()),
+    )
+    assert [b.error_kind for b in bundles] == [ErrorKind.STRATEGY] * 2
+    assert "oops" in bundles[0].error_message
+    assert temp_files(home) == []
