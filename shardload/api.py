@@ -11,11 +11,12 @@ Library rule (DESIGN rule 8): nothing here installs signal handlers, exits or pr
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sized
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from .executors.base import Executor
 from .executors.inloop import InLoopExecutor
 from .executors.processes import ProcessExecutor
 from .paths import DISPLACED_NAME
+from .sharding import split_budget
 from .urls import host_key
 from .worker.engine import AioDownload, describe
 from .worker.process import run_loop
@@ -61,7 +63,7 @@ class _Plan:
             start_method=self.start_method,
         )
 
-    def run(self) -> AsyncIterator[list[Bundle]]:
+    def run(self) -> AsyncGenerator[list[Bundle], None]:
         executor, self.executor = self.executor, None
         if executor is None:
             raise RuntimeError("a plan runs once")
@@ -75,8 +77,6 @@ class _Plan:
 
 
 def _split_budgets(download: AioDownload, split_hosts: Mapping[str, int]) -> dict[str, Any]:
-    from .sharding import split_budget
-
     rs = download.request_strategy
     budgets: dict[str, Any] = dict(download.host_budgets)
     for host, k in split_hosts.items():
@@ -187,8 +187,6 @@ class _Bridge:
             self.out.put(self._END)
 
     async def _main(self) -> None:
-        import asyncio
-
         runner = asyncio.current_task()
         loop = asyncio.get_running_loop()
         watcher = threading.Thread(
@@ -306,7 +304,7 @@ async def aeach(
     processes: int | None = None,
     split_hosts: Mapping[str, int] | None = None,
     start_method: str | None = None,
-) -> AsyncIterator[Bundle]:
+) -> AsyncGenerator[Bundle, None]:
     """``each`` for asyncio programs: runs in the current loop (a ``client=`` session works)."""
     plan = _plan(iterable, url_map, download, processes, split_hosts, start_method, sync=False)
     async with contextlib.aclosing(plan.run()) as batches:

@@ -20,13 +20,14 @@ import contextlib
 import pickle
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .bundle import FAILED, PENDING, Bundle, Job, Result, apply_result
 from .errors import DownloadFailed, ErrorKind
 from .executors.base import Executor
+from .flow import FlowControl
 from .sharding import shard_for_url
 from .urls import host_key
 
@@ -183,7 +184,7 @@ async def coordinate(
     url_map: Callable[[Any], Any] | None = None,
     split_hosts: Mapping[str, int] | None = None,
     limits: Limits | None = None,
-) -> AsyncIterator[list[Bundle]]:
+) -> AsyncGenerator[list[Bundle], None]:
     """Yield batches of finished bundles (the caller's own objects) as they complete."""
     limits = limits or Limits()
     split = dict(split_hosts or {})
@@ -196,14 +197,15 @@ async def coordinate(
         with contextlib.suppress(RuntimeError):  # the loop is closing: nobody is waiting
             loop.call_soon_threadsafe(events.wake.set)
 
-    from .flow import FlowControl
-
     flow: FlowControl[_Entry] = FlowControl(shards, limits.shard_cap, limits.lane_cap)
     pending: dict[int, _Entry] = {}
     restarts = [0] * shards
     dead: dict[int, str] = {}
     reader = _InputReader(
-        items, lambda seq, item: prepare_item(seq, item, url_map), wake_from_thread, limits.read_ahead
+        items,
+        lambda seq, item: prepare_item(seq, item, url_map),
+        wake_from_thread,
+        limits.read_ahead,
     )
 
     class _Sink:

@@ -22,6 +22,7 @@ from .bundle import Bundle
 from .errors import ErrorKind, ResponseRejected, is_transient
 from .paths import url_to_relpath
 from .urls import split_url
+from .worker.files import stream_to_file
 
 if TYPE_CHECKING:
     import aiohttp
@@ -78,12 +79,10 @@ class DownloadStrategy:
 
     async def on_success(self, response: aiohttp.ClientResponse, bundle: Bundle) -> None:
         """Stream the body to a temporary file and move it to ``bundle.file_path`` when complete."""
-        from .worker.files import stream_to_file
-
         await stream_to_file(response, bundle, self)
 
     async def on_fail(self, bundle: Bundle) -> None:
-        """Called once when a bundle has finally failed. Writes nothing: an earlier good copy stays."""
+        """Called once when a bundle has finally failed. Writes nothing: a good copy stays."""
 
 
 class RequestStrategy:
@@ -143,8 +142,10 @@ class RequestStrategy:
 
 
 class Lenient(RequestStrategy):
-    """2 concurrent requests and 0.25 s between request starts per host; up to 4 retries 60 s
-    apart for any failure except 404 (and except failures no retry can fix)."""
+    """2 concurrent requests and 0.25 s between starts per host; up to 4 retries 60 s apart.
+
+    Every failure is retried except 404 and the failures no retry can fix (invalid URL, ...).
+    """
 
     def __init__(self, max_attempts: int = 5, **options: Any) -> None:
         options.setdefault("concurrent", 2)

@@ -130,7 +130,9 @@ def test_start_methods(srv, home, method):
 
 def test_fork_is_refused(home):
     with pytest.raises(ConfigurationError, match="fork"):
-        shardload.swarm(["http://127.0.0.2/", "http://127.0.0.3/"], processes=2, start_method="fork")
+        shardload.swarm(
+            ["http://127.0.0.2/", "http://127.0.0.3/"], processes=2, start_method="fork"
+        )
 
 
 SCRIPT = textwrap.dedent(
@@ -224,8 +226,8 @@ def _alive(pid: int) -> bool:
 
 def test_crash_limit_fails_jobs_with_the_reason(srv, home):
     """A shard that keeps dying is given up on: its jobs fail with worker_crash, none is lost."""
-    from shardload.coordinator import Limits
     from shardload.api import _plan
+    from shardload.coordinator import Limits
 
     urls = [f"{srv.base_urls[i % 4]}/slow/300/c{i}" for i in range(40)]
     plan = _plan(urls, None, make_download(home), 2, None, None, sync=True)

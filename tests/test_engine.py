@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import pytest
@@ -39,7 +40,9 @@ def test_timeout_on_a_server_that_never_answers(srv, home):
 
 def test_timeout_on_a_body_that_stalls(srv, home):
     strategy = RequestStrategy(timeout=0.5)
-    (b,) = shardload.swarm([srv.base_urls[0] + "/stall/100"], download=make_download(home, strategy))
+    (b,) = shardload.swarm(
+        [srv.base_urls[0] + "/stall/100"], download=make_download(home, strategy)
+    )
     assert b.error_kind == ErrorKind.TIMEOUT
     assert files_under(home) == set() and temp_files(home) == []
 
@@ -56,7 +59,9 @@ def test_timeout_bounds_stalls_not_the_whole_body(srv, home):
 
 def test_max_time_bounds_a_whole_attempt(srv, home):
     strategy = RequestStrategy(timeout=5, max_time=0.5)
-    (b,) = shardload.swarm([srv.base_urls[0] + "/drip/20?ms=100"], download=make_download(home, strategy))
+    (b,) = shardload.swarm(
+        [srv.base_urls[0] + "/drip/20?ms=100"], download=make_download(home, strategy)
+    )
     assert b.error_kind == ErrorKind.TIMEOUT
 
 
@@ -70,7 +75,10 @@ def test_redirect_chain_is_followed(srv, home):
 def test_redirect_to_a_non_http_scheme_fails(srv, home):
     url = srv.base_urls[0] + "/redirect-to?url=ftp://example.com/x"
     (b,) = shardload.swarm([url], download=make_download(home))
-    assert b.state == "failed" and b.error_kind in (ErrorKind.REDIRECT, ErrorKind.UNSUPPORTED_SCHEME)
+    assert b.state == "failed" and b.error_kind in (
+        ErrorKind.REDIRECT,
+        ErrorKind.UNSUPPORTED_SCHEME,
+    )
 
 
 @pytest.mark.parametrize(("path", "limit"), [("/bytes/5000", 1000), ("/gzip/10000000", 100_000)])
@@ -81,7 +89,9 @@ def test_max_bytes(srv, home, path, limit):
 
 
 def test_body_within_max_bytes_is_written(srv, home):
-    (b,) = shardload.swarm([srv.base_urls[0] + "/bytes/999"], download=make_download(home, max_bytes=999))
+    (b,) = shardload.swarm(
+        [srv.base_urls[0] + "/bytes/999"], download=make_download(home, max_bytes=999)
+    )
     assert b.state == "written" and b.bytes == 999
 
 
@@ -128,7 +138,7 @@ def test_per_host_delay_between_request_starts(srv, home):
     strategy = RequestStrategy(concurrent=5, delay=0.2)
     shardload.swarm(urls, download=make_download(home, strategy))
     starts = sorted(srv.stats()["hosts"][srv.host_key(0)]["starts"])
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert len(gaps) == 4
     assert min(gaps) >= 0.19
 
@@ -145,7 +155,9 @@ def test_a_waiting_retry_holds_no_slot(srv, home):
 
     failing = srv.base_urls[0] + "/flaky/slot/1/503"
     others = [f"{srv.base_urls[1]}/links/{i}" for i in range(5)]
-    order = [b.url for b in shardload.each([failing, *others], download=make_download(home, SlowRetry()))]
+    order = [
+        b.url for b in shardload.each([failing, *others], download=make_download(home, SlowRetry()))
+    ]
     assert order[-1] == failing
     assert set(order[:-1]) == set(others)
 

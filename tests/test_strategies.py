@@ -1,4 +1,4 @@
-"""Strategies: documented defaults, retry counts as seen by the server, overrides (issue 2, item 3)."""
+"""Strategies: documented defaults, retry counts seen by the server, overrides (issue 2)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ import os
 import pytest
 
 import shardload
-from shardload import BackOff, Bundle, DownloadStrategy, ErrorKind, Lenient, Outcome, RequestStrategy
+from shardload import (
+    BackOff,
+    Bundle,
+    DownloadStrategy,
+    ErrorKind,
+    Lenient,
+    Outcome,
+    RequestStrategy,
+)
 
 from .conftest import make_download, temp_files
 
@@ -40,7 +48,8 @@ def test_lenient_sleeps_60_seconds_between_retries(attempts, sleep):
 
 
 @pytest.mark.parametrize(
-    ("attempts", "sleep"), [(0, 0.0), (1, 0.25), (2, 0.5), (3, 1.0), (8, 32.0), (9, 60.0), (50, 60.0)]
+    ("attempts", "sleep"),
+    [(0, 0.0), (1, 0.25), (2, 0.5), (3, 1.0), (8, 32.0), (9, 60.0), (50, 60.0)],
 )
 def test_backoff_doubles_from_a_quarter_second_to_a_minute(attempts, sleep):
     assert BackOff().get_sleep_time(Bundle("http://h/", attempts=attempts)) == sleep
@@ -122,7 +131,9 @@ def test_retry_sees_network_errors_with_no_status(home, closed_port):
             seen.append(response)
             return False
 
-    shardload.swarm([f"http://127.0.0.1:{closed_port}/x"], download=make_download(home, Recording()))
+    shardload.swarm(
+        [f"http://127.0.0.1:{closed_port}/x"], download=make_download(home, Recording())
+    )
     assert len(seen) == 1
     assert seen[0].status is None and seen[0].error_kind == ErrorKind.CONNECT
     assert seen[0].transient
@@ -146,9 +157,7 @@ def test_user_overrides_take_effect(srv, home):
         def get_file_path(self, bundle):
             return os.path.join(self.home, "flat-" + bundle.url.rsplit("/", 1)[-1])
 
-    download = shardload.AioDownload(
-        download_strategy=Flat(home=home), request_strategy=OnlyOk()
-    )
+    download = shardload.AioDownload(download_strategy=Flat(home=home), request_strategy=OnlyOk())
     ok, created = shardload.swarm(
         [srv.base_urls[0] + "/links/2", srv.base_urls[0] + "/status/201"], download=download
     )
@@ -169,7 +178,9 @@ def test_custom_on_success_and_on_fail_are_called(srv, home):
             calls.append(("fail", bundle.status))
 
     download = shardload.AioDownload(download_strategy=Recording(home=home))
-    shardload.swarm([srv.base_urls[0] + "/links/1", srv.base_urls[0] + "/status/404"], download=download)
+    shardload.swarm(
+        [srv.base_urls[0] + "/links/1", srv.base_urls[0] + "/status/404"], download=download
+    )
     assert sorted(calls) == [("fail", 404), ("success", 200)]
 
 

@@ -54,7 +54,8 @@ class ProcessExecutor:
         method = start_method or "spawn"
         if method == "fork":
             raise ConfigurationError("start_method='fork' is unsafe here; use spawn or forkserver")
-        self._context = multiprocessing.get_context(method)
+        # typeshed types get_context() as BaseContext, which lacks Process/Pipe attributes.
+        self._context: Any = multiprocessing.get_context(method)
         try:
             self._config = pickle.dumps(config, pickle.HIGHEST_PROTOCOL)
         except Exception as exc:

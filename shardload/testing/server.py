@@ -46,6 +46,7 @@ import sys
 import time
 import urllib.request
 from collections import defaultdict
+from email.utils import formatdate
 from types import TracebackType
 from typing import Any
 
@@ -148,8 +149,6 @@ def _build_app(stats: _Stats) -> web.Application:
         if seen <= int(request.match_info["fails"]):
             after = float(request.query.get("after", "1"))
             if request.query.get("date"):
-                from email.utils import formatdate
-
                 value = formatdate(time.time() + after, usegmt=True)
             else:
                 value = str(int(after))
@@ -355,7 +354,7 @@ def main() -> None:
     parser.add_argument("--hosts", default="127.0.0.1")
     args = parser.parse_args()
     with contextlib.suppress(ImportError):
-        import uvloop
+        import uvloop  # noqa: PLC0415  (optional)
 
         uvloop.install()
     asyncio.run(_serve(args.hosts.split(",")))

@@ -1,1 +1,1 @@
-"""Everything that runs inside one worker: the engine, its host slots, file writes, error mapping."""
+"""What runs inside one worker: the engine, its host slots, file writes, error mapping."""

@@ -13,7 +13,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Mapping
 from types import TracebackType
@@ -174,9 +173,8 @@ class AioDownload:
         if path is not None and ds.skip_cached:
             found = find_complete(path)
             if found is not None:
-                bundle.file_path = found
+                bundle.file_path, bundle.bytes = found
                 bundle.state = CACHED
-                bundle.bytes = os.path.getsize(found)
                 return
         slot = self._slot(parts.host_key)
         slot.users += 1

@@ -20,6 +20,7 @@ Small bodies are written with one inline ``write`` (page cache, microseconds); b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import os
@@ -79,14 +80,15 @@ def check_target(home: str, path: str) -> str:
     return target
 
 
-def find_complete(path: str) -> str | None:
-    """Where the complete file for ``path`` lies now (itself, or displaced), or None."""
+def find_complete(path: str) -> tuple[str, int] | None:
+    """Where the complete file for ``path`` lies now (itself, or displaced) and its size."""
     for candidate in (path, os.path.join(path, DISPLACED_NAME)):
         try:
-            if stat.S_ISREG(os.lstat(candidate).st_mode):
-                return candidate
+            info = os.lstat(candidate)
         except OSError:
             continue
+        if stat.S_ISREG(info.st_mode):
+            return candidate, info.st_size
     return None
 
 
@@ -145,10 +147,8 @@ class _Temp:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-        except FileNotFoundError:
-            pass
 
 
 def _open_temp(home: str) -> _Temp:

@@ -33,7 +33,7 @@ def worker_main(config_blob: bytes, inbox: Connection, outbox: Connection) -> No
 def run_loop(main: Any) -> Any:
     """Run a coroutine on uvloop when it is installed, else on asyncio's default loop."""
     try:
-        import uvloop
+        import uvloop  # noqa: PLC0415  (optional: plain asyncio where it does not install)
     except ImportError:
         return asyncio.run(main)
     return uvloop.run(main)
@@ -71,9 +71,7 @@ async def _serve(config: dict[str, Any], inbox: Connection, outbox: Connection) 
         writer.join(timeout=30)
 
 
-def _read_loop(
-    inbox: Connection, loop: asyncio.AbstractEventLoop, on_message: Any
-) -> None:
+def _read_loop(inbox: Connection, loop: asyncio.AbstractEventLoop, on_message: Any) -> None:
     while True:
         try:
             message = pickle.loads(inbox.recv_bytes())
