@@ -44,7 +44,9 @@ TRANSIENT_KINDS = frozenset(
         ErrorKind.WORKER_CRASH,
     }
 )
-TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504, 507, 509, 520, 521, 522, 523, 524})
+TRANSIENT_STATUSES = frozenset(
+    {408, 425, 429, 500, 502, 503, 504, 507, 509, 520, 521, 522, 523, 524}
+)
 
 # Failures a retry can never fix, whatever a lenient strategy says.
 NEVER_RETRY_KINDS = frozenset(

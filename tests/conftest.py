@@ -34,7 +34,9 @@ def home(tmp_path: os.PathLike[str]) -> str:
     return path
 
 
-def make_download(home: str, request: RequestStrategy | None = None, **download: object) -> AioDownload:
+def make_download(
+    home: str, request: RequestStrategy | None = None, **download: object
+) -> AioDownload:
     return AioDownload(
         download_strategy=DownloadStrategy(home=home, **download),  # type: ignore[arg-type]
         request_strategy=request or RequestStrategy(),
