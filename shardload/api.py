@@ -28,6 +28,7 @@ from .executors.inloop import InLoopExecutor
 from .executors.processes import ProcessExecutor
 from .paths import DISPLACED_NAME
 from .sharding import split_budget
+from .stats import RunStats
 from .urls import host_key
 from .worker.engine import AioDownload, describe
 from .worker.process import run_loop
@@ -115,8 +116,14 @@ def _plan(
             "call aswarm()/aeach()/aone() from that loop instead"
         )
     if splits:
-        # Splitting divides a host's budget; each split host needs its own workers.
-        splits = {h: min(k, processes) for h, k in splits.items() if min(k, processes) > 1}
+        # The same effective k divides the host's budget and picks its workers: a host can be
+        # split at most over its concurrency and over the workers there are.
+        rs = download.request_strategy
+        effective = {
+            h: split_budget(rs.concurrent, rs.delay, min(k, processes))[0]
+            for h, k in splits.items()
+        }
+        splits = {h: k for h, k in effective.items() if k > 1}
     limits = Limits(
         shard_cap=max(512, 4 * download.request_strategy.worker_concurrent),
         lane_cap=max(8, 4 * download.request_strategy.concurrent),
@@ -238,14 +245,70 @@ class _Bridge:
             yield item
 
 
+class Run(Iterator[Bundle]):
+    """The iterator ``each()`` returns: bundles as they finish, plus live statistics.
+
+    ``stats.hosts`` maps each host key to its ``HostStats`` (requests, bytes, status classes,
+    error kinds, latency), ``stats.total`` adds them up; both count the bundles yielded so far.
+    ``close()`` (or leaving a ``with`` block, or breaking out of a for loop and dropping the
+    iterator) stops the run.
+    """
+
+    def __init__(self, plan: _Plan) -> None:
+        self.stats = RunStats()
+        self.processes = plan.processes
+        self._plan = plan
+        self._batches: Iterator[list[Bundle]] | None = None
+        self._bridge: _Bridge | None = None
+        self._current: Iterator[Bundle] = iter(())
+
+    def __iter__(self) -> Run:
+        return self
+
+    def __next__(self) -> Bundle:
+        for bundle in self._current:
+            self.stats.add(bundle)
+            return bundle
+        if self._batches is None:
+            bridge = _Bridge(
+                self._plan, max_undelivered=max(4096, self._plan.limits.shard_cap * self.processes)
+            )
+            self._bridge = bridge
+            bridge.start()
+            self._batches = bridge.batches()
+        try:
+            while True:
+                self._current = iter(next(self._batches))
+                for bundle in self._current:
+                    self.stats.add(bundle)
+                    return bundle
+        except StopIteration:
+            self.close()
+            raise
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop the run: workers end, temporary files go, no partial file is left."""
+        bridge, self._bridge = self._bridge, None
+        if bridge is not None:
+            bridge.stop()
+        self._batches = iter(())
+        self._current = iter(())
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
 def _iterate(plan: _Plan) -> Iterator[Bundle]:
-    bridge = _Bridge(plan, max_undelivered=max(4096, plan.limits.shard_cap * plan.processes))
-    bridge.start()
-    try:
-        for batch in bridge.batches():
-            yield from batch
-    finally:
-        bridge.stop()
+    return Run(plan)
 
 
 def each(
@@ -256,7 +319,7 @@ def each(
     processes: int | None = None,
     split_hosts: Mapping[str, int] | None = None,
     start_method: str | None = None,
-) -> Iterator[Bundle]:
+) -> Run:
     """Download every item; yield each bundle as it finishes (input read lazily).
 
     ``url_map(item)`` gives the URL (or a Bundle) of an item; the item becomes ``bundle.info``.
@@ -265,7 +328,7 @@ def each(
     workers, dividing its budget between them. Options are checked before any work starts.
     """
     plan = _plan(iterable, url_map, download, processes, split_hosts, start_method, sync=True)
-    return _iterate(plan)
+    return Run(plan)
 
 
 def swarm(

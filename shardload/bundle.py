@@ -14,7 +14,8 @@ PENDING = "pending"
 WRITTEN = "written"
 CACHED = "cached"
 FAILED = "failed"
-STATES = (PENDING, WRITTEN, CACHED, FAILED)
+SKIPPED = "skipped"  # not requested on purpose (robots.txt); error_kind says why
+STATES = (PENDING, WRITTEN, CACHED, FAILED, SKIPPED)
 
 # aiodownload's status words, kept for status_msg.
 _STATUS_WORDS = {
@@ -22,6 +23,7 @@ _STATUS_WORDS = {
     WRITTEN: "File written",
     CACHED: "Cache hit",
     FAILED: "Download failed",
+    SKIPPED: "Skipped",
 }
 
 
@@ -29,8 +31,9 @@ _STATUS_WORDS = {
 class Bundle:
     """One URL's download: the input (url, info, params) and the outcome.
 
-    ``state`` is one of ``pending``, ``written``, ``cached`` or ``failed``; on failure
-    ``error_kind`` (an ``ErrorKind`` value) and ``error_message`` say why.
+    ``state`` is one of ``pending``, ``written``, ``cached``, ``failed`` or ``skipped``; on
+    failure or skip, ``error_kind`` (an ``ErrorKind`` value) and ``error_message`` say why.
+    ``host`` is the host key (``host`` or ``host:port``) the bundle was scheduled under.
     ``params`` are sent as the query string of a GET, never as a POST body.
     """
 
@@ -46,6 +49,7 @@ class Bundle:
     elapsed: float = 0.0
     error_kind: str | None = None
     error_message: str | None = None
+    host: str | None = field(default=None, repr=False)
     # Sequence number within one call; set by the coordinator, used for ordering.
     seq: int = field(default=-1, repr=False)
 
@@ -62,7 +66,7 @@ class Bundle:
     @property
     def status_msg(self) -> str:
         word = _STATUS_WORDS.get(self.state, self.state)
-        if self.state == FAILED and self.error_kind:
+        if self.state in (FAILED, SKIPPED) and self.error_kind:
             word = f"{word} ({self.error_kind}: {self.error_message})"
         return (
             f"[URL: {self.url}, File Path: {self.file_path}, "

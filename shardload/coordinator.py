@@ -28,8 +28,9 @@ from .bundle import FAILED, PENDING, Bundle, Job, Result, apply_result
 from .errors import DownloadFailed, ErrorKind
 from .executors.base import Executor
 from .flow import FlowControl
+from .paths import url_to_relpath
 from .sharding import shard_for_url
-from .urls import host_key
+from .urls import host_key, split_url
 
 
 @dataclass
@@ -227,12 +228,18 @@ async def coordinate(
         except DownloadFailed as exc:
             out.append(fail(bundle, exc.kind, exc.message))
             return
-        shard = shard_for_url(key, bundle.url, shards, split.get(key, 1)) if shards > 1 else 0
+        shard = 0
+        if shards > 1:
+            k = split.get(key, 1)
+            # A split host is spread by file path, so one file is only ever written by one worker.
+            spread = url_to_relpath(split_url(bundle.url, bundle.params)) if k > 1 else ""
+            shard = shard_for_url(key, spread, shards, k)
         if shard in dead:
             out.append(fail(bundle, ErrorKind.WORKER_CRASH, dead[shard]))
             return
         info = _wire_info(bundle.info) if remote else bundle.info
         job: Job = (bundle.seq, bundle.url, bundle.params, info, bundle.file_path)
+        bundle.host = key
         entry = _Entry(bundle, shard, key, job)
         pending[bundle.seq] = entry
         flow.push(shard, key, entry)

@@ -30,6 +30,8 @@ class ErrorKind(StrEnum):
     UNSAFE_PATH = "unsafe_path"
     WORKER_CRASH = "worker_crash"
     STRATEGY = "strategy"
+    BREAKER_OPEN = "breaker_open"
+    ROBOTS = "robots"
 
 
 # Worth another attempt: the same request may well succeed later. Everything else is permanent.
@@ -42,6 +44,7 @@ TRANSIENT_KINDS = frozenset(
         ErrorKind.TRUNCATED,
         ErrorKind.TLS,
         ErrorKind.WORKER_CRASH,
+        ErrorKind.BREAKER_OPEN,
     }
 )
 TRANSIENT_STATUSES = frozenset(
@@ -57,6 +60,7 @@ NEVER_RETRY_KINDS = frozenset(
         ErrorKind.TOO_LARGE,
         ErrorKind.UNSAFE_PATH,
         ErrorKind.STRATEGY,
+        ErrorKind.ROBOTS,
     }
 )
 

@@ -58,18 +58,19 @@ MAX_RELPATH = 3000
 _KEEP = 120  # characters kept of an over-long component
 _KEEP_LONG = 100  # characters of the last component kept in a collapsed path
 _RESERVED_PREFIX = b".shardload"
-_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+,=")
-_HOST_SAFE = _SAFE - {ord("_")}
+_SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+,="
+_TABLE = tuple(chr(b) if b in _SAFE else f"%{b:02X}" for b in range(256))
+_HOST_TABLE = tuple("%5F" if b == ord("_") else name for b, name in enumerate(_TABLE))
 
 
-def _escape(raw: bytes, safe: frozenset[int] = _SAFE) -> str:
-    """Escape bytes into one safe file name component (may be empty for empty input)."""
-    if raw and raw.strip(b".") == b"":
+def _escape(raw: bytes, table: tuple[str, ...] = _TABLE) -> str:
+    """Escape bytes into one safe file name component (empty for empty input)."""
+    if raw and not raw.strip(b"."):
         return "".join(f"%{b:02X}" for b in raw)
-    out = [chr(b) if b in safe else f"%{b:02X}" for b in raw]
+    out = "".join(map(table.__getitem__, raw))
     if raw[: len(_RESERVED_PREFIX)].lower() == _RESERVED_PREFIX:
-        out[0] = "%2E"
-    return "".join(out)
+        out = "%2E" + out[1:]
+    return out
 
 
 def _digest(text: str) -> str:
@@ -90,7 +91,7 @@ def _fit(name: str) -> str:
 
 
 def _host_component(parts: UrlParts) -> str:
-    host = _escape(parts.host.encode("utf-8", "surrogatepass"), _HOST_SAFE)
+    host = _escape(parts.host.encode("utf-8", "surrogatepass"), _HOST_TABLE)
     if not host:
         raise DownloadFailed(ErrorKind.INVALID_URL, "URL has no host")
     return _fit(host if parts.port is None else f"{host}_{parts.port}")

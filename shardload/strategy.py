@@ -93,6 +93,14 @@ class RequestStrategy:
     requests of one worker process. ``max_attempts`` counts every attempt (0 and 1 both mean a
     single one). ``timeout`` bounds connecting and every stall while reading, not the whole body,
     so a large file can finish; ``max_time`` optionally bounds a whole attempt.
+
+    Host health: a 429/503 or a Retry-After pauses the whole host (Retry-After capped at
+    ``retry_after_cap``). With ``adaptive`` a host starts at 1 request in flight and grows to
+    ``concurrent`` while healthy, halving on 429/503/timeouts. After ``breaker_threshold``
+    consecutive connection failures (DNS, refused, TLS, timeout; 0 disables) the host's
+    remaining URLs fail fast as ``breaker_open`` until a probe after ``breaker_cooldown``
+    seconds succeeds. ``robots`` fetches each host's robots.txt once, skips what it disallows
+    for ``user_agent`` and honours its Crawl-delay as the host's ``delay``.
     """
 
     def __init__(
@@ -110,6 +118,10 @@ class RequestStrategy:
         user_agent: str | None = None,
         retry_after_cap: float = 300.0,
         max_redirects: int = 10,
+        adaptive: bool = False,
+        breaker_threshold: int = 5,
+        breaker_cooldown: float = 30.0,
+        robots: bool = False,
     ) -> None:
         self.concurrent = concurrent
         self.max_attempts = max_attempts
@@ -123,6 +135,10 @@ class RequestStrategy:
         self.user_agent = user_agent or DEFAULT_USER_AGENT
         self.retry_after_cap = retry_after_cap
         self.max_redirects = max_redirects
+        self.adaptive = adaptive
+        self.breaker_threshold = breaker_threshold
+        self.breaker_cooldown = breaker_cooldown
+        self.robots = robots
 
     def assert_response(self, response: aiohttp.ClientResponse) -> None:
         """Reject an unsuccessful response (status >= 400) by raising ``AssertionError``."""

@@ -35,6 +35,8 @@ _MAX_HOST = 253
 _MAX_LABEL = 63
 _MAX_SHOWN = 200  # characters of a URL quoted in an error message
 _LABEL = re.compile(r"[a-z0-9_-]{1,63}", re.ASCII)
+# C0 and C1 controls, DEL, and every Unicode whitespace (``\s`` is ``str.isspace`` on str).
+_BAD_CHAR = re.compile(r"[\x00-\x20\x7f-\x9f\s]")
 _PORT = re.compile(r"[0-9]{1,5}", re.ASCII)
 # Optional "scheme:", any run of slashes, then the authority: lenient, so garbage is redacted too.
 _AUTHORITY = re.compile(r"^(?:[^/?#\\@:]*:)?[/\\]*([^/?#\\]*)", re.DOTALL)
@@ -82,10 +84,6 @@ def _invalid(url: str, why: str) -> DownloadFailed:
     return DownloadFailed(ErrorKind.INVALID_URL, f"invalid URL ({why}): {_shown(url)}")
 
 
-def _has_bad_char(text: str) -> bool:
-    return any(ch.isspace() or ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in text)
-
-
 def _split_host_port(hostport: str, url: str) -> tuple[str, str]:
     """Split ``host[:port]`` or ``[v6][:port]`` into host and port text."""
     if hostport.startswith("["):
@@ -129,7 +127,7 @@ def split_url(url: str, params: Mapping[str, Any] | None = None) -> UrlParts:
     text = url.strip()
     if not text:
         raise _invalid(url, "empty")
-    if _has_bad_char(text):
+    if _BAD_CHAR.search(text):
         raise _invalid(url, "whitespace or control character")
     try:
         text.encode("utf-8")

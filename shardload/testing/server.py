@@ -26,6 +26,7 @@ Routes (on every host):
   /redirect-to?url=U                 one redirect to U
   /gzip/{n}                          a gzip body that expands to n zero bytes
   /any/{anything}                    200 with the path, for any path below /any/
+  /robots.txt                        ``ROBOTS_TXT``: /any/private/ disallowed, Crawl-delay 0.3
   /echo                              JSON of method, query and headers
   /_stats, /_reset                   the measurements, and their reset
 """
@@ -53,6 +54,14 @@ from typing import Any
 from aiohttp import web
 
 _MAX_STARTS = 20_000
+ROBOTS_TXT = """\
+User-agent: *
+Disallow: /any/private/
+Crawl-delay: 0.3
+
+User-agent: blockedbot
+Disallow: /
+"""
 
 
 def body_for(n: int, name: str = "") -> bytes:
@@ -239,6 +248,10 @@ def _build_app(stats: _Stats) -> web.Application:
     async def gzipped(request: web.Request) -> web.Response:
         body = gzip.compress(b"\0" * int(request.match_info["n"]))
         return web.Response(body=body, headers={"Content-Encoding": "gzip"})
+
+    @routes.get("/robots.txt")
+    async def robots(request: web.Request) -> web.Response:
+        return web.Response(text=ROBOTS_TXT)
 
     @routes.get("/any/{tail:.*}")
     async def anything(request: web.Request) -> web.Response:

@@ -21,16 +21,16 @@ from typing import Any
 import aiohttp
 
 from ..backoff import decide, parse_retry_after
-from ..bundle import CACHED, FAILED, WRITTEN, Bundle
+from ..bundle import CACHED, FAILED, SKIPPED, WRITTEN, Bundle
 from ..errors import NEVER_RETRY_KINDS, DownloadFailed, ErrorKind
+from ..robots import ALLOW_ALL, RobotRules, rules_from_response
 from ..strategy import DownloadStrategy, Outcome, RequestStrategy
 from ..urls import UrlParts, split_url
 from .failures import classify
 from .files import check_target, find_complete
 from .hosts import HostSlot
 
-# Hosts whose Retry-After pauses the whole host.
-_PAUSE_STATUSES = frozenset({429, 503})
+_ROBOTS_MAX_BYTES = 512 * 1024
 
 
 class AioDownload:
@@ -63,6 +63,7 @@ class AioDownload:
         self._worker_sem: asyncio.Semaphore | None = None
         self._hosts: dict[str, HostSlot] = {}
         self._inflight: dict[str, asyncio.Future[Bundle]] = {}
+        self._robots: dict[str, asyncio.Future[RobotRules]] = {}
 
     async def __aenter__(self) -> AioDownload:
         return self
@@ -78,6 +79,8 @@ class AioDownload:
     async def close(self) -> None:
         """Close the session this engine created (never a caller's ``client``)."""
         session = self._session
+        for pending in self._robots.values():
+            pending.cancel()
         self._reset()
         if session is not None and session is not self.client:
             await session.close()
@@ -113,8 +116,22 @@ class AioDownload:
         if slot is None:
             rs = self.request_strategy
             concurrency, delay = self.host_budgets.get(host_key, (rs.concurrent, rs.delay))
-            slot = self._hosts[host_key] = HostSlot(concurrency, delay, rs.jitter)
+            slot = self._hosts[host_key] = HostSlot(
+                concurrency,
+                max(delay, self._crawl_delay(host_key)),
+                rs.jitter,
+                adaptive=rs.adaptive,
+                breaker_threshold=rs.breaker_threshold,
+                breaker_cooldown=rs.breaker_cooldown,
+                retry_after_cap=rs.retry_after_cap,
+            )
         return slot
+
+    def _crawl_delay(self, host_key: str) -> float:
+        known = self._robots.get(host_key)
+        if known is None or not known.done() or known.cancelled():
+            return 0.0
+        return known.result().crawl_delay or 0.0
 
     def _worker_slots(self) -> asyncio.Semaphore:
         if self._worker_sem is None:
@@ -179,18 +196,28 @@ class AioDownload:
         slot = self._slot(parts.host_key)
         slot.users += 1
         try:
+            if rs.robots and not await self._robots_allow(bundle, parts, slot):
+                return
             while True:
                 wait = rs.get_sleep_time(bundle)
                 if wait and wait > 0:
                     await asyncio.sleep(wait)
-                async with slot.turn(self._worker_slots()):
-                    outcome = await self._attempt(bundle)
+                refused = await slot.admit()
+                if refused is None:
+                    async with slot.turn(self._worker_slots()):
+                        # The breaker may have opened while this request waited for its turn.
+                        refused = slot.open_reason()
+                        outcome = None if refused else await self._attempt(bundle)
+                if refused is not None:
+                    _fail(bundle, ErrorKind.BREAKER_OPEN, refused)
+                    await ds.on_fail(bundle)
+                    return
                 if outcome is None:
+                    slot.record(bundle.status, None, None)
                     bundle.state = WRITTEN
                     bundle.error_kind = bundle.error_message = None
                     return
-                if outcome.retry_after is not None and outcome.status in _PAUSE_STATUSES:
-                    slot.pause(min(outcome.retry_after, rs.retry_after_cap))
+                slot.record(outcome.status, outcome.error_kind, outcome.retry_after)
                 decision = decide(
                     attempts=bundle.attempts,
                     max_attempts=rs.max_attempts,
@@ -208,6 +235,36 @@ class AioDownload:
             slot.users -= 1
             if slot.idle():
                 self._hosts.pop(parts.host_key, None)
+
+    async def _robots_allow(self, bundle: Bundle, parts: UrlParts, slot: HostSlot) -> bool:
+        """Fetch the host's robots.txt once (politely, through its slot); skip what it forbids."""
+        known = self._robots.get(parts.host_key)
+        if known is None:
+            known = self._robots[parts.host_key] = asyncio.ensure_future(
+                self._fetch_robots(parts, slot)
+            )
+        rules = await asyncio.shield(known)
+        if rules.crawl_delay:
+            slot.delay = max(slot.delay, rules.crawl_delay)
+        if rules.allows(bundle.url):
+            return True
+        bundle.state = SKIPPED
+        bundle.error_kind = ErrorKind.ROBOTS
+        bundle.error_message = f"disallowed by robots.txt for {rules.agent}"
+        return False
+
+    async def _fetch_robots(self, parts: UrlParts, slot: HostSlot) -> RobotRules:
+        url = f"{parts.scheme}://{parts.host_key}/robots.txt"
+        rs = self.request_strategy
+        try:
+            async with slot.turn(self._worker_slots()):
+                async with self._get_session().get(url, timeout=self._timeout()) as response:
+                    body = await response.content.read(_ROBOTS_MAX_BYTES)
+                    return rules_from_response(response.status, body, rs.user_agent)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return ALLOW_ALL
 
     async def request_and_download(self, bundle: Bundle) -> Bundle:
         """One attempt (no retry): request, check, write. Sets the bundle's final state."""

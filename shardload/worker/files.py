@@ -178,6 +178,16 @@ def commit(tmp: str, final: str, home: str) -> str:
     """Move a complete temporary file to ``final`` inside home; returns where it landed."""
     home = os.path.abspath(home)
     final = check_target(home, final)
+    for _ in range(2):
+        try:
+            return _commit(tmp, final, home)
+        except (IsADirectoryError, NotADirectoryError, FileExistsError):
+            # Another worker (a split host) turned a file into a directory meanwhile: look again.
+            continue
+    return _commit(tmp, final, home)
+
+
+def _commit(tmp: str, final: str, home: str) -> str:
     parts = os.path.relpath(final, home).split(os.sep)
     try:
         current = home
@@ -190,7 +200,7 @@ def commit(tmp: str, final: str, home: str) -> str:
             target = os.path.join(final, DISPLACED_NAME)
         os.replace(tmp, target)
         return target
-    except DownloadFailed:
+    except (DownloadFailed, IsADirectoryError, NotADirectoryError, FileExistsError):
         raise
     except OSError as exc:
         raise DownloadFailed(ErrorKind.DISK, f"cannot write {final}: {exc}") from exc

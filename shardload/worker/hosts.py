@@ -1,38 +1,104 @@
-"""Per-host slots: the politeness limits of one host, exact because one worker owns the host.
+"""Per-host slots: the politeness limits and health of one host, exact because one worker owns it.
 
 Invariants:
-- at most ``concurrency`` requests of the host are in flight;
+- at most ``limit`` requests of the host are in flight; ``limit`` stays within
+  [1, concurrency] and moves only when adaptive (additive increase on healthy responses,
+  halving on 429/503/timeouts);
 - two request starts of the host are at least ``delay`` (+ jitter) seconds apart;
-- no request of the host starts before ``paused_until`` (a Retry-After pause covers the whole host);
+- no request of the host starts before ``paused_until``: a 429/503 or a Retry-After pauses the
+  whole host (Retry-After capped; without one, 1 s doubling per consecutive throttle, up to 60 s);
 - a request waiting for its turn holds no worker-wide slot: the worker-wide semaphore is taken
-  last, right before the request starts, so a slow or paused host never blocks other hosts.
+  last, right before the request starts, so a slow or paused host never blocks other hosts;
+- the circuit breaker opens after ``breaker_threshold`` consecutive connection-level failures;
+  while open, requests fail fast; after ``breaker_cooldown`` one probe goes through (others wait
+  for its outcome): success closes the breaker, failure opens it again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from ..errors import ErrorKind
+
+# Failures that say the host (not the URL) is unreachable.
+CONNECTION_KINDS = frozenset({ErrorKind.DNS, ErrorKind.CONNECT, ErrorKind.TLS, ErrorKind.TIMEOUT})
+_THROTTLE_STATUSES = frozenset({429, 503})
+_THROTTLE_FIRST, _THROTTLE_MAX = 1.0, 60.0
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
 
 class HostSlot:
-    def __init__(self, concurrency: int, delay: float = 0.0, jitter: float = 0.0) -> None:
+    def __init__(
+        self,
+        concurrency: int,
+        delay: float = 0.0,
+        jitter: float = 0.0,
+        *,
+        adaptive: bool = False,
+        breaker_threshold: int = 0,
+        breaker_cooldown: float = 30.0,
+        retry_after_cap: float = 300.0,
+    ) -> None:
         self.concurrency = max(1, concurrency)
         self.delay = max(0.0, delay)
         self.jitter = max(0.0, jitter)
-        self._sem = asyncio.Semaphore(self.concurrency)
+        self.adaptive = adaptive
+        self.limit = 1.0 if adaptive else float(self.concurrency)
+        self.in_flight = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
         self._next_start = 0.0
         self.paused_until = 0.0
+        self._throttles = 0
+        self._retry_after_cap = retry_after_cap
+        self.breaker_threshold = breaker_threshold
+        self.breaker_cooldown = breaker_cooldown
+        self.breaker = CLOSED
+        self._failures = 0
+        self._open_until = 0.0
+        self._probe_done: asyncio.Event | None = None
         self.users = 0  # bundles of this host inside the engine; 0 means the slot may be dropped
+
+    # -- concurrency -------------------------------------------------------------------------
+
+    async def _acquire(self) -> None:
+        if self.in_flight < int(self.limit) and not self._waiters:
+            self.in_flight += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # it was handed a place it will not use
+            raise
+
+    def _release(self) -> None:
+        self.in_flight -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_flight < int(self.limit):
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_flight += 1
+                waiter.set_result(None)
 
     @asynccontextmanager
     async def turn(self, worker: asyncio.Semaphore) -> AsyncIterator[None]:
         """Wait for this host's next start, then for a worker-wide slot; hold both while inside."""
-        async with self._sem:
+        await self._acquire()
+        try:
             await self._wait_start()
             async with worker:
                 yield
+        finally:
+            self._release()
 
     async def _wait_start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -46,12 +112,80 @@ class HostSlot:
             await asyncio.sleep(at - now)
 
     def pause(self, seconds: float) -> None:
-        """Hold every request of this host for ``seconds`` from now (Retry-After, host-wide)."""
+        """Hold every request of this host for ``seconds`` from now."""
         if seconds > 0:
             until = asyncio.get_running_loop().time() + seconds
             self.paused_until = max(self.paused_until, until)
 
+    # -- what each attempt teaches us --------------------------------------------------------
+
+    def record(self, status: int | None, kind: str | None, retry_after: float | None) -> None:
+        """Feed back one attempt's outcome (kind None = success)."""
+        throttled = status in _THROTTLE_STATUSES
+        if retry_after is not None and (throttled or status is None or status >= 300):
+            self.pause(min(retry_after, self._retry_after_cap))
+        elif throttled:
+            self.pause(min(_THROTTLE_FIRST * 2**self._throttles, _THROTTLE_MAX))
+        self._throttles = self._throttles + 1 if throttled else 0
+        if self.adaptive:
+            if throttled or kind == ErrorKind.TIMEOUT:
+                self.limit = max(1.0, self.limit / 2)
+            elif kind is None:
+                self.limit = min(float(self.concurrency), self.limit + 1 / self.limit)
+                self._wake()
+        self._breaker_record(kind)
+
+    # -- circuit breaker ---------------------------------------------------------------------
+
+    async def admit(self) -> str | None:
+        """None when a request may go; else why it must fail fast (the breaker is open)."""
+        loop = asyncio.get_running_loop()
+        while self.breaker != CLOSED:
+            if self.breaker == OPEN:
+                if loop.time() < self._open_until:
+                    return self.open_reason()
+                self.breaker = HALF_OPEN
+                self._probe_done = asyncio.Event()
+                return None  # this request is the probe
+            probe = self._probe_done
+            if probe is None:
+                return None
+            await probe.wait()
+        return None
+
+    def open_reason(self) -> str | None:
+        """Why requests fail fast now (the breaker is open and cooling down), else None."""
+        if self.breaker != OPEN:
+            return None
+        left = self._open_until - asyncio.get_running_loop().time()
+        return (
+            f"circuit open: {self._failures} consecutive connection failures; "
+            f"next probe in {max(0.0, left):.0f} s"
+        )
+
+    def _breaker_record(self, kind: str | None) -> None:
+        if self.breaker_threshold <= 0:
+            return
+        if kind in CONNECTION_KINDS:
+            self._failures += 1
+            if self.breaker == HALF_OPEN or self._failures >= self.breaker_threshold:
+                self.breaker = OPEN
+                self._open_until = asyncio.get_running_loop().time() + self.breaker_cooldown
+        elif kind is None or kind == ErrorKind.HTTP:
+            self._failures = 0
+            self.breaker = CLOSED
+        else:
+            return
+        if self._probe_done is not None and self.breaker != HALF_OPEN:
+            self._probe_done.set()
+            self._probe_done = None
+
     def idle(self) -> bool:
-        """True when dropping the slot loses nothing: no user and no pending gap or pause."""
+        """True when dropping the slot loses nothing: no user, no pending gap, pause or breaker."""
         now = asyncio.get_running_loop().time()
-        return self.users == 0 and max(self._next_start, self.paused_until) <= now
+        return (
+            self.users == 0
+            and self.breaker == CLOSED
+            and self._throttles == 0
+            and max(self._next_start, self.paused_until) <= now
+        )

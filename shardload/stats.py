@@ -1,0 +1,88 @@
+"""Per-host statistics of a run, folded from finished bundles. Pure, no IO.
+
+Every finished bundle is counted exactly once, under the host it was scheduled for, so the
+per-host numbers add up to the bundle counts. ``requests`` counts attempts (retries included).
+Bundles that never reached a host (an invalid URL) are counted under ``"-"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .bundle import Bundle
+from .errors import ErrorKind
+
+NO_HOST = "-"
+
+
+@dataclass
+class HostStats:
+    host: str
+    bundles: int = 0
+    requests: int = 0
+    bytes: int = 0
+    states: dict[str, int] = field(default_factory=dict)
+    statuses: dict[str, int] = field(default_factory=dict)  # "2xx", "4xx", ...
+    errors: dict[str, int] = field(default_factory=dict)
+    elapsed_total: float = 0.0
+    elapsed_max: float = 0.0
+
+    def add(self, bundle: Bundle) -> None:
+        self.bundles += 1
+        self.requests += bundle.attempts
+        self.bytes += bundle.bytes
+        self.states[bundle.state] = self.states.get(bundle.state, 0) + 1
+        if bundle.status is not None:
+            klass = f"{bundle.status // 100}xx"
+            self.statuses[klass] = self.statuses.get(klass, 0) + 1
+        if bundle.error_kind:
+            kind = str(bundle.error_kind)
+            self.errors[kind] = self.errors.get(kind, 0) + 1
+        self.elapsed_total += bundle.elapsed
+        self.elapsed_max = max(self.elapsed_max, bundle.elapsed)
+
+    @property
+    def failed(self) -> int:
+        return self.states.get("failed", 0)
+
+    @property
+    def breaker_opened(self) -> bool:
+        return self.errors.get(ErrorKind.BREAKER_OPEN.value, 0) > 0
+
+    def to_record(self) -> dict[str, Any]:
+        mean = self.elapsed_total / self.bundles if self.bundles else 0.0
+        return {
+            "host": self.host,
+            "bundles": self.bundles,
+            "requests": self.requests,
+            "bytes": self.bytes,
+            "states": dict(self.states),
+            "statuses": dict(self.statuses),
+            "errors": dict(self.errors),
+            "latency_mean": round(mean, 6),
+            "latency_max": round(self.elapsed_max, 6),
+            "breaker_opened": self.breaker_opened,
+        }
+
+
+class RunStats:
+    """Totals and per-host statistics of one run."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, HostStats] = {}
+        self.total = HostStats("*")
+
+    def add(self, bundle: Bundle) -> None:
+        host = bundle.host or NO_HOST
+        stats = self.hosts.get(host)
+        if stats is None:
+            stats = self.hosts[host] = HostStats(host)
+        stats.add(bundle)
+        self.total.add(bundle)
+
+    def worst_hosts(self, count: int = 10) -> list[HostStats]:
+        """Hosts with the most failed bundles, most first (ties: more bundles first)."""
+        troubled = [h for h in self.hosts.values() if h.failed]
+        troubled.sort(key=lambda h: (-h.failed, -h.bundles, h.host))
+        return troubled[:count]

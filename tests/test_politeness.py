@@ -1,0 +1,214 @@
+"""Politeness and host health: host-wide pauses, breaker, adaptive limits, robots, stats (issue 7)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+import shardload
+from shardload import BackOff, ErrorKind, RequestStrategy
+from shardload.worker.hosts import CLOSED, OPEN, HostSlot
+
+from .conftest import make_download
+
+
+def starts(srv, index: int) -> list[float]:
+    return sorted(srv.stats()["hosts"].get(srv.host_key(index), {}).get("starts", []))
+
+
+def test_retry_after_pauses_the_whole_host_while_others_proceed(srv, home):
+    a, b = srv.base_urls[0], srv.base_urls[1]
+    throttled = a + "/retry-after/host-pause/1/429?after=2"
+    same_host = [f"{a}/slow/50/after{i}" for i in range(4)]
+    other_host = [f"{b}/slow/200/other{i}" for i in range(8)]
+    strategy = BackOff(3, concurrent=1)
+    bundles = shardload.swarm(
+        [throttled, *same_host, *other_host], download=make_download(home, strategy)
+    )
+    assert all(b.ok for b in bundles)
+    a_starts, b_starts = starts(srv, 0), starts(srv, 1)
+    first = a_starts[0]
+    # Host A: nothing starts during the 2 s pause after its 429.
+    assert all(t - first >= 1.9 for t in a_starts[1:])
+    # Host B kept going during A's pause.
+    assert sum(1 for t in b_starts if first < t < first + 1.8) >= 3
+
+
+def test_503_without_retry_after_still_pauses_the_host(srv, home):
+    url = srv.base_urls[0] + "/flaky/throttle/1/503"
+
+    class NoSleep(RequestStrategy):
+        def __init__(self):
+            super().__init__(max_attempts=2)
+
+        def get_sleep_time(self, bundle):
+            return 0.0
+
+    (b,) = shardload.swarm([url], download=make_download(home, NoSleep()))
+    assert b.ok and b.attempts == 2
+    first, second = starts(srv, 0)
+    assert second - first >= 0.95  # the host-wide throttle pause (1 s first time)
+
+
+def test_breaker_opens_on_a_dead_host_and_fails_fast(home, closed_port):
+    urls = [f"http://127.0.0.1:{closed_port}/x{i}" for i in range(30)]
+    strategy = BackOff(4, concurrent=1, breaker_threshold=3, breaker_cooldown=60)
+    started = time.monotonic()
+    bundles = shardload.swarm(urls, download=make_download(home, strategy))
+    assert time.monotonic() - started < 15
+    kinds = [b.error_kind for b in bundles]
+    assert all(b.state == "failed" for b in bundles)
+    assert kinds.count(ErrorKind.BREAKER_OPEN) >= 28
+    assert sum(b.attempts for b in bundles) <= 4  # three failures opened it (plus one retry)
+    assert "circuit open" in bundles[-1].error_message
+
+
+class _Ok(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"back"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_breaker_half_open_probe_lets_a_recovered_host_continue(home):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    servers = []
+
+    def items():
+        for i in range(3):
+            yield f"http://127.0.0.1:{port}/dead{i}"
+        time.sleep(0.5)
+        server = ThreadingHTTPServer(("127.0.0.1", port), _Ok)
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        time.sleep(0.8)  # past the cool-down
+        for i in range(5):
+            yield f"http://127.0.0.1:{port}/alive{i}"
+
+    strategy = RequestStrategy(concurrent=1, breaker_threshold=3, breaker_cooldown=0.5)
+    try:
+        bundles = list(shardload.each(items(), download=make_download(home, strategy)))
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+    by_url = {b.url.rsplit("/", 1)[-1]: b for b in bundles}
+    assert all(by_url[f"dead{i}"].error_kind == ErrorKind.CONNECT for i in range(3))
+    assert all(by_url[f"alive{i}"].state == "written" for i in range(5))
+
+
+def test_breaker_state_machine():
+    async def scenario():
+        slot = HostSlot(2, breaker_threshold=2, breaker_cooldown=0.2)
+        assert await slot.admit() is None
+        slot.record(None, ErrorKind.CONNECT, None)
+        assert slot.breaker == CLOSED
+        slot.record(None, ErrorKind.TIMEOUT, None)
+        assert slot.breaker == OPEN
+        assert "circuit open" in (await slot.admit() or "")
+        await asyncio.sleep(0.25)
+        assert await slot.admit() is None  # the probe
+        waiter = asyncio.ensure_future(slot.admit())  # waits for the probe's outcome
+        await asyncio.sleep(0.01)
+        assert not waiter.done()
+        slot.record(200, None, None)
+        assert await waiter is None and slot.breaker == CLOSED
+        # An HTTP error is not a connection failure: it resets the count.
+        slot.record(None, ErrorKind.CONNECT, None)
+        slot.record(500, ErrorKind.HTTP, None)
+        slot.record(None, ErrorKind.CONNECT, None)
+        assert slot.breaker == CLOSED
+
+    asyncio.run(scenario())
+
+
+def test_adaptive_limit_grows_when_healthy_and_halves_when_throttled():
+    async def scenario():
+        slot = HostSlot(8, adaptive=True)
+        assert slot.limit == 1
+        for _ in range(40):
+            slot.record(200, None, None)
+        assert slot.limit == 8
+        slot.record(429, ErrorKind.HTTP, None)
+        assert slot.limit == 4
+        slot.record(None, ErrorKind.TIMEOUT, None)
+        assert slot.limit == 2
+        for _ in range(3):
+            slot.record(503, ErrorKind.HTTP, None)
+        assert slot.limit == 1
+
+    asyncio.run(scenario())
+
+
+def test_adaptive_host_ramps_up_within_its_bound(srv, home):
+    urls = [f"{srv.base_urls[0]}/slow/60/ad{i}" for i in range(40)]
+    strategy = RequestStrategy(concurrent=5, adaptive=True)
+    bundles = shardload.swarm(urls, download=make_download(home, strategy))
+    assert all(b.ok for b in bundles)
+    peak = srv.stats()["hosts"][srv.host_key(0)]["max_concurrency"]
+    assert 1 < peak <= 5
+
+
+def test_robots_disallowed_urls_are_skipped_and_crawl_delay_honoured(srv, home):
+    a = srv.base_urls[0]
+    urls = [f"{a}/any/private/{i}" for i in range(3)] + [f"{a}/any/public/{i}" for i in range(4)]
+    strategy = RequestStrategy(concurrent=4, robots=True)
+    bundles = shardload.swarm(urls, download=make_download(home, strategy))
+    assert [b.state for b in bundles] == ["skipped"] * 3 + ["written"] * 4
+    assert bundles[0].error_kind == ErrorKind.ROBOTS and "robots.txt" in bundles[0].error_message
+    paths = srv.stats()["paths"]
+    assert paths["/robots.txt"] == 1
+    assert not any(p.startswith("/any/private") for p in paths)
+    gaps = [b - a for a, b in itertools.pairwise(starts(srv, 0))]
+    assert len(gaps) == 4 and min(gaps[1:]) >= 0.29  # after robots.txt, Crawl-delay 0.3 s
+
+
+def test_robots_for_a_named_agent(srv, home):
+    strategy = RequestStrategy(robots=True, user_agent="BlockedBot/2.0")
+    (b,) = shardload.swarm([srv.base_urls[1] + "/links/1"], download=make_download(home, strategy))
+    assert b.state == "skipped" and b.error_kind == ErrorKind.ROBOTS
+
+
+def test_missing_robots_allows_everything(home, srv):
+    strategy = RequestStrategy(robots=True)
+    # The 404 route stands in for a host without robots.txt: rules_from_response allows all.
+    from shardload.robots import rules_from_response
+
+    assert rules_from_response(404, b"", "x").allows("http://h/anything")
+    assert rules_from_response(None, b"", "x").allows("http://h/anything")
+    (b,) = shardload.swarm([srv.base_urls[2] + "/links/1"], download=make_download(home, strategy))
+    assert b.state == "written"
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_per_host_stats_add_up_to_the_bundles(srv, home, processes):
+    urls = [f"{srv.base_urls[i % 4]}/bytes/{50 + i}?name=st{i}" for i in range(40)]
+    urls += [srv.base_urls[0] + "/status/404", srv.base_urls[1] + "/flaky/stats/1/503", "bad url"]
+    run = shardload.each(urls, download=make_download(home, BackOff(2)), processes=processes)
+    bundles = list(run)
+    stats = run.stats
+    assert stats.total.bundles == len(bundles) == len(urls)
+    assert sum(h.bundles for h in stats.hosts.values()) == len(urls)
+    assert sum(h.requests for h in stats.hosts.values()) == sum(b.attempts for b in bundles)
+    assert sum(h.bytes for h in stats.hosts.values()) == sum(b.bytes for b in bundles)
+    host_a = stats.hosts[srv.host_key(0)]
+    assert host_a.errors == {"http": 1} and host_a.statuses["4xx"] == 1
+    assert stats.hosts[srv.host_key(1)].requests == 12  # 10 + the flaky URL twice
+    assert stats.hosts["-"].errors == {"invalid_url": 1}
+    assert [h.host for h in stats.worst_hosts()] == [srv.host_key(0), "-"]
+    record = host_a.to_record()
+    assert record["bundles"] == 11 and record["breaker_opened"] is False
