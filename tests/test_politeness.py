@@ -1,4 +1,4 @@
-"""Politeness and host health: host-wide pauses, breaker, adaptive limits, robots, stats (issue 7)."""
+"""Politeness and host health: host pauses, breaker, adaptive limits, robots, stats (issue 7)."""
 
 from __future__ import annotations
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
+import stat
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,6 +49,14 @@ class BadLine:
 
 
 Parsed = InputItem | BadLine
+
+
+def _norm(path: str) -> str:
+    return os.path.normcase(os.path.normpath(path))
+
+
+def _is_reserved(path: str | None, reserved: str | None) -> bool:
+    return bool(path) and reserved is not None and _norm(str(path)) == _norm(reserved)
 
 
 def _key(text: str) -> str:
@@ -104,8 +114,12 @@ def iter_raw_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
         yield lineno, raw
 
 
-def iter_parsed(stream: BinaryIO) -> Iterator[Parsed]:
-    """Every item and bad line of ``stream``. Never raises for bad data or a read error."""
+def iter_parsed(stream: BinaryIO, reserved: str | None = None) -> Iterator[Parsed]:
+    """Every item and bad line of ``stream``. Never raises for bad data or a read error.
+
+    An explicit ``path`` equal to ``reserved`` (the manifest, relative to the output
+    directory) would replace that file: such a line is a bad line.
+    """
     lines = iter_raw_lines(stream)
     lineno = 0
     while True:
@@ -128,6 +142,8 @@ def iter_parsed(stream: BinaryIO) -> Iterator[Parsed]:
         if lineno == 1:
             text = text.removeprefix("\ufeff")
         parsed = parse_line(text, lineno)
+        if isinstance(parsed, InputItem) and _is_reserved(parsed.path, reserved):
+            parsed = BadLine(lineno, parsed.url, f"line {lineno}: 'path' is the manifest")
         if parsed is not None:
             yield parsed
 
@@ -166,6 +182,20 @@ def _read_head(raw: BinaryIO, n: int) -> bytes:
     return head
 
 
+def _stdin() -> BinaryIO:
+    """Our own unbuffered reader on a copy of fd 0, never ``sys.stdin.buffer``.
+
+    The library reads input on a daemon thread, which may still be blocked reading a pipe when
+    an interrupted run exits; if that thread held ``sys.stdin.buffer``'s lock, the interpreter
+    would abort at shutdown. A private reader on a duplicate descriptor is left alone (and
+    deliberately not closed: another thread may be blocked reading it).
+    """
+    try:
+        return os.fdopen(os.dup(sys.stdin.fileno()), "rb", buffering=0)
+    except (AttributeError, OSError, ValueError):  # no real stdin (embedded, captured)
+        return sys.stdin.buffer
+
+
 @contextmanager
 def open_input(spec: str, stdin: BinaryIO | None = None) -> Iterator[BinaryIO]:
     """Open a path, or stdin for ``-``, as a binary stream; gzip is detected by magic bytes.
@@ -173,7 +203,7 @@ def open_input(spec: str, stdin: BinaryIO | None = None) -> Iterator[BinaryIO]:
     Raises ``OSError`` when the path cannot be opened (a usage error for the CLI).
     """
     if spec == "-":
-        raw: BinaryIO = stdin if stdin is not None else sys.stdin.buffer
+        raw: BinaryIO = stdin if stdin is not None else _stdin()
         owned = False
     else:
         raw = open(spec, "rb")  # noqa: SIM115 - closed below
@@ -189,8 +219,14 @@ def open_input(spec: str, stdin: BinaryIO | None = None) -> Iterator[BinaryIO]:
             raw.close()
 
 
-def count_items(spec: str) -> int:
-    """How many lines of the input at ``spec`` (not stdin) are not blank or comments."""
+def count_items(spec: str) -> int | None:
+    """How many lines of the input at ``spec`` are not blank or comments; ``None`` unless it
+    is a regular file (counting ahead in a pipe, ``<(zcat ...)``, would steal its lines)."""
+    try:
+        if not stat.S_ISREG(os.stat(spec).st_mode):
+            return None
+    except OSError:
+        return None
     total = 0
     with open_input(spec) as stream:
         for _, raw in iter_raw_lines(stream):

@@ -96,40 +96,40 @@ def build_parser() -> argparse.ArgumentParser:
     add = p.add_argument
     # fmt: off
     add("input", help="file of URLs or JSON lines (plain or gzip), or - for stdin")
-    add("-o", "--output", default=".", help="download directory (default: .)")
-    add("-p", "--processes", type=int1, default=os.cpu_count() or 1,
+    add("-o", "--output", default=".", metavar="DIR", help="download directory (default: .)")
+    add("-p", "--processes", type=int1, metavar="N", default=os.cpu_count() or 1,
         help="worker processes (default: CPU count, %(default)s)")
-    add("--concurrency", type=int1, default=64,
+    add("--concurrency", type=int1, metavar="N", default=64,
         help="requests in flight per worker process (default: 64)")
-    add("--per-host", type=int1, default=DEFAULT_PER_HOST,
+    add("--per-host", type=int1, metavar="N", default=DEFAULT_PER_HOST,
         help=f"requests in flight per host (default: {DEFAULT_PER_HOST})")
-    add("--delay", type=secs0, help="per-host seconds between request starts "
+    add("--delay", type=secs0, metavar="S", help="per-host seconds between request starts "
         "(default: 0; 0.25 with --strategy lenient)")
-    add("--jitter", type=secs0, help="add up to this many seconds to --delay")
+    add("--jitter", type=secs0, metavar="S", help="add up to this many seconds to --delay")
     add("--strategy", choices=STRATEGIES, default="backoff",
         help="retries: default (at once, transient failures), lenient (60 s apart, all but "
         "404), backoff (0.25 s doubling to 60 s, transient failures; the default)")
     tries = p.add_mutually_exclusive_group()
-    tries.add_argument("--attempts", type=int1,
+    tries.add_argument("--attempts", type=int1, metavar="N",
                        help=f"attempts per URL, first included (default: {DEFAULT_ATTEMPTS})")
-    tries.add_argument("--retries", type=int0, help="retries per URL (= attempts - 1)")
-    add("--timeout", type=secs, default=60.0,
+    tries.add_argument("--retries", type=int0, metavar="N", help="retries per URL (= attempts - 1)")
+    add("--timeout", type=secs, metavar="S", default=60.0,
         help="seconds to connect, and per stall while reading (default: 60)")
-    add("--connect-timeout", type=secs, help="seconds to connect")
-    add("--max-time", type=secs, help="seconds per attempt, whole body included")
-    add("--max-size", type=parse_size, help="max response size, e.g. 500K, 10M, 1G")
-    add("--user-agent", help="User-Agent header")
+    add("--connect-timeout", type=secs, metavar="S", help="seconds to connect")
+    add("--max-time", type=secs, metavar="S", help="seconds per attempt, whole body included")
+    add("--max-size", type=parse_size, metavar="SIZE", help="max response size, e.g. 500K, 10M, 1G")
+    add("--user-agent", metavar="UA", help="User-Agent header")
     add("-H", "--header", type=parse_header, action="append", default=[],
         metavar="'NAME: VALUE'", help="extra request header (repeatable)")
     add("--skip-existing", action="store_true", help="keep files already at their path")
-    add("--manifest", help="manifest path (default: OUTPUT/manifest.jsonl)")
+    add("--manifest", metavar="PATH", help="manifest path (default: OUTPUT/manifest.jsonl)")
     add("--resume", action="store_true",
         help="append to the manifest; skip URLs it records as done")
     add("--retry-transient", action="store_true",
         help="like --resume, and also skip permanent failures")
     add("--progress", choices=MODES, default="auto",
         help="bar (terminal), lines (logs), none; auto picks (default)")
-    add("--progress-interval", type=secs, default=5.0,
+    add("--progress-interval", type=secs, metavar="S", default=5.0,
         help="seconds between progress lines (default: 5)")
     add("-q", "--quiet", action="store_true", help="no progress and no summary")
     # fmt: on
@@ -234,8 +234,14 @@ class Recorder:
         self._ticker = threading.Thread(target=self._tick, args=(interval,), daemon=True)
         self._ticker.start()
 
+    @property
+    def closed(self) -> bool:
+        return self._stop.is_set()
+
     def record(self, record: dict[str, Any]) -> None:
         with self.signals.critical(), self.lock:
+            if self.closed:  # the input thread, after a stop: too late to count
+                return
             self.writer.add(record)
             self.stats.add(record)
             self.progress.finished(str(record["state"]), int(record.get("bytes") or 0))
@@ -244,6 +250,8 @@ class Recorder:
 
     def skip(self, action: Action) -> None:
         with self.signals.critical(), self.lock:
+            if self.closed:
+                return
             if action is Action.SKIP_DONE:
                 self.stats.skipped_done += 1
             else:
@@ -252,12 +260,14 @@ class Recorder:
 
     def set_total(self, total: int) -> None:
         with self.lock:
-            if not self._stop.is_set():
+            if not self.closed:
                 self.progress.set_total(total)
 
     def _tick(self, interval: float) -> None:
         while not self._stop.wait(interval):
             with self.lock:
+                if self.closed:
+                    return
                 try:
                     self.writer.flush_if_due()
                     self.progress.tick()
@@ -265,19 +275,27 @@ class Recorder:
                     self.error = exc
 
     def close(self) -> None:
-        with self.signals.critical():
+        with self.lock:
             self._stop.set()
-            self._ticker.join()
-            with self.lock:
+            try:
                 self.progress.close()
                 self.writer.close()
+            except OSError as exc:
+                self.error = self.error or exc
+        self._ticker.join()
 
 
 def _items(
-    stream: BinaryIO, priors: dict[str, Prior | None] | None, transient_only: bool, rec: Recorder
+    stream: BinaryIO,
+    priors: dict[str, Prior | None] | None,
+    transient_only: bool,
+    rec: Recorder,
+    reserved: str,
 ) -> Iterator[str | Bundle]:
     """Input items for the library; bad lines and skipped URLs are recorded here instead."""
-    for parsed in iter_parsed(stream):
+    for parsed in iter_parsed(stream, reserved):
+        if rec.closed:
+            return
         key = parsed.key if isinstance(parsed, BadLine) else parsed.url
         action = Action.RUN
         if priors is not None:
@@ -296,7 +314,9 @@ def _items(
 
 def _count_total(spec: str, rec: Recorder) -> None:
     with contextlib.suppress(Exception):  # a nicety; the run reports read errors itself
-        rec.set_total(count_items(spec))
+        total = count_items(spec)
+        if total is not None:
+            rec.set_total(total)
 
 
 def main(argv: list[str] | None = None, *, stdin: BinaryIO | None = None) -> int:
@@ -316,56 +336,50 @@ def _usage_error(stderr: TextIO, message: str) -> int:
 
 def run(args: argparse.Namespace, *, stdin: BinaryIO | None, stderr: TextIO) -> int:
     """Set up (usage errors exit 2 before anything runs), then crawl."""
-    manifest = args.manifest or os.path.join(args.output, "manifest.jsonl")
-    resume = args.resume or args.retry_transient
+    args.manifest = args.manifest or os.path.join(args.output, "manifest.jsonl")
     try:
         os.makedirs(args.output, exist_ok=True)
         download = make_download(args)
-        priors = load_priors(manifest)[0] if resume else None
+        resume = args.resume or args.retry_transient
+        priors, unreadable = load_priors(args.manifest) if resume else (None, 0)
         opened = open_input(args.input, stdin)
         stream = opened.__enter__()
     except (OSError, ValueError) as exc:
         return _usage_error(stderr, str(exc))
-    signals = StopSignals()
-    signals.install()
     try:
-        return _crawl(
-            args,
-            stream=stream,
-            priors=priors,
-            manifest=manifest,
-            download=download,
-            signals=signals,
-            stderr=stderr,
-        )
+        if unreadable and not args.quiet:
+            print(f"shardload: ignoring {unreadable} unreadable manifest lines", file=stderr)
+        return _crawl(args, stream, priors, download, stderr)
     finally:
-        signals.restore()
         opened.__exit__(None, None, None)
 
 
 def _crawl(
     args: argparse.Namespace,
-    *,
     stream: BinaryIO,
     priors: dict[str, Prior | None] | None,
-    manifest: str,
     download: Any,
-    signals: StopSignals,
     stderr: TextIO,
 ) -> int:
-    mode = choose_mode(
-        args.progress, is_tty=stderr.isatty(), quiet=args.quiet, have_tqdm=have_tqdm()
-    )
+    manifest = args.manifest
+    signals = StopSignals()
+    tty = getattr(stderr, "isatty", lambda: False)()
+    mode = choose_mode(args.progress, is_tty=tty, quiet=args.quiet, have_tqdm=have_tqdm())
     start = time.monotonic()
-    with signals.critical():
-        progress = make_progress(mode, stderr, interval=args.progress_interval)
-        rec = Recorder(ManifestWriter(manifest, append=priors is not None), progress, signals, 0.25)
-    if args.input != "-" and mode != "none":
+    try:
+        writer = ManifestWriter(manifest, append=priors is not None)
+    except OSError as exc:
+        return _usage_error(stderr, f"cannot write the manifest: {exc}")
+    progress = make_progress(mode, stderr, interval=args.progress_interval)
+    rec = Recorder(writer, progress, signals, 0.25)
+    if mode != "none" and args.input != "-":
         threading.Thread(target=_count_total, args=(args.input, rec), daemon=True).start()
+    reserved = os.path.relpath(manifest, args.output)
     code: int | None = None
     results: Iterator[Bundle] | None = None
+    signals.install()
     try:
-        items = _items(stream, priors, args.retry_transient, rec)
+        items = _items(stream, priors, args.retry_transient, rec, reserved)
         results = shardload.each(items, download=download, processes=args.processes)
         for bundle in results:
             rec.record(bundle.to_record())
@@ -382,6 +396,10 @@ def _crawl(
         if close is not None:
             close()
         rec.close()
+        signals.restore()
+    if rec.error is not None:
+        print(f"shardload: error: cannot write the manifest: {rec.error}", file=stderr)
+        code = EXIT_FAILED
     interrupted = signals.received is not None
     if not args.quiet:
         summary = format_summary(

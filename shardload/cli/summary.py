@@ -20,6 +20,8 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 STATE_ORDER = ("written", "cached", "failed")
+# Failures that never reached a host: they say nothing about which hosts are failing.
+NO_HOST_KINDS = frozenset({"bad_input", "invalid_url", "unsupported_scheme"})
 
 
 def error_label(kind: str | None, status: int | None) -> str:
@@ -62,7 +64,7 @@ class RunStats:
         kind = record.get("error_kind")
         self.transient += kind != "bad_input" and is_transient(kind, status)
         self.by_error[error_label(record.get("error_kind"), status)] += 1
-        if record.get("error_kind") != "bad_input":
+        if kind not in NO_HOST_KINDS:
             self.failed_hosts[host_of(str(record.get("url", "")))] += 1
 
     @property
@@ -147,6 +149,7 @@ def format_summary(
         lines.append("  rerun with --resume to finish; URLs in flight were not recorded")
     elif stats.transient:
         lines.append(
-            f"  rerun with --retry-transient to retry the {stats.transient:,} transient failures"
+            f"  rerun with --retry-transient to retry the {stats.transient:,} transient "
+            + ("failure" if stats.transient == 1 else "failures")
         )
     return "\n".join(lines)

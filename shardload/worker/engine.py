@@ -257,10 +257,12 @@ class AioDownload:
         url = f"{parts.scheme}://{parts.host_key}/robots.txt"
         rs = self.request_strategy
         try:
-            async with slot.turn(self._worker_slots()):
-                async with self._get_session().get(url, timeout=self._timeout()) as response:
-                    body = await response.content.read(_ROBOTS_MAX_BYTES)
-                    return rules_from_response(response.status, body, rs.user_agent)
+            async with (
+                slot.turn(self._worker_slots()),
+                self._get_session().get(url, timeout=self._timeout()) as response,
+            ):
+                body = await response.content.read(_ROBOTS_MAX_BYTES)
+                return rules_from_response(response.status, body, rs.user_agent)
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -185,3 +187,23 @@ def test_iter_parsed_is_lazy() -> None:
         it = iter_parsed(stream)
         first = [next(it) for _ in range(3)]
     assert [p.lineno for p in first] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("path", "bad"),
+    [("manifest.jsonl", True), ("./manifest.jsonl", True), ("a/../manifest.jsonl", True),
+     ("manifest.jsonl.bak", False), ("sub/manifest.jsonl", False)],
+)  # fmt: skip
+def test_explicit_path_onto_the_manifest_is_a_bad_line(path: str, bad: bool) -> None:
+    line = json.dumps({"url": "http://a/x", "path": path}).encode()
+    (got,) = list(iter_parsed(io.BytesIO(line), reserved="manifest.jsonl"))
+    assert isinstance(got, BadLine) is bad
+    if bad:
+        assert isinstance(got, BadLine) and "'path' is the manifest" in got.reason
+
+
+def test_count_items_only_counts_regular_files(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert inputs.count_items(str(fifo)) is None  # never reads (and so never steals) a pipe
+    assert inputs.count_items(str(tmp_path / "missing")) is None
