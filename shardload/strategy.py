@@ -92,7 +92,9 @@ class RequestStrategy:
     between request starts (plus up to ``jitter`` seconds); ``worker_concurrent`` caps all
     requests of one worker process. ``max_attempts`` counts every attempt (0 and 1 both mean a
     single one). ``timeout`` bounds connecting and every stall while reading, not the whole body,
-    so a large file can finish; ``max_time`` optionally bounds a whole attempt.
+    so a large file can finish; ``max_time`` optionally bounds a whole attempt, and a body slower
+    than ``low_speed_limit`` bytes/s over ``low_speed_time`` seconds fails as a timeout (curl's
+    options of the same names; 0 disables), so a server dripping bytes cannot hold a slot forever.
 
     Host health: a 429/503 or a Retry-After pauses the whole host (Retry-After capped at
     ``retry_after_cap``). With ``adaptive`` a host starts at 1 request in flight and grows to
@@ -122,6 +124,8 @@ class RequestStrategy:
         breaker_threshold: int = 5,
         breaker_cooldown: float = 30.0,
         robots: bool = False,
+        low_speed_limit: int = 0,
+        low_speed_time: float = 30.0,
     ) -> None:
         self.concurrent = concurrent
         self.max_attempts = max_attempts
@@ -139,6 +143,8 @@ class RequestStrategy:
         self.breaker_threshold = breaker_threshold
         self.breaker_cooldown = breaker_cooldown
         self.robots = robots
+        self.low_speed_limit = low_speed_limit
+        self.low_speed_time = low_speed_time
 
     def assert_response(self, response: aiohttp.ClientResponse) -> None:
         """Reject an unsuccessful response (status >= 400) by raising ``AssertionError``."""

@@ -27,7 +27,7 @@ from ..robots import ALLOW_ALL, RobotRules, rules_from_response
 from ..strategy import DownloadStrategy, Outcome, RequestStrategy
 from ..urls import UrlParts, split_url
 from .failures import classify
-from .files import check_target, find_complete
+from .files import SpeedGuard, check_target, find_complete, speed_guard
 from .hosts import HostSlot
 
 _ROBOTS_MAX_BYTES = 512 * 1024
@@ -135,7 +135,8 @@ class AioDownload:
 
     def _worker_slots(self) -> asyncio.Semaphore:
         if self._worker_sem is None:
-            self._worker_sem = asyncio.Semaphore(max(1, self.request_strategy.worker_concurrent))
+            limit = min(self.request_strategy.worker_concurrent, _descriptor_budget())
+            self._worker_sem = asyncio.Semaphore(max(1, limit))
         return self._worker_sem
 
     async def main(self, bundle: Bundle) -> Bundle:
@@ -306,7 +307,11 @@ class AioDownload:
                         retry_after=parse_retry_after(headers.get("Retry-After"), time.time()),
                         attempt=bundle.attempts,
                     )
-                await self.download_strategy.on_success(response, bundle)
+                token = speed_guard.set(SpeedGuard(rs.low_speed_limit, rs.low_speed_time))
+                try:
+                    await self.download_strategy.on_success(response, bundle)
+                finally:
+                    speed_guard.reset(token)
                 return None
         except asyncio.CancelledError:
             raise
@@ -319,6 +324,22 @@ class AioDownload:
                 headers=_plain(headers),
                 attempt=bundle.attempts,
             )
+
+
+def _descriptor_budget() -> int:
+    """Requests this process can hold open at once: each needs a socket and a temporary file,
+    and the process keeps some descriptors of its own (pipes, the event loop, libraries)."""
+    try:
+        import resource  # noqa: PLC0415  (POSIX only)
+    except ImportError:
+        return 1 << 30
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    return max(1, (soft - _RESERVED_DESCRIPTORS) // 2)
+
+
+_RESERVED_DESCRIPTORS = 32
 
 
 def _plain(headers: Mapping[str, str]) -> dict[str, str]:

@@ -26,6 +26,8 @@ import itertools
 import os
 import secrets
 import stat
+import time
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 from ..bundle import Bundle
@@ -92,10 +94,39 @@ def find_complete(path: str) -> tuple[str, int] | None:
     return None
 
 
+class SpeedGuard:
+    """Fails a body that stays under ``limit`` bytes/s for a whole ``window`` of seconds."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit = limit
+        self.window = window
+        self._start = time.monotonic()
+        self._bytes = 0
+
+    def feed(self, size: int) -> None:
+        if self.limit <= 0:
+            return
+        self._bytes += size
+        elapsed = time.monotonic() - self._start
+        if elapsed >= self.window:
+            if self._bytes / elapsed < self.limit:
+                raise DownloadFailed(
+                    ErrorKind.TIMEOUT,
+                    f"body slower than {self.limit} B/s for {self.window:g} s",
+                )
+            self._start, self._bytes = time.monotonic(), 0
+
+
+# Set by the engine around on_success(): the request strategy's speed floor for this body,
+# without changing aiodownload's on_success(response, bundle) signature.
+speed_guard: ContextVar[SpeedGuard | None] = ContextVar("speed_guard", default=None)
+
+
 async def stream_to_file(
     response: aiohttp.ClientResponse, bundle: Bundle, strategy: DownloadStrategy
 ) -> None:
     """Write the response body to ``bundle.file_path`` atomically; sets bytes and sha256."""
+    guard = speed_guard.get()
     if bundle.file_path is None:
         raise DownloadFailed(ErrorKind.STRATEGY, "no file path for the bundle")
     home = strategy.home
@@ -114,6 +145,8 @@ async def stream_to_file(
             size += len(chunk)
             if limit is not None and size > limit:
                 raise DownloadFailed(ErrorKind.TOO_LARGE, f"body exceeds max {limit} bytes")
+            if guard is not None:
+                guard.feed(len(chunk))
             digest.update(chunk)
             pending.append(chunk)
             pending_size += len(chunk)
