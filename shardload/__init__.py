@@ -3,7 +3,7 @@
 The successor of aiodownload, with the same public API: ``import shardload as aiodownload``.
 """
 
-from .api import Run, aeach, aone, aswarm, each, one, swarm
+from .api import Run, RunOptions, aeach, aone, aswarm, each, one, swarm
 from .bundle import CACHED, FAILED, PENDING, WRITTEN, AioDownloadBundle, Bundle
 from .errors import ConfigurationError, ErrorKind, ShardloadError, is_transient
 from .strategy import BackOff, DownloadStrategy, Lenient, Outcome, RequestStrategy
@@ -27,6 +27,7 @@ __all__ = [
     "Outcome",
     "RequestStrategy",
     "Run",
+    "RunOptions",
     "ShardloadError",
     "aeach",
     "aone",

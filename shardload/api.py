@@ -18,7 +18,7 @@ import queue
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from .bundle import Bundle
 from .coordinator import Limits, coordinate
@@ -35,6 +35,25 @@ from .worker.process import run_loop
 
 # Counting the distinct hosts of a known-size input is worth it only up to this size.
 _COUNT_HOSTS_UP_TO = 200_000
+BACKENDS = ("local", "ray")
+
+
+class RunOptions(TypedDict, total=False):
+    """Keyword options shared by one/swarm/each and their async twins.
+
+    processes: workers (default 1: in the caller's process; with backend="ray", the cluster's
+        CPU count). Never more than there are hosts when the input's size is known.
+    split_hosts: {"host:port": k} spreads a hot host over k workers, dividing its budget.
+    start_method: "spawn" (default) or "forkserver" for local worker processes.
+    backend: "local" (default: this machine) or "ray" (actors on a Ray cluster).
+    ray_address: passed to ray.init when Ray is not initialised yet (None: a local cluster).
+    """
+
+    processes: int | None
+    split_hosts: Mapping[str, int] | None
+    start_method: str | None
+    backend: str | None
+    ray_address: str | None
 
 
 @dataclass
@@ -46,6 +65,8 @@ class _Plan:
     split_hosts: dict[str, int]
     start_method: str | None
     limits: Limits
+    backend: str = "local"
+    ray_address: str | None = None
     executor: Executor | None = None
 
     def __post_init__(self) -> None:
@@ -53,10 +74,19 @@ class _Plan:
         self.executor = self._make_executor()
 
     def _make_executor(self) -> Executor:
-        if self.processes == 1:
+        if self.processes == 1 and self.backend == "local":
             return InLoopExecutor(self.download)
         config = describe(self.download)
         config["host_budgets"] = _split_budgets(self.download, self.split_hosts)
+        if self.backend == "ray":
+            from .executors.ray import RayExecutor  # noqa: PLC0415  (Ray is optional)
+
+            return RayExecutor(
+                config,
+                self.processes,
+                home=self.download.download_strategy.home,
+                address=self.ray_address,
+            )
         return ProcessExecutor(
             config,
             self.processes,
@@ -90,13 +120,23 @@ def _plan(
     items: Iterable[Any],
     url_map: Callable[[Any], Any] | None,
     download: AioDownload | None,
-    processes: int | None,
-    split_hosts: Mapping[str, int] | None,
-    start_method: str | None,
+    options: RunOptions,
     *,
     sync: bool,
 ) -> _Plan:
+    unknown = set(options) - set(RunOptions.__annotations__)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
     download = download or AioDownload()
+    backend = options.get("backend") or "local"
+    if backend not in BACKENDS:
+        raise ConfigurationError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    processes = options.get("processes")
+    split_hosts = options.get("split_hosts")
+    if processes is None and backend == "ray":
+        from .executors.ray import cluster_cpus, ensure_ray  # noqa: PLC0415
+
+        processes = cluster_cpus(ensure_ray(options.get("ray_address")))
     if processes is None:
         processes = 1
     if not isinstance(processes, int) or processes < 1:
@@ -105,7 +145,7 @@ def _plan(
     if isinstance(items, str | bytes | Bundle):
         raise ConfigurationError("pass an iterable of URLs (a list), not a single URL; use one()")
     processes = _useful_processes(items, url_map, processes, splits)
-    if processes > 1 and download.client is not None:
+    if (processes > 1 or backend == "ray") and download.client is not None:
         raise ConfigurationError(
             "a live client session cannot be shared with worker processes; "
             "drop client= or use processes=1"
@@ -128,7 +168,17 @@ def _plan(
         shard_cap=max(512, 4 * download.request_strategy.worker_concurrent),
         lane_cap=max(8, 4 * download.request_strategy.concurrent),
     )
-    return _Plan(items, url_map, download, processes, splits, start_method, limits)
+    return _Plan(
+        items,
+        url_map,
+        download,
+        processes,
+        splits,
+        options.get("start_method"),
+        limits,
+        backend=backend,
+        ray_address=options.get("ray_address"),
+    )
 
 
 def _normalise_splits(split_hosts: Mapping[str, int] | None) -> dict[str, int]:
@@ -315,61 +365,45 @@ def each(
     iterable: Iterable[Any],
     url_map: Callable[[Any], Any] | None = None,
     download: AioDownload | None = None,
-    *,
-    processes: int | None = None,
-    split_hosts: Mapping[str, int] | None = None,
-    start_method: str | None = None,
+    **options: Unpack[RunOptions],
 ) -> Run:
     """Download every item; yield each bundle as it finishes (input read lazily).
 
     ``url_map(item)`` gives the URL (or a Bundle) of an item; the item becomes ``bundle.info``.
-    ``processes`` worker processes (default 1: in-process) share the hosts by a stable hash, so
-    per-host limits stay exact; ``split_hosts={"host:port": k}`` spreads a hot host over k
-    workers, dividing its budget between them. Options are checked before any work starts.
+    Options (``RunOptions``): ``processes``, ``split_hosts``, ``start_method``, ``backend``,
+    ``ray_address``; they are checked before any work starts.
     """
-    plan = _plan(iterable, url_map, download, processes, split_hosts, start_method, sync=True)
-    return Run(plan)
+    return Run(_plan(iterable, url_map, download, options, sync=True))
 
 
 def swarm(
     iterable: Iterable[Any],
     download: AioDownload | None = None,
     *,
-    processes: int | None = None,
-    split_hosts: Mapping[str, int] | None = None,
-    start_method: str | None = None,
     url_map: Callable[[Any], Any] | None = None,
+    **options: Unpack[RunOptions],
 ) -> list[Bundle]:
     """Download every item; return the bundles in input order (``[]`` for an empty input)."""
-    bundles = list(
-        each(
-            iterable,
-            url_map=url_map,
-            download=download,
-            processes=processes,
-            split_hosts=split_hosts,
-            start_method=start_method,
-        )
-    )
-    return _in_order(bundles)
+    return _in_order(list(each(iterable, url_map, download, **options)))
 
 
-def one(url_or_bundle: str | Bundle, download: AioDownload | None = None, **options: Any) -> Bundle:
+def one(
+    url_or_bundle: str | Bundle,
+    download: AioDownload | None = None,
+    **options: Unpack[RunOptions],
+) -> Bundle:
     """Download one URL (or bundle) and return its bundle."""
-    return swarm([url_or_bundle], download=download, **options)[0]
+    return swarm([url_or_bundle], download, **options)[0]
 
 
 async def aeach(
     iterable: Iterable[Any],
     url_map: Callable[[Any], Any] | None = None,
     download: AioDownload | None = None,
-    *,
-    processes: int | None = None,
-    split_hosts: Mapping[str, int] | None = None,
-    start_method: str | None = None,
+    **options: Unpack[RunOptions],
 ) -> AsyncGenerator[Bundle, None]:
     """``each`` for asyncio programs: runs in the current loop (a ``client=`` session works)."""
-    plan = _plan(iterable, url_map, download, processes, split_hosts, start_method, sync=False)
+    plan = _plan(iterable, url_map, download, options, sync=False)
     async with contextlib.aclosing(plan.run()) as batches:
         async for batch in batches:
             for bundle in batch:
@@ -380,30 +414,23 @@ async def aswarm(
     iterable: Iterable[Any],
     download: AioDownload | None = None,
     *,
-    processes: int | None = None,
-    split_hosts: Mapping[str, int] | None = None,
-    start_method: str | None = None,
     url_map: Callable[[Any], Any] | None = None,
+    **options: Unpack[RunOptions],
 ) -> list[Bundle]:
     """``swarm`` for asyncio programs."""
-    stream = aeach(
-        iterable,
-        url_map=url_map,
-        download=download,
-        processes=processes,
-        split_hosts=split_hosts,
-        start_method=start_method,
-    )
+    stream = aeach(iterable, url_map, download, **options)
     async with contextlib.aclosing(stream):
         bundles = [bundle async for bundle in stream]
     return _in_order(bundles)
 
 
 async def aone(
-    url_or_bundle: str | Bundle, download: AioDownload | None = None, **options: Any
+    url_or_bundle: str | Bundle,
+    download: AioDownload | None = None,
+    **options: Unpack[RunOptions],
 ) -> Bundle:
     """``one`` for asyncio programs."""
-    return (await aswarm([url_or_bundle], download=download, **options))[0]
+    return (await aswarm([url_or_bundle], download, **options))[0]
 
 
 def _in_order(bundles: list[Bundle]) -> list[Bundle]:

@@ -230,7 +230,7 @@ def test_crash_limit_fails_jobs_with_the_reason(srv, home):
     from shardload.coordinator import Limits
 
     urls = [f"{srv.base_urls[i % 4]}/slow/300/c{i}" for i in range(40)]
-    plan = _plan(urls, None, make_download(home), 2, None, None, sync=True)
+    plan = _plan(urls, None, make_download(home), {"processes": 2}, sync=True)
     plan.limits = Limits(max_restarts=0)
     from shardload.api import _iterate
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..bundle import Job, Result
 from ..errors import ConfigurationError
-from ..worker.files import remove_temp_files
+from ..worker.files import remove_temp_files, temp_prefix
 from ..worker.process import worker_main
 from .base import ExecutorSink
 
@@ -146,7 +146,7 @@ class ProcessExecutor:
             return
         pid = worker.process.pid
         if pid is not None:
-            remove_temp_files(self._home, pid)
+            remove_temp_files(self._home, temp_prefix(pid))
         code = worker.process.exitcode
         reason = (
             f"worker process {pid} was killed by signal {-code}"
@@ -187,4 +187,4 @@ class ProcessExecutor:
                 worker.process.kill()
                 worker.process.join()
             if worker.process.pid is not None:
-                remove_temp_files(self._home, worker.process.pid)
+                remove_temp_files(self._home, temp_prefix(worker.process.pid))

@@ -2,8 +2,9 @@
 
 Invariants:
 - a body is streamed to a temporary file in ``<home>/.shardload-tmp/`` (same filesystem as
-  the final path, so the final ``os.replace`` is atomic) named ``<pid>-<n>-<token>.part``, so
-  the coordinator can remove what a killed worker left behind by its pid;
+  the final path, so the final ``os.replace`` is atomic) named
+  ``<node>-<pid>-<n>-<token>.part``, so the coordinator can remove what a killed worker left
+  behind by its node and pid;
 - a file appears at its final path only when complete and verified: the whole body was read,
   aiohttp checked it against Content-Length, and it fits ``max_bytes``;
 - a failed attempt removes its temporary file and never touches an earlier copy at the final path;
@@ -25,6 +26,7 @@ import hashlib
 import itertools
 import os
 import secrets
+import socket
 import stat
 import time
 from contextvars import ContextVar
@@ -47,15 +49,21 @@ def temp_dir(home: str) -> str:
     return os.path.join(home, TEMP_DIR_NAME)
 
 
-def temp_prefix(pid: int) -> str:
-    """Temporary files of process ``pid`` start with this; see ``remove_temp_files``."""
-    return f"{pid}-"
+def temp_prefix(pid: int | None = None) -> str:
+    """Temporary files of a process start with this; see ``remove_temp_files``.
+
+    The node name is part of it: on a cluster, homes on a shared filesystem see the temporary
+    files of every node, and cleaning up after a dead worker must not touch another's.
+    """
+    return f"{_NODE}-{os.getpid() if pid is None else pid}-"
 
 
-def remove_temp_files(home: str, pid: int) -> int:
+_NODE = socket.gethostname().replace(os.sep, "_") or "node"
+
+
+def remove_temp_files(home: str, prefix: str) -> int:
     """Remove the temporary files a (dead) worker left in home; returns how many."""
     removed = 0
-    prefix = temp_prefix(pid)
     try:
         names = os.listdir(temp_dir(home))
     except OSError:
@@ -190,7 +198,7 @@ def _open_temp(home: str) -> _Temp:
         os.makedirs(directory, exist_ok=True)
         if os.path.islink(directory):
             raise DownloadFailed(ErrorKind.UNSAFE_PATH, f"{directory} is a symlink")
-        name = f"{temp_prefix(os.getpid())}{next(_counter)}-{secrets.token_hex(4)}.part"
+        name = f"{temp_prefix()}{next(_counter)}-{secrets.token_hex(4)}.part"
         path = os.path.join(directory, name)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         return _Temp(os.open(path, flags, 0o644), path)
@@ -266,7 +274,7 @@ def _ensure_directory(path: str, home: str) -> None:
 
 def _displace(path: str, home: str) -> None:
     """Turn the file at ``path`` into ``path/%file`` so ``path`` can be a directory."""
-    holding = os.path.join(temp_dir(home), f"{temp_prefix(os.getpid())}move-{secrets.token_hex(4)}")
+    holding = os.path.join(temp_dir(home), f"{temp_prefix()}move-{secrets.token_hex(4)}")
     os.makedirs(temp_dir(home), exist_ok=True)
     os.replace(path, holding)
     os.mkdir(path)

@@ -1,0 +1,192 @@
+"""backend="ray": one Ray actor per shard, for jobs larger than one machine.
+
+The actor runs the same ShardWorker as a worker process (one host lives in exactly one actor,
+so per-host limits stay exact), in Ray's own event loop. Jobs go out with ``submit`` (the
+coordinator's flow control bounds how many are outstanding per actor: back-pressure); results
+stream back through one poller per actor calling ``take``, which returns what finished so far.
+An actor that dies surfaces as an error in its poller: the coordinator restarts the shard and
+resends its unfinished jobs, exactly as with worker processes.
+
+Ray is optional (``pip install 'shardload[ray]'``). ``ray.init`` is the caller's choice: if Ray
+is already initialised it is used as is; else ``ray_address`` is passed to ``ray.init`` (None
+starts a local cluster). Output goes to the download home, which on a cluster must be a path
+every node can write and the caller can read (a shared filesystem); see README "Scaling out".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from typing import Any
+
+from ..bundle import Job, Result
+from ..errors import ConfigurationError
+from ..worker.engine import AioDownload
+from ..worker.files import remove_temp_files, temp_prefix
+from ..worker.shard import ShardWorker
+from .base import ExecutorSink
+
+_POLL_SECONDS = 0.5
+_STOP_SECONDS = 5.0
+
+
+def import_ray() -> Any:
+    try:
+        import ray  # noqa: PLC0415  (optional dependency)
+    except ImportError as exc:
+        raise ConfigurationError("backend='ray' needs Ray: pip install 'shardload[ray]'") from exc
+    return ray
+
+
+def ensure_ray(address: str | None) -> Any:
+    """Ray, initialised: the caller's cluster if already initialised, else ``address``."""
+    ray = import_ray()
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    return ray
+
+
+def cluster_cpus(ray: Any) -> int:
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+class ShardActor:
+    """The body of a shard actor (wrapped by ``ray.remote`` when the executor starts)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self._config = config
+        self._worker: ShardWorker | None = None
+        self._results: list[Result] = []
+        self._ready: asyncio.Event | None = None
+
+    def _the_worker(self) -> ShardWorker:
+        if self._worker is None:
+            engine = AioDownload(
+                download_strategy=self._config["download_strategy"],
+                request_strategy=self._config["request_strategy"],
+            )
+            engine.host_budgets = dict(self._config["host_budgets"])
+            self._ready = asyncio.Event()
+            self._worker = ShardWorker(engine, emit=self._emit)
+        return self._worker
+
+    def _emit(self, results: list[Result]) -> None:
+        self._results.extend(results)
+        if self._ready is not None:
+            self._ready.set()
+
+    async def identity(self) -> str:
+        """The prefix of this actor's temporary files (node and pid)."""
+        return temp_prefix()
+
+    async def submit(self, jobs: list[Job]) -> None:
+        self._the_worker().accept(jobs)
+
+    async def take(self, wait: float) -> list[Result]:
+        self._the_worker()
+        if not self._results and self._ready is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), wait)
+        out, self._results = self._results, []
+        if self._ready is not None:
+            self._ready.clear()
+        return out
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            await self._worker.abort()
+            await self._worker.engine.close()
+
+
+class RayExecutor:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        shards: int,
+        home: str,
+        address: str | None = None,
+    ) -> None:
+        self._ray = ensure_ray(address)
+        self.shards = shards
+        self._home = home
+        cpus = cluster_cpus(self._ray)
+        # Never ask for more CPUs than the cluster has, or actors would wait forever.
+        self._cpus_each = min(1.0, cpus / shards)
+        self._actor_class = self._ray.remote(ShardActor)
+        self._config = config
+        self._actors: list[tuple[Any, str] | None] = [None] * shards
+        self._pollers: list[asyncio.Task[None] | None] = [None] * shards
+        self._sink: ExecutorSink | None = None
+        self._stopping = False
+        # Named actors (shardload-<run>-<shard>-<n>) let an operator find and inspect them.
+        self._run_id = uuid.uuid4().hex[:8]
+        self._spawned = 0
+
+    async def start(self, sink: ExecutorSink) -> None:
+        self._sink = sink
+        await asyncio.gather(*(self._spawn(shard) for shard in range(self.shards)))
+
+    async def _spawn(self, shard: int) -> None:
+        self._spawned += 1
+        actor = self._actor_class.options(
+            name=f"shardload-{self._run_id}-{shard}-{self._spawned}",
+            num_cpus=self._cpus_each,
+            max_restarts=0,
+            max_concurrency=1000,
+        ).remote(self._config)
+        prefix = await actor.identity.remote()
+        self._actors[shard] = (actor, prefix)
+        self._pollers[shard] = asyncio.create_task(self._poll(shard, actor, prefix))
+
+    def send(self, shard: int, jobs: list[Job]) -> None:
+        entry = self._actors[shard]
+        if entry is not None:
+            entry[0].submit.remote(jobs)  # a dead actor shows up in its poller
+
+    async def _poll(self, shard: int, actor: Any, prefix: str) -> None:
+        sink = self._sink
+        if sink is None:
+            return
+        try:
+            while True:
+                results = await actor.take.remote(_POLL_SECONDS)
+                if results:
+                    sink.results(shard, results)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            current = self._actors[shard]
+            if self._stopping or current is None or current[0] is not actor:
+                return
+            self._actors[shard] = None
+            remove_temp_files(self._home, prefix)
+            sink.crashed(shard, f"ray actor of shard {shard} died: {type(exc).__name__}")
+
+    async def restart(self, shard: int) -> None:
+        await self._spawn(shard)
+
+    async def finish(self) -> None:
+        await self._stop(graceful=False)
+
+    async def abort(self) -> None:
+        await self._stop(graceful=True)
+
+    async def _stop(self, graceful: bool) -> None:
+        self._stopping = True
+        for poller in self._pollers:
+            if poller is not None:
+                poller.cancel()
+        actors = [a for a in self._actors if a is not None]
+        if graceful and actors:
+            # Let each actor cancel its jobs (removing their temporary files) before it goes.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    asyncio.gather(*(a.stop.remote() for a, _ in actors), return_exceptions=True),
+                    _STOP_SECONDS,
+                )
+        for actor, prefix in actors:
+            with contextlib.suppress(Exception):
+                self._ray.kill(actor, no_restart=True)
+            remove_temp_files(self._home, prefix)
+        self._actors = [None] * self.shards

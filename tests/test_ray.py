@@ -1,0 +1,107 @@
+"""The Ray back end passes the same invariants as worker processes (issue 8).
+
+A local Ray cluster (2 CPUs) is started once for this module. Ray is a dev dependency, so a
+missing Ray fails these tests loudly rather than skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import ray
+
+import shardload
+from shardload import ConfigurationError, RequestStrategy
+from shardload.testing.server import body_for
+
+from .conftest import files_under, make_download, temp_files
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def urls_for(srv, n: int, path: str = "bytes/{size}?name=r{i}") -> list[str]:
+    return [f"{srv.base_urls[i % 4]}/" + path.format(size=100 + i % 9, i=i) for i in range(n)]
+
+
+def test_ray_downloads_every_url_once_with_the_right_file(srv, home):
+    urls = [*urls_for(srv, 120), "ftp://nope/x", srv.base_urls[0] + "/status/404"]
+    bundles = shardload.swarm(urls, download=make_download(home), backend="ray", processes=2)
+    assert [b.url for b in bundles] == urls
+    assert [b.state for b in bundles] == ["written"] * 120 + ["failed", "failed"]
+    for i, bundle in enumerate(bundles[:120]):
+        with open(bundle.file_path, "rb") as f:
+            assert f.read() == body_for(100 + i % 9, f"r{i}")
+    assert all(n == 1 for p, n in srv.stats()["paths"].items() if p.startswith("/bytes/"))
+    assert len(files_under(home)) == 120
+
+
+def test_ray_per_host_limit_is_exact(srv, home):
+    urls = urls_for(srv, 40, "slow/60/q{i}")
+    strategy = RequestStrategy(concurrent=2)
+    bundles = shardload.swarm(
+        urls, download=make_download(home, strategy), backend="ray", processes=2
+    )
+    assert all(b.ok for b in bundles)
+    assert max(h["max_concurrency"] for h in srv.stats()["hosts"].values()) == 2
+
+
+def test_an_actor_killed_mid_run_loses_nothing(srv, home):
+    urls = urls_for(srv, 160, "slow/40/k{i}")
+    strategy = RequestStrategy(concurrent=4)
+    seen = []
+    killed = False
+    for bundle in shardload.each(
+        urls, download=make_download(home, strategy), backend="ray", processes=2
+    ):
+        seen.append(bundle)
+        if len(seen) == 15 and not killed:
+            names = [
+                a["name"]
+                for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["name"].startswith("shardload-")
+            ]
+            assert names
+            ray.kill(ray.get_actor(names[0], namespace=None), no_restart=True)
+            killed = True
+    assert killed
+    assert sorted(b.url for b in seen) == sorted(urls)
+    assert len(seen) == len(urls)
+    assert all(b.ok for b in seen), {b.error_kind for b in seen}
+    assert temp_files(home) == []
+
+
+def test_info_stays_the_callers_object(srv, home):
+    items = [object() for _ in range(4)]  # the caller gets its own objects back, not copies
+    url_map = {id(o): f"{srv.base_urls[i]}/links/{i}" for i, o in enumerate(items)}
+    bundles = shardload.swarm(
+        items,
+        download=make_download(home),
+        url_map=lambda o: url_map[id(o)],
+        backend="ray",
+        processes=2,
+    )
+    assert [b.info for b in bundles] == items
+
+
+def test_unknown_backend_is_a_clear_error():
+    with pytest.raises(ConfigurationError, match="backend"):
+        shardload.swarm(["http://127.0.0.2/"], backend="spark")
+
+
+def test_missing_ray_names_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(ConfigurationError, match=r"pip install 'shardload\[ray\]'"):
+        shardload.swarm(["http://127.0.0.2/"], backend="ray", processes=2)
+
+
+def test_ray_is_not_imported_by_default():
+    code = "import shardload, sys; print('ray' in sys.modules)"
+    out = os.popen(f'{sys.executable} -c "{code}"').read().strip()
+    assert out == "False"
