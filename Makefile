@@ -27,7 +27,9 @@ demo: install
 	$(BIN)/python -m shardload.cli.demo
 
 bench: install
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+	$(BIN)/python -m bench.memory $(MEMORY_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-out bench/out .mypy_cache .ruff_cache .pytest_cache

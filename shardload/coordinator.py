@@ -190,7 +190,7 @@ async def coordinate(
     limits = limits or Limits()
     split = dict(split_hosts or {})
     shards = executor.shards
-    remote = shards > 1 or type(executor).__name__ != "InLoopExecutor"
+    remote = executor.crosses_processes
     events = _Events()
     loop = asyncio.get_running_loop()
 

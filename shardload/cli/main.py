@@ -39,6 +39,12 @@ from shardload.errors import ConfigurationError
 DEFAULT_PER_HOST = 4
 DEFAULT_ATTEMPTS = 4
 STRATEGIES = ("default", "lenient", "backoff")
+# Options given to the request strategy under their own names, only when set on the command line.
+PASS_THROUGH = (
+    "delay", "jitter", "connect_timeout", "max_time", "user_agent", "low_speed_limit",
+    "low_speed_time", "max_redirects", "adaptive", "breaker_threshold", "breaker_cooldown",
+    "robots",
+)  # fmt: skip
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 
 EPILOG = """\
@@ -118,6 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
     add("--connect-timeout", type=secs, metavar="S", help="seconds to connect")
     add("--max-time", type=secs, metavar="S", help="seconds per attempt, whole body included")
     add("--max-size", type=parse_size, metavar="SIZE", help="max response size, e.g. 500K, 10M, 1G")
+    add("--low-speed-limit", type=parse_size, metavar="SIZE",
+        help="fail an attempt slower than SIZE bytes/s for --low-speed-time seconds")
+    add("--low-speed-time", type=secs, metavar="S", help="see --low-speed-limit (default: 30)")
+    add("--max-redirects", type=int0, metavar="N", help="redirects to follow (default: 10)")
+    add("--adaptive", action="store_true", default=None,
+        help="per-host concurrency starts at 1, grows while healthy, halves on 429/503")
+    add("--breaker-threshold", type=int0, metavar="N", help="connection failures in a row "
+        "that make a host fail fast (default: 5; 0: never)")
+    add("--breaker-cooldown", type=secs, metavar="S", help="seconds before probing a host "
+        "again (default: 30)")
+    add("--robots", action="store_true", default=None,
+        help="obey robots.txt (Disallow and Crawl-delay)")
     add("--user-agent", metavar="UA", help="User-Agent header")
     add("-H", "--header", type=parse_header, action="append", default=[],
         metavar="'NAME: VALUE'", help="extra request header (repeatable)")
@@ -132,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--progress-interval", type=secs, metavar="S", default=5.0,
         help="seconds between progress lines (default: 5)")
     add("-q", "--quiet", action="store_true", help="no progress and no summary")
+    add("--version", action="version", version=f"shardload {shardload.__version__}")
     # fmt: on
     return p
 
@@ -145,15 +164,10 @@ def strategy_options(args: argparse.Namespace) -> dict[str, Any]:
         "worker_concurrent": args.concurrency,
         "timeout": args.timeout,
     }
-    optional = {
-        "delay": args.delay,
-        "jitter": args.jitter,
-        "connect_timeout": args.connect_timeout,
-        "max_time": args.max_time,
-        "user_agent": args.user_agent,
-        "headers": dict(args.header) or None,
-    }
-    options.update({k: v for k, v in optional.items() if v is not None})
+    passed = {name: getattr(args, name) for name in PASS_THROUGH}
+    options.update({k: v for k, v in passed.items() if v is not None})
+    if args.header:
+        options["headers"] = dict(args.header)
     return options
 
 
@@ -376,6 +390,7 @@ def _crawl(
         threading.Thread(target=_count_total, args=(args.input, rec), daemon=True).start()
     reserved = os.path.relpath(manifest, args.output)
     code: int | None = None
+    interrupted = False
     results: Iterator[Bundle] | None = None
     signals.install()
     try:
@@ -384,7 +399,7 @@ def _crawl(
         for bundle in results:
             rec.record(bundle.to_record())
     except KeyboardInterrupt:
-        pass
+        interrupted = True
     except ConfigurationError as exc:
         code = _usage_error(stderr, str(exc))
     except Exception:
@@ -400,7 +415,7 @@ def _crawl(
     if rec.error is not None:
         print(f"shardload: error: cannot write the manifest: {rec.error}", file=stderr)
         code = EXIT_FAILED
-    interrupted = signals.received is not None
+    interrupted = interrupted or signals.received is not None
     if not args.quiet:
         summary = format_summary(
             rec.stats,

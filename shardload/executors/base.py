@@ -22,6 +22,8 @@ class ExecutorSink(Protocol):
 
 class Executor(Protocol):
     shards: int
+    # True when jobs are pickled to another process: then ``info`` travels only if it pickles.
+    crosses_processes: bool
 
     async def start(self, sink: ExecutorSink) -> None: ...
 

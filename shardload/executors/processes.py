@@ -43,6 +43,8 @@ class _Worker:
 
 
 class ProcessExecutor:
+    crosses_processes = True
+
     def __init__(
         self,
         config: dict[str, Any],

@@ -100,6 +100,8 @@ class ShardActor:
 
 
 class RayExecutor:
+    crosses_processes = True
+
     def __init__(
         self,
         config: dict[str, Any],
