@@ -212,3 +212,19 @@ def test_per_host_stats_add_up_to_the_bundles(srv, home, processes):
     assert [h.host for h in stats.worst_hosts()] == [srv.host_key(0), "-"]
     record = host_a.to_record()
     assert record["bundles"] == 11 and record["breaker_opened"] is False
+
+
+def test_an_occasional_503_does_not_pause_a_healthy_host():
+    async def scenario():
+        slot = HostSlot(4)
+        for _ in range(7):
+            slot.record(200, None, None)
+        slot.record(503, ErrorKind.HTTP, None)  # one broken URL among healthy responses
+        assert slot.paused_until == 0.0
+        for _ in range(4):
+            slot.record(503, ErrorKind.HTTP, None)  # now most recent responses are 503
+        assert slot.paused_until > asyncio.get_running_loop().time()
+        slot.record(429, ErrorKind.HTTP, None)
+        assert slot.paused_until > asyncio.get_running_loop().time() + 10  # doubling
+
+    asyncio.run(scenario())

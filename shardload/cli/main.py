@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
-import re
 import signal
 import sys
 import threading
@@ -21,11 +21,11 @@ from types import FrameType
 from typing import Any, BinaryIO, TextIO
 
 import shardload
-from shardload import AioDownload, BackOff, DownloadStrategy, Lenient, RequestStrategy
 from shardload.bundle import Bundle
 from shardload.cli.inputs import BadLine, count_items, iter_parsed, open_input
 from shardload.cli.manifest import Action, ManifestWriter, Prior, decide, load_priors
-from shardload.cli.progress import MODES, Progress, choose_mode, have_tqdm, make_progress
+from shardload.cli.options import build_parser, make_download, run_options
+from shardload.cli.progress import Progress, choose_mode, have_tqdm, make_progress
 from shardload.cli.summary import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -35,150 +35,6 @@ from shardload.cli.summary import (
     format_summary,
 )
 from shardload.errors import ConfigurationError
-
-DEFAULT_PER_HOST = 4
-DEFAULT_ATTEMPTS = 4
-STRATEGIES = ("default", "lenient", "backoff")
-# Options given to the request strategy under their own names, only when set on the command line.
-PASS_THROUGH = (
-    "delay", "jitter", "connect_timeout", "max_time", "user_agent", "low_speed_limit",
-    "low_speed_time", "max_redirects", "adaptive", "breaker_threshold", "breaker_cooldown",
-    "robots",
-)  # fmt: skip
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
-
-EPILOG = """\
-input lines: a URL, or a JSON object {"url": ..., "path": "rel/path", "info": ...};
-  blank lines and lines starting with '#' are ignored; gzip input is detected.
-  A line that cannot be parsed is recorded as failed (error_kind bad_input).
-manifest: one JSON record per input line (url, path, state, status, bytes, sha256, attempts,
-  elapsed, error_kind, error_message, info). --resume appends and skips URLs whose latest
-  record is written/cached; --retry-transient also skips permanent failures (404, 410,
-  invalid URL, bad input), so only transient failures and never-attempted URLs run.
-exit codes: 0 all done; 1 some URLs failed (including permanent failures skipped by
-  --retry-transient); 2 usage error; 130 interrupted (SIGINT/SIGTERM), manifest kept consistent.
-"""
-
-
-def parse_size(text: str) -> int:
-    """``10M`` -> 10485760: an integer with an optional K/M/G/T suffix (powers of 1024)."""
-    match = _SIZE.match(text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 500K, 10M, 2G)")
-    power = " kmgt".index(match.group(2).lower() or " ")
-    return int(float(match.group(1)) * 1024**power)
-
-
-def parse_header(text: str) -> tuple[str, str]:
-    """``'Name: value'`` -> ``("Name", "value")``."""
-    name, sep, value = text.partition(":")
-    if not sep or not name.strip() or any(c.isspace() for c in name.strip()):
-        raise argparse.ArgumentTypeError(f"not a header: {text!r} (expected 'Name: value')")
-    return name.strip(), value.strip()
-
-
-def _number(kind: type[int] | type[float], low: float, strict: bool = False) -> Any:
-    def convert(text: str) -> int | float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value < low or (strict and value == low):
-            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}: {text}")
-        return value
-
-    return convert
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="shardload",
-        description="Download a list of URLs to disk, fast and politely, on every core.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    int1, int0 = _number(int, 1), _number(int, 0)
-    secs, secs0 = _number(float, 0, strict=True), _number(float, 0)
-    add = p.add_argument
-    # fmt: off
-    add("input", help="file of URLs or JSON lines (plain or gzip), or - for stdin")
-    add("-o", "--output", default=".", metavar="DIR", help="download directory (default: .)")
-    add("-p", "--processes", type=int1, metavar="N", default=os.cpu_count() or 1,
-        help="worker processes (default: CPU count, %(default)s)")
-    add("--concurrency", type=int1, metavar="N", default=64,
-        help="requests in flight per worker process (default: 64)")
-    add("--per-host", type=int1, metavar="N", default=DEFAULT_PER_HOST,
-        help=f"requests in flight per host (default: {DEFAULT_PER_HOST})")
-    add("--delay", type=secs0, metavar="S", help="per-host seconds between request starts "
-        "(default: 0; 0.25 with --strategy lenient)")
-    add("--jitter", type=secs0, metavar="S", help="add up to this many seconds to --delay")
-    add("--strategy", choices=STRATEGIES, default="backoff",
-        help="retries: default (at once, transient failures), lenient (60 s apart, all but "
-        "404), backoff (0.25 s doubling to 60 s, transient failures; the default)")
-    tries = p.add_mutually_exclusive_group()
-    tries.add_argument("--attempts", type=int1, metavar="N",
-                       help=f"attempts per URL, first included (default: {DEFAULT_ATTEMPTS})")
-    tries.add_argument("--retries", type=int0, metavar="N", help="retries per URL (= attempts - 1)")
-    add("--timeout", type=secs, metavar="S", default=60.0,
-        help="seconds to connect, and per stall while reading (default: 60)")
-    add("--connect-timeout", type=secs, metavar="S", help="seconds to connect")
-    add("--max-time", type=secs, metavar="S", help="seconds per attempt, whole body included")
-    add("--max-size", type=parse_size, metavar="SIZE", help="max response size, e.g. 500K, 10M, 1G")
-    add("--low-speed-limit", type=parse_size, metavar="SIZE",
-        help="fail an attempt slower than SIZE bytes/s for --low-speed-time seconds")
-    add("--low-speed-time", type=secs, metavar="S", help="see --low-speed-limit (default: 30)")
-    add("--max-redirects", type=int0, metavar="N", help="redirects to follow (default: 10)")
-    add("--adaptive", action="store_true", default=None,
-        help="per-host concurrency starts at 1, grows while healthy, halves on 429/503")
-    add("--breaker-threshold", type=int0, metavar="N", help="connection failures in a row "
-        "that make a host fail fast (default: 5; 0: never)")
-    add("--breaker-cooldown", type=secs, metavar="S", help="seconds before probing a host "
-        "again (default: 30)")
-    add("--robots", action="store_true", default=None,
-        help="obey robots.txt (Disallow and Crawl-delay)")
-    add("--user-agent", metavar="UA", help="User-Agent header")
-    add("-H", "--header", type=parse_header, action="append", default=[],
-        metavar="'NAME: VALUE'", help="extra request header (repeatable)")
-    add("--skip-existing", action="store_true", help="keep files already at their path")
-    add("--manifest", metavar="PATH", help="manifest path (default: OUTPUT/manifest.jsonl)")
-    add("--resume", action="store_true",
-        help="append to the manifest; skip URLs it records as done")
-    add("--retry-transient", action="store_true",
-        help="like --resume, and also skip permanent failures")
-    add("--progress", choices=MODES, default="auto",
-        help="bar (terminal), lines (logs), none; auto picks (default)")
-    add("--progress-interval", type=secs, metavar="S", default=5.0,
-        help="seconds between progress lines (default: 5)")
-    add("-q", "--quiet", action="store_true", help="no progress and no summary")
-    add("--version", action="version", version=f"shardload {shardload.__version__}")
-    # fmt: on
-    return p
-
-
-def strategy_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The request strategy's keyword arguments for the parsed options. Pure."""
-    attempts = args.attempts or (args.retries + 1 if args.retries is not None else None)
-    options: dict[str, Any] = {
-        "max_attempts": attempts or DEFAULT_ATTEMPTS,
-        "concurrent": args.per_host,
-        "worker_concurrent": args.concurrency,
-        "timeout": args.timeout,
-    }
-    passed = {name: getattr(args, name) for name in PASS_THROUGH}
-    options.update({k: v for k, v in passed.items() if v is not None})
-    if args.header:
-        options["headers"] = dict(args.header)
-    return options
-
-
-def make_download(args: argparse.Namespace) -> Any:
-    cls = {"default": RequestStrategy, "lenient": Lenient, "backoff": BackOff}[args.strategy]
-    download_strategy = DownloadStrategy(
-        home=args.output, skip_cached=args.skip_existing, max_bytes=args.max_size
-    )
-    return AioDownload(
-        download_strategy=download_strategy, request_strategy=cls(**strategy_options(args))
-    )
 
 
 class StopSignals:
@@ -326,6 +182,26 @@ def _items(
             yield Bundle(parsed.url, info=parsed.info, file_path=parsed.path)
 
 
+def hosts_path(manifest: str) -> str:
+    """The per-host side-car: ``out/manifest.jsonl`` -> ``out/manifest.hosts.json``."""
+    root, ext = os.path.splitext(manifest)
+    return (root if ext == ".jsonl" else manifest) + ".hosts.json"
+
+
+def write_host_stats(manifest: str, stats: Any) -> str | None:
+    """Write this run's per-host statistics next to the manifest; returns the path written."""
+    if stats is None or not stats.hosts:
+        return None
+    path = hosts_path(manifest)
+    records = [stats.hosts[host].to_record() for host in sorted(stats.hosts)]
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({"total": stats.total.to_record(), "hosts": records}, f, indent=1)
+    except OSError:
+        return None
+    return path
+
+
 def _count_total(spec: str, rec: Recorder) -> None:
     with contextlib.suppress(Exception):  # a nicety; the run reports read errors itself
         total = count_items(spec)
@@ -395,7 +271,7 @@ def _crawl(
     signals.install()
     try:
         items = _items(stream, priors, args.retry_transient, rec, reserved)
-        results = shardload.each(items, download=download, processes=args.processes)
+        results = shardload.each(items, download=download, **run_options(args))
         for bundle in results:
             rec.record(bundle.to_record())
     except KeyboardInterrupt:
@@ -416,6 +292,8 @@ def _crawl(
         print(f"shardload: error: cannot write the manifest: {rec.error}", file=stderr)
         code = EXIT_FAILED
     interrupted = interrupted or signals.received is not None
+    host_stats = getattr(results, "stats", None)
+    hosts_file = write_host_stats(manifest, host_stats)
     if not args.quiet:
         summary = format_summary(
             rec.stats,
@@ -423,6 +301,8 @@ def _crawl(
             interrupted=interrupted,
             output=os.path.abspath(args.output),
             manifest=os.path.abspath(manifest),
+            hosts=host_stats.worst_hosts() if host_stats is not None else [],
+            hosts_file=hosts_file,
         )
         print(summary, file=stderr, flush=True)
     if interrupted:

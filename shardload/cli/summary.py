@@ -1,7 +1,8 @@
 """The end-of-run summary: counts by state and error kind, bytes, rate, top failing hosts.
 
-``RunStats`` accumulates manifest records (memory grows with the number of distinct error labels
-and failing hosts, never with the number of URLs); ``format_summary`` and ``exit_code`` are pure.
+``RunStats`` accumulates manifest records (memory grows with the number of distinct error
+labels, never with the number of URLs); the per-host numbers come from the library's run
+statistics (``shardload.stats``). ``format_summary`` and ``exit_code`` are pure.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from shardload.errors import is_transient
+from shardload.stats import HostStats
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -20,8 +21,6 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 STATE_ORDER = ("written", "cached", "failed")
-# Failures that never reached a host: they say nothing about which hosts are failing.
-NO_HOST_KINDS = frozenset({"bad_input", "invalid_url", "unsupported_scheme"})
 
 
 def error_label(kind: str | None, status: int | None) -> str:
@@ -33,22 +32,12 @@ def error_label(kind: str | None, status: int | None) -> str:
     return str(kind)
 
 
-def host_of(url: str) -> str:
-    """``host:port`` as written in the URL, or ``<no host>`` when there is none."""
-    try:
-        netloc = urlsplit(url).netloc
-    except ValueError:
-        return "<no host>"
-    return netloc.rpartition("@")[2].lower() or "<no host>"
-
-
 @dataclass
 class RunStats:
     """What one run did; fed with the manifest records it writes and the URLs it skips."""
 
     by_state: Counter[str] = field(default_factory=Counter)
     by_error: Counter[str] = field(default_factory=Counter)
-    failed_hosts: Counter[str] = field(default_factory=Counter)
     bytes: int = 0
     skipped_done: int = 0
     skipped_permanent: int = 0
@@ -64,8 +53,6 @@ class RunStats:
         kind = record.get("error_kind")
         self.transient += kind != "bad_input" and is_transient(kind, status)
         self.by_error[error_label(record.get("error_kind"), status)] += 1
-        if kind not in NO_HOST_KINDS:
-            self.failed_hosts[host_of(str(record.get("url", "")))] += 1
 
     @property
     def finished(self) -> int:
@@ -112,7 +99,8 @@ def format_summary(
     interrupted: bool = False,
     output: str | None = None,
     manifest: str | None = None,
-    top: int = 10,
+    hosts: list[HostStats] | None = None,
+    hosts_file: str | None = None,
 ) -> str:
     """The multi-line summary printed at the end of a run (and after an interrupt)."""
     lines = ["shardload: interrupted, partial summary" if interrupted else "shardload: summary"]
@@ -135,16 +123,20 @@ def format_summary(
         lines.append("  errors")
         for label, n in sorted(stats.by_error.items(), key=lambda kv: (-kv[1], kv[0])):
             lines.append(f"    {n:>9,}  {label}")
-    if stats.failed_hosts:
-        lines.append("  hosts with the most failures")
-        for host, n in stats.failed_hosts.most_common(top):
-            lines.append(f"    {n:>9,}  {host}")
-        if len(stats.failed_hosts) > top:
-            lines.append(f"    ... and {len(stats.failed_hosts) - top:,} more hosts")
+    if hosts:
+        lines.append("  hosts with the most failures (failed/requests, errors)")
+        for host in hosts:
+            errors = ", ".join(f"{k} {n:,}" for k, n in sorted(host.errors.items()))
+            breaker = "; breaker opened" if host.breaker_opened else ""
+            lines.append(
+                f"    {host.failed:>9,}/{host.requests:<9,} {host.host}  ({errors}{breaker})"
+            )
     if output is not None:
         lines.append(f"  files      {output}")
     if manifest is not None:
         lines.append(f"  manifest   {manifest}")
+    if hosts_file is not None:
+        lines.append(f"  per host   {hosts_file}")
     if interrupted:
         lines.append("  rerun with --resume to finish; URLs in flight were not recorded")
     elif stats.transient:

@@ -5,8 +5,10 @@ Invariants:
   [1, concurrency] and moves only when adaptive (additive increase on healthy responses,
   halving on 429/503/timeouts);
 - two request starts of the host are at least ``delay`` (+ jitter) seconds apart;
-- no request of the host starts before ``paused_until``: a 429/503 or a Retry-After pauses the
-  whole host (Retry-After capped; without one, 1 s doubling per consecutive throttle, up to 60 s);
+- no request of the host starts before ``paused_until``: a Retry-After (capped) or a 429 pauses
+  the whole host; a 503 without Retry-After pauses it only when at least half of its last
+  ``_WINDOW`` responses were 429/503 (an overloaded host, not one broken URL). Without a
+  Retry-After the pause is 1 s, doubling per consecutive throttled response, up to 60 s;
 - a request waiting for its turn holds no worker-wide slot: the worker-wide semaphore is taken
   last, right before the request starts, so a slow or paused host never blocks other hosts;
 - the circuit breaker opens after ``breaker_threshold`` consecutive connection-level failures;
@@ -28,6 +30,7 @@ from ..errors import ErrorKind
 CONNECTION_KINDS = frozenset({ErrorKind.DNS, ErrorKind.CONNECT, ErrorKind.TLS, ErrorKind.TIMEOUT})
 _THROTTLE_STATUSES = frozenset({429, 503})
 _THROTTLE_FIRST, _THROTTLE_MAX = 1.0, 60.0
+_WINDOW = 8
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
@@ -53,7 +56,8 @@ class HostSlot:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._next_start = 0.0
         self.paused_until = 0.0
-        self._throttles = 0
+        self._throttles = 0  # consecutive throttled responses
+        self._recent: deque[bool] = deque(maxlen=_WINDOW)  # throttled or not, newest last
         self._retry_after_cap = retry_after_cap
         self.breaker_threshold = breaker_threshold
         self.breaker_cooldown = breaker_cooldown
@@ -122,9 +126,11 @@ class HostSlot:
     def record(self, status: int | None, kind: str | None, retry_after: float | None) -> None:
         """Feed back one attempt's outcome (kind None = success)."""
         throttled = status in _THROTTLE_STATUSES
+        self._recent.append(throttled)
+        overloaded = 2 * sum(self._recent) >= len(self._recent)
         if retry_after is not None and (throttled or status is None or status >= 300):
             self.pause(min(retry_after, self._retry_after_cap))
-        elif throttled:
+        elif status == 429 or (throttled and overloaded):
             self.pause(min(_THROTTLE_FIRST * 2**self._throttles, _THROTTLE_MAX))
         self._throttles = self._throttles + 1 if throttled else 0
         if self.adaptive:

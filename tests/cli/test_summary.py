@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from shardload.bundle import Bundle
 from shardload.cli.summary import (
     RunStats,
     error_label,
@@ -13,8 +14,8 @@ from shardload.cli.summary import (
     format_bytes,
     format_duration,
     format_summary,
-    host_of,
 )
+from shardload.stats import RunStats as RunStatsLib
 
 
 @pytest.mark.parametrize(
@@ -29,20 +30,6 @@ from shardload.cli.summary import (
 )
 def test_error_label(kind: str | None, status: int | None, label: str) -> None:
     assert error_label(kind, status) == label
-
-
-@pytest.mark.parametrize(
-    ("url", "host"),
-    [
-        ("http://Example.com/a", "example.com"),
-        ("http://127.0.0.2:8080/x", "127.0.0.2:8080"),
-        ("https://user:pw@h.org/", "h.org"),
-        ("not a url", "<no host>"),
-        ("http://[::1/", "<no host>"),
-    ],
-)
-def test_host_of(url: str, host: str) -> None:
-    assert host_of(url) == host
 
 
 @pytest.mark.parametrize(
@@ -98,7 +85,6 @@ def test_stats_counts() -> None:
     assert stats.failed == 4
     assert stats.bytes == 2000  # cached files were not downloaded
     assert stats.by_error == {"http 404": 1, "http 503": 2, "bad_input": 1}
-    assert stats.failed_hosts == {"c:3": 2, "b:2": 1}  # bad input lines have no host
     assert stats.transient == 2
 
 
@@ -112,21 +98,34 @@ def test_format_summary_contents() -> None:
     assert "2.0 KB in 0:00:02 (3.5 files/s, 1.0 KB/s)" in text
     errors = lines.index("  errors")
     assert lines[errors + 1].split() == ["2", "http", "503"]  # most frequent first
-    hosts = lines.index("  hosts with the most failures")
-    assert lines[hosts + 1].split() == ["2", "c:3"]
     assert "  files      /o" in lines
     assert "  manifest   /o/m.jsonl" in lines
     assert lines[-1] == "  rerun with --retry-transient to retry the 2 transient failures"
 
 
-def test_format_summary_interrupted_and_top_hosts() -> None:
+def test_format_summary_interrupted() -> None:
     records = [
         {"url": f"http://h{i}/x", "state": "failed", "error_kind": "connect"} for i in range(15)
     ]
-    text = format_summary(_stats(*records), 0.0, interrupted=True, top=10)
+    text = format_summary(_stats(*records), 0.0, interrupted=True)
     assert text.startswith("shardload: interrupted, partial summary")
-    assert "... and 5 more hosts" in text
     assert "--resume" in text.splitlines()[-1]
+
+
+def test_format_summary_lists_troubled_hosts_from_run_stats() -> None:
+    run = RunStatsLib()
+    for i in range(3):
+        run.add(Bundle("http://c:3/x", host="c:3", state="failed", error_kind="http", status=503,
+                       attempts=2))  # fmt: skip
+    run.add(Bundle("http://d:4/x", host="d:4", state="failed", error_kind="breaker_open"))
+    run.add(Bundle("http://e:5/x", host="e:5", state="written", attempts=1))
+    text = format_summary(_stats(), 1.0, hosts=run.worst_hosts(), hosts_file="/o/m.hosts.json")
+    lines = text.splitlines()
+    at = lines.index("  hosts with the most failures (failed/requests, errors)")
+    assert lines[at + 1].split()[:2] == ["3/6", "c:3"] and "http 3" in lines[at + 1]
+    assert "d:4" in lines[at + 2] and "breaker opened" in lines[at + 2]
+    assert "e:5" not in text
+    assert "  per host   /o/m.hosts.json" in lines
 
 
 def test_format_summary_all_ok_has_no_error_sections() -> None:

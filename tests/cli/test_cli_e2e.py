@@ -1,0 +1,259 @@
+"""The command end to end, in a child process, against the local multi-host server."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from shardload.testing.server import LocalServer, body_for
+
+from .conftest import latest, path_counts, read_manifest, run_cli
+
+FAST = ("-p", "2", "--progress", "lines")
+
+
+def _byte_urls(srv: LocalServer, tag: str, count: int) -> list[str]:
+    return [
+        f"{srv.base_urls[i % len(srv.base_urls)]}/bytes/{100 + i}?name={tag}{i}"
+        for i in range(count)
+    ]
+
+
+def _check_written(record: dict[str, object], url: str) -> None:
+    size = int(url.split("/bytes/")[1].split("?", maxsplit=1)[0])
+    body = body_for(size, url.split("name=")[1])
+    assert record["state"] == "written"
+    assert record["status"] == 200
+    assert record["bytes"] == size
+    assert record["sha256"] == hashlib.sha256(body).hexdigest()
+    assert record["error_kind"] is None
+    assert Path(str(record["path"])).read_bytes() == body
+
+
+def test_file_input_all_ok(server: LocalServer, tmp_path: Path) -> None:
+    urls = _byte_urls(server, "ok", 30)
+    src = tmp_path / "urls.txt"
+    src.write_text("# my urls\n\n" + "\n".join(urls) + "\n")
+    out = tmp_path / "out"
+    result = run_cli(src, "-o", out, *FAST)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout == b""
+    records = read_manifest(out / "manifest.jsonl")
+    assert sorted(r["url"] for r in records) == sorted(urls)
+    for record in records:
+        _check_written(record, record["url"])
+    err = result.stderr.decode()
+    assert "30/30 (100%) | done 30 | failed 0" in err
+    assert "finished   30 (written 30, cached 0, failed 0)" in err
+
+
+def test_stdin_input_and_quiet(server: LocalServer, tmp_path: Path) -> None:
+    urls = _byte_urls(server, "stdin", 5)
+    out = tmp_path / "out"
+    result = run_cli("-", "-o", out, "-p", "2", "-q", stdin="\n".join(urls).encode())
+    assert result.returncode == 0
+    assert result.stdout == b"" and result.stderr == b""
+    assert {r["url"] for r in read_manifest(out / "manifest.jsonl")} == set(urls)
+
+
+@pytest.mark.parametrize("via_stdin", [False, True])
+def test_gzip_input_detected_by_magic(server: LocalServer, tmp_path: Path, via_stdin: bool) -> None:
+    urls = _byte_urls(server, f"gz{via_stdin}", 6)
+    data = gzip.compress(("\n".join(urls) + "\n").encode())
+    out = tmp_path / "out"
+    if via_stdin:
+        result = run_cli("-", "-o", out, *FAST, stdin=data)
+    else:
+        src = tmp_path / "urls.txt"  # no .gz suffix: detected by its magic bytes
+        src.write_bytes(data)
+        result = run_cli(src, "-o", out, *FAST)
+    assert result.returncode == 0, result.stderr.decode()
+    records = read_manifest(out / "manifest.jsonl")
+    assert sorted(r["url"] for r in records) == sorted(urls)
+    for record in records:
+        _check_written(record, record["url"])
+
+
+def test_jsonl_paths_info_and_bad_lines(server: LocalServer, tmp_path: Path) -> None:
+    a, b = server.base_urls[:2]
+    lines = [
+        json.dumps({"url": f"{a}/bytes/64?name=j1", "path": "mine/one.bin", "info": {"id": 1}}),
+        json.dumps({"url": f"{b}/bytes/65?name=j2", "info": ["x", 2]}),
+        f"{a}/bytes/66?name=j3",
+        "# a comment",
+        "",
+        "{not json",
+        json.dumps({"path": "p", "info": {"id": 5}}),
+        json.dumps({"url": f"{a}/bytes/1", "path": 7}),
+        json.dumps({"url": f"{b}/status/404"}),
+        "ftp://example.invalid/file",
+        "http://",
+        json.dumps({"url": f"{a}/bytes/2?name=clobber", "path": "./manifest.jsonl"}),
+    ]
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    result = run_cli(src, "-o", out, *FAST)
+    assert result.returncode == 1, result.stderr.decode()
+    records = read_manifest(out / "manifest.jsonl")
+    assert len(records) == 10  # one per line that is not blank or a comment
+    by_url = latest(records)
+
+    one = by_url[f"{a}/bytes/64?name=j1"]
+    _check_written(one, one["url"])
+    assert Path(one["path"]) == out / "mine" / "one.bin"
+    assert one["info"] == {"id": 1}
+    assert by_url[f"{b}/bytes/65?name=j2"]["info"] == ["x", 2]
+    assert by_url[f"{a}/bytes/66?name=j3"]["info"] is None
+
+    bad = [r for r in records if r["error_kind"] == "bad_input"]
+    assert [r["state"] for r in bad] == ["failed"] * 4
+    reasons = "\n".join(r["error_message"] for r in bad)
+    assert "line 6: invalid JSON" in reasons
+    assert "line 7: missing 'url' field" in reasons
+    assert "line 8: 'path' must be a non-empty string" in reasons
+    assert "line 12: 'path' is the manifest" in reasons
+    assert {"id": 5} in [r["info"] for r in bad]
+
+    assert by_url[f"{b}/status/404"]["status"] == 404
+    assert by_url[f"{b}/status/404"]["error_kind"] == "http"
+    assert by_url["ftp://example.invalid/file"]["error_kind"] == "unsupported_scheme"
+    assert by_url["http://"]["error_kind"] == "invalid_url"
+    err = result.stderr.decode()
+    assert "bad_input" in err and "http 404" in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["{missing}"],
+        ["{src}", "--max-size", "lots"],
+        ["{src}", "--attempts", "0"],
+        ["{src}", "--attempts", "2", "--retries", "1"],
+        ["{src}", "-H", "no colon"],
+        ["{src}", "--strategy", "yolo"],
+        ["{src}", "-p", "0"],
+        ["{src}", "--timeout", "0"],
+    ],
+)
+def test_usage_errors_exit_2(tmp_path: Path, args: list[str]) -> None:
+    src = tmp_path / "urls.txt"
+    src.write_text("http://127.0.0.2:9/x\n")
+    argv = [a.format(src=src, missing=tmp_path / "missing.txt") for a in args]
+    result = run_cli(*argv, "-o", tmp_path / "out")
+    assert result.returncode == 2
+    assert b"error" in result.stderr
+    assert not (tmp_path / "out" / "manifest.jsonl").exists()
+
+
+def test_options_reach_the_requests(server: LocalServer, tmp_path: Path) -> None:
+    a = server.base_urls[0]
+    src = tmp_path / "urls.txt"
+    src.write_text(f"{a}/echo?case=opts\n{a}/bytes/5000?name=big\n")
+    out = tmp_path / "out"
+    result = run_cli(
+        src, "-o", out, *FAST, "-H", "X-Test: yes", "--user-agent", "cli-test/1",
+        "--max-size", "1K", "--manifest", tmp_path / "m" / "run.jsonl",
+    )  # fmt: skip
+    assert result.returncode == 1
+    by_url = latest(read_manifest(tmp_path / "m" / "run.jsonl"))
+    echo = json.loads(Path(by_url[f"{a}/echo?case=opts"]["path"]).read_text())
+    headers = {k.lower(): v for k, v in echo["headers"].items()}
+    assert headers["x-test"] == "yes"
+    assert headers["user-agent"] == "cli-test/1"
+    assert by_url[f"{a}/bytes/5000?name=big"]["error_kind"] == "too_large"
+    assert not (out / "manifest.jsonl").exists()
+
+
+def test_skip_existing_reports_cached(server: LocalServer, tmp_path: Path) -> None:
+    urls = _byte_urls(server, "cache", 4)
+    src = tmp_path / "urls.txt"
+    src.write_text("\n".join(urls))
+    out = tmp_path / "out"
+    assert run_cli(src, "-o", out, *FAST).returncode == 0
+    before = path_counts(server)
+    result = run_cli(src, "-o", out, *FAST, "--skip-existing")
+    assert result.returncode == 0
+    assert {r["state"] for r in read_manifest(out / "manifest.jsonl")} == {"cached"}
+    assert sum(path_counts(server).values()) == sum(before.values())  # nothing requested again
+
+
+def test_retry_transient_runs_only_transient_failures(server: LocalServer, tmp_path: Path) -> None:
+    a, b, c = server.base_urls
+    flaky = f"{a}/flaky/rt-{tmp_path.name}/1/502"  # 503 would pause the host
+    gone = f"{b}/status/404?rt={tmp_path.name}"
+    ok = f"{c}/bytes/10?name=rt-{tmp_path.name}"
+    src = tmp_path / "urls.txt"
+    src.write_text("\n".join([flaky, gone, ok, "{bad"]) + "\n")
+    out = tmp_path / "out"
+
+    first = run_cli(src, "-o", out, *FAST, "--attempts", "1")
+    assert first.returncode == 1
+    state = latest(read_manifest(out / "manifest.jsonl"))
+    assert state[flaky]["status"] == 502 and state[flaky]["state"] == "failed"
+    assert state[gone]["status"] == 404
+    assert state[ok]["state"] == "written"
+
+    second = run_cli(src, "-o", out, *FAST, "--attempts", "1", "--retry-transient")
+    assert second.returncode == 1  # the 404 and the bad line are still failed
+    records = read_manifest(out / "manifest.jsonl")
+    assert len(records) == 5  # 4 from the first run, then only the flaky URL
+    assert records[-1]["url"] == flaky and records[-1]["state"] == "written"
+    counts = path_counts(server)
+    assert counts[flaky.split(a)[1]] == 2
+    assert counts[gone.split(b)[1]] == 1
+    assert counts[ok.split(c)[1]] == 1
+    assert "skipped    1 already done, 2 permanent failures not retried" in second.stderr.decode()
+
+    third = run_cli(src, "-o", out, *FAST, "--attempts", "1", "--resume")
+    assert third.returncode == 1
+    counts = path_counts(server)
+    assert counts[gone.split(b)[1]] == 2  # --resume retries permanent failures too
+    assert counts[flaky.split(a)[1]] == 2
+    assert counts[ok.split(c)[1]] == 1
+
+
+def test_resume_without_manifest_runs_everything(server: LocalServer, tmp_path: Path) -> None:
+    urls = _byte_urls(server, "fresh-resume", 3)
+    src = tmp_path / "urls.txt"
+    src.write_text("\n".join(urls))
+    result = run_cli(src, "-o", tmp_path / "out", *FAST, "--resume")
+    assert result.returncode == 0
+    assert len(read_manifest(tmp_path / "out" / "manifest.jsonl")) == 3
+
+
+def test_per_host_side_car_adds_up_to_the_manifest(server: LocalServer, tmp_path: Path) -> None:
+    urls = [*_byte_urls(server, "side", 12), server.base_urls[0] + "/status/404"]
+    src = tmp_path / "urls.txt"
+    src.write_text("\n".join(urls) + "\nnot a url\n")
+    out = tmp_path / "out"
+    result = run_cli(src, "-o", out, *FAST)
+    assert result.returncode == 1
+    side = json.loads((out / "manifest.hosts.json").read_text())
+    records = read_manifest(out / "manifest.jsonl")
+    hosts = {h["host"]: h for h in side["hosts"]}
+    assert sum(h["bundles"] for h in hosts.values()) == side["total"]["bundles"] == 14
+    assert side["total"]["requests"] == sum(r["attempts"] for r in records)
+    first = server.base_urls[0].removeprefix("http://")
+    assert hosts[first]["errors"] == {"http": 1} and hosts[first]["statuses"]["4xx"] == 1
+    assert hosts["-"]["errors"] == {"invalid_url": 1}
+    err = result.stderr.decode()
+    assert "hosts with the most failures" in err and "manifest.hosts.json" in err
+
+
+def test_ray_backend_from_the_command_line(server: LocalServer, tmp_path: Path) -> None:
+    urls = _byte_urls(server, "ray", 20)
+    src = tmp_path / "urls.txt"
+    src.write_text("\n".join(urls) + "\n")
+    out = tmp_path / "out"
+    result = run_cli(src, "-o", out, "--backend", "ray", "-p", "2", "-q", timeout=180)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    records = read_manifest(out / "manifest.jsonl")
+    assert sorted(r["url"] for r in records) == sorted(urls)
+    for record in records:
+        _check_written(record, record["url"])

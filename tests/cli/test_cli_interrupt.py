@@ -1,0 +1,140 @@
+"""Interrupts: SIGINT/SIGTERM stop cleanly with 130, and --resume finishes without repeats."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from shardload.testing.server import LocalServer
+
+from .conftest import cli_command, cli_env, latest, path_counts, read_manifest
+
+
+def _slow_urls(srv: LocalServer, tag: str, count: int, ms: int) -> list[str]:
+    hosts = srv.base_urls[:2]
+    return [f"{hosts[i % 2]}/slow/{ms}/{tag}-{i}" for i in range(count)]
+
+
+def _path(url: str) -> str:
+    return "/" + url.split("/", 3)[3]
+
+
+def _interrupt_when_recorded(
+    src: Path, out: Path, at_least: int, sig: signal.Signals
+) -> subprocess.CompletedProcess[bytes]:
+    """Start the command in its own process group; signal the group (like Ctrl-C in a
+    terminal) once the manifest holds ``at_least`` records."""
+    manifest = out / "manifest.jsonl"
+    args: list[str | Path] = [src, "-o", out, "-p", "2", "--per-host", "2", "--progress", "lines"]
+    child = subprocess.Popen(
+        cli_command(*args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and child.poll() is None:
+            if manifest.exists() and manifest.read_bytes().count(b"\n") >= at_least:
+                break
+            time.sleep(0.01)
+        assert child.poll() is None, "the run ended before it could be interrupted"
+        os.killpg(child.pid, sig)
+        stdout, stderr = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    return subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
+
+
+def test_resume_after_sigint(server: LocalServer, tmp_path: Path) -> None:
+    # 200 URLs at 50 ms each, 2 hosts x 2 in flight: at least 2.5 s of work, interrupted
+    # as soon as the first flushed records appear (about 0.5 s in).
+    urls = _slow_urls(server, f"int-{tmp_path.name}", 200, 50)
+    src = tmp_path / "urls.txt"
+    src.write_text("\n".join(urls) + "\n")
+    out = tmp_path / "out"
+
+    first = _interrupt_when_recorded(src, out, 10, signal.SIGINT)
+    err = first.stderr.decode()
+    assert first.returncode == 130, err
+    assert "interrupted, partial summary" in err
+    assert "Traceback" not in err
+    records = read_manifest(out / "manifest.jsonl")  # every line is a whole record
+    done_first = {r["url"] for r in records if r["state"] == "written"}
+    assert len(records) == len({r["url"] for r in records})  # nothing recorded twice
+    assert all(r["state"] == "written" for r in records)  # a stop is not a failure
+    assert 10 <= len(done_first) < len(urls)
+    for record in records:
+        assert Path(record["path"]).is_file()
+    # no temporary files are left; files finished but not yet recorded may exist (complete)
+    assert not [p for p in out.rglob("*.part")]
+    on_disk = {p for p in out.rglob("*") if p.is_file() and p.name != "manifest.jsonl"}
+    assert on_disk >= {Path(r["path"]) for r in records}
+
+    second = subprocess.run(
+        cli_command(src, "-o", out, "-p", "2", "--progress", "lines", "--resume"),
+        capture_output=True,
+        env=cli_env(),
+        timeout=60,
+        check=False,
+    )
+    assert second.returncode == 0, second.stderr.decode()
+    assert f"skipped    {len(done_first)} already done" in second.stderr.decode()
+    final = latest(read_manifest(out / "manifest.jsonl"))
+    assert set(final) == set(urls)  # nothing missing
+    assert all(r["state"] == "written" for r in final.values())
+    counts = path_counts(server)
+    for url in done_first:  # nothing recorded as done was downloaded again
+        assert counts[_path(url)] == 1
+    assert all(counts[_path(url)] >= 1 for url in urls)
+
+
+def test_sigterm_stops_cleanly(server: LocalServer, tmp_path: Path) -> None:
+    urls = _slow_urls(server, f"term-{tmp_path.name}", 200, 50)
+    src = tmp_path / "urls.txt"
+    src.write_text("\n".join(urls) + "\n")
+    out = tmp_path / "out"
+    result = _interrupt_when_recorded(src, out, 5, signal.SIGTERM)
+    assert result.returncode == 130, result.stderr.decode()
+    records = read_manifest(out / "manifest.jsonl")
+    assert records and all(r["state"] == "written" for r in records)
+    assert "rerun with --resume" in result.stderr.decode()
+
+
+def test_sigint_while_stdin_is_still_open(server: LocalServer, tmp_path: Path) -> None:
+    """`tail -f urls | shardload -`: the input never ends; an interrupt still exits cleanly
+    (the input thread blocked on the pipe must not abort the interpreter at shutdown)."""
+    out = tmp_path / "out"
+    child = subprocess.Popen(
+        cli_command("-", "-o", out, "-p", "2", "--progress", "none"),
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+    )
+    assert child.stdin is not None and child.stderr is not None
+    try:
+        urls = [f"{server.base_urls[0]}/bytes/10?name=open-{tmp_path.name}-{i}" for i in range(3)]
+        child.stdin.write(("\n".join(urls) + "\n").encode())
+        child.stdin.flush()
+        manifest = out / "manifest.jsonl"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if manifest.exists() and manifest.read_bytes().count(b"\n") >= 3:
+                break
+            time.sleep(0.01)
+        child.send_signal(signal.SIGINT)
+        assert child.wait(timeout=30) == 130  # stdin is still open here
+        assert b"Fatal Python error" not in child.stderr.read()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        child.stdin.close()
+        child.stderr.close()
+    assert {r["url"] for r in read_manifest(out / "manifest.jsonl")} == set(urls)

@@ -1,0 +1,120 @@
+"""main() wiring in-process with a fake library: records, skips, crashes and interrupts."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import shardload
+from shardload.bundle import Bundle
+from shardload.cli.main import main
+
+from .conftest import read_manifest
+
+
+def _finish(item: str | Bundle) -> Bundle:
+    bundle = item if isinstance(item, Bundle) else Bundle(item)
+    bundle.attempts = 1
+    if "/ok" in bundle.url:
+        bundle.state, bundle.status, bundle.bytes = "written", 200, 3
+        bundle.file_path = bundle.file_path or "/somewhere"
+    else:
+        code = int(bundle.url.rsplit("/", 1)[1])
+        bundle.state, bundle.status, bundle.error_kind = "failed", code, "http"
+        bundle.error_message = f"HTTP {code}"
+    return bundle
+
+
+class FakeLibrary:
+    """Stands in for ``shardload.each``; remembers what it was asked to download."""
+
+    def __init__(self, interrupt_after: int | None = None, crash_after: int | None = None):
+        self.seen: list[str] = []
+        self.interrupt_after = interrupt_after
+        self.crash_after = crash_after
+        self.closed = False
+
+    def each(self, items: Iterable[Any], **options: Any) -> Iterator[Bundle]:
+        assert options["processes"] >= 1
+        try:
+            for n, item in enumerate(items):
+                if n == self.interrupt_after:
+                    raise KeyboardInterrupt
+                if n == self.crash_after:
+                    raise RuntimeError("worker pool exploded")
+                bundle = _finish(item)
+                self.seen.append(bundle.url)
+                yield bundle
+        finally:
+            self.closed = True
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeLibrary:
+    lib = FakeLibrary()
+    monkeypatch.setattr(shardload, "each", lib.each)
+    return lib
+
+
+def _run(tmp_path: Path, lines: list[str], *extra: str) -> int:
+    data = ("\n".join(lines) + "\n").encode()
+    argv = ["-", "-o", str(tmp_path / "out"), "-p", "1", "--progress", "none", *extra]
+    return main(argv, stdin=io.BytesIO(data))
+
+
+def test_records_every_line_and_exit_codes(fake: FakeLibrary, tmp_path: Path) -> None:
+    assert _run(tmp_path, ["http://h/ok/1", "http://h/ok/2"]) == 0
+    assert _run(tmp_path, ["http://h/ok/1", "http://h/x/404", "{bad"]) == 1
+    records = read_manifest(tmp_path / "out" / "manifest.jsonl")  # truncated: no --resume
+    assert [r["state"] for r in records] == ["written", "failed", "failed"]
+    assert records[2]["error_kind"] == "bad_input"
+    assert "{bad" not in fake.seen
+
+
+def test_jsonl_items_reach_the_library_as_bundles(fake: FakeLibrary, tmp_path: Path) -> None:
+    line = json.dumps({"url": "http://h/ok/j", "path": "a/b.bin", "info": {"k": [1]}})
+    assert _run(tmp_path, [line]) == 0
+    (record,) = read_manifest(tmp_path / "out" / "manifest.jsonl")
+    assert record["path"] == "a/b.bin"  # the fake keeps the preset path
+    assert record["info"] == {"k": [1]}
+
+
+def test_resume_and_retry_transient_choose_what_runs(fake: FakeLibrary, tmp_path: Path) -> None:
+    lines = ["http://h/ok/1", "http://h/x/404", "http://h/x/503", "{bad"]
+    assert _run(tmp_path, lines) == 1
+    fake.seen.clear()
+    assert _run(tmp_path, lines, "--retry-transient", "-q") == 1
+    assert fake.seen == ["http://h/x/503"]
+    fake.seen.clear()
+    assert _run(tmp_path, lines, "--resume", "-q") == 1
+    assert fake.seen == ["http://h/x/404", "http://h/x/503"]
+    records = read_manifest(tmp_path / "out" / "manifest.jsonl")
+    assert len(records) == 4 + 1 + 3  # appended, history kept (the bad line is recorded again)
+
+
+def test_interrupt_flushes_and_returns_130(
+    fake: FakeLibrary, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.interrupt_after = 2
+    lines = [f"http://h/ok/{i}" for i in range(5)]
+    data = ("\n".join(lines) + "\n").encode()
+    code = main(["-", "-o", str(tmp_path / "out"), "-p", "1"], stdin=io.BytesIO(data))
+    assert code == 130
+    assert fake.closed
+    assert len(read_manifest(tmp_path / "out" / "manifest.jsonl")) == 2
+    assert "interrupted, partial summary" in capsys.readouterr().err
+
+
+def test_library_crash_is_reported_and_the_manifest_kept(
+    fake: FakeLibrary, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.crash_after = 3
+    assert _run(tmp_path, [f"http://h/ok/{i}" for i in range(5)]) == 1
+    assert len(read_manifest(tmp_path / "out" / "manifest.jsonl")) == 3
+    err = capsys.readouterr().err
+    assert "worker pool exploded" in err and "shardload: summary" in err
