@@ -102,7 +102,9 @@ class RequestStrategy:
     consecutive connection failures (DNS, refused, TLS, timeout; 0 disables) the host's
     remaining URLs fail fast as ``breaker_open`` until a probe after ``breaker_cooldown``
     seconds succeeds. ``robots`` fetches each host's robots.txt once, skips what it disallows
-    for ``user_agent`` and honours its Crawl-delay as the host's ``delay``.
+    for ``user_agent`` and honours its Crawl-delay as the host's ``delay``. Each worker resolves
+    a host once and caches the answer for ``dns_ttl`` seconds (None: for the whole run); the
+    hosts of a worker are its own, so no two workers resolve the same host.
     """
 
     def __init__(
@@ -126,6 +128,7 @@ class RequestStrategy:
         robots: bool = False,
         low_speed_limit: int = 0,
         low_speed_time: float = 30.0,
+        dns_ttl: float | None = 300.0,
     ) -> None:
         self.concurrent = concurrent
         self.max_attempts = max_attempts
@@ -145,6 +148,7 @@ class RequestStrategy:
         self.robots = robots
         self.low_speed_limit = low_speed_limit
         self.low_speed_time = low_speed_time
+        self.dns_ttl = dns_ttl
 
     def assert_response(self, response: aiohttp.ClientResponse) -> None:
         """Reject an unsuccessful response (status >= 400) by raising ``AssertionError``."""

@@ -293,7 +293,7 @@ def _crawl(
         code = EXIT_FAILED
     interrupted = interrupted or signals.received is not None
     host_stats = getattr(results, "stats", None)
-    hosts_file = write_host_stats(manifest, host_stats)
+    hosts_file = write_host_stats(os.path.abspath(manifest), host_stats)
     if not args.quiet:
         summary = format_summary(
             rec.stats,

@@ -91,7 +91,7 @@ class AioDownload:
             connector = aiohttp.TCPConnector(
                 limit=max(1, rs.worker_concurrent),
                 limit_per_host=0,
-                ttl_dns_cache=300,
+                ttl_dns_cache=rs.dns_ttl,
                 enable_cleanup_closed=False,
             )
             headers = {"User-Agent": rs.user_agent, **rs.headers}
