@@ -128,7 +128,7 @@ class RequestStrategy:
         robots: bool = False,
         low_speed_limit: int = 0,
         low_speed_time: float = 30.0,
-        dns_ttl: float | None = 300.0,
+        dns_ttl: int | None = 300,
     ) -> None:
         self.concurrent = concurrent
         self.max_attempts = max_attempts
