@@ -161,22 +161,21 @@ class ProcessExecutor:
     async def restart(self, shard: int) -> None:
         await self._spawn(shard)
 
-    async def finish(self) -> None:
+    def _tell_all(self, message: str) -> list[_Worker]:
+        """Send a last message to every live worker; from now on their exits are expected."""
         live = [w for w in self._workers if w is not None]
         for worker in live:
             worker.finishing = True
-            worker.sends.put(("finish",))
+            worker.sends.put((message,))
             worker.sends.put(_STOP)
-        for worker in live:
+        return live
+
+    async def finish(self) -> None:
+        for worker in self._tell_all("finish"):
             await worker.ended.wait()
 
     async def abort(self) -> None:
-        live = [w for w in self._workers if w is not None]
-        for worker in live:
-            worker.finishing = True
-            worker.sends.put(("abort",))
-            worker.sends.put(_STOP)
-        await asyncio.to_thread(self._reap, live)
+        await asyncio.to_thread(self._reap, self._tell_all("abort"))
 
     def _reap(self, workers: list[_Worker]) -> None:
         for worker in workers:

@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 
 from ..backoff import decide, parse_retry_after
-from ..bundle import CACHED, FAILED, SKIPPED, WRITTEN, Bundle
+from ..bundle import CACHED, FAILED, SKIPPED, WRITTEN, Bundle, apply_result, to_result
 from ..errors import NEVER_RETRY_KINDS, DownloadFailed, ErrorKind
 from ..robots import ALLOW_ALL, RobotRules, rules_from_response
 from ..strategy import DownloadStrategy, Outcome, RequestStrategy
@@ -161,7 +161,7 @@ class AioDownload:
         path = bundle.file_path
         twin = self._inflight.get(path)
         if twin is not None:
-            _copy_outcome(await asyncio.shield(twin), bundle)
+            apply_result(bundle, to_result(await asyncio.shield(twin)))
             return
         done: asyncio.Future[Bundle] = asyncio.get_running_loop().create_future()
         self._inflight[path] = done
@@ -350,20 +350,6 @@ def _fail(bundle: Bundle, kind: str, message: str) -> None:
     bundle.state = FAILED
     bundle.error_kind = kind
     bundle.error_message = message
-
-
-def _copy_outcome(source: Bundle, target: Bundle) -> None:
-    for name in (
-        "file_path",
-        "state",
-        "status",
-        "attempts",
-        "bytes",
-        "sha256",
-        "error_kind",
-        "error_message",
-    ):
-        setattr(target, name, getattr(source, name))
 
 
 def describe(engine: AioDownload) -> dict[str, Any]:
