@@ -21,6 +21,7 @@ Rules and invariants:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -99,16 +100,22 @@ def _split_host_port(hostport: str, url: str) -> tuple[str, str]:
 
 
 def _normalise_host(host: str, bracketed: bool, url: str) -> str:
+    try:
+        return _normalised_host(host, bracketed)
+    except UnicodeError as exc:
+        raise _invalid(url, "IDNA encoding failed") from exc
+
+
+@functools.lru_cache(maxsize=65536)
+def _normalised_host(host: str, bracketed: bool) -> str:
+    """The normal form of a host ('' when invalid). Cached: a crawl repeats its hosts."""
     if bracketed:
         try:
             return str(ipaddress.IPv6Address(host)) if "%" not in host else ""
         except ValueError:
             return ""
     if not host.isascii():
-        try:
-            host = host.encode("idna").decode("ascii")
-        except UnicodeError as exc:
-            raise _invalid(url, "IDNA encoding failed") from exc
+        host = host.encode("idna").decode("ascii")
     host = host.lower()
     name = host[:-1] if host.endswith(".") else host
     if not name or len(name) > _MAX_HOST:
@@ -121,6 +128,18 @@ def _normalise_host(host: str, bracketed: bool, url: str) -> str:
 
 def split_url(url: str, params: Mapping[str, Any] | None = None) -> UrlParts:
     """Validate and normalise ``url``; raise ``DownloadFailed`` with the reason otherwise."""
+    if params or not isinstance(url, str):
+        return _split_url(url, params)
+    return _split_cached(url)
+
+
+@functools.lru_cache(maxsize=4096)
+def _split_cached(url: str) -> UrlParts:
+    # The engine asks twice per URL (itself, then get_file_path): keep recent answers.
+    return _split_url(url, None)
+
+
+def _split_url(url: str, params: Mapping[str, Any] | None) -> UrlParts:
     if not isinstance(url, str):
         why = f"invalid URL (not a string but {type(url).__name__})"
         raise DownloadFailed(ErrorKind.INVALID_URL, why)

@@ -27,7 +27,7 @@ from ..robots import ALLOW_ALL, RobotRules, rules_from_response
 from ..strategy import DownloadStrategy, Outcome, RequestStrategy
 from ..urls import UrlParts, split_url
 from .failures import classify
-from .files import SpeedGuard, check_target, find_complete, speed_guard
+from .files import SpeedGuard, check_target, find_complete, forget_directories, speed_guard
 from .hosts import HostSlot
 
 _ROBOTS_MAX_BYTES = 512 * 1024
@@ -79,6 +79,7 @@ class AioDownload:
     async def close(self) -> None:
         """Close the session this engine created (never a caller's ``client``)."""
         session = self._session
+        forget_directories(self.download_strategy.home)
         for pending in self._robots.values():
             pending.cancel()
         self._reset()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import itertools
 import os
@@ -81,13 +82,24 @@ def remove_temp_files(home: str, prefix: str) -> int:
 def check_target(home: str, path: str) -> str:
     """The absolute target path if it lies strictly inside home; else ``unsafe_path``."""
     home = os.path.abspath(home)
-    target = os.path.abspath(path if os.path.isabs(path) else os.path.join(home, path))
-    rel = os.path.relpath(target, home)
-    if rel == os.curdir or rel.startswith(os.pardir) or os.path.isabs(rel):
+    target = os.path.normpath(path if os.path.isabs(path) else os.path.join(home, path))
+    inside = home.rstrip(os.sep) + os.sep
+    if not target.startswith(inside) or len(target) == len(inside):
         raise DownloadFailed(ErrorKind.UNSAFE_PATH, f"path outside the download home: {target}")
-    if rel.split(os.sep)[0] == TEMP_DIR_NAME:
+    if target[len(inside) :].split(os.sep, 1)[0] == TEMP_DIR_NAME:
         raise DownloadFailed(ErrorKind.UNSAFE_PATH, f"path inside the temporary folder: {target}")
     return target
+
+
+# Directories of each home already checked to be real directories (not symlinks) in this run,
+# so committing a file costs one rename, not an lstat per path component. It assumes nothing
+# else swaps those directories for symlinks while a run is going; a commit that finds the tree
+# changed forgets them and looks again, and the engine forgets them when it closes.
+_verified: dict[str, set[str]] = {}
+
+
+def forget_directories(home: str) -> None:
+    _verified.pop(os.path.abspath(home), None)
 
 
 def find_complete(path: str) -> tuple[str, int] | None:
@@ -195,9 +207,12 @@ class _Temp:
 def _open_temp(home: str) -> _Temp:
     directory = temp_dir(home)
     try:
-        os.makedirs(directory, exist_ok=True)
-        if os.path.islink(directory):
-            raise DownloadFailed(ErrorKind.UNSAFE_PATH, f"{directory} is a symlink")
+        verified = _verified.setdefault(os.path.abspath(home), set())
+        if directory not in verified:
+            os.makedirs(directory, exist_ok=True)
+            if os.path.islink(directory):
+                raise DownloadFailed(ErrorKind.UNSAFE_PATH, f"{directory} is a symlink")
+            verified.add(directory)
         name = f"{temp_prefix()}{next(_counter)}-{secrets.token_hex(4)}.part"
         path = os.path.join(directory, name)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
@@ -219,32 +234,45 @@ def commit(tmp: str, final: str, home: str) -> str:
     """Move a complete temporary file to ``final`` inside home; returns where it landed."""
     home = os.path.abspath(home)
     final = check_target(home, final)
+    verified = _verified.setdefault(home, set())
     for _ in range(2):
         try:
-            return _commit(tmp, final, home)
-        except (IsADirectoryError, NotADirectoryError, FileExistsError):
-            # Another worker (a split host) turned a file into a directory meanwhile: look again.
-            continue
-    return _commit(tmp, final, home)
+            return _commit(tmp, final, home, verified)
+        except (NotADirectoryError, FileNotFoundError, FileExistsError):
+            # The tree changed under us (another worker of a split host turned a file into a
+            # directory, or someone removed a folder): forget what we knew and look again.
+            verified.clear()
+    return _commit(tmp, final, home, verified)
 
 
-def _commit(tmp: str, final: str, home: str) -> str:
-    parts = os.path.relpath(final, home).split(os.sep)
+def _commit(tmp: str, final: str, home: str, verified: set[str]) -> str:
+    directory = os.path.dirname(final)
     try:
-        current = home
-        for name in parts[:-1]:
-            current = os.path.join(current, name)
-            _ensure_directory(current, home)
-        target = final
-        mode = _lstat_mode(target)
-        if mode is not None and stat.S_ISDIR(mode):
-            target = os.path.join(final, DISPLACED_NAME)
+        if directory not in verified:
+            current = home
+            for name in directory[len(home) + 1 :].split(os.sep) if directory != home else ():
+                current = os.path.join(current, name)
+                if current not in verified:
+                    _ensure_directory(current, home)
+                    verified.add(current)
+        try:
+            os.replace(tmp, final)
+            return final
+        except OSError as exc:
+            # A directory stands at the final path (other URLs live below it): the file goes
+            # inside it, under the reserved name.
+            if exc.errno not in _IS_A_DIRECTORY or not stat.S_ISDIR(_lstat_mode(final) or 0):
+                raise
+        target = os.path.join(final, DISPLACED_NAME)
         os.replace(tmp, target)
         return target
-    except (DownloadFailed, IsADirectoryError, NotADirectoryError, FileExistsError):
+    except (DownloadFailed, NotADirectoryError, FileNotFoundError, FileExistsError):
         raise
     except OSError as exc:
         raise DownloadFailed(ErrorKind.DISK, f"cannot write {final}: {exc}") from exc
+
+
+_IS_A_DIRECTORY = frozenset({errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST})
 
 
 def _lstat_mode(path: str) -> int | None:
