@@ -42,6 +42,7 @@ does the move.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os.path
 from urllib.parse import unquote_to_bytes
@@ -67,7 +68,10 @@ def _escape(raw: bytes, table: tuple[str, ...] = _TABLE) -> str:
     """Escape bytes into one safe file name component (empty for empty input)."""
     if raw and not raw.strip(b"."):
         return "".join(f"%{b:02X}" for b in raw)
-    out = "".join(map(table.__getitem__, raw))
+    if table is _TABLE and not raw.translate(None, _SAFE):
+        out = raw.decode("ascii")  # the common case: nothing to escape
+    else:
+        out = "".join(map(table.__getitem__, raw))
     if raw[: len(_RESERVED_PREFIX)].lower() == _RESERVED_PREFIX:
         out = "%2E" + out[1:]
     return out
@@ -91,10 +95,15 @@ def _fit(name: str) -> str:
 
 
 def _host_component(parts: UrlParts) -> str:
-    host = _escape(parts.host.encode("utf-8", "surrogatepass"), _HOST_TABLE)
+    return _host_name(parts.host, parts.port)
+
+
+@functools.lru_cache(maxsize=65536)
+def _host_name(host_text: str, port: int | None) -> str:
+    host = _escape(host_text.encode("utf-8", "surrogatepass"), _HOST_TABLE)
     if not host:
         raise DownloadFailed(ErrorKind.INVALID_URL, "URL has no host")
-    return _fit(host if parts.port is None else f"{host}_{parts.port}")
+    return _fit(host if port is None else f"{host}_{port}")
 
 
 def url_to_relpath(parts: UrlParts) -> str:

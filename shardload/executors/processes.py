@@ -29,6 +29,7 @@ from ..worker.process import worker_main
 from .base import ExecutorSink
 
 _STOP = object()
+_START_SECONDS = 120.0
 
 
 @dataclass
@@ -39,6 +40,7 @@ class _Worker:
     outbox: Connection
     sends: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
     finishing: bool = False
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -104,6 +106,24 @@ class ProcessExecutor:
             daemon=True,
             name=f"shardload-recv-{shard}",
         ).start()
+        await self._started(worker)
+
+    async def _started(self, worker: _Worker) -> None:
+        """Wait for the worker's ready message; a worker that dies first is a setup error."""
+        ready = asyncio.ensure_future(worker.ready.wait())
+        ended = asyncio.ensure_future(worker.ended.wait())
+        await asyncio.wait({ready, ended}, timeout=_START_SECONDS, return_when="FIRST_COMPLETED")
+        ready.cancel()
+        ended.cancel()
+        if worker.ready.is_set():
+            return
+        worker.finishing = True  # its end is reported here, not as a crash
+        worker.process.kill()
+        raise ConfigurationError(
+            f"a worker process failed to start (exit code {worker.process.exitcode}). If the "
+            "calling script runs shardload when it is imported, put that code under "
+            "`if __name__ == '__main__':` - workers start with 'spawn' and import the main module."
+        )
 
     def send(self, shard: int, jobs: list[Job]) -> None:
         worker = self._workers[shard]
@@ -137,7 +157,8 @@ class ProcessExecutor:
             loop.call_soon_threadsafe(self._ended, shard, worker)
 
     def _deliver(self, shard: int, worker: _Worker, results: list[Result]) -> None:
-        if self._sink is not None and self._workers[shard] is worker:
+        worker.ready.set()
+        if results and self._sink is not None and self._workers[shard] is worker:
             self._sink.results(shard, results)
 
     def _ended(self, shard: int, worker: _Worker) -> None:

@@ -206,10 +206,14 @@ class AioDownload:
                     await asyncio.sleep(wait)
                 refused = await slot.admit()
                 if refused is None:
-                    async with slot.turn(self._worker_slots()):
+                    worker = self._worker_slots()
+                    await slot.enter(worker)
+                    try:
                         # The breaker may have opened while this request waited for its turn.
                         refused = slot.open_reason()
                         outcome = None if refused else await self._attempt(bundle)
+                    finally:
+                        slot.leave(worker)
                 if refused is not None:
                     _fail(bundle, ErrorKind.BREAKER_OPEN, refused)
                     await ds.on_fail(bundle)
@@ -258,17 +262,18 @@ class AioDownload:
     async def _fetch_robots(self, parts: UrlParts, slot: HostSlot) -> RobotRules:
         url = f"{parts.scheme}://{parts.host_key}/robots.txt"
         rs = self.request_strategy
+        worker = self._worker_slots()
+        await slot.enter(worker)
         try:
-            async with (
-                slot.turn(self._worker_slots()),
-                self._get_session().get(url, timeout=self._timeout()) as response,
-            ):
+            async with self._get_session().get(url, timeout=self._timeout()) as response:
                 body = await response.content.read(_ROBOTS_MAX_BYTES)
                 return rules_from_response(response.status, body, rs.user_agent)
         except asyncio.CancelledError:
             raise
         except Exception:
             return ALLOW_ALL
+        finally:
+            slot.leave(worker)
 
     async def request_and_download(self, bundle: Bundle) -> Bundle:
         """One attempt (no retry): request, check, write. Sets the bundle's final state."""

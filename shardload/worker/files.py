@@ -3,7 +3,7 @@
 Invariants:
 - a body is streamed to a temporary file in ``<home>/.shardload-tmp/`` (same filesystem as
   the final path, so the final ``os.replace`` is atomic) named
-  ``<node>-<pid>-<n>-<token>.part``, so the coordinator can remove what a killed worker left
+  ``<node>-<pid>-<n>.part``, so the coordinator can remove what a killed worker left
   behind by its node and pid;
 - a file appears at its final path only when complete and verified: the whole body was read,
   aiohttp checked it against Content-Length, and it fits ``max_bytes``;
@@ -213,10 +213,15 @@ def _open_temp(home: str) -> _Temp:
             if os.path.islink(directory):
                 raise DownloadFailed(ErrorKind.UNSAFE_PATH, f"{directory} is a symlink")
             verified.add(directory)
-        name = f"{temp_prefix()}{next(_counter)}-{secrets.token_hex(4)}.part"
-        path = os.path.join(directory, name)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-        return _Temp(os.open(path, flags, 0o644), path)
+        while True:
+            # Node, pid and a counter make the name unique; O_EXCL guards against a stale
+            # file of an earlier process that had the same pid.
+            path = os.path.join(directory, f"{temp_prefix()}{next(_counter)}.part")
+            try:
+                return _Temp(os.open(path, flags, 0o644), path)
+            except FileExistsError:
+                continue
     except DownloadFailed:
         raise
     except OSError as exc:

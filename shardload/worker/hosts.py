@@ -21,8 +21,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from ..errors import ErrorKind
 
@@ -93,16 +91,22 @@ class HostSlot:
                 self.in_flight += 1
                 waiter.set_result(None)
 
-    @asynccontextmanager
-    async def turn(self, worker: asyncio.Semaphore) -> AsyncIterator[None]:
-        """Wait for this host's next start, then for a worker-wide slot; hold both while inside."""
+    async def enter(self, worker: asyncio.Semaphore) -> None:
+        """Wait for this host's next start, then for a worker-wide slot; ``leave`` frees both.
+
+        Plain methods rather than a context manager: this runs once per request.
+        """
         await self._acquire()
         try:
             await self._wait_start()
-            async with worker:
-                yield
-        finally:
+            await worker.acquire()
+        except BaseException:
             self._release()
+            raise
+
+    def leave(self, worker: asyncio.Semaphore) -> None:
+        worker.release()
+        self._release()
 
     async def _wait_start(self) -> None:
         loop = asyncio.get_running_loop()

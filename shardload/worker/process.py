@@ -1,7 +1,8 @@
 """The entry point of a worker process: one uvloop event loop running one ShardWorker.
 
 Messages in (pickled tuples over a pipe): ("jobs", [Job, ...]), ("finish",), ("abort",).
-End of file on the inbox (the coordinator died) means abort. Messages out: lists of Results.
+End of file on the inbox (the coordinator died) means abort. Messages out: lists of Results;
+the first, empty, says the worker is ready.
 Pipe IO runs in two threads so the event loop never blocks on the coordinator.
 The process ignores SIGINT: Ctrl-C reaches the whole process group, and the coordinator decides
 how its workers stop (DESIGN rule 8 keeps signal handling out of the caller's process; this is
@@ -49,6 +50,7 @@ async def _serve(config: dict[str, Any], inbox: Connection, outbox: Connection) 
     out: queue.SimpleQueue[list[Result] | None] = queue.SimpleQueue()
     writer = threading.Thread(target=_write_loop, args=(out, outbox), daemon=True)
     writer.start()
+    out.put([])  # "ready": the coordinator tells a failed start from a crash by this
     worker = ShardWorker(engine, emit=out.put, batch_size=config.get("batch_size", 256))
     stop: asyncio.Future[str] = loop.create_future()
 
