@@ -214,6 +214,8 @@ def _useful_processes(
         if key is not None and key not in seen:
             seen.add(key)
             lanes += splits.get(key, 1)
+            if lanes >= processes:
+                return processes  # enough hosts for every worker: no need to look further
     return max(1, min(processes, lanes))
 
 

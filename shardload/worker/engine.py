@@ -27,8 +27,15 @@ from ..robots import ALLOW_ALL, RobotRules, rules_from_response
 from ..strategy import DownloadStrategy, Outcome, RequestStrategy
 from ..urls import UrlParts, split_url
 from .failures import classify
-from .files import SpeedGuard, check_target, find_complete, forget_directories, speed_guard
-from .hosts import HostSlot
+from .files import (
+    READ_SIZE,
+    SpeedGuard,
+    check_target,
+    find_complete,
+    forget_directories,
+    speed_guard,
+)
+from .hosts import CLOSED, HostSlot
 
 _ROBOTS_MAX_BYTES = 512 * 1024
 
@@ -59,6 +66,8 @@ class AioDownload:
         return self.request_strategy
 
     def _reset(self) -> None:
+        # Built per run, not per request; strategies may be changed between runs.
+        self._request_timeout = self._timeout()
         self._session: aiohttp.ClientSession | None = self.client
         self._worker_sem: asyncio.Semaphore | None = None
         self._hosts: dict[str, HostSlot] = {}
@@ -100,7 +109,8 @@ class AioDownload:
                 connector=connector,
                 headers=headers,
                 cookie_jar=aiohttp.DummyCookieJar(),
-                timeout=self._timeout(),
+                read_bufsize=READ_SIZE,
+                timeout=self._request_timeout,
                 trust_env=False,
             )
         return self._session
@@ -204,13 +214,13 @@ class AioDownload:
                 wait = rs.get_sleep_time(bundle)
                 if wait and wait > 0:
                     await asyncio.sleep(wait)
-                refused = await slot.admit()
+                refused = await slot.admit() if slot.breaker != CLOSED else None
                 if refused is None:
                     worker = self._worker_slots()
                     await slot.enter(worker)
                     try:
                         # The breaker may have opened while this request waited for its turn.
-                        refused = slot.open_reason()
+                        refused = slot.open_reason() if slot.breaker != CLOSED else None
                         outcome = None if refused else await self._attempt(bundle)
                     finally:
                         slot.leave(worker)
@@ -265,7 +275,7 @@ class AioDownload:
         worker = self._worker_slots()
         await slot.enter(worker)
         try:
-            async with self._get_session().get(url, timeout=self._timeout()) as response:
+            async with self._get_session().get(url, timeout=self._request_timeout) as response:
                 body = await response.content.read(_ROBOTS_MAX_BYTES)
                 return rules_from_response(response.status, body, rs.user_agent)
         except asyncio.CancelledError:
@@ -298,7 +308,7 @@ class AioDownload:
                 bundle.url,
                 params=bundle.params,
                 max_redirects=rs.max_redirects,
-                timeout=self._timeout(),
+                timeout=self._request_timeout,
             ) as response:
                 status = bundle.status = response.status
                 headers = response.headers
@@ -313,6 +323,9 @@ class AioDownload:
                         retry_after=parse_retry_after(headers.get("Retry-After"), time.time()),
                         attempt=bundle.attempts,
                     )
+                if not rs.low_speed_limit:
+                    await self.download_strategy.on_success(response, bundle)
+                    return None
                 token = speed_guard.set(SpeedGuard(rs.low_speed_limit, rs.low_speed_time))
                 try:
                     await self.download_strategy.on_success(response, bundle)

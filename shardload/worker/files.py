@@ -14,8 +14,9 @@ Invariants:
   (and a file for ``a`` goes straight to ``a/%file`` when ``a`` is already a directory), so the
   final layout depends only on the set of URLs, not on the order of downloads.
 
-Small bodies are written with one inline ``write`` (page cache, microseconds); bodies over
-``_INLINE_LIMIT`` flush through a thread so a slow disk never stalls the event loop.
+Small bodies are hashed and written with one inline ``write`` (page cache, microseconds);
+bodies over ``_INLINE_LIMIT`` are hashed and written in a thread, so neither a slow disk nor
+hashing gigabytes stalls the event loop.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import socket
 import stat
 import time
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..bundle import Bundle
 from ..errors import DownloadFailed, ErrorKind
@@ -43,6 +44,9 @@ if TYPE_CHECKING:
     from ..strategy import DownloadStrategy
 
 _INLINE_LIMIT = 1 << 20
+# Bodies are read at least this much at a time (the session's read buffer matches it):
+# aiohttp's 64 KiB default pauses and resumes the socket every 64 KiB of a large body.
+READ_SIZE = 1 << 20
 _counter = itertools.count()
 
 
@@ -161,26 +165,25 @@ async def stream_to_file(
     pending_size = 0
     tmp = _open_temp(home)
     try:
-        async for chunk in response.content.iter_chunked(strategy.chunk_size):
+        async for chunk in response.content.iter_chunked(max(strategy.chunk_size, READ_SIZE)):
             size += len(chunk)
             if limit is not None and size > limit:
                 raise DownloadFailed(ErrorKind.TOO_LARGE, f"body exceeds max {limit} bytes")
             if guard is not None:
                 guard.feed(len(chunk))
-            digest.update(chunk)
             pending.append(chunk)
             pending_size += len(chunk)
             if pending_size >= _INLINE_LIMIT:
-                await asyncio.to_thread(_write_all, tmp.fd, pending)
+                await asyncio.to_thread(_write_and_hash, tmp.fd, pending, digest)
                 pending, pending_size = [], 0
         if declared is not None and not encoded and size != declared:
             raise DownloadFailed(
                 ErrorKind.TRUNCATED, f"got {size} of {declared} bytes (Content-Length)"
             )
         if size > _INLINE_LIMIT:
-            await asyncio.to_thread(_write_all, tmp.fd, pending)
+            await asyncio.to_thread(_write_and_hash, tmp.fd, pending, digest)
         else:
-            _write_all(tmp.fd, pending)
+            _write_and_hash(tmp.fd, pending, digest)
         os.close(tmp.fd)
         tmp.fd = -1
         bundle.file_path = commit(tmp.path, bundle.file_path, home)
@@ -228,8 +231,10 @@ def _open_temp(home: str) -> _Temp:
         raise DownloadFailed(ErrorKind.DISK, f"cannot create a temporary file: {exc}") from exc
 
 
-def _write_all(fd: int, chunks: list[bytes]) -> None:
+def _write_and_hash(fd: int, chunks: list[bytes], digest: Any) -> None:
+    # Large bodies run this in a thread: hashlib and os.write both release the GIL.
     for chunk in chunks:
+        digest.update(chunk)
         view = memoryview(chunk)
         while view:
             view = view[os.write(fd, view) :]

@@ -22,14 +22,12 @@ class ShardWorker:
         engine: AioDownload,
         emit: Callable[[list[Result]], None],
         batch_size: int = 256,
-        flush_interval: float = 0.02,
     ) -> None:
         self.engine = engine
         self._emit = emit
         self._batch_size = batch_size
-        self._flush_interval = flush_interval
         self._out: list[Result] = []
-        self._flush_handle: asyncio.TimerHandle | None = None
+        self._flush_handle: asyncio.Handle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -65,9 +63,10 @@ class ShardWorker:
         if len(self._out) >= self._batch_size:
             self.flush()
         elif self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_later(
-                self._flush_interval, self.flush
-            )
+            # Next loop iteration, not a timer: results that finish together still travel
+            # together, and a busy host's freed places are refilled without waiting (a 20 ms
+            # timer capped one host near 2,500 files/s).
+            self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
         if self._flush_handle is not None:
