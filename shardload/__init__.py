@@ -3,9 +3,11 @@
 The successor of aiodownload, with the same public API: ``import shardload as aiodownload``.
 """
 
-from .api import Run, RunOptions, aeach, aone, aswarm, each, one, swarm
+from .api import aeach, aone, aswarm, each, one, swarm
 from .bundle import CACHED, FAILED, PENDING, WRITTEN, AioDownloadBundle, Bundle
 from .errors import ConfigurationError, ErrorKind, ShardloadError, is_transient
+from .plan import RunOptions
+from .run import Run
 from .strategy import BackOff, DownloadStrategy, Lenient, Outcome, RequestStrategy
 from .worker.engine import AioDownload
 

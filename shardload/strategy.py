@@ -56,9 +56,10 @@ class DownloadStrategy:
     """Where files go and how a body is written.
 
     Bodies are read in units of ``max(chunk_size, 1 MiB)``: smaller reads make large files
-    slow (aiohttp pauses the socket at every read-buffer boundary). ``home`` defaults to the working directory at construction time. ``skip_cached`` trusts what
-    it finds, because only complete files ever reach a final path. ``max_bytes`` caps a body
-    (after decompression); a larger one fails as ``too_large`` and leaves nothing behind.
+    slow (aiohttp pauses the socket at every read-buffer boundary). ``home`` defaults to the
+    working directory at construction time. ``skip_cached`` trusts what it finds, because only
+    complete files ever reach a final path. ``max_bytes`` caps a body (after decompression); a
+    larger one fails as ``too_large`` and leaves nothing behind.
     """
 
     def __init__(

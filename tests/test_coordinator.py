@@ -226,16 +226,16 @@ def _alive(pid: int) -> bool:
 
 def test_crash_limit_fails_jobs_with_the_reason(srv, home):
     """A shard that keeps dying is given up on: its jobs fail with worker_crash, none is lost."""
-    from shardload.api import _plan
     from shardload.coordinator import Limits
+    from shardload.plan import make_plan
+    from shardload.run import Run
 
     urls = [f"{srv.base_urls[i % 4]}/slow/300/c{i}" for i in range(40)]
-    plan = _plan(urls, None, make_download(home), {"processes": 2}, sync=True)
+    plan = make_plan(urls, None, make_download(home), {"processes": 2}, sync=True)
     plan.limits = Limits(max_restarts=0)
-    from shardload.api import _iterate
 
     seen = []
-    for bundle in _iterate(plan):
+    for bundle in Run(plan):
         seen.append(bundle)
         if len(seen) == 1:
             for child in multiprocessing.active_children():

@@ -12,8 +12,8 @@ from typing import Any
 
 import shardload
 from shardload import AioDownload, BackOff, DownloadStrategy, Lenient, RequestStrategy
-from shardload.api import BACKENDS, RunOptions
 from shardload.cli.progress import MODES
+from shardload.plan import BACKENDS, RunOptions
 
 DEFAULT_PER_HOST = 4
 DEFAULT_ATTEMPTS = 4

@@ -1,0 +1,206 @@
+"""Planning a run: options checked and turned into a coordinator and an executor.
+
+Everything here happens in the caller's thread before any work starts, so misuse (an unknown
+back end, an unpicklable strategy, a live client with worker processes) raises at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sized
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+from .bundle import Bundle
+from .coordinator import Limits, coordinate
+from .errors import ConfigurationError, DownloadFailed
+from .executors.base import Executor
+from .executors.inloop import InLoopExecutor
+from .executors.processes import ProcessExecutor
+from .sharding import split_budget
+from .urls import host_key
+from .worker.engine import AioDownload, describe
+
+# Counting the distinct hosts of a known-size input is worth it only up to this size.
+_COUNT_HOSTS_UP_TO = 200_000
+BACKENDS = ("local", "ray")
+
+
+class RunOptions(TypedDict, total=False):
+    """Keyword options shared by one/swarm/each and their async twins.
+
+    processes: workers (default 1: in the caller's process; with backend="ray", the cluster's
+        CPU count). Never more than there are hosts when the input's size is known.
+    split_hosts: {"host:port": k} spreads a hot host over k workers, dividing its budget.
+    start_method: "spawn" (default) or "forkserver" for local worker processes.
+    backend: "local" (default: this machine) or "ray" (actors on a Ray cluster).
+    ray_address: passed to ray.init when Ray is not initialised yet (None: a local cluster).
+    """
+
+    processes: int | None
+    split_hosts: Mapping[str, int] | None
+    start_method: str | None
+    backend: str | None
+    ray_address: str | None
+
+
+@dataclass
+class Plan:
+    items: Iterable[Any]
+    url_map: Callable[[Any], Any] | None
+    download: AioDownload
+    processes: int
+    split_hosts: dict[str, int]
+    start_method: str | None
+    limits: Limits
+    backend: str = "local"
+    ray_address: str | None = None
+    executor: Executor | None = None
+
+    def __post_init__(self) -> None:
+        # Built now, in the caller's thread: an unpicklable strategy fails before any work.
+        self.executor = self._make_executor()
+
+    def _make_executor(self) -> Executor:
+        if self.processes == 1 and self.backend == "local":
+            return InLoopExecutor(self.download)
+        config = describe(self.download)
+        config["host_budgets"] = _split_budgets(self.download, self.split_hosts)
+        if self.backend == "ray":
+            from .executors.ray import RayExecutor  # noqa: PLC0415  (Ray is optional)
+
+            return RayExecutor(
+                config,
+                self.processes,
+                home=self.download.download_strategy.home,
+                address=self.ray_address,
+            )
+        return ProcessExecutor(
+            config,
+            self.processes,
+            home=self.download.download_strategy.home,
+            start_method=self.start_method,
+        )
+
+    def run(self) -> AsyncGenerator[list[Bundle], None]:
+        executor, self.executor = self.executor, None
+        if executor is None:
+            raise RuntimeError("a plan runs once")
+        return coordinate(
+            self.items,
+            executor,
+            url_map=self.url_map,
+            split_hosts=self.split_hosts,
+            limits=self.limits,
+        )
+
+
+def _split_budgets(download: AioDownload, split_hosts: Mapping[str, int]) -> dict[str, Any]:
+    rs = download.request_strategy
+    budgets: dict[str, Any] = dict(download.host_budgets)
+    for host, k in split_hosts.items():
+        _, concurrency, delay = split_budget(rs.concurrent, rs.delay, k)
+        budgets[host] = (concurrency, delay)
+    return budgets
+
+
+def make_plan(
+    items: Iterable[Any],
+    url_map: Callable[[Any], Any] | None,
+    download: AioDownload | None,
+    options: RunOptions,
+    *,
+    sync: bool,
+) -> Plan:
+    unknown = set(options) - set(RunOptions.__annotations__)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    download = download or AioDownload()
+    backend = options.get("backend") or "local"
+    if backend not in BACKENDS:
+        raise ConfigurationError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    processes = options.get("processes")
+    split_hosts = options.get("split_hosts")
+    if processes is None and backend == "ray":
+        from .executors.ray import cluster_cpus, ensure_ray  # noqa: PLC0415
+
+        processes = cluster_cpus(ensure_ray(options.get("ray_address")))
+    if processes is None:
+        processes = 1
+    if not isinstance(processes, int) or processes < 1:
+        raise ConfigurationError(f"processes must be a positive integer, got {processes!r}")
+    splits = _normalise_splits(split_hosts)
+    if isinstance(items, str | bytes | Bundle):
+        raise ConfigurationError("pass an iterable of URLs (a list), not a single URL; use one()")
+    processes = _useful_processes(items, url_map, processes, splits)
+    if (processes > 1 or backend == "ray") and download.client is not None:
+        raise ConfigurationError(
+            "a live client session cannot be shared with worker processes; "
+            "drop client= or use processes=1"
+        )
+    if sync and download.client is not None:
+        raise ConfigurationError(
+            "a live client session belongs to its own event loop; "
+            "call aswarm()/aeach()/aone() from that loop instead"
+        )
+    if splits:
+        # The same effective k divides the host's budget and picks its workers: a host can be
+        # split at most over its concurrency and over the workers there are.
+        rs = download.request_strategy
+        effective = {
+            h: split_budget(rs.concurrent, rs.delay, min(k, processes))[0]
+            for h, k in splits.items()
+        }
+        splits = {h: k for h, k in effective.items() if k > 1}
+    limits = Limits(
+        shard_cap=max(512, 4 * download.request_strategy.worker_concurrent),
+        lane_cap=max(8, 4 * download.request_strategy.concurrent),
+    )
+    return Plan(
+        items,
+        url_map,
+        download,
+        processes,
+        splits,
+        options.get("start_method"),
+        limits,
+        backend=backend,
+        ray_address=options.get("ray_address"),
+    )
+
+
+def _normalise_splits(split_hosts: Mapping[str, int] | None) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for host, k in (split_hosts or {}).items():
+        if not isinstance(k, int) or k < 1:
+            raise ConfigurationError(f"split_hosts[{host!r}] must be a positive integer")
+        key = host if "://" not in host else host_key(host)
+        out[key.lower()] = k
+    return out
+
+
+def _useful_processes(
+    items: Iterable[Any],
+    url_map: Callable[[Any], Any] | None,
+    processes: int,
+    splits: Mapping[str, int],
+) -> int:
+    """Never more workers than shards of work, when the input's size is known."""
+    if processes == 1 or not isinstance(items, Sized):
+        return processes
+    size = len(items)
+    if url_map is not None or size > _COUNT_HOSTS_UP_TO or not isinstance(items, list | tuple):
+        return max(1, min(processes, size))
+    lanes = 0
+    seen: set[str] = set()
+    for item in items:
+        url = item.url if isinstance(item, Bundle) else item
+        try:
+            key = host_key(url) if isinstance(url, str) else None
+        except DownloadFailed:
+            key = None
+        if key is not None and key not in seen:
+            seen.add(key)
+            lanes += splits.get(key, 1)
+            if lanes >= processes:
+                return processes  # enough hosts for every worker: no need to look further
+    return max(1, min(processes, lanes))
