@@ -53,14 +53,17 @@ class _Entry:
 
 @dataclass
 class _Events:
-    """What happened since the coordinator last looked; filled by callbacks in the loop thread."""
+    """The executor's sink: what happened since the coordinator last looked.
+
+    Its callbacks run in the loop thread (the executor's contract) and only record and wake.
+    """
 
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    results: deque[tuple[int, list[Result]]] = field(default_factory=deque)
+    arrived: deque[tuple[int, list[Result]]] = field(default_factory=deque)
     crashes: deque[tuple[int, str]] = field(default_factory=deque)
 
-    def results_in(self, shard: int, results: list[Result]) -> None:
-        self.results.append((shard, results))
+    def results(self, shard: int, results: list[Result]) -> None:
+        self.arrived.append((shard, results))
         self.wake.set()
 
     def crashed(self, shard: int, reason: str) -> None:
@@ -209,10 +212,6 @@ async def coordinate(
         limits.read_ahead,
     )
 
-    class _Sink:
-        results = staticmethod(events.results_in)
-        crashed = staticmethod(events.crashed)
-
     def fail(bundle: Bundle, kind: ErrorKind, message: str) -> Bundle:
         bundle.state = FAILED
         bundle.error_kind = kind
@@ -263,7 +262,7 @@ async def coordinate(
             del pending[entry.bundle.seq]
             out.append(fail(entry.bundle, ErrorKind.WORKER_CRASH, dead[shard]))
 
-    await executor.start(_Sink())
+    await executor.start(events)
     reader.start()
     finished = False
     try:
@@ -274,8 +273,8 @@ async def coordinate(
             while events.crashes:
                 shard, reason = events.crashes.popleft()
                 await crashed(shard, reason, out, dirty)
-            while events.results:
-                shard, results = events.results.popleft()
+            while events.arrived:
+                shard, results = events.arrived.popleft()
                 for result in results:
                     entry = pending.pop(result[0], None)
                     if entry is None:
@@ -299,7 +298,7 @@ async def coordinate(
                 if reader.error is not None:
                     raise reader.error
                 break
-            if not (events.results or events.crashes):
+            if not (events.arrived or events.crashes):
                 await events.wake.wait()
         finished = True
     finally:
