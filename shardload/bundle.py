@@ -58,6 +58,13 @@ class Bundle:
         """True when the file is on disk and complete (written now or found cached)."""
         return self.state in (WRITTEN, CACHED)
 
+    def fail(self, kind: str, message: str) -> Bundle:
+        """Mark the bundle failed with an error kind and a message; returns it."""
+        self.state = FAILED
+        self.error_kind = kind
+        self.error_message = message
+        return self
+
     @property
     def num_tries(self) -> int:
         """aiodownload 0.1's name for ``attempts``."""

@@ -141,12 +141,8 @@ def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None) -> B
         try:
             url = url_map(item) if url_map is not None else item
         except Exception as exc:
-            bundle = Bundle(url=_text(item), info=item)
-            bundle.seq = seq
-            bundle.state = FAILED
-            bundle.error_kind = ErrorKind.BAD_INPUT
-            bundle.error_message = f"url_map failed: {type(exc).__name__}: {exc}"
-            return bundle
+            bundle = Bundle(url=_text(item), info=item, seq=seq)
+            return bundle.fail(ErrorKind.BAD_INPUT, f"url_map failed: {type(exc).__name__}: {exc}")
         if isinstance(url, Bundle):
             bundle = url
         else:
@@ -212,12 +208,6 @@ async def coordinate(
         limits.read_ahead,
     )
 
-    def fail(bundle: Bundle, kind: ErrorKind, message: str) -> Bundle:
-        bundle.state = FAILED
-        bundle.error_kind = kind
-        bundle.error_message = message
-        return bundle
-
     def admit(bundle: Bundle, out: list[Bundle], dirty: set[int]) -> None:
         if bundle.state == FAILED:
             out.append(bundle)
@@ -225,7 +215,7 @@ async def coordinate(
         try:
             key = host_key(bundle.url)
         except DownloadFailed as exc:
-            out.append(fail(bundle, exc.kind, exc.message))
+            out.append(bundle.fail(exc.kind, exc.message))
             return
         shard = 0
         if shards > 1:
@@ -234,7 +224,7 @@ async def coordinate(
             spread = url_to_relpath(split_url(bundle.url, bundle.params)) if k > 1 else ""
             shard = shard_for_url(key, spread, shards, k)
         if shard in dead:
-            out.append(fail(bundle, ErrorKind.WORKER_CRASH, dead[shard]))
+            out.append(bundle.fail(ErrorKind.WORKER_CRASH, dead[shard]))
             return
         info = _wire_info(bundle.info) if remote else bundle.info
         job: Job = (bundle.seq, bundle.url, bundle.params, info, bundle.file_path)
@@ -244,7 +234,7 @@ async def coordinate(
         flow.push(shard, key, entry)
         dirty.add(shard)
 
-    async def crashed(shard: int, reason: str, out: list[Bundle], dirty: set[int]) -> None:
+    async def crashed(shard: int, reason: str, out: list[Bundle]) -> None:
         restarts[shard] += 1
         lost = sorted(
             (e for e in pending.values() if e.shard == shard and e.sent),
@@ -260,7 +250,7 @@ async def coordinate(
             flow.done(shard, entry.lane)
         for entry in lost + flow.drop_waiting(shard):
             del pending[entry.bundle.seq]
-            out.append(fail(entry.bundle, ErrorKind.WORKER_CRASH, dead[shard]))
+            out.append(entry.bundle.fail(ErrorKind.WORKER_CRASH, dead[shard]))
 
     await executor.start(events)
     reader.start()
@@ -272,7 +262,7 @@ async def coordinate(
             dirty: set[int] = set()
             while events.crashes:
                 shard, reason = events.crashes.popleft()
-                await crashed(shard, reason, out, dirty)
+                await crashed(shard, reason, out)
             while events.arrived:
                 shard, results = events.arrived.popleft()
                 for result in results:

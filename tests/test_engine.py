@@ -48,13 +48,13 @@ def test_timeout_on_a_body_that_stalls(srv, home):
 
 
 def test_timeout_bounds_stalls_not_the_whole_body(srv, home):
-    """A body taking 1.2 s in total, with 0.2 s between bytes, finishes under timeout=0.6."""
-    strategy = RequestStrategy(timeout=0.6)
+    """A body taking 1.5 s in total, with 0.25 s between bytes, finishes under timeout=1."""
+    strategy = RequestStrategy(timeout=1.0)
     (b,) = shardload.swarm(
-        [srv.base_urls[0] + "/drip/6?ms=200"], download=make_download(home, strategy)
+        [srv.base_urls[0] + "/drip/6?ms=250"], download=make_download(home, strategy)
     )
     assert b.state == "written", b.error_message
-    assert b.bytes == 6 and b.elapsed >= 1.0
+    assert b.bytes == 6 and b.elapsed >= 1.25
 
 
 def test_max_time_bounds_a_whole_attempt(srv, home):
@@ -140,7 +140,10 @@ def test_per_host_delay_between_request_starts(srv, home):
     starts = sorted(srv.stats()["hosts"][srv.host_key(0)]["starts"])
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert len(gaps) == 4
-    assert min(gaps) >= 0.19
+    # Timestamps are taken by the server process, whose scheduling can shift one start by a
+    # few tens of ms under load; the span of all starts is immune to that except at its ends.
+    assert starts[-1] - starts[0] >= 4 * 0.2 - 0.08
+    assert min(gaps) >= 0.12
 
 
 def test_a_waiting_retry_holds_no_slot(srv, home):

@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 
 from ..backoff import decide, parse_retry_after
-from ..bundle import CACHED, FAILED, SKIPPED, WRITTEN, Bundle, apply_result, to_result
+from ..bundle import CACHED, SKIPPED, WRITTEN, Bundle, apply_result, to_result
 from ..errors import NEVER_RETRY_KINDS, DownloadFailed, ErrorKind
 from ..robots import ALLOW_ALL, RobotRules, rules_from_response
 from ..strategy import DownloadStrategy, Outcome, RequestStrategy
@@ -158,7 +158,7 @@ class AioDownload:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug in a user's strategy must not lose the bundle
-            _fail(bundle, ErrorKind.STRATEGY, f"{type(exc).__name__}: {exc}")
+            bundle.fail(ErrorKind.STRATEGY, f"{type(exc).__name__}: {exc}")
         bundle.elapsed = time.monotonic() - started
         return bundle
 
@@ -167,7 +167,7 @@ class AioDownload:
             parts = split_url(bundle.url, bundle.params)
             bundle.file_path = self._target(bundle)
         except DownloadFailed as exc:
-            _fail(bundle, exc.kind, exc.message)
+            bundle.fail(exc.kind, exc.message)
             return
         path = bundle.file_path
         twin = self._inflight.get(path)
@@ -225,7 +225,7 @@ class AioDownload:
                     finally:
                         slot.leave(worker)
                 if refused is not None:
-                    _fail(bundle, ErrorKind.BREAKER_OPEN, refused)
+                    bundle.fail(ErrorKind.BREAKER_OPEN, refused)
                     await ds.on_fail(bundle)
                     return
                 if outcome is None:
@@ -244,7 +244,7 @@ class AioDownload:
                     retry_after_cap=rs.retry_after_cap,
                 )
                 if not decision.retry:
-                    _fail(bundle, outcome.error_kind, outcome.message)
+                    bundle.fail(outcome.error_kind, outcome.message)
                     await ds.on_fail(bundle)
                     return
         finally:
@@ -293,7 +293,7 @@ class AioDownload:
         if outcome is None:
             bundle.state = WRITTEN
         else:
-            _fail(bundle, outcome.error_kind, outcome.message)
+            bundle.fail(outcome.error_kind, outcome.message)
         return bundle
 
     async def _attempt(self, bundle: Bundle) -> Outcome | None:
@@ -363,12 +363,6 @@ _RESERVED_DESCRIPTORS = 32
 
 def _plain(headers: Mapping[str, str]) -> dict[str, str]:
     return {str(k): str(v) for k, v in headers.items()}
-
-
-def _fail(bundle: Bundle, kind: str, message: str) -> None:
-    bundle.state = FAILED
-    bundle.error_kind = kind
-    bundle.error_message = message
 
 
 def describe(engine: AioDownload) -> dict[str, Any]:

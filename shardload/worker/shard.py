@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from ..bundle import FAILED, Bundle, Job, Result, to_result
+from ..bundle import Bundle, Job, Result, to_result
 from ..errors import ErrorKind
 from .engine import AioDownload
 
@@ -56,9 +56,7 @@ class ShardWorker:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # main() already maps failures; this is the last net
-            bundle.state = FAILED
-            bundle.error_kind = ErrorKind.STRATEGY
-            bundle.error_message = f"{type(exc).__name__}: {exc}"
+            bundle.fail(ErrorKind.STRATEGY, f"{type(exc).__name__}: {exc}")
         self._out.append(to_result(bundle))
         if len(self._out) >= self._batch_size:
             self.flush()
