@@ -1,0 +1,1 @@
+"""Benchmarks of shardload against a local nginx and its peers (``make bench``)."""

@@ -1,0 +1,1 @@
+"""Client programs the bench runs as subprocesses, one per contender and run."""
