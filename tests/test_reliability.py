@@ -189,3 +189,23 @@ def test_load_every_input_accounted_for_once(tmp_path, closed_port):
     assert states.count("written") == expected_written
     assert len(files_under(home)) == expected_written
     assert temp_files(home) == []
+
+
+def test_permission_denied_in_home_is_a_disk_failure(srv, tmp_path):
+    """Guarantee: a home we may not write into fails each bundle as ``disk``, with the reason.
+
+    The tests run as root, which ignores file modes; an immutable directory refuses root too.
+    """
+    home = tmp_path / "locked"
+    home.mkdir()
+    subprocess.run(["chattr", "+i", str(home)], check=True)
+    try:
+        bundles = shardload.swarm(
+            [srv.base_urls[0] + "/links/1", srv.base_urls[1] + "/links/2"],
+            download=make_download(str(home)),
+        )
+    finally:
+        subprocess.run(["chattr", "-i", str(home)], check=True)
+    assert [b.error_kind for b in bundles] == [ErrorKind.DISK, ErrorKind.DISK]
+    assert "not permitted" in bundles[0].error_message
+    assert list(home.iterdir()) == []
