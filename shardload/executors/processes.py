@@ -78,8 +78,8 @@ class ProcessExecutor:
     async def start(self, sink: ExecutorSink) -> None:
         self._sink = sink
         self._loop = asyncio.get_running_loop()
-        for shard in range(self.shards):
-            await self._spawn(shard)
+        # All at once: each spends a few hundred ms importing before it is ready.
+        await asyncio.gather(*(self._spawn(shard) for shard in range(self.shards)))
 
     async def _spawn(self, shard: int) -> None:
         inbox_r, inbox_w = self._context.Pipe(duplex=False)
