@@ -159,8 +159,9 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_keyboard_interrupt_stops_workers_and_leaves_no_partial_files(srv, home, tmp_path):
-    script = tmp_path / "interrupt.py"
+def start_script(srv, home, tmp_path) -> tuple[subprocess.Popen[str], list[int]]:
+    """Run SCRIPT in a child interpreter; returns it and its workers' pids once they work."""
+    script = tmp_path / "script.py"
     script.write_text(SCRIPT)
     proc = subprocess.Popen(
         [sys.executable, str(script), ",".join(srv.base_urls), home],
@@ -168,10 +169,14 @@ def test_keyboard_interrupt_stops_workers_and_leaves_no_partial_files(srv, home,
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert proc.stdout is not None
+    assert proc.stdout is not None and proc.stderr is not None
     line = proc.stdout.readline()
-    assert line.startswith("PIDS"), line + proc.stderr.read() if proc.stderr else line
-    pids = [int(p) for p in line.split()[1:]]
+    assert line.startswith("PIDS"), line + proc.stderr.read()
+    return proc, [int(p) for p in line.split()[1:]]
+
+
+def test_keyboard_interrupt_stops_workers_and_leaves_no_partial_files(srv, home, tmp_path):
+    proc, pids = start_script(srv, home, tmp_path)
     time.sleep(0.5)
     started = time.monotonic()
     proc.send_signal(signal.SIGINT)
@@ -190,19 +195,10 @@ def test_keyboard_interrupt_stops_workers_and_leaves_no_partial_files(srv, home,
 
 
 def test_workers_exit_when_the_coordinator_is_killed(srv, home, tmp_path):
-    script = tmp_path / "orphan.py"
-    script.write_text(SCRIPT)
-    proc = subprocess.Popen(
-        [sys.executable, str(script), ",".join(srv.base_urls), home],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    pids = [int(p) for p in proc.stdout.readline().split()[1:]]
+    proc, pids = start_script(srv, home, tmp_path)
     assert pids
     proc.kill()
-    proc.wait()
+    proc.communicate()
     deadline = time.monotonic() + 20
     alive = pids
     while alive and time.monotonic() < deadline:
