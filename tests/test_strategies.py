@@ -196,3 +196,10 @@ def test_a_strategy_that_raises_fails_its_bundle_not_the_batch(srv, home):
     assert [b.error_kind for b in bundles] == [ErrorKind.STRATEGY] * 2
     assert "oops" in bundles[0].error_message
     assert temp_files(home) == []
+
+
+def test_the_failure_message_says_why_retrying_stopped(srv, home):
+    (b,) = shardload.swarm(
+        [srv.base_urls[0] + "/status/502"], download=make_download(home, BackOff(3))
+    )
+    assert b.error_message == "HTTP 502; attempts exhausted (3 of 3)"

@@ -234,6 +234,8 @@ class AioDownload:
                     bundle.error_kind = bundle.error_message = None
                     return
                 slot.record(outcome.status, outcome.error_kind, outcome.retry_after)
+                # Only whether to retry is decided here: the wait comes from get_sleep_time()
+                # at the top of the loop, and a Retry-After pauses the whole host (record()).
                 decision = decide(
                     attempts=bundle.attempts,
                     max_attempts=rs.max_attempts,
@@ -244,7 +246,10 @@ class AioDownload:
                     retry_after_cap=rs.retry_after_cap,
                 )
                 if not decision.retry:
-                    bundle.fail(outcome.error_kind, outcome.message)
+                    message = outcome.message
+                    if bundle.attempts > 1:
+                        message += f"; {decision.reason}"  # e.g. attempts exhausted (5 of 5)
+                    bundle.fail(outcome.error_kind, message)
                     await ds.on_fail(bundle)
                     return
         finally:
