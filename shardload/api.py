@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any, Unpack
 
 from .bundle import Bundle
-from .paths import DISPLACED_NAME
+from .paths import displaced_path
 from .plan import RunOptions, make_plan
 from .run import Run
 from .worker.engine import AioDownload
@@ -105,6 +105,6 @@ def _follow_displacement(bundle: Bundle) -> None:
     """A file moved to ``<path>/%file`` after its bundle was made: point the bundle there."""
     path = bundle.file_path
     if bundle.ok and path and not os.path.isfile(path):
-        moved = os.path.join(path, DISPLACED_NAME)
+        moved = displaced_path(path)
         if os.path.isfile(moved):
             bundle.file_path = moved

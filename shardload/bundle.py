@@ -15,7 +15,6 @@ WRITTEN = "written"
 CACHED = "cached"
 FAILED = "failed"
 SKIPPED = "skipped"  # not requested on purpose (robots.txt); error_kind says why
-STATES = (PENDING, WRITTEN, CACHED, FAILED, SKIPPED)
 
 # aiodownload's status words, kept for status_msg.
 _STATUS_WORDS = {

@@ -122,11 +122,21 @@ def test_a_next_to_a_b_both_kept_layout_independent_of_order(srv, tmp_path, orde
 
 
 def test_trailing_slash_and_root_are_files(srv, home):
+    """A trailing slash names a file too (the reserved %index), next to its siblings."""
     base = srv.base_urls[0]
-    bundles = shardload.swarm([base + "/", base + "/links/1/", base], download=make_download(home))
-    for bundle in bundles:
-        assert os.path.isfile(bundle.file_path) or bundle.state == "failed"
-    assert bundles[0].file_path == bundles[2].file_path  # "http://h" and "http://h/" are one URL
+    host = base.removeprefix("http://").replace(":", "_")
+    urls = [base + "/any/dir/", base + "/any/dir/child", base + "/any/dir"]
+    bundles = shardload.swarm(urls, download=make_download(home))
+    assert [b.state for b in bundles] == ["written"] * 3
+    assert [os.path.relpath(b.file_path, home) for b in bundles] == [
+        f"{host}/any/dir/%index",
+        f"{host}/any/dir/child",
+        f"{host}/any/dir/%file",
+    ]
+    assert read(bundles[0].file_path) == b"path /any/dir/"
+    # "http://h" and "http://h/" are one request on the wire, so one file.
+    strategy = DownloadStrategy(home=home)
+    assert strategy.get_file_path(Bundle(base)) == strategy.get_file_path(Bundle(base + "/"))
 
 
 def test_query_strings_do_not_collide(srv, home):

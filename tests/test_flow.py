@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -62,31 +64,30 @@ def test_drop_waiting_returns_only_that_shard():
 )
 def test_every_item_taken_exactly_once_within_caps(ops, shard_cap, lane_cap):
     flow: FlowControl[int] = FlowControl(shards=3, shard_cap=shard_cap, lane_cap=lane_cap)
-    outstanding: list[tuple[int, str, int]] = []
-    pushed, taken = [], []
+    outstanding: list[tuple[int, str, int]] = []  # (shard, lane, item) sent and not done
+    taken: list[int] = []
+
+    def take_all() -> None:
+        """Take what each shard may have now, and check both caps hold."""
+        for shard in range(3):
+            for item in flow.take(shard):
+                taken.append(item)
+                outstanding.append((shard, ops[item][1], item))
+            assert flow.outstanding(shard) <= shard_cap
+            lanes = Counter(lane for s, lane, _ in outstanding if s == shard)
+            assert all(count <= lane_cap for count in lanes.values())
+
+    def finish_oldest() -> None:
+        shard, lane, _ = outstanding.pop(0)
+        flow.done(shard, lane)
+
     for n, (shard, lane, finish) in enumerate(ops):
         flow.push(shard, lane, n)
-        pushed.append(n)
         if finish and outstanding:
-            s, lane_done, _ = outstanding.pop(0)
-            flow.done(s, lane_done)
-        for s in range(3):
-            for item in flow.take(s):
-                taken.append(item)
-                outstanding.append((s, ops[item][1], item))
-            assert flow.outstanding(s) <= shard_cap
-            lanes: dict[str, int] = {}
-            for os_, lane_, _ in outstanding:
-                if os_ == s:
-                    lanes[lane_] = lanes.get(lane_, 0) + 1
-            assert all(count <= lane_cap for count in lanes.values())
-    # Drain everything: every pushed item comes out exactly once.
-    while outstanding:
-        s, lane_done, _ = outstanding.pop(0)
-        flow.done(s, lane_done)
-        for s2 in range(3):
-            for item in flow.take(s2):
-                taken.append(item)
-                outstanding.append((s2, ops[item][1], item))
-    assert sorted(taken) == pushed
+            finish_oldest()
+        take_all()
+    while outstanding:  # drain: every pushed item comes out exactly once
+        finish_oldest()
+        take_all()
+    assert sorted(taken) == list(range(len(ops)))
     assert flow.waiting == 0

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from shardload.errors import ErrorKind, is_transient
+from shardload.errors import is_transient
 
 DONE_STATES = frozenset({"written", "cached"})
 
@@ -47,8 +47,6 @@ def classify(record: Mapping[str, Any]) -> Prior | None:
     kind = record.get("error_kind")
     status = record.get("status")
     status = status if isinstance(status, int) and not isinstance(status, bool) else None
-    if kind == ErrorKind.BAD_INPUT:
-        return Prior.PERMANENT
     return Prior.TRANSIENT if is_transient(kind, status) else Prior.PERMANENT
 
 

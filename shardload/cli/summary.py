@@ -51,7 +51,7 @@ class RunStats:
             return
         status = record.get("status")
         kind = record.get("error_kind")
-        self.transient += kind != "bad_input" and is_transient(kind, status)
+        self.transient += is_transient(kind, status)
         self.by_error[error_label(record.get("error_kind"), status)] += 1
 
     @property

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..bundle import Bundle
 from ..errors import DownloadFailed, ErrorKind
-from ..paths import DISPLACED_NAME, TEMP_DIR_NAME
+from ..paths import TEMP_DIR_NAME, displaced_path, is_within
 
 if TYPE_CHECKING:
     import aiohttp
@@ -87,10 +87,10 @@ def check_target(home: str, path: str) -> str:
     """The absolute target path if it lies strictly inside home; else ``unsafe_path``."""
     home = os.path.abspath(home)
     target = os.path.normpath(path if os.path.isabs(path) else os.path.join(home, path))
-    inside = home.rstrip(os.sep) + os.sep
-    if not target.startswith(inside) or len(target) == len(inside):
+    if target == home or not is_within(home, target):
         raise DownloadFailed(ErrorKind.UNSAFE_PATH, f"path outside the download home: {target}")
-    if target[len(inside) :].split(os.sep, 1)[0] == TEMP_DIR_NAME:
+    # Inside home (checked above), so the first component follows home's own prefix.
+    if target[len(home.rstrip(os.sep)) + 1 :].split(os.sep, 1)[0] == TEMP_DIR_NAME:
         raise DownloadFailed(ErrorKind.UNSAFE_PATH, f"path inside the temporary folder: {target}")
     return target
 
@@ -108,7 +108,7 @@ def forget_directories(home: str) -> None:
 
 def find_complete(path: str) -> tuple[str, int] | None:
     """Where the complete file for ``path`` lies now (itself, or displaced) and its size."""
-    for candidate in (path, os.path.join(path, DISPLACED_NAME)):
+    for candidate in (path, displaced_path(path)):
         try:
             info = os.lstat(candidate)
         except OSError:
@@ -273,7 +273,7 @@ def _commit(tmp: str, final: str, home: str, verified: set[str]) -> str:
             # inside it, under the reserved name.
             if exc.errno not in _IS_A_DIRECTORY or not stat.S_ISDIR(_lstat_mode(final) or 0):
                 raise
-        target = os.path.join(final, DISPLACED_NAME)
+        target = displaced_path(final)
         os.replace(tmp, target)
         return target
     except (DownloadFailed, NotADirectoryError, FileNotFoundError, FileExistsError):
@@ -316,4 +316,4 @@ def _displace(path: str, home: str) -> None:
     os.makedirs(temp_dir(home), exist_ok=True)
     os.replace(path, holding)
     os.mkdir(path)
-    os.replace(holding, os.path.join(path, DISPLACED_NAME))
+    os.replace(holding, displaced_path(path))
