@@ -13,6 +13,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Mapping
 from types import TracebackType
@@ -36,6 +37,7 @@ from .files import (
     speed_guard,
 )
 from .hosts import CLOSED, HostSlot
+from .http import REDIRECT_STATUSES, LeanClient
 
 _ROBOTS_MAX_BYTES = 512 * 1024
 
@@ -69,6 +71,7 @@ class AioDownload:
         # Built per run, not per request; strategies may be changed between runs.
         self._request_timeout = self._timeout()
         self._session: aiohttp.ClientSession | None = self.client
+        self._lean: LeanClient | None = None
         self._worker_sem: asyncio.Semaphore | None = None
         self._hosts: dict[str, HostSlot] = {}
         self._inflight: dict[str, asyncio.Future[Bundle]] = {}
@@ -87,13 +90,15 @@ class AioDownload:
 
     async def close(self) -> None:
         """Close the session this engine created (never a caller's ``client``)."""
-        session = self._session
+        session, lean = self._session, self._lean
         forget_directories(self.download_strategy.home)
         for pending in self._robots.values():
             pending.cancel()
         self._reset()
         if session is not None and session is not self.client:
             await session.close()
+        if lean is not None:
+            await lean.close()
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -114,6 +119,47 @@ class AioDownload:
                 trust_env=False,
             )
         return self._session
+
+    def _owns_requests(self) -> bool:
+        """Whether every step of a request is shardload's own, so the lean client may make it.
+
+        A caller's session, or an overridden ``on_success``/``assert_response`` (written against
+        aiohttp's response), keeps the request on aiohttp.
+        """
+        return (
+            self.client is None
+            and type(self.download_strategy).on_success is DownloadStrategy.on_success
+            and type(self.request_strategy).assert_response is RequestStrategy.assert_response
+        )
+
+    def _get_lean(self) -> LeanClient:
+        if self._lean is None:
+            rs = self.request_strategy
+            self._lean = LeanClient(
+                limit=min(rs.worker_concurrent, _descriptor_budget()),
+                headers={"User-Agent": rs.user_agent, **rs.headers},
+                connect_timeout=rs.connect_timeout
+                if rs.connect_timeout is not None
+                else rs.timeout,
+                read_timeout=rs.timeout,
+                max_redirects=rs.max_redirects,
+                dns_ttl=rs.dns_ttl,
+            )
+        return self._lean
+
+    def _request(self, url: str, parts: UrlParts, params: Any = None) -> Any:
+        """``async with`` this for the response of one GET (redirects followed)."""
+        if self._owns_requests():
+            return self._get_lean().get(parts, url)
+        rs = self.request_strategy
+        # aiohttp fails on the max_redirects-th redirect; shardload follows that many (as curl).
+        return self._get_session().get(
+            url,
+            params=params,
+            allow_redirects=rs.max_redirects > 0,
+            max_redirects=rs.max_redirects + 1,
+            timeout=self._request_timeout,
+        )
 
     def _timeout(self) -> aiohttp.ClientTimeout:
         rs = self.request_strategy
@@ -221,7 +267,7 @@ class AioDownload:
                     try:
                         # The breaker may have opened while this request waited for its turn.
                         refused = slot.open_reason() if slot.breaker != CLOSED else None
-                        outcome = None if refused else await self._attempt(bundle)
+                        outcome = None if refused else await self._attempt(bundle, parts)
                     finally:
                         slot.leave(worker)
                 if refused is not None:
@@ -280,7 +326,7 @@ class AioDownload:
         worker = self._worker_slots()
         await slot.enter(worker)
         try:
-            async with self._get_session().get(url, timeout=self._request_timeout) as response:
+            async with self._request(url, split_url(url)) as response:
                 body = await response.content.read(_ROBOTS_MAX_BYTES)
                 return rules_from_response(response.status, body, rs.user_agent)
         except asyncio.CancelledError:
@@ -301,22 +347,27 @@ class AioDownload:
             bundle.fail(outcome.error_kind, outcome.message)
         return bundle
 
-    async def _attempt(self, bundle: Bundle) -> Outcome | None:
+    async def _attempt(self, bundle: Bundle, parts: UrlParts | None = None) -> Outcome | None:
         """Make one request and write its body; None on success, else what went wrong."""
         rs = self.request_strategy
         bundle.attempts += 1
         status: int | None = None
         headers: Mapping[str, str] = {}
         try:
-            session = self._get_session()
-            async with session.get(
-                bundle.url,
-                params=bundle.params,
-                max_redirects=rs.max_redirects,
-                timeout=self._request_timeout,
-            ) as response:
+            if parts is None:
+                parts = split_url(bundle.url, bundle.params)
+            # aiohttp applies max_time itself (ClientTimeout.total); the lean client does not.
+            async with (
+                asyncio.timeout(rs.max_time) if rs.max_time else _NO_LIMIT,
+                self._request(bundle.url, parts, bundle.params) as response,
+            ):
                 status = bundle.status = response.status
                 headers = response.headers
+                if status in REDIRECT_STATUSES and "Location" in headers:
+                    # Only reached with max_redirects=0 (otherwise followed, or too many).
+                    raise DownloadFailed(
+                        ErrorKind.REDIRECT, "redirect not followed (max_redirects=0)"
+                    )
                 try:
                     rs.assert_response(response)
                 except AssertionError as exc:
@@ -341,6 +392,8 @@ class AioDownload:
             raise
         except Exception as exc:
             kind, message = classify(exc, bundle.url)
+            if kind == ErrorKind.TIMEOUT and isinstance(exc, TimeoutError) and rs.max_time:
+                message = f"attempt exceeded max_time ({rs.max_time:g} s)"
             return Outcome(
                 error_kind=kind,
                 message=message,
@@ -348,6 +401,9 @@ class AioDownload:
                 headers=_plain(headers),
                 attempt=bundle.attempts,
             )
+
+
+_NO_LIMIT = contextlib.nullcontext()
 
 
 def _descriptor_budget() -> int:

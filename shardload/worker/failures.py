@@ -2,13 +2,16 @@
 
 Every exception an attempt can raise (aiohttp, asyncio, OS, a user's strategy) is mapped here to
 an ``ErrorKind`` and a message; nothing else in shardload inspects aiohttp's exception types.
-Messages never carry credentials (URLs are redacted).
+The lean client (``http``) raises ``DownloadFailed`` itself, except for connecting, where the
+socket layer's exceptions are mapped by ``connect_error``. Messages never carry credentials
+(URLs are redacted).
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import socket
 import ssl
 
 import aiohttp
@@ -63,3 +66,16 @@ def _kind(exc: BaseException) -> ErrorKind:
 
 
 _RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
+
+
+def connect_error(exc: BaseException, host: str, port: int) -> tuple[ErrorKind, str]:
+    """The error kind and message for a failure to open a connection to ``host:port``."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if isinstance(exc, TimeoutError):
+        return ErrorKind.TIMEOUT, f"cannot connect to {where}: connect timeout"
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+        return ErrorKind.TLS, f"TLS handshake with {where} failed: {exc}"[:500]
+    if isinstance(exc, socket.gaierror):
+        return ErrorKind.DNS, f"cannot resolve {host}: {exc}"[:500]
+    reason = (exc.strerror if isinstance(exc, OSError) else None) or exc
+    return ErrorKind.CONNECT, f"cannot connect to {where}: {reason}"[:500]
