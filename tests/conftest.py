@@ -34,13 +34,28 @@ def home(tmp_path: os.PathLike[str]) -> str:
     return path
 
 
+class ViaAiohttp(DownloadStrategy):
+    """The default download strategy with on_success overridden (to itself), which keeps the
+    engine's requests on aiohttp instead of the lean client: tests of faults run on both."""
+
+    async def on_success(self, response: object, bundle: object) -> None:
+        await super().on_success(response, bundle)  # type: ignore[arg-type]
+
+
 def make_download(
-    home: str, request: RequestStrategy | None = None, **download: object
+    home: str, request: RequestStrategy | None = None, *, client: str = "lean", **download: object
 ) -> AioDownload:
+    strategy = ViaAiohttp if client == "aiohttp" else DownloadStrategy
     return AioDownload(
-        download_strategy=DownloadStrategy(home=home, **download),  # type: ignore[arg-type]
+        download_strategy=strategy(home=home, **download),  # type: ignore[arg-type]
         request_strategy=request or RequestStrategy(),
     )
+
+
+@pytest.fixture(params=["lean", "aiohttp"])
+def client(request: pytest.FixtureRequest) -> str:
+    """Which HTTP client the engine uses: its own lean one, or aiohttp (see ViaAiohttp)."""
+    return str(request.param)
 
 
 @pytest.fixture

@@ -23,58 +23,63 @@ from .conftest import files_under, make_download, temp_files
         ("/loop", ErrorKind.REDIRECT),
     ],
 )
-def test_failures_leave_nothing_on_disk(srv, home, path, kind):
-    (b,) = shardload.swarm([srv.base_urls[0] + path], download=make_download(home))
+def test_failures_leave_nothing_on_disk(srv, home, client, path, kind):
+    (b,) = shardload.swarm([srv.base_urls[0] + path], download=make_download(home, client=client))
     assert b.state == "failed"
     assert b.error_kind == kind, b.error_message
     assert files_under(home) == set()
     assert temp_files(home) == []
 
 
-def test_timeout_on_a_server_that_never_answers(srv, home):
+def test_timeout_on_a_server_that_never_answers(srv, home, client):
     strategy = RequestStrategy(timeout=0.5)
-    (b,) = shardload.swarm([srv.base_urls[0] + "/hang"], download=make_download(home, strategy))
+    (b,) = shardload.swarm(
+        [srv.base_urls[0] + "/hang"], download=make_download(home, strategy, client=client)
+    )
     assert b.error_kind == ErrorKind.TIMEOUT
     assert b.elapsed < 10
 
 
-def test_timeout_on_a_body_that_stalls(srv, home):
+def test_timeout_on_a_body_that_stalls(srv, home, client):
     strategy = RequestStrategy(timeout=0.5)
     (b,) = shardload.swarm(
-        [srv.base_urls[0] + "/stall/100"], download=make_download(home, strategy)
+        [srv.base_urls[0] + "/stall/100"], download=make_download(home, strategy, client=client)
     )
     assert b.error_kind == ErrorKind.TIMEOUT
     assert files_under(home) == set() and temp_files(home) == []
 
 
-def test_timeout_bounds_stalls_not_the_whole_body(srv, home):
+def test_timeout_bounds_stalls_not_the_whole_body(srv, home, client):
     """A body taking 1.5 s in total, with 0.25 s between bytes, finishes under timeout=1."""
     strategy = RequestStrategy(timeout=1.0)
     (b,) = shardload.swarm(
-        [srv.base_urls[0] + "/drip/6?ms=250"], download=make_download(home, strategy)
+        [srv.base_urls[0] + "/drip/6?ms=250"], download=make_download(home, strategy, client=client)
     )
     assert b.state == "written", b.error_message
     assert b.bytes == 6 and b.elapsed >= 1.25
 
 
-def test_max_time_bounds_a_whole_attempt(srv, home):
+def test_max_time_bounds_a_whole_attempt(srv, home, client):
     strategy = RequestStrategy(timeout=5, max_time=0.5)
     (b,) = shardload.swarm(
-        [srv.base_urls[0] + "/drip/20?ms=100"], download=make_download(home, strategy)
+        [srv.base_urls[0] + "/drip/20?ms=100"],
+        download=make_download(home, strategy, client=client),
     )
     assert b.error_kind == ErrorKind.TIMEOUT
 
 
-def test_redirect_chain_is_followed(srv, home):
-    (b,) = shardload.swarm([srv.base_urls[0] + "/redirect/3"], download=make_download(home))
+def test_redirect_chain_is_followed(srv, home, client):
+    (b,) = shardload.swarm(
+        [srv.base_urls[0] + "/redirect/3"], download=make_download(home, client=client)
+    )
     assert b.state == "written" and b.status == 200
     # The file is named after the URL asked for, not where it redirected.
     assert b.file_path.endswith(os.path.join("redirect", "3"))
 
 
-def test_redirect_to_a_non_http_scheme_fails(srv, home):
+def test_redirect_to_a_non_http_scheme_fails(srv, home, client):
     url = srv.base_urls[0] + "/redirect-to?url=ftp://example.com/x"
-    (b,) = shardload.swarm([url], download=make_download(home))
+    (b,) = shardload.swarm([url], download=make_download(home, client=client))
     assert b.state == "failed" and b.error_kind in (
         ErrorKind.REDIRECT,
         ErrorKind.UNSUPPORTED_SCHEME,
@@ -82,32 +87,39 @@ def test_redirect_to_a_non_http_scheme_fails(srv, home):
 
 
 @pytest.mark.parametrize(("path", "limit"), [("/bytes/5000", 1000), ("/gzip/10000000", 100_000)])
-def test_max_bytes(srv, home, path, limit):
-    (b,) = shardload.swarm([srv.base_urls[0] + path], download=make_download(home, max_bytes=limit))
+def test_max_bytes(srv, home, client, path, limit):
+    (b,) = shardload.swarm(
+        [srv.base_urls[0] + path], download=make_download(home, client=client, max_bytes=limit)
+    )
     assert b.error_kind == ErrorKind.TOO_LARGE
     assert files_under(home) == set() and temp_files(home) == []
 
 
-def test_body_within_max_bytes_is_written(srv, home):
+def test_body_within_max_bytes_is_written(srv, home, client):
     (b,) = shardload.swarm(
-        [srv.base_urls[0] + "/bytes/999"], download=make_download(home, max_bytes=999)
+        [srv.base_urls[0] + "/bytes/999"],
+        download=make_download(home, client=client, max_bytes=999),
     )
     assert b.state == "written" and b.bytes == 999
 
 
-def test_sha256_of_the_content(srv, home):
+def test_sha256_of_the_content(srv, home, client):
     import hashlib
 
     from shardload.testing.server import body_for
 
-    (b,) = shardload.swarm([srv.base_urls[0] + "/bytes/70000"], download=make_download(home))
+    (b,) = shardload.swarm(
+        [srv.base_urls[0] + "/bytes/70000"], download=make_download(home, client=client)
+    )
     assert b.sha256 == hashlib.sha256(body_for(70000)).hexdigest()
 
 
-def test_large_body_is_complete(srv, home):
+def test_large_body_is_complete(srv, home, client):
     from shardload.testing.server import body_for
 
-    (b,) = shardload.swarm([srv.base_urls[0] + "/bytes/5000000"], download=make_download(home))
+    (b,) = shardload.swarm(
+        [srv.base_urls[0] + "/bytes/5000000"], download=make_download(home, client=client)
+    )
     assert b.state == "written" and b.bytes == 5_000_000
     with open(b.file_path, "rb") as f:
         assert f.read() == body_for(5_000_000)
@@ -174,11 +186,13 @@ def test_a_slow_host_does_not_delay_other_hosts(srv, home):
     assert all(finished.index(url) < finished.index(slow[1]) for url in fast)
 
 
-def test_user_agent_and_headers(srv, home):
+def test_user_agent_and_headers(srv, home, client):
     import json
 
     strategy = RequestStrategy(user_agent="probe/1.0", headers={"X-Test": "yes"})
-    (b,) = shardload.swarm([srv.base_urls[0] + "/echo"], download=make_download(home, strategy))
+    (b,) = shardload.swarm(
+        [srv.base_urls[0] + "/echo"], download=make_download(home, strategy, client=client)
+    )
     with open(b.file_path) as f:
         headers = json.load(f)["headers"]
     assert headers["User-Agent"] == "probe/1.0" and headers["X-Test"] == "yes"

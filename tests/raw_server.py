@@ -1,0 +1,84 @@
+"""A raw TCP server for HTTP edge cases no well-behaved framework will produce on demand.
+
+Each accepted connection runs ``handler(conn, index)`` in its own thread, where ``index``
+counts connections from 0; the handler reads requests with ``read_request`` and writes whatever
+bytes the test needs. ``stop()`` closes the listening socket and joins every thread.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+
+Handler = Callable[[socket.socket, int], None]
+
+
+def read_request(conn: socket.socket) -> bytes | None:
+    """One request head (up to the blank line), or None when the client closed first."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+class RawServer:
+    def __init__(self, handler: Handler, host: str = "127.0.0.1") -> None:
+        self._handler = handler
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, 0))
+        self._sock.listen(64)
+        self._sock.settimeout(0.2)
+        self.url = f"http://{host}:{self._sock.getsockname()[1]}"
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
+
+    def _accept(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            index = self.connections
+            self.connections += 1
+            thread = threading.Thread(target=self._serve, args=(conn, index), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket, index: int) -> None:
+        conn.settimeout(10)
+        with conn:
+            try:
+                self._handler(conn, index)
+            except OSError:
+                pass
+
+    def recorded(self, conn: socket.socket) -> bytes | None:
+        """``read_request`` that also keeps the request head for the test to inspect."""
+        head = read_request(conn)
+        if head is not None:
+            self.requests.append(head)
+        return head
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._sock.close()
+        self._acceptor.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> RawServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

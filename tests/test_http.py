@@ -1,0 +1,301 @@
+"""The lean HTTP/1.1 client (``shardload.worker.http``): when the engine uses it, and the edge
+cases of HTTP it must get right, against real local servers (aiohttp's, and a raw TCP one for
+answers no framework sends on purpose)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import zlib
+
+import aiohttp
+import pytest
+
+import shardload
+from shardload import AioDownload, DownloadStrategy, ErrorKind, RequestStrategy
+from shardload.testing.server import body_for
+from shardload.urls import split_url
+from shardload.worker import http
+from shardload.worker.http import LeanClient, request_target
+
+from .conftest import ViaAiohttp, files_under, make_download, temp_files
+from .raw_server import RawServer
+
+
+def ok(body: bytes, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n" % (len(body), extra) + body
+
+
+class CheckedResponses(RequestStrategy):
+    def assert_response(self, response):
+        super().assert_response(response)
+
+
+class PathOnly(DownloadStrategy):
+    def get_file_path(self, bundle):
+        return os.path.join(self.home, "x")
+
+
+def test_the_engine_uses_the_lean_client_only_when_it_owns_the_request(home):
+    assert AioDownload(download_strategy=DownloadStrategy(home=home))._owns_requests()
+    assert AioDownload(download_strategy=PathOnly(home=home))._owns_requests()
+    assert not AioDownload(download_strategy=ViaAiohttp(home=home))._owns_requests()
+    assert not AioDownload(request_strategy=CheckedResponses())._owns_requests()
+
+    async def with_session() -> bool:
+        async with aiohttp.ClientSession() as session:
+            return AioDownload(client=session)._owns_requests()
+
+    assert not asyncio.run(with_session())
+
+
+@pytest.mark.parametrize(("client", "lean"), [("lean", True), ("aiohttp", False)])
+def test_the_chosen_client_is_the_one_that_runs(srv, home, client, lean):
+    async def run() -> tuple[bool, bool]:
+        engine = make_download(home, client=client)
+        bundle = await engine.main(shardload.AioDownloadBundle(srv.base_urls[0] + "/links/1"))
+        assert bundle.ok
+        used = (engine._lean is not None, engine._session is not None)
+        await engine.close()
+        return used
+
+    assert asyncio.run(run()) == (lean, not lean)
+
+
+def test_keep_alive_reuses_connections(home):
+    def handler(conn, index):
+        while (head := server.recorded(conn)) is not None:
+            conn.sendall(ok(head.split(b" ")[1]))
+
+    with RawServer(handler) as server:
+        urls = [f"{server.url}/k/{i}" for i in range(30)]
+        bundles = shardload.swarm(urls, download=make_download(home, RequestStrategy(concurrent=2)))
+    assert all(b.ok for b in bundles)
+    assert [open(b.file_path, "rb").read() for b in bundles] == [
+        f"/k/{i}".encode() for i in range(30)
+    ]
+    assert server.connections <= 2
+
+
+def test_a_pooled_connection_the_server_dropped_is_retried_on_a_new_one(home):
+    """The server answers one request per connection and drops the next unanswered, as a
+    server whose keep-alive timeout fires just as the request arrives."""
+
+    def handler(conn, index):
+        head = server.recorded(conn)
+        if head is not None:
+            conn.sendall(ok(b"body " + head.split(b" ")[1]))
+            server.recorded(conn)  # the next request on this connection: closed unanswered
+
+    with RawServer(handler) as server:
+        urls = [f"{server.url}/p/{i}" for i in range(5)]
+        bundles = shardload.swarm(urls, download=make_download(home, RequestStrategy(concurrent=1)))
+    assert [(b.state, b.attempts) for b in bundles] == [("written", 1)] * 5
+    assert server.connections == 5
+
+
+@pytest.mark.parametrize(
+    "head", [b"HTTP/1.1 200 OK\r\n\r\n", b"HTTP/1.0 200 OK\r\nServer: old\r\n\r\n"]
+)
+def test_a_body_without_length_ends_with_the_connection(home, head):
+    body = body_for(300_000)
+
+    def handler(conn, index):
+        if server.recorded(conn) is not None:
+            conn.sendall(head + body)
+
+    with RawServer(handler) as server:
+        (b,) = shardload.swarm([server.url + "/eof"], download=make_download(home))
+    assert b.state == "written", b.error_message
+    assert open(b.file_path, "rb").read() == body
+
+
+def test_an_interim_100_answer_is_skipped(home):
+    def handler(conn, index):
+        if server.recorded(conn) is not None:
+            conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"final"))
+
+    with RawServer(handler) as server:
+        (b,) = shardload.swarm([server.url + "/c"], download=make_download(home))
+    assert b.state == "written" and b.status == 200
+    assert open(b.file_path, "rb").read() == b"final"
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind"),
+    [
+        (b"SPDY/9 oops\r\n\r\n", ErrorKind.PROTOCOL),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nContent-Length: 20\r\n\r\n",
+            ErrorKind.PROTOCOL,
+        ),
+        (b"HTTP/1.1 200 OK\r\nContent-Le", ErrorKind.RESET),
+        (b"", ErrorKind.RESET),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", ErrorKind.TRUNCATED),
+    ],
+)
+def test_broken_answers_fail_cleanly(home, answer, kind):
+    def handler(conn, index):
+        if server.recorded(conn) is not None:
+            conn.sendall(answer)
+
+    with RawServer(handler) as server:
+        (b,) = shardload.swarm([server.url + "/bad"], download=make_download(home))
+    assert b.state == "failed" and b.error_kind == kind, b.error_message
+    assert files_under(home) == set() and temp_files(home) == []
+
+
+@pytest.mark.parametrize("wbits", [zlib.MAX_WBITS, -zlib.MAX_WBITS], ids=["zlib", "raw"])
+def test_deflate_bodies_are_decoded_both_ways_servers_send_them(home, wbits):
+    plain = body_for(200_000)
+    packer = zlib.compressobj(wbits=wbits)
+    packed = packer.compress(plain) + packer.flush()
+
+    def handler(conn, index):
+        head = server.recorded(conn)
+        if head is not None:
+            conn.sendall(ok(packed, b"Content-Encoding: deflate\r\n"))
+
+    with RawServer(handler) as server:
+        (b,) = shardload.swarm([server.url + "/z"], download=make_download(home))
+    assert b.state == "written", b.error_message
+    assert open(b.file_path, "rb").read() == plain and b.bytes == len(plain)
+    assert b"accept-encoding: gzip, deflate" in server.requests[0].lower()
+
+
+def test_a_gzip_body_cut_short_is_truncated(home):
+    import gzip
+
+    packed = gzip.compress(body_for(100_000))[:-20]
+
+    def handler(conn, index):
+        if server.recorded(conn) is not None:
+            conn.sendall(ok(packed, b"Content-Encoding: gzip\r\n"))
+
+    with RawServer(handler) as server:
+        (b,) = shardload.swarm([server.url + "/gz"], download=make_download(home))
+    assert b.error_kind == ErrorKind.TRUNCATED, b.error_message
+    assert files_under(home) == set()
+
+
+@pytest.mark.parametrize(
+    ("url_tail", "sent"),
+    [
+        ("/plain/a.txt?x=1&y=2", "/plain/a.txt?x=1&y=2"),
+        ("", "/"),
+        ("/d%2Fx/%41", "/d%2Fx/%41"),
+        ("/\u00e9t\u00e9?q=\u00fc", "/%C3%A9t%C3%A9?q=%C3%BC"),
+        ("/100%/x", "/100%25/x"),
+        ('/a"b<c>', "/a%22b%3Cc%3E"),
+    ],
+)
+def test_request_target_keeps_escapes_and_escapes_the_rest(url_tail, sent):
+    assert request_target(split_url("http://h" + url_tail)) == sent
+
+
+def test_request_line_and_headers_on_the_wire(home):
+    def handler(conn, index):
+        if server.recorded(conn) is not None:
+            conn.sendall(ok(b"x"))
+
+    strategy = RequestStrategy(headers={"Accept": "text/plain", "X-Trace": "7"})
+    with RawServer(handler) as server:
+        port = server.url.rsplit(":", 1)[1]
+        url = f"http://alice:p%40ss@127.0.0.1:{port}/\u00e9?q=1"
+        (b,) = shardload.swarm([url], download=make_download(home, strategy))
+    assert b.ok
+    lines = server.requests[0].decode().split("\r\n")
+    assert lines[0] == "GET /%C3%A9?q=1 HTTP/1.1"
+    headers = dict(line.split(": ", 1) for line in lines[1:] if line)
+    assert headers["Host"] == f"127.0.0.1:{port}"
+    assert headers["Accept"] == "text/plain" and headers["X-Trace"] == "7"
+    assert headers["User-Agent"].startswith("shardload/")
+    # "alice:p@ss", the password's %40 decoded as aiohttp does.
+    assert headers["Authorization"] == "Basic YWxpY2U6cEBzcw=="
+
+
+def test_credentials_do_not_follow_a_redirect(srv, home):
+    target = srv.base_urls[1] + "/echo"
+    start = srv.base_urls[0].replace("http://", "http://bob:pw@") + "/redirect-to?url=" + target
+    (b,) = shardload.swarm([start], download=make_download(home))
+    assert b.ok, b.error_message
+    with open(b.file_path) as f:
+        assert "Authorization" not in json.load(f)["headers"]
+
+
+def test_a_header_with_a_line_break_fails_the_bundle_not_the_batch(srv, home):
+    strategy = RequestStrategy(headers={"X-A": "1\r\nX-Injected: 2"})
+    bundles = shardload.swarm(
+        [srv.base_urls[0] + "/links/1"] * 2, download=make_download(home, strategy)
+    )
+    assert [b.error_kind for b in bundles] == [ErrorKind.STRATEGY] * 2
+
+
+def _client(limit: int = 64, read_timeout: float = 10) -> LeanClient:
+    return LeanClient(
+        limit=limit,
+        headers={},
+        connect_timeout=5,
+        read_timeout=read_timeout,
+        max_redirects=10,
+        dns_ttl=300,
+    )
+
+
+def test_open_connections_never_exceed_the_limit(srv):
+    async def run() -> list[int]:
+        client = _client(limit=2)
+        seen = []
+        for round_ in range(3):
+            for base in srv.base_urls:
+                url = f"{base}/links/{round_}"
+                async with client.get(split_url(url), url) as response:
+                    assert response.status == 200
+                    await response.read()
+                seen.append(client._open)
+        await client.close()
+        return seen
+
+    seen = asyncio.run(run())
+    assert max(seen) <= 2 and len(seen) == 3 * len(srv.base_urls)
+
+
+def test_a_slow_reader_pauses_the_socket_without_timing_out(srv):
+    """Reading pauses when 4 MiB are buffered; a reader slower than read_timeout is not a
+    stalled server."""
+    size = 16_000_000
+    url = f"{srv.base_urls[0]}/bytes/{size}"
+
+    async def run() -> tuple[int, int, bytes]:
+        client = _client(read_timeout=0.3)
+        most = 0
+        body = bytearray()
+        async with client.get(split_url(url), url) as response:
+            async for piece in response.content.iter_chunked(1 << 20):
+                body += piece
+                most = max(most, response._buffered)
+                if len(body) < 2 << 20:
+                    await asyncio.sleep(0.5)  # longer than read_timeout, while paused
+        await client.close()
+        return len(body), most, bytes(body[:64])
+
+    got, most, head = asyncio.run(run())
+    assert got == size and head == body_for(size)[:64]
+    assert most <= http._HIGH_WATER + (1 << 20)
+
+
+@pytest.mark.parametrize(
+    ("hops", "max_redirects", "ok"), [(3, 3, True), (3, 2, False), (1, 0, False)]
+)
+def test_max_redirects_is_the_number_followed(srv, home, client, hops, max_redirects, ok):
+    strategy = RequestStrategy(max_redirects=max_redirects)
+    (b,) = shardload.swarm(
+        [f"{srv.base_urls[0]}/redirect/{hops}"],
+        download=make_download(home, strategy, client=client),
+    )
+    if ok:
+        assert b.state == "written", b.error_message
+    else:
+        assert b.error_kind == ErrorKind.REDIRECT, b.error_message
+        assert files_under(home) == set()
