@@ -139,7 +139,34 @@ def _split_cached(url: str) -> UrlParts:
     return _split_url(url, None)
 
 
+# The common case, parsed by one regex: lowercase scheme, a plain lowercase host, an optional
+# port, then printable ASCII only. Anything else (userinfo, IPv6, IDNA, uppercase, spaces,
+# non-ASCII) takes the general path below; both give the same answer where both apply.
+_SIMPLE = re.compile(
+    r"(https?)://([a-z0-9._-]+)(?::([0-9]{1,5}))?"
+    r"(/[!\"$->@-~]*)?"  # path: printable ASCII but '#' and '?'
+    r"(?:[?]([!\"$-~]*))?"  # query: printable ASCII but '#'
+    r"(?:#[!-~]*)?",
+    re.ASCII,
+)
+
+
 def _split_url(url: str, params: Mapping[str, Any] | None) -> UrlParts:
+    if not params and isinstance(url, str) and (simple := _SIMPLE.fullmatch(url)):
+        scheme, host, raw_port, path, query = simple.groups()
+        port = int(raw_port) if raw_port else None
+        if _normalised_host(host, False) == host and (port is None or 0 < port <= 65535):
+            return UrlParts(
+                scheme,
+                host,
+                None if port == DEFAULT_PORTS[scheme] else port,
+                path or "",
+                query or "",
+            )
+    return _split_general(url, params)
+
+
+def _split_general(url: str, params: Mapping[str, Any] | None) -> UrlParts:
     if not isinstance(url, str):
         why = f"invalid URL (not a string but {type(url).__name__})"
         raise DownloadFailed(ErrorKind.INVALID_URL, why)

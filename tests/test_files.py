@@ -163,3 +163,21 @@ def test_a_file_where_a_directory_is_needed_by_a_custom_path(srv, home):
     # The layout rule moves the file aside rather than failing or overwriting it.
     assert bundle.ok
     assert read(os.path.join(home, "taken", "%file")) == b"user data"
+
+
+@pytest.mark.parametrize(
+    "pieces", [[], [b"a"], [b"ab", b"", b"cd"], [bytes([i % 256]) * 7 for i in range(3000)]]
+)
+def test_a_body_in_pieces_is_written_and_hashed_whole(tmp_path, pieces):
+    """More pieces than one writev takes (1024) included."""
+    import hashlib
+
+    from shardload.worker.files import _write_and_hash
+
+    path = tmp_path / "body"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    digest = hashlib.sha256()
+    _write_and_hash(fd, pieces, digest)
+    os.close(fd)
+    assert path.read_bytes() == b"".join(pieces)
+    assert digest.hexdigest() == hashlib.sha256(b"".join(pieces)).hexdigest()

@@ -271,3 +271,32 @@ def test_urlparts_is_frozen_and_picklable() -> None:
     assert pickle.loads(pickle.dumps(parts)) == parts
     with pytest.raises(AttributeError):
         parts.host = "evil"  # type: ignore[misc]
+
+
+def _outcome(split, url):
+    try:
+        return split(url, None)
+    except DownloadFailed as exc:
+        return exc.kind
+
+
+# URLs near the edge of the one-regex fast path: hosts with odd labels, ports out of range,
+# every printable ASCII character and some that are not in the path, query and fragment.
+_url_text = st.builds(
+    lambda scheme, host, port, rest: f"{scheme}://{host}{port}{rest}",
+    st.sampled_from(["http", "https", "http", "https", "HTTP", "ftp"]),
+    st.from_regex(r"[a-z0-9_-]{1,12}(\.[a-z0-9_-]{1,12}){0,3}\.?", fullmatch=True)
+    | st.from_regex(r"[a-zA-Z0-9._-]{0,70}", fullmatch=True),
+    st.sampled_from(["", ":", ":0", ":80", ":443", ":8080", ":65535", ":65536", ":x"]),
+    st.text(
+        alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7F) | st.sampled_from("é\t")
+    ).map(lambda t: "/" + t if t and t[0] not in "?#" else t),
+)
+
+
+@given(_url_text)
+@settings(max_examples=500)
+def test_the_fast_path_agrees_with_the_general_parser(url):
+    from shardload import urls
+
+    assert _outcome(urls._split_url, url) == _outcome(urls._split_general, url)

@@ -17,9 +17,7 @@ import contextlib
 import time
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from ..backoff import decide, parse_retry_after
 from ..bundle import CACHED, SKIPPED, WRITTEN, Bundle, apply_result, to_result
@@ -38,6 +36,11 @@ from .files import (
 )
 from .hosts import CLOSED, HostSlot
 from .http import REDIRECT_STATUSES, LeanClient
+
+if TYPE_CHECKING:
+    # Imported where a session is made: a worker on the lean client never pays aiohttp's
+    # import (~0.2 s per spawned process).
+    import aiohttp
 
 _ROBOTS_MAX_BYTES = 512 * 1024
 
@@ -68,8 +71,6 @@ class AioDownload:
         return self.request_strategy
 
     def _reset(self) -> None:
-        # Built per run, not per request; strategies may be changed between runs.
-        self._request_timeout = self._timeout()
         self._session: aiohttp.ClientSession | None = self.client
         self._lean: LeanClient | None = None
         self._worker_sem: asyncio.Semaphore | None = None
@@ -102,6 +103,8 @@ class AioDownload:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            import aiohttp  # noqa: PLC0415  (see the import at the top)
+
             rs = self.request_strategy
             connector = aiohttp.TCPConnector(
                 limit=max(1, rs.worker_concurrent),
@@ -115,7 +118,7 @@ class AioDownload:
                 headers=headers,
                 cookie_jar=aiohttp.DummyCookieJar(),
                 read_bufsize=READ_SIZE,
-                timeout=self._request_timeout,
+                timeout=self._timeout(),
                 trust_env=False,
             )
         return self._session
@@ -158,10 +161,12 @@ class AioDownload:
             params=params,
             allow_redirects=rs.max_redirects > 0,
             max_redirects=rs.max_redirects + 1,
-            timeout=self._request_timeout,
+            timeout=self._timeout(),  # also over a caller's session and its own timeout
         )
 
     def _timeout(self) -> aiohttp.ClientTimeout:
+        import aiohttp  # noqa: PLC0415  (see the import at the top)
+
         rs = self.request_strategy
         connect = rs.connect_timeout if rs.connect_timeout is not None else rs.timeout
         return aiohttp.ClientTimeout(

@@ -13,8 +13,8 @@ import asyncio
 import errno
 import socket
 import ssl
-
-import aiohttp
+import sys
+from typing import Any
 
 from ..errors import DownloadFailed, ErrorKind
 from ..urls import redact
@@ -34,6 +34,22 @@ def classify(exc: BaseException, url: str = "") -> tuple[ErrorKind, str]:
 def _kind(exc: BaseException) -> ErrorKind:
     if isinstance(exc, DownloadFailed):
         return exc.kind
+    # An aiohttp exception implies aiohttp is imported; a worker on the lean client never is.
+    aiohttp = sys.modules.get("aiohttp")
+    if aiohttp is not None and isinstance(exc, aiohttp.ClientError | aiohttp.ServerTimeoutError):
+        return _aiohttp_kind(exc, aiohttp)
+    if isinstance(exc, asyncio.TimeoutError):
+        return ErrorKind.TIMEOUT
+    if isinstance(exc, ssl.SSLError):
+        return ErrorKind.TLS
+    if isinstance(exc, ConnectionError):
+        return ErrorKind.RESET
+    if isinstance(exc, OSError):
+        return ErrorKind.DISK
+    return ErrorKind.STRATEGY
+
+
+def _aiohttp_kind(exc: BaseException, aiohttp: Any) -> ErrorKind:
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return ErrorKind.DNS
     if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
@@ -54,15 +70,7 @@ def _kind(exc: BaseException) -> ErrorKind:
         return ErrorKind.RESET
     if isinstance(exc, aiohttp.ClientOSError):
         return ErrorKind.RESET if exc.errno in _RESET_ERRNOS else ErrorKind.CONNECT
-    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientError):
-        return ErrorKind.PROTOCOL
-    if isinstance(exc, ssl.SSLError):
-        return ErrorKind.TLS
-    if isinstance(exc, ConnectionError):
-        return ErrorKind.RESET
-    if isinstance(exc, OSError):
-        return ErrorKind.DISK
-    return ErrorKind.STRATEGY
+    return ErrorKind.PROTOCOL
 
 
 _RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})

@@ -60,10 +60,24 @@ def temp_prefix(pid: int | None = None) -> str:
     The node name is part of it: on a cluster, homes on a shared filesystem see the temporary
     files of every node, and cleaning up after a dead worker must not touch another's.
     """
-    return f"{_NODE}-{os.getpid() if pid is None else pid}-"
+    if pid is not None:
+        return f"{_NODE}-{pid}-"
+    global _own_prefix  # noqa: PLW0603  (per process; reset in a forked child)
+    if _own_prefix is None:
+        _own_prefix = f"{_NODE}-{os.getpid()}-"
+    return _own_prefix
 
 
 _NODE = socket.gethostname().replace(os.sep, "_") or "node"
+_own_prefix: str | None = None
+
+
+def _forget_prefix() -> None:
+    global _own_prefix  # noqa: PLW0603
+    _own_prefix = None
+
+
+os.register_at_fork(after_in_child=_forget_prefix)
 
 
 def remove_temp_files(home: str, prefix: str) -> int:
@@ -235,9 +249,21 @@ def _write_and_hash(fd: int, chunks: list[bytes], digest: Any) -> None:
     # Large bodies run this in a thread: hashlib and os.write both release the GIL.
     for chunk in chunks:
         digest.update(chunk)
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(fd, view) :]
+    # One system call per batch of pieces; a short write (rare on files) goes on piece by piece.
+    for start in range(0, len(chunks), _IOV_MAX):
+        batch = chunks[start : start + _IOV_MAX]
+        written = os.writev(fd, batch) if len(batch) > 1 else 0
+        for chunk in batch:
+            if written >= len(chunk):
+                written -= len(chunk)
+                continue
+            view = memoryview(chunk)[written:]
+            written = 0
+            while view:
+                view = view[os.write(fd, view) :]
+
+
+_IOV_MAX = 1024  # Linux's limit on pieces per writev
 
 
 def commit(tmp: str, final: str, home: str) -> str:

@@ -192,10 +192,6 @@ class HostSlot:
 
     def idle(self) -> bool:
         """True when dropping the slot loses nothing: no user, no pending gap, pause or breaker."""
-        now = asyncio.get_running_loop().time()
-        return (
-            self.users == 0
-            and self.breaker == CLOSED
-            and self._throttles == 0
-            and max(self._next_start, self.paused_until) <= now
-        )
+        if self.users or self.breaker != CLOSED or self._throttles:
+            return False  # the common case while a host is busy: no clock read
+        return max(self._next_start, self.paused_until) <= asyncio.get_running_loop().time()
