@@ -96,8 +96,16 @@ async def aone(
 
 def _in_order(bundles: list[Bundle]) -> list[Bundle]:
     bundles.sort(key=lambda b: b.seq)
+    # Only a path that another bundle of this run needs as a directory can have been moved:
+    # checking those alone spares a stat per file at the tail of every run.
+    directories: set[str] = set()
     for bundle in bundles:
-        _follow_displacement(bundle)
+        path = bundle.file_path
+        while path and (path := os.path.dirname(path)) not in directories:
+            directories.add(path)
+    for bundle in bundles:
+        if bundle.file_path in directories:
+            _follow_displacement(bundle)
     return bundles
 
 

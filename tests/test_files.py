@@ -7,7 +7,7 @@ import os
 import pytest
 
 import shardload
-from shardload import Bundle, DownloadStrategy, ErrorKind
+from shardload import Bundle, DownloadStrategy, ErrorKind, RequestStrategy
 from shardload.testing.server import body_for
 
 from .conftest import files_under, make_download, temp_files
@@ -119,6 +119,20 @@ def test_a_next_to_a_b_both_kept_layout_independent_of_order(srv, tmp_path, orde
     assert [b.state for b in bundles] == ["written", "written"]
     assert read(bundles[0].file_path) == b"path /any/x"
     assert read(bundles[1].file_path) == b"path /any/x/y"
+
+
+def test_swarm_points_a_bundle_at_its_file_moved_later_in_the_same_run(srv, home):
+    """/x is written first (one request at a time, in order), then /x/y moves it to x/%file."""
+    base = srv.base_urls[0]
+    urls = [base + "/any/x", base + "/any/x/y", base + "/any/other"]
+    bundles = shardload.swarm(urls, download=make_download(home, RequestStrategy(concurrent=1)))
+    host = base.removeprefix("http://").replace(":", "_")
+    assert [os.path.relpath(b.file_path, home) for b in bundles] == [
+        f"{host}/any/x/%file",
+        f"{host}/any/x/y",
+        f"{host}/any/other",
+    ]
+    assert read(bundles[0].file_path) == b"path /any/x"
 
 
 def test_trailing_slash_and_root_are_files(srv, home):
