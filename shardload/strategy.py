@@ -104,9 +104,10 @@ class RequestStrategy:
     consecutive connection failures (DNS, refused, TLS, timeout; 0 disables) the host's
     remaining URLs fail fast as ``breaker_open`` until a probe after ``breaker_cooldown``
     seconds succeeds. ``robots`` fetches each host's robots.txt once, skips what it disallows
-    for ``user_agent`` and honours its Crawl-delay as the host's ``delay``. Each worker resolves
-    a host once and caches the answer for ``dns_ttl`` seconds (None: for the whole run); the
-    hosts of a worker are its own, so no two workers resolve the same host.
+    for ``user_agent`` and honours its Crawl-delay as the host's ``delay``. Up to
+    ``max_redirects`` redirects are followed (0: a redirect fails as ``redirect``). Each worker
+    resolves a host once and caches the answer for ``dns_ttl`` seconds (None: for the whole
+    run); the hosts of a worker are its own, so no two workers resolve the same host.
     """
 
     def __init__(

@@ -299,3 +299,21 @@ def test_max_redirects_is_the_number_followed(srv, home, client, hops, max_redir
     else:
         assert b.error_kind == ErrorKind.REDIRECT, b.error_message
         assert files_under(home) == set()
+
+
+@pytest.mark.parametrize("extra", [b"", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra"])
+def test_a_connection_that_sent_more_than_was_asked_is_not_reused(home, extra):
+    """Two answers for one request: the second is ignored, and the next request goes out on
+    a new connection, so it can never be answered by stale bytes."""
+
+    def handler(conn, index):
+        while (head := server.recorded(conn)) is not None:
+            conn.sendall(ok(head.split(b" ")[1], b"X-Conn: %d\r\n" % index) + extra)
+
+    with RawServer(handler) as server:
+        urls = [f"{server.url}/u/{i}" for i in range(4)]
+        bundles = shardload.swarm(urls, download=make_download(home, RequestStrategy(concurrent=1)))
+    assert [open(b.file_path, "rb").read() for b in bundles] == [
+        f"/u/{i}".encode() for i in range(4)
+    ]
+    assert server.connections == (1 if not extra else 4)

@@ -220,6 +220,7 @@ class _Connection(asyncio.Protocol):
         self._head: asyncio.Future[LeanResponse] | None = None
         self._url = ""
         self._reusable = False
+        self._expecting = False  # between sending a request and the end of its answer
         self._paused = False
         self._last = 0.0
         self._timeout = 0.0
@@ -230,6 +231,12 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if not self._expecting:
+            # Bytes nobody asked for (after a complete answer, or on an idle connection): the
+            # stream can no longer be trusted to line up with the next request.
+            self._reusable = False
+            self.abort()
+            return
         self._last = self.loop.time()
         self._received += len(data)
         try:
@@ -269,6 +276,10 @@ class _Connection(asyncio.Protocol):
         self._stop_timer()
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        if not self._expecting:
+            self._reusable = False  # a second answer in the same read as the first
+
     def on_status(self, status: bytes) -> None:
         self._reason = status.decode("latin-1")
 
@@ -276,6 +287,8 @@ class _Connection(asyncio.Protocol):
         self.header_list.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:
+        if not self._expecting:
+            return  # that second answer is ignored
         status = self.parser.get_status_code()
         if 100 <= status < 200:
             self.header_list = []  # an interim answer (100 Continue): the real one follows
@@ -291,13 +304,16 @@ class _Connection(asyncio.Protocol):
             self._head.set_result(response)
 
     def on_body(self, body: bytes) -> None:
-        self._body += len(body)
-        if self._response is not None:
+        if self._expecting and self._response is not None:
+            self._body += len(body)
             self._response._feed(body)
 
     def on_message_complete(self) -> None:
+        if not self._expecting:
+            return
         if self._response is None:
             return  # the end of an interim 1xx answer
+        self._expecting = False
         self._reusable = self.parser.should_keep_alive()
         self._stop_timer()
         self._response._finish()
@@ -310,6 +326,7 @@ class _Connection(asyncio.Protocol):
         self._received = self._body = 0
         self._response = None
         self._reusable = False
+        self._expecting = True
         self._url = url
         self._head = self.loop.create_future()
         self._last = self.loop.time()
