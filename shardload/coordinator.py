@@ -252,8 +252,14 @@ async def coordinate(
             del pending[entry.bundle.seq]
             out.append(entry.bundle.fail(ErrorKind.WORKER_CRASH, dead[shard]))
 
-    await executor.start(events)
+    # The input is read (bounded by read_ahead) while the workers start: spawned workers take
+    # ~0.1 s to import, and the first jobs are ready when they are.
     reader.start()
+    try:
+        await executor.start(events)
+    except BaseException:
+        reader.stop()
+        raise
     finished = False
     try:
         while True:

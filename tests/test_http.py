@@ -7,10 +7,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import zlib
+from urllib.parse import unquote
 
 import aiohttp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import shardload
 from shardload import AioDownload, DownloadStrategy, ErrorKind, RequestStrategy
@@ -317,3 +321,22 @@ def test_a_connection_that_sent_more_than_was_asked_is_not_reused(home, extra):
         f"/u/{i}".encode() for i in range(4)
     ]
     assert server.connections == (1 if not extra else 4)
+
+
+@given(st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x2FF), max_size=40))
+@settings(max_examples=300)
+def test_request_target_is_printable_ascii_and_stable(tail):
+    try:
+        parts = split_url("http://h/" + tail)
+    except shardload.errors.DownloadFailed:
+        return
+    target = request_target(parts)
+    assert re.fullmatch(r"/[!-~]*", target)
+    assert request_target(split_url("http://h" + target)) == target  # escaping once is enough
+    assert unquote(target) == unquote(
+        _fix_lone_percents(parts.path + ("?" + parts.query if parts.query else ""))
+    )
+
+
+def _fix_lone_percents(text):
+    return re.sub(r"%(?![0-9A-Fa-f]{2})", "%25", text)

@@ -40,20 +40,21 @@ def test_retry_after_pauses_the_whole_host_while_others_proceed(srv, home):
     assert sum(1 for t in b_starts if first < t < first + 1.8) >= 3
 
 
-def test_503_without_retry_after_still_pauses_the_host(srv, home):
-    url = srv.base_urls[0] + "/flaky/throttle/1/503"
+def test_503s_without_retry_after_still_pause_the_host(srv, home):
+    url = srv.base_urls[0] + "/flaky/throttle/2/503"
 
     class NoSleep(RequestStrategy):
         def __init__(self):
-            super().__init__(max_attempts=2)
+            super().__init__(max_attempts=3)
 
         def get_sleep_time(self, bundle):
             return 0.0
 
     (b,) = shardload.swarm([url], download=make_download(home, NoSleep()))
-    assert b.ok and b.attempts == 2
-    first, second = starts(srv, 0)
-    assert second - first >= 0.85  # the host-wide throttle pause (1 s first time)
+    assert b.ok and b.attempts == 3
+    first, second, third = starts(srv, 0)
+    assert second - first < 0.5  # one 503 alone says little: no pause
+    assert third - second >= 0.85  # two in a row: the host-wide throttle pause
 
 
 def test_breaker_opens_on_a_dead_host_and_fails_fast(home, closed_port):
@@ -214,6 +215,17 @@ def test_per_host_stats_add_up_to_the_bundles(srv, home, processes):
     assert [h.host for h in stats.worst_hosts()] == [srv.host_key(0), "-"]
     record = host_a.to_record()
     assert record["bundles"] == 11 and record["breaker_opened"] is False
+
+
+def test_a_lone_first_503_does_not_pause_a_host_but_a_second_does():
+    async def scenario():
+        slot = HostSlot(4)
+        slot.record(503, ErrorKind.HTTP, None)
+        assert slot.paused_until == 0.0
+        slot.record(503, ErrorKind.HTTP, None)
+        assert slot.paused_until > asyncio.get_running_loop().time()
+
+    asyncio.run(scenario())
 
 
 def test_an_occasional_503_does_not_pause_a_healthy_host():

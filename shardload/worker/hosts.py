@@ -6,9 +6,10 @@ Invariants:
   halving on 429/503/timeouts);
 - two request starts of the host are at least ``delay`` (+ jitter) seconds apart;
 - no request of the host starts before ``paused_until``: a Retry-After (capped) or a 429 pauses
-  the whole host; a 503 without Retry-After pauses it only when at least half of its last
-  ``_WINDOW`` responses were 429/503 (an overloaded host, not one broken URL). Without a
-  Retry-After the pause is 1 s, doubling per consecutive throttled response, up to 60 s;
+  the whole host; a 503 without Retry-After pauses it only when at least two and at least half
+  of its last ``_WINDOW`` responses were 429/503 (an overloaded host, not one broken URL, nor
+  one unlucky first answer). Without a Retry-After the pause is 1 s, doubling per consecutive
+  throttled response, up to 60 s;
 - a request waiting for its turn holds no worker-wide slot: the worker-wide semaphore is taken
   last, right before the request starts, so a slow or paused host never blocks other hosts;
 - the circuit breaker opens after ``breaker_threshold`` consecutive connection-level failures;
@@ -131,7 +132,8 @@ class HostSlot:
         """Feed back one attempt's outcome (kind None = success)."""
         throttled = status in _THROTTLE_STATUSES
         self._recent.append(throttled)
-        overloaded = 2 * sum(self._recent) >= len(self._recent)
+        throttles = sum(self._recent)
+        overloaded = throttles >= 2 and 2 * throttles >= len(self._recent)
         if retry_after is not None and (throttled or status is None or status >= 300):
             self.pause(min(retry_after, self._retry_after_cap))
         elif status == 429 or (throttled and overloaded):

@@ -55,7 +55,7 @@ _KEEPALIVE = 15.0  # seconds an idle connection is kept (aiohttp's default too)
 _HIGH_WATER = 4 << 20  # buffered body bytes at which reading pauses
 _LOW_WATER = 1 << 20
 _DECODE_STEP = 1 << 20
-_SAFE_TARGET = re.compile(r"[!#$&-;=?-Z_a-z~]*", re.ASCII)  # printable, no space/quote/<>\^`{|}
+_SAFE_TARGET = re.compile(r"[!#-;=?-Z_a-z~]*", re.ASCII)  # printable but space "<>[\]^`{|}
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
@@ -64,7 +64,7 @@ def request_target(parts: UrlParts) -> str:
     target = parts.path or "/"
     if parts.query:
         target = f"{target}?{parts.query}"
-    if _SAFE_TARGET.fullmatch(target) and "%" not in target:
+    if _SAFE_TARGET.fullmatch(target) and ("%" not in target or not _BAD_PERCENT.search(target)):
         return target
     # Keep what is already escaped (as aiohttp/yarl do); escape a lone '%' and everything else.
     target = _BAD_PERCENT.sub("%25", target)
