@@ -71,6 +71,9 @@ class _Events:
         self.wake.set()
 
 
+_ADMIT_STEP = 1024
+
+
 class _InputReader:
     """Iterates the caller's input on a thread, at most ``cap`` bundles ahead of the loop."""
 
@@ -278,9 +281,14 @@ async def coordinate(
                     out.append(apply_result(entry.bundle, result))
                     flow.done(shard, entry.lane)
                     dirty.add(shard)
-            room = limits.waiting_cap - flow.waiting
+            # Admitted a step at a time, so the first jobs go out (and results come back)
+            # while the rest of a large read-ahead is still being admitted.
+            room = min(limits.waiting_cap - flow.waiting, _ADMIT_STEP)
+            more = False
             if room > 0:
-                for bundle in reader.take(room):
+                taken = reader.take(room)
+                more = len(taken) == room
+                for bundle in taken:
                     admit(bundle, out, dirty)
             for shard in dirty:
                 entries = flow.take(shard)
@@ -294,7 +302,9 @@ async def coordinate(
                 if reader.error is not None:
                     raise reader.error
                 break
-            if not (events.arrived or events.crashes):
+            if more:
+                await asyncio.sleep(0)  # let replies and pipe IO in between the steps
+            elif not (events.arrived or events.crashes):
                 await events.wake.wait()
         finished = True
     finally:

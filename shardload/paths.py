@@ -127,13 +127,24 @@ def displaced_path(relpath: str) -> str:
     return f"{relpath}/{DISPLACED_NAME}"
 
 
+def absolute(path: str) -> str:
+    """``os.path.abspath(path)``; remembered for absolute paths, whose answer cannot change
+    (a relative one depends on the working directory). Every file's checks ask for home's."""
+    return _absolute_cached(path) if os.path.isabs(path) else os.path.abspath(path)
+
+
+@functools.lru_cache(maxsize=64)
+def _absolute_cached(path: str) -> str:
+    return os.path.abspath(path)
+
+
 def is_within(home: str, path: str) -> bool:
     """True when ``path`` (relative paths are taken relative to ``home``) is ``home`` or under it.
 
     Pure string comparison of normalised absolute paths: symlinks are the writer's concern.
     """
-    base = os.path.normpath(os.path.abspath(home))
-    target = os.path.normpath(os.path.abspath(os.path.join(base, path)))
+    base = absolute(home)
+    target = os.path.normpath(os.path.join(base, path))  # base is absolute, so is the join
     if target == base:
         return True
     return target.startswith(base if base.endswith(os.sep) else base + os.sep)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..bundle import Bundle
 from ..errors import DownloadFailed, ErrorKind
-from ..paths import TEMP_DIR_NAME, displaced_path, is_within
+from ..paths import TEMP_DIR_NAME, absolute, displaced_path, is_within
 
 if TYPE_CHECKING:
     import aiohttp
@@ -99,7 +99,7 @@ def remove_temp_files(home: str, prefix: str) -> int:
 
 def check_target(home: str, path: str) -> str:
     """The absolute target path if it lies strictly inside home; else ``unsafe_path``."""
-    home = os.path.abspath(home)
+    home = absolute(home)
     target = os.path.normpath(path if os.path.isabs(path) else os.path.join(home, path))
     if target == home or not is_within(home, target):
         raise DownloadFailed(ErrorKind.UNSAFE_PATH, f"path outside the download home: {target}")
@@ -117,7 +117,7 @@ _verified: dict[str, set[str]] = {}
 
 
 def forget_directories(home: str) -> None:
-    _verified.pop(os.path.abspath(home), None)
+    _verified.pop(absolute(home), None)
 
 
 def find_complete(path: str) -> tuple[str, int] | None:
@@ -224,7 +224,7 @@ class _Temp:
 def _open_temp(home: str) -> _Temp:
     directory = temp_dir(home)
     try:
-        verified = _verified.setdefault(os.path.abspath(home), set())
+        verified = _verified.setdefault(absolute(home), set())
         if directory not in verified:
             os.makedirs(directory, exist_ok=True)
             if os.path.islink(directory):
@@ -268,7 +268,7 @@ _IOV_MAX = 1024  # Linux's limit on pieces per writev
 
 def commit(tmp: str, final: str, home: str) -> str:
     """Move a complete temporary file to ``final`` inside home; returns where it landed."""
-    home = os.path.abspath(home)
+    home = absolute(home)
     final = check_target(home, final)
     verified = _verified.setdefault(home, set())
     for _ in range(2):
