@@ -2,7 +2,7 @@
 
 Starts the bench's nginx, then profiles shardload on N x 1 KiB URLs over the 8 hosts:
 - ``cprofile``: processes=1 through ``aswarm()`` on this thread's uvloop, so one deterministic
-  profile covers the coordinator, the engine, aiohttp and the file writes (cProfile inflates
+  profile covers the coordinator, the engine, the HTTP client and the file writes (cProfile inflates
   call-heavy code; read it with the sampling profile beside it);
 - ``pyspy``: py-spy (``pip install py-spy``) samples the sync ``swarm()`` with processes=1 and
   processes=N, children included, and folds the stacks into categories and top frames;
@@ -102,6 +102,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("shardload/urls.py", "shardload/paths.py", "get_file_path"),
     ),
     ("per-host slots (hosts.py)", ("worker/hosts.py",)),
+    ("HTTP client: lean (http.py), incl. socket send", ("worker/http.py", "httptools")),
     ("engine, shard worker (engine.py, shard.py)", ("worker/engine.py", "worker/shard.py")),
     (
         "coordinator, flow control (coordinator.py, flow.py)",
