@@ -20,8 +20,8 @@ import shardload
 from shardload import AioDownload, DownloadStrategy, ErrorKind, RequestStrategy
 from shardload.testing.server import body_for
 from shardload.urls import split_url
-from shardload.worker import http
 from shardload.worker.http import LeanClient, request_target
+from shardload.worker.http.response import HIGH_WATER
 
 from .conftest import ViaAiohttp, files_under, make_download, temp_files
 from .raw_server import RawServer
@@ -286,7 +286,7 @@ def test_a_slow_reader_pauses_the_socket_without_timing_out(srv):
 
     got, most, head = asyncio.run(run())
     assert got == size and head == body_for(size)[:64]
-    assert most <= http._HIGH_WATER + (1 << 20)
+    assert most <= HIGH_WATER + (1 << 20)
 
 
 @pytest.mark.parametrize(

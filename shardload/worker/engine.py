@@ -1,4 +1,4 @@
-"""AioDownload: the per-process engine (one event loop, one session, per-host slots).
+"""AioDownload: the per-process engine (one event loop, one HTTP client, per-host slots).
 
 Invariants:
 - ``main(bundle)`` never raises for a download problem: every failure ends as a failed bundle
@@ -6,8 +6,9 @@ Invariants:
 - a bundle waiting for a retry, a per-host gap or a host pause holds no slot (see ``hosts``);
 - bundles that target the same file while one is in flight share its download, so duplicate
   URLs are fetched once and never write one file concurrently;
-- the session is created lazily inside the running loop and closed by ``close()``; a session
-  passed as ``client`` belongs to the caller and is never closed here.
+- the HTTP client (the lean one, or an aiohttp session when a request is not shardload's own:
+  see ``_owns_requests``) is created lazily inside the running loop and closed by ``close()``;
+  a session passed as ``client`` belongs to the caller and is never closed here.
 """
 
 from __future__ import annotations

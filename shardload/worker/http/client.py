@@ -1,0 +1,272 @@
+"""The keep-alive pool and the GET requests of one worker (one event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import ipaddress
+import re
+import socket
+import ssl
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote, unquote, urljoin, urlsplit
+
+from ...errors import DownloadFailed, ErrorKind
+from ...urls import DEFAULT_PORTS, UrlParts, redact, split_url
+from ..failures import connect_error
+from .connection import Connection
+from .response import LeanResponse
+
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_KEEPALIVE = 15.0  # seconds an idle connection is kept (aiohttp's default too)
+_SAFE_TARGET = re.compile(r"[!#-;=?-Z_a-z~]*", re.ASCII)  # printable but space "<>[\]^`{|}
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def request_target(parts: UrlParts) -> str:
+    """The path and query as sent on the request line, percent-encoded where they need it."""
+    target = parts.path or "/"
+    if parts.query:
+        target = f"{target}?{parts.query}"
+    if _SAFE_TARGET.fullmatch(target) and ("%" not in target or not _BAD_PERCENT.search(target)):
+        return target
+    # Keep what is already escaped (as aiohttp/yarl do); escape a lone '%' and everything else.
+    target = _BAD_PERCENT.sub("%25", target)
+    return quote(target, safe="!#$%&'()*+,/:;=?@[]~")
+
+
+class _Request:
+    """``async with client.get(parts, url) as response``: releases the connection on exit."""
+
+    def __init__(self, client: LeanClient, parts: UrlParts, url: str) -> None:
+        self._client = client
+        self._parts = parts
+        self._url = url
+        self._response: LeanResponse | None = None
+
+    async def __aenter__(self) -> LeanResponse:
+        self._response = await self._client.fetch(self._parts, self._url)
+        return self._response
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._response is not None:
+            self._client.release(self._response._conn)
+
+
+class LeanClient:
+    """Keep-alive connection pool and GET requests for one event loop (one worker)."""
+
+    def __init__(
+        self,
+        *,
+        limit: int,
+        headers: Mapping[str, str],
+        connect_timeout: float | None,
+        read_timeout: float | None,
+        max_redirects: int,
+        dns_ttl: float | None,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.limit = max(1, limit)
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout or 0.0
+        self.max_redirects = max_redirects
+        self.dns_ttl = dns_ttl
+        self._fixed = _fixed_headers(headers)
+        self._has_auth = any(name.lower() == "authorization" for name in headers)
+        self._idle: dict[tuple[str, str, int], list[Connection]] = {}
+        self._lru: dict[Connection, None] = {}  # idle connections, oldest first
+        self._open = 0
+        self._dns: dict[tuple[str, int], tuple[float, list[Any]]] = {}
+        self._ssl: ssl.SSLContext | None = None
+        self._last_sweep = time.monotonic()
+
+    def get(self, parts: UrlParts, url: str) -> _Request:
+        return _Request(self, parts, url)
+
+    async def fetch(self, parts: UrlParts, url: str) -> LeanResponse:
+        """Send the GET, follow redirects, and return once the final response's headers are in."""
+        for hop in range(max(0, self.max_redirects) + 1):
+            response = await self._once(parts, url)
+            location = response.headers.get("Location")
+            if response.status not in REDIRECT_STATUSES or location is None:
+                return response
+            self.release(response._conn)
+            if hop >= self.max_redirects:
+                break
+            url = urljoin(url, location)
+            try:
+                parts = split_url(url)
+            except DownloadFailed as exc:
+                raise DownloadFailed(
+                    ErrorKind.REDIRECT, f"redirect refused: {exc.message}"
+                ) from exc
+        raise DownloadFailed(
+            ErrorKind.REDIRECT,
+            f"too many redirects (max_redirects={self.max_redirects}), last to {redact(url)}",
+        )
+
+    async def _once(self, parts: UrlParts, url: str) -> LeanResponse:
+        head = self._head(parts, url)
+        conn, reused = await self._acquire(parts)
+        try:
+            return await conn.send(head, url, self.read_timeout)
+        except DownloadFailed as exc:
+            conn.abort()
+            if not (reused and exc.kind == ErrorKind.RESET and not conn._received):
+                raise
+        except BaseException:
+            conn.abort()
+            raise
+        # The server had closed the idle connection: the request never reached it.
+        conn, _ = await self._acquire(parts, fresh=True)
+        try:
+            return await conn.send(head, url, self.read_timeout)
+        except BaseException:
+            conn.abort()
+            raise
+
+    def _head(self, parts: UrlParts, url: str) -> bytes:
+        auth = ""
+        if "@" in url and not self._has_auth:
+            auth = _basic_auth(url)
+        return (
+            f"GET {request_target(parts)} HTTP/1.1\r\nHost: {parts.host_key}\r\n"
+            f"{self._fixed}{auth}\r\n"
+        ).encode("utf-8", "surrogateescape")
+
+    # Pool.
+    async def _acquire(self, parts: UrlParts, fresh: bool = False) -> tuple[Connection, bool]:
+        key = (parts.scheme, parts.host, parts.port or DEFAULT_PORTS[parts.scheme])
+        idle = self._idle.get(key)
+        now = self.loop.time()
+        while idle and not fresh:
+            conn = idle.pop()
+            del self._lru[conn]
+            if not conn.closed and now - conn.idle_since < _KEEPALIVE:
+                return conn, True
+            conn.abort()
+        if self._open >= self.limit and self._lru:
+            self._evict(next(iter(self._lru)))
+        conn = await self._connect(key)
+        return conn, False
+
+    def release(self, conn: Connection) -> None:
+        """Return a connection after its response: pooled if clean and kept alive, else closed."""
+        if not conn.reusable():
+            conn.abort()
+            return
+        conn._response = None
+        conn.resume()  # a body left unread may have paused reading; watch for the server's close
+        conn.idle_since = self.loop.time()
+        self._idle.setdefault(conn.key, []).append(conn)
+        self._lru[conn] = None
+        if conn.idle_since - self._last_sweep > _KEEPALIVE:
+            self._sweep(conn.idle_since)
+
+    def _sweep(self, now: float) -> None:
+        self._last_sweep = now
+        for conn in [c for c in self._lru if now - c.idle_since >= _KEEPALIVE]:
+            self._evict(conn)
+
+    def _evict(self, conn: Connection) -> None:
+        self._drop_idle(conn)
+        conn.abort()
+
+    def _drop_idle(self, conn: Connection) -> None:
+        if conn not in self._lru:
+            return
+        del self._lru[conn]
+        idle = self._idle[conn.key]
+        idle.remove(conn)
+        if not idle:
+            del self._idle[conn.key]
+
+    def _forget(self, conn: Connection) -> None:
+        """A connection closed (by either side): it no longer counts or waits in the pool."""
+        self._open -= 1
+        self._drop_idle(conn)
+
+    async def _connect(self, key: tuple[str, str, int]) -> Connection:
+        scheme, host, port = key
+        context = self._ssl_context() if scheme == "https" else None
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                addresses = await self._resolve(host, port)
+                last: BaseException | None = None
+                for address in addresses:
+                    try:
+                        _, conn = await self.loop.create_connection(
+                            lambda: Connection(self, key),
+                            address,
+                            port,
+                            ssl=context,
+                            server_hostname=host if context is not None else None,
+                        )
+                        self._open += 1
+                        return conn
+                    except OSError as exc:
+                        last = exc
+                raise last or OSError(f"no address for {host}")
+        except DownloadFailed:
+            raise
+        except (OSError, TimeoutError) as exc:
+            kind, message = connect_error(exc, host, port)
+            raise DownloadFailed(kind, message) from exc
+
+    async def _resolve(self, host: str, port: int) -> list[str]:
+        if _is_ip(host):
+            return [host]
+        now = self.loop.time()
+        known = self._dns.get((host, port))
+        if known is not None and (self.dns_ttl is None or now < known[0]):
+            return known[1]
+        try:
+            infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise DownloadFailed(ErrorKind.DNS, f"cannot resolve {host}: {exc}") from exc
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        self._dns[(host, port)] = (now + (self.dns_ttl or 0), addresses)
+        return addresses
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context()
+        return self._ssl
+
+    async def close(self) -> None:
+        for conn in list(self._lru):
+            self._evict(conn)
+
+
+def _fixed_headers(headers: Mapping[str, str]) -> str:
+    """The request headers every GET carries; a caller's header replaces the default one."""
+    merged = {"accept": ("Accept", "*/*"), "accept-encoding": ("Accept-Encoding", "gzip, deflate")}
+    for name, value in headers.items():
+        if any(c in f"{name}{value}" for c in "\r\n\0") or not name or ":" in name:
+            raise DownloadFailed(ErrorKind.STRATEGY, f"invalid request header {name!r}")
+        merged[name.lower()] = (name, value)
+    merged.pop("host", None)  # the Host header always names the URL's host
+    return "".join(f"{name}: {value}\r\n" for name, value in merged.values())
+
+
+def _basic_auth(url: str) -> str:
+    """The Authorization header for credentials in the URL (each hop's own: a redirect to
+    another URL does not inherit them), or ''."""
+    parts = urlsplit(url)
+    if parts.username is None:
+        return ""
+    pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    return f"Authorization: Basic {base64.b64encode(pair.encode('utf-8')).decode('ascii')}\r\n"
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

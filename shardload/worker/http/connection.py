@@ -1,0 +1,199 @@
+"""One TCP (or TLS) connection: sends a request, feeds the answer to httptools and the body to
+its ``LeanResponse``, and watches for stalls."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import httptools
+
+from ...errors import DownloadFailed, ErrorKind
+from .response import LeanResponse
+
+if TYPE_CHECKING:
+    from .client import LeanClient
+
+
+class Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection and the response being parsed on it."""
+
+    def __init__(self, client: LeanClient, key: tuple[str, str, int]) -> None:
+        self.client = client
+        self.key = key
+        self.loop = client.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.idle_since = 0.0
+        self.header_list: list[tuple[str, str]] = []
+        self.content_length: int | None = None
+        self._reason = ""
+        self._chunked = False
+        self._received = 0  # bytes of the current response, headers included
+        self._body = 0
+        self._response: LeanResponse | None = None
+        self._head: asyncio.Future[LeanResponse] | None = None
+        self._url = ""
+        self._reusable = False
+        self._expecting = False  # between sending a request and the end of its answer
+        self._paused = False
+        self._last = 0.0
+        self._timeout = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if not self._expecting:
+            # Bytes nobody asked for (after a complete answer, or on an idle connection): the
+            # stream can no longer be trusted to line up with the next request.
+            self._reusable = False
+            self.abort()
+            return
+        self._last = self.loop.time()
+        self._received += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(DownloadFailed(ErrorKind.PROTOCOL, "the server switched protocols"))
+        except httptools.HttpParserError as exc:
+            self._fail(DownloadFailed(ErrorKind.PROTOCOL, f"malformed HTTP response: {exc}"))
+
+    def eof_received(self) -> bool:
+        return False  # close the transport; connection_lost decides what the end means
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.client._forget(self)
+        response = self._response
+        if response is not None and not response._complete:
+            if self.content_length is None and not self._chunked:
+                response._finish()  # no length, no chunks: the body ends with the connection
+            else:
+                what = (
+                    f"got {self._body} of {self.content_length} bytes"
+                    if self.content_length is not None
+                    else f"chunked body cut after {self._body} bytes"
+                )
+                response._finish(
+                    DownloadFailed(ErrorKind.TRUNCATED, f"connection closed early: {what}")
+                )
+        elif self._head is not None and not self._head.done():
+            self._head.set_exception(
+                DownloadFailed(
+                    ErrorKind.RESET,
+                    "server disconnected"
+                    + (f" mid-headers ({self._received} bytes)" if self._received else ""),
+                )
+            )
+        self._stop_timer()
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        if not self._expecting:
+            self._reusable = False  # a second answer in the same read as the first
+
+    def on_status(self, status: bytes) -> None:
+        self._reason = status.decode("latin-1")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_list.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
+
+    def on_headers_complete(self) -> None:
+        if not self._expecting:
+            return  # that second answer is ignored
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            self.header_list = []  # an interim answer (100 Continue): the real one follows
+            return
+        for name, value in self.header_list:
+            lowered = name.lower()
+            if lowered == "content-length" and value.strip().isdigit():
+                self.content_length = int(value)
+            elif lowered == "transfer-encoding" and "chunked" in value.lower():
+                self._chunked = True
+        response = self._response = LeanResponse(self, self._url, status, self._reason)
+        if self._head is not None and not self._head.done():
+            self._head.set_result(response)
+
+    def on_body(self, body: bytes) -> None:
+        if self._expecting and self._response is not None:
+            self._body += len(body)
+            self._response._feed(body)
+
+    def on_message_complete(self) -> None:
+        if not self._expecting:
+            return
+        if self._response is None:
+            return  # the end of an interim 1xx answer
+        self._expecting = False
+        self._reusable = self.parser.should_keep_alive()
+        self._stop_timer()
+        self._response._finish()
+
+    # Driven by the client.
+    def send(self, head: bytes, url: str, timeout: float) -> asyncio.Future[LeanResponse]:
+        self.header_list = []
+        self.content_length = None
+        self._chunked = False
+        self._received = self._body = 0
+        self._response = None
+        self._reusable = False
+        self._expecting = True
+        self._url = url
+        self._head = self.loop.create_future()
+        self._last = self.loop.time()
+        self._timeout = timeout
+        if timeout and timeout > 0:
+            self._timer = self.loop.call_at(self._last + timeout, self._check_stall)
+        if self.transport is None or self.closed:
+            self._head.set_exception(DownloadFailed(ErrorKind.RESET, "connection closed"))
+        else:
+            self.transport.write(head)
+        return self._head
+
+    def _check_stall(self) -> None:
+        self._timer = None
+        now = self.loop.time()
+        if self._paused or now - self._last < self._timeout:
+            self._timer = self.loop.call_at(max(now, self._last) + self._timeout, self._check_stall)
+            return
+        self._fail(
+            DownloadFailed(ErrorKind.TIMEOUT, f"no data for {self._timeout:g} s (read timeout)")
+        )
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fail(self, error: DownloadFailed) -> None:
+        if self._head is not None and not self._head.done():
+            self._head.set_exception(error)
+        if self._response is not None:
+            self._response._finish(error)
+        self.abort()
+
+    def pause(self) -> None:
+        if not self._paused and self.transport is not None and not self.closed:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self._paused and self.transport is not None and not self.closed:
+            self._paused = False
+            self._last = self.loop.time()  # the pause was ours: the stall clock restarts
+            self.transport.resume_reading()
+
+    def reusable(self) -> bool:
+        response = self._response
+        return self._reusable and not self.closed and response is not None and response._complete
+
+    def abort(self) -> None:
+        self._stop_timer()
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+        self.closed = True

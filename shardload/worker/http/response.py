@@ -1,0 +1,148 @@
+"""The body of one response as a stream: buffered with flow control, decoded in bounded steps."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import zlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from ...errors import DownloadFailed, ErrorKind
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+HIGH_WATER = 4 << 20  # buffered body bytes at which reading pauses
+_LOW_WATER = 1 << 20
+_DECODE_STEP = 1 << 20
+
+
+class LeanResponse:
+    """One response; its body is read with ``content.iter_chunked`` or ``content.read``."""
+
+    def __init__(self, conn: Connection, url: str, status: int, reason: str) -> None:
+        self._conn = conn
+        self.url = url
+        self.status = status
+        self.reason = reason
+        self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict(conn.header_list))
+        self.content_length: int | None = conn.content_length
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._complete = False
+        self._error: DownloadFailed | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    @property
+    def content(self) -> LeanResponse:
+        """aiohttp's ``response.content`` stream: here the response reads its own body."""
+        return self
+
+    # Fed by the connection.
+    def _feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > HIGH_WATER:
+            self._conn.pause()
+        self._wake()
+
+    def _finish(self, error: DownloadFailed | None = None) -> None:
+        if self._complete or self._error is not None:
+            return
+        if error is None:
+            self._complete = True
+        else:
+            self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _next_raw(self) -> bytes | None:
+        """The next piece of the body as sent (still encoded), or None at its end."""
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._complete:
+                return None
+            self._waiter = self._conn.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        data = self._chunks.popleft()
+        self._buffered -= len(data)
+        if self._buffered < _LOW_WATER:
+            self._conn.resume()
+        return data
+
+    async def iter_chunked(self, n: int) -> AsyncIterator[bytes]:
+        """The decoded body in pieces of at most ``n`` bytes."""
+        decoder = _decoder(self.headers.get("Content-Encoding"))
+        while (data := await self._next_raw()) is not None:
+            pieces = decoder.feed(data) if decoder is not None else (data,)
+            for piece in pieces:
+                for start in range(0, len(piece), n):
+                    yield piece[start : start + n] if len(piece) > n else piece
+        if decoder is not None:
+            for piece in decoder.end():
+                yield piece
+
+    async def read(self, n: int = -1) -> bytes:
+        """The decoded body, or its first ``n`` bytes (the rest is left unread)."""
+        out = bytearray()
+        async for piece in self.iter_chunked(1 << 20):
+            out += piece
+            if 0 <= n <= len(out):
+                return bytes(out[:n])
+        return bytes(out)
+
+
+class _Decoder:
+    """Incremental gzip/deflate decoding in bounded steps (see the module's invariants)."""
+
+    def __init__(self, gzip: bool) -> None:
+        self._gzip = gzip
+        self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS if gzip else zlib.MAX_WBITS)
+        self._first = True
+
+    def feed(self, data: bytes) -> list[bytes]:
+        try:
+            return list(self._steps(data))
+        except zlib.error as exc:
+            if self._first and not self._gzip:
+                # "deflate" is sent both zlib-wrapped (as specified) and raw; accept both.
+                self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
+                self._first = False
+                return self.feed(data)
+            raise DownloadFailed(ErrorKind.PROTOCOL, f"cannot decode the body: {exc}") from exc
+
+    def _steps(self, data: bytes) -> Any:
+        while data:
+            out = self._zlib.decompress(data, _DECODE_STEP)
+            self._first = False
+            data = self._zlib.unconsumed_tail
+            if out:
+                yield out
+            if self._zlib.eof:
+                return
+
+    def end(self) -> list[bytes]:
+        tail = self._zlib.flush()
+        if self._gzip and not self._zlib.eof:
+            raise DownloadFailed(ErrorKind.TRUNCATED, "the gzip body ended early")
+        return [tail] if tail else []
+
+
+def _decoder(encoding: str | None) -> _Decoder | None:
+    name = (encoding or "").strip().lower()
+    if name in ("gzip", "x-gzip"):
+        return _Decoder(gzip=True)
+    if name == "deflate":
+        return _Decoder(gzip=False)
+    return None  # identity, or an encoding we never asked for: stored as sent
