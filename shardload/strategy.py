@@ -27,6 +27,12 @@ from .worker.files import stream_to_file
 if TYPE_CHECKING:
     import aiohttp
 
+    from .worker.http import LeanResponse
+
+    # What on_success/assert_response receive: aiohttp's response when a request runs on
+    # aiohttp (a caller's session, or either method overridden), else shardload's own.
+    Response = aiohttp.ClientResponse | LeanResponse
+
 DEFAULT_USER_AGENT = "shardload/0.1 (+https://pypi.org/project/shardload/)"
 
 
@@ -79,8 +85,12 @@ class DownloadStrategy:
         """``<home>/<host>/<path segments>``; see ``shardload.paths`` for the exact rule."""
         return os.path.join(self.home, url_to_relpath(split_url(bundle.url, bundle.params)))
 
-    async def on_success(self, response: aiohttp.ClientResponse, bundle: Bundle) -> None:
-        """Stream the body to a temporary file and move it to ``bundle.file_path`` when complete."""
+    async def on_success(self, response: Response, bundle: Bundle) -> None:
+        """Stream the body to a temporary file and move it to ``bundle.file_path`` when complete.
+
+        An override receives aiohttp's ``ClientResponse`` (as in aiodownload): overriding this
+        method keeps the engine's requests on aiohttp.
+        """
         await stream_to_file(response, bundle, self)
 
     async def on_fail(self, bundle: Bundle) -> None:
@@ -153,8 +163,11 @@ class RequestStrategy:
         self.low_speed_time = low_speed_time
         self.dns_ttl = dns_ttl
 
-    def assert_response(self, response: aiohttp.ClientResponse) -> None:
-        """Reject an unsuccessful response (status >= 400) by raising ``AssertionError``."""
+    def assert_response(self, response: Response) -> None:
+        """Reject an unsuccessful response (status >= 400) by raising ``AssertionError``.
+
+        An override receives aiohttp's ``ClientResponse``, as ``on_success`` does.
+        """
         if response.status >= 400:
             raise ResponseRejected(f"HTTP {response.status}")
 

@@ -6,7 +6,7 @@ Invariants:
   ``<node>-<pid>-<n>.part``, so the coordinator can remove what a killed worker left
   behind by its node and pid;
 - a file appears at its final path only when complete and verified: the whole body was read,
-  aiohttp checked it against Content-Length, and it fits ``max_bytes``;
+  the HTTP client checked it against Content-Length, and it fits ``max_bytes``;
 - a failed attempt removes its temporary file and never touches an earlier copy at the final path;
 - nothing is written outside home: every directory on the way is checked with ``lstat`` and a
   symlink is never followed for writing, whatever a URL or a custom ``get_file_path`` says;
@@ -39,9 +39,7 @@ from ..errors import DownloadFailed, ErrorKind
 from ..paths import TEMP_DIR_NAME, absolute, displaced_path, is_within
 
 if TYPE_CHECKING:
-    import aiohttp
-
-    from ..strategy import DownloadStrategy
+    from ..strategy import DownloadStrategy, Response
 
 _INLINE_LIMIT = 1 << 20
 # Bodies are read at least this much at a time (the session's read buffer matches it):
@@ -160,9 +158,7 @@ class SpeedGuard:
 speed_guard: ContextVar[SpeedGuard | None] = ContextVar("speed_guard", default=None)
 
 
-async def stream_to_file(
-    response: aiohttp.ClientResponse, bundle: Bundle, strategy: DownloadStrategy
-) -> None:
+async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadStrategy) -> None:
     """Write the response body to ``bundle.file_path`` atomically; sets bytes and sha256."""
     guard = speed_guard.get()
     if bundle.file_path is None:
