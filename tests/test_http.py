@@ -340,3 +340,24 @@ def test_request_target_is_printable_ascii_and_stable(tail):
 
 def _fix_lone_percents(text):
     return re.sub(r"%(?![0-9A-Fa-f]{2})", "%25", text)
+
+
+def test_idle_connections_expire(srv):
+    """A connection idle past the keep-alive time is closed, not reused (servers drop them)."""
+    url = f"{srv.base_urls[0]}/links/1"
+
+    async def run() -> tuple[int, int, int]:
+        client = _client()
+        for _ in range(2):
+            async with client.get(split_url(url), url) as response:
+                await response.read()
+        pooled = len(client._lru)
+        for conn in client._lru:
+            conn.idle_since -= 60
+        client._sweep(client.loop.time())
+        await asyncio.sleep(0.05)  # the close lands on the next loop turns
+        left = (len(client._lru), client._open)
+        await client.close()
+        return pooled, *left
+
+    assert asyncio.run(run()) == (1, 0, 0)

@@ -58,24 +58,10 @@ def temp_prefix(pid: int | None = None) -> str:
     The node name is part of it: on a cluster, homes on a shared filesystem see the temporary
     files of every node, and cleaning up after a dead worker must not touch another's.
     """
-    if pid is not None:
-        return f"{_NODE}-{pid}-"
-    global _own_prefix  # noqa: PLW0603  (per process; reset in a forked child)
-    if _own_prefix is None:
-        _own_prefix = f"{_NODE}-{os.getpid()}-"
-    return _own_prefix
+    return f"{_NODE}-{os.getpid() if pid is None else pid}-"
 
 
 _NODE = socket.gethostname().replace(os.sep, "_") or "node"
-_own_prefix: str | None = None
-
-
-def _forget_prefix() -> None:
-    global _own_prefix  # noqa: PLW0603
-    _own_prefix = None
-
-
-os.register_at_fork(after_in_child=_forget_prefix)
 
 
 def remove_temp_files(home: str, prefix: str) -> int:

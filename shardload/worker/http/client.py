@@ -9,9 +9,7 @@ import ipaddress
 import re
 import socket
 import ssl
-import time
 from collections.abc import Mapping
-from typing import Any
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from ...errors import DownloadFailed, ErrorKind
@@ -80,9 +78,9 @@ class LeanClient:
         self._idle: dict[tuple[str, str, int], list[Connection]] = {}
         self._lru: dict[Connection, None] = {}  # idle connections, oldest first
         self._open = 0
-        self._dns: dict[tuple[str, int], tuple[float, list[Any]]] = {}
+        self._dns: dict[tuple[str, int], tuple[float, list[str]]] = {}
         self._ssl: ssl.SSLContext | None = None
-        self._last_sweep = time.monotonic()
+        self._last_sweep = self.loop.time()  # the clock of idle_since
 
     def get(self, parts: UrlParts, url: str) -> _Request:
         return _Request(self, parts, url)
