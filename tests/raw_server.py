@@ -8,6 +8,7 @@ bytes the test needs. ``stop()`` closes the listening socket and joins every thr
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 
@@ -26,14 +27,18 @@ def read_request(conn: socket.socket) -> bytes | None:
 
 
 class RawServer:
-    def __init__(self, handler: Handler, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, handler: Handler, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None
+    ) -> None:
         self._handler = handler
+        self._tls = tls
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, 0))
         self._sock.listen(64)
         self._sock.settimeout(0.2)
-        self.url = f"http://{host}:{self._sock.getsockname()[1]}"
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://{host}:{self._sock.getsockname()[1]}"
         self.connections = 0
         self.requests: list[bytes] = []
         self._threads: list[threading.Thread] = []
@@ -57,11 +62,13 @@ class RawServer:
 
     def _serve(self, conn: socket.socket, index: int) -> None:
         conn.settimeout(10)
-        with conn:
-            try:
+        try:
+            if self._tls is not None:
+                conn = self._tls.wrap_socket(conn, server_side=True)  # handshake failures: OSError
+            with conn:
                 self._handler(conn, index)
-            except OSError:
-                pass
+        except OSError:
+            conn.close()
 
     def recorded(self, conn: socket.socket) -> bytes | None:
         """``read_request`` that also keeps the request head for the test to inspect."""

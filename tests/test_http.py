@@ -8,11 +8,13 @@ import asyncio
 import json
 import os
 import re
+import ssl
 import zlib
 from urllib.parse import unquote
 
 import aiohttp
 import pytest
+import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +26,7 @@ from shardload.worker.http import LeanClient, request_target
 from shardload.worker.http.response import HIGH_WATER
 
 from .conftest import ViaAiohttp, files_under, make_download, temp_files
-from .raw_server import RawServer
+from .raw_server import RawServer, read_request
 
 
 def ok(body: bytes, extra: bytes = b"") -> bytes:
@@ -361,3 +363,38 @@ def test_idle_connections_expire(srv):
         return pooled, *left
 
     assert asyncio.run(run()) == (1, 0, 0)
+
+
+@pytest.fixture
+def tls_server_context():
+    """A server context with a certificate for 127.0.0.1 from a throwaway CA; the CA's file."""
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    with ca.cert_pem.tempfile() as ca_file:
+        yield context, ca_file
+
+
+def _serve_ok(conn, index):
+    while (head := read_request(conn)) is not None:
+        conn.sendall(ok(b"secret " + head.split(b" ")[1]))
+
+
+def test_https_with_a_trusted_certificate(home, tls_server_context, monkeypatch):
+    context, ca_file = tls_server_context
+    monkeypatch.setenv("SSL_CERT_FILE", ca_file)  # read when the client makes its TLS context
+    with RawServer(_serve_ok, tls=context) as server:
+        urls = [f"{server.url}/s/{i}" for i in range(3)]
+        strategy = RequestStrategy(concurrent=1)
+        bundles = shardload.swarm(urls, download=make_download(home, strategy))
+    assert [b.state for b in bundles] == ["written"] * 3, bundles[0].error_message
+    assert open(bundles[2].file_path, "rb").read() == b"secret /s/2"
+    assert server.connections == 1  # kept alive over TLS too
+
+
+def test_https_with_an_untrusted_certificate_fails_as_tls(home, client, tls_server_context):
+    context, _ = tls_server_context
+    with RawServer(_serve_ok, tls=context) as server:
+        (b,) = shardload.swarm([server.url + "/s"], download=make_download(home, client=client))
+    assert b.state == "failed" and b.error_kind == ErrorKind.TLS, b.error_message
+    assert files_under(home) == set()
