@@ -32,13 +32,15 @@ class RawServer:
     ) -> None:
         self._handler = handler
         self._tls = tls
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.socket(family, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, 0))
         self._sock.listen(64)
         self._sock.settimeout(0.2)
         scheme = "https" if tls is not None else "http"
-        self.url = f"{scheme}://{host}:{self._sock.getsockname()[1]}"
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"{scheme}://{shown}:{self._sock.getsockname()[1]}"
         self.connections = 0
         self.requests: list[bytes] = []
         self._threads: list[threading.Thread] = []

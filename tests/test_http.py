@@ -398,3 +398,16 @@ def test_https_with_an_untrusted_certificate_fails_as_tls(home, client, tls_serv
         (b,) = shardload.swarm([server.url + "/s"], download=make_download(home, client=client))
     assert b.state == "failed" and b.error_kind == ErrorKind.TLS, b.error_message
     assert files_under(home) == set()
+
+
+def test_an_ipv6_literal_host(home, client):
+    def handler(conn, index):
+        while (head := server.recorded(conn)) is not None:
+            conn.sendall(ok(head.split(b" ")[1]))
+
+    with RawServer(handler, host="::1") as server:
+        (b,) = shardload.swarm([server.url + "/v6"], download=make_download(home, client=client))
+    assert b.state == "written", b.error_message
+    port = server.url.rsplit(":", 1)[1]
+    assert f"Host: [::1]:{port}\r\n".encode() in server.requests[0]
+    assert open(b.file_path, "rb").read() == b"/v6"
