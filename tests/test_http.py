@@ -411,3 +411,16 @@ def test_an_ipv6_literal_host(home, client):
     port = server.url.rsplit(":", 1)[1]
     assert f"Host: [::1]:{port}\r\n".encode() in server.requests[0]
     assert open(b.file_path, "rb").read() == b"/v6"
+
+
+def test_endless_headers_fail_as_protocol(home):
+    def handler(conn, index):
+        if server.recorded(conn) is not None:
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            for i in range(20_000):  # ~400 KiB of headers, never ending
+                conn.sendall(b"X-Filler-%05d: %s\r\n" % (i, b"y" * 8))
+
+    with RawServer(handler) as server:
+        (b,) = shardload.swarm([server.url + "/h"], download=make_download(home))
+    assert b.error_kind == ErrorKind.PROTOCOL and "headers over" in b.error_message
+    assert files_under(home) == set()

@@ -14,6 +14,8 @@ from .response import LeanResponse
 if TYPE_CHECKING:
     from .client import LeanClient
 
+MAX_HEAD = 100 * 1024  # bytes of status line and headers
+
 
 class Connection(asyncio.Protocol):
     """One TCP (or TLS) connection and the response being parsed on it."""
@@ -55,6 +57,12 @@ class Connection(asyncio.Protocol):
             return
         self._last = self.loop.time()
         self._received += len(data)
+        if self._response is None and self._received > MAX_HEAD:
+            # Headers without end would grow without bound; curl stops at the same size.
+            self._fail(
+                DownloadFailed(ErrorKind.PROTOCOL, f"response headers over {MAX_HEAD} bytes")
+            )
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
