@@ -57,18 +57,18 @@ class Connection(asyncio.Protocol):
             return
         self._last = self.loop.time()
         self._received += len(data)
-        if self._response is None and self._received > MAX_HEAD:
-            # Headers without end would grow without bound; curl stops at the same size.
-            self._fail(
-                DownloadFailed(ErrorKind.PROTOCOL, f"response headers over {MAX_HEAD} bytes")
-            )
-            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(DownloadFailed(ErrorKind.PROTOCOL, "the server switched protocols"))
         except httptools.HttpParserError as exc:
             self._fail(DownloadFailed(ErrorKind.PROTOCOL, f"malformed HTTP response: {exc}"))
+        else:
+            if self._response is None and self._received > MAX_HEAD and not self.closed:
+                # Still no end of headers: they would grow without bound (curl's limit too).
+                self._fail(
+                    DownloadFailed(ErrorKind.PROTOCOL, f"response headers over {MAX_HEAD} bytes")
+                )
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost decides what the end means
