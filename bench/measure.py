@@ -20,7 +20,7 @@ from typing import Any
 
 from .contenders import REPO, Contender
 from .nginx import Nginx
-from .system import TreeSampler, busy_seconds, wait_quiet
+from .system import TreeSampler, busy_seconds, group_left, kill_group, wait_quiet
 from .workloads import Workload
 
 
@@ -37,6 +37,12 @@ class Verify:
     @property
     def ok(self) -> bool:
         return self.missing == 0 and self.wrong_size == 0
+
+
+def exit_ok(contender: Contender, workload: Workload, code: int) -> bool:
+    """A clean exit, or the tool's own "some URLs failed" where some are meant to fail."""
+    failing = workload.expected_files < len(workload.items)
+    return code == 0 or (failing and code in contender.failure_exits)
 
 
 @dataclass
@@ -153,18 +159,28 @@ def run_once(
         started_epoch = time.time()
         started = time.perf_counter()
         process = subprocess.Popen(
-            argv, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=errors
+            argv,
+            cwd=REPO,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            start_new_session=True,  # so a timeout or an interrupt can kill the whole tree
         )
         sampler = TreeSampler(process.pid).start()
-        timed_out = False
+        timed_out = left = False
         try:
             stdout, _ = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
-            process.kill()
-            stdout, _ = process.communicate()
+            kill_group(process)
+            stdout, _ = process.communicate(timeout=30)
+        except BaseException:
+            kill_group(process)
+            raise
         wall = time.perf_counter() - started
         peak = sampler.stop()
+        if not timed_out:
+            left = group_left(process)
     # communicate() reaped the child: its rusage (and its reaped descendants') is now counted
     # in RUSAGE_CHILDREN of this process, which runs nothing else meanwhile.
     usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -180,6 +196,8 @@ def run_once(
             break
     if timed_out:
         client["timed_out"] = True
+    if left:
+        client["left_processes"] = True
     checked, groups = verify(workload, contender, out, nginx.port, started_epoch)
     return Run(
         workload=workload.name,
@@ -205,5 +223,8 @@ def run_once(
         verify=checked,
         groups=groups,
         client=client,
-        valid=checked.ok and not timed_out,
+        valid=checked.ok
+        and not timed_out
+        and not left
+        and exit_ok(contender, workload, process.returncode),
     )

@@ -28,7 +28,7 @@ from typing import Any
 
 from .contenders import BENCH_DIR, REPO
 from .nginx import HOSTS, Nginx
-from .system import machine, rss_bytes, tree_pids
+from .system import kill_group, machine, rss_bytes, tree_pids
 
 SCRATCH = Path("/dev/shm/shardload-bench-memory")
 MIB = 2**20
@@ -129,14 +129,20 @@ def _measure(args: argparse.Namespace, size: int, timeout: float) -> dict[str, A
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     series: list[dict[str, Any]] = []
     final: dict[str, Any] = {}
-    process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
-    killer = threading.Timer(timeout, process.kill)
+    process = subprocess.Popen(
+        argv, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    # The whole group: killing the child alone leaves its workers holding stdout open.
+    killer = threading.Timer(timeout, kill_group, args=(process,))
     killer.start()
     peak_total = 0
     try:
         assert process.stdout is not None
         for line in process.stdout:
-            record = json.loads(line)
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # not one of the child's records (a library warning, say)
             if record.get("final"):
                 final = record
                 continue
@@ -159,6 +165,7 @@ def _measure(args: argparse.Namespace, size: int, timeout: float) -> dict[str, A
                 )
     finally:
         killer.cancel()
+        kill_group(process)  # nothing of a finished run is left; an interrupted one is stopped
         process.wait()
     if not final:
         return {"urls": size, "error": f"did not finish (exit {process.returncode})"}

@@ -15,6 +15,7 @@ Locations:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
@@ -22,7 +23,6 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from .system import ensure_packages
@@ -31,13 +31,6 @@ HOSTS = tuple(f"127.0.0.{i}" for i in range(2, 10))
 ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")
 SIZES = {"small": 1024, "medium": 100 * 1024, "large": 64 * 1024 * 1024}
 SLOW_SIZE = 1024
-
-
-@dataclass
-class FileSet:
-    name: str
-    size: int
-    count: int
 
 
 def ensure_nginx() -> str:
@@ -207,6 +200,7 @@ class Nginx:
         return total / ticks
 
     def stop(self) -> None:
+        pids = self.pids()  # nginx workers do not die with a killed master: kill each
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
@@ -214,7 +208,9 @@ class Nginx:
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            process.kill()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             process.wait(timeout=10)
 
     def __enter__(self) -> Nginx:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from .contenders import BENCH_DIR, REPO
 from .nginx import HOSTS, Nginx, generate_files
-from .system import tree_pids
+from .system import kill_group, tree_pids
 
 if TYPE_CHECKING:
     from shardload import AioDownload
@@ -184,10 +184,16 @@ def run_threads(n: int, port: int, processes: int, out: Path, per_host: int) -> 
     script.write_text(_SWARM)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     argv = [sys.executable, str(script), str(n), str(port), str(processes), str(per_host)]
-    process = subprocess.Popen([*argv, str(home)], env=env, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [*argv, str(home)], env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
     ticks = os.sysconf("SC_CLK_TCK")
     seen: dict[tuple[int, int], float] = {}
+    deadline = time.monotonic() + 600
     while process.poll() is None:
+        if time.monotonic() > deadline:
+            kill_group(process)
+            break
         for pid in tree_pids(process.pid):
             try:
                 tids = os.listdir(f"/proc/{pid}/task")

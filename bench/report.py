@@ -48,8 +48,6 @@ class Summary:
     peak_rss_mib: float
     server_cpu_s: float
     foreign_cpu_s: float
-    wall_s: Stat
-    inner_s: float | None
     groups: dict[str, float]
     problems: list[str]
 
@@ -72,7 +70,6 @@ def summarise(runs: list[dict[str, Any]]) -> dict[tuple[str, str], Summary]:
         if error_files:
             problems.append(f"left {error_files} files for failed URLs")
         cpu = [(r["cpu_user_s"] + r["cpu_sys_s"]) / r["files"] * 1000 for r in valid if r["files"]]
-        inner = [r["client"]["inner_s"] for r in valid if "inner_s" in r.get("client", {})]
         names = {g for r in valid for g in r["groups"]}
         groups = {
             g: statistics.median(r["groups"][g] for r in valid if g in r["groups"]) for g in names
@@ -88,8 +85,6 @@ def summarise(runs: list[dict[str, Any]]) -> dict[tuple[str, str], Summary]:
             peak_rss_mib=statistics.median(r["peak_rss_bytes"] for r in valid) / MIB,
             server_cpu_s=statistics.median(r["server_cpu_s"] for r in valid),
             foreign_cpu_s=max(r.get("foreign_cpu_s", 0.0) for r in valid),
-            wall_s=Stat.of(r["wall_s"] for r in valid),
-            inner_s=statistics.median(inner) if inner else None,
             groups=groups,
             problems=problems,
         )
@@ -165,7 +160,10 @@ def ratio_table(
         for p in peers:
             other = summaries.get((w, p))
             value = _value(other, metric) if other else 0.0
-            cells.append(f"{_value(mine, metric) / value:.2f}" if value else "-")
+            if not mine.valid or (other and not other.valid):
+                cells.append("invalid")  # no run passed verification: no ratio to give
+            else:
+                cells.append(f"{_value(mine, metric) / value:.2f}" if value else "-")
         unit = "MB/s" if metric == "mb_per_s" else "files/s"
         lines.append(f"| {w} ({unit}) | {' | '.join(cells)} |")
     return lines
@@ -243,7 +241,8 @@ def targets(results: dict[str, Any], summaries: dict[tuple[str, str], Summary]) 
     ]
 
     def get(w: str, c: str) -> Summary | None:
-        return summaries.get((w, c))
+        s = summaries.get((w, c))
+        return s if s is not None and s.valid else None  # a target is judged on valid runs
 
     mine, base = get("small", subject), get("small", "aiohttp-p1")
     if mine and base:

@@ -196,7 +196,7 @@ class Bench:
                     f"{run.files_per_s:8,.0f} files/s {run.mb_per_s:7,.0f} MB/s "
                     f"rss {run.peak_rss_bytes / 2**20:5.0f} MiB {status}"
                 )
-                if not run.valid or run.returncode not in (0, 22, 29, 8):
+                if not run.valid:
                     tail = errors.read_text(errors="replace")[-600:] if errors.exists() else ""
                     if tail.strip():
                         log(f"  stderr: {tail.strip()}")

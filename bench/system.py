@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -14,6 +16,31 @@ from pathlib import Path
 from typing import Any
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def kill_group(process: subprocess.Popen[Any]) -> None:
+    """SIGKILL a process started with ``start_new_session=True`` and everything it started.
+
+    Killing the top process alone leaves its workers running: they keep loading the server
+    during the next runs and hold the stdout pipe open, so reading it never ends.
+    """
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def group_left(process: subprocess.Popen[Any], grace: float = 2.0) -> bool:
+    """After the top process exited: True if something of its group outlived ``grace``
+    seconds (then it is killed). Python's resource tracker needs a moment to see its pipe close.
+    """
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return False
+        time.sleep(0.05)
+    kill_group(process)
+    return True
 
 
 def ensure_packages(packages: list[str]) -> None:
@@ -168,8 +195,6 @@ class TreeSampler:
     interval: float = 0.05
     peak: int = 0
     peak_processes: int = 0
-    series: list[tuple[float, int]] = field(default_factory=list)
-    keep_series: bool = False
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -187,11 +212,8 @@ class TreeSampler:
         return total
 
     def _run(self) -> None:
-        started = time.monotonic()
         while not self._stop.is_set():
-            total = self.sample()
-            if self.keep_series:
-                self.series.append((time.monotonic() - started, total))
+            self.sample()
             self._stop.wait(self.interval)
 
     def stop(self) -> int:

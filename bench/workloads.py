@@ -8,7 +8,7 @@ must leave no file) and a group, used to time parts of a workload from the files
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .nginx import HOSTS, SIZES, SLOW_SIZE
 
@@ -30,7 +30,6 @@ class Workload:
     size_class: str  # which wrk ceiling applies: small, medium or large
     # Groups whose completion time is reported (from file mtimes), in display order.
     groups: tuple[str, ...] = ()
-    notes: list[str] = field(default_factory=list)
 
     @property
     def expected_files(self) -> int:

@@ -24,7 +24,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--per-host", type=int, default=16)
     parser.add_argument("--worker", type=int, default=64)
-    parser.add_argument("--stream", action="store_true", help="each() over a lazy reader")
     args = parser.parse_args(argv)
     download = AioDownload(
         download_strategy=DownloadStrategy(home=args.out),
@@ -33,14 +32,9 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     states: Counter[str] = Counter()
     with open(args.urls) as f:
-        if args.stream:
-            lines = (line.strip() for line in f)
-            for bundle in shardload.each(lines, download=download, processes=args.processes):
-                states[bundle.state] += 1
-        else:
-            urls = [line.strip() for line in f if line.strip()]
-            for bundle in shardload.swarm(urls, download=download, processes=args.processes):
-                states[bundle.state] += 1
+        urls = [line.strip() for line in f if line.strip()]
+    for bundle in shardload.swarm(urls, download=download, processes=args.processes):
+        states[bundle.state] += 1
     inner = time.perf_counter() - started
     json.dump({"inner_s": inner, "states": dict(states)}, sys.stdout)
     print()
