@@ -16,10 +16,10 @@ from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any, Unpack
 
 from .bundle import Bundle
-from .paths import displaced_path
 from .plan import RunOptions, make_plan
 from .run import Run
 from .worker.engine import AioDownload
+from .worker.files import find_complete
 
 
 def each(
@@ -112,7 +112,7 @@ def _in_order(bundles: list[Bundle]) -> list[Bundle]:
 def _follow_displacement(bundle: Bundle) -> None:
     """A file moved to ``<path>/%file`` after its bundle was made: point the bundle there."""
     path = bundle.file_path
-    if bundle.ok and path and not os.path.isfile(path):
-        moved = displaced_path(path)
-        if os.path.isfile(moved):
-            bundle.file_path = moved
+    if bundle.ok and path:
+        found = find_complete(path)
+        if found is not None:
+            bundle.file_path = found[0]

@@ -10,7 +10,7 @@ Invariants:
   outstanding per shard, and the input thread reads at most ``read_ahead`` items ahead;
 - the loop never blocks on a worker, a host or the input: it only awaits ``wake``;
 - a crashed shard is restarted and its outstanding jobs resent, up to ``max_restarts`` times;
-  after that its jobs fail with ``worker_crash`` and the reason.
+  after that, or when its restart fails, its jobs fail with ``worker_crash`` and the reason.
 """
 
 from __future__ import annotations
@@ -137,28 +137,38 @@ class _InputReader:
 
 
 def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None) -> Bundle:
-    """Turn one input item into a fresh bundle; a failing ``url_map`` gives a failed bundle."""
-    if isinstance(item, Bundle):
-        bundle = item
-    else:
-        try:
-            url = url_map(item) if url_map is not None else item
-        except Exception as exc:
-            bundle = Bundle(url=_text(item), info=item, seq=seq)
-            return bundle.fail(ErrorKind.BAD_INPUT, f"url_map failed: {type(exc).__name__}: {exc}")
-        if isinstance(url, Bundle):
-            bundle = url
+    """Turn one input item into a fresh bundle; an item that cannot be used gives a failed one."""
+    try:
+        if isinstance(item, Bundle):
+            bundle = item
         else:
-            bundle = Bundle(url=_text(url), info=None if url == item else item)
-    bundle.seq = seq
-    bundle.state = PENDING
-    bundle.status = None
-    bundle.attempts = 0
-    bundle.bytes = 0
-    bundle.sha256 = None
-    bundle.elapsed = 0.0
-    bundle.error_kind = bundle.error_message = None
+            try:
+                url = url_map(item) if url_map is not None else item
+            except Exception as exc:
+                return _failed_item(seq, item, f"url_map failed: {_describe(exc)}")
+            if isinstance(url, Bundle):
+                bundle = url
+            else:
+                # Never `url == item` on the caller's objects: their __eq__ may raise or
+                # answer with an array (a numpy row). A plain URL string is its own item.
+                plain = url is item or (type(url) is str and type(item) is str and url == item)
+                bundle = Bundle(url=_text(url), info=None if plain else item)
+        bundle.seq = seq
+        bundle.state = PENDING
+        bundle.status = None
+        bundle.attempts = 0
+        bundle.bytes = 0
+        bundle.sha256 = None
+        bundle.elapsed = 0.0
+        bundle.error_kind = bundle.error_message = None
+    except Exception as exc:  # one unusable item fails alone; the rest of the input goes on
+        return _failed_item(seq, item, f"unusable input item: {_describe(exc)}")
     return bundle
+
+
+def _failed_item(seq: int, item: Any, message: str) -> Bundle:
+    bundle = Bundle(url=_safe_text(item), info=item, seq=seq)
+    return bundle.fail(ErrorKind.BAD_INPUT, message)
 
 
 def _text(value: Any) -> str:
@@ -167,6 +177,27 @@ def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
+
+
+def _safe_text(value: Any) -> str:
+    """``_text``, for reporting a failure: the caller's ``__str__`` may be what failed."""
+    try:
+        return _text(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {_safe_text(exc)}"
+
+
+def _unpicklable(value: Any) -> str | None:
+    """Why ``value`` cannot be pickled, or None when it can."""
+    try:
+        pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        return _describe(exc)
+    return None
 
 
 def _wire_info(info: Any) -> Any:
@@ -217,18 +248,27 @@ async def coordinate(
             return
         try:
             key = host_key(bundle.url)
+            shard = 0
+            if shards > 1:
+                k = split.get(key, 1)
+                # A split host is spread by file path, so one file is only ever written by one
+                # worker. The path includes the params, so bad params fail this bundle here.
+                spread = url_to_relpath(split_url(bundle.url, bundle.params)) if k > 1 else ""
+                shard = shard_for_url(key, spread, shards, k)
         except DownloadFailed as exc:
             out.append(bundle.fail(exc.kind, exc.message))
             return
-        shard = 0
-        if shards > 1:
-            k = split.get(key, 1)
-            # A split host is spread by file path, so one file is only ever written by one worker.
-            spread = url_to_relpath(split_url(bundle.url, bundle.params)) if k > 1 else ""
-            shard = shard_for_url(key, spread, shards, k)
         if shard in dead:
             out.append(bundle.fail(ErrorKind.WORKER_CRASH, dead[shard]))
             return
+        if remote and bundle.params is not None:
+            # Checked here, per bundle: a batch that does not pickle cannot reach its worker,
+            # and would take every other job of that batch down with it.
+            problem = _unpicklable(bundle.params)
+            if problem is not None:
+                message = f"params cannot be sent to a worker process (must pickle): {problem}"
+                out.append(bundle.fail(ErrorKind.BAD_INPUT, message))
+                return
         info = _wire_info(bundle.info) if remote else bundle.info
         job: Job = (bundle.seq, bundle.url, bundle.params, info, bundle.file_path)
         bundle.host = key
@@ -237,23 +277,48 @@ async def coordinate(
         flow.push(shard, key, entry)
         dirty.add(shard)
 
-    async def crashed(shard: int, reason: str, out: list[Bundle]) -> None:
-        restarts[shard] += 1
+    def give_up(shard: int, reason: str, out: list[Bundle]) -> None:
+        dead[shard] = reason
         lost = sorted(
             (e for e in pending.values() if e.shard == shard and e.sent),
             key=lambda e: e.bundle.seq,
         )
-        if restarts[shard] <= limits.max_restarts:
-            await executor.restart(shard)
-            if lost:
-                executor.send(shard, [e.job for e in lost])
-            return
-        dead[shard] = f"{reason}; gave up after {limits.max_restarts} restarts"
         for entry in lost:
             flow.done(shard, entry.lane)
         for entry in lost + flow.drop_waiting(shard):
             del pending[entry.bundle.seq]
-            out.append(entry.bundle.fail(ErrorKind.WORKER_CRASH, dead[shard]))
+            out.append(entry.bundle.fail(ErrorKind.WORKER_CRASH, reason))
+
+    async def crashed(shard: int, reason: str, out: list[Bundle]) -> None:
+        if shard in dead:
+            return  # already given up on: nothing of it is outstanding
+        restarts[shard] += 1
+        if restarts[shard] > limits.max_restarts:
+            give_up(shard, f"{reason}; gave up after {limits.max_restarts} restarts", out)
+            return
+        try:
+            await executor.restart(shard)
+        except Exception as exc:
+            # A shard that cannot come back fails its own jobs; the other shards go on (rule 7).
+            give_up(shard, f"{reason}; restarting the worker failed: {_describe(exc)}", out)
+            return
+        lost = sorted(
+            (e for e in pending.values() if e.shard == shard and e.sent),
+            key=lambda e: e.bundle.seq,
+        )
+        if lost:
+            executor.send(shard, [e.job for e in lost])
+
+    def take_results(out: list[Bundle], dirty: set[int]) -> None:
+        while events.arrived:
+            shard, results = events.arrived.popleft()
+            for result in results:
+                entry = pending.pop(result[0], None)
+                if entry is None:
+                    continue  # a job resent after a crash finished twice: keep the first
+                out.append(apply_result(entry.bundle, result))
+                flow.done(shard, entry.lane)
+                dirty.add(shard)
 
     # The input is read (bounded by read_ahead) while the workers start: spawned workers take
     # ~0.1 s to import, and the first jobs are ready when they are.
@@ -262,6 +327,10 @@ async def coordinate(
         await executor.start(events)
     except BaseException:
         reader.stop()
+        # Some workers may have started before another failed: none may outlive the run. The
+        # start's error is the one the caller can act on, so a failing abort does not hide it.
+        with contextlib.suppress(Exception):
+            await executor.abort()
         raise
     finished = False
     try:
@@ -269,18 +338,14 @@ async def coordinate(
             events.wake.clear()
             out: list[Bundle] = []
             dirty: set[int] = set()
+            # Results first: a worker's last results arrive before its crash does, and a job
+            # that has its result must not be counted as lost and downloaded again. Again
+            # after each restart, which awaits while other workers deliver (and may die).
+            take_results(out, dirty)
             while events.crashes:
                 shard, reason = events.crashes.popleft()
                 await crashed(shard, reason, out)
-            while events.arrived:
-                shard, results = events.arrived.popleft()
-                for result in results:
-                    entry = pending.pop(result[0], None)
-                    if entry is None:
-                        continue  # a job resent after a crash finished twice: keep the first
-                    out.append(apply_result(entry.bundle, result))
-                    flow.done(shard, entry.lane)
-                    dirty.add(shard)
+                take_results(out, dirty)
             # Admitted a step at a time, so the first jobs go out (and results come back)
             # while the rest of a large read-ahead is still being admitted.
             room = min(limits.waiting_cap - flow.waiting, _ADMIT_STEP)

@@ -17,7 +17,7 @@ from .executors.base import Executor
 from .executors.inloop import InLoopExecutor
 from .executors.processes import ProcessExecutor
 from .sharding import split_budget
-from .urls import host_key
+from .urls import host_key, normalise_host_key
 from .worker.engine import AioDownload, describe
 
 # Counting the distinct hosts of a known-size input is worth it only up to this size.
@@ -173,8 +173,14 @@ def _normalise_splits(split_hosts: Mapping[str, int] | None) -> dict[str, int]:
     for host, k in (split_hosts or {}).items():
         if not isinstance(k, int) or k < 1:
             raise ConfigurationError(f"split_hosts[{host!r}] must be a positive integer")
-        key = host if "://" not in host else host_key(host)
-        out[key.lower()] = k
+        # Keys are compared with host_key(url): written any other way, a split never applies.
+        try:
+            key = host_key(host) if "://" in host else normalise_host_key(host)
+        except (DownloadFailed, TypeError) as exc:
+            raise ConfigurationError(
+                f"split_hosts key {host!r} is not a host[:port] or URL: {exc}"
+            ) from exc
+        out[key] = k
     return out
 
 

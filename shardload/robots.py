@@ -22,8 +22,10 @@ class RobotRules:
         parser.parse(self.text.splitlines())
         parser.modified()  # the stdlib answers crawl_delay() only once a read time is set
         object.__setattr__(self, "_parser", parser)  # parsed once per host, not per URL
+        object.__setattr__(self, "_crawl_delay", self._find_crawl_delay())
 
     _parser: RobotFileParser = field(init=False, repr=False, compare=False)
+    _crawl_delay: float | None = field(init=False, repr=False, compare=False)
 
     def allows(self, url: str) -> bool:
         if not self.text:
@@ -37,6 +39,9 @@ class RobotRules:
     @property
     def crawl_delay(self) -> float | None:
         """Crawl-delay for our agent (else ``*``); fractions allowed, unlike the stdlib's."""
+        return self._crawl_delay
+
+    def _find_crawl_delay(self) -> float | None:
         delays = _crawl_delays(self.text)
         agent = self.agent.lower()
         for name, delay in delays.items():

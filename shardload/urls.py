@@ -213,3 +213,33 @@ def _split_general(url: str, params: Mapping[str, Any] | None) -> UrlParts:
 def host_key(url: str) -> str:
     """``split_url(url).host_key``: the key of sharding and per-host limits."""
     return split_url(url).host_key
+
+
+def normalise_host_key(text: str, scheme: str | None = None) -> str:
+    """The host key of ``host[:port]`` text: what ``host_key`` gives for URLs on that host.
+
+    With a scheme, only its default port is dropped. Without one, both 80 and 443 are: a key
+    names a host, and ``example.com:443`` is how one writes the https default port (so an http
+    URL on port 443, a rare thing, cannot be named without its scheme). IPv6 addresses may be
+    written with or without brackets.
+    """
+    if not isinstance(text, str):
+        raise DownloadFailed(
+            ErrorKind.INVALID_URL, f"invalid host (not a string but {type(text).__name__})"
+        )
+    if scheme is not None and scheme.lower() not in DEFAULT_PORTS:
+        raise DownloadFailed(ErrorKind.UNSUPPORTED_SCHEME, f"unsupported scheme {scheme!r}")
+    hostport = text.strip()
+    # Anything but host and port would be silently dropped by the URL parser (user@, /path).
+    if any(ch in hostport for ch in "/?#@\\"):
+        raise DownloadFailed(ErrorKind.INVALID_URL, f"invalid host (not host[:port]): {hostport!r}")
+    if hostport.count(":") > 1 and not hostport.startswith("["):
+        hostport = f"[{hostport}]"
+    try:
+        parts = split_url(f"{(scheme or 'http').lower()}://{hostport}/")
+    except DownloadFailed as exc:
+        raise DownloadFailed(exc.kind, f"invalid host {hostport!r}: {exc.message}") from None
+    port = parts.port
+    if scheme is None and port == DEFAULT_PORTS["https"]:
+        port = None
+    return UrlParts(parts.scheme, parts.host, port, "", "").host_key

@@ -5,14 +5,22 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import time
 
 import pytest
 
 import shardload
 from shardload import AioDownloadBundle, Bundle, ConfigurationError, ErrorKind
+from shardload.plan import make_plan
 from shardload.testing.server import body_for
 
 from .conftest import files_under, make_download
+
+
+def read_file(path: str | None) -> bytes:
+    assert path is not None
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def test_basic_usage_files_at_host_links_i(srv, home):
@@ -52,6 +60,7 @@ def test_swarm_keeps_input_order_when_completion_order_differs(srv, home, proces
     bundles = shardload.swarm(urls, download=make_download(home), processes=processes)
     assert [b.url for b in bundles] == urls
     assert all(b.state == "written" for b in bundles)
+    assert [read_file(b.file_path) for b in bundles] == [f"slow n{i}".encode() for i in range(10)]
 
 
 def test_each_yields_as_they_finish(srv, home):
@@ -63,27 +72,43 @@ def test_each_yields_as_they_finish(srv, home):
 
 
 def test_each_reads_input_lazily_and_stops_on_early_close(srv, home):
-    consumed = itertools.count()
+    read = 0  # items the input has handed out
 
     def endless():
+        nonlocal read
         for i in itertools.count():
-            next(consumed)
+            read += 1
             yield f"{srv.base_urls[i % 4]}/bytes/10?name={i}"
 
+    def settled(timeout: float = 30.0) -> int:
+        """``read`` once it stops growing: the run has gone as far ahead as it ever will."""
+        deadline = time.monotonic() + timeout
+        last = -1
+        while read != last and time.monotonic() < deadline:
+            last = read
+            time.sleep(0.5)
+        assert read == last, "the input is still being read"
+        return read
+
+    download = make_download(home)
     got = []
-    for bundle in shardload.each(endless(), download=make_download(home)):
+    for bundle in shardload.each(endless(), download=download):
         got.append(bundle)
         if len(got) == 20:
+            ahead = settled()  # a consumer that stops taking bundles stops the input too
             break
-    read = next(consumed)
     assert all(b.state == "written" for b in got)
-    # Bounded read-ahead: an endless input was not drained.
-    assert read < 100_000
     stats = srv.stats()
     after = sum(h["requests"] for h in stats["hosts"].values())
+    assert read == ahead  # closing read nothing more
+    # Bounded read-ahead: an endless input was not drained. Every item read was requested
+    # (each /bytes URL once), or is one of: outstanding in the one worker (shard_cap), waiting
+    # in flow control (waiting_cap), buffered by the input thread (read_ahead), and the one
+    # that thread holds while its buffer is full.
+    limits = make_plan([], None, download, {}, sync=True).limits
+    assert after >= len(got)
+    assert read <= after + limits.shard_cap + limits.waiting_cap + limits.read_ahead + 1
     # Nothing keeps running after the iterator is closed.
-    import time
-
     time.sleep(0.3)
     later = sum(h["requests"] for h in srv.stats()["hosts"].values())
     assert later == after
@@ -186,16 +211,34 @@ def test_works_from_inside_a_running_event_loop(srv, home):
 
 
 def test_async_api(srv, home):
+    # Distinct URLs per call, so each call's files are its own: name -> size.
+    sizes = {f"{call}{i}": 100 + 37 * i for call in ("s", "e", "o") for i in range(8)}
+
+    def url(name: str) -> str:
+        return f"{srv.base_urls[sizes[name] % 4]}/bytes/{sizes[name]}?name={name}"
+
     async def main():
-        urls = [f"{srv.base_urls[i % 4]}/links/{i}" for i in range(8)]
+        urls = [url(f"s{i}") for i in range(8)]
         bundles = await shardload.aswarm(urls, download=make_download(home))
-        streamed = [b async for b in shardload.aeach(urls[:3], download=make_download(home))]
-        single = await shardload.aone(urls[0], download=make_download(home))
+        streamed = [
+            b
+            async for b in shardload.aeach(
+                [url(f"e{i}") for i in range(3)], download=make_download(home)
+            )
+        ]
+        single = await shardload.aone(url("o0"), download=make_download(home))
         return bundles, streamed, single
 
     bundles, streamed, single = asyncio.run(main())
-    assert [b.state for b in bundles] == ["written"] * 8
-    assert len(streamed) == 3 and single.ok
+    assert [b.url for b in bundles] == [url(f"s{i}") for i in range(8)]
+    assert sorted(b.url for b in streamed) == sorted(url(f"e{i}") for i in range(3))
+    assert single.url == url("o0")
+    for bundle in [*bundles, *streamed, single]:
+        assert bundle.state == "written", (bundle.url, bundle.error_message)
+        name = bundle.url.rsplit("=", 1)[1]
+        assert bundle.bytes == sizes[name]
+        assert read_file(bundle.file_path) == body_for(sizes[name], name)
+    assert len(files_under(home)) == 8 + 3 + 1
 
 
 def test_async_api_uses_a_callers_client_session(srv, home):

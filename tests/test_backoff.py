@@ -276,8 +276,7 @@ def test_retry_decision_is_frozen() -> None:
 
 
 @given(
-    attempts=st.integers(0, 100),
-    max_attempts=st.integers(-5, 100),
+    max_attempts=st.integers(-5, 30),
     wants_retry=st.booleans(),
     never_retry=st.booleans(),
     strategy_delay=st.floats(0, 1e4),
@@ -286,7 +285,6 @@ def test_retry_decision_is_frozen() -> None:
 )
 @settings(max_examples=500, deadline=None)
 def test_decide_properties(
-    attempts: int,
     max_attempts: int,
     wants_retry: bool,
     never_retry: bool,
@@ -294,21 +292,45 @@ def test_decide_properties(
     retry_after: float | None,
     retry_after_cap: float,
 ) -> None:
-    decision = decide(
-        attempts=attempts,
-        max_attempts=max_attempts,
-        wants_retry=wants_retry,
-        never_retry=never_retry,
-        strategy_delay=strategy_delay,
-        retry_after=retry_after,
-        retry_after_cap=retry_after_cap,
-    )
-    assert decision.retry == (wants_retry and not never_retry and attempts < max(1, max_attempts))
-    if decision.retry:
-        assert decision.delay == retry_delay(strategy_delay, retry_after, retry_after_cap)
-        assert strategy_delay <= decision.delay <= max(strategy_delay, retry_after_cap)
-    else:
-        assert decision.delay == 0.0
-    # The total number of attempts never exceeds max(1, max_attempts).
-    if attempts >= max(1, max_attempts):
-        assert not decision.retry
+    """The documented rules, each checked on its own (no formula of the code as oracle), for
+    every attempt count up to past the budget."""
+
+    def at(n: int) -> RetryDecision:
+        return decide(
+            attempts=n,
+            max_attempts=max_attempts,
+            wants_retry=wants_retry,
+            never_retry=never_retry,
+            strategy_delay=strategy_delay,
+            retry_after=retry_after,
+            retry_after_cap=retry_after_cap,
+        )
+
+    for attempts in [*range(35), 100, 10**9]:
+        decision = at(attempts)
+        # A never-retry failure, or one the strategy does not want retried, is never retried.
+        if never_retry or not wants_retry:
+            assert not decision.retry
+        # Attempts are a budget: the retry would be attempt attempts + 1, within
+        # max(1, max_attempts) (0 and 1 both mean a single attempt).
+        if decision.retry:
+            assert attempts + 1 <= max(1, max_attempts)
+        # A retry after n attempts means a retry after fewer, with the same wait.
+        if decision.retry and attempts > 0:
+            earlier = at(attempts - 1)
+            assert earlier.retry and earlier.delay == decision.delay
+        # And one that is wanted, allowed, and within the budget happens.
+        if wants_retry and not never_retry and attempts + 1 <= max(1, max_attempts):
+            assert decision.retry
+        if not decision.retry:
+            assert decision.delay == 0.0
+            continue
+        # The wait: at least the strategy's delay, and the server's Retry-After honoured up to
+        # the cap; never longer than the strategy's delay or the capped Retry-After asked for.
+        assert decision.delay >= strategy_delay
+        assert decision.delay <= max(strategy_delay, retry_after_cap)
+        if retry_after is None:
+            assert decision.delay == strategy_delay
+        else:
+            assert decision.delay >= min(retry_after, retry_after_cap)
+            assert decision.delay <= max(strategy_delay, retry_after)

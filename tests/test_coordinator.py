@@ -114,10 +114,24 @@ def test_bad_processes_value(home):
 
 
 def test_never_more_workers_than_hosts(srv, home):
-    urls = [f"{srv.base_urls[0]}/links/{i}" for i in range(6)]
+    from shardload.plan import make_plan
+
+    one_host = [f"{srv.base_urls[0]}/links/{i}" for i in range(6)]
+    plan = make_plan(one_host, None, make_download(home), {"processes": 8}, sync=True)
+    assert plan.processes == 1
+    two_hosts = [f"{srv.base_urls[i % 2]}/slow/100/w{i}" for i in range(6)]
+    plan = make_plan(two_hosts, None, make_download(home), {"processes": 8}, sync=True)
+    assert plan.processes == 2
+
+    # And while a run is under way, no more worker processes exist than there are hosts.
     before = set(multiprocessing.active_children())
-    bundles = shardload.swarm(urls, download=make_download(home), processes=8)
-    assert all(b.ok for b in bundles)
+    for urls, hosts in ((one_host, 1), (two_hosts, 2)):
+        counts = []
+        for bundle in shardload.each(urls, download=make_download(home), processes=8):
+            assert bundle.ok, bundle.error_message
+            counts.append(len(set(multiprocessing.active_children()) - before))
+        assert len(counts) == len(urls)
+        assert max(counts) == (0 if hosts == 1 else hosts)
     assert set(multiprocessing.active_children()) == before
 
 
@@ -125,7 +139,9 @@ def test_never_more_workers_than_hosts(srv, home):
 def test_start_methods(srv, home, method):
     urls = mixed_urls(srv, 40)
     bundles = shardload.swarm(urls, download=make_download(home), processes=2, start_method=method)
-    assert len(bundles) == 40 and sum(b.ok for b in bundles) == 37
+    assert [b.url for b in bundles] == urls
+    assert [i for i, b in enumerate(bundles) if not b.ok] == [5, 9, 13]
+    assert len(files_under(home)) == 37
 
 
 def test_fork_is_refused(home):

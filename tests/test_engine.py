@@ -37,7 +37,7 @@ def test_timeout_on_a_server_that_never_answers(srv, home, client):
         [srv.base_urls[0] + "/hang"], download=make_download(home, strategy, client=client)
     )
     assert b.error_kind == ErrorKind.TIMEOUT
-    assert b.elapsed < 10
+    assert b.elapsed < 3
 
 
 def test_timeout_on_a_body_that_stalls(srv, home, client):
@@ -80,10 +80,8 @@ def test_redirect_chain_is_followed(srv, home, client):
 def test_redirect_to_a_non_http_scheme_fails(srv, home, client):
     url = srv.base_urls[0] + "/redirect-to?url=ftp://example.com/x"
     (b,) = shardload.swarm([url], download=make_download(home, client=client))
-    assert b.state == "failed" and b.error_kind in (
-        ErrorKind.REDIRECT,
-        ErrorKind.UNSUPPORTED_SCHEME,
-    )
+    assert b.state == "failed"
+    assert b.error_kind == ErrorKind.REDIRECT, b.error_message
 
 
 @pytest.mark.parametrize(("path", "limit"), [("/bytes/5000", 1000), ("/gzip/10000000", 100_000)])
@@ -139,10 +137,13 @@ def test_per_host_concurrency_limit_is_exact(srv, home):
 def test_worker_wide_limit_caps_all_hosts(srv, home):
     urls = [f"{srv.base_urls[i % 4]}/slow/100/w{i}" for i in range(16)]
     strategy = RequestStrategy(concurrent=4, worker_concurrent=2)
-    shardload.swarm(urls, download=make_download(home, strategy))
-    # Measured per host by the server; the sum of per-host peaks bounds nothing, but no host
-    # can exceed the worker-wide limit.
-    assert max(h["max_concurrency"] for h in srv.stats()["hosts"].values()) <= 2
+    bundles = shardload.swarm(urls, download=make_download(home, strategy))
+    assert all(b.ok for b in bundles)
+    stats = srv.stats()
+    # Measured by the server across all hosts at once: the worker-wide limit is reached and
+    # never exceeded, whatever the per-host limit allows.
+    assert stats["max_total_in_flight"] == 2
+    assert max(h["max_concurrency"] for h in stats["hosts"].values()) <= 2
 
 
 def test_per_host_delay_between_request_starts(srv, home):

@@ -88,19 +88,38 @@ def test_a_symlink_inside_home_is_never_followed_for_writing(srv, home, tmp_path
     assert os.listdir(outside) == []
 
 
-def test_traversal_in_urls_stays_under_home(srv, home):
+def test_traversal_in_urls_stays_under_home(srv, home, tmp_path):
     base = srv.base_urls[0]
-    urls = [
-        base + "/../../etc/passwd",
-        base + "/%2e%2e/%2e%2e/x",
-        base + "/a/..%2F..%2Fb",
-        base + "/..\\..\\c",
+    host = base.removeprefix("http://").replace(":", "_")
+    # Joined naively below home/<host>/any, each of these would land in tmp_path, outside home.
+    # URL -> (its file relative to home, the path the server saw, which the file holds).
+    expected = {
+        base + "/any/../../../up1": (f"{host}/any/%2E%2E/%2E%2E/%2E%2E/up1", "/any/../../../up1"),
+        base + "/any/%2e%2e/%2e%2e/%2E%2E/up2": (
+            f"{host}/any/%2E%2E/%2E%2E/%2E%2E/up2",
+            "/any/%2e%2e/%2e%2e/%2E%2E/up2",
+        ),
+        base + "/any/..%2F..%2F..%2Fup3": (
+            f"{host}/any/..%2F..%2F..%2Fup3",
+            "/any/..%2F..%2F..%2Fup3",
+        ),
+        base + "/any/..\\..\\..\\up4": (
+            f"{host}/any/..%5C..%5C..%5Cup4",
+            "/any/..%5C..%5C..%5Cup4",
+        ),
+    }
+    bundles = shardload.swarm(list(expected), download=make_download(home))
+    assert [b.state for b in bundles] == ["written"] * len(expected), [
+        b.error_message for b in bundles
     ]
-    for bundle in shardload.swarm(urls, download=make_download(home)):
-        if bundle.file_path:
-            assert os.path.abspath(bundle.file_path).startswith(home + os.sep)
-    for rel in files_under(home):
-        assert not rel.startswith("..")
+    for bundle in bundles:
+        rel, served = expected[bundle.url]
+        assert os.path.relpath(bundle.file_path, home) == rel
+        assert os.path.realpath(bundle.file_path).startswith(os.path.realpath(home) + os.sep)
+        assert read(bundle.file_path) == b"path " + served.encode()
+    assert files_under(home) == {rel for rel, _ in expected.values()}
+    assert temp_files(home) == []
+    assert os.listdir(tmp_path) == [os.path.basename(home)]  # nothing written beside home
 
 
 @pytest.mark.parametrize("order", ["file-first", "dir-first"])
@@ -155,10 +174,16 @@ def test_trailing_slash_and_root_are_files(srv, home):
 
 def test_query_strings_do_not_collide(srv, home):
     base = srv.base_urls[0]
-    urls = [base + "/bytes/10?name=1", base + "/bytes/10_name_1", base + "/bytes/10?name=2"]
-    bundles = shardload.swarm(urls, download=make_download(home))
-    paths = [b.file_path for b in bundles if b.file_path]
+    tails = ["/any/x?name=1", "/any/x_name_1", "/any/x?name=2"]
+    bundles = shardload.swarm([base + t for t in tails], download=make_download(home))
+    assert [b.state for b in bundles] == ["written"] * 3, [b.error_message for b in bundles]
+    paths = [b.file_path for b in bundles]
     assert len(set(paths)) == 3
+    assert [read(p) for p in paths] == [b"path " + t.encode() for t in tails]
+    host = base.removeprefix("http://").replace(":", "_")
+    expected = [f"{host}/any/x@name=1", f"{host}/any/x_name_1", f"{host}/any/x@name=2"]
+    assert [os.path.relpath(p, home) for p in paths] == expected
+    assert files_under(home) == set(expected)
 
 
 def test_home_that_cannot_be_created_gives_a_disk_failure(srv, tmp_path):
@@ -195,3 +220,21 @@ def test_a_body_in_pieces_is_written_and_hashed_whole(tmp_path, pieces):
     os.close(fd)
     assert path.read_bytes() == b"".join(pieces)
     assert digest.hexdigest() == hashlib.sha256(b"".join(pieces)).hexdigest()
+
+
+def test_commit_under_a_root_home_walks_whole_directory_names(tmp_path, monkeypatch):
+    """home '/' has no trailing part to cut: the first directory is /<name>, not /<name[1:]>."""
+    from shardload.worker import files
+
+    made: list[str] = []
+    real = files._ensure_directory
+    monkeypatch.setattr(
+        files, "_ensure_directory", lambda path, home: made.append(path) or real(path, home)
+    )
+    monkeypatch.setattr(files, "_verified", {})
+    tmp = tmp_path / "part"
+    tmp.write_bytes(b"x")
+    final = os.path.join(str(tmp_path), "sub", "f")
+    assert files.commit(str(tmp), final, "/") == final
+    assert made[0] == "/" + str(tmp_path).split(os.sep)[1]
+    assert open(final, "rb").read() == b"x"

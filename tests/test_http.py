@@ -9,6 +9,7 @@ import json
 import os
 import re
 import ssl
+import time
 import zlib
 from urllib.parse import unquote
 
@@ -23,6 +24,7 @@ from shardload import AioDownload, DownloadStrategy, ErrorKind, RequestStrategy
 from shardload.testing.server import body_for
 from shardload.urls import split_url
 from shardload.worker.http import LeanClient, request_target
+from shardload.worker.http.connection import Connection
 from shardload.worker.http.response import HIGH_WATER
 
 from .conftest import ViaAiohttp, files_under, make_download, temp_files
@@ -424,3 +426,154 @@ def test_endless_headers_fail_as_protocol(home):
         (b,) = shardload.swarm([server.url + "/h"], download=make_download(home))
     assert b.error_kind == ErrorKind.PROTOCOL and "headers over" in b.error_message
     assert files_under(home) == set()
+
+
+@pytest.mark.parametrize(("to_host", "kept"), [(1, False), (0, True)], ids=["other", "same"])
+def test_a_callers_authorization_goes_only_to_the_origin_asked_for(
+    srv, home, client, to_host, kept
+):
+    strategy = RequestStrategy(headers={"Authorization": "Bearer t0k"})
+    start = f"{srv.base_urls[0]}/redirect-to?url={srv.base_urls[to_host]}/echo"
+    (b,) = shardload.swarm([start], download=make_download(home, strategy, client=client))
+    assert b.ok, b.error_message
+    with open(b.file_path) as f:
+        assert json.load(f)["headers"].get("Authorization") == ("Bearer t0k" if kept else None)
+
+
+def test_a_connect_cancelled_after_the_socket_opened_keeps_the_count(srv, monkeypatch):
+    url = f"{srv.base_urls[0]}/links/1"
+    made = Connection.connection_made
+    fetching: list[asyncio.Future[object]] = []
+
+    def made_then_cancelled(conn, transport):
+        made(conn, transport)
+        fetching[0].cancel()  # the caller gives up before create_connection returns
+
+    async def run() -> list[int]:
+        client = _client()
+        with monkeypatch.context() as patch:
+            patch.setattr(Connection, "connection_made", made_then_cancelled)
+            fetching.append(asyncio.ensure_future(client.fetch(split_url(url), url)))
+            with pytest.raises(asyncio.CancelledError):
+                await fetching[0]
+        await asyncio.sleep(0.05)  # the close lands on the next loop turns
+        counts = [client._open]
+        async with client.get(split_url(url), url) as response:
+            await response.read()
+            counts.append(client._open)
+        await client.close()
+        await asyncio.sleep(0.05)
+        return [*counts, client._open]
+
+    assert asyncio.run(run()) == [0, 1, 0]
+
+
+def test_the_pool_forgets_emptied_hosts_and_expired_names():
+    def handler(conn, index):
+        while server.recorded(conn) is not None:
+            conn.sendall(ok(b"x"))
+
+    async def run(url: str) -> tuple[object, object, object]:
+        client = LeanClient(
+            limit=4,
+            headers={},
+            connect_timeout=5,
+            read_timeout=5,
+            max_redirects=0,
+            dns_ttl=0.05,
+        )
+        for _ in range(2):
+            async with client.get(split_url(url), url) as response:
+                await response.read()
+                idle = dict(client._idle)  # the second request took the only idle connection
+        resolved = dict(client._dns)
+        await asyncio.sleep(0.1)
+        client._sweep(client.loop.time())
+        await client.close()
+        return idle, resolved, client._dns
+
+    with RawServer(handler) as server:
+        port = server.url.rsplit(":", 1)[1]
+        idle, resolved, left = asyncio.run(run(f"http://localhost:{port}/n"))
+    assert server.connections == 1
+    assert idle == {} and list(resolved) == [("localhost", int(port))] and left == {}
+
+
+def test_an_unknown_host_fails_as_dns(home):
+    (b,) = shardload.swarm(["http://no-such-host.invalid/x"], download=make_download(home))
+    assert b.error_kind == ErrorKind.DNS
+    assert b.error_message.startswith("cannot resolve no-such-host.invalid")
+
+
+def test_a_long_robots_txt_is_read_to_its_end(home, client):
+    padding = b"".join(b"# %05d: a long comment block before the rules\n" % i for i in range(6000))
+    robots = padding + b"User-agent: *\nDisallow: /private/\n"
+
+    def handler(conn, index):
+        while (head := server.recorded(conn)) is not None:
+            conn.sendall(ok(robots if head.startswith(b"GET /robots.txt ") else b"x"))
+
+    strategy = RequestStrategy(robots=True)
+    with RawServer(handler) as server:
+        bundles = shardload.swarm(
+            [server.url + "/private/1", server.url + "/public/1"],
+            download=make_download(home, strategy, client=client),
+        )
+    assert len(robots) > 256 * 1024
+    assert [b.state for b in bundles] == ["skipped", "written"]
+
+
+@pytest.mark.parametrize(
+    ("drip", "timeout", "max_time"), [(False, 0.3, 10), (True, 5, 0.5)], ids=["stall", "drip"]
+)
+def test_only_max_time_is_reported_as_max_time(home, client, drip, timeout, max_time):
+    def handler(conn, index):
+        if server.recorded(conn) is None:
+            return
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\nab")
+        if not drip:
+            conn.recv(1)  # silent until the client gives up
+            return
+        for _ in range(38):
+            conn.sendall(b"c")
+            time.sleep(0.1)
+
+    strategy = RequestStrategy(timeout=timeout, max_time=max_time)
+    with RawServer(handler) as server:
+        (b,) = shardload.swarm(
+            [server.url + "/t"], download=make_download(home, strategy, client=client)
+        )
+    assert b.error_kind == ErrorKind.TIMEOUT
+    assert ("attempt exceeded max_time" in b.error_message) == drip, b.error_message
+
+
+def test_a_bundle_sharing_a_cancelled_download_makes_it_itself(home):
+    def handler(conn, index):
+        if server.recorded(conn) is None:
+            return
+        if index == 0:
+            conn.recv(1)  # the first download hangs until it is cancelled
+        else:
+            conn.sendall(ok(b"mine"))
+
+    async def run(url: str) -> shardload.AioDownloadBundle:
+        engine = make_download(home)
+        first = asyncio.ensure_future(engine.main(shardload.AioDownloadBundle(url)))
+        await asyncio.sleep(0.1)
+        twin = asyncio.ensure_future(engine.main(shardload.AioDownloadBundle(url)))
+        waiting = asyncio.ensure_future(engine.main(shardload.AioDownloadBundle(url)))
+        await asyncio.sleep(0.05)
+        waiting.cancel()  # a bundle cancelled itself stays cancelled
+        await asyncio.sleep(0.05)
+        first.cancel()
+        for cancelled in (first, waiting):
+            with pytest.raises(asyncio.CancelledError):
+                await cancelled
+        bundle = await asyncio.wait_for(twin, 5)
+        await engine.close()
+        return bundle
+
+    with RawServer(handler) as server:
+        b = asyncio.run(run(server.url + "/same"))
+    assert b.state == "written", (b.state, b.error_message)
+    assert open(b.file_path, "rb").read() == b"mine"

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import ntpath
 import os
 import re
+import types
 from urllib.parse import unquote_to_bytes
 
 import pytest
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
+import shardload.paths as paths_module
 from shardload.errors import DownloadFailed
 from shardload.paths import (
     DISPLACED_NAME,
@@ -141,12 +144,45 @@ def test_empty_host_is_refused() -> None:
         url_to_relpath(UrlParts("http", "", None, "/x", ""))
 
 
+def _clear_path_caches() -> None:
+    """Forget every memoised answer in shardload.paths, so nothing computed under one ``os``
+    is reused under another."""
+    caches = [v for v in vars(paths_module).values() if hasattr(v, "cache_clear")]
+    assert caches, "shardload.paths has no lru caches any more: update this helper"
+    for cached in caches:
+        cached.cache_clear()
+
+
+# URL -> the pattern its relative path must match in full.
+_SEP_URLS = {
+    "http://h:81/a/b%5Cc?d": re.escape("h_81/a/b%5Cc@d"),
+    "http://a_b.com/x/y/": re.escape("a%5Fb.com/x/y/%index"),
+    "http://[::1]:8080/a//b": re.escape("%3A%3A1_8080/a/%index/b"),
+    "http://h/" + "x" * 300: r"h/x{120}%~[0-9a-f]{40}",
+    "http://h/" + "/".join(["s"] * 2000): r"h/%long/[0-9a-f]{40}-s",
+}
+
+
 def test_independent_of_os_sep(monkeypatch: pytest.MonkeyPatch) -> None:
-    url = "http://h:81/a/b%5Cc?d"
-    before = rel(url)
-    monkeypatch.setattr(os, "sep", "\\")
-    monkeypatch.setattr(os.path, "sep", "\\")
-    assert rel(url) == before == "h_81/a/b%5Cc@d"
+    """On Windows (``os`` is ntpath there, ``os.sep`` a backslash) paths are still /-joined."""
+    _clear_path_caches()
+    before = {url: rel(url) for url in _SEP_URLS}
+    windows_os = types.SimpleNamespace(
+        **{name: getattr(os, name) for name in dir(os) if not name.startswith("__")}
+    )
+    windows_os.path = ntpath
+    windows_os.sep = "\\"
+    windows_os.altsep = "/"
+    monkeypatch.setattr(paths_module, "os", windows_os)
+    try:
+        _clear_path_caches()
+        after = {url: rel(url) for url in _SEP_URLS}
+    finally:
+        monkeypatch.undo()
+        _clear_path_caches()
+    assert after == before
+    for url, pattern in _SEP_URLS.items():
+        assert re.fullmatch(pattern, after[url]), (url, after[url])
 
 
 # --- property tests ---------------------------------------------------------------------------

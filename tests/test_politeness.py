@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import socket
 import threading
@@ -16,6 +17,7 @@ from shardload import BackOff, ErrorKind, RequestStrategy
 from shardload.worker.hosts import CLOSED, OPEN, HostSlot
 
 from .conftest import make_download
+from .raw_server import RawServer, read_request
 
 
 def starts(srv, index: int) -> list[float]:
@@ -242,3 +244,87 @@ def test_an_occasional_503_does_not_pause_a_healthy_host():
         assert slot.paused_until > asyncio.get_running_loop().time() + 10  # doubling
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        ErrorKind.RESET,
+        ErrorKind.TRUNCATED,
+        ErrorKind.PROTOCOL,
+        ErrorKind.TOO_LARGE,
+        ErrorKind.DISK,
+        ErrorKind.STRATEGY,
+    ],
+)
+def test_a_probe_the_host_answered_closes_the_breaker_whatever_went_wrong(kind):
+    async def scenario():
+        slot = HostSlot(2, breaker_threshold=1, breaker_cooldown=0.05)
+        slot.record(None, ErrorKind.CONNECT, None)
+        await asyncio.sleep(0.06)
+        assert await slot.admit() is None  # the probe
+        waiter = asyncio.ensure_future(slot.admit())
+        await asyncio.sleep(0.01)
+        slot.record(None, kind, None)
+        assert await asyncio.wait_for(waiter, 1) is None
+        assert slot.breaker == CLOSED
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_probe_hands_the_probe_to_the_next_request(home):
+    def handler(conn, index):
+        if read_request(conn) is None:
+            return
+        if index < 2:  # the failure that opens the breaker, then the probe that is cancelled
+            conn.recv(1)  # until the client gives up
+        else:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    strategy = RequestStrategy(timeout=0.3, breaker_threshold=1, breaker_cooldown=0.1)
+
+    async def run(url):
+        engine = make_download(home, strategy)
+        first = await engine.main(shardload.AioDownloadBundle(f"{url}/a"))
+        assert first.error_kind == ErrorKind.TIMEOUT
+        await asyncio.sleep(0.15)  # past the cool-down
+        probe = asyncio.ensure_future(engine.main(shardload.AioDownloadBundle(f"{url}/b")))
+        await asyncio.sleep(0.1)  # waiting for the server's answer
+        probe.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await probe
+        after = await asyncio.wait_for(engine.main(shardload.AioDownloadBundle(f"{url}/c")), 5)
+        await engine.close()
+        return after
+
+    with RawServer(handler) as server:
+        after = asyncio.run(run(server.url))
+    assert after.state == "written", after.error_message
+
+
+def test_a_slot_dropped_between_bundles_keeps_its_failure_count():
+    async def scenario():
+        slot = HostSlot(2, breaker_threshold=3)
+        slot.record(None, ErrorKind.CONNECT, None)
+        assert not slot.idle()
+        slot.record(200, None, None)
+        assert slot.idle()
+
+    asyncio.run(scenario())
+
+
+def test_urls_of_a_dead_host_arriving_one_at_a_time_trip_the_breaker(home, closed_port):
+    strategy = RequestStrategy(breaker_threshold=3, breaker_cooldown=60)
+
+    async def run():
+        engine = make_download(home, strategy)
+        kinds = []
+        for i in range(5):
+            bundle = await engine.main(
+                shardload.AioDownloadBundle(f"http://127.0.0.1:{closed_port}/x{i}")
+            )
+            kinds.append(bundle.error_kind)
+        await engine.close()
+        return kinds
+
+    assert asyncio.run(run()) == [ErrorKind.CONNECT] * 3 + [ErrorKind.BREAKER_OPEN] * 2

@@ -45,3 +45,20 @@ def test_missing_or_unreadable_robots_allow_everything(status, body):
 @pytest.mark.parametrize("value", ["abc", "-1", "nan", "inf", ""])
 def test_bad_crawl_delay_is_ignored(value):
     assert RobotRules(f"User-agent: *\nCrawl-delay: {value}\n", "x").crawl_delay is None
+
+
+def test_crawl_delay_is_read_once_per_host(monkeypatch):
+    """The engine asks for it on every request to the host: it must not re-parse the text."""
+    from shardload import robots
+
+    calls = []
+    real = robots._crawl_delays
+
+    def counting(text):
+        calls.append(text)
+        return real(text)
+
+    monkeypatch.setattr(robots, "_crawl_delays", counting)
+    rules = RobotRules(TEXT, "slowbot/1.0")
+    assert [rules.crawl_delay for _ in range(3)] == [2.5, 2.5, 2.5]
+    assert len(calls) == 1

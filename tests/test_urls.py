@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shardload.errors import DownloadFailed, ErrorKind
-from shardload.urls import UrlParts, host_key, redact, split_url
+from shardload.urls import UrlParts, host_key, normalise_host_key, redact, split_url
 
 
 @pytest.mark.parametrize(
@@ -300,3 +300,67 @@ def test_the_fast_path_agrees_with_the_general_parser(url):
     from shardload import urls
 
     assert _outcome(urls._split_url, url) == _outcome(urls._split_general, url)
+
+
+@pytest.mark.parametrize(
+    ("text", "scheme", "key"),
+    [
+        ("example.com", None, "example.com"),
+        ("EXAMPLE.Com", None, "example.com"),
+        ("  example.com ", None, "example.com"),
+        ("example.com:80", None, "example.com"),
+        ("example.com:443", None, "example.com"),
+        ("example.com:8080", None, "example.com:8080"),
+        ("example.com:443", "http", "example.com:443"),
+        ("example.com:80", "https", "example.com:80"),
+        ("example.com:443", "HTTPS", "example.com"),
+        ("example.com.", None, "example.com."),
+        ("bücher.de", None, "xn--bcher-kva.de"),
+        ("BÜCHER.de:443", None, "xn--bcher-kva.de"),
+        ("127.0.0.1:80", None, "127.0.0.1"),
+        ("[::1]:8080", None, "[::1]:8080"),
+        ("[0:0::1]:443", None, "[::1]"),
+        ("::1", None, "[::1]"),
+    ],
+)
+def test_normalise_host_key(text: str, scheme: str | None, key: str) -> None:
+    assert normalise_host_key(text, scheme) == key
+
+
+@pytest.mark.parametrize(
+    ("text", "url"),
+    [
+        ("example.com:443", "https://example.com/"),
+        ("Example.COM:80", "http://example.com/a"),
+        ("example.com:8443", "https://EXAMPLE.com:8443/"),
+        ("[::1]:8080", "http://[0::1]:8080/"),
+        ("bücher.de", "https://xn--bcher-kva.de/"),
+    ],
+)
+def test_a_normalised_key_is_the_host_key_of_its_urls(text: str, url: str) -> None:
+    assert normalise_host_key(text) == host_key(url)
+
+
+@pytest.mark.parametrize(
+    "text", ["", ":80", "a b", "user@example.com", "example.com/x", "h:99999", "h:x", "[::1"]
+)
+def test_normalise_host_key_refuses_what_is_not_a_host(text: str) -> None:
+    with pytest.raises(DownloadFailed) as info:
+        normalise_host_key(text)
+    assert info.value.kind == ErrorKind.INVALID_URL
+
+
+def test_split_hosts_are_matched_however_they_are_written() -> None:
+    """``--split-host example.com:443=4`` must apply to https://example.com/ URLs."""
+    from shardload import AioDownload, RequestStrategy
+    from shardload.errors import ConfigurationError
+    from shardload.plan import make_plan
+
+    download = AioDownload(request_strategy=RequestStrategy(concurrent=4))
+    urls = [f"https://example.com/{i}" for i in range(8)]
+    options = {"processes": 4, "split_hosts": {"Example.com:443": 4}}
+    plan = make_plan(urls, None, download, options, sync=True)  # type: ignore[arg-type]
+    assert plan.split_hosts == {"example.com": 4}
+    assert plan.processes == 4
+    with pytest.raises(ConfigurationError, match="split_hosts"):
+        make_plan(urls, None, download, {"split_hosts": {"a b": 2}}, sync=True)

@@ -78,8 +78,15 @@ class ProcessExecutor:
     async def start(self, sink: ExecutorSink) -> None:
         self._sink = sink
         self._loop = asyncio.get_running_loop()
-        # All at once: each spends a few hundred ms importing before it is ready.
-        await asyncio.gather(*(self._spawn(shard) for shard in range(self.shards)))
+        # All at once: each spends a few hundred ms importing before it is ready. Every spawn
+        # is awaited, so none is still starting a process when the others are aborted.
+        outcomes = await asyncio.gather(
+            *(self._spawn(shard) for shard in range(self.shards)), return_exceptions=True
+        )
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        if errors:
+            await self.abort()
+            raise errors[0]
 
     async def _spawn(self, shard: int) -> None:
         inbox_r, inbox_w = self._context.Pipe(duplex=False)
@@ -137,6 +144,12 @@ class ProcessExecutor:
                 worker.inbox.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
             except OSError:
                 break  # the worker is gone; its reader reports it
+            except Exception:
+                # A message that cannot be sent (it does not pickle) must not end this thread
+                # quietly: the worker's later jobs would never go out and the run would hang.
+                # Ended like a broken pipe, its reader reports a crash and the shard restarts.
+                worker.process.kill()
+                break
         with contextlib.suppress(OSError):
             worker.inbox.close()
 
@@ -153,6 +166,11 @@ class ProcessExecutor:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._deliver, shard, worker, results)
         worker.process.join(timeout=self._stop_grace)
+        if worker.process.is_alive():
+            # Its pipe ended but it runs on (hung, or its writer gone): a restart must never
+            # leave two workers for one shard.
+            worker.process.kill()
+            worker.process.join()
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._ended, shard, worker)
 
@@ -163,6 +181,7 @@ class ProcessExecutor:
 
     def _ended(self, shard: int, worker: _Worker) -> None:
         worker.ended.set()
+        worker.sends.put(_STOP)  # a crashed worker is never told to stop: free its writer
         with contextlib.suppress(OSError):
             worker.outbox.close()
         if self._workers[shard] is not worker or worker.finishing:

@@ -127,7 +127,14 @@ class RayExecutor:
 
     async def start(self, sink: ExecutorSink) -> None:
         self._sink = sink
-        await asyncio.gather(*(self._spawn(shard) for shard in range(self.shards)))
+        # Every spawn is awaited, so none is still creating an actor when the others are killed.
+        outcomes = await asyncio.gather(
+            *(self._spawn(shard) for shard in range(self.shards)), return_exceptions=True
+        )
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        if errors:
+            await self.abort()
+            raise errors[0]
 
     async def _spawn(self, shard: int) -> None:
         self._spawned += 1
@@ -137,7 +144,13 @@ class RayExecutor:
             max_restarts=0,
             max_concurrency=1000,
         ).remote(self._config)
-        prefix = await actor.identity.remote()
+        try:
+            prefix = await actor.identity.remote()
+        except BaseException:
+            # Not yet known to _stop, so nothing else would ever kill it.
+            with contextlib.suppress(Exception):
+                self._ray.kill(actor, no_restart=True)
+            raise
         self._actors[shard] = (actor, prefix)
         self._pollers[shard] = asyncio.create_task(self._poll(shard, actor, prefix))
 

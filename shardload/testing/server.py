@@ -5,7 +5,8 @@ over real sockets. Each host in ``hosts`` (127.0.0.x addresses) gets its own lis
 each is a distinct host to the client (distinct host:port, distinct shard).
 
 The server measures what politeness tests need: per host, the number of requests, the peak
-number of requests in flight, and the start time of each request; per path, a request count.
+number of requests in flight, and the start time of each request; per path, a request count;
+and, across all hosts, the peak number of requests in flight at once.
 ``LocalServer`` starts it, waits for its address line, and stops it by PID.
 
 Routes (on every host):
@@ -81,6 +82,11 @@ class _Stats:
         self.starts: dict[str, list[float]] = defaultdict(list)
         self.paths: dict[str, int] = defaultdict(int)
         self.counters: dict[str, int] = defaultdict(int)
+        # Server-wide, counting only requests started since this reset: one still running from
+        # before it (a /hang, a /slow whose client left) neither adds nor, ending, subtracts.
+        self.generation = getattr(self, "generation", 0) + 1
+        self.total_in_flight = 0
+        self.max_total_in_flight = 0
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -94,6 +100,7 @@ class _Stats:
                 for host in self.requests
             },
             "paths": dict(self.paths),
+            "max_total_in_flight": self.max_total_in_flight,
         }
 
 
@@ -111,10 +118,15 @@ def _build_app(stats: _Stats) -> web.Application:
             stats.starts[host].append(time.monotonic())
         stats.in_flight[host] += 1
         stats.max_concurrency[host] = max(stats.max_concurrency[host], stats.in_flight[host])
+        generation = stats.generation
+        stats.total_in_flight += 1
+        stats.max_total_in_flight = max(stats.max_total_in_flight, stats.total_in_flight)
         try:
             return await handler(request)  # type: ignore[no-any-return]
         finally:
             stats.in_flight[host] -= 1
+            if stats.generation == generation:
+                stats.total_in_flight -= 1
 
     @routes.get("/_stats")
     async def get_stats(request: web.Request) -> web.Response:
@@ -351,7 +363,8 @@ class LocalServer:
             return json.loads(response.read().decode())
 
     def stats(self) -> dict[str, Any]:
-        """Per host key ("127.0.0.2:PORT"): requests, max_concurrency, starts; and per path."""
+        """Per host key ("127.0.0.2:PORT"): requests, max_concurrency, starts; per path; and
+        ``max_total_in_flight``, the server-wide peak of requests in flight across all hosts."""
         return self._get("/_stats")  # type: ignore[no-any-return]
 
     def reset(self) -> None:

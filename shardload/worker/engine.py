@@ -140,11 +140,9 @@ class AioDownload:
         if self._lean is None:
             rs = self.request_strategy
             self._lean = LeanClient(
-                limit=min(rs.worker_concurrent, _descriptor_budget()),
+                limit=self._worker_limit(),
                 headers={"User-Agent": rs.user_agent, **rs.headers},
-                connect_timeout=rs.connect_timeout
-                if rs.connect_timeout is not None
-                else rs.timeout,
+                connect_timeout=_connect_timeout(rs),
                 read_timeout=rs.timeout,
                 max_redirects=rs.max_redirects,
                 dns_ttl=rs.dns_ttl,
@@ -169,9 +167,8 @@ class AioDownload:
         import aiohttp  # noqa: PLC0415  (see the import at the top)
 
         rs = self.request_strategy
-        connect = rs.connect_timeout if rs.connect_timeout is not None else rs.timeout
         return aiohttp.ClientTimeout(
-            total=rs.max_time, sock_connect=connect, connect=None, sock_read=rs.timeout
+            total=rs.max_time, sock_connect=_connect_timeout(rs), connect=None, sock_read=rs.timeout
         )
 
     def _slot(self, host_key: str) -> HostSlot:
@@ -198,9 +195,11 @@ class AioDownload:
 
     def _worker_slots(self) -> asyncio.Semaphore:
         if self._worker_sem is None:
-            limit = min(self.request_strategy.worker_concurrent, _descriptor_budget())
-            self._worker_sem = asyncio.Semaphore(max(1, limit))
+            self._worker_sem = asyncio.Semaphore(max(1, self._worker_limit()))
         return self._worker_sem
+
+    def _worker_limit(self) -> int:
+        return min(self.request_strategy.worker_concurrent, _descriptor_budget())
 
     async def main(self, bundle: Bundle) -> Bundle:
         """Download one bundle to its file, retrying as the request strategy says."""
@@ -222,17 +221,26 @@ class AioDownload:
             bundle.fail(exc.kind, exc.message)
             return
         path = bundle.file_path
-        twin = self._inflight.get(path)
-        if twin is not None:
-            apply_result(bundle, to_result(await asyncio.shield(twin)))
+        while (twin := self._inflight.get(path)) is not None:
+            try:
+                shared = await asyncio.shield(twin)
+            except asyncio.CancelledError:
+                if not twin.cancelled() or _cancelling():
+                    raise  # this bundle itself was cancelled
+                continue  # only the download it waited for was: make it (or wait) again
+            apply_result(bundle, to_result(shared))
             return
         done: asyncio.Future[Bundle] = asyncio.get_running_loop().create_future()
         self._inflight[path] = done
         try:
             await self._fetch(bundle, parts)
+        except asyncio.CancelledError:
+            done.cancel()
+            raise
         finally:
             del self._inflight[path]
-            done.set_result(bundle)
+            if not done.done():
+                done.set_result(bundle)
 
     def _target(self, bundle: Bundle) -> str:
         ds = self.download_strategy
@@ -305,6 +313,7 @@ class AioDownload:
                     await ds.on_fail(bundle)
                     return
         finally:
+            slot.end_probe()
             slot.users -= 1
             if slot.idle():
                 self._hosts.pop(parts.host_key, None)
@@ -333,8 +342,15 @@ class AioDownload:
         await slot.enter(worker)
         try:
             async with self._request(url, split_url(url)) as response:
-                body = await response.content.read(_ROBOTS_MAX_BYTES)
-                return rules_from_response(response.status, body, rs.user_agent)
+                # read(n) returns what is buffered (on aiohttp), not n bytes: gather the pieces.
+                body = bytearray()
+                async for piece in response.content.iter_chunked(READ_SIZE):
+                    body += piece
+                    if len(body) >= _ROBOTS_MAX_BYTES:
+                        break
+                return rules_from_response(
+                    response.status, bytes(body[:_ROBOTS_MAX_BYTES]), rs.user_agent
+                )
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -359,12 +375,13 @@ class AioDownload:
         bundle.attempts += 1
         status: int | None = None
         headers: Mapping[str, str] = {}
+        # aiohttp applies max_time itself (ClientTimeout.total); the lean client does not.
+        limit = asyncio.timeout(rs.max_time) if rs.max_time and self._owns_requests() else None
         try:
             if parts is None:
                 parts = split_url(bundle.url, bundle.params)
-            # aiohttp applies max_time itself (ClientTimeout.total); the lean client does not.
             async with (
-                asyncio.timeout(rs.max_time) if rs.max_time else _NO_LIMIT,
+                limit or _NO_LIMIT,
                 self._request(bundle.url, parts, bundle.params) as response,
             ):
                 status = bundle.status = response.status
@@ -385,10 +402,11 @@ class AioDownload:
                         retry_after=parse_retry_after(headers.get("Retry-After"), time.time()),
                         attempt=bundle.attempts,
                     )
-                if not rs.low_speed_limit:
-                    await self.download_strategy.on_success(response, bundle)
-                    return None
-                token = speed_guard.set(SpeedGuard(rs.low_speed_limit, rs.low_speed_time))
+                token = speed_guard.set(
+                    SpeedGuard(rs.low_speed_limit, rs.low_speed_time)
+                    if rs.low_speed_limit
+                    else None
+                )
                 try:
                     await self.download_strategy.on_success(response, bundle)
                 finally:
@@ -398,7 +416,13 @@ class AioDownload:
             raise
         except Exception as exc:
             kind, message = classify(exc, bundle.url)
-            if kind == ErrorKind.TIMEOUT and isinstance(exc, TimeoutError) and rs.max_time:
+            if limit is not None:
+                over_time = limit.expired()
+            else:
+                # aiohttp's max_time raises a bare TimeoutError; its connect and read timeouts
+                # raise subclasses of it, with messages of their own.
+                over_time = bool(rs.max_time) and type(exc) is TimeoutError
+            if over_time:
                 message = f"attempt exceeded max_time ({rs.max_time:g} s)"
             return Outcome(
                 error_kind=kind,
@@ -410,6 +434,15 @@ class AioDownload:
 
 
 _NO_LIMIT = contextlib.nullcontext()
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _connect_timeout(rs: RequestStrategy) -> float | None:
+    return rs.connect_timeout if rs.connect_timeout is not None else rs.timeout
 
 
 def _descriptor_budget() -> int:

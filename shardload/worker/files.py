@@ -88,9 +88,14 @@ def check_target(home: str, path: str) -> str:
     if target == home or not is_within(home, target):
         raise DownloadFailed(ErrorKind.UNSAFE_PATH, f"path outside the download home: {target}")
     # Inside home (checked above), so the first component follows home's own prefix.
-    if target[len(home.rstrip(os.sep)) + 1 :].split(os.sep, 1)[0] == TEMP_DIR_NAME:
+    if _below(home, target).split(os.sep, 1)[0] == TEMP_DIR_NAME:
         raise DownloadFailed(ErrorKind.UNSAFE_PATH, f"path inside the temporary folder: {target}")
     return target
+
+
+def _below(home: str, path: str) -> str:
+    """``path`` relative to ``home``, for a path known to lie inside it (home may be "/")."""
+    return path[len(home.rstrip(os.sep)) + 1 :]
 
 
 # Directories of each home already checked to be real directories (not symlinks) in this run,
@@ -268,7 +273,7 @@ def _commit(tmp: str, final: str, home: str, verified: set[str]) -> str:
     try:
         if directory not in verified:
             current = home
-            for name in directory[len(home) + 1 :].split(os.sep) if directory != home else ():
+            for name in _below(home, directory).split(os.sep) if directory != home else ():
                 current = os.path.join(current, name)
                 if current not in verified:
                     _ensure_directory(current, home)

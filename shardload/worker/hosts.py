@@ -14,7 +14,8 @@ Invariants:
   last, right before the request starts, so a slow or paused host never blocks other hosts;
 - the circuit breaker opens after ``breaker_threshold`` consecutive connection-level failures;
   while open, requests fail fast; after ``breaker_cooldown`` one probe goes through (others wait
-  for its outcome): success closes the breaker, failure opens it again.
+  for its outcome): any answer from the host closes the breaker, a connection failure opens it
+  again, and a probe cancelled before its outcome hands the probe to the next request.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class HostSlot:
         self._failures = 0
         self._open_until = 0.0
         self._probe_done: asyncio.Event | None = None
+        self._prober: asyncio.Task[object] | None = None
         self.users = 0  # bundles of this host inside the engine; 0 means the slot may be dropped
 
     # -- concurrency -------------------------------------------------------------------------
@@ -158,6 +160,7 @@ class HostSlot:
                     return self.open_reason()
                 self.breaker = HALF_OPEN
                 self._probe_done = asyncio.Event()
+                self._prober = asyncio.current_task()
                 return None  # this request is the probe
             probe = self._probe_done
             if probe is None:
@@ -183,17 +186,29 @@ class HostSlot:
             if self.breaker == HALF_OPEN or self._failures >= self.breaker_threshold:
                 self.breaker = OPEN
                 self._open_until = asyncio.get_running_loop().time() + self.breaker_cooldown
-        elif kind is None or kind == ErrorKind.HTTP:
+        else:
+            # Any other outcome (an error status, a reset, a bad body, a full disk) means the
+            # host answered: it is reachable.
             self._failures = 0
             self.breaker = CLOSED
-        else:
-            return
-        if self._probe_done is not None and self.breaker != HALF_OPEN:
+        self._release_probe()
+
+    def end_probe(self) -> None:
+        """Call when a request of this host is over: a probe that recorded no outcome (it was
+        cancelled) hands the probe to the next request instead of holding the host forever."""
+        if self.breaker == HALF_OPEN and self._prober is asyncio.current_task():
+            self.breaker = OPEN
+            self._open_until = asyncio.get_running_loop().time()
+            self._release_probe()
+
+    def _release_probe(self) -> None:
+        if self._probe_done is not None:
             self._probe_done.set()
-            self._probe_done = None
+        self._probe_done = self._prober = None
 
     def idle(self) -> bool:
-        """True when dropping the slot loses nothing: no user, no pending gap, pause or breaker."""
-        if self.users or self.breaker != CLOSED or self._throttles:
+        """True when dropping the slot loses nothing: no user, no pending gap, pause, or breaker
+        state (open, or failures counted towards opening it)."""
+        if self.users or self.breaker != CLOSED or self._failures or self._throttles:
             return False  # the common case while a host is busy: no clock read
         return max(self._next_start, self.paused_until) <= asyncio.get_running_loop().time()

@@ -57,7 +57,10 @@ def test_stdin_input_and_quiet(server: LocalServer, tmp_path: Path) -> None:
     result = run_cli("-", "-o", out, "-p", "2", "-q", stdin="\n".join(urls).encode())
     assert result.returncode == 0
     assert result.stdout == b"" and result.stderr == b""
-    assert {r["url"] for r in read_manifest(out / "manifest.jsonl")} == set(urls)
+    records = read_manifest(out / "manifest.jsonl")
+    assert sorted(r["url"] for r in records) == sorted(urls)
+    for record in records:
+        _check_written(record, record["url"])
 
 
 @pytest.mark.parametrize("via_stdin", [False, True])

@@ -8,6 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from shardload.testing.server import LocalServer
 
 from .conftest import cli_command, cli_env, latest, path_counts, read_manifest
@@ -52,30 +54,49 @@ def _interrupt_when_recorded(
     return subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
 
 
-def test_resume_after_sigint(server: LocalServer, tmp_path: Path) -> None:
-    # 200 URLs at 50 ms each, 2 hosts x 2 in flight: at least 2.5 s of work, interrupted
-    # as soon as the first flushed records appear (about 0.5 s in).
-    urls = _slow_urls(server, f"int-{tmp_path.name}", 200, 50)
+def _interrupted_run(
+    srv: LocalServer, tmp_path: Path, sig: signal.Signals
+) -> tuple[list[str], Path, Path, set[str]]:
+    """Run 200 slow URLs, send ``sig`` once 10 records are flushed, and check the clean stop
+    every interrupt owes: exit 130, a partial summary with the rerun hint, a manifest of whole,
+    unique, written records whose files exist, and no temporary file left.
+
+    200 URLs at 50 ms each, 2 hosts x 2 in flight: at least 2.5 s of work, interrupted as soon as
+    the first flushed records appear (about 0.5 s in). Returns the URLs, the input file, the
+    output folder and the URLs recorded as written."""
+    urls = _slow_urls(srv, f"{sig.name}-{tmp_path.name}", 200, 50)
     src = tmp_path / "urls.txt"
     src.write_text("\n".join(urls) + "\n")
     out = tmp_path / "out"
 
-    first = _interrupt_when_recorded(src, out, 10, signal.SIGINT)
-    err = first.stderr.decode()
-    assert first.returncode == 130, err
+    result = _interrupt_when_recorded(src, out, 10, sig)
+    err = result.stderr.decode()
+    assert result.returncode == 130, err
     assert "interrupted, partial summary" in err
+    assert "rerun with --resume" in err
     assert "Traceback" not in err
     records = read_manifest(out / "manifest.jsonl")  # every line is a whole record
-    done_first = {r["url"] for r in records if r["state"] == "written"}
+    done = {r["url"] for r in records if r["state"] == "written"}
     assert len(records) == len({r["url"] for r in records})  # nothing recorded twice
     assert all(r["state"] == "written" for r in records)  # a stop is not a failure
-    assert 10 <= len(done_first) < len(urls)
+    assert 10 <= len(done) < len(urls)
+    assert done <= set(urls)
     for record in records:
         assert Path(record["path"]).is_file()
     # no temporary files are left; files finished but not yet recorded may exist (complete)
     assert not [p for p in out.rglob("*.part")]
     on_disk = {p for p in out.rglob("*") if p.is_file() and p.name != "manifest.jsonl"}
     assert on_disk >= {Path(r["path"]) for r in records}
+    return urls, src, out, done
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_stops_cleanly(server: LocalServer, tmp_path: Path, sig: signal.Signals) -> None:
+    _interrupted_run(server, tmp_path, sig)
+
+
+def test_resume_after_sigint(server: LocalServer, tmp_path: Path) -> None:
+    urls, src, out, done_first = _interrupted_run(server, tmp_path, signal.SIGINT)
 
     second = subprocess.run(
         cli_command(src, "-o", out, "-p", "2", "--progress", "lines", "--resume"),
@@ -93,18 +114,6 @@ def test_resume_after_sigint(server: LocalServer, tmp_path: Path) -> None:
     for url in done_first:  # nothing recorded as done was downloaded again
         assert counts[_path(url)] == 1
     assert all(counts[_path(url)] >= 1 for url in urls)
-
-
-def test_sigterm_stops_cleanly(server: LocalServer, tmp_path: Path) -> None:
-    urls = _slow_urls(server, f"term-{tmp_path.name}", 200, 50)
-    src = tmp_path / "urls.txt"
-    src.write_text("\n".join(urls) + "\n")
-    out = tmp_path / "out"
-    result = _interrupt_when_recorded(src, out, 5, signal.SIGTERM)
-    assert result.returncode == 130, result.stderr.decode()
-    records = read_manifest(out / "manifest.jsonl")
-    assert records and all(r["state"] == "written" for r in records)
-    assert "rerun with --resume" in result.stderr.decode()
 
 
 def test_sigint_while_stdin_is_still_open(server: LocalServer, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 from collections.abc import Iterable, Iterator
@@ -35,6 +36,7 @@ class FakeLibrary:
 
     def __init__(self, interrupt_after: int | None = None, crash_after: int | None = None):
         self.seen: list[str] = []
+        self.received: list[Any] = []  # each item as it arrived, before the fake finishes it
         self.interrupt_after = interrupt_after
         self.crash_after = crash_after
         self.closed = False
@@ -47,6 +49,7 @@ class FakeLibrary:
                     raise KeyboardInterrupt
                 if n == self.crash_after:
                     raise RuntimeError("worker pool exploded")
+                self.received.append(copy.copy(item))
                 bundle = _finish(item)
                 self.seen.append(bundle.url)
                 yield bundle
@@ -77,11 +80,32 @@ def test_records_every_line_and_exit_codes(fake: FakeLibrary, tmp_path: Path) ->
 
 
 def test_jsonl_items_reach_the_library_as_bundles(fake: FakeLibrary, tmp_path: Path) -> None:
-    line = json.dumps({"url": "http://h/ok/j", "path": "a/b.bin", "info": {"k": [1]}})
-    assert _run(tmp_path, [line]) == 0
-    (record,) = read_manifest(tmp_path / "out" / "manifest.jsonl")
-    assert record["path"] == "a/b.bin"  # the fake keeps the preset path
-    assert record["info"] == {"k": [1]}
+    lines = [
+        json.dumps({"url": "http://h/ok/j", "path": "a/b.bin", "info": {"k": [1]}}),
+        json.dumps({"url": "http://h/ok/i", "info": "only info"}),
+        json.dumps({"url": "http://h/ok/p", "path": "c.bin"}),
+        "http://h/ok/plain",
+    ]
+    assert _run(tmp_path, lines) == 0
+    # What the library was handed: a Bundle carrying the line's path and info whenever the
+    # line has either (a plain URL line may reach it as a string or a Bundle).
+    assert len(fake.received) == 4
+    first, second, third, plain = fake.received
+    assert all(isinstance(item, Bundle) for item in (first, second, third))
+    assert (first.url, first.file_path, first.info) == ("http://h/ok/j", "a/b.bin", {"k": [1]})
+    assert (second.url, second.file_path, second.info) == ("http://h/ok/i", None, "only info")
+    assert (third.url, third.file_path, third.info) == ("http://h/ok/p", "c.bin", None)
+    assert (plain.url if isinstance(plain, Bundle) else plain) == "http://h/ok/plain"
+    records = read_manifest(tmp_path / "out" / "manifest.jsonl")
+    assert [r["url"] for r in records] == [
+        "http://h/ok/j",
+        "http://h/ok/i",
+        "http://h/ok/p",
+        "http://h/ok/plain",
+    ]
+    assert records[0]["path"] == "a/b.bin"  # the fake keeps the preset path
+    assert records[0]["info"] == {"k": [1]}
+    assert records[1]["info"] == "only info"
 
 
 def test_resume_and_retry_transient_choose_what_runs(fake: FakeLibrary, tmp_path: Path) -> None:

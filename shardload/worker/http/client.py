@@ -74,6 +74,11 @@ class LeanClient:
         self.max_redirects = max_redirects
         self.dns_ttl = dns_ttl
         self._fixed = _fixed_headers(headers)
+        # A caller's credentials are for the host asked for: a redirect to another origin does
+        # not get them (as aiohttp and curl).
+        self._fixed_elsewhere = _fixed_headers(
+            {name: value for name, value in headers.items() if name.lower() != "authorization"}
+        )
         self._has_auth = any(name.lower() == "authorization" for name in headers)
         self._idle: dict[tuple[str, str, int], list[Connection]] = {}
         self._lru: dict[Connection, None] = {}  # idle connections, oldest first
@@ -87,8 +92,9 @@ class LeanClient:
 
     async def fetch(self, parts: UrlParts, url: str) -> LeanResponse:
         """Send the GET, follow redirects, and return once the final response's headers are in."""
+        origin = (parts.scheme, parts.host_key)
         for hop in range(max(0, self.max_redirects) + 1):
-            response = await self._once(parts, url)
+            response = await self._once(parts, url, (parts.scheme, parts.host_key) == origin)
             location = response.headers.get("Location")
             if response.status not in REDIRECT_STATUSES or location is None:
                 return response
@@ -107,8 +113,8 @@ class LeanClient:
             f"too many redirects (max_redirects={self.max_redirects}), last to {redact(url)}",
         )
 
-    async def _once(self, parts: UrlParts, url: str) -> LeanResponse:
-        head = self._head(parts, url)
+    async def _once(self, parts: UrlParts, url: str, same_origin: bool) -> LeanResponse:
+        head = self._head(parts, url, same_origin)
         conn, reused = await self._acquire(parts)
         try:
             return await conn.send(head, url, self.read_timeout)
@@ -127,13 +133,13 @@ class LeanClient:
             conn.abort()
             raise
 
-    def _head(self, parts: UrlParts, url: str) -> bytes:
+    def _head(self, parts: UrlParts, url: str, same_origin: bool) -> bytes:
+        fixed = self._fixed if same_origin else self._fixed_elsewhere
         auth = ""
-        if "@" in url and not self._has_auth:
+        if "@" in url and not (same_origin and self._has_auth):
             auth = _basic_auth(url)
         return (
-            f"GET {request_target(parts)} HTTP/1.1\r\nHost: {parts.host_key}\r\n"
-            f"{self._fixed}{auth}\r\n"
+            f"GET {request_target(parts)} HTTP/1.1\r\nHost: {parts.host_key}\r\n{fixed}{auth}\r\n"
         ).encode("utf-8", "surrogateescape")
 
     # Pool.
@@ -144,6 +150,8 @@ class LeanClient:
         while idle and not fresh:
             conn = idle.pop()
             del self._lru[conn]
+            if not idle:
+                del self._idle[key]
             if not conn.closed and now - conn.idle_since < _KEEPALIVE:
                 return conn, True
             conn.abort()
@@ -169,6 +177,9 @@ class LeanClient:
         self._last_sweep = now
         for conn in [c for c in self._lru if now - c.idle_since >= _KEEPALIVE]:
             self._evict(conn)
+        if self.dns_ttl is not None:
+            for name in [name for name, (until, _) in self._dns.items() if until <= now]:
+                del self._dns[name]
 
     def _evict(self, conn: Connection) -> None:
         self._drop_idle(conn)
@@ -204,13 +215,10 @@ class LeanClient:
                             ssl=context,
                             server_hostname=host if context is not None else None,
                         )
-                        self._open += 1
                         return conn
                     except OSError as exc:
                         last = exc
                 raise last or OSError(f"no address for {host}")
-        except DownloadFailed:
-            raise
         except (OSError, TimeoutError) as exc:
             kind, message = connect_error(exc, host, port)
             raise DownloadFailed(kind, message) from exc
@@ -222,10 +230,7 @@ class LeanClient:
         known = self._dns.get((host, port))
         if known is not None and (self.dns_ttl is None or now < known[0]):
             return known[1]
-        try:
-            infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise DownloadFailed(ErrorKind.DNS, f"cannot resolve {host}: {exc}") from exc
+        infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
         self._dns[(host, port)] = (now + (self.dns_ttl or 0), addresses)
         return addresses

@@ -47,6 +47,9 @@ class Connection(asyncio.Protocol):
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # Counted here, where connection_lost's uncounting is sure to follow (even if the
+        # connect is cancelled before create_connection returns).
+        self.client._open += 1
 
     def data_received(self, data: bytes) -> None:
         if not self._expecting:

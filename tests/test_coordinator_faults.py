@@ -1,0 +1,401 @@
+"""Faults around the coordinator and its executors: one bad item, pipe or start fails alone."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import shardload
+from shardload import ConfigurationError, ErrorKind, RequestStrategy
+from shardload.api import _in_order
+from shardload.bundle import Bundle, Job, Result
+from shardload.coordinator import coordinate
+from shardload.executors.base import ExecutorSink
+from shardload.executors.processes import ProcessExecutor, _Worker
+from shardload.worker.engine import describe
+
+from .conftest import files_under, make_download, temp_files
+
+
+class Sink:
+    """An executor sink that records what it is told."""
+
+    def __init__(self) -> None:
+        self.got: list[Result] = []
+        self.crashes: list[tuple[int, str]] = []
+        self.changed = asyncio.Event()
+
+    def results(self, shard: int, results: list[Result]) -> None:
+        self.got.extend(results)
+        self.changed.set()
+
+    def crashed(self, shard: int, reason: str) -> None:
+        self.crashes.append((shard, reason))
+        self.changed.set()
+
+    async def until(self, done: Callable[[], object], timeout: float = 30) -> None:
+        async with asyncio.timeout(timeout):
+            while not done():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def collect(items: list[Any], executor: Any, **options: Any) -> list[Bundle]:
+    seen: list[Bundle] = []
+    async with contextlib.aclosing(coordinate(items, executor, **options)) as batches:
+        async for batch in batches:
+            seen.extend(batch)
+    return seen
+
+
+def kill_leftover_children() -> None:
+    """Leaves no worker to the next test when a fix under test is missing."""
+    for child in multiprocessing.active_children():
+        child.kill()
+        child.join()
+
+
+class FirstOnly:
+    """Unpickles only once across processes: the first worker to start creates ``path``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.mkdir, (self.path,))
+
+
+class WhileExists:
+    """Unpickles only while ``path`` exists: later workers fail to start once it is gone."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.stat, (self.path,))
+
+
+# --- params that cannot cross to a worker --------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_unpicklable_params_fail_alone(srv, home):
+    urls = [f"{srv.base_urls[i % 4]}/bytes/100?name=p{i}" for i in range(12)]
+    bad = Bundle(srv.base_urls[1] + "/bytes/100?name=bad", params={"k": threading.Lock()})
+    items: list[Any] = [*urls[:5], bad, *urls[5:]]
+    bundles = shardload.swarm(items, download=make_download(home), processes=2)
+    assert len(bundles) == 13
+    assert bundles[5] is bad
+    assert bad.state == "failed" and bad.error_kind == ErrorKind.BAD_INPUT
+    assert "params" in bad.error_message and "pickle" in bad.error_message
+    assert [b.url for b in bundles if b.ok] == urls
+    assert len(files_under(home)) == 12
+
+
+@pytest.mark.timeout(60)
+def test_a_message_that_cannot_be_sent_ends_its_worker_like_a_broken_pipe(srv, home):
+    """The executor's own guard, behind the coordinator's: a crash, not a silent hang."""
+
+    async def main() -> list[tuple[int, str]]:
+        executor = ProcessExecutor(describe(make_download(home)), 1, home)
+        sink = Sink()
+        await executor.start(sink)
+        try:
+            bad: Job = (0, srv.base_urls[0] + "/links/1", {"k": threading.Lock()}, None, None)
+            executor.send(0, [bad])
+            await sink.until(lambda: sink.crashes)
+            await executor.restart(0)
+            executor.send(0, [(1, srv.base_urls[0] + "/links/2", None, None, None)])
+            await sink.until(lambda: any(r[0] == 1 for r in sink.got))
+        finally:
+            await executor.abort()
+        return sink.crashes
+
+    try:
+        crashes = asyncio.run(main())
+    finally:
+        kill_leftover_children()
+    assert [shard for shard, _ in crashes] == [0]
+    assert multiprocessing.active_children() == []
+
+
+def test_bad_params_on_a_split_host_fail_alone(srv, home):
+    hot = srv.host_key(0)
+    urls = [f"http://{hot}/bytes/100?name=s{i}" for i in range(8)]
+    bad = Bundle(f"http://{hot}/bytes/100?name=bad", params=[("x",)])  # type: ignore[arg-type]
+    bundles = shardload.swarm(
+        [*urls, bad],
+        download=make_download(home, RequestStrategy(concurrent=4)),
+        processes=2,
+        split_hosts={hot: 2},
+    )
+    assert bundles[-1] is bad
+    assert bad.state == "failed" and bad.error_kind == ErrorKind.INVALID_URL
+    assert "params" in bad.error_message
+    assert all(b.ok for b in bundles[:-1])
+
+
+# --- starting and restarting workers ---------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+def test_a_failed_start_leaves_no_worker_running(tmp_path, home):
+    config = describe(make_download(home))
+    config["gate"] = FirstOnly(str(tmp_path / "gate"))  # one worker starts, the others cannot
+    executor = ProcessExecutor(config, 3, home)
+    try:
+        with pytest.raises(ConfigurationError, match="failed to start"):
+            asyncio.run(executor.start(Sink()))
+        assert multiprocessing.active_children() == []
+    finally:
+        kill_leftover_children()
+
+
+class FailingStart:
+    shards = 2
+    crosses_processes = False
+
+    def __init__(self) -> None:
+        self.aborted = False
+
+    async def start(self, sink: ExecutorSink) -> None:
+        raise RuntimeError("no workers today")
+
+    def send(self, shard: int, jobs: list[Job]) -> None:
+        raise AssertionError("nothing is sent to an executor that did not start")
+
+    async def restart(self, shard: int) -> None:
+        raise AssertionError("never started")
+
+    async def finish(self) -> None:
+        raise AssertionError("never started")
+
+    async def abort(self) -> None:
+        self.aborted = True
+
+
+def test_the_coordinator_aborts_an_executor_that_failed_to_start():
+    """Whatever an executor got started before it failed is stopped, not left running."""
+    executor = FailingStart()
+    with pytest.raises(RuntimeError, match="no workers today"):
+        asyncio.run(collect(["http://127.0.0.2/a", "http://127.0.0.3/b"], executor))
+    assert executor.aborted
+
+
+class LastWordsThenCrash:
+    """A shard whose worker answers its first batch and dies at once, as a worker killed just
+    after it sent its results does: the results and the crash reach the loop together."""
+
+    shards = 1
+    crosses_processes = False
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+        self.restarts = 0
+        self._sink: ExecutorSink | None = None
+
+    async def start(self, sink: ExecutorSink) -> None:
+        self._sink = sink
+
+    def send(self, shard: int, jobs: list[Job]) -> None:
+        assert self._sink is not None
+        self.sent.extend(job[0] for job in jobs)
+        results: list[Result] = [
+            (job[0], None, "written", 200, 1, 0, None, 0.0, None, None) for job in jobs
+        ]
+        loop = asyncio.get_running_loop()
+        loop.call_soon(self._sink.results, shard, results)
+        if self.restarts == 0:
+            loop.call_soon(self._sink.crashed, shard, "killed right after sending")
+
+    async def restart(self, shard: int) -> None:
+        self.restarts += 1
+
+    async def finish(self) -> None:
+        pass
+
+    async def abort(self) -> None:
+        pass
+
+
+def test_a_dead_workers_last_results_count_and_are_not_sent_again():
+    executor = LastWordsThenCrash()
+    urls = [f"http://127.0.0.2/r{i}" for i in range(5)]
+    seen = asyncio.run(collect(urls, executor))
+    assert executor.restarts == 1
+    assert sorted(executor.sent) == list(range(5))  # each job went out once
+    assert sorted(b.url for b in seen) == urls
+    assert all(b.state == "written" for b in seen)
+
+
+@pytest.mark.timeout(90)
+def test_a_shard_that_cannot_restart_fails_its_jobs_and_the_rest_go_on(srv, home, tmp_path):
+    gate = tmp_path / "gate"
+    gate.write_text("")
+    config = describe(make_download(home))
+    config["gate"] = WhileExists(str(gate))
+    executor = ProcessExecutor(config, 2, home)
+    urls = [f"{srv.base_urls[i % 4]}/slow/300/r{i}" for i in range(40)]
+    # Every host spread over both shards, so both have work whichever one is killed.
+    split = {srv.host_key(i): 2 for i in range(4)}
+
+    async def main() -> list[Bundle]:
+        seen: list[Bundle] = []
+        async with contextlib.aclosing(coordinate(urls, executor, split_hosts=split)) as batches:
+            async for batch in batches:
+                if not seen:
+                    gate.unlink()  # from now on, no worker can start
+                    os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)
+                seen.extend(batch)
+        return seen
+
+    try:
+        seen = asyncio.run(main())
+    finally:
+        kill_leftover_children()
+    assert sorted(b.url for b in seen) == sorted(urls)
+    crashed = [b for b in seen if not b.ok]
+    assert crashed, "the killed shard had jobs outstanding"
+    for bundle in crashed:
+        assert bundle.error_kind == ErrorKind.WORKER_CRASH
+        assert "killed by signal 9" in bundle.error_message
+        assert "restarting the worker failed" in bundle.error_message
+    # The other shard went on to the end.
+    assert len(seen) - len(crashed) >= 10
+    assert multiprocessing.active_children() == []
+    assert temp_files(home) == []
+
+
+# --- a crashed worker's leftovers ------------------------------------------------------------
+
+
+def _pipe_threads() -> set[threading.Thread]:
+    names = ("shardload-send", "shardload-recv")
+    return {t for t in threading.enumerate() if t.name.startswith(names)}
+
+
+def test_a_crashed_worker_leaves_no_pipe_thread_behind(srv, home):
+    before = _pipe_threads()
+    urls = [f"{srv.base_urls[i % 4]}/slow/40/t{i}" for i in range(80)]
+    killed = False
+    seen = []
+    for bundle in shardload.each(urls, download=make_download(home), processes=2):
+        seen.append(bundle)
+        if not killed:
+            os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)
+            killed = True
+    assert all(b.ok for b in seen) and len(seen) == 80
+    deadline = time.monotonic() + 10
+    while _pipe_threads() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _pipe_threads() - before == set()
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_whose_pipe_ends_while_it_runs_is_killed(home):
+    """No restart may leave the old process running beside the new one."""
+    context = multiprocessing.get_context("spawn")
+    process = context.Process(target=time.sleep, args=(60,), daemon=True)
+    process.start()
+    outbox, outbox_w = context.Pipe(duplex=False)
+    outbox_w.close()  # end of file on its pipe, the process still running
+    _inbox_r, inbox = context.Pipe(duplex=False)
+    executor = ProcessExecutor({}, 1, home, stop_grace=0.2)
+    worker = _Worker(1, process, inbox, outbox)
+    executor._workers[0] = worker
+
+    async def main() -> tuple[Sink, threading.Thread]:
+        sink = Sink()
+        executor._sink, executor._loop = sink, asyncio.get_running_loop()
+        writer = threading.Thread(target=executor._write_loop, args=(worker,), daemon=True)
+        writer.start()
+        await asyncio.to_thread(executor._read_loop, 0, worker)
+        await sink.until(lambda: sink.crashes)
+        return sink, writer
+
+    try:
+        sink, writer = asyncio.run(main())
+        assert not process.is_alive()
+        writer.join(timeout=5)
+        assert not writer.is_alive()  # told to stop, not left waiting for jobs forever
+        assert [shard for shard, _ in sink.crashes] == [0]
+    finally:
+        process.kill()
+        process.join()
+
+
+# --- input items -------------------------------------------------------------------------------
+
+
+class Touchy:
+    """An item that refuses comparison, as a numpy row does (``==`` gives an array)."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+
+    def __eq__(self, other: object) -> bool:
+        raise TypeError("the truth value of an array is ambiguous")
+
+    __hash__ = object.__hash__
+
+
+class NoText:
+    def __str__(self) -> str:
+        raise ValueError("cannot be shown")
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_items_are_never_compared_with_their_url(srv, home, processes):
+    items = [Touchy(i) for i in range(6)]
+    bundles = shardload.swarm(
+        items,
+        download=make_download(home),
+        url_map=lambda t: f"{srv.base_urls[t.number % 4]}/links/{t.number}",
+        processes=processes,
+    )
+    assert [b.state for b in bundles] == ["written"] * 6
+    assert all(b.info is item for b, item in zip(bundles, items, strict=True))
+
+
+def test_an_item_that_cannot_be_prepared_fails_alone(srv, home):
+    def url_map(item: int) -> object:
+        return NoText() if item == 1 else f"{srv.base_urls[item % 4]}/links/{item}"
+
+    bundles = shardload.swarm([0, 1, 2], download=make_download(home), url_map=url_map)
+    assert [b.state for b in bundles] == ["written", "failed", "written"]
+    assert bundles[1].error_kind == ErrorKind.BAD_INPUT
+    assert "cannot be shown" in bundles[1].error_message
+    assert bundles[1].info == 1
+
+
+# --- results that point at displaced files -----------------------------------------------------
+
+
+@pytest.mark.parametrize("link", [False, True])
+def test_a_displaced_file_is_followed_only_when_it_is_a_regular_file(tmp_path, home, link):
+    outside = tmp_path / "outside"
+    outside.write_text("not ours")
+    directory = os.path.join(home, "h", "a")
+    os.makedirs(directory)
+    displaced = os.path.join(directory, "%file")
+    if link:
+        os.symlink(outside, displaced)
+    else:
+        with open(displaced, "w") as f:
+            f.write("ours")
+    with open(os.path.join(directory, "b"), "w") as f:
+        f.write("b")
+    first = Bundle("http://h/a", file_path=directory, state="written", seq=0)
+    second = Bundle("http://h/a/b", file_path=os.path.join(directory, "b"), state="written", seq=1)
+    _in_order([second, first])
+    # A symlink is never one of our files (writes never follow one): the bundle is not sent there.
+    assert first.file_path == (directory if link else displaced)
