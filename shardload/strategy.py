@@ -65,7 +65,9 @@ class DownloadStrategy:
     slow (aiohttp pauses the socket at every read-buffer boundary). ``home`` defaults to the
     working directory at construction time. ``skip_cached`` trusts what it finds, because only
     complete files ever reach a final path. ``max_bytes`` caps a body (after decompression); a
-    larger one fails as ``too_large`` and leaves nothing behind.
+    larger one fails as ``too_large`` and leaves nothing behind. ``sha256=False`` skips hashing
+    (``bundle.sha256`` stays None): every byte costs ~0.6 CPU-seconds per GiB to hash, most of
+    a large download's CPU when nobody reads the digest (img2dataset's ``compute_hash=None``).
     """
 
     def __init__(
@@ -75,11 +77,13 @@ class DownloadStrategy:
         skip_cached: bool = False,
         *,
         max_bytes: int | None = None,
+        sha256: bool = True,
     ) -> None:
         self.chunk_size = chunk_size
         self.home = os.path.abspath(os.fspath(home)) if home else os.getcwd()
         self.skip_cached = skip_cached
         self.max_bytes = max_bytes
+        self.sha256 = sha256
 
     def get_file_path(self, bundle: Bundle) -> str:
         """``<home>/<host>/<path segments>``; see ``shardload.paths`` for the exact rule."""

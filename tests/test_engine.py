@@ -112,6 +112,19 @@ def test_sha256_of_the_content(srv, home, client):
     assert b.sha256 == hashlib.sha256(body_for(70000)).hexdigest()
 
 
+@pytest.mark.parametrize("size", [70000, 3 << 20])  # written inline / in a thread
+def test_sha256_off_writes_the_same_file_without_a_digest(srv, home, client, size):
+    from shardload.testing.server import body_for
+
+    (b,) = shardload.swarm(
+        [srv.base_urls[0] + f"/bytes/{size}"],
+        download=make_download(home, client=client, sha256=False),
+    )
+    assert b.state == "written" and b.bytes == size
+    assert b.sha256 is None
+    assert open(b.file_path, "rb").read() == body_for(size)
+
+
 def test_large_body_is_complete(srv, home, client):
     from shardload.testing.server import body_for
 

@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("-H", "--header", type=parse_header, action="append", default=[],
         metavar="'NAME: VALUE'", help="extra request header (repeatable)")
     add("--skip-existing", action="store_true", help="keep files already at their path")
+    add("--no-sha256", dest="sha256", action="store_false",
+        help="do not hash bodies (the manifest's sha256 is null; ~0.6 CPU-s per GiB saved)")
     add("--manifest", metavar="PATH", help="manifest path (default: OUTPUT/manifest.jsonl)")
     add("--resume", action="store_true",
         help="append to the manifest; skip URLs it records as done")
@@ -167,7 +169,10 @@ def strategy_options(args: argparse.Namespace) -> dict[str, Any]:
 def make_download(args: argparse.Namespace) -> Any:
     cls = {"default": RequestStrategy, "lenient": Lenient, "backoff": BackOff}[args.strategy]
     download_strategy = DownloadStrategy(
-        home=args.output, skip_cached=args.skip_existing, max_bytes=args.max_size
+        home=args.output,
+        skip_cached=args.skip_existing,
+        max_bytes=args.max_size,
+        sha256=args.sha256,
     )
     return AioDownload(
         download_strategy=download_strategy, request_strategy=cls(**strategy_options(args))

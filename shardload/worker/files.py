@@ -150,7 +150,8 @@ speed_guard: ContextVar[SpeedGuard | None] = ContextVar("speed_guard", default=N
 
 
 async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadStrategy) -> None:
-    """Write the response body to ``bundle.file_path`` atomically; sets bytes and sha256."""
+    """Write the response body to ``bundle.file_path`` atomically; sets bytes and sha256
+    (unless the strategy's ``sha256`` is off)."""
     guard = speed_guard.get()
     if bundle.file_path is None:
         raise DownloadFailed(ErrorKind.STRATEGY, "no file path for the bundle")
@@ -160,7 +161,7 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
     encoded = response.headers.get("Content-Encoding", "identity").lower() != "identity"
     if limit is not None and declared is not None and declared > limit and not encoded:
         raise DownloadFailed(ErrorKind.TOO_LARGE, f"Content-Length {declared} > max {limit}")
-    digest = hashlib.sha256()
+    digest = hashlib.sha256() if strategy.sha256 else None
     size = 0
     pending: list[bytes] = []
     pending_size = 0
@@ -192,7 +193,7 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
         tmp.discard()
         raise
     bundle.bytes = size
-    bundle.sha256 = digest.hexdigest()
+    bundle.sha256 = digest.hexdigest() if digest is not None else None
 
 
 class _Temp:
@@ -234,8 +235,9 @@ def _open_temp(home: str) -> _Temp:
 
 def _write_and_hash(fd: int, chunks: list[bytes], digest: Any) -> None:
     # Large bodies run this in a thread: hashlib and os.write both release the GIL.
-    for chunk in chunks:
-        digest.update(chunk)
+    if digest is not None:
+        for chunk in chunks:
+            digest.update(chunk)
     # One system call per batch of pieces; a short write (rare on files) goes on piece by piece.
     for start in range(0, len(chunks), _IOV_MAX):
         batch = chunks[start : start + _IOV_MAX]

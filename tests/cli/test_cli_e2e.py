@@ -51,6 +51,19 @@ def test_file_input_all_ok(server: LocalServer, tmp_path: Path) -> None:
     assert "finished   30 (written 30, cached 0, failed 0)" in err
 
 
+def test_no_sha256_leaves_the_digest_null(server: LocalServer, tmp_path: Path) -> None:
+    urls = _byte_urls(server, "nohash", 4)
+    out = tmp_path / "out"
+    result = run_cli("-", "-o", out, "-p", "2", "-q", "--no-sha256", stdin="\n".join(urls).encode())
+    assert result.returncode == 0, result.stderr.decode()
+    records = read_manifest(out / "manifest.jsonl")
+    assert len(records) == 4
+    for record in records:
+        assert record["state"] == "written" and record["sha256"] is None
+        size = int(str(record["url"]).split("/bytes/")[1].split("?", maxsplit=1)[0])
+        assert Path(str(record["path"])).stat().st_size == size
+
+
 def test_stdin_input_and_quiet(server: LocalServer, tmp_path: Path) -> None:
     urls = _byte_urls(server, "stdin", 5)
     out = tmp_path / "out"
