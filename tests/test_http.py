@@ -327,6 +327,62 @@ def test_a_connection_that_sent_more_than_was_asked_is_not_reused(home, extra):
     assert server.connections == (1 if not extra else 4)
 
 
+def _head(size: int) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size
+
+
+def test_a_body_sent_after_its_headers_is_whole_and_the_connection_reused(home):
+    """Headers first, then the body in pieces: the rest of a body with a Content-Length skips
+    the parser (see connection.py), and the connection still serves the next request."""
+
+    def handler(conn, index):
+        while (head := server.recorded(conn)) is not None:
+            body = body_for(90_000, head.split(b" ")[1].decode())
+            conn.sendall(_head(len(body)))
+            for start in range(0, len(body), 30_000):
+                time.sleep(0.01)
+                conn.sendall(body[start : start + 30_000])
+
+    with RawServer(handler) as server:
+        urls = [f"{server.url}/r/{i}" for i in range(3)]
+        bundles = shardload.swarm(urls, download=make_download(home, RequestStrategy(concurrent=1)))
+    assert [b.state for b in bundles] == ["written"] * 3, [b.error_message for b in bundles]
+    for i, b in enumerate(bundles):
+        assert open(b.file_path, "rb").read() == body_for(90_000, f"/r/{i}")
+    assert server.connections == 1
+
+
+def test_a_body_cut_after_its_headers_is_truncated_with_the_count(home):
+    def handler(conn, index):
+        if server.recorded(conn) is not None:
+            conn.sendall(_head(50_000))
+            time.sleep(0.02)
+            conn.sendall(body_for(20_000))
+
+    with RawServer(handler) as server:
+        (b,) = shardload.swarm([server.url + "/cut"], download=make_download(home))
+    assert b.error_kind == ErrorKind.TRUNCATED
+    assert "got 20000 of 50000 bytes" in (b.error_message or "")
+    assert files_under(home) == set() and temp_files(home) == []
+
+
+def test_bytes_past_a_late_body_are_not_taken_as_the_next_answer(home):
+    def handler(conn, index):
+        while (head := server.recorded(conn)) is not None:
+            body = head.split(b" ")[1] * 1000
+            conn.sendall(_head(len(body)))
+            time.sleep(0.02)
+            conn.sendall(body + ok(b"stale"))
+
+    with RawServer(handler) as server:
+        urls = [f"{server.url}/x/{i}" for i in range(3)]
+        bundles = shardload.swarm(urls, download=make_download(home, RequestStrategy(concurrent=1)))
+    assert [open(b.file_path, "rb").read() for b in bundles] == [
+        f"/x/{i}".encode() * 1000 for i in range(3)
+    ]
+    assert server.connections == 3
+
+
 @given(st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x2FF), max_size=40))
 @settings(max_examples=300)
 def test_request_target_is_printable_ascii_and_stable(tail):
