@@ -62,7 +62,11 @@ def _url_file(workload: Workload, work: Path) -> Path:
     return path
 
 
-def shardload(processes: int, per_host: int, worker: int = PARALLEL) -> Contender:
+def shardload(
+    processes: int, per_host: int, worker: int = PARALLEL, sha256: bool = True
+) -> Contender:
+    """``sha256=False`` (named ``shardload-nohash-pN``) hashes nothing, like every peer."""
+
     def prepare(workload: Workload, out: Path, work: Path, port: int) -> Prepared:
         urls = _url_file(workload, work)
         return Prepared(
@@ -78,16 +82,18 @@ def shardload(processes: int, per_host: int, worker: int = PARALLEL) -> Contende
                 str(per_host),
                 "--worker",
                 str(worker),
+                *([] if sha256 else ["--no-sha256"]),
             ]
         )
 
     return Contender(
-        f"shardload-p{processes}",
+        f"shardload-p{processes}" if sha256 else f"shardload-nohash-p{processes}",
         "shardload",
         processes,
         layout_host_port,
         prepare,
-        f"swarm(processes={processes}), concurrent={per_host}/host, worker_concurrent={worker}",
+        f"swarm(processes={processes}), concurrent={per_host}/host, worker_concurrent={worker}"
+        + ("" if sha256 else ", DownloadStrategy(sha256=False)"),
     )
 
 
@@ -290,6 +296,7 @@ def select(
     n = max(2, cores)
     every: list[Contender] = [shardload(1, per_host)]
     every.append(shardload(n, per_host))
+    every.append(shardload(n, per_host, sha256=False))
     every += [aiohttp_plain(1), aiohttp_plain(n)]
     if shutil.which("curl"):
         every.append(curl())

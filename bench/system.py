@@ -29,14 +29,14 @@ def kill_group(process: subprocess.Popen[Any]) -> None:
 
 
 def group_left(process: subprocess.Popen[Any], grace: float = 2.0) -> bool:
-    """After the top process exited: True if something of its group outlived ``grace``
+    """After the top process exited: True if something of its group still ran after ``grace``
     seconds (then it is killed). Python's resource tracker needs a moment to see its pipe close.
+    Zombies do not count: an orphan that exited waits for init to reap it, and this machine's
+    init reaps about once a second.
     """
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        try:
-            os.killpg(process.pid, 0)
-        except ProcessLookupError:
+        if not _running_in_group(process.pid):
             return False
         time.sleep(0.05)
     kill_group(process)
@@ -169,6 +169,21 @@ def _children(pid: int) -> list[int]:
         except OSError:
             continue
     return out
+
+
+def _running_in_group(pgid: int) -> bool:
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp ...: comm may hold spaces, so split after its ")".
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def tree_pids(root: int) -> list[int]:

@@ -1,6 +1,7 @@
 """shardload as a user runs it: ``swarm()`` over a URL list, files under OUT.
 
-``python -m bench.clients.shardload_client URLS OUT --processes N --per-host C --worker W``
+``python -m bench.clients.shardload_client URLS OUT --processes N --per-host C --worker W
+[--no-sha256]``
 
 Prints one JSON line: the time inside ``swarm()`` and the count of each final state.
 """
@@ -24,9 +25,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--per-host", type=int, default=16)
     parser.add_argument("--worker", type=int, default=64)
+    parser.add_argument("--no-sha256", dest="sha256", action="store_false")
     args = parser.parse_args(argv)
     download = AioDownload(
-        download_strategy=DownloadStrategy(home=args.out),
+        download_strategy=DownloadStrategy(home=args.out, sha256=args.sha256),
         request_strategy=RequestStrategy(concurrent=args.per_host, worker_concurrent=args.worker),
     )
     started = time.perf_counter()
