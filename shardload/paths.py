@@ -45,6 +45,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os.path
+import re
 from urllib.parse import unquote_to_bytes
 
 from shardload.errors import DownloadFailed, ErrorKind
@@ -106,13 +107,27 @@ def _host_name(host_text: str, port: int | None) -> str:
     return _fit(host if port is None else f"{host}_{port}")
 
 
+# A path whose segments escape to themselves: only kept characters, no "%", no segment
+# starting with "." (so none is dots-only or ".shardload..."). Most URLs; one regex instead of
+# decoding and escaping each segment.
+_PLAIN_PATH = re.compile(
+    r"(?:[A-Za-z0-9\-_~+,=][A-Za-z0-9\-._~+,=]*)?(?:/(?:[A-Za-z0-9\-_~+,=][A-Za-z0-9\-._~+,=]*)?)*"
+)
+
+
+def _segment_names(path: str) -> list[str]:
+    """Rules 2 and 3 for a path less its leading ``/``."""
+    if _PLAIN_PATH.fullmatch(path):
+        return [segment or INDEX_NAME for segment in path.split("/")]
+    return [
+        _escape(unquote_to_bytes(segment.encode("utf-8", "surrogatepass"))) or INDEX_NAME
+        for segment in path.split("/")
+    ]
+
+
 def url_to_relpath(parts: UrlParts) -> str:
     """The file of ``parts`` relative to the download home, ``/``-joined (rule in module doc)."""
-    path = parts.path.removeprefix("/")
-    names: list[str] = []
-    for segment in path.split("/"):
-        raw = unquote_to_bytes(segment.encode("utf-8", "surrogatepass"))
-        names.append(_escape(raw) or INDEX_NAME)
+    names = _segment_names(parts.path.removeprefix("/"))
     if parts.query:
         names[-1] += "@" + _escape(parts.query.encode("utf-8", "surrogatepass"))
     host = _host_component(parts)
@@ -144,7 +159,9 @@ def is_within(home: str, path: str) -> bool:
     Pure string comparison of normalised absolute paths: symlinks are the writer's concern.
     """
     base = absolute(home)
-    target = os.path.normpath(os.path.join(base, path))  # base is absolute, so is the join
-    if target == base:
-        return True
-    return target.startswith(base if base.endswith(os.sep) else base + os.sep)
+    return contains(base, os.path.normpath(os.path.join(base, path)))  # base is absolute
+
+
+def contains(base: str, target: str) -> bool:
+    """``is_within`` for paths already absolute and normalised (no second ``normpath``)."""
+    return target == base or target.startswith(base if base.endswith(os.sep) else base + os.sep)

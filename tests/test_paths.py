@@ -475,3 +475,17 @@ def test_is_within_agrees_with_commonpath(path: str) -> None:
     target = os.path.normpath(os.path.join(home, path))
     assume(target)
     assert is_within(home, path) is (os.path.commonpath([home, target]) == home)
+
+
+@given(st.text(alphabet="aZ09-._~+,=/%2Fé", max_size=30))
+@example(".shardload-tmp/x")
+@example("a/./b/../.")
+@example("")
+@settings(max_examples=500)
+def test_the_plain_path_shortcut_agrees_with_the_general_rule(path):
+    general = [
+        paths_module._escape(unquote_to_bytes(segment.encode("utf-8", "surrogatepass")))
+        or paths_module.INDEX_NAME
+        for segment in path.split("/")
+    ]
+    assert paths_module._segment_names(path) == general

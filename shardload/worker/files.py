@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..bundle import Bundle
 from ..errors import DownloadFailed, ErrorKind
-from ..paths import TEMP_DIR_NAME, absolute, displaced_path, is_within
+from ..paths import TEMP_DIR_NAME, absolute, contains, displaced_path
 
 if TYPE_CHECKING:
     from ..strategy import DownloadStrategy, Response
@@ -85,7 +85,7 @@ def check_target(home: str, path: str) -> str:
     """The absolute target path if it lies strictly inside home; else ``unsafe_path``."""
     home = absolute(home)
     target = os.path.normpath(path if os.path.isabs(path) else os.path.join(home, path))
-    if target == home or not is_within(home, target):
+    if target == home or not contains(home, target):
         raise DownloadFailed(ErrorKind.UNSAFE_PATH, f"path outside the download home: {target}")
     # Inside home (checked above), so the first component follows home's own prefix.
     if _below(home, target).split(os.sep, 1)[0] == TEMP_DIR_NAME:
