@@ -496,6 +496,27 @@ def test_a_callers_authorization_goes_only_to_the_origin_asked_for(
         assert json.load(f)["headers"].get("Authorization") == ("Bearer t0k" if kept else None)
 
 
+def test_a_callers_host_header_is_sent(srv, home, client):
+    strategy = RequestStrategy(headers={"Host": "vhost.example"})
+    (b,) = shardload.swarm(
+        [srv.base_urls[0] + "/echo"], download=make_download(home, strategy, client=client)
+    )
+    assert b.ok, b.error_message
+    with open(b.file_path) as f:
+        assert json.load(f)["headers"]["Host"] == "vhost.example"
+
+
+@pytest.mark.parametrize(("to_host", "kept"), [(0, True), (1, False)])
+def test_a_callers_host_header_goes_only_to_the_origin_asked_for(srv, home, to_host, kept):
+    strategy = RequestStrategy(headers={"host": "vhost.example"})
+    start = f"{srv.base_urls[0]}/redirect-to?url={srv.base_urls[to_host]}/echo"
+    (b,) = shardload.swarm([start], download=make_download(home, strategy))
+    assert b.ok, b.error_message
+    own = srv.base_urls[to_host].removeprefix("http://")
+    with open(b.file_path) as f:
+        assert json.load(f)["headers"]["Host"] == ("vhost.example" if kept else own)
+
+
 def test_a_connect_cancelled_after_the_socket_opened_keeps_the_count(srv, monkeypatch):
     url = f"{srv.base_urls[0]}/links/1"
     made = Connection.connection_made

@@ -80,6 +80,9 @@ class LeanClient:
             {name: value for name, value in headers.items() if name.lower() != "authorization"}
         )
         self._has_auth = any(name.lower() == "authorization" for name in headers)
+        # A caller's Host header (a virtual host behind an address) is for the origin asked
+        # for; a redirect elsewhere names its own host (as curl).
+        self._host = next((v for n, v in headers.items() if n.lower() == "host"), None)
         self._idle: dict[tuple[str, str, int], list[Connection]] = {}
         self._lru: dict[Connection, None] = {}  # idle connections, oldest first
         self._open = 0
@@ -138,8 +141,9 @@ class LeanClient:
         auth = ""
         if "@" in url and not (same_origin and self._has_auth):
             auth = _basic_auth(url)
+        host = self._host if same_origin and self._host else parts.host_key
         return (
-            f"GET {request_target(parts)} HTTP/1.1\r\nHost: {parts.host_key}\r\n{fixed}{auth}\r\n"
+            f"GET {request_target(parts)} HTTP/1.1\r\nHost: {host}\r\n{fixed}{auth}\r\n"
         ).encode("utf-8", "surrogateescape")
 
     # Pool.
@@ -252,7 +256,7 @@ def _fixed_headers(headers: Mapping[str, str]) -> str:
         if any(c in f"{name}{value}" for c in "\r\n\0") or not name or ":" in name:
             raise DownloadFailed(ErrorKind.STRATEGY, f"invalid request header {name!r}")
         merged[name.lower()] = (name, value)
-    merged.pop("host", None)  # the Host header always names the URL's host
+    merged.pop("host", None)  # sent first, by _head
     return "".join(f"{name}: {value}\r\n" for name, value in merged.values())
 
 
