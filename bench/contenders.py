@@ -63,9 +63,15 @@ def _url_file(workload: Workload, work: Path) -> Path:
 
 
 def shardload(
-    processes: int, per_host: int, worker: int = PARALLEL, sha256: bool = True
+    processes: int,
+    per_host: int,
+    worker: int = PARALLEL,
+    sha256: bool = True,
+    variant: str = "",
 ) -> Contender:
-    """``sha256=False`` (named ``shardload-nohash-pN``) hashes nothing, like every peer."""
+    """``shardload-pN``, or ``shardload-<variant>-pN`` for the same run with other settings:
+    ``nohash`` (``sha256=False``: hashes nothing, like every peer) and ``host64`` (64 requests
+    per host, as many as the peers and the plain scripts allow one host)."""
 
     def prepare(workload: Workload, out: Path, work: Path, port: int) -> Prepared:
         urls = _url_file(workload, work)
@@ -87,7 +93,7 @@ def shardload(
         )
 
     return Contender(
-        f"shardload-p{processes}" if sha256 else f"shardload-nohash-p{processes}",
+        f"shardload-{variant}-p{processes}" if variant else f"shardload-p{processes}",
         "shardload",
         processes,
         layout_host_port,
@@ -296,7 +302,8 @@ def select(
     n = max(2, cores)
     every: list[Contender] = [shardload(1, per_host)]
     every.append(shardload(n, per_host))
-    every.append(shardload(n, per_host, sha256=False))
+    every.append(shardload(n, per_host, sha256=False, variant="nohash"))
+    every.append(shardload(n, PARALLEL, variant="host64"))
     every += [aiohttp_plain(1), aiohttp_plain(n)]
     if shutil.which("curl"):
         every.append(curl())
