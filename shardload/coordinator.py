@@ -11,6 +11,10 @@ Invariants:
 - the loop never blocks on a worker, a host or the input: it only awaits ``wake``;
 - a crashed shard is restarted and its outstanding jobs resent, up to ``max_restarts`` times;
   after that, or when its restart fails, its jobs fail with ``worker_crash`` and the reason.
+  A restart runs beside the loop (spawning a worker takes ~0.1 s, a Ray actor longer): the other
+  shards' results keep coming and their jobs keep going out; the restarting shard's new jobs
+  wait in flow control. The loop ends only after every restart it began has ended, so no worker
+  is still being started when the executor is told to stop.
 """
 
 from __future__ import annotations
@@ -234,6 +238,7 @@ async def coordinate(
     flow: FlowControl[_Entry] = FlowControl(shards, limits.shard_cap, limits.lane_cap)
     pending: dict[int, _Entry] = {}
     restarts = [0] * shards
+    restarting: dict[int, tuple[asyncio.Future[None], str]] = {}  # shard: (restart, reason)
     dead: dict[int, str] = {}
     reader = _InputReader(
         items,
@@ -289,25 +294,34 @@ async def coordinate(
             del pending[entry.bundle.seq]
             out.append(entry.bundle.fail(ErrorKind.WORKER_CRASH, reason))
 
-    async def crashed(shard: int, reason: str, out: list[Bundle]) -> None:
+    def crashed(shard: int, reason: str, out: list[Bundle]) -> None:
         if shard in dead:
             return  # already given up on: nothing of it is outstanding
         restarts[shard] += 1
         if restarts[shard] > limits.max_restarts:
             give_up(shard, f"{reason}; gave up after {limits.max_restarts} restarts", out)
             return
-        try:
-            await executor.restart(shard)
-        except Exception as exc:
-            # A shard that cannot come back fails its own jobs; the other shards go on (rule 7).
-            give_up(shard, f"{reason}; restarting the worker failed: {_describe(exc)}", out)
-            return
-        lost = sorted(
-            (e for e in pending.values() if e.shard == shard and e.sent),
-            key=lambda e: e.bundle.seq,
-        )
-        if lost:
-            executor.send(shard, [e.job for e in lost])
+        task = asyncio.ensure_future(executor.restart(shard))
+        task.add_done_callback(lambda _: events.wake.set())
+        restarting[shard] = (task, reason)
+
+    def restarted(out: list[Bundle], dirty: set[int]) -> None:
+        for shard, (task, reason) in list(restarting.items()):
+            if not task.done():
+                continue
+            del restarting[shard]
+            exc = asyncio.CancelledError() if task.cancelled() else task.exception()
+            if exc is not None:
+                # A shard that cannot come back fails its own jobs; the others go on (rule 7).
+                give_up(shard, f"{reason}; restarting the worker failed: {_describe(exc)}", out)
+                continue
+            lost = sorted(
+                (e for e in pending.values() if e.shard == shard and e.sent),
+                key=lambda e: e.bundle.seq,
+            )
+            if lost:
+                executor.send(shard, [e.job for e in lost])
+            dirty.add(shard)  # what waited in flow control during the restart goes out now
 
     def take_results(out: list[Bundle], dirty: set[int]) -> None:
         while events.arrived:
@@ -339,13 +353,17 @@ async def coordinate(
             out: list[Bundle] = []
             dirty: set[int] = set()
             # Results first: a worker's last results arrive before its crash does, and a job
-            # that has its result must not be counted as lost and downloaded again. Again
-            # after each restart, which awaits while other workers deliver (and may die).
+            # that has its result must not be counted as lost and downloaded again.
             take_results(out, dirty)
+            restarted(out, dirty)
+            later: list[tuple[int, str]] = []
             while events.crashes:
                 shard, reason = events.crashes.popleft()
-                await crashed(shard, reason, out)
-                take_results(out, dirty)
+                if shard in restarting:
+                    later.append((shard, reason))  # the new worker died: after its restart ends
+                else:
+                    crashed(shard, reason, out)
+            events.crashes.extendleft(reversed(later))
             # Admitted a step at a time, so the first jobs go out (and results come back)
             # while the rest of a large read-ahead is still being admitted.
             room = min(limits.waiting_cap - flow.waiting, _ADMIT_STEP)
@@ -356,6 +374,8 @@ async def coordinate(
                 for bundle in taken:
                     admit(bundle, out, dirty)
             for shard in dirty:
+                if shard in restarting:
+                    continue  # sent when its worker is back (restarted())
                 entries = flow.take(shard)
                 if entries:
                     for entry in entries:
@@ -369,12 +389,19 @@ async def coordinate(
                 break
             if more:
                 await asyncio.sleep(0)  # let replies and pipe IO in between the steps
-            elif not (events.arrived or events.crashes):
+            elif not events.arrived and len(events.crashes) == len(later):
                 await events.wake.wait()
         finished = True
     finally:
         reader.stop()
-        if finished:
-            await executor.finish()
-        else:
-            await executor.abort()
+        try:
+            for task, _ in restarting.values():
+                # A worker half started must be in the executor's list before it is told to
+                # stop; its failure no longer matters.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(task)
+        finally:
+            if finished:
+                await executor.finish()
+            else:
+                await executor.abort()

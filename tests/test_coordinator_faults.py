@@ -9,7 +9,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -235,6 +235,122 @@ def test_a_dead_workers_last_results_count_and_are_not_sent_again():
     assert sorted(executor.sent) == list(range(5))  # each job went out once
     assert sorted(b.url for b in seen) == urls
     assert all(b.state == "written" for b in seen)
+
+
+class SlowRestart:
+    """Two shards. Shard 0's first worker dies: on its first jobs, or (``idle``) at once, with
+    nothing outstanding. Its restart lasts until the test lets it end (``release``); shard 1
+    answers its first jobs only once that restart began."""
+
+    shards = 2
+    crosses_processes = False
+
+    def __init__(self, idle: bool, dies_again: bool = False) -> None:
+        self.idle = idle
+        self.dies_again = dies_again  # the first new worker dies too, while it is starting
+        self.restarting = 0
+        self.overlapped = False
+        self.sent: list[tuple[int, int]] = []
+        self.sent_while_restarting: list[int] = []
+        self.restarts = 0
+        self.release = asyncio.Event()
+        self.restart_began = threading.Event()
+        self.held: list[Job] = []
+        self._sink: ExecutorSink | None = None
+
+    async def start(self, sink: ExecutorSink) -> None:
+        self._sink = sink
+        if self.idle:
+            asyncio.get_running_loop().call_soon(sink.crashed, 0, "killed while idle")
+
+    def _answer(self, shard: int, jobs: list[Job]) -> None:
+        assert self._sink is not None
+        results: list[Result] = [
+            (job[0], None, "written", 200, 1, 0, None, 0.0, None, None) for job in jobs
+        ]
+        asyncio.get_running_loop().call_soon(self._sink.results, shard, results)
+
+    def send(self, shard: int, jobs: list[Job]) -> None:
+        assert self._sink is not None
+        self.sent.extend((shard, job[0]) for job in jobs)
+        if shard == 0 and self.restarts == 1 and not self.release.is_set():
+            self.sent_while_restarting.extend(job[0] for job in jobs)
+        if shard == 1 and self.restarts == 0:
+            self.held.extend(jobs)
+        elif shard == 0 and self.restarts == 0:
+            asyncio.get_running_loop().call_soon(self._sink.crashed, 0, "killed")
+        else:
+            self._answer(shard, jobs)
+
+    async def restart(self, shard: int) -> None:
+        self.restarts += 1
+        self.overlapped |= self.restarting > 0
+        self.restarting += 1
+        self.restart_began.set()
+        self._answer(1, self.held)
+        self.held = []
+        if self.dies_again and self.restarts == 1:
+            assert self._sink is not None
+            asyncio.get_running_loop().call_soon(self._sink.crashed, 0, "died again")
+        await self.release.wait()
+        self.restarting -= 1
+
+    async def finish(self) -> None:
+        pass
+
+    async def abort(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("idle", "dies_again"),
+    [(False, False), (True, False), (False, True)],
+    ids=["busy", "idle", "dies-again"],
+)
+def test_a_restart_does_not_hold_up_the_other_shards(idle, dies_again):
+    from shardload.sharding import shard_of
+    from shardload.urls import host_key
+
+    urls = [f"http://127.0.0.{i}/r{i}" for i in range(2, 40)]
+    zeros = [u for u in urls if shard_of(host_key(u), 2) == 0]
+    ones = [u for u in urls if shard_of(host_key(u), 2) == 1]
+    assert len(zeros) > 4 and len(ones) > 4
+    # Read before the crash: some of shard 0 (none when it dies idle) and of shard 1. Read
+    # while shard 0 restarts: the rest, ending with shard 1, so that once all of shard 1 is
+    # back every URL has been admitted.
+    early_zeros = [] if idle else zeros[:4]
+    first = early_zeros + ones[:2]
+    rest = zeros[len(early_zeros) :] + ones[2:]
+    executor = SlowRestart(idle, dies_again)
+
+    def items() -> Iterator[str]:
+        yield from first
+        executor.restart_began.wait(5)
+        yield from rest
+
+    async def main() -> list[Bundle]:
+        seen: list[Bundle] = []
+        async with asyncio.timeout(10):
+            async with contextlib.aclosing(coordinate(items(), executor)) as batches:
+                async for batch in batches:
+                    seen.extend(batch)
+                    if not executor.release.is_set() and set(ones) <= {b.url for b in seen}:
+                        # All of shard 1 came through while shard 0 was restarting.
+                        assert executor.restarts == 1
+                        executor.release.set()
+        return seen
+
+    seen = asyncio.run(main())
+    assert sorted(b.url for b in seen) == sorted(urls)
+    assert all(b.state == "written" for b in seen)
+    assert executor.sent_while_restarting == []  # shard 0's new jobs waited for its worker
+    assert not executor.overlapped  # a crash during a restart is handled after it
+    if dies_again:
+        assert executor.restarts == 2
+        return
+    assert executor.restarts == 1
+    sent_zero = sum(1 for shard, _ in executor.sent if shard == 0)
+    assert sent_zero == 2 * len(early_zeros) + len(zeros) - len(early_zeros)  # resent once
 
 
 @pytest.mark.timeout(90)
