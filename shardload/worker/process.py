@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import pickle
 import queue
 import signal
+import sys
 import threading
 from multiprocessing.connection import Connection
 from typing import Any
@@ -27,8 +29,35 @@ from .shard import ShardWorker
 
 def worker_main(config_blob: bytes, inbox: Connection, outbox: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _keep_freed_memory()
     config = pickle.loads(config_blob)
     run_loop(_serve(config, inbox, outbox))
+
+
+def _keep_freed_memory() -> None:
+    """Let glibc keep freed heap memory for reuse instead of returning it at once.
+
+    Every read of a body is a fresh bytes object (uvloop's, then httptools' for the part that
+    came with the headers): ~100 KiB each on a medium file. With glibc's defaults the heap top
+    is handed back to the kernel after ~128 KiB are free and faulted in again (pages zeroed) on
+    the next read: ~30-45 us per 100 KiB response, a fifth of a medium file's CPU here. Keeping
+    up to 64 MiB, and serving blocks up to 8 MiB from the heap rather than fresh mmaps, cut the
+    system CPU of 2,000 x 100 KiB (processes=2) from 0.32 to 0.23 s. Peak memory is unchanged
+    (flow control bounds it); memory freed after a peak returns to the kernel later. Only in
+    worker processes: a caller's own process keeps its allocator settings.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # glibc's; musl's accepts and ignores these
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, 8 << 20)  # fixing one threshold fixes both: set both
+    mallopt(_M_TRIM_THRESHOLD, 64 << 20)
+    mallopt(_M_TOP_PAD, 1 << 20)
+
+
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # <malloc.h>
 
 
 def run_loop(main: Any) -> Any:
