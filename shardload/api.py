@@ -33,6 +33,11 @@ def each(
     ``url_map(item)`` gives the URL (or a Bundle) of an item; the item becomes ``bundle.info``.
     Options (``RunOptions``): ``processes``, ``split_hosts``, ``start_method``, ``backend``,
     ``ray_address``; they are checked before any work starts.
+
+    A bundle's ``file_path`` is where its file was when the bundle was yielded. If a URL that
+    comes later needs that path as a directory (``/a``, then ``/a/b``), the file moves to
+    ``shardload.paths.displaced_path(path)`` (``<path>/%file``); ``swarm`` returns the final
+    paths.
     """
     return Run(make_plan(iterable, url_map, download, options, sync=True))
 
