@@ -8,6 +8,7 @@ command's process tree, sampled every 50 ms. The server's CPU time is read from 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import resource
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .contenders import REPO, Contender
-from .nginx import Nginx
+from .nginx import SIZES, SLOW_SIZE, Nginx
 from .system import TreeSampler, busy_seconds, group_left, kill_group, wait_quiet
 from .workloads import Workload
 
@@ -30,13 +31,25 @@ class Verify:
     found: int = 0
     missing: int = 0
     wrong_size: int = 0
+    wrong_content: int = 0
     error_files: int = 0  # files left for URLs that failed (should be 0)
     bytes: int = 0
     examples: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.missing == 0 and self.wrong_size == 0
+        return self.missing == 0 and self.wrong_size == 0 and self.wrong_content == 0
+
+
+@functools.lru_cache(maxsize=8)
+def _reference(root: Path, kind: str) -> bytes | None:
+    """What every served file of a path class holds: the generated file its URL links to, or
+    the slow host's run of ``x``; None for paths that serve no body."""
+    if kind in SIZES:
+        return (root / f".{kind}.base").read_bytes()
+    if kind == "slow":
+        return b"x" * SLOW_SIZE
+    return None
 
 
 def exit_ok(contender: Contender, workload: Workload, code: int) -> bool:
@@ -89,9 +102,10 @@ def clean(path: Path) -> None:
 
 
 def verify(
-    workload: Workload, contender: Contender, out: Path, port: int, started: float
+    workload: Workload, contender: Contender, out: Path, port: int, started: float, root: Path
 ) -> tuple[Verify, dict[str, float]]:
-    """Check every expected file and its size; time each group by its files' ctimes.
+    """Check every expected file, its size and its bytes (against the file the server sent,
+    under ``root``); time each group by its files' ctimes.
 
     ctime, not mtime: wget2 copies the server's Last-Modified into mtime; a file's ctime is
     the moment it was last written or renamed into place, i.e. when its download completed.
@@ -119,6 +133,12 @@ def verify(
             result.wrong_size += 1
             if len(result.examples) < 3:
                 result.examples.append(f"{path}: {info.st_size} bytes, not {item.size}")
+            continue
+        reference = _reference(root, item.path.split("/")[1])
+        if reference is not None and path.read_bytes() != reference:
+            result.wrong_content += 1
+            if len(result.examples) < 3:
+                result.examples.append(f"{path}: not the bytes the server sent")
             continue
         result.found += 1
         result.bytes += info.st_size
@@ -198,7 +218,7 @@ def run_once(
         client["timed_out"] = True
     if left:
         client["left_processes"] = True
-    checked, groups = verify(workload, contender, out, nginx.port, started_epoch)
+    checked, groups = verify(workload, contender, out, nginx.port, started_epoch, nginx.root)
     return Run(
         workload=workload.name,
         contender=contender.name,

@@ -325,7 +325,7 @@ def write(results: dict[str, Any], folder: Path) -> None:
         "(127.0.0.2-9), keep-alive, no access log, tmpfs document root. Output to /dev/shm. "
         f"{results['runs_per_workload']} rounds per workload, contenders alternating (the order "
         "rotates each round); median and (min-max) over rounds. Every run's files were checked "
-        "(count and size).",
+        "(count, size and bytes).",
         "",
         "Wall time includes process start (interpreter, worker spawn). CPU s / 1k files is the "
         "client's user+system CPU (all its processes) per 1,000 files; peak RSS is the largest "
