@@ -45,7 +45,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="names, e.g. shardload-p1 shardload-p2 aiohttp-p1 aiohttp-p2 curl aria2 wget2 "
         "aiodownload (default: all available)",
     )
-    parser.add_argument("--runs", type=int, help="rounds per workload (default 3; --quick: 1)")
+    parser.add_argument("--runs", type=int, help="rounds per workload (default 5; --quick: 1)")
     parser.add_argument("--per-host", type=int, default=16, help="shardload's concurrent=")
     parser.add_argument("--port", type=int, default=8089)
     parser.add_argument("--slow-delay", type=float, default=0.2, help="seconds, slow host")
@@ -61,7 +61,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.runs is None:
-        args.runs = 1 if args.quick else 3
+        args.runs = 1 if args.quick else 5
     if args.results is None:
         args.results = BENCH_DIR / ("out/quick" if args.quick else "results")
     if args.scaling is None:
