@@ -79,6 +79,7 @@ class Run:
     groups: dict[str, float]
     client: dict[str, Any]
     valid: bool
+    invalid_reason: str = ""
 
     @property
     def files_per_s(self) -> float:
@@ -219,6 +220,13 @@ def run_once(
     if left:
         client["left_processes"] = True
     checked, groups = verify(workload, contender, out, nginx.port, started_epoch, nginx.root)
+    reasons = list(checked.examples)  # a failed check always leaves an example
+    if timed_out:
+        reasons.append("timed out")
+    if left:
+        reasons.append("processes of the run outlived it")
+    if not exit_ok(contender, workload, process.returncode):
+        reasons.append(f"exit {process.returncode}")
     return Run(
         workload=workload.name,
         contender=contender.name,
@@ -243,8 +251,6 @@ def run_once(
         verify=checked,
         groups=groups,
         client=client,
-        valid=checked.ok
-        and not timed_out
-        and not left
-        and exit_ok(contender, workload, process.returncode),
+        valid=not reasons,
+        invalid_reason="; ".join(reasons),
     )

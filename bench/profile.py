@@ -102,7 +102,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("shardload/urls.py", "shardload/paths.py", "get_file_path"),
     ),
     ("per-host slots (hosts.py)", ("worker/hosts.py",)),
-    ("HTTP client: lean (http.py), incl. socket send", ("worker/http.py", "httptools")),
+    ("HTTP client: lean (worker/http/), incl. socket send", ("worker/http/",)),
     ("engine, shard worker (engine.py, shard.py)", ("worker/engine.py", "worker/shard.py")),
     (
         "coordinator, flow control (coordinator.py, flow.py)",

@@ -61,7 +61,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[tuple[str, str], Summary]:
         valid = [r for r in group if r["valid"]] or group
         problems = sorted(
             {
-                "; ".join(r["verify"]["examples"]) or f"exit {r['returncode']}"
+                r.get("invalid_reason") or "; ".join(r["verify"]["examples"])
                 for r in group
                 if not r["valid"]
             }

@@ -190,7 +190,7 @@ class Bench:
                     quiet_wait=3.0 if args.quick else 10.0,
                 )
                 clean(out)
-                status = "ok" if run.valid else f"INVALID {run.verify.examples}"
+                status = "ok" if run.valid else f"INVALID: {run.invalid_reason}"
                 log(
                     f"{tag:9} {contender.name:13} round {round_ + 1}: {run.wall_s:6.2f} s "
                     f"{run.files_per_s:8,.0f} files/s {run.mb_per_s:7,.0f} MB/s "

@@ -208,11 +208,7 @@ def _wire_info(info: Any) -> Any:
     """``info`` as sent to a worker process: itself when it pickles, else None (kept here)."""
     if info is None or isinstance(info, str | int | float | bool):
         return info
-    try:
-        pickle.dumps(info, pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        return None
-    return info
+    return info if _unpicklable(info) is None else None
 
 
 async def coordinate(
@@ -239,6 +235,7 @@ async def coordinate(
     pending: dict[int, _Entry] = {}
     restarts = [0] * shards
     restarting: dict[int, tuple[asyncio.Future[None], str]] = {}  # shard: (restart, reason)
+    crash_after_restart: dict[int, str] = {}  # a crash reported while its shard restarted
     dead: dict[int, str] = {}
     reader = _InputReader(
         items,
@@ -282,12 +279,16 @@ async def coordinate(
         flow.push(shard, key, entry)
         dirty.add(shard)
 
-    def give_up(shard: int, reason: str, out: list[Bundle]) -> None:
-        dead[shard] = reason
-        lost = sorted(
+    def sent_to(shard: int) -> list[_Entry]:
+        """The jobs a shard's worker had and has not answered, in input order."""
+        return sorted(
             (e for e in pending.values() if e.shard == shard and e.sent),
             key=lambda e: e.bundle.seq,
         )
+
+    def give_up(shard: int, reason: str, out: list[Bundle]) -> None:
+        dead[shard] = reason
+        lost = sent_to(shard)
         for entry in lost:
             flow.done(shard, entry.lane)
         for entry in lost + flow.drop_waiting(shard):
@@ -310,15 +311,16 @@ async def coordinate(
             if not task.done():
                 continue
             del restarting[shard]
+            died_again = crash_after_restart.pop(shard, None)
             exc = asyncio.CancelledError() if task.cancelled() else task.exception()
             if exc is not None:
                 # A shard that cannot come back fails its own jobs; the others go on (rule 7).
                 give_up(shard, f"{reason}; restarting the worker failed: {_describe(exc)}", out)
                 continue
-            lost = sorted(
-                (e for e in pending.values() if e.shard == shard and e.sent),
-                key=lambda e: e.bundle.seq,
-            )
+            if died_again is not None:
+                crashed(shard, died_again, out)  # the new worker died as it started
+                continue
+            lost = sent_to(shard)
             if lost:
                 executor.send(shard, [e.job for e in lost])
             dirty.add(shard)  # what waited in flow control during the restart goes out now
@@ -356,14 +358,12 @@ async def coordinate(
             # that has its result must not be counted as lost and downloaded again.
             take_results(out, dirty)
             restarted(out, dirty)
-            later: list[tuple[int, str]] = []
             while events.crashes:
                 shard, reason = events.crashes.popleft()
                 if shard in restarting:
-                    later.append((shard, reason))  # the new worker died: after its restart ends
+                    crash_after_restart[shard] = reason  # handled when the restart ends
                 else:
                     crashed(shard, reason, out)
-            events.crashes.extendleft(reversed(later))
             # Admitted a step at a time, so the first jobs go out (and results come back)
             # while the rest of a large read-ahead is still being admitted.
             room = min(limits.waiting_cap - flow.waiting, _ADMIT_STEP)
@@ -389,7 +389,7 @@ async def coordinate(
                 break
             if more:
                 await asyncio.sleep(0)  # let replies and pipe IO in between the steps
-            elif not events.arrived and len(events.crashes) == len(later):
+            elif not (events.arrived or events.crashes):
                 await events.wake.wait()
         finished = True
     finally:

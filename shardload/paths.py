@@ -107,12 +107,13 @@ def _host_name(host_text: str, port: int | None) -> str:
     return _fit(host if port is None else f"{host}_{port}")
 
 
-# A path whose segments escape to themselves: only kept characters, no "%", no segment
-# starting with "." (so none is dots-only or ".shardload..."). Most URLs; one regex instead of
-# decoding and escaping each segment.
-_PLAIN_PATH = re.compile(
-    r"(?:[A-Za-z0-9\-_~+,=][A-Za-z0-9\-._~+,=]*)?(?:/(?:[A-Za-z0-9\-_~+,=][A-Za-z0-9\-._~+,=]*)?)*"
+# A path whose segments escape to themselves: only _SAFE characters (so no "%"), and no
+# segment starting with "." (so none is dots-only or ".shardload..."). Most URLs; one regex
+# instead of decoding and escaping each segment.
+_SEGMENT = "(?:[{}][{}]*)?".format(
+    re.escape(_SAFE.replace(b".", b"").decode("ascii")), re.escape(_SAFE.decode("ascii"))
 )
+_PLAIN_PATH = re.compile(f"{_SEGMENT}(?:/{_SEGMENT})*")
 
 
 def _segment_names(path: str) -> list[str]:

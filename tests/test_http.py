@@ -269,6 +269,27 @@ def test_open_connections_never_exceed_the_limit(srv):
     assert max(seen) <= 2 and len(seen) == 3 * len(srv.base_urls)
 
 
+def test_connections_being_opened_count_against_the_limit(srv):
+    """An idle connection, then as many requests to other hosts at once as the limit allows:
+    the idle one must make room, though none of the new ones is open when they decide."""
+    limit = len(srv.base_urls) - 1
+
+    async def fetch(client: LeanClient, base: str) -> None:
+        url = f"{base}/links/1"
+        async with client.get(split_url(url), url) as response:
+            await response.read()
+
+    async def run() -> int:
+        client = _client(limit=limit)
+        await fetch(client, srv.base_urls[0])  # now idle in the pool
+        await asyncio.gather(*(fetch(client, base) for base in srv.base_urls[1:]))
+        opened = client._open
+        await client.close()
+        return opened
+
+    assert asyncio.run(run()) <= limit
+
+
 def test_a_slow_reader_pauses_the_socket_without_timing_out(srv):
     """Reading pauses when 4 MiB are buffered; a reader slower than read_timeout is not a
     stalled server."""

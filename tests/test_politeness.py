@@ -302,13 +302,19 @@ def test_a_cancelled_probe_hands_the_probe_to_the_next_request(home):
     assert after.state == "written", after.error_message
 
 
-def test_a_slot_dropped_between_bundles_keeps_its_failure_count():
+def test_a_slot_is_kept_while_its_failures_count_and_dropped_after_the_cooldown():
     async def scenario():
-        slot = HostSlot(2, breaker_threshold=3)
+        slot = HostSlot(2, breaker_threshold=3, breaker_cooldown=0.1)
         slot.record(None, ErrorKind.CONNECT, None)
-        assert not slot.idle()
+        assert not slot.idle()  # the next failure must still count towards the threshold
+        await asyncio.sleep(0.12)
+        assert slot.idle()  # an old failure: a crawl of dead hosts keeps no slot for each
+        slot.record(None, ErrorKind.CONNECT, None)
         slot.record(200, None, None)
-        assert slot.idle()
+        assert slot.idle()  # answered: nothing to remember
+        slot.record(503, None, None)
+        slot.record(503, None, None)  # throttled: paused, and the backoff grows
+        assert not slot.idle()
 
     asyncio.run(scenario())
 

@@ -13,6 +13,10 @@ from typing import Protocol
 
 from ..bundle import Job, Result
 
+# How long a worker (process or actor) may take to report ready before its start counts as
+# failed; a restart that never ends would otherwise keep its shard's jobs pending forever.
+START_SECONDS = 120.0
+
 
 class ExecutorSink(Protocol):
     def results(self, shard: int, results: list[Result]) -> None: ...

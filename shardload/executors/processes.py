@@ -29,10 +29,9 @@ from ..bundle import Job, Result
 from ..errors import ConfigurationError
 from ..worker.files import remove_temp_files, temp_prefix
 from ..worker.process import worker_main
-from .base import ExecutorSink
+from .base import START_SECONDS, ExecutorSink
 
 _STOP = object()
-_START_SECONDS = 120.0
 
 
 def _preload_in_fork_server(context: Any) -> None:
@@ -136,7 +135,7 @@ class ProcessExecutor:
         """Wait for the worker's ready message; a worker that dies first is a setup error."""
         ready = asyncio.ensure_future(worker.ready.wait())
         ended = asyncio.ensure_future(worker.ended.wait())
-        await asyncio.wait({ready, ended}, timeout=_START_SECONDS, return_when="FIRST_COMPLETED")
+        await asyncio.wait({ready, ended}, timeout=START_SECONDS, return_when="FIRST_COMPLETED")
         ready.cancel()
         ended.cancel()
         if worker.ready.is_set():

@@ -25,7 +25,7 @@ from ..errors import ConfigurationError
 from ..worker.engine import AioDownload
 from ..worker.files import remove_temp_files, temp_prefix
 from ..worker.shard import ShardWorker
-from .base import ExecutorSink
+from .base import START_SECONDS, ExecutorSink
 
 _POLL_SECONDS = 0.5
 _STOP_SECONDS = 5.0
@@ -145,7 +145,14 @@ class RayExecutor:
             max_concurrency=1000,
         ).remote(self._config)
         try:
-            prefix = await actor.identity.remote()
+            prefix = await asyncio.wait_for(actor.identity.remote(), START_SECONDS)
+        except TimeoutError:
+            with contextlib.suppress(Exception):
+                self._ray.kill(actor, no_restart=True)
+            raise ConfigurationError(
+                f"a Ray actor did not start within {START_SECONDS:g} s "
+                "(does the cluster have a free CPU for it?)"
+            ) from None
         except BaseException:
             # Not yet known to _stop, so nothing else would ever kill it.
             with contextlib.suppress(Exception):

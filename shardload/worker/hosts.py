@@ -64,6 +64,7 @@ class HostSlot:
         self.breaker = CLOSED
         self._failures = 0
         self._open_until = 0.0
+        self._last_trouble = 0.0  # when a failure or a throttle was last recorded
         self._probe_done: asyncio.Event | None = None
         self._prober: asyncio.Task[object] | None = None
         self.users = 0  # bundles of this host inside the engine; 0 means the slot may be dropped
@@ -141,6 +142,8 @@ class HostSlot:
         elif status == 429 or (throttled and overloaded):
             self.pause(min(_THROTTLE_FIRST * 2**self._throttles, _THROTTLE_MAX))
         self._throttles = self._throttles + 1 if throttled else 0
+        if throttled:
+            self._last_trouble = asyncio.get_running_loop().time()
         if self.adaptive:
             if throttled or kind == ErrorKind.TIMEOUT:
                 self.limit = max(1.0, self.limit / 2)
@@ -183,9 +186,10 @@ class HostSlot:
             return
         if kind in CONNECTION_KINDS:
             self._failures += 1
+            self._last_trouble = asyncio.get_running_loop().time()
             if self.breaker == HALF_OPEN or self._failures >= self.breaker_threshold:
                 self.breaker = OPEN
-                self._open_until = asyncio.get_running_loop().time() + self.breaker_cooldown
+                self._open_until = self._last_trouble + self.breaker_cooldown
         else:
             # Any other outcome (an error status, a reset, a bad body, a full disk) means the
             # host answered: it is reachable.
@@ -207,8 +211,16 @@ class HostSlot:
         self._probe_done = self._prober = None
 
     def idle(self) -> bool:
-        """True when dropping the slot loses nothing: no user, no pending gap, pause, or breaker
-        state (open, or failures counted towards opening it)."""
-        if self.users or self.breaker != CLOSED or self._failures or self._throttles:
+        """True when dropping the slot loses nothing that still matters: no user, no pending
+        gap or pause, no probe under way, and no failure or throttle in the last
+        ``breaker_cooldown`` seconds. Older trouble is forgotten with the slot (a host that
+        failed long ago starts again like a new one, as a cooled-down breaker would let its
+        next request through anyway), so a crawl full of dead hosts does not keep a slot for
+        each of them."""
+        if self.users or self.breaker == HALF_OPEN:
             return False  # the common case while a host is busy: no clock read
-        return max(self._next_start, self.paused_until) <= asyncio.get_running_loop().time()
+        now = asyncio.get_running_loop().time()
+        if max(self._next_start, self.paused_until) > now:
+            return False
+        troubled = self._failures or self._throttles or self.breaker == OPEN
+        return not troubled or now >= self._last_trouble + self.breaker_cooldown

@@ -86,6 +86,7 @@ class LeanClient:
         self._idle: dict[tuple[str, str, int], list[Connection]] = {}
         self._lru: dict[Connection, None] = {}  # idle connections, oldest first
         self._open = 0
+        self._connecting = 0
         self._dns: dict[tuple[str, int], tuple[float, list[str]]] = {}
         self._ssl: ssl.SSLContext | None = None
         self._last_sweep = self.loop.time()  # the clock of idle_since
@@ -159,9 +160,15 @@ class LeanClient:
             if not conn.closed and now - conn.idle_since < _KEEPALIVE:
                 return conn, True
             conn.abort()
-        if self._open >= self.limit and self._lru:
+        # Connections still being opened count too: several requests may be connecting at
+        # once, each past this check before any of them is open.
+        if self._open + self._connecting >= self.limit and self._lru:
             self._evict(next(iter(self._lru)))
-        conn = await self._connect(key)
+        self._connecting += 1
+        try:
+            conn = await self._connect(key)
+        finally:
+            self._connecting -= 1
         return conn, False
 
     def release(self, conn: Connection) -> None:
