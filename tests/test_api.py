@@ -106,8 +106,8 @@ def test_each_reads_input_lazily_and_stops_on_early_close(srv, home):
     # in flow control (waiting_cap), buffered by the input thread (read_ahead), and the one
     # that thread holds while its buffer is full.
     limits = make_plan([], None, download, {}, sync=True).limits
-    assert after >= len(got)
     assert read <= after + limits.shard_cap + limits.waiting_cap + limits.read_ahead + 1
+    assert read < 100_000  # and those limits stay small, whatever they are set to
     # Nothing keeps running after the iterator is closed.
     time.sleep(0.3)
     later = sum(h["requests"] for h in srv.stats()["hosts"].values())

@@ -423,25 +423,41 @@ def _fix_lone_percents(text):
     return re.sub(r"%(?![0-9A-Fa-f]{2})", "%25", text)
 
 
-def test_idle_connections_expire(srv):
-    """A connection idle past the keep-alive time is closed, not reused (servers drop them)."""
-    url = f"{srv.base_urls[0]}/links/1"
+def test_idle_connections_expire():
+    """A connection idle past the keep-alive time is not reused (servers drop them) but
+    replaced by a new one; and releasing any connection sweeps out the expired ones."""
 
-    async def run() -> tuple[int, int, int]:
+    def handler(conn, index):
+        while (head := server.recorded(conn)) is not None:
+            conn.sendall(ok(head.split(b" ")[1]))
+
+    async def fetch(client: LeanClient, url: str) -> None:
+        async with client.get(split_url(url), url) as response:
+            await response.read()
+
+    async def run() -> tuple[int, int]:
         client = _client()
-        for _ in range(2):
-            async with client.get(split_url(url), url) as response:
-                await response.read()
-        pooled = len(client._lru)
+        await fetch(client, f"{server.url}/a")
         for conn in client._lru:
-            conn.idle_since -= 60
-        client._sweep(client.loop.time())
+            conn.idle_since -= 60  # as if idle for a minute
+        await fetch(client, f"{server.url}/b")  # the aged connection is not reused
+        reused_at = server.connections
+        # An aged idle connection of another host, then a release: the sweep closes it.
+        await fetch(client, f"{second.url}/c")
+        for conn in client._lru:
+            if conn.key[1] == "127.0.0.3":
+                conn.idle_since -= 60
+        client._last_sweep -= 60
+        await fetch(client, f"{server.url}/d")
         await asyncio.sleep(0.05)  # the close lands on the next loop turns
-        left = (len(client._lru), client._open)
+        hosts = sorted(conn.key[1] for conn in client._lru)
         await client.close()
-        return pooled, *left
+        return reused_at, hosts
 
-    assert asyncio.run(run()) == (1, 0, 0)
+    with RawServer(handler) as server, RawServer(handler, host="127.0.0.3") as second:
+        reused_at, hosts = asyncio.run(run())
+    assert reused_at == 2  # a new connection for /b
+    assert hosts == ["127.0.0.1"]  # the other host's aged connection was swept
 
 
 @pytest.fixture
@@ -527,11 +543,17 @@ def test_a_callers_host_header_is_sent(srv, home, client):
         assert json.load(f)["headers"]["Host"] == "vhost.example"
 
 
-@pytest.mark.parametrize(("to_host", "kept"), [(0, True), (1, False)])
-def test_a_callers_host_header_goes_only_to_the_origin_asked_for(srv, home, to_host, kept):
+@pytest.mark.parametrize(("to_host", "kept"), [(0, True), (1, False)], ids=["same", "other"])
+def test_a_callers_host_header_goes_only_to_the_origin_asked_for(
+    srv, home, client, to_host, kept, request
+):
+    if client == "aiohttp" and not kept:
+        # aiohttp keeps a caller's Host header on a redirect to another origin (it drops only
+        # Authorization); shardload does not rewrite aiohttp's redirects. Known limitation.
+        request.applymarker(pytest.mark.xfail(strict=True, reason="aiohttp keeps Host"))
     strategy = RequestStrategy(headers={"host": "vhost.example"})
     start = f"{srv.base_urls[0]}/redirect-to?url={srv.base_urls[to_host]}/echo"
-    (b,) = shardload.swarm([start], download=make_download(home, strategy))
+    (b,) = shardload.swarm([start], download=make_download(home, strategy, client=client))
     assert b.ok, b.error_message
     own = srv.base_urls[to_host].removeprefix("http://")
     with open(b.file_path) as f:
@@ -657,7 +679,8 @@ def test_a_bundle_sharing_a_cancelled_download_makes_it_itself(home):
     async def run(url: str) -> shardload.AioDownloadBundle:
         engine = make_download(home)
         first = asyncio.ensure_future(engine.main(shardload.AioDownloadBundle(url)))
-        await asyncio.sleep(0.1)
+        while not server.requests:  # the first download's request is at the server
+            await asyncio.sleep(0.01)
         twin = asyncio.ensure_future(engine.main(shardload.AioDownloadBundle(url)))
         waiting = asyncio.ensure_future(engine.main(shardload.AioDownloadBundle(url)))
         await asyncio.sleep(0.05)

@@ -17,7 +17,7 @@ from shardload import BackOff, ErrorKind, RequestStrategy
 from shardload.worker.hosts import CLOSED, OPEN, HostSlot
 
 from .conftest import make_download
-from .raw_server import RawServer, read_request
+from .raw_server import RawServer
 
 
 def starts(srv, index: int) -> list[float]:
@@ -272,9 +272,25 @@ def test_a_probe_the_host_answered_closes_the_breaker_whatever_went_wrong(kind):
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize("kind", [ErrorKind.CONNECT, ErrorKind.TIMEOUT, ErrorKind.DNS])
+def test_a_probe_that_cannot_connect_opens_the_breaker_again(kind):
+    async def scenario():
+        slot = HostSlot(2, breaker_threshold=1, breaker_cooldown=0.05)
+        slot.record(None, ErrorKind.CONNECT, None)
+        await asyncio.sleep(0.06)
+        assert await slot.admit() is None  # the probe
+        waiter = asyncio.ensure_future(slot.admit())
+        await asyncio.sleep(0.01)
+        slot.record(None, kind, None)
+        assert slot.breaker == OPEN
+        assert await asyncio.wait_for(waiter, 1) is not None  # the waiter fails fast
+
+    asyncio.run(scenario())
+
+
 def test_a_cancelled_probe_hands_the_probe_to_the_next_request(home):
     def handler(conn, index):
-        if read_request(conn) is None:
+        if server.recorded(conn) is None:
             return
         if index < 2:  # the failure that opens the breaker, then the probe that is cancelled
             conn.recv(1)  # until the client gives up
@@ -289,7 +305,8 @@ def test_a_cancelled_probe_hands_the_probe_to_the_next_request(home):
         assert first.error_kind == ErrorKind.TIMEOUT
         await asyncio.sleep(0.15)  # past the cool-down
         probe = asyncio.ensure_future(engine.main(shardload.AioDownloadBundle(f"{url}/b")))
-        await asyncio.sleep(0.1)  # waiting for the server's answer
+        while len(server.requests) < 2:  # the probe's request is at the server
+            await asyncio.sleep(0.01)
         probe.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await probe
