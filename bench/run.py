@@ -42,8 +42,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--contenders",
         nargs="+",
-        help="names, e.g. shardload-p1 shardload-p2 aiohttp-p1 aiohttp-p2 curl aria2 wget2 "
-        "aiodownload (default: all available)",
+        help="names, e.g. shardload-p1 shardload-p2 shardload-nohash-p2 shardload-host64-p2 "
+        "aiohttp-p1 aiohttp-p2 curl aria2 wget2 aiodownload (default: all available)",
     )
     parser.add_argument("--runs", type=int, help="rounds per workload (default 5; --quick: 1)")
     parser.add_argument("--per-host", type=int, default=16, help="shardload's concurrent=")

@@ -2,7 +2,7 @@
 
 Hosts are the 8 loopback addresses of ``bench.nginx``; URL ``i`` of a uniform workload goes to
 host ``i % 8``. Every item says the body size it must leave on disk (``None``: the URL fails and
-must leave no file) and a group, used to time parts of a workload from the files' mtimes
+must leave no file) and a group, used to time parts of a workload from the files' ctimes
 (the fast hosts against the slow one, the hot host against the others).
 """
 
@@ -28,7 +28,7 @@ class Workload:
     description: str
     items: list[Item]
     size_class: str  # which wrk ceiling applies: small, medium or large
-    # Groups whose completion time is reported (from file mtimes), in display order.
+    # Groups whose completion time is reported (from file ctimes), in display order.
     groups: tuple[str, ...] = ()
 
     @property
