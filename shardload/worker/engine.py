@@ -108,7 +108,7 @@ class AioDownload:
 
             rs = self.request_strategy
             connector = aiohttp.TCPConnector(
-                limit=max(1, rs.worker_concurrent),
+                limit=max(1, self._worker_limit()),  # the descriptor budget, as the lean pool
                 limit_per_host=0,
                 ttl_dns_cache=rs.dns_ttl,
                 enable_cleanup_closed=False,
