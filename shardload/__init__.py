@@ -1,17 +1,38 @@
 """shardload: download large lists of URLs to disk, fast and politely, on every core.
 
 The successor of aiodownload, with the same public API: ``import shardload as aiodownload``.
+
+The names below are loaded on first use (PEP 562). Every worker process imports this package
+on its way to ``shardload.worker``; importing the coordinator, the executors and the run
+machinery there too would cost each worker ~20 ms of its start for code it never runs.
 """
 
-from .api import aeach, aone, aswarm, each, one, swarm
-from .bundle import CACHED, FAILED, PENDING, WRITTEN, AioDownloadBundle, Bundle
-from .errors import ConfigurationError, ErrorKind, ShardloadError, is_transient
-from .plan import RunOptions
-from .run import Run
-from .strategy import BackOff, DownloadStrategy, Lenient, Outcome, RequestStrategy
-from .worker.engine import AioDownload
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .api import aeach, aone, aswarm, each, one, swarm
+    from .bundle import CACHED, FAILED, PENDING, WRITTEN, AioDownloadBundle, Bundle
+    from .errors import ConfigurationError, ErrorKind, ShardloadError, is_transient
+    from .plan import RunOptions
+    from .run import Run
+    from .strategy import BackOff, DownloadStrategy, Lenient, Outcome, RequestStrategy
+    from .worker.engine import AioDownload
 
 __version__ = "0.1.0"
+
+_SOURCES = {
+    ".api": ("aeach", "aone", "aswarm", "each", "one", "swarm"),
+    ".bundle": ("CACHED", "FAILED", "PENDING", "WRITTEN", "AioDownloadBundle", "Bundle"),
+    ".errors": ("ConfigurationError", "ErrorKind", "ShardloadError", "is_transient"),
+    ".plan": ("RunOptions",),
+    ".run": ("Run",),
+    ".strategy": ("BackOff", "DownloadStrategy", "Lenient", "Outcome", "RequestStrategy"),
+    ".worker.engine": ("AioDownload",),
+}
+_MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
 
 __all__ = [
     "CACHED",
@@ -39,3 +60,16 @@ __all__ = [
     "one",
     "swarm",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shardload' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -24,7 +24,6 @@ import re
 import sys
 from dataclasses import dataclass
 from datetime import UTC
-from email.utils import parsedate_to_datetime
 
 _SECONDS = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+", re.ASCII)
 _MAX_EXPONENT = 2048  # 2.0 ** 2048 overflows a float: beyond it every delay is the cap
@@ -43,6 +42,8 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if _SECONDS.fullmatch(text):
         seconds = float(text)
         return seconds if math.isfinite(seconds) else sys.float_info.max
+    from email.utils import parsedate_to_datetime  # noqa: PLC0415  (rare: kept off worker start)
+
     try:
         when = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError, OverflowError):
