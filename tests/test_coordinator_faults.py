@@ -128,6 +128,27 @@ def test_a_message_that_cannot_be_sent_ends_its_worker_like_a_broken_pipe(srv, h
     assert multiprocessing.active_children() == []
 
 
+@pytest.mark.timeout(60)
+def test_a_worker_that_finishes_starting_after_the_stop_is_not_left_running(home):
+    """A restart the stop did not wait for (the caller cancelled the wait) must not leave its
+    new worker behind: it missed the stop message and would wait for jobs forever."""
+
+    async def main() -> BaseException | None:
+        executor = ProcessExecutor(describe(make_download(home)), 1, home)
+        await executor.start(Sink())
+        restart = asyncio.ensure_future(executor.restart(0))  # not started before the abort
+        await executor.abort()
+        outcome = await asyncio.gather(restart, return_exceptions=True)
+        return outcome[0] if isinstance(outcome[0], BaseException) else None
+
+    try:
+        error = asyncio.run(main())
+        assert multiprocessing.active_children() == []
+    finally:
+        kill_leftover_children()
+    assert isinstance(error, shardload.ShardloadError)
+
+
 def test_bad_params_on_a_split_host_fail_alone(srv, home):
     hot = srv.host_key(0)
     urls = [f"http://{hot}/bytes/100?name=s{i}" for i in range(8)]

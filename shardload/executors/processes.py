@@ -26,7 +26,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from ..bundle import Job, Result
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, ShardloadError
 from ..worker.files import remove_temp_files, temp_prefix
 from ..worker.process import worker_main
 from .base import START_SECONDS, ExecutorSink
@@ -90,6 +90,7 @@ class ProcessExecutor:
         self._generations = [0] * shards
         self._sink: ExecutorSink | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
 
     async def start(self, sink: ExecutorSink) -> None:
         self._sink = sink
@@ -117,6 +118,14 @@ class ProcessExecutor:
         await asyncio.to_thread(process.start)
         inbox_r.close()
         outbox_w.close()
+        if self._closing:
+            # finish() or abort() came while it started (a restart the caller's cancel did not
+            # wait for): it missed their message, and nothing else would ever stop it.
+            process.kill()
+            await asyncio.to_thread(process.join)
+            inbox_w.close()
+            outbox_r.close()
+            raise ShardloadError("the executor stopped while this worker started")
         self._generations[shard] += 1
         worker = _Worker(self._generations[shard], process, inbox_w, outbox_r)
         self._workers[shard] = worker
@@ -219,6 +228,7 @@ class ProcessExecutor:
 
     def _tell_all(self, message: str) -> list[_Worker]:
         """Send a last message to every live worker; from now on their exits are expected."""
+        self._closing = True
         live = [w for w in self._workers if w is not None]
         for worker in live:
             worker.finishing = True

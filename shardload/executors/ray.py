@@ -21,7 +21,7 @@ import uuid
 from typing import Any
 
 from ..bundle import Job, Result
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, ShardloadError
 from ..worker.engine import AioDownload
 from ..worker.files import remove_temp_files, temp_prefix
 from ..worker.shard import ShardWorker
@@ -158,6 +158,12 @@ class RayExecutor:
             with contextlib.suppress(Exception):
                 self._ray.kill(actor, no_restart=True)
             raise
+        if self._stopping:
+            # The run stopped while it started (a restart a cancel did not wait for).
+            with contextlib.suppress(Exception):
+                self._ray.kill(actor, no_restart=True)
+            remove_temp_files(self._home, prefix)
+            raise ShardloadError("the executor stopped while this actor started")
         self._actors[shard] = (actor, prefix)
         self._pollers[shard] = asyncio.create_task(self._poll(shard, actor, prefix))
 
