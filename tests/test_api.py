@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import os
 import time
@@ -154,6 +155,21 @@ def test_duplicate_urls_fetched_once_each_input_gets_its_bundle(srv, home):
     assert srv.stats()["paths"]["/bytes/5000?name=dup"] == 1
     with open(bundles[0].file_path, "rb") as f:
         assert f.read() == body_for(5000, "dup")
+
+
+def test_two_urls_given_one_path_each_record_their_own_download(srv, home):
+    """Explicit paths can collide; a bundle must never report another URL's bytes as its own."""
+    target = os.path.join(home, "same.bin")
+    first = Bundle(srv.base_urls[0] + "/bytes/100?name=a", file_path=target)
+    second = Bundle(srv.base_urls[0] + "/bytes/200?name=b", file_path=target)
+    shardload.swarm([first, second], download=make_download(home))
+    assert srv.stats()["paths"]["/bytes/100?name=a"] == 1
+    assert srv.stats()["paths"]["/bytes/200?name=b"] == 1
+    assert (first.bytes, second.bytes) == (100, 200)
+    assert first.sha256 == hashlib.sha256(body_for(100, "a")).hexdigest()
+    assert second.sha256 == hashlib.sha256(body_for(200, "b")).hexdigest()
+    with open(target, "rb") as f:
+        assert f.read() in (body_for(100, "a"), body_for(200, "b"))
 
 
 def test_params_are_a_query_string_on_a_get(srv, home):

@@ -4,8 +4,9 @@ Invariants:
 - ``main(bundle)`` never raises for a download problem: every failure ends as a failed bundle
   with an error kind and message (DESIGN rule 4); only cancellation propagates;
 - a bundle waiting for a retry, a per-host gap or a host pause holds no slot (see ``hosts``);
-- bundles that target the same file while one is in flight share its download, so duplicate
-  URLs are fetched once and never write one file concurrently;
+- bundles of the same URL that target the same file while one is in flight share its download,
+  so duplicate URLs are fetched once; no two downloads ever write one file at once in a worker
+  (a different URL given the same path waits, then makes its own);
 - the HTTP client (the lean one, or an aiohttp session when a request is not shardload's own:
   see ``_owns_requests``) is created lazily inside the running loop and closed by ``close()``;
   a session passed as ``client`` belongs to the caller and is never closed here.
@@ -76,7 +77,7 @@ class AioDownload:
         self._lean: LeanClient | None = None
         self._worker_sem: asyncio.Semaphore | None = None
         self._hosts: dict[str, HostSlot] = {}
-        self._inflight: dict[str, asyncio.Future[Bundle]] = {}
+        self._inflight: dict[str, tuple[UrlParts, asyncio.Future[Bundle]]] = {}
         self._robots: dict[str, asyncio.Future[RobotRules]] = {}
 
     async def __aenter__(self) -> AioDownload:
@@ -222,16 +223,21 @@ class AioDownload:
             return
         path = bundle.file_path
         while (twin := self._inflight.get(path)) is not None:
+            fetching, download = twin
             try:
-                shared = await asyncio.shield(twin)
+                shared = await asyncio.shield(download)
             except asyncio.CancelledError:
-                if not twin.cancelled() or _cancelling():
+                if not download.cancelled() or _cancelling():
                     raise  # this bundle itself was cancelled
                 continue  # only the download it waited for was: make it (or wait) again
+            if fetching != parts:
+                # Another URL given the same file (explicit paths): its result is not ours.
+                # Wait for it, then download our own; the file holds whichever came last.
+                continue
             apply_result(bundle, to_result(shared))
             return
         done: asyncio.Future[Bundle] = asyncio.get_running_loop().create_future()
-        self._inflight[path] = done
+        self._inflight[path] = (parts, done)
         try:
             await self._fetch(bundle, parts)
         except asyncio.CancelledError:
