@@ -57,8 +57,10 @@ def test_preset_relative_file_path_is_under_home(srv, home):
     assert os.path.isfile(bundle.file_path)
 
 
-@pytest.mark.parametrize("preset", ["../escape", "/etc/shardload-escape", "a/../../escape", "."])
-def test_paths_outside_home_are_refused(srv, home, preset):
+@pytest.mark.parametrize(
+    "preset", ["../escape", "/etc/shardload-escape", "a/../../escape", ".", "a\x00b"]
+)
+def test_paths_outside_home_or_unwritable_are_refused(srv, home, preset):
     bundle = Bundle(srv.base_urls[0] + "/links/1", file_path=preset)
     shardload.one(bundle, download=make_download(home))
     assert bundle.state == "failed" and bundle.error_kind == ErrorKind.UNSAFE_PATH

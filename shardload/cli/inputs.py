@@ -14,7 +14,7 @@ import json
 import os
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -55,8 +55,14 @@ def _norm(path: str) -> str:
     return os.path.normcase(os.path.normpath(path))
 
 
-def _is_reserved(path: str | None, reserved: str | None) -> bool:
-    return bool(path) and reserved is not None and _norm(str(path)) == _norm(reserved)
+def _reserved_by(path: str, reserved: Sequence[str]) -> str | None:
+    """The reserved file that ``path`` would replace, or move aside by writing below it."""
+    wanted = _norm(path)
+    for name in reserved:
+        taken = _norm(name)
+        if wanted == taken or wanted.startswith(taken + os.sep):
+            return name
+    return None
 
 
 def _key(text: str) -> str:
@@ -87,7 +93,7 @@ def parse_line(text: str, lineno: int) -> Parsed | None:
     text = text.strip()
     if not text or text.startswith("#"):
         return None
-    if text.startswith("{"):
+    if text.startswith(("{", "[")):  # no URL starts with "[": a JSON line that is no object
         return _parse_json(text, lineno)
     return InputItem(lineno, text)
 
@@ -114,11 +120,12 @@ def iter_raw_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
         yield lineno, raw
 
 
-def iter_parsed(stream: BinaryIO, reserved: str | None = None) -> Iterator[Parsed]:
+def iter_parsed(stream: BinaryIO, reserved: Sequence[str] = ()) -> Iterator[Parsed]:
     """Every item and bad line of ``stream``. Never raises for bad data or a read error.
 
-    An explicit ``path`` equal to ``reserved`` (the manifest, relative to the output
-    directory) would replace that file: such a line is a bad line.
+    An explicit ``path`` equal to one of ``reserved`` (the manifest and its side-car, relative
+    to the output directory), or below one, would replace that file or move it aside into
+    ``<name>/%file``: such a line is a bad line.
     """
     lines = iter_raw_lines(stream)
     lineno = 0
@@ -142,8 +149,11 @@ def iter_parsed(stream: BinaryIO, reserved: str | None = None) -> Iterator[Parse
         if lineno == 1:
             text = text.removeprefix("\ufeff")
         parsed = parse_line(text, lineno)
-        if isinstance(parsed, InputItem) and _is_reserved(parsed.path, reserved):
-            parsed = BadLine(lineno, parsed.url, f"line {lineno}: 'path' is the manifest")
+        if isinstance(parsed, InputItem) and parsed.path:
+            taken = _reserved_by(parsed.path, reserved)
+            if taken is not None:
+                why = f"line {lineno}: 'path' would overwrite {taken} (this run's own file)"
+                parsed = BadLine(lineno, parsed.url, why, parsed.info)
         if parsed is not None:
             yield parsed
 

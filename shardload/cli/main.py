@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, TextIO
 
 import shardload
 from shardload.bundle import Bundle
-from shardload.cli.inputs import BadLine, count_items, iter_parsed, open_input
+from shardload.cli.inputs import BadLine, InputItem, count_items, iter_parsed, open_input
 from shardload.cli.manifest import Action, ManifestWriter, Prior, decide, load_priors
 from shardload.cli.options import build_parser, make_download, run_options
 from shardload.cli.progress import Progress, choose_mode, have_tqdm, make_progress
@@ -35,6 +35,7 @@ from shardload.cli.summary import (
     format_summary,
 )
 from shardload.errors import ConfigurationError
+from shardload.worker.files import find_complete
 
 
 class StopSignals:
@@ -160,7 +161,8 @@ def _items(
     priors: dict[str, Prior | None] | None,
     transient_only: bool,
     rec: Recorder,
-    reserved: str,
+    output: str,
+    reserved: list[str],
 ) -> Iterator[str | Bundle]:
     """Input items for the library; bad lines and skipped URLs are recorded here instead."""
     for parsed in iter_parsed(stream, reserved):
@@ -170,6 +172,15 @@ def _items(
         action = Action.RUN
         if priors is not None:
             action = decide(priors.get(key), transient_only=transient_only)
+            if (
+                action is Action.SKIP_DONE
+                and isinstance(parsed, InputItem)
+                and parsed.path
+                and find_complete(os.path.join(output, parsed.path)) is None
+            ):
+                # The manifest knows URLs, not which of its paths: this URL was done for
+                # another line's path (the same URL wanted in two places), not this one.
+                action = Action.RUN
         if action is not Action.RUN:
             rec.skip(action)
         elif isinstance(parsed, BadLine):
@@ -227,14 +238,21 @@ def _usage_error(stderr: TextIO, message: str) -> int:
 def run(args: argparse.Namespace, *, stdin: BinaryIO | None, stderr: TextIO) -> int:
     """Set up (usage errors exit 2 before anything runs), then crawl."""
     args.manifest = args.manifest or os.path.join(args.output, "manifest.jsonl")
+    problem = _own_files_problem(args)
+    if problem is not None:
+        return _usage_error(stderr, problem)
+    try:
+        opened = open_input(args.input, stdin)
+        stream = opened.__enter__()
+    except (OSError, ValueError) as exc:
+        return _usage_error(stderr, str(exc))
     try:
         os.makedirs(args.output, exist_ok=True)
         download = make_download(args)
         resume = args.resume or args.retry_transient
         priors, unreadable = load_priors(args.manifest) if resume else (None, 0)
-        opened = open_input(args.input, stdin)
-        stream = opened.__enter__()
     except (OSError, ValueError) as exc:
+        opened.__exit__(None, None, None)
         return _usage_error(stderr, str(exc))
     try:
         if unreadable and not args.quiet:
@@ -242,6 +260,19 @@ def run(args: argparse.Namespace, *, stdin: BinaryIO | None, stderr: TextIO) -> 
         return _crawl(args, stream, priors, download, stderr)
     finally:
         opened.__exit__(None, None, None)
+
+
+def _own_files_problem(args: argparse.Namespace) -> str | None:
+    """Why the output directory, manifest and input cannot work together, if they cannot."""
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        return f"the output directory is not a directory: {args.output}"
+    if args.input == "-":
+        return None
+    for name, path in (("manifest", args.manifest), ("per-host file", hosts_path(args.manifest))):
+        with contextlib.suppress(OSError):
+            if os.path.samefile(args.input, path):
+                return f"the input file is also the {name}, which would destroy it: {path}"
+    return None
 
 
 def _crawl(
@@ -264,13 +295,13 @@ def _crawl(
     rec = Recorder(writer, progress, signals, 0.25)
     if mode != "none" and args.input != "-":
         threading.Thread(target=_count_total, args=(args.input, rec), daemon=True).start()
-    reserved = os.path.relpath(manifest, args.output)
+    reserved = [os.path.relpath(p, args.output) for p in (manifest, hosts_path(manifest))]
     code: int | None = None
     interrupted = False
     results: Iterator[Bundle] | None = None
     signals.install()
     try:
-        items = _items(stream, priors, args.retry_transient, rec, reserved)
+        items = _items(stream, priors, args.retry_transient, rec, args.output, reserved)
         results = shardload.each(items, download=download, **run_options(args))
         for bundle in results:
             rec.record(bundle.to_record())

@@ -45,7 +45,11 @@ def parse_size(text: str) -> int:
     if not match:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 500K, 10M, 2G)")
     power = " kmgt".index(match.group(2).lower() or " ")
-    return int(float(match.group(1)) * 1024**power)
+    size = int(float(match.group(1)) * 1024**power)
+    if size < 1:
+        # 0 would fail every download with a body; leaving the option out means no limit.
+        raise argparse.ArgumentTypeError(f"a size must be at least 1 byte: {text!r}")
+    return size
 
 
 def parse_header(text: str) -> tuple[str, str]:

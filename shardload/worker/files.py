@@ -84,6 +84,9 @@ def remove_temp_files(home: str, prefix: str) -> int:
 def check_target(home: str, path: str) -> str:
     """The absolute target path if it lies strictly inside home; else ``unsafe_path``."""
     home = absolute(home)
+    path = os.fspath(path)  # a strategy may return a Path
+    if "\0" in path:  # no file system takes it; os calls would raise a bare ValueError
+        raise DownloadFailed(ErrorKind.UNSAFE_PATH, f"NUL character in path: {path!r}")
     target = os.path.normpath(path if os.path.isabs(path) else os.path.join(home, path))
     if target == home or not contains(home, target):
         raise DownloadFailed(ErrorKind.UNSAFE_PATH, f"path outside the download home: {target}")

@@ -132,7 +132,7 @@ def test_jsonl_paths_info_and_bad_lines(server: LocalServer, tmp_path: Path) -> 
     assert "line 6: invalid JSON" in reasons
     assert "line 7: missing 'url' field" in reasons
     assert "line 8: 'path' must be a non-empty string" in reasons
-    assert "line 12: 'path' is the manifest" in reasons
+    assert "line 12: 'path' would overwrite manifest.jsonl" in reasons
     assert {"id": 5} in [r["info"] for r in bad]
 
     assert by_url[f"{b}/status/404"]["status"] == 404
@@ -155,6 +155,7 @@ def test_jsonl_paths_info_and_bad_lines(server: LocalServer, tmp_path: Path) -> 
         ["{src}", "--strategy", "yolo"],
         ["{src}", "-p", "0"],
         ["{src}", "--timeout", "0"],
+        ["{src}", "--max-size", "0"],
     ],
 )
 def test_usage_errors_exit_2(tmp_path: Path, args: list[str]) -> None:
@@ -241,6 +242,61 @@ def test_resume_without_manifest_runs_everything(server: LocalServer, tmp_path: 
     result = run_cli(src, "-o", tmp_path / "out", *FAST, "--resume")
     assert result.returncode == 0
     assert len(read_manifest(tmp_path / "out" / "manifest.jsonl")) == 3
+
+
+def test_missing_input_creates_no_output_directory(tmp_path: Path) -> None:
+    result = run_cli(tmp_path / "missing.txt", "-o", tmp_path / "out")
+    assert result.returncode == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_that_is_a_file_is_a_usage_error(tmp_path: Path) -> None:
+    src = tmp_path / "urls.txt"
+    src.write_text("http://127.0.0.2:9/x\n")
+    (tmp_path / "afile").write_text("mine")
+    result = run_cli(src, "-o", tmp_path / "afile")
+    assert result.returncode == 2
+    assert b"not a directory" in result.stderr
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_manifest_that_is_the_input_is_refused_and_the_input_kept(
+    tmp_path: Path, resume: bool
+) -> None:
+    src = tmp_path / "urls.txt"
+    text = "http://127.0.0.2:9/x\nhttp://127.0.0.2:9/y\n"
+    src.write_text(text)
+    flags = ["--resume"] if resume else []
+    result = run_cli(src, "-o", tmp_path / "out", "--manifest", src, *flags)
+    assert result.returncode == 2
+    assert b"input file is also the manifest" in result.stderr
+    assert src.read_text() == text
+
+
+def test_resume_downloads_a_done_url_again_for_a_path_it_was_not_written_to(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    url = f"{server.base_urls[0]}/bytes/100?name=twopaths-{tmp_path.name}"
+    first, second = {"url": url, "path": "a/one.bin"}, {"url": url, "path": "b/two.bin"}
+    src = tmp_path / "in.jsonl"
+    out = tmp_path / "out"
+    src.write_text(json.dumps(first) + "\n")
+    assert run_cli(src, "-o", out, *FAST).returncode == 0
+    src.write_text(json.dumps(first) + "\n" + json.dumps(second) + "\n")
+    result = run_cli(src, "-o", out, *FAST, "--resume")
+    assert result.returncode == 0, result.stderr.decode()
+    assert (out / "b" / "two.bin").read_bytes() == body_for(100, f"twopaths-{tmp_path.name}")
+    assert "skipped    1 already done" in result.stderr.decode()  # a/one.bin, not b/two.bin
+
+
+def test_a_path_with_a_nul_is_an_unsafe_path(server: LocalServer, tmp_path: Path) -> None:
+    line = json.dumps({"url": f"{server.base_urls[0]}/bytes/5", "path": "a\u0000b"})
+    out = tmp_path / "out"
+    result = run_cli("-", "-o", out, *FAST, stdin=line.encode() + b"\n")
+    assert result.returncode == 1
+    (record,) = read_manifest(out / "manifest.jsonl")
+    assert record["error_kind"] == "unsafe_path"
 
 
 def test_per_host_side_car_adds_up_to_the_manifest(server: LocalServer, tmp_path: Path) -> None:

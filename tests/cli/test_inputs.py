@@ -67,10 +67,9 @@ def test_bad_line_keeps_info_and_truncates_key() -> None:
 
 
 def test_json_array_is_bad() -> None:
-    # A line starting with "{" is JSON; anything else is a URL, even "[1]".
-    assert parse_line("[1]", 1) == InputItem(1, "[1]")
-    bad = parse_line('{"a": [1', 1)
-    assert isinstance(bad, BadLine)
+    # A line starting with "{" or "[" is JSON (no URL starts with either); anything else a URL.
+    for text in ("[1]", '{"a": [1', "[oops"):
+        assert isinstance(parse_line(text, 1), BadLine)
 
 
 def _parsed(data: bytes) -> list[InputItem | BadLine]:
@@ -192,14 +191,16 @@ def test_iter_parsed_is_lazy() -> None:
 @pytest.mark.parametrize(
     ("path", "bad"),
     [("manifest.jsonl", True), ("./manifest.jsonl", True), ("a/../manifest.jsonl", True),
-     ("manifest.jsonl.bak", False), ("sub/manifest.jsonl", False)],
+     ("manifest.jsonl/x", True), ("manifest.hosts.json", True), ("manifest.hosts.json/a/b", True),
+     ("manifest.jsonl.bak", False), ("sub/manifest.jsonl", False), ("manifest", False)],
 )  # fmt: skip
-def test_explicit_path_onto_the_manifest_is_a_bad_line(path: str, bad: bool) -> None:
-    line = json.dumps({"url": "http://a/x", "path": path}).encode()
-    (got,) = list(iter_parsed(io.BytesIO(line), reserved="manifest.jsonl"))
+def test_explicit_path_onto_or_below_the_runs_own_files_is_a_bad_line(path: str, bad: bool) -> None:
+    line = json.dumps({"url": "http://a/x", "path": path, "info": 7}).encode()
+    reserved = ["manifest.jsonl", "manifest.hosts.json"]
+    (got,) = list(iter_parsed(io.BytesIO(line), reserved=reserved))
     assert isinstance(got, BadLine) is bad
-    if bad:
-        assert isinstance(got, BadLine) and "'path' is the manifest" in got.reason
+    if isinstance(got, BadLine):
+        assert "would overwrite manifest." in got.reason and got.info == 7
 
 
 def test_count_items_only_counts_regular_files(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from shardload.cli.options import (
 @pytest.mark.parametrize(
     ("text", "size"),
     [
-        ("0", 0),
+        ("1", 1),
         ("123", 123),
         ("1K", 1024),
         ("1k", 1024),
@@ -44,7 +44,7 @@ def test_parse_size(text: str, size: int) -> None:
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize("text", ["", "M", "ten", "-1", "1X", "1.2.3M", "1 M B"])
+@pytest.mark.parametrize("text", ["", "M", "ten", "-1", "1X", "1.2.3M", "1 M B", "0", "0.5", "0K"])
 def test_parse_size_rejects(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         parse_size(text)
