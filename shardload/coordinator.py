@@ -6,6 +6,9 @@ the shard that owns its host, and yields the caller's own bundles back as result
 Invariants:
 - every input item yields exactly one bundle: invalid items fail here, everything else is in
   ``pending`` from admission until its first result; a later duplicate result is dropped;
+- a request (same URL, same preset path, no params) is sent once: a repeat that comes while the
+  first is pending follows it and gets its result; one that comes later gets the result kept
+  for the last ``dedupe_window`` distinct requests (beyond that it is downloaded again);
 - memory is bounded: at most ``waiting_cap`` jobs wait in flow control, at most ``shard_cap`` are
   outstanding per shard, and the input thread reads at most ``read_ahead`` items ahead;
 - the loop never blocks on a worker, a host or the input: it only awaits ``wake``;
@@ -23,7 +26,7 @@ import asyncio
 import contextlib
 import pickle
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +47,7 @@ class Limits:
     waiting_cap: int = 20_000
     read_ahead: int = 4096
     max_restarts: int = 3
+    dedupe_window: int = 32_768  # answered requests remembered for repeats (~10 MB when full)
 
 
 @dataclass(slots=True)
@@ -53,6 +57,7 @@ class _Entry:
     lane: str
     job: Job
     sent: bool = False
+    same: tuple[str, str | None] | None = None  # the request's key, when repeats may follow it
 
 
 @dataclass
@@ -233,6 +238,9 @@ async def coordinate(
 
     flow: FlowControl[_Entry] = FlowControl(shards, limits.shard_cap, limits.lane_cap)
     pending: dict[int, _Entry] = {}
+    leaders: dict[tuple[str, str | None], int] = {}  # a pending request's key: its seq
+    followers: dict[int, list[Bundle]] = {}  # a leader's seq: the repeats waiting for it
+    answered: OrderedDict[tuple[str, str | None], Result] = OrderedDict()
     restarts = [0] * shards
     restarting: dict[int, tuple[asyncio.Future[None], str]] = {}  # shard: (restart, reason)
     crash_after_restart: dict[int, str] = {}  # a crash reported while its shard restarted
@@ -271,10 +279,22 @@ async def coordinate(
                 message = f"params cannot be sent to a worker process (must pickle): {problem}"
                 out.append(bundle.fail(ErrorKind.BAD_INPUT, message))
                 return
+        bundle.host = key
+        same = (bundle.url, bundle.file_path) if bundle.params is None else None
+        if same is not None:
+            leader = leaders.get(same)
+            if leader is not None:
+                followers.setdefault(leader, []).append(bundle)
+                return
+            known = answered.get(same)
+            if known is not None:
+                answered.move_to_end(same)
+                out.append(apply_result(bundle, known))
+                return
+            leaders[same] = bundle.seq
         info = _wire_info(bundle.info) if remote else bundle.info
         job: Job = (bundle.seq, bundle.url, bundle.params, info, bundle.file_path)
-        bundle.host = key
-        entry = _Entry(bundle, shard, key, job)
+        entry = _Entry(bundle, shard, key, job, same=same)
         pending[bundle.seq] = entry
         flow.push(shard, key, entry)
         dirty.add(shard)
@@ -293,7 +313,19 @@ async def coordinate(
             flow.done(shard, entry.lane)
         for entry in lost + flow.drop_waiting(shard):
             del pending[entry.bundle.seq]
-            out.append(entry.bundle.fail(ErrorKind.WORKER_CRASH, reason))
+            for bundle in [entry.bundle, *settle(entry, None)]:
+                out.append(bundle.fail(ErrorKind.WORKER_CRASH, reason))
+
+    def settle(entry: _Entry, result: Result | None) -> list[Bundle]:
+        """A leader is answered: its followers, and its result kept for later repeats."""
+        if entry.same is None:
+            return []
+        del leaders[entry.same]
+        if result is not None:
+            answered[entry.same] = result
+            if len(answered) > limits.dedupe_window:
+                answered.popitem(last=False)
+        return followers.pop(entry.bundle.seq, [])
 
     def crashed(shard: int, reason: str, out: list[Bundle]) -> None:
         if shard in dead:
@@ -333,6 +365,7 @@ async def coordinate(
                 if entry is None:
                     continue  # a job resent after a crash finished twice: keep the first
                 out.append(apply_result(entry.bundle, result))
+                out.extend(apply_result(bundle, result) for bundle in settle(entry, result))
                 flow.done(shard, entry.lane)
                 dirty.add(shard)
 

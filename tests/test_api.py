@@ -157,6 +157,26 @@ def test_duplicate_urls_fetched_once_each_input_gets_its_bundle(srv, home):
         assert f.read() == body_for(5000, "dup")
 
 
+@pytest.mark.parametrize("processes", [1, 2])
+def test_duplicates_far_apart_are_fetched_once(srv, home, processes):
+    """More repeats than a host's share of the worker's queue: the coordinator, not the worker's
+    in-flight sharing, has to notice them."""
+    urls = [f"{srv.base_urls[i % 2]}/bytes/50?name=far{processes}-{i}" for i in range(40)]
+    bundles = shardload.swarm(
+        urls + urls + urls[:5], download=make_download(home), processes=processes
+    )
+    assert len(bundles) == 85 and all(b.state == "written" for b in bundles)
+    assert [b.url for b in bundles] == urls + urls + urls[:5]
+    counts = srv.stats()["paths"]
+    assert all(counts[u.split(":", 2)[2].split("/", 1)[1].join(["/", ""])] == 1 for u in urls)
+    for first, again in zip(bundles[:40], bundles[40:80], strict=True):
+        assert (again.file_path, again.sha256, again.bytes) == (
+            first.file_path,
+            first.sha256,
+            first.bytes,
+        )
+
+
 def test_two_urls_given_one_path_each_record_their_own_download(srv, home):
     """Explicit paths can collide; a bundle must never report another URL's bytes as its own."""
     target = os.path.join(home, "same.bin")
