@@ -157,6 +157,8 @@ def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None) -> B
                 return _failed_item(seq, item, f"url_map failed: {_describe(exc)}")
             if isinstance(url, Bundle):
                 bundle = url
+            elif url is None:
+                return _failed_item(seq, item, "no URL: the item (or url_map's answer) is None")
             else:
                 # Never `url == item` on the caller's objects: their __eq__ may raise or
                 # answer with an array (a numpy row). A plain URL string is its own item.

@@ -213,7 +213,7 @@ def test_params_are_a_query_string_on_a_get(srv, home):
         ("http://exa mple.com/", ErrorKind.INVALID_URL),
         ("http://host:99999/", ErrorKind.INVALID_URL),
         ("", ErrorKind.INVALID_URL),
-        (None, ErrorKind.UNSUPPORTED_SCHEME),
+        (None, ErrorKind.BAD_INPUT),
     ],
 )
 def test_bad_items_become_failed_bundles(home, item, kind):

@@ -698,3 +698,16 @@ def test_a_bundle_sharing_a_cancelled_download_makes_it_itself(home):
         b = asyncio.run(run(server.url + "/same"))
     assert b.state == "written", (b.state, b.error_message)
     assert open(b.file_path, "rb").read() == b"mine"
+
+
+@pytest.mark.parametrize("client", ["lean", "aiohttp"])
+def test_an_unparsable_location_is_a_redirect_failure(home, client):
+    def handler(conn, index):
+        while server.recorded(conn) is not None:
+            conn.sendall(
+                b"HTTP/1.1 302 Found\r\nLocation: http://[bad\r\nContent-Length: 0\r\n\r\n"
+            )
+
+    with RawServer(handler) as server:
+        (b,) = shardload.swarm([f"{server.url}/start"], download=make_download(home, client=client))
+    assert b.state == "failed" and b.error_kind == ErrorKind.REDIRECT, b.error_message

@@ -351,3 +351,24 @@ def test_urls_of_a_dead_host_arriving_one_at_a_time_trip_the_breaker(home, close
         return kinds
 
     assert asyncio.run(run()) == [ErrorKind.CONNECT] * 3 + [ErrorKind.BREAKER_OPEN] * 2
+
+
+def test_a_huge_crawl_delay_is_capped_like_retry_after(home):
+    """``Crawl-delay: 100000`` would park the host for days; it is held to retry_after_cap."""
+
+    def handler(conn, index):
+        while (head := server.recorded(conn)) is not None:
+            if b"/robots.txt" in head:
+                body = b"User-agent: *\nCrawl-delay: 100000\n"
+            else:
+                body = b"page"
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    strategy = RequestStrategy(robots=True, retry_after_cap=0.2)
+    with RawServer(handler) as server:
+        urls = [f"{server.url}/p/{i}" for i in range(3)]
+        started = time.monotonic()
+        bundles = shardload.swarm(urls, download=make_download(home, strategy))
+        took = time.monotonic() - started
+    assert all(b.ok for b in bundles)
+    assert took < 30  # uncapped: 100,000 s per request

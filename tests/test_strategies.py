@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import pytest
@@ -141,6 +142,29 @@ def test_retry_sees_network_errors_with_no_status(home, closed_port):
     assert len(seen) == 1
     assert seen[0].status is None and seen[0].error_kind == ErrorKind.CONNECT
     assert seen[0].transient
+
+
+class StatusOnlyRetry(RequestStrategy):
+    """aiodownload-era code: assumes every failure has an HTTP status."""
+
+    def retry(self, response):
+        return response.status >= 500
+
+
+def test_a_retry_written_for_statuses_keeps_the_network_error(home, closed_port):
+    download = make_download(home, StatusOnlyRetry(max_attempts=3))
+    (b,) = shardload.swarm([f"http://127.0.0.1:{closed_port}/x"], download=download)
+    assert b.state == "failed" and b.error_kind == ErrorKind.CONNECT, b.error_message
+    assert b.attempts == 1
+
+
+def test_request_and_download_gives_a_failed_bundle_for_a_bad_url(home):
+    async def main() -> shardload.Bundle:
+        async with make_download(home) as engine:
+            return await engine.request_and_download(shardload.Bundle("ftp://example.com/x"))
+
+    b = asyncio.run(main())
+    assert b.state == "failed" and b.error_kind == ErrorKind.UNSUPPORTED_SCHEME
 
 
 def test_user_overrides_take_effect(srv, home):

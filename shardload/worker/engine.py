@@ -192,7 +192,11 @@ class AioDownload:
         known = self._robots.get(host_key)
         if known is None or not known.done() or known.cancelled():
             return 0.0
-        return known.result().crawl_delay or 0.0
+        return self._capped_crawl_delay(known.result())
+
+    def _capped_crawl_delay(self, rules: RobotRules) -> float:
+        # Capped as a Retry-After is: "Crawl-delay: 86400" must not park the run for days.
+        return min(rules.crawl_delay or 0.0, self.request_strategy.retry_after_cap)
 
     def _worker_slots(self) -> asyncio.Semaphore:
         if self._worker_sem is None:
@@ -305,7 +309,7 @@ class AioDownload:
                 decision = decide(
                     attempts=bundle.attempts,
                     max_attempts=rs.max_attempts,
-                    wants_retry=bool(rs.retry(outcome)),
+                    wants_retry=self._wants_retry(outcome),
                     never_retry=outcome.error_kind in NEVER_RETRY_KINDS,
                     strategy_delay=0.0,
                     retry_after=None,
@@ -324,6 +328,15 @@ class AioDownload:
             if slot.idle():
                 self._hosts.pop(parts.host_key, None)
 
+    def _wants_retry(self, outcome: Outcome) -> bool:
+        """The strategy's ``retry()``; one that raises (aiodownload code reading
+        ``response.status >= 500`` on a refused connection, whose status is None) means no,
+        so the bundle keeps the failure that happened, not the strategy's TypeError."""
+        try:
+            return bool(self.request_strategy.retry(outcome))
+        except Exception:
+            return False
+
     async def _robots_allow(self, bundle: Bundle, parts: UrlParts, slot: HostSlot) -> bool:
         """Fetch the host's robots.txt once (politely, through its slot); skip what it forbids."""
         known = self._robots.get(parts.host_key)
@@ -333,7 +346,7 @@ class AioDownload:
             )
         rules = await asyncio.shield(known)
         if rules.crawl_delay:
-            slot.delay = max(slot.delay, rules.crawl_delay)
+            slot.delay = max(slot.delay, self._capped_crawl_delay(rules))
         if rules.allows(bundle.url):
             return True
         bundle.state = SKIPPED
@@ -366,9 +379,13 @@ class AioDownload:
 
     async def request_and_download(self, bundle: Bundle) -> Bundle:
         """One attempt (no retry): request, check, write. Sets the bundle's final state."""
-        if bundle.file_path is None:
-            bundle.file_path = self._target(bundle)
-        outcome = await self._attempt(bundle)
+        try:
+            if bundle.file_path is None:
+                bundle.file_path = self._target(bundle)
+            parts = split_url(bundle.url, bundle.params)
+        except DownloadFailed as exc:
+            return bundle.fail(exc.kind, exc.message)
+        outcome = await self._attempt(bundle, parts)
         if outcome is None:
             bundle.state = WRITTEN
         else:

@@ -105,12 +105,16 @@ class LeanClient:
             self.release(response._conn)
             if hop >= self.max_redirects:
                 break
-            url = urljoin(url, location)
             try:
+                url = urljoin(url, location)
                 parts = split_url(url)
             except DownloadFailed as exc:
                 raise DownloadFailed(
                     ErrorKind.REDIRECT, f"redirect refused: {exc.message}"
+                ) from exc
+            except ValueError as exc:  # urljoin: "http://[bad" is no URL at all
+                raise DownloadFailed(
+                    ErrorKind.REDIRECT, f"redirect refused: unparsable Location: {exc}"
                 ) from exc
         raise DownloadFailed(
             ErrorKind.REDIRECT,
