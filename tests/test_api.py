@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import itertools
 import os
+import threading
 import time
 
 import pytest
@@ -316,3 +317,40 @@ def test_input_iterator_error_propagates(home):
 def test_a_single_string_is_rejected_with_a_clear_message():
     with pytest.raises(ConfigurationError, match="one"):
         shardload.swarm("http://127.0.0.1/")
+
+
+@pytest.mark.timeout(60)
+def test_one_download_object_serves_a_run_nested_in_another(srv, home):
+    """``one()`` while iterating ``each()`` with the same download: two event loops, one engine."""
+    download = make_download(home)
+    urls = [f"{srv.base_urls[0]}/slow/200/outer{i}" for i in range(6)]  # outer still busy
+    inner = []
+    for bundle in shardload.each(urls, download=download):
+        assert bundle.ok
+        inner.append(shardload.one(f"{srv.base_urls[0]}/bytes/10?name=in{len(inner)}", download))
+    assert [b.state for b in inner] == ["written"] * 6
+
+
+@pytest.mark.timeout(60)
+def test_one_download_object_shared_by_two_threads(srv, home):
+    download = make_download(home)
+    results: dict[int, list[Bundle]] = {}
+
+    def run(k: int) -> None:
+        urls = [f"{srv.base_urls[0]}/slow/20/t{k}-{i}" for i in range(6)]
+        results[k] = shardload.swarm(urls, download=download)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=50)
+    assert sorted(results) == [0, 1]
+    assert all(b.ok for k in results for b in results[k])
+
+
+def test_main_works_again_in_a_new_event_loop(srv, home):
+    download = make_download(home)
+    for i in range(2):
+        bundle = asyncio.run(download.main(Bundle(f"{srv.base_urls[0]}/links/{i}")))
+        assert bundle.state == "written", bundle.error_message

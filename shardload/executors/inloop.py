@@ -17,6 +17,7 @@ class InLoopExecutor:
         self._worker: ShardWorker | None = None
 
     async def start(self, sink: ExecutorSink) -> None:
+        self.engine = self.engine.for_run()
         self._worker = ShardWorker(self.engine, emit=lambda results: sink.results(0, results))
 
     def _the_worker(self) -> ShardWorker:
@@ -32,9 +33,9 @@ class InLoopExecutor:
 
     async def finish(self) -> None:
         await self._the_worker().drain()
-        await self.engine.close()
+        await self.engine.end_run()
 
     async def abort(self) -> None:
         if self._worker is not None:
             await self._worker.abort()
-        await self.engine.close()
+            await self.engine.end_run()

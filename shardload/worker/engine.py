@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import time
 from collections.abc import Mapping
 from types import TracebackType
@@ -61,6 +62,7 @@ class AioDownload:
         self.request_strategy = request_strategy or RequestStrategy()
         # Per-host (concurrency, delay) overrides: a hot host split over k workers gets 1/k.
         self.host_budgets: dict[str, tuple[int, float]] = {}
+        self._runs = 0  # runs (swarm/each calls) using this engine now, all in self._loop
         self._reset()
 
     # aiodownload's private names, read by some of its users' subclasses.
@@ -73,6 +75,8 @@ class AioDownload:
         return self.request_strategy
 
     def _reset(self) -> None:
+        # Everything below belongs to one event loop: made lazily inside it, useless in another.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._session: aiohttp.ClientSession | None = self.client
         self._lean: LeanClient | None = None
         self._worker_sem: asyncio.Semaphore | None = None
@@ -90,6 +94,35 @@ class AioDownload:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+    def for_run(self) -> AioDownload:
+        """The engine a run in the running loop uses: this one, or a fresh copy of it (same
+        class and strategies) when a run in another event loop holds this one (``one()``
+        called while iterating ``each()``, or two threads sharing one download)."""
+        loop = asyncio.get_running_loop()
+        engine = self
+        if self._busy_elsewhere(loop):
+            engine = copy.copy(self)
+            engine._runs = 0
+            engine._reset()
+        engine._bind(loop)
+        engine._runs += 1
+        return engine
+
+    async def end_run(self) -> None:
+        """A run that ``for_run`` gave this engine is over; the last one closes it."""
+        self._runs = max(0, self._runs - 1)
+        if self._runs == 0:
+            await self.close()
+
+    def _busy_elsewhere(self, loop: asyncio.AbstractEventLoop) -> bool:
+        bound = self._loop
+        return bound is not None and bound is not loop and self._runs > 0 and not bound.is_closed()
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._loop is not loop:
+            self._reset()  # made in a loop that is gone or stopped: start afresh in this one
+            self._loop = loop
 
     async def close(self) -> None:
         """Close the session this engine created (never a caller's ``client``)."""
@@ -209,6 +242,13 @@ class AioDownload:
     async def main(self, bundle: Bundle) -> Bundle:
         """Download one bundle to its file, retrying as the request strategy says."""
         started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            if self._busy_elsewhere(loop):
+                message = "this AioDownload is running in another event loop: use one per loop"
+                bundle.fail(ErrorKind.STRATEGY, message)
+                return bundle
+            self._bind(loop)
         try:
             await self._main(bundle)
         except asyncio.CancelledError:
