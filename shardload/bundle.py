@@ -51,6 +51,10 @@ class Bundle:
     host: str | None = field(default=None, repr=False)
     # Sequence number within one call; set by the coordinator, used for ordering.
     seq: int = field(default=-1, repr=False)
+    # The path a run gave this bundle (as opposed to one its owner set): a later run with
+    # another download computes its own. And the run it is pending in, if any.
+    _run_path: str | None = field(default=None, init=False, repr=False)
+    _run: object | None = field(default=None, init=False, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -137,4 +141,5 @@ def apply_result(bundle: Bundle, result: Result) -> Bundle:
         bundle.error_kind,
         bundle.error_message,
     ) = result
+    bundle._run_path = bundle.file_path
     return bundle

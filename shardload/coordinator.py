@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import pickle
 import threading
 from collections import OrderedDict, deque
@@ -145,11 +146,17 @@ class _InputReader:
             self._cond.notify_all()
 
 
-def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None) -> Bundle:
-    """Turn one input item into a fresh bundle; an item that cannot be used gives a failed one."""
+def prepare_item(
+    seq: int, item: Any, url_map: Callable[[Any], Any] | None, run: object = None
+) -> Bundle:
+    """Turn one input item into a fresh bundle; an item that cannot be used gives a failed one.
+
+    A caller's bundle is reset and used in place, except one still pending in this same
+    ``run`` (the same object twice in the input): that one gets a copy, so each item has its own.
+    """
     try:
         if isinstance(item, Bundle):
-            bundle = item
+            bundle = copy.copy(item) if item._run is run and item.state == PENDING else item
         else:
             try:
                 url = url_map(item) if url_map is not None else item
@@ -164,6 +171,9 @@ def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None) -> B
                 # answer with an array (a numpy row). A plain URL string is its own item.
                 plain = url is item or (type(url) is str and type(item) is str and url == item)
                 bundle = Bundle(url=_text(url), info=None if plain else item)
+        if bundle.file_path is not None and bundle.file_path == bundle._run_path:
+            bundle.file_path = None  # an earlier run's answer: this run computes its own
+        bundle._run = run
         bundle.seq = seq
         bundle.state = PENDING
         bundle.status = None
@@ -233,6 +243,7 @@ async def coordinate(
     remote = executor.crosses_processes
     events = _Events()
     loop = asyncio.get_running_loop()
+    run = object()  # marks the bundles this call holds
 
     def wake_from_thread() -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closing: nobody is waiting
@@ -249,7 +260,7 @@ async def coordinate(
     dead: dict[int, str] = {}
     reader = _InputReader(
         items,
-        lambda seq, item: prepare_item(seq, item, url_map),
+        lambda seq, item: prepare_item(seq, item, url_map, run),
         wake_from_thread,
         limits.read_ahead,
     )

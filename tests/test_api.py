@@ -354,3 +354,27 @@ def test_main_works_again_in_a_new_event_loop(srv, home):
     for i in range(2):
         bundle = asyncio.run(download.main(Bundle(f"{srv.base_urls[0]}/links/{i}")))
         assert bundle.state == "written", bundle.error_message
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_the_same_bundle_object_twice_gives_a_bundle_per_item(srv, home, processes):
+    # params: no de-duplication of repeats, so each copy really goes to a worker
+    bundle = Bundle(f"{srv.base_urls[0]}/bytes/20", params={"name": f"same{processes}"})
+    download = make_download(home)
+    got = shardload.swarm([bundle] * 3, download=download, processes=processes)
+    assert len(got) == 3 and got[0] is bundle
+    assert all(b.state == "written" and b.url == bundle.url for b in got)
+    streamed = list(shardload.each([bundle] * 5, download=download, processes=processes))
+    assert len(streamed) == 5 and all(b.state == "written" for b in streamed)
+
+
+def test_a_bundle_from_an_earlier_run_gets_the_new_downloads_path(srv, home, tmp_path):
+    bundle = Bundle(f"{srv.base_urls[0]}/links/1")
+    shardload.one(bundle, download=make_download(home))
+    other = str(tmp_path / "other-home")
+    shardload.one(bundle, download=make_download(other))
+    assert bundle.state == "written", bundle.error_message
+    assert bundle.file_path.startswith(other + os.sep)
+    preset = Bundle(f"{srv.base_urls[0]}/links/2", file_path="mine/two")
+    shardload.one(preset, download=make_download(home))
+    assert preset.file_path == os.path.join(home, "mine", "two")  # the owner's path is kept
