@@ -34,7 +34,7 @@ from shardload.cli.summary import (
     exit_code,
     format_summary,
 )
-from shardload.errors import ConfigurationError
+from shardload.errors import ConfigurationError, ShardloadError
 from shardload.worker.files import find_complete
 
 
@@ -91,6 +91,10 @@ class StopSignals:
                 raise KeyboardInterrupt
 
 
+class ManifestFailed(ShardloadError):
+    """The manifest cannot be written (``Recorder.error`` says why): the run stops."""
+
+
 class Recorder:
     """Everything a finished or skipped URL updates, under one lock (main loop and ticker)."""
 
@@ -113,11 +117,14 @@ class Recorder:
         with self.signals.critical(), self.lock:
             if self.closed:  # the input thread, after a stop: too late to count
                 return
-            self.writer.add(record)
+            try:
+                self.writer.add(record)
+            except OSError as exc:  # a full disk: reported once, as one line, by _crawl
+                self.error = self.error or exc
             self.stats.add(record)
             self.progress.finished(str(record["state"]), int(record.get("bytes") or 0))
         if self.error is not None:
-            raise self.error
+            raise ManifestFailed from self.error
 
     def skip(self, action: Action) -> None:
         with self.signals.critical(), self.lock:
@@ -307,6 +314,8 @@ def _crawl(
             rec.record(bundle.to_record())
     except KeyboardInterrupt:
         interrupted = True
+    except ManifestFailed:
+        code = EXIT_FAILED  # rec.error is printed below
     except ConfigurationError as exc:
         code = _usage_error(stderr, str(exc))
     except Exception:

@@ -14,6 +14,7 @@ import pytest
 import shardload
 from shardload.bundle import Bundle
 from shardload.cli.main import main
+from shardload.cli.manifest import ManifestWriter
 
 from .conftest import read_manifest
 
@@ -142,3 +143,20 @@ def test_library_crash_is_reported_and_the_manifest_kept(
     assert len(read_manifest(tmp_path / "out" / "manifest.jsonl")) == 3
     err = capsys.readouterr().err
     assert "worker pool exploded" in err and "shardload: summary" in err
+
+
+def test_a_manifest_that_cannot_be_written_is_one_line_not_a_traceback(
+    fake: FakeLibrary,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def disk_full(self: object, record: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ManifestWriter, "add", disk_full)
+    assert _run(tmp_path, [f"http://h/ok/{i}" for i in range(3)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "cannot write the manifest: [Errno 28] No space left on device" in err
+    assert len(fake.seen) == 1  # the run stops at the first record it cannot keep
