@@ -146,9 +146,7 @@ class _InputReader:
             self._cond.notify_all()
 
 
-def prepare_item(
-    seq: int, item: Any, url_map: Callable[[Any], Any] | None, run: object = None
-) -> Bundle:
+def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None, run: object) -> Bundle:
     """Turn one input item into a fresh bundle; an item that cannot be used gives a failed one.
 
     A caller's bundle is reset and used in place, except one still pending in this same

@@ -246,6 +246,18 @@ def test_an_occasional_503_does_not_pause_a_healthy_host():
     asyncio.run(scenario())
 
 
+async def _probe_ends_with(kind: ErrorKind) -> tuple[HostSlot, asyncio.Future[str | None]]:
+    """An open breaker's probe, with one request waiting behind it, ends with ``kind``."""
+    slot = HostSlot(2, breaker_threshold=1, breaker_cooldown=0.05)
+    slot.record(None, ErrorKind.CONNECT, None)
+    await asyncio.sleep(0.06)
+    assert await slot.admit() is None  # the probe
+    waiter = asyncio.ensure_future(slot.admit())
+    await asyncio.sleep(0.01)
+    slot.record(None, kind, None)
+    return slot, waiter
+
+
 @pytest.mark.parametrize(
     "kind",
     [
@@ -259,13 +271,7 @@ def test_an_occasional_503_does_not_pause_a_healthy_host():
 )
 def test_a_probe_the_host_answered_closes_the_breaker_whatever_went_wrong(kind):
     async def scenario():
-        slot = HostSlot(2, breaker_threshold=1, breaker_cooldown=0.05)
-        slot.record(None, ErrorKind.CONNECT, None)
-        await asyncio.sleep(0.06)
-        assert await slot.admit() is None  # the probe
-        waiter = asyncio.ensure_future(slot.admit())
-        await asyncio.sleep(0.01)
-        slot.record(None, kind, None)
+        slot, waiter = await _probe_ends_with(kind)
         assert await asyncio.wait_for(waiter, 1) is None
         assert slot.breaker == CLOSED
 
@@ -275,13 +281,7 @@ def test_a_probe_the_host_answered_closes_the_breaker_whatever_went_wrong(kind):
 @pytest.mark.parametrize("kind", [ErrorKind.CONNECT, ErrorKind.TIMEOUT, ErrorKind.DNS])
 def test_a_probe_that_cannot_connect_opens_the_breaker_again(kind):
     async def scenario():
-        slot = HostSlot(2, breaker_threshold=1, breaker_cooldown=0.05)
-        slot.record(None, ErrorKind.CONNECT, None)
-        await asyncio.sleep(0.06)
-        assert await slot.admit() is None  # the probe
-        waiter = asyncio.ensure_future(slot.admit())
-        await asyncio.sleep(0.01)
-        slot.record(None, kind, None)
+        slot, waiter = await _probe_ends_with(kind)
         assert slot.breaker == OPEN
         assert await asyncio.wait_for(waiter, 1) is not None  # the waiter fails fast
 
@@ -353,6 +353,7 @@ def test_urls_of_a_dead_host_arriving_one_at_a_time_trip_the_breaker(home, close
     assert asyncio.run(run()) == [ErrorKind.CONNECT] * 3 + [ErrorKind.BREAKER_OPEN] * 2
 
 
+@pytest.mark.timeout(60)
 def test_a_huge_crawl_delay_is_capped_like_retry_after(home):
     """``Crawl-delay: 100000`` would park the host for days; it is held to retry_after_cap."""
 
@@ -367,8 +368,5 @@ def test_a_huge_crawl_delay_is_capped_like_retry_after(home):
     strategy = RequestStrategy(robots=True, retry_after_cap=0.2)
     with RawServer(handler) as server:
         urls = [f"{server.url}/p/{i}" for i in range(3)]
-        started = time.monotonic()
         bundles = shardload.swarm(urls, download=make_download(home, strategy))
-        took = time.monotonic() - started
-    assert all(b.ok for b in bundles)
-    assert took < 30  # uncapped: 100,000 s per request
+    assert all(b.ok for b in bundles)  # uncapped, the second request would wait 100,000 s

@@ -155,6 +155,7 @@ def test_a_retry_written_for_statuses_keeps_the_network_error(home, closed_port)
     download = make_download(home, StatusOnlyRetry(max_attempts=3))
     (b,) = shardload.swarm([f"http://127.0.0.1:{closed_port}/x"], download=download)
     assert b.state == "failed" and b.error_kind == ErrorKind.CONNECT, b.error_message
+    assert "retry() raised TypeError" in b.error_message
     assert b.attempts == 1
 
 

@@ -346,17 +346,18 @@ class AioDownload:
                 slot.record(outcome.status, outcome.error_kind, outcome.retry_after)
                 # Only whether to retry is decided here: the wait comes from get_sleep_time()
                 # at the top of the loop, and a Retry-After pauses the whole host (record()).
+                wants_retry, retry_error = self._wants_retry(outcome)
                 decision = decide(
                     attempts=bundle.attempts,
                     max_attempts=rs.max_attempts,
-                    wants_retry=self._wants_retry(outcome),
+                    wants_retry=wants_retry,
                     never_retry=outcome.error_kind in NEVER_RETRY_KINDS,
                     strategy_delay=0.0,
                     retry_after=None,
                     retry_after_cap=rs.retry_after_cap,
                 )
                 if not decision.retry:
-                    message = outcome.message
+                    message = outcome.message + retry_error
                     if bundle.attempts > 1:
                         message += f"; {decision.reason}"  # e.g. attempts exhausted (5 of 5)
                     bundle.fail(outcome.error_kind, message)
@@ -368,14 +369,17 @@ class AioDownload:
             if slot.idle():
                 self._hosts.pop(parts.host_key, None)
 
-    def _wants_retry(self, outcome: Outcome) -> bool:
-        """The strategy's ``retry()``; one that raises (aiodownload code reading
-        ``response.status >= 500`` on a refused connection, whose status is None) means no,
-        so the bundle keeps the failure that happened, not the strategy's TypeError."""
+    def _wants_retry(self, outcome: Outcome) -> tuple[bool, str]:
+        """The strategy's ``retry()``, and a note for the message when it raised.
+
+        One that raises (aiodownload code reading ``response.status >= 500`` on a refused
+        connection, whose status is None) means no retry: the bundle keeps the failure that
+        happened, and its message says what retry() did, so the strategy's bug stays visible.
+        """
         try:
-            return bool(self.request_strategy.retry(outcome))
-        except Exception:
-            return False
+            return bool(self.request_strategy.retry(outcome)), ""
+        except Exception as exc:
+            return False, f"; retry() raised {type(exc).__name__}: {exc}"
 
     async def _robots_allow(self, bundle: Bundle, parts: UrlParts, slot: HostSlot) -> bool:
         """Fetch the host's robots.txt once (politely, through its slot); skip what it forbids."""
