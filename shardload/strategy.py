@@ -108,7 +108,8 @@ class RequestStrategy:
     between request starts (plus up to ``jitter`` seconds); ``worker_concurrent`` caps all
     requests of one worker process. ``max_attempts`` counts every attempt (0 and 1 both mean a
     single one). ``timeout`` bounds connecting and every stall while reading, not the whole body,
-    so a large file can finish; ``max_time`` optionally bounds a whole attempt, and a body slower
+    so a large file can finish; ``max_time`` optionally bounds a whole attempt (its time on
+    the network, redirect hops included, not its waits for a turn), and a body slower
     than ``low_speed_limit`` bytes/s over ``low_speed_time`` seconds fails as a timeout (curl's
     options of the same names; 0 disables), so a server dripping bytes cannot hold a slot forever.
 
@@ -119,7 +120,8 @@ class RequestStrategy:
     remaining URLs fail fast as ``breaker_open`` until a probe after ``breaker_cooldown``
     seconds succeeds. ``robots`` fetches each host's robots.txt once, skips what it disallows
     for ``user_agent`` and honours its Crawl-delay as the host's ``delay``. Up to
-    ``max_redirects`` redirects are followed (0: a redirect fails as ``redirect``). Each worker
+    ``max_redirects`` redirects are followed (0: a redirect fails as ``redirect``), each hop
+    under the politeness of the host it goes to. Each worker
     resolves a host once and caches the answer for ``dns_ttl`` seconds (None: for the whole
     run); the hosts of a worker are its own, so no two workers resolve the same host.
     """

@@ -27,7 +27,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode, urljoin, urlsplit
 
 from shardload.errors import DownloadFailed, ErrorKind
 
@@ -208,6 +208,20 @@ def _split_general(url: str, params: Mapping[str, Any] | None) -> UrlParts:
             raise _invalid(url, "unencodable params") from exc
         query = f"{query}&{extra}" if query else extra
     return UrlParts(scheme, host, port, parts.path, query)
+
+
+def redirect_target(url: str, location: str) -> tuple[str, UrlParts]:
+    """Where a redirect from ``url`` with this ``Location`` goes; a target shardload would not
+    fetch as a URL of its own (another scheme, no host) fails as ``redirect``."""
+    try:
+        target = urljoin(url, location)
+        return target, split_url(target)
+    except DownloadFailed as exc:
+        raise DownloadFailed(ErrorKind.REDIRECT, f"redirect refused: {exc.message}") from exc
+    except ValueError as exc:  # urljoin: "http://[bad" is no URL at all
+        raise DownloadFailed(
+            ErrorKind.REDIRECT, f"redirect refused: unparsable Location: {exc}"
+        ) from exc
 
 
 def host_key(url: str) -> str:

@@ -246,7 +246,6 @@ def _client(limit: int = 64, read_timeout: float = 10) -> LeanClient:
         headers={},
         connect_timeout=5,
         read_timeout=read_timeout,
-        max_redirects=10,
         dns_ttl=300,
     )
 
@@ -544,13 +543,7 @@ def test_a_callers_host_header_is_sent(srv, home, client):
 
 
 @pytest.mark.parametrize(("to_host", "kept"), [(0, True), (1, False)], ids=["same", "other"])
-def test_a_callers_host_header_goes_only_to_the_origin_asked_for(
-    srv, home, client, to_host, kept, request
-):
-    if client == "aiohttp" and not kept:
-        # aiohttp keeps a caller's Host header on a redirect to another origin (it drops only
-        # Authorization); shardload does not rewrite aiohttp's redirects. Known limitation.
-        request.applymarker(pytest.mark.xfail(strict=True, reason="aiohttp keeps Host"))
+def test_a_callers_host_header_goes_only_to_the_origin_asked_for(srv, home, client, to_host, kept):
     strategy = RequestStrategy(headers={"host": "vhost.example"})
     start = f"{srv.base_urls[0]}/redirect-to?url={srv.base_urls[to_host]}/echo"
     (b,) = shardload.swarm([start], download=make_download(home, strategy, client=client))
@@ -599,7 +592,6 @@ def test_the_pool_forgets_emptied_hosts_and_expired_names():
             headers={},
             connect_timeout=5,
             read_timeout=5,
-            max_redirects=0,
             dns_ttl=0.05,
         )
         for _ in range(2):

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import quote
 
 import pytest
 
@@ -16,7 +17,7 @@ import shardload
 from shardload import BackOff, ErrorKind, RequestStrategy
 from shardload.worker.hosts import CLOSED, OPEN, HostSlot
 
-from .conftest import make_download
+from .conftest import files_under, make_download
 from .raw_server import RawServer
 
 
@@ -180,6 +181,8 @@ def test_robots_disallowed_urls_are_skipped_and_crawl_delay_honoured(srv, home):
     gaps = [b - a for a, b in itertools.pairwise(public)]
     assert len(gaps) == 3 and min(gaps) >= 0.2  # server-side stamps jitter under load
     assert public[-1] - public[0] >= 3 * 0.3 - 0.08
+    # The robots.txt request counts as a start: the first page waits one Crawl-delay after it.
+    assert public[0] - starts(srv, 0)[0] >= 0.2
 
 
 def test_robots_for_a_named_agent(srv, home):
@@ -370,3 +373,67 @@ def test_a_huge_crawl_delay_is_capped_like_retry_after(home):
         urls = [f"{server.url}/p/{i}" for i in range(3)]
         bundles = shardload.swarm(urls, download=make_download(home, strategy))
     assert all(b.ok for b in bundles)  # uncapped, the second request would wait 100,000 s
+
+
+# -- redirect hops: each hop is a request of its own host, under that host's politeness --------
+
+
+def _via(srv, origin: int, target: str) -> str:
+    return f"{srv.base_urls[origin]}/redirect-to?url={quote(target, safe='')}"
+
+
+def test_redirect_hops_to_another_host_keep_its_concurrency_limit(srv, home, client):
+    b = srv.base_urls[1]
+    # Three origins, two requests in flight each, all sent on to host B.
+    urls = [
+        _via(srv, origin, f"{b}/slow/150/hop{origin}-{i}") for origin in (0, 2, 3) for i in range(3)
+    ]
+    strategy = RequestStrategy(concurrent=2)
+    bundles = shardload.swarm(urls, download=make_download(home, strategy, client=client))
+    assert all(x.ok for x in bundles), [x.error_message for x in bundles]
+    hosts = srv.stats()["hosts"]
+    assert hosts[srv.host_key(1)]["requests"] == 9
+    assert hosts[srv.host_key(1)]["max_concurrency"] <= 2
+
+
+def test_same_host_redirect_hops_keep_the_delay(srv, home, client):
+    strategy = RequestStrategy(delay=0.3)
+    (b,) = shardload.swarm(
+        [srv.base_urls[0] + "/redirect/3"], download=make_download(home, strategy, client=client)
+    )
+    assert b.ok and b.attempts == 1
+    hops = starts(srv, 0)
+    assert len(hops) == 4
+    assert min(later - earlier for earlier, later in itertools.pairwise(hops)) >= 0.25
+
+
+def test_a_throttled_hop_pauses_the_host_that_answered_not_the_one_asked(srv, home):
+    a, b = srv.base_urls[0], srv.base_urls[1]
+    throttled = _via(srv, 0, f"{b}/retry-after/hop-pause/1/429?after=2")
+    urls = [throttled, *(f"{a}/slow/100/a{i}" for i in range(6))]
+    strategy = BackOff(3, concurrent=1)
+    bundles = shardload.swarm(urls, download=make_download(home, strategy))
+    assert all(x.ok for x in bundles), [x.error_message for x in bundles]
+    a_starts, b_starts = starts(srv, 0), starts(srv, 1)
+    first_429, retried = b_starts
+    assert retried - first_429 >= 1.8  # B paused by its Retry-After (2 s)
+    assert sum(1 for t in a_starts if first_429 < t < first_429 + 1.8) >= 3  # A was not
+
+
+def test_a_redirect_into_a_path_robots_disallows_is_skipped(srv, home):
+    strategy = RequestStrategy(robots=True)
+    url = _via(srv, 0, f"{srv.base_urls[1]}/any/private/x")
+    (b,) = shardload.swarm([url], download=make_download(home, strategy))
+    assert b.state == "skipped" and b.error_kind == ErrorKind.ROBOTS
+    assert "redirect to" in b.error_message and "/any/private/x" in b.error_message
+    hosts = srv.stats()["hosts"]
+    assert hosts[srv.host_key(1)]["requests"] == 1  # its robots.txt, never the page
+    assert files_under(home) == set()
+
+
+def test_a_redirect_to_a_host_with_an_open_breaker_fails_fast(home, closed_port, srv):
+    dead = f"http://127.0.0.1:{closed_port}"
+    strategy = RequestStrategy(concurrent=1, breaker_threshold=2, breaker_cooldown=60)
+    urls = [f"{dead}/x{i}" for i in range(2)] + [_via(srv, 0, f"{dead}/via")]
+    bundles = shardload.swarm(urls, download=make_download(home, strategy))
+    assert [b.error_kind for b in bundles] == [ErrorKind.CONNECT] * 2 + [ErrorKind.BREAKER_OPEN]

@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shardload.errors import DownloadFailed, ErrorKind
-from shardload.urls import UrlParts, host_key, normalise_host_key, redact, split_url
+from shardload.urls import (
+    UrlParts,
+    host_key,
+    normalise_host_key,
+    redact,
+    redirect_target,
+    split_url,
+)
 
 
 @pytest.mark.parametrize(
@@ -364,3 +371,36 @@ def test_split_hosts_are_matched_however_they_are_written() -> None:
     assert plan.processes == 4
     with pytest.raises(ConfigurationError, match="split_hosts"):
         make_plan(urls, None, download, {"split_hosts": {"a b": 2}}, sync=True)
+
+
+@pytest.mark.parametrize(
+    ("url", "location", "target"),
+    [
+        ("http://a/x/y", "/z", "http://a/z"),
+        ("http://a/x/y", "z?q=1", "http://a/x/z?q=1"),
+        ("http://a/x", "https://B:443/p", "https://B:443/p"),
+        ("http://u:p@a/x", "//b/p", "http://b/p"),
+        ("http://a/x?q=1", "?r=2", "http://a/x?r=2"),
+    ],
+)
+def test_redirect_target(url: str, location: str, target: str) -> None:
+    assert redirect_target(url, location) == (target, split_url(target))
+
+
+@pytest.mark.parametrize(
+    ("location", "why"),
+    [
+        ("ftp://a/x", "unsupported URL"),
+        ("http://[bad", "unparsable Location"),
+        ("https:///nohost", "no host"),
+        ("http://a/\x01\n", "whitespace or control"),
+    ],
+)
+def test_a_redirect_target_shardload_would_not_fetch_is_a_redirect_failure(
+    location: str, why: str
+) -> None:
+    with pytest.raises(DownloadFailed) as raised:
+        redirect_target("http://u:secret@a/x", location)
+    assert raised.value.kind == ErrorKind.REDIRECT
+    assert raised.value.message.startswith("redirect refused: ") and why in raised.value.message
+    assert "secret" not in raised.value.message

@@ -4,6 +4,8 @@ Invariants:
 - ``main(bundle)`` never raises for a download problem: every failure ends as a failed bundle
   with an error kind and message (DESIGN rule 4); only cancellation propagates;
 - a bundle waiting for a retry, a per-host gap or a host pause holds no slot (see ``hosts``);
+- every request is made under the slot of the host it goes to: a redirect hop leaves the slot
+  it came from and waits for its target host's turn, breaker and robots.txt;
 - bundles of the same URL that target the same file while one is in flight share its download,
   so duplicate URLs are fetched once; no two downloads ever write one file at once in a worker
   (a different URL given the same path waits, then makes its own);
@@ -19,6 +21,7 @@ import contextlib
 import copy
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +30,7 @@ from ..bundle import CACHED, SKIPPED, WRITTEN, Bundle, apply_result, to_result
 from ..errors import NEVER_RETRY_KINDS, DownloadFailed, ErrorKind
 from ..robots import ALLOW_ALL, RobotRules, rules_from_response
 from ..strategy import DownloadStrategy, Outcome, RequestStrategy
-from ..urls import UrlParts, split_url
+from ..urls import UrlParts, redact, redirect_target, split_url
 from .failures import classify
 from .files import (
     READ_SIZE,
@@ -46,6 +49,7 @@ if TYPE_CHECKING:
     import aiohttp
 
 _ROBOTS_MAX_BYTES = 512 * 1024
+_ROBOTS_MAX_HOPS = 5  # redirects followed for robots.txt (RFC 9309: at least five)
 
 
 class AioDownload:
@@ -147,13 +151,11 @@ class AioDownload:
                 ttl_dns_cache=rs.dns_ttl,
                 enable_cleanup_closed=False,
             )
-            headers = {"User-Agent": rs.user_agent, **rs.headers}
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                headers=headers,
                 cookie_jar=aiohttp.DummyCookieJar(),
                 read_bufsize=READ_SIZE,
-                timeout=self._timeout(),
+                timeout=self._timeout(rs.max_time),
                 trust_env=False,
             )
         return self._session
@@ -178,31 +180,58 @@ class AioDownload:
                 headers={"User-Agent": rs.user_agent, **rs.headers},
                 connect_timeout=_connect_timeout(rs),
                 read_timeout=rs.timeout,
-                max_redirects=rs.max_redirects,
                 dns_ttl=rs.dns_ttl,
             )
         return self._lean
 
-    def _request(self, url: str, parts: UrlParts, params: Any = None) -> Any:
-        """``async with`` this for the response of one GET (redirects followed)."""
+    def _request(
+        self,
+        url: str,
+        parts: UrlParts,
+        params: Any = None,
+        same_origin: bool = True,
+        max_time: float | None = None,
+    ) -> Any:
+        """``async with`` this for the response of one GET. Redirects come back as responses
+        (the engine follows them hop by hop), except on a caller's own session."""
         if self._owns_requests():
-            return self._get_lean().get(parts, url)
+            return self._get_lean().get(parts, url, same_origin)
         rs = self.request_strategy
-        # aiohttp fails on the max_redirects-th redirect; shardload follows that many (as curl).
-        return self._get_session().get(
+        session = self._get_session()
+        if session is self.client:
+            # A caller's session follows redirects itself: its own default headers (say an
+            # Authorization) could not be kept from another origin otherwise. aiohttp fails on
+            # the max_redirects-th redirect; shardload follows that many (as curl).
+            return session.get(
+                url,
+                params=params,
+                allow_redirects=rs.max_redirects > 0,
+                max_redirects=rs.max_redirects + 1,
+                timeout=self._timeout(max_time),  # over the session's own timeout too
+            )
+        return session.get(
             url,
             params=params,
-            allow_redirects=rs.max_redirects > 0,
-            max_redirects=rs.max_redirects + 1,
-            timeout=self._timeout(),  # also over a caller's session and its own timeout
+            allow_redirects=False,
+            headers=self._headers(same_origin),
+            timeout=self._timeout(max_time),
         )
 
-    def _timeout(self) -> aiohttp.ClientTimeout:
+    def _headers(self, same_origin: bool) -> dict[str, str]:
+        """The request headers of shardload's own aiohttp session. A caller's Authorization
+        and Host are for the origin asked for, not for a redirect elsewhere (as curl)."""
+        rs = self.request_strategy
+        headers = {"User-Agent": rs.user_agent, **rs.headers}
+        if same_origin:
+            return headers
+        return {k: v for k, v in headers.items() if k.lower() not in ("authorization", "host")}
+
+    def _timeout(self, max_time: float | None) -> aiohttp.ClientTimeout:
         import aiohttp  # noqa: PLC0415  (see the import at the top)
 
         rs = self.request_strategy
         return aiohttp.ClientTimeout(
-            total=rs.max_time, sock_connect=_connect_timeout(rs), connect=None, sock_read=rs.timeout
+            total=max_time, sock_connect=_connect_timeout(rs), connect=None, sock_read=rs.timeout
         )
 
     def _slot(self, host_key: str) -> HostSlot:
@@ -315,35 +344,29 @@ class AioDownload:
                 bundle.file_path, bundle.bytes = found
                 bundle.state = CACHED
                 return
-        slot = self._slot(parts.host_key)
-        slot.users += 1
+        slot = self._take_slot(parts.host_key)
         try:
-            if rs.robots and not await self._robots_allow(bundle, parts, slot):
-                return
+            if rs.robots:
+                rules = await self._robots_rules(parts, slot)
+                if not rules.allows(bundle.url):
+                    _skip(bundle, f"disallowed by robots.txt for {rules.agent}")
+                    return
             while True:
                 wait = rs.get_sleep_time(bundle)
                 if wait and wait > 0:
                     await asyncio.sleep(wait)
-                refused = await slot.admit() if slot.breaker != CLOSED else None
-                if refused is None:
-                    worker = self._worker_slots()
-                    await slot.enter(worker)
-                    try:
-                        # The breaker may have opened while this request waited for its turn.
-                        refused = slot.open_reason() if slot.breaker != CLOSED else None
-                        outcome = None if refused else await self._attempt(bundle, parts)
-                    finally:
-                        slot.leave(worker)
-                if refused is not None:
-                    bundle.fail(ErrorKind.BREAKER_OPEN, refused)
-                    await ds.on_fail(bundle)
-                    return
+                outcome = await self._attempt(bundle, parts, slot)
                 if outcome is None:
-                    slot.record(bundle.status, None, None)
                     bundle.state = WRITTEN
                     bundle.error_kind = bundle.error_message = None
                     return
-                slot.record(outcome.status, outcome.error_kind, outcome.retry_after)
+                if outcome.error_kind == ErrorKind.ROBOTS:  # a redirect into a disallowed path
+                    _skip(bundle, outcome.message)
+                    return
+                if outcome.error_kind == ErrorKind.BREAKER_OPEN:  # failed fast, nothing sent
+                    bundle.fail(outcome.error_kind, outcome.message)
+                    await ds.on_fail(bundle)
+                    return
                 # Only whether to retry is decided here: the wait comes from get_sleep_time()
                 # at the top of the loop, and a Retry-After pauses the whole host (record()).
                 wants_retry, retry_error = self._wants_retry(outcome)
@@ -364,10 +387,18 @@ class AioDownload:
                     await ds.on_fail(bundle)
                     return
         finally:
-            slot.end_probe()
-            slot.users -= 1
-            if slot.idle():
-                self._hosts.pop(parts.host_key, None)
+            self._give_back_slot(parts.host_key, slot)
+
+    def _take_slot(self, host_key: str) -> HostSlot:
+        slot = self._slot(host_key)
+        slot.users += 1
+        return slot
+
+    def _give_back_slot(self, host_key: str, slot: HostSlot) -> None:
+        slot.end_probe()
+        slot.users -= 1
+        if slot.idle() and self._hosts.get(host_key) is slot:
+            del self._hosts[host_key]
 
     def _wants_retry(self, outcome: Outcome) -> tuple[bool, str]:
         """The strategy's ``retry()``, and a note for the message when it raised.
@@ -381,8 +412,9 @@ class AioDownload:
         except Exception as exc:
             return False, f"; retry() raised {type(exc).__name__}: {exc}"
 
-    async def _robots_allow(self, bundle: Bundle, parts: UrlParts, slot: HostSlot) -> bool:
-        """Fetch the host's robots.txt once (politely, through its slot); skip what it forbids."""
+    async def _robots_rules(self, parts: UrlParts, slot: HostSlot) -> RobotRules:
+        """The host's robots.txt rules, fetched once (politely, through its slot); its
+        Crawl-delay becomes the host's gap, counted from the robots.txt request itself."""
         known = self._robots.get(parts.host_key)
         if known is None:
             known = self._robots[parts.host_key] = asyncio.ensure_future(
@@ -390,30 +422,34 @@ class AioDownload:
             )
         rules = await asyncio.shield(known)
         if rules.crawl_delay:
-            slot.delay = max(slot.delay, self._capped_crawl_delay(rules))
-        if rules.allows(bundle.url):
-            return True
-        bundle.state = SKIPPED
-        bundle.error_kind = ErrorKind.ROBOTS
-        bundle.error_message = f"disallowed by robots.txt for {rules.agent}"
-        return False
+            slot.slow_to(self._capped_crawl_delay(rules))
+        return rules
 
     async def _fetch_robots(self, parts: UrlParts, slot: HostSlot) -> RobotRules:
+        origin = (parts.scheme, parts.host_key)
         url = f"{parts.scheme}://{parts.host_key}/robots.txt"
+        target = split_url(url)
         rs = self.request_strategy
         worker = self._worker_slots()
         await slot.enter(worker)
         try:
-            async with self._request(url, split_url(url)) as response:
-                # read(n) returns what is buffered (on aiohttp), not n bytes: gather the pieces.
-                body = bytearray()
-                async for piece in response.content.iter_chunked(READ_SIZE):
-                    body += piece
-                    if len(body) >= _ROBOTS_MAX_BYTES:
-                        break
-                return rules_from_response(
-                    response.status, bytes(body[:_ROBOTS_MAX_BYTES]), rs.user_agent
-                )
+            for _ in range(_ROBOTS_MAX_HOPS + 1):
+                same_origin = (target.scheme, target.host_key) == origin
+                async with self._request(url, target, same_origin=same_origin) as response:
+                    location = response.headers.get("Location")
+                    if response.status in REDIRECT_STATUSES and location is not None:
+                        url, target = redirect_target(url, location)
+                        continue
+                    # read(n) returns what is buffered (on aiohttp), not n bytes: gather them.
+                    body = bytearray()
+                    async for piece in response.content.iter_chunked(READ_SIZE):
+                        body += piece
+                        if len(body) >= _ROBOTS_MAX_BYTES:
+                            break
+                    return rules_from_response(
+                        response.status, bytes(body[:_ROBOTS_MAX_BYTES]), rs.user_agent
+                    )
+            return ALLOW_ALL  # a redirect loop: robots.txt unavailable (RFC 9309)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -436,28 +472,100 @@ class AioDownload:
             bundle.fail(outcome.error_kind, outcome.message)
         return bundle
 
-    async def _attempt(self, bundle: Bundle, parts: UrlParts | None = None) -> Outcome | None:
-        """Make one request and write its body; None on success, else what went wrong."""
+    async def _attempt(
+        self, bundle: Bundle, parts: UrlParts, slot: HostSlot | None = None
+    ) -> Outcome | None:
+        """One attempt: the request, each redirect hop, then the body; None on success, else
+        what went wrong. With a ``slot`` (a download under politeness) each hop waits for its
+        own host's turn, is checked against that host's breaker and robots.txt, and teaches
+        that host what it answered; ``request_and_download`` passes none. ``max_time`` bounds
+        the attempt's time on the network, not its waits for a turn."""
         rs = self.request_strategy
-        bundle.attempts += 1
+        loop = asyncio.get_running_loop()
+        url, params, here, here_key = bundle.url, bundle.params, slot, parts.host_key
+        origin = (parts.scheme, parts.host_key)
+        time_left = rs.max_time or None
+        worker = self._worker_slots()
+        try:
+            for hop in range(max(0, rs.max_redirects) + 1):
+                if here is not None:
+                    refused = await _enter(here, worker)
+                    if refused is not None:
+                        return Outcome(ErrorKind.BREAKER_OPEN, refused, attempt=bundle.attempts)
+                if hop == 0:
+                    bundle.attempts += 1
+                started = loop.time()
+                try:
+                    same_origin = (parts.scheme, parts.host_key) == origin
+                    step = await self._exchange(bundle, url, parts, params, same_origin, time_left)
+                finally:
+                    if here is not None:
+                        here.leave(worker)
+                if here is not None:
+                    if isinstance(step, Outcome):
+                        here.record(step.status, step.error_kind, step.retry_after)
+                    else:
+                        here.record(bundle.status, None, None)
+                if not isinstance(step, _Redirect):
+                    return step
+                if hop >= rs.max_redirects:
+                    break
+                if time_left is not None:
+                    time_left -= loop.time() - started
+                    if time_left <= 0:
+                        return _failure(bundle, ErrorKind.TIMEOUT, _over_time(rs))
+                try:
+                    url, parts = redirect_target(url, step.location)
+                except DownloadFailed as exc:
+                    return _failure(bundle, exc.kind, exc.message)
+                params = None  # the Location is the whole next URL
+                if here is not None:
+                    if here is not slot:
+                        self._give_back_slot(here_key, here)
+                    here_key = parts.host_key
+                    here = self._take_slot(here_key)
+                    if rs.robots:
+                        rules = await self._robots_rules(parts, here)
+                        if not rules.allows(url):
+                            why = f"redirect to {redact(url)} disallowed by robots.txt"
+                            return _failure(bundle, ErrorKind.ROBOTS, f"{why} for {rules.agent}")
+        finally:
+            if here is not None and here is not slot:
+                self._give_back_slot(here_key, here)
+        if rs.max_redirects <= 0:
+            return _failure(bundle, ErrorKind.REDIRECT, "redirect not followed (max_redirects=0)")
+        return _failure(
+            bundle,
+            ErrorKind.REDIRECT,
+            f"too many redirects (max_redirects={rs.max_redirects}), last to {redact(url)}",
+        )
+
+    async def _exchange(
+        self,
+        bundle: Bundle,
+        url: str,
+        parts: UrlParts,
+        params: Any,
+        same_origin: bool,
+        max_time: float | None,
+    ) -> Outcome | _Redirect | None:
+        """One request: a redirect to follow, or the response checked and its body written
+        (None), or what went wrong."""
+        rs = self.request_strategy
         status: int | None = None
         headers: Mapping[str, str] = {}
         # aiohttp applies max_time itself (ClientTimeout.total); the lean client does not.
-        limit = asyncio.timeout(rs.max_time) if rs.max_time and self._owns_requests() else None
+        limit = asyncio.timeout(max_time) if max_time and self._owns_requests() else None
         try:
-            if parts is None:
-                parts = split_url(bundle.url, bundle.params)
             async with (
                 limit or _NO_LIMIT,
-                self._request(bundle.url, parts, bundle.params) as response,
+                self._request(url, parts, params, same_origin, max_time) as response,
             ):
                 status = bundle.status = response.status
                 headers = response.headers
-                if status in REDIRECT_STATUSES and "Location" in headers:
-                    # Only reached with max_redirects=0 (otherwise followed, or too many).
-                    raise DownloadFailed(
-                        ErrorKind.REDIRECT, "redirect not followed (max_redirects=0)"
-                    )
+                location = headers.get("Location")
+                if status in REDIRECT_STATUSES and location is not None:
+                    return _Redirect(location)
                 try:
                     rs.assert_response(response)
                 except AssertionError as exc:
@@ -482,15 +590,15 @@ class AioDownload:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            kind, message = classify(exc, bundle.url)
+            kind, message = classify(exc, url)
             if limit is not None:
                 over_time = limit.expired()
             else:
                 # aiohttp's max_time raises a bare TimeoutError; its connect and read timeouts
                 # raise subclasses of it, with messages of their own.
-                over_time = bool(rs.max_time) and type(exc) is TimeoutError
+                over_time = bool(max_time) and type(exc) is TimeoutError
             if over_time:
-                message = f"attempt exceeded max_time ({rs.max_time:g} s)"
+                message = _over_time(rs)
             return Outcome(
                 error_kind=kind,
                 message=message,
@@ -498,6 +606,40 @@ class AioDownload:
                 headers=_plain(headers),
                 attempt=bundle.attempts,
             )
+
+
+@dataclass(frozen=True, slots=True)
+class _Redirect:
+    """A response that sends the request elsewhere: the engine's next hop."""
+
+    location: str
+
+
+async def _enter(slot: HostSlot, worker: asyncio.Semaphore) -> str | None:
+    """Wait for the host's turn and a worker-wide slot; or, when its breaker is open, enter
+    nothing and say why the request must fail fast."""
+    refused = await slot.admit() if slot.breaker != CLOSED else None
+    if refused is None:
+        await slot.enter(worker)
+        # The breaker may have opened while this request waited for its turn.
+        refused = slot.open_reason() if slot.breaker != CLOSED else None
+        if refused is not None:
+            slot.leave(worker)
+    return refused
+
+
+def _failure(bundle: Bundle, kind: ErrorKind, message: str) -> Outcome:
+    return Outcome(error_kind=kind, message=message, status=bundle.status, attempt=bundle.attempts)
+
+
+def _over_time(rs: RequestStrategy) -> str:
+    return f"attempt exceeded max_time ({rs.max_time:g} s)"
+
+
+def _skip(bundle: Bundle, message: str) -> None:
+    bundle.state = SKIPPED
+    bundle.error_kind = ErrorKind.ROBOTS
+    bundle.error_message = message
 
 
 _NO_LIMIT = contextlib.nullcontext()

@@ -55,6 +55,7 @@ class HostSlot:
         self.in_flight = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._next_start = 0.0
+        self._last_start: float | None = None
         self.paused_until = 0.0
         self._throttles = 0  # consecutive throttled responses
         self._recent: deque[bool] = deque(maxlen=_WINDOW)  # throttled or not, newest last
@@ -120,8 +121,17 @@ class HostSlot:
             if at <= now:
                 gap = self.delay + (random.uniform(0.0, self.jitter) if self.jitter else 0.0)
                 self._next_start = now + gap
+                self._last_start = now
                 return
             await asyncio.sleep(at - now)
+
+    def slow_to(self, delay: float) -> None:
+        """Space this host's starts at least ``delay`` apart from now on, counting from the
+        last start (the robots.txt fetch that told us its Crawl-delay, say)."""
+        if delay > self.delay:
+            self.delay = delay
+            if self._last_start is not None:
+                self._next_start = max(self._next_start, self._last_start + delay)
 
     def pause(self, seconds: float) -> None:
         """Hold every request of this host for ``seconds`` from now."""

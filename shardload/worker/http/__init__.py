@@ -26,7 +26,7 @@ Invariants:
 Every failure is raised as ``DownloadFailed`` with its error kind (connection errors through
 ``failures.connect_error``), so the engine handles both clients alike.
 
-Modules: ``client`` (the pool, requests, redirects), ``connection`` (one socket and the parser's
+Modules: ``client`` (the pool and requests), ``connection`` (one socket and the parser's
 callbacks), ``response`` (the body stream and its decoding). Underscored members are shared
 between these modules only.
 """

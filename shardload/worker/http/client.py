@@ -1,4 +1,5 @@
-"""The keep-alive pool and the GET requests of one worker (one event loop)."""
+"""The keep-alive pool and the GET requests of one worker (one event loop); one request per
+call: the engine follows redirects, each hop under its own host's politeness."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import re
 import socket
 import ssl
 from collections.abc import Mapping
-from urllib.parse import quote, unquote, urljoin, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from ...errors import DownloadFailed, ErrorKind
-from ...urls import DEFAULT_PORTS, UrlParts, redact, split_url
+from ...urls import DEFAULT_PORTS, UrlParts
 from ..failures import connect_error
 from .connection import Connection
 from .response import LeanResponse
@@ -39,14 +40,15 @@ def request_target(parts: UrlParts) -> str:
 class _Request:
     """``async with client.get(parts, url) as response``: releases the connection on exit."""
 
-    def __init__(self, client: LeanClient, parts: UrlParts, url: str) -> None:
+    def __init__(self, client: LeanClient, parts: UrlParts, url: str, same_origin: bool) -> None:
         self._client = client
         self._parts = parts
         self._url = url
+        self._same_origin = same_origin
         self._response: LeanResponse | None = None
 
     async def __aenter__(self) -> LeanResponse:
-        self._response = await self._client.fetch(self._parts, self._url)
+        self._response = await self._client.fetch(self._parts, self._url, self._same_origin)
         return self._response
 
     async def __aexit__(self, *exc: object) -> None:
@@ -64,14 +66,12 @@ class LeanClient:
         headers: Mapping[str, str],
         connect_timeout: float | None,
         read_timeout: float | None,
-        max_redirects: int,
         dns_ttl: float | None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.limit = max(1, limit)
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout or 0.0
-        self.max_redirects = max_redirects
         self.dns_ttl = dns_ttl
         self._fixed = _fixed_headers(headers)
         # A caller's credentials are for the host asked for: a redirect to another origin does
@@ -91,37 +91,13 @@ class LeanClient:
         self._ssl: ssl.SSLContext | None = None
         self._last_sweep = self.loop.time()  # the clock of idle_since
 
-    def get(self, parts: UrlParts, url: str) -> _Request:
-        return _Request(self, parts, url)
+    def get(self, parts: UrlParts, url: str, same_origin: bool = True) -> _Request:
+        return _Request(self, parts, url, same_origin)
 
-    async def fetch(self, parts: UrlParts, url: str) -> LeanResponse:
-        """Send the GET, follow redirects, and return once the final response's headers are in."""
-        origin = (parts.scheme, parts.host_key)
-        for hop in range(max(0, self.max_redirects) + 1):
-            response = await self._once(parts, url, (parts.scheme, parts.host_key) == origin)
-            location = response.headers.get("Location")
-            if response.status not in REDIRECT_STATUSES or location is None:
-                return response
-            self.release(response._conn)
-            if hop >= self.max_redirects:
-                break
-            try:
-                url = urljoin(url, location)
-                parts = split_url(url)
-            except DownloadFailed as exc:
-                raise DownloadFailed(
-                    ErrorKind.REDIRECT, f"redirect refused: {exc.message}"
-                ) from exc
-            except ValueError as exc:  # urljoin: "http://[bad" is no URL at all
-                raise DownloadFailed(
-                    ErrorKind.REDIRECT, f"redirect refused: unparsable Location: {exc}"
-                ) from exc
-        raise DownloadFailed(
-            ErrorKind.REDIRECT,
-            f"too many redirects (max_redirects={self.max_redirects}), last to {redact(url)}",
-        )
-
-    async def _once(self, parts: UrlParts, url: str, same_origin: bool) -> LeanResponse:
+    async def fetch(self, parts: UrlParts, url: str, same_origin: bool = True) -> LeanResponse:
+        """Send the GET and return once the response's headers are in. Redirects are the
+        caller's (the engine takes each hop's host slot); ``same_origin`` False is a hop to
+        another origin, which gets none of the caller's Authorization or Host."""
         head = self._head(parts, url, same_origin)
         conn, reused = await self._acquire(parts)
         try:
