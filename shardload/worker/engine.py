@@ -481,22 +481,28 @@ class AioDownload:
         that host what it answered; ``request_and_download`` passes none. ``max_time`` bounds
         the attempt's time on the network, not its waits for a turn."""
         rs = self.request_strategy
-        loop = asyncio.get_running_loop()
+        origin = parts
         url, params, here, here_key = bundle.url, bundle.params, slot, parts.host_key
-        origin = (parts.scheme, parts.host_key)
+        same_origin = True
         time_left = rs.max_time or None
+        started = 0.0
         worker = self._worker_slots()
         try:
             for hop in range(max(0, rs.max_redirects) + 1):
                 if here is not None:
-                    refused = await _enter(here, worker)
+                    refused = await here.admit() if here.breaker != CLOSED else None
+                    if refused is None:
+                        await here.enter(worker)
+                        # The breaker may have opened while this request waited for its turn.
+                        if here.breaker != CLOSED and (refused := here.open_reason()) is not None:
+                            here.leave(worker)
                     if refused is not None:
                         return Outcome(ErrorKind.BREAKER_OPEN, refused, attempt=bundle.attempts)
                 if hop == 0:
                     bundle.attempts += 1
-                started = loop.time()
+                if time_left is not None:
+                    started = time.monotonic()
                 try:
-                    same_origin = (parts.scheme, parts.host_key) == origin
                     step = await self._exchange(bundle, url, parts, params, same_origin, time_left)
                 finally:
                     if here is not None:
@@ -511,7 +517,7 @@ class AioDownload:
                 if hop >= rs.max_redirects:
                     break
                 if time_left is not None:
-                    time_left -= loop.time() - started
+                    time_left -= time.monotonic() - started
                     if time_left <= 0:
                         return _failure(bundle, ErrorKind.TIMEOUT, _over_time(rs))
                 try:
@@ -519,6 +525,7 @@ class AioDownload:
                 except DownloadFailed as exc:
                     return _failure(bundle, exc.kind, exc.message)
                 params = None  # the Location is the whole next URL
+                same_origin = (parts.scheme, parts.host_key) == (origin.scheme, origin.host_key)
                 if here is not None:
                     if here is not slot:
                         self._give_back_slot(here_key, here)
@@ -563,8 +570,10 @@ class AioDownload:
             ):
                 status = bundle.status = response.status
                 headers = response.headers
-                location = headers.get("Location")
-                if status in REDIRECT_STATUSES and location is not None:
+                if (
+                    status in REDIRECT_STATUSES
+                    and (location := headers.get("Location")) is not None
+                ):
                     return _Redirect(location)
                 try:
                     rs.assert_response(response)
@@ -613,19 +622,6 @@ class _Redirect:
     """A response that sends the request elsewhere: the engine's next hop."""
 
     location: str
-
-
-async def _enter(slot: HostSlot, worker: asyncio.Semaphore) -> str | None:
-    """Wait for the host's turn and a worker-wide slot; or, when its breaker is open, enter
-    nothing and say why the request must fail fast."""
-    refused = await slot.admit() if slot.breaker != CLOSED else None
-    if refused is None:
-        await slot.enter(worker)
-        # The breaker may have opened while this request waited for its turn.
-        refused = slot.open_reason() if slot.breaker != CLOSED else None
-        if refused is not None:
-            slot.leave(worker)
-    return refused
 
 
 def _failure(bundle: Bundle, kind: ErrorKind, message: str) -> Outcome:
