@@ -1,6 +1,6 @@
 """``python -m shardload``: the command-line tool."""
 
-from shardload.cli.main import main
+from shardload.cli import run
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run())

@@ -160,3 +160,45 @@ def test_a_manifest_that_cannot_be_written_is_one_line_not_a_traceback(
     assert "Traceback" not in err
     assert "cannot write the manifest: [Errno 28] No space left on device" in err
     assert len(fake.seen) == 1  # the run stops at the first record it cannot keep
+
+
+def test_ctrl_c_while_a_long_manifest_is_read_for_resume_exits_130_without_a_traceback(
+    tmp_path, monkeypatch, capsys
+):
+    import shardload.cli
+    import shardload.cli.main
+
+    def interrupted(path):
+        raise KeyboardInterrupt
+
+    urls = tmp_path / "urls.txt"
+    urls.write_text("http://127.0.0.1:9/ok\n")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("")
+    monkeypatch.setattr(shardload.cli.main, "load_priors", interrupted)
+    argv = [str(urls), "-o", str(tmp_path / "out"), "--manifest", str(manifest), "--resume"]
+    monkeypatch.setattr("sys.argv", ["shardload", *argv])
+
+    assert shardload.cli.run() == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Traceback" not in err
+
+
+def test_ctrl_c_while_the_command_imports_exits_130_without_a_traceback(monkeypatch, capsys):
+    import importlib.abc
+    import sys
+
+    import shardload.cli
+
+    class Interrupting(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == "shardload.cli.main":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "shardload.cli.main")
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    monkeypatch.delattr(shardload.cli, "main", raising=False)
+    assert shardload.cli.run() == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "shardload: interrupted"
