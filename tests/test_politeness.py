@@ -14,7 +14,7 @@ from urllib.parse import quote
 import pytest
 
 import shardload
-from shardload import BackOff, ErrorKind, RequestStrategy
+from shardload import BackOff, Bundle, ErrorKind, RequestStrategy
 from shardload.worker.hosts import CLOSED, OPEN, HostSlot
 
 from .conftest import files_under, make_download
@@ -43,21 +43,32 @@ def test_retry_after_pauses_the_whole_host_while_others_proceed(srv, home):
     assert sum(1 for t in b_starts if first < t < first + 1.8) >= 3
 
 
-def test_503s_without_retry_after_still_pause_the_host(srv, home):
-    url = srv.base_urls[0] + "/flaky/throttle/2/503"
+class _NoSleep(RequestStrategy):
+    def __init__(self) -> None:
+        super().__init__(concurrent=1, max_attempts=3)
 
-    class NoSleep(RequestStrategy):
-        def __init__(self):
-            super().__init__(max_attempts=3)
+    def get_sleep_time(self, bundle):
+        return 0.0
 
-        def get_sleep_time(self, bundle):
-            return 0.0
 
-    (b,) = shardload.swarm([url], download=make_download(home, NoSleep()))
-    assert b.ok and b.attempts == 3
-    first, second, third = starts(srv, 0)
+def test_503s_of_several_urls_without_retry_after_pause_the_host(srv, home):
+    urls = [srv.base_urls[0] + f"/flaky/throttle{i}/2/503" for i in range(2)]
+    bundles = shardload.swarm(urls, download=make_download(home, _NoSleep()))
+    assert all(b.ok and b.attempts == 3 for b in bundles)
+    first, second, third, *_ = starts(srv, 0)
     assert second - first < 0.5  # one 503 alone says little: no pause
-    assert third - second >= 0.85  # two in a row: the host-wide throttle pause
+    assert third - second >= 0.85  # a second URL's 503 too: the host-wide throttle pause
+
+
+def test_a_lone_url_retried_on_503s_keeps_backoffs_schedule(srv, home):
+    (b,) = shardload.swarm(
+        [srv.base_urls[0] + "/flaky/lone/3/503"], download=make_download(home, BackOff(4))
+    )
+    assert b.ok and b.attempts == 4
+    gaps = [later - earlier for earlier, later in itertools.pairwise(starts(srv, 0))]
+    # 0.25, 0.5, 1 s as documented; a host pause (1, 2 s) would make the later ones 2 and 4 s.
+    assert all(g >= want for g, want in zip(gaps, (0.2, 0.45, 0.95), strict=True)), gaps
+    assert gaps[1] < 1.5 and gaps[2] < 1.9
 
 
 def test_breaker_opens_on_a_dead_host_and_fails_fast(home, closed_port):
@@ -119,9 +130,9 @@ def test_breaker_state_machine():
     async def scenario():
         slot = HostSlot(2, breaker_threshold=2, breaker_cooldown=0.2)
         assert await slot.admit() is None
-        slot.record(None, ErrorKind.CONNECT, None)
+        slot.record(None, ErrorKind.CONNECT, None, "u")
         assert slot.breaker == CLOSED
-        slot.record(None, ErrorKind.TIMEOUT, None)
+        slot.record(None, ErrorKind.TIMEOUT, None, "u")
         assert slot.breaker == OPEN
         assert "circuit open" in (await slot.admit() or "")
         await asyncio.sleep(0.25)
@@ -129,12 +140,12 @@ def test_breaker_state_machine():
         waiter = asyncio.ensure_future(slot.admit())  # waits for the probe's outcome
         await asyncio.sleep(0.01)
         assert not waiter.done()
-        slot.record(200, None, None)
+        slot.record(200, None, None, "u")
         assert await waiter is None and slot.breaker == CLOSED
         # An HTTP error is not a connection failure: it resets the count.
-        slot.record(None, ErrorKind.CONNECT, None)
-        slot.record(500, ErrorKind.HTTP, None)
-        slot.record(None, ErrorKind.CONNECT, None)
+        slot.record(None, ErrorKind.CONNECT, None, "u")
+        slot.record(500, ErrorKind.HTTP, None, "u")
+        slot.record(None, ErrorKind.CONNECT, None, "u")
         assert slot.breaker == CLOSED
 
     asyncio.run(scenario())
@@ -145,14 +156,14 @@ def test_adaptive_limit_grows_when_healthy_and_halves_when_throttled():
         slot = HostSlot(8, adaptive=True)
         assert slot.limit == 1
         for _ in range(40):
-            slot.record(200, None, None)
+            slot.record(200, None, None, "u")
         assert slot.limit == 8
-        slot.record(429, ErrorKind.HTTP, None)
+        slot.record(429, ErrorKind.HTTP, None, "u")
         assert slot.limit == 4
-        slot.record(None, ErrorKind.TIMEOUT, None)
+        slot.record(None, ErrorKind.TIMEOUT, None, "u")
         assert slot.limit == 2
         for _ in range(3):
-            slot.record(503, ErrorKind.HTTP, None)
+            slot.record(503, ErrorKind.HTTP, None, "u")
         assert slot.limit == 1
 
     asyncio.run(scenario())
@@ -222,12 +233,25 @@ def test_per_host_stats_add_up_to_the_bundles(srv, home, processes):
     assert record["bundles"] == 11 and record["breaker_opened"] is False
 
 
-def test_a_lone_first_503_does_not_pause_a_host_but_a_second_does():
+def test_a_lone_first_503_does_not_pause_a_host_but_a_second_url_s_does():
     async def scenario():
         slot = HostSlot(4)
-        slot.record(503, ErrorKind.HTTP, None)
+        slot.record(503, ErrorKind.HTTP, None, "a")
         assert slot.paused_until == 0.0
-        slot.record(503, ErrorKind.HTTP, None)
+        slot.record(503, ErrorKind.HTTP, None, "b")
+        now = asyncio.get_running_loop().time()
+        assert now + 0.9 < slot.paused_until <= now + 1.0  # the first pause: 1 s
+
+    asyncio.run(scenario())
+
+
+def test_one_url_retried_on_503s_keeps_its_own_backoff_but_429s_pause_the_host():
+    async def scenario():
+        slot = HostSlot(4)
+        for _ in range(6):
+            slot.record(503, ErrorKind.HTTP, None, "broken")
+        assert slot.paused_until == 0.0
+        slot.record(429, ErrorKind.HTTP, None, "broken")
         assert slot.paused_until > asyncio.get_running_loop().time()
 
     asyncio.run(scenario())
@@ -237,14 +261,14 @@ def test_an_occasional_503_does_not_pause_a_healthy_host():
     async def scenario():
         slot = HostSlot(4)
         for _ in range(7):
-            slot.record(200, None, None)
-        slot.record(503, ErrorKind.HTTP, None)  # one broken URL among healthy responses
+            slot.record(200, None, None, "u")
+        slot.record(503, ErrorKind.HTTP, None, "u")  # one broken URL among healthy responses
         assert slot.paused_until == 0.0
-        for _ in range(4):
-            slot.record(503, ErrorKind.HTTP, None)  # now most recent responses are 503
+        for i in range(4):
+            slot.record(503, ErrorKind.HTTP, None, f"u{i}")  # now most recent responses are 503
         assert slot.paused_until > asyncio.get_running_loop().time()
-        slot.record(429, ErrorKind.HTTP, None)
-        assert slot.paused_until > asyncio.get_running_loop().time() + 10  # doubling
+        slot.record(429, ErrorKind.HTTP, None, "u")
+        assert slot.paused_until > asyncio.get_running_loop().time() + 3.9  # 1, 2, then 4 s
 
     asyncio.run(scenario())
 
@@ -252,12 +276,12 @@ def test_an_occasional_503_does_not_pause_a_healthy_host():
 async def _probe_ends_with(kind: ErrorKind) -> tuple[HostSlot, asyncio.Future[str | None]]:
     """An open breaker's probe, with one request waiting behind it, ends with ``kind``."""
     slot = HostSlot(2, breaker_threshold=1, breaker_cooldown=0.05)
-    slot.record(None, ErrorKind.CONNECT, None)
+    slot.record(None, ErrorKind.CONNECT, None, "u")
     await asyncio.sleep(0.06)
     assert await slot.admit() is None  # the probe
     waiter = asyncio.ensure_future(slot.admit())
     await asyncio.sleep(0.01)
-    slot.record(None, kind, None)
+    slot.record(None, kind, None, "u")
     return slot, waiter
 
 
@@ -325,15 +349,15 @@ def test_a_cancelled_probe_hands_the_probe_to_the_next_request(home):
 def test_a_slot_is_kept_while_its_failures_count_and_dropped_after_the_cooldown():
     async def scenario():
         slot = HostSlot(2, breaker_threshold=3, breaker_cooldown=0.1)
-        slot.record(None, ErrorKind.CONNECT, None)
+        slot.record(None, ErrorKind.CONNECT, None, "u")
         assert not slot.idle()  # the next failure must still count towards the threshold
         await asyncio.sleep(0.12)
         assert slot.idle()  # an old failure: a crawl of dead hosts keeps no slot for each
-        slot.record(None, ErrorKind.CONNECT, None)
-        slot.record(200, None, None)
+        slot.record(None, ErrorKind.CONNECT, None, "u")
+        slot.record(200, None, None, "u")
         assert slot.idle()  # answered: nothing to remember
-        slot.record(503, None, None)
-        slot.record(503, None, None)  # throttled: paused, and the backoff grows
+        slot.record(503, None, None, "a")
+        slot.record(503, None, None, "b")  # throttled: paused, and the backoff grows
         assert not slot.idle()
 
     asyncio.run(scenario())
@@ -437,3 +461,18 @@ def test_a_redirect_to_a_host_with_an_open_breaker_fails_fast(home, closed_port,
     urls = [f"{dead}/x{i}" for i in range(2)] + [_via(srv, 0, f"{dead}/via")]
     bundles = shardload.swarm(urls, download=make_download(home, strategy))
     assert [b.error_kind for b in bundles] == [ErrorKind.CONNECT] * 2 + [ErrorKind.BREAKER_OPEN]
+
+
+def test_redirect_hops_leave_no_host_slot_behind(srv, home):
+    download = make_download(home)
+
+    async def run():
+        same = await download.main(Bundle(srv.base_urls[0] + "/redirect/2"))
+        other = await download.main(Bundle(_via(srv, 0, srv.base_urls[1] + "/links/1")))
+        left = dict(download._hosts)
+        await download.close()
+        return same, other, left
+
+    same, other, left = asyncio.run(run())
+    assert same.ok and other.ok, (same.error_message, other.error_message)
+    assert left == {}  # every slot a hop took was given back, so idle hosts are dropped

@@ -483,6 +483,7 @@ class AioDownload:
         rs = self.request_strategy
         origin = parts
         url, params, here, here_key = bundle.url, bundle.params, slot, parts.host_key
+        taken = False  # whether ``here`` is a hop's slot that this attempt took
         same_origin = True
         time_left = rs.max_time or None
         started = 0.0
@@ -509,9 +510,9 @@ class AioDownload:
                         here.leave(worker)
                 if here is not None:
                     if isinstance(step, Outcome):
-                        here.record(step.status, step.error_kind, step.retry_after)
+                        here.record(step.status, step.error_kind, step.retry_after, url)
                     else:
-                        here.record(bundle.status, None, None)
+                        here.record(bundle.status, None, None, url)
                 if not isinstance(step, _Redirect):
                     return step
                 if hop >= rs.max_redirects:
@@ -527,17 +528,17 @@ class AioDownload:
                 params = None  # the Location is the whole next URL
                 same_origin = (parts.scheme, parts.host_key) == (origin.scheme, origin.host_key)
                 if here is not None:
-                    if here is not slot:
+                    if taken:
                         self._give_back_slot(here_key, here)
                     here_key = parts.host_key
-                    here = self._take_slot(here_key)
+                    here, taken = self._take_slot(here_key), True
                     if rs.robots:
                         rules = await self._robots_rules(parts, here)
                         if not rules.allows(url):
                             why = f"redirect to {redact(url)} disallowed by robots.txt"
                             return _failure(bundle, ErrorKind.ROBOTS, f"{why} for {rules.agent}")
         finally:
-            if here is not None and here is not slot:
+            if here is not None and taken:
                 self._give_back_slot(here_key, here)
         if rs.max_redirects <= 0:
             return _failure(bundle, ErrorKind.REDIRECT, "redirect not followed (max_redirects=0)")

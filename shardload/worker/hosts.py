@@ -6,10 +6,11 @@ Invariants:
   halving on 429/503/timeouts);
 - two request starts of the host are at least ``delay`` (+ jitter) seconds apart;
 - no request of the host starts before ``paused_until``: a Retry-After (capped) or a 429 pauses
-  the whole host; a 503 without Retry-After pauses it only when at least two and at least half
-  of its last ``_WINDOW`` responses were 429/503 (an overloaded host, not one broken URL, nor
-  one unlucky first answer). Without a Retry-After the pause is 1 s, doubling per consecutive
-  throttled response, up to 60 s;
+  the whole host; a 503 without Retry-After pauses it only when at least half of its last
+  ``_WINDOW`` responses were 429/503, for at least two different URLs (an overloaded host, not
+  one broken URL retried, nor one unlucky first answer: a lone URL's retries keep the
+  strategy's own backoff). Without a Retry-After the pause is 1 s, doubling with each
+  consecutive pause, up to 60 s;
 - a request waiting for its turn holds no worker-wide slot: the worker-wide semaphore is taken
   last, right before the request starts, so a slow or paused host never blocks other hosts;
 - the circuit breaker opens after ``breaker_threshold`` consecutive connection-level failures;
@@ -58,7 +59,9 @@ class HostSlot:
         self._last_start: float | None = None
         self.paused_until = 0.0
         self._throttles = 0  # consecutive throttled responses
-        self._recent: deque[bool] = deque(maxlen=_WINDOW)  # throttled or not, newest last
+        self._pauses = 0  # throttle pauses since the last unthrottled response
+        # The URL of each recent throttled response, None for the others; newest last.
+        self._recent: deque[str | None] = deque(maxlen=_WINDOW)
         self._retry_after_cap = retry_after_cap
         self.breaker_threshold = breaker_threshold
         self.breaker_cooldown = breaker_cooldown
@@ -141,16 +144,19 @@ class HostSlot:
 
     # -- what each attempt teaches us --------------------------------------------------------
 
-    def record(self, status: int | None, kind: str | None, retry_after: float | None) -> None:
-        """Feed back one attempt's outcome (kind None = success)."""
+    def record(
+        self, status: int | None, kind: str | None, retry_after: float | None, url: str
+    ) -> None:
+        """Feed back one request's outcome (kind None = success); ``url`` is what it asked."""
         throttled = status in _THROTTLE_STATUSES
-        self._recent.append(throttled)
-        throttles = sum(self._recent)
-        overloaded = throttles >= 2 and 2 * throttles >= len(self._recent)
+        self._recent.append(url if throttled else None)
         if retry_after is not None and (throttled or status is None or status >= 300):
             self.pause(min(retry_after, self._retry_after_cap))
-        elif status == 429 or (throttled and overloaded):
-            self.pause(min(_THROTTLE_FIRST * 2**self._throttles, _THROTTLE_MAX))
+        elif status == 429 or (throttled and self._overloaded()):
+            self.pause(min(_THROTTLE_FIRST * 2**self._pauses, _THROTTLE_MAX))
+            self._pauses += 1
+        if not throttled:
+            self._pauses = 0
         self._throttles = self._throttles + 1 if throttled else 0
         if throttled:
             self._last_trouble = asyncio.get_running_loop().time()
@@ -161,6 +167,10 @@ class HostSlot:
                 self.limit = min(float(self.concurrency), self.limit + 1 / self.limit)
                 self._wake()
         self._breaker_record(kind)
+
+    def _overloaded(self) -> bool:
+        throttled = [url for url in self._recent if url is not None]
+        return 2 * len(throttled) >= len(self._recent) and len(set(throttled)) >= 2
 
     # -- circuit breaker ---------------------------------------------------------------------
 
