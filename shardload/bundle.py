@@ -7,7 +7,7 @@ caller's bundle, so ``bundle.info`` is always the caller's own object, never a c
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 PENDING = "pending"
@@ -103,12 +103,42 @@ class Bundle:
 AioDownloadBundle = Bundle
 
 
-# What crosses to a worker: (seq, url, params, info-or-None, preset file_path). Plain data (rule 3).
-Job = tuple[int, str, "dict[str, Any] | None", Any, "str | None"]
+# What crosses to a worker: (seq, url, params, info-or-None, preset file_path, extra). Plain data
+# (rule 3). ``extra`` is None for a plain Bundle; for a subclass, or one carrying attributes of
+# its own, it is (class, those attributes), so that a strategy's override sees them as in
+# aiodownload, where the caller's bundle object itself reached the strategy.
+Extra = tuple[type["Bundle"], dict[str, Any]]
+Job = tuple[int, str, "dict[str, Any] | None", Any, "str | None", "Extra | None"]
 # What comes back: (seq, file_path, state, status, attempts, bytes, sha256, elapsed, kind, message).
 Result = tuple[
     int, "str | None", str, "int | None", int, int, "str | None", float, "str | None", "str | None"
 ]
+
+
+_FIELDS = frozenset(f.name for f in fields(Bundle))
+
+
+def extra_of(bundle: Bundle) -> Extra | None:
+    """What a worker needs, beyond the plain fields, to rebuild this bundle as the caller's
+    class with the caller's own attributes; None for a plain Bundle (the common case)."""
+    attrs = vars(bundle)
+    if type(bundle) is Bundle and attrs.keys() <= _FIELDS:
+        return None
+    return type(bundle), {k: v for k, v in attrs.items() if k not in _FIELDS}
+
+
+def from_job(job: Job) -> Bundle:
+    """The bundle a worker downloads for a job: fresh outcome fields, the caller's inputs."""
+    seq, url, params, info, file_path, extra = job
+    if extra is None:
+        bundle = Bundle(url, info=info, params=params, file_path=file_path)
+    else:
+        cls, attrs = extra
+        bundle = cls.__new__(cls)  # not cls(...): a subclass's __init__ may want other arguments
+        Bundle.__init__(bundle, url, info=info, params=params, file_path=file_path)
+        bundle.__dict__.update(attrs)
+    bundle.seq = seq
+    return bundle
 
 
 def to_result(bundle: Bundle) -> Result:

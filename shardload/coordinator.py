@@ -32,9 +32,9 @@ from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .bundle import FAILED, PENDING, Bundle, Job, Result, apply_result
+from .bundle import FAILED, PENDING, Bundle, Job, Result, apply_result, extra_of
 from .errors import DownloadFailed, ErrorKind
-from .executors.base import Executor
+from .executors.base import Executor, interactive_names
 from .flow import FlowControl
 from .paths import url_to_relpath
 from .sharding import shard_for_url
@@ -303,8 +303,12 @@ async def coordinate(
                 out.append(apply_result(bundle, known))
                 return
             leaders[same] = bundle.seq
-        info = _wire_info(bundle.info) if remote else bundle.info
-        job: Job = (bundle.seq, bundle.url, bundle.params, info, bundle.file_path)
+        info, extra = bundle.info, extra_of(bundle)
+        if remote:
+            info = _wire_info(info)
+            if extra is not None and (_unpicklable(extra) or interactive_names(extra)):
+                extra = None  # a class a worker cannot import (a notebook's): a plain Bundle
+        job: Job = (bundle.seq, bundle.url, bundle.params, info, bundle.file_path, extra)
         entry = _Entry(bundle, shard, key, job, same=same)
         pending[bundle.seq] = entry
         flow.push(shard, key, entry)

@@ -110,11 +110,11 @@ def test_a_message_that_cannot_be_sent_ends_its_worker_like_a_broken_pipe(srv, h
         sink = Sink()
         await executor.start(sink)
         try:
-            bad: Job = (0, srv.base_urls[0] + "/links/1", {"k": threading.Lock()}, None, None)
+            bad: Job = (0, srv.base_urls[0] + "/links/1", {"k": threading.Lock()}, None, None, None)
             executor.send(0, [bad])
             await sink.until(lambda: sink.crashes)
             await executor.restart(0)
-            executor.send(0, [(1, srv.base_urls[0] + "/links/2", None, None, None)])
+            executor.send(0, [(1, srv.base_urls[0] + "/links/2", None, None, None, None)])
             await sink.until(lambda: any(r[0] == 1 for r in sink.got))
         finally:
             await executor.abort()

@@ -28,3 +28,55 @@ def test_a_script_without_a_main_guard_gets_a_clear_error(tmp_path, server):
     )
     assert "CLEAR:" in out.stdout, out.stderr[-2000:]
     assert "__main__" in out.stdout
+
+
+def _run_interactive(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` as ``python -c`` does: a ``__main__`` with no file, as in a notebook."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_a_strategy_defined_in_an_interactive_session_gets_a_clear_error(tmp_path, server):
+    out = _run_interactive(
+        f"""
+        import shardload
+        from shardload import AioDownload, DownloadStrategy
+
+        class Mine(DownloadStrategy):
+            pass
+
+        d = AioDownload(download_strategy=Mine(home={str(tmp_path)!r}))
+        urls = ["{server.base_urls[0]}/links/1", "{server.base_urls[1]}/links/2"]
+        try:
+            shardload.swarm(urls, download=d, processes=2)
+        except shardload.ConfigurationError as exc:
+            print("CLEAR:", exc)
+        print("ONE PROCESS:", shardload.swarm(["{server.base_urls[0]}/links/1"], download=d)[0].ok)
+        """
+    )
+    assert "CLEAR: Mine is defined in an interactive session" in out.stdout, out.stderr[-2000:]
+    assert "processes=1" in out.stdout and "__name__" not in out.stdout
+    assert "ONE PROCESS: True" in out.stdout
+
+
+def test_a_bundle_subclass_from_an_interactive_session_arrives_as_a_plain_bundle(tmp_path, server):
+    out = _run_interactive(
+        f"""
+        import shardload
+        from shardload import AioDownload, Bundle, DownloadStrategy
+
+        class Tagged(Bundle):
+            pass
+
+        d = AioDownload(download_strategy=DownloadStrategy(home={str(tmp_path)!r}))
+        urls = ["{server.base_urls[0]}/links/1", "{server.base_urls[1]}/links/2"]
+        done = shardload.swarm([Tagged(u) for u in urls], download=d, processes=2)
+        print("STATES:", [type(b).__name__ + ":" + b.state for b in done])
+        """
+    )
+    assert "STATES: ['Tagged:written', 'Tagged:written']" in out.stdout, out.stderr[-2000:]

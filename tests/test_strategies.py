@@ -232,3 +232,43 @@ def test_the_failure_message_says_why_retrying_stopped(srv, home):
         [srv.base_urls[0] + "/status/502"], download=make_download(home, BackOff(3))
     )
     assert b.error_message == "HTTP 502; attempts exhausted (3 of 3)"
+
+
+class NamedBundle(Bundle):
+    """An aiodownload-style bundle subclass carrying what the strategy names files by."""
+
+    def __init__(self, url: str, name: str) -> None:
+        super().__init__(url)
+        self.name = name
+
+
+class ByName(DownloadStrategy):
+    def get_file_path(self, bundle: Bundle) -> str:
+        assert isinstance(bundle, NamedBundle)
+        return os.path.join(self.home, f"{bundle.name}.{bundle.tag}")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_strategy_sees_the_callers_bundle_class_and_attributes(srv, home, processes):
+    bundles = [NamedBundle(f"{srv.base_urls[i % 3]}/links/{i}", f"page{i}") for i in range(4)]
+    for b in bundles:
+        b.tag = "html"  # an attribute set on the object, not in any __init__
+    download = shardload.AioDownload(download_strategy=ByName(home=home))
+    done = shardload.swarm(bundles, download=download, processes=processes)
+    assert done == bundles and all(b.ok for b in done), [b.error_message for b in done]
+    assert sorted(n for n in os.listdir(home) if not n.startswith(".")) == [
+        f"page{i}.html" for i in range(4)
+    ]
+
+
+def test_a_plain_bundle_crosses_to_a_worker_as_plain_fields_only():
+    """The common case pays for nothing: no class, no attribute dict, no pickling check."""
+    from shardload.bundle import extra_of
+    from shardload.coordinator import prepare_item
+
+    run = object()
+    assert extra_of(prepare_item(0, "http://h/x", None, run)) is None
+    assert extra_of(prepare_item(1, Bundle("http://h/y", info={"k": 1}), None, run)) is None
+    tagged = Bundle("http://h/z")
+    tagged.tag = "t"  # type: ignore[attr-defined]
+    assert extra_of(prepare_item(2, tagged, None, run)) == (Bundle, {"tag": "t"})

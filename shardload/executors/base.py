@@ -9,7 +9,9 @@ leaves no process behind.
 
 from __future__ import annotations
 
-from typing import Protocol
+import pickle
+import sys
+from typing import Any, Protocol
 
 from ..bundle import Job, Result
 
@@ -38,3 +40,31 @@ class Executor(Protocol):
     async def finish(self) -> None: ...
 
     async def abort(self) -> None: ...
+
+
+def interactive_names(value: object) -> list[str]:
+    """The classes and functions in ``value`` (as pickled) that live in an interactive
+    ``__main__``.
+
+    A spawned worker imports the caller's main module to unpickle what was defined there; a
+    notebook's or a REPL's has no file to import, so the worker would die at start with an
+    advice that does not apply. A script's ``__main__`` has a file: nothing to check.
+    """
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__file__", None):
+        return []
+    found: list[str] = []
+
+    class Finder(pickle._Pickler):  # the Python pickler: its save_global can be watched
+        def save_global(self, obj: Any, name: str | None = None) -> None:
+            if getattr(obj, "__module__", None) == "__main__":
+                found.append(str(name or getattr(obj, "__qualname__", obj)))
+            super().save_global(obj, name)  # type: ignore[misc]
+
+    Finder(_Discard(), pickle.HIGHEST_PROTOCOL).dump(value)
+    return list(dict.fromkeys(found))
+
+
+class _Discard:
+    def write(self, data: bytes) -> int:
+        return len(data)

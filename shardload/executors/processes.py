@@ -29,7 +29,7 @@ from ..bundle import Job, Result
 from ..errors import ConfigurationError, ShardloadError
 from ..worker.files import remove_temp_files, temp_prefix
 from ..worker.process import worker_main
-from .base import START_SECONDS, ExecutorSink
+from .base import START_SECONDS, ExecutorSink, interactive_names
 
 _STOP = object()
 
@@ -83,6 +83,13 @@ class ProcessExecutor:
                 "the download strategies must be picklable to run in worker processes "
                 f"(define strategy classes at module level; no open clients or lambdas): {exc}"
             ) from exc
+        interactive = interactive_names(config)
+        if interactive:
+            raise ConfigurationError(
+                f"{', '.join(interactive)} is defined in an interactive session (a notebook, "
+                "the REPL or python -c), which worker processes cannot import: define it in a "
+                ".py module and import it from there, or run with processes=1"
+            )
         self.shards = shards
         self._home = home
         self._stop_grace = stop_grace

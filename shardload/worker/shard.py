@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from ..bundle import Bundle, Job, Result, to_result
+from ..bundle import Job, Result, from_job, to_result
 from ..errors import ErrorKind
 from .engine import AioDownload
 
@@ -50,9 +50,7 @@ class ShardWorker:
             self._idle.set()
 
     async def _run(self, job: Job) -> None:
-        seq, url, params, info, file_path = job
-        bundle = Bundle(url, info=info, params=params, file_path=file_path)
-        bundle.seq = seq
+        bundle = from_job(job)
         try:
             await self.engine.main(bundle)
         except asyncio.CancelledError:
