@@ -168,6 +168,20 @@ def test_request_and_download_gives_a_failed_bundle_for_a_bad_url(home):
     assert b.state == "failed" and b.error_kind == ErrorKind.UNSUPPORTED_SCHEME
 
 
+@pytest.mark.parametrize("client", ["lean", "aiohttp"])
+def test_request_and_download_follows_redirects_in_one_attempt(srv, home, client):
+    async def main() -> tuple[shardload.Bundle, shardload.Bundle]:
+        async with make_download(home, RequestStrategy(max_redirects=2), client=client) as engine:
+            chain = await engine.request_and_download(Bundle(srv.base_urls[0] + "/redirect/2"))
+            loop = await engine.request_and_download(Bundle(srv.base_urls[0] + "/loop"))
+            return chain, loop
+
+    chain, loop = asyncio.run(main())
+    assert chain.state == "written" and chain.attempts == 1 and chain.status == 200
+    assert loop.state == "failed" and loop.error_kind == ErrorKind.REDIRECT
+    assert "too many redirects (max_redirects=2)" in loop.error_message and loop.attempts == 1
+
+
 def test_user_overrides_take_effect(srv, home):
     class OnlyOk(RequestStrategy):
         def __init__(self):
