@@ -8,7 +8,9 @@ Invariants:
   ``pending`` from admission until its first result; a later duplicate result is dropped;
 - a request (same URL, same preset path, no params) is sent once: a repeat that comes while the
   first is pending follows it and gets its result; one that comes later gets the result kept
-  for the last ``dedupe_window`` distinct requests (beyond that it is downloaded again);
+  for the last ``dedupe_window`` distinct requests (beyond that it is downloaded again). With
+  ``dedupe=False`` (a strategy whose ``get_file_path`` may name one URL's files differently)
+  only bundles with a preset path are matched so;
 - memory is bounded: at most ``waiting_cap`` jobs wait in flow control, at most ``shard_cap`` are
   outstanding per shard, and the input thread reads at most ``read_ahead`` items ahead;
 - the loop never blocks on a worker, a host or the input: it only awaits ``wake``;
@@ -233,6 +235,7 @@ async def coordinate(
     url_map: Callable[[Any], Any] | None = None,
     split_hosts: Mapping[str, int] | None = None,
     limits: Limits | None = None,
+    dedupe: bool = True,
 ) -> AsyncGenerator[list[Bundle], None]:
     """Yield batches of finished bundles (the caller's own objects) as they complete."""
     limits = limits or Limits()
@@ -291,7 +294,9 @@ async def coordinate(
                 out.append(bundle.fail(ErrorKind.BAD_INPUT, message))
                 return
         bundle.host = key
-        same = (bundle.url, bundle.file_path) if bundle.params is None else None
+        same = None
+        if bundle.params is None and (dedupe or bundle.file_path is not None):
+            same = (bundle.url, bundle.file_path)
         if same is not None:
             leader = leaders.get(same)
             if leader is not None:

@@ -17,6 +17,7 @@ from .executors.base import Executor
 from .executors.inloop import InLoopExecutor
 from .executors.processes import ProcessExecutor
 from .sharding import split_budget
+from .strategy import DownloadStrategy
 from .urls import host_key, normalise_host_key
 from .worker.engine import AioDownload, describe
 
@@ -91,6 +92,10 @@ class Plan:
             url_map=self.url_map,
             split_hosts=self.split_hosts,
             limits=self.limits,
+            # Only the default mapping makes the file a function of the URL alone: an override
+            # may name files by info or a bundle's attributes (one URL wanted at two paths).
+            dedupe=type(self.download.download_strategy).get_file_path
+            is DownloadStrategy.get_file_path,
         )
 
 

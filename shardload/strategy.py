@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from .backoff import exponential_delay
@@ -69,6 +70,13 @@ class DownloadStrategy:
     (``bundle.sha256`` stays None): every byte costs ~0.6 CPU-seconds per GiB to hash, most of
     a large download's CPU when nobody reads the digest (img2dataset's ``compute_hash=None``).
     """
+
+    # Class-level defaults as well: an aiodownload-era subclass that sets the attributes it
+    # knew in its own __init__, without calling this one, still has the newer ones.
+    chunk_size: int = 65536
+    skip_cached: bool = False
+    max_bytes: int | None = None
+    sha256: bool = True
 
     def __init__(
         self,
@@ -125,6 +133,27 @@ class RequestStrategy:
     resolves a host once and caches the answer for ``dns_ttl`` seconds (None: for the whole
     run); the hosts of a worker are its own, so no two workers resolve the same host.
     """
+
+    # Class-level defaults as well (see DownloadStrategy): the values of __init__'s defaults.
+    concurrent: int = 2
+    max_attempts: int = 0
+    timeout: float = 60
+    delay: float = 0.0
+    jitter: float = 0.0
+    worker_concurrent: int = 64
+    connect_timeout: float | None = None
+    max_time: float | None = None
+    headers: Mapping[str, str] = MappingProxyType({})
+    user_agent: str = DEFAULT_USER_AGENT
+    retry_after_cap: float = 300.0
+    max_redirects: int = 10
+    adaptive: bool = False
+    breaker_threshold: int = 5
+    breaker_cooldown: float = 30.0
+    robots: bool = False
+    low_speed_limit: int = 0
+    low_speed_time: float = 30.0
+    dns_ttl: int | None = 300
 
     def __init__(
         self,

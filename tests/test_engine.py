@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
+import subprocess
+import sys
 
 import pytest
 
 import shardload
-from shardload import ErrorKind, RequestStrategy
+from shardload import Bundle, ErrorKind, RequestStrategy
 
 from .conftest import files_under, make_download, temp_files
 
@@ -210,3 +213,47 @@ def test_user_agent_and_headers(srv, home, client):
     with open(b.file_path) as f:
         headers = json.load(f)["headers"]
     assert headers["User-Agent"] == "probe/1.0" and headers["X-Test"] == "yes"
+
+
+def test_main_without_close_leaves_no_session_open_when_the_loop_ends(srv, home, client):
+    """aiodownload code awaits download.main(bundle) under asyncio.run and never closes."""
+    download = make_download(home, client=client)
+    opened = []
+
+    async def run():
+        b = await download.main(Bundle(srv.base_urls[0] + "/links/1"))
+        opened.append(download._session if client == "aiohttp" else download._lean)
+        return b
+
+    b = asyncio.run(run())
+    assert b.ok, b.error_message
+    (made,) = opened
+    if client == "aiohttp":
+        assert made is not None and made.closed
+    else:
+        assert made is not None and made._lru == {} and made._idle == {}
+    assert download._loop is None  # closed, ready to bind to another loop
+
+
+def test_main_without_close_prints_no_unclosed_warning(srv, home):
+    script = f"""
+import asyncio, shardload
+from shardload import AioDownload, Bundle, DownloadStrategy
+
+class Own(DownloadStrategy):  # an on_success override: requests go through aiohttp
+    async def on_success(self, response, bundle):
+        await super().on_success(response, bundle)
+
+download = AioDownload(download_strategy=Own(home={home!r}))
+b = asyncio.run(download.main(Bundle("{srv.base_urls[0]}/links/1")))
+print("STATE", b.state)
+"""
+    out = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "STATE written" in out.stdout, out.stderr[-2000:]
+    assert "Unclosed" not in out.stderr and "ResourceWarning" not in out.stderr, out.stderr

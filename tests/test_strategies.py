@@ -286,3 +286,88 @@ def test_a_plain_bundle_crosses_to_a_worker_as_plain_fields_only():
     tagged = Bundle("http://h/z")
     tagged.tag = "t"  # type: ignore[attr-defined]
     assert extra_of(prepare_item(2, tagged, None, run)) == (Bundle, {"tag": "t"})
+
+
+class ByInfoName(DownloadStrategy):
+    def get_file_path(self, bundle: Bundle) -> str:
+        return os.path.join(self.home, bundle.info["name"])
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_one_url_named_twice_by_get_file_path_gives_both_files(srv, home, processes):
+    url = f"{srv.base_urls[0]}/bytes/100"
+    items = [{"url": url, "name": "first.bin"}, {"url": url, "name": "second.bin"}]
+    items += [{"url": f"{srv.base_urls[1]}/links/1", "name": "other.html"}]
+    download = shardload.AioDownload(download_strategy=ByInfoName(home=home))
+    done = list(
+        shardload.each(items, url_map=lambda i: i["url"], download=download, processes=processes)
+    )
+    by_name = {b.info["name"]: b for b in done}
+    assert all(b.state == "written" for b in done), [b.error_message for b in done]
+    for name in ("first.bin", "second.bin"):
+        assert by_name[name].file_path == os.path.join(home, name)
+        with open(os.path.join(home, name), "rb") as f:
+            assert len(f.read()) == 100
+
+
+class OldStyleRequests(RequestStrategy):
+    """aiodownload-era code: sets what it knew, never calls RequestStrategy.__init__."""
+
+    def __init__(self) -> None:
+        self.concurrent = 3
+        self.max_attempts = 2
+        self.timeout = 10
+
+
+class OldStyleDownloads(DownloadStrategy):
+    def __init__(self, home: str) -> None:
+        self.chunk_size = 1024
+        self.home = home
+        self.skip_cached = False
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_strategy_subclasses_that_skip_init_still_work(srv, home, processes):
+    download = shardload.AioDownload(
+        download_strategy=OldStyleDownloads(home), request_strategy=OldStyleRequests()
+    )
+    urls = [f"{srv.base_urls[i]}/links/{i}" for i in range(3)]
+    done = shardload.swarm(urls, download=download, processes=processes)
+    assert all(b.state == "written" for b in done), [b.error_message for b in done]
+
+
+@pytest.mark.parametrize("cls", [RequestStrategy, DownloadStrategy])
+def test_class_level_defaults_are_the_init_defaults(cls):
+    import inspect
+
+    for name, parameter in inspect.signature(cls.__init__).parameters.items():
+        if name in ("self", "home") or parameter.default is inspect.Parameter.empty:
+            continue
+        expected = {} if name == "headers" else parameter.default
+        if name == "user_agent":
+            expected = cls().user_agent
+        assert getattr(cls, name) == expected, name
+
+
+class LoggingDownload(shardload.AioDownload):
+    """A subclass with an override and an attribute of its own, as aiodownload users wrote."""
+
+    def __init__(self, log_path: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.log_path = log_path
+
+    async def main(self, bundle: Bundle) -> Bundle:
+        done = await super().main(bundle)
+        with open(self.log_path, "a") as log:
+            log.write(f"{done.url} {done.state}\n")
+        return done
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_an_aiodownload_subclass_runs_its_overrides_in_workers(srv, home, tmp_path, processes):
+    log = tmp_path / "log.txt"
+    download = LoggingDownload(str(log), download_strategy=DownloadStrategy(home=home))
+    urls = [f"{srv.base_urls[i]}/links/{i}" for i in range(4)]
+    done = shardload.swarm(urls, download=download, processes=processes)
+    assert all(b.ok for b in done)
+    assert sorted(log.read_text().splitlines()) == sorted(f"{u} written" for u in urls)

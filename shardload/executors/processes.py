@@ -80,8 +80,9 @@ class ProcessExecutor:
             self._config = pickle.dumps(config, pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
             raise ConfigurationError(
-                "the download strategies must be picklable to run in worker processes "
-                f"(define strategy classes at module level; no open clients or lambdas): {exc}"
+                "the download (its strategies, and an AioDownload subclass's own attributes) "
+                "must be picklable to run in worker processes (define classes at module "
+                f"level; no open clients or lambdas): {exc}"
             ) from exc
         interactive = interactive_names(config)
         if interactive:

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..bundle import Job, Result
 from ..errors import ConfigurationError, ShardloadError
-from ..worker.engine import AioDownload
+from ..worker.engine import rebuild
 from ..worker.files import remove_temp_files, temp_prefix
 from ..worker.shard import ShardWorker
 from .base import START_SECONDS, ExecutorSink
@@ -62,11 +62,7 @@ class ShardActor:
 
     def _the_worker(self) -> ShardWorker:
         if self._worker is None:
-            engine = AioDownload(
-                download_strategy=self._config["download_strategy"],
-                request_strategy=self._config["request_strategy"],
-            )
-            engine.host_budgets = dict(self._config["host_budgets"])
+            engine = rebuild(self._config)
             self._ready = asyncio.Event()
             self._worker = ShardWorker(engine, emit=self._emit)
         return self._worker

@@ -20,7 +20,8 @@ import asyncio
 import contextlib
 import copy
 import time
-from collections.abc import Mapping
+import weakref
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -67,6 +68,8 @@ class AioDownload:
         # Per-host (concurrency, delay) overrides: a hot host split over k workers gets 1/k.
         self.host_budgets: dict[str, tuple[int, float]] = {}
         self._runs = 0  # runs (swarm/each calls) using this engine now, all in self._loop
+        # (loop, generator): closes what this engine opened in that loop when the loop ends.
+        self._closer: tuple[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] | None = None
         self._reset()
 
     # aiodownload's private names, read by some of its users' subclasses.
@@ -108,6 +111,7 @@ class AioDownload:
         if self._busy_elsewhere(loop):
             engine = copy.copy(self)
             engine._runs = 0
+            engine._closer = None
             engine._reset()
         engine._bind(loop)
         engine._runs += 1
@@ -127,6 +131,12 @@ class AioDownload:
         if self._loop is not loop:
             self._reset()  # made in a loop that is gone or stopped: start afresh in this one
             self._loop = loop
+        if self._closer is None or self._closer[0] is not loop:
+            self._closer = (loop, _close_at_loop_end(weakref.ref(self), loop))
+            # Run it to its yield: that registers it with the loop, whose shutdown (the end of
+            # asyncio.run) closes it, and so this engine's clients.
+            with contextlib.suppress(StopIteration):
+                self._closer[1].__anext__().send(None)
 
     async def close(self) -> None:
         """Close the session this engine created (never a caller's ``client``)."""
@@ -642,6 +652,20 @@ def _skip(bundle: Bundle, message: str) -> None:
 _NO_LIMIT = contextlib.nullcontext()
 
 
+async def _close_at_loop_end(
+    ref: weakref.ref[AioDownload], loop: asyncio.AbstractEventLoop
+) -> AsyncGenerator[None, None]:
+    """Closes the engine's clients when its event loop shuts down, for code that calls
+    ``await download.main(bundle)`` under ``asyncio.run`` and never ``close()`` (as with
+    aiodownload, which had no close): no unclosed session or socket is left behind."""
+    try:
+        yield
+    finally:
+        engine = ref()
+        if engine is not None and engine._loop is loop:
+            await engine.close()
+
+
 def _cancelling() -> bool:
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
@@ -672,9 +696,30 @@ def _plain(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 def describe(engine: AioDownload) -> dict[str, Any]:
-    """The plain, picklable configuration a worker process rebuilds this engine from."""
-    return {
+    """The plain, picklable configuration a worker process rebuilds this engine from: its
+    strategies, and for a subclass its class and the attributes it added (its overrides of
+    ``main`` and the rest run in the workers too)."""
+    config: dict[str, Any] = {
         "download_strategy": engine.download_strategy,
         "request_strategy": engine.request_strategy,
         "host_budgets": dict(engine.host_budgets),
     }
+    if type(engine) is not AioDownload:
+        own = vars(AioDownload(None, engine.download_strategy, engine.request_strategy))
+        config["engine_class"] = type(engine)
+        config["engine_attrs"] = {k: v for k, v in vars(engine).items() if k not in own}
+    return config
+
+
+def rebuild(config: dict[str, Any]) -> AioDownload:
+    """The engine ``describe`` described, made afresh in a worker."""
+    cls: type[AioDownload] = config.get("engine_class", AioDownload)
+    engine = cls.__new__(cls)  # not cls(...): a subclass's __init__ may want other arguments
+    AioDownload.__init__(
+        engine,
+        download_strategy=config["download_strategy"],
+        request_strategy=config["request_strategy"],
+    )
+    engine.__dict__.update(config.get("engine_attrs", {}))
+    engine.host_budgets = dict(config["host_budgets"])
+    return engine

@@ -23,7 +23,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ..bundle import Result
-from .engine import AioDownload
+from .engine import rebuild
 from .shard import ShardWorker
 
 
@@ -70,11 +70,7 @@ def run_loop(main: Any) -> Any:
 
 
 async def _serve(config: dict[str, Any], inbox: Connection, outbox: Connection) -> None:
-    engine = AioDownload(
-        download_strategy=config["download_strategy"],
-        request_strategy=config["request_strategy"],
-    )
-    engine.host_budgets = dict(config["host_budgets"])
+    engine = rebuild(config)
     loop = asyncio.get_running_loop()
     out: queue.SimpleQueue[list[Result] | None] = queue.SimpleQueue()
     writer = threading.Thread(target=_write_loop, args=(out, outbox), daemon=True)
