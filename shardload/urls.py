@@ -212,9 +212,11 @@ def _split_general(url: str, params: Mapping[str, Any] | None) -> UrlParts:
 
 def redirect_target(url: str, location: str) -> tuple[str, UrlParts]:
     """Where a redirect from ``url`` with this ``Location`` goes; a target shardload would not
-    fetch as a URL of its own (another scheme, no host) fails as ``redirect``."""
+    fetch as a URL of its own (another scheme, no host) fails as ``redirect``. Spaces and
+    control characters inside a Location are percent-encoded first, as browsers, curl and
+    aiohttp do (servers send ``Location: /a file.pdf``)."""
     try:
-        target = urljoin(url, location)
+        target = urljoin(url, _UNSENDABLE.sub(_percent, location.strip()))
         return target, split_url(target)
     except DownloadFailed as exc:
         raise DownloadFailed(ErrorKind.REDIRECT, f"redirect refused: {exc.message}") from exc
@@ -222,6 +224,13 @@ def redirect_target(url: str, location: str) -> tuple[str, UrlParts]:
         raise DownloadFailed(
             ErrorKind.REDIRECT, f"redirect refused: unparsable Location: {exc}"
         ) from exc
+
+
+_UNSENDABLE = re.compile(r"[\x00-\x20\x7f]")
+
+
+def _percent(match: re.Match[str]) -> str:
+    return f"%{ord(match.group()):02X}"
 
 
 def host_key(url: str) -> str:

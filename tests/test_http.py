@@ -703,3 +703,59 @@ def test_an_unparsable_location_is_a_redirect_failure(home, client):
     with RawServer(handler) as server:
         (b,) = shardload.swarm([f"{server.url}/start"], download=make_download(home, client=client))
     assert b.state == "failed" and b.error_kind == ErrorKind.REDIRECT, b.error_message
+
+
+@pytest.mark.parametrize("robots", [False, True], ids=["page", "with-robots"])
+def test_origin_only_headers_reach_no_other_host(srv, home, client, robots):
+    """Authorization, Cookie and Host go to the origin asked for: not to a redirect's target,
+    nor to that target's robots.txt (as curl; aiohttp drops Authorization and Cookie too)."""
+
+    def handler(conn, index):
+        while (head := server.recorded(conn)) is not None:
+            body = b"User-agent: *\r\n" if head.startswith(b"GET /robots.txt") else b"landed"
+            conn.sendall(ok(body))
+
+    secret = {"Authorization": "Bearer SECRET", "Cookie": "sid=SECRET", "Host": "vhost.example"}
+    strategy = RequestStrategy(headers=secret, robots=robots)
+    with RawServer(handler, host="127.0.0.10") as server:
+        start = f"{srv.base_urls[0]}/redirect-to?url={server.url}/landed"
+        (b,) = shardload.swarm([start], download=make_download(home, strategy, client=client))
+        seen = list(server.requests)
+    assert b.ok, b.error_message
+    assert len(seen) == (2 if robots else 1)
+    for head in seen:
+        text = head.decode()
+        assert "SECRET" not in text and "vhost.example" not in text, text
+        assert f"Host: {server.url.removeprefix('http://')}" in text
+
+
+def test_a_url_with_credentials_is_not_served_by_the_same_url_without(home):
+    def handler(conn, index):
+        while (head := server.recorded(conn)) is not None:
+            time.sleep(0.2)  # both requests are in flight at once
+            if b"Authorization: Basic" in head:
+                conn.sendall(ok(b"secret page"))
+            else:
+                conn.sendall(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+
+    class OneFile(DownloadStrategy):
+        def get_file_path(self, bundle):
+            return os.path.join(self.home, "doc")  # one file for both: the engine's sharing
+
+    with RawServer(handler) as server:
+        plain = f"{server.url}/doc"
+        with_credentials = plain.replace("http://", "http://alice:pw@")
+        download = AioDownload(download_strategy=OneFile(home=home))
+        first, second = shardload.swarm([plain, with_credentials], download=download)
+    assert (first.status, second.status) == (401, 200)
+    assert second.state == "written"
+
+
+@pytest.mark.parametrize("client", ["lean", "aiohttp"])
+def test_an_authorization_header_wins_over_credentials_in_the_url(srv, home, client):
+    strategy = RequestStrategy(headers={"Authorization": "Bearer t0k"})
+    url = srv.base_urls[0].replace("http://", "http://alice:pw@") + "/echo"
+    (b,) = shardload.swarm([url], download=make_download(home, strategy, client=client))
+    assert b.ok, b.error_message
+    with open(b.file_path) as f:
+        assert json.load(f)["headers"]["Authorization"] == "Bearer t0k"

@@ -267,10 +267,35 @@ def test_an_occasional_503_does_not_pause_a_healthy_host():
         for i in range(4):
             slot.record(503, ErrorKind.HTTP, None, f"u{i}")  # now most recent responses are 503
         assert slot.paused_until > asyncio.get_running_loop().time()
-        slot.record(429, ErrorKind.HTTP, None, "u")
-        assert slot.paused_until > asyncio.get_running_loop().time() + 3.9  # 1, 2, then 4 s
 
     asyncio.run(scenario())
+
+
+def test_a_burst_of_throttled_answers_is_one_pause_and_the_next_pause_doubles():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        slot = HostSlot(8)
+        for i in range(6):  # six requests in flight, all answered 429
+            slot.record(429, ErrorKind.HTTP, None, f"u{i}")
+        assert loop.time() + 0.9 < slot.paused_until <= loop.time() + 1.0  # one 1 s pause
+        slot.paused_until = loop.time()  # the pause is over; the next answers are 429 again
+        slot.record(429, ErrorKind.HTTP, None, "u0")
+        assert slot.paused_until > loop.time() + 1.9  # 2 s
+        slot.paused_until = loop.time()
+        slot.record(200, None, None, "u1")  # an answer in between: the host recovered
+        slot.record(429, ErrorKind.HTTP, None, "u2")
+        assert slot.paused_until <= loop.time() + 1.0  # back to 1 s
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_429s_pause_the_host_once(srv, home):
+    urls = [f"{srv.base_urls[0]}/flaky/burst{i}/1/429" for i in range(6)]
+    bundles = shardload.swarm(urls, download=make_download(home, BackOff(3, concurrent=6)))
+    assert all(b.ok and b.attempts == 2 for b in bundles)
+    first, *_, last = starts(srv, 0)
+    # One 1 s pause for the whole burst; one doubling per answer made it 32 s.
+    assert last - first < 3.0
 
 
 async def _probe_ends_with(kind: ErrorKind) -> tuple[HostSlot, asyncio.Future[str | None]]:

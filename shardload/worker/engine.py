@@ -42,7 +42,7 @@ from .files import (
     speed_guard,
 )
 from .hosts import CLOSED, HostSlot
-from .http import REDIRECT_STATUSES, LeanClient
+from .http import ORIGIN_ONLY, REDIRECT_STATUSES, LeanClient
 
 if TYPE_CHECKING:
     # Imported where a session is made: a worker on the lean client never pays aiohttp's
@@ -88,7 +88,8 @@ class AioDownload:
         self._lean: LeanClient | None = None
         self._worker_sem: asyncio.Semaphore | None = None
         self._hosts: dict[str, HostSlot] = {}
-        self._inflight: dict[str, tuple[UrlParts, asyncio.Future[Bundle]]] = {}
+        # A file's download under way: (what it requests, its outcome).
+        self._inflight: dict[str, tuple[tuple[UrlParts, str], asyncio.Future[Bundle]]] = {}
         self._robots: dict[str, asyncio.Future[RobotRules]] = {}
 
     async def __aenter__(self) -> AioDownload:
@@ -219,22 +220,28 @@ class AioDownload:
                 max_redirects=rs.max_redirects + 1,
                 timeout=self._timeout(max_time),  # over the session's own timeout too
             )
+        headers = self._headers(same_origin)
+        credentials = _credentials(url)
+        if credentials and any(k.lower() == "authorization" for k in headers):
+            # The caller's Authorization header wins over credentials in the URL, as on the
+            # lean client (aiohttp refuses to be given both).
+            url = url.replace(credentials + "@", "", 1)
         return session.get(
             url,
             params=params,
             allow_redirects=False,
-            headers=self._headers(same_origin),
+            headers=headers,
             timeout=self._timeout(max_time),
         )
 
     def _headers(self, same_origin: bool) -> dict[str, str]:
-        """The request headers of shardload's own aiohttp session. A caller's Authorization
-        and Host are for the origin asked for, not for a redirect elsewhere (as curl)."""
+        """The request headers of shardload's own aiohttp session. A caller's Authorization,
+        Cookie and Host are for the origin asked for, not for a redirect elsewhere (as curl)."""
         rs = self.request_strategy
         headers = {"User-Agent": rs.user_agent, **rs.headers}
         if same_origin:
             return headers
-        return {k: v for k, v in headers.items() if k.lower() not in ("authorization", "host")}
+        return {k: v for k, v in headers.items() if k.lower() not in ORIGIN_ONLY}
 
     def _timeout(self, max_time: float | None) -> aiohttp.ClientTimeout:
         import aiohttp  # noqa: PLC0415  (see the import at the top)
@@ -305,6 +312,8 @@ class AioDownload:
             bundle.fail(exc.kind, exc.message)
             return
         path = bundle.file_path
+        # UrlParts leave the credentials out; a request with them is another request.
+        request = (parts, _credentials(bundle.url))
         while (twin := self._inflight.get(path)) is not None:
             fetching, download = twin
             try:
@@ -313,14 +322,14 @@ class AioDownload:
                 if not download.cancelled() or _cancelling():
                     raise  # this bundle itself was cancelled
                 continue  # only the download it waited for was: make it (or wait) again
-            if fetching != parts:
-                # Another URL given the same file (explicit paths): its result is not ours.
+            if fetching != request:
+                # Another request given the same file: its result is not ours.
                 # Wait for it, then download our own; the file holds whichever came last.
                 continue
             apply_result(bundle, to_result(shared))
             return
         done: asyncio.Future[Bundle] = asyncio.get_running_loop().create_future()
-        self._inflight[path] = (parts, done)
+        self._inflight[path] = (request, done)
         try:
             await self._fetch(bundle, parts)
         except asyncio.CancelledError:
@@ -422,20 +431,24 @@ class AioDownload:
         except Exception as exc:
             return False, f"; retry() raised {type(exc).__name__}: {exc}"
 
-    async def _robots_rules(self, parts: UrlParts, slot: HostSlot) -> RobotRules:
+    async def _robots_rules(
+        self, parts: UrlParts, slot: HostSlot, asked: bool = True
+    ) -> RobotRules:
         """The host's robots.txt rules, fetched once (politely, through its slot); its
-        Crawl-delay becomes the host's gap, counted from the robots.txt request itself."""
+        Crawl-delay becomes the host's gap, counted from the robots.txt request itself.
+        ``asked`` False: the host is a redirect's target, not the origin a URL asked for, so
+        the request carries none of the caller's origin-only headers."""
         known = self._robots.get(parts.host_key)
         if known is None:
             known = self._robots[parts.host_key] = asyncio.ensure_future(
-                self._fetch_robots(parts, slot)
+                self._fetch_robots(parts, slot, asked)
             )
         rules = await asyncio.shield(known)
         if rules.crawl_delay:
             slot.slow_to(self._capped_crawl_delay(rules))
         return rules
 
-    async def _fetch_robots(self, parts: UrlParts, slot: HostSlot) -> RobotRules:
+    async def _fetch_robots(self, parts: UrlParts, slot: HostSlot, asked: bool) -> RobotRules:
         origin = (parts.scheme, parts.host_key)
         url = f"{parts.scheme}://{parts.host_key}/robots.txt"
         target = split_url(url)
@@ -444,7 +457,7 @@ class AioDownload:
         await slot.enter(worker)
         try:
             for _ in range(_ROBOTS_MAX_HOPS + 1):
-                same_origin = (target.scheme, target.host_key) == origin
+                same_origin = asked and (target.scheme, target.host_key) == origin
                 async with self._request(url, target, same_origin=same_origin) as response:
                     location = response.headers.get("Location")
                     if response.status in REDIRECT_STATUSES and location is not None:
@@ -543,7 +556,7 @@ class AioDownload:
                     here_key = parts.host_key
                     here, taken = self._take_slot(here_key), True
                     if rs.robots:
-                        rules = await self._robots_rules(parts, here)
+                        rules = await self._robots_rules(parts, here, same_origin)
                         if not rules.allows(url):
                             why = f"redirect to {redact(url)} disallowed by robots.txt"
                             return _failure(bundle, ErrorKind.ROBOTS, f"{why} for {rules.agent}")
@@ -664,6 +677,16 @@ async def _close_at_loop_end(
         engine = ref()
         if engine is not None and engine._loop is loop:
             await engine.close()
+
+
+def _credentials(url: str) -> str:
+    """The userinfo of ``url`` ("" for none)."""
+    if "@" not in url:
+        return ""
+    authority = url.partition("//")[2]
+    for end in "/?#":
+        authority = authority.partition(end)[0]
+    return authority.rpartition("@")[0]
 
 
 def _cancelling() -> bool:

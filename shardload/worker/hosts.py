@@ -10,7 +10,8 @@ Invariants:
   ``_WINDOW`` responses were 429/503, for at least two different URLs (an overloaded host, not
   one broken URL retried, nor one unlucky first answer: a lone URL's retries keep the
   strategy's own backoff). Without a Retry-After the pause is 1 s, doubling with each
-  consecutive pause, up to 60 s;
+  consecutive pause, up to 60 s; throttled answers that arrive while the host is paused (to
+  requests sent before the pause) are the same burst and do not lengthen it;
 - a request waiting for its turn holds no worker-wide slot: the worker-wide semaphore is taken
   last, right before the request starts, so a slow or paused host never blocks other hosts;
 - the circuit breaker opens after ``breaker_threshold`` consecutive connection-level failures;
@@ -152,7 +153,9 @@ class HostSlot:
         self._recent.append(url if throttled else None)
         if retry_after is not None and (throttled or status is None or status >= 300):
             self.pause(min(retry_after, self._retry_after_cap))
-        elif status == 429 or (throttled and self._overloaded()):
+        elif (status == 429 or (throttled and self._overloaded())) and not self._paused():
+            # Answers to requests already in flight when the host paused are the same burst:
+            # only a throttle after a pause ended makes the next pause longer.
             self.pause(min(_THROTTLE_FIRST * 2**self._pauses, _THROTTLE_MAX))
             self._pauses += 1
         if not throttled:
@@ -167,6 +170,9 @@ class HostSlot:
                 self.limit = min(float(self.concurrency), self.limit + 1 / self.limit)
                 self._wake()
         self._breaker_record(kind)
+
+    def _paused(self) -> bool:
+        return self.paused_until > asyncio.get_running_loop().time()
 
     def _overloaded(self) -> bool:
         throttled = [url for url in self._recent if url is not None]

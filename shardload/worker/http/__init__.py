@@ -31,7 +31,7 @@ callbacks), ``response`` (the body stream and its decoding). Underscored members
 between these modules only.
 """
 
-from .client import REDIRECT_STATUSES, LeanClient, request_target
+from .client import ORIGIN_ONLY, REDIRECT_STATUSES, LeanClient, request_target
 from .response import LeanResponse
 
-__all__ = ["REDIRECT_STATUSES", "LeanClient", "LeanResponse", "request_target"]
+__all__ = ["ORIGIN_ONLY", "REDIRECT_STATUSES", "LeanClient", "LeanResponse", "request_target"]

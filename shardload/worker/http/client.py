@@ -20,6 +20,9 @@ from .connection import Connection
 from .response import LeanResponse
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# A caller's headers that belong to the origin asked for, never sent to another (a redirect
+# elsewhere, or that host's robots.txt).
+ORIGIN_ONLY = frozenset({"authorization", "proxy-authorization", "cookie", "host"})
 _KEEPALIVE = 15.0  # seconds an idle connection is kept (aiohttp's default too)
 _SAFE_TARGET = re.compile(r"[!#-;=?-Z_a-z~]*", re.ASCII)  # printable but space "<>[\]^`{|}
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -74,10 +77,10 @@ class LeanClient:
         self.read_timeout = read_timeout or 0.0
         self.dns_ttl = dns_ttl
         self._fixed = _fixed_headers(headers)
-        # A caller's credentials are for the host asked for: a redirect to another origin does
-        # not get them (as aiohttp and curl).
+        # A caller's credentials and cookies are for the host asked for: a redirect to another
+        # origin does not get them (as curl; aiohttp drops Authorization and Cookie too).
         self._fixed_elsewhere = _fixed_headers(
-            {name: value for name, value in headers.items() if name.lower() != "authorization"}
+            {name: value for name, value in headers.items() if name.lower() not in ORIGIN_ONLY}
         )
         self._has_auth = any(name.lower() == "authorization" for name in headers)
         # A caller's Host header (a virtual host behind an address) is for the origin asked
