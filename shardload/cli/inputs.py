@@ -19,6 +19,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from shardload.errors import DownloadFailed
+from shardload.paths import url_to_relpath
+from shardload.urls import split_url
+
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_LINE_BYTES = 1 << 20  # a longer line is reported as bad, never held in memory whole
 KEY_CHARS = 200  # how much of an unparseable line the manifest keeps as its "url"
@@ -65,6 +69,15 @@ def _reserved_by(path: str, reserved: Sequence[str]) -> str | None:
     return None
 
 
+def _default_path(url: str) -> str:
+    """Where the default strategy puts ``url``, relative to the output directory ("" for a URL
+    it cannot map: the download fails that one with its own reason)."""
+    try:
+        return url_to_relpath(split_url(url))
+    except DownloadFailed:
+        return ""
+
+
 def _key(text: str) -> str:
     return text[:KEY_CHARS]
 
@@ -89,13 +102,21 @@ def _parse_json(text: str, lineno: int) -> Parsed:
 
 
 def parse_line(text: str, lineno: int) -> Parsed | None:
-    """Parse one decoded line: ``None`` for blank and comment lines. Pure."""
-    text = text.strip()
+    """Parse one decoded line: ``None`` for blank and comment lines. Pure.
+
+    Blank means ASCII whitespace only, as ``is_countable`` decides on the raw bytes: a line of
+    other whitespace (a no-break space) is an item, and gets its record (an invalid URL),
+    rather than vanishing from the manifest and the progress total.
+    """
+    text = text.strip(_ASCII_SPACE)
     if not text or text.startswith("#"):
         return None
     if text.startswith(("{", "[")):  # no URL starts with "[": a JSON line that is no object
         return _parse_json(text, lineno)
     return InputItem(lineno, text)
+
+
+_ASCII_SPACE = " \t\n\r\x0b\x0c"  # what bytes.strip() removes
 
 
 def is_countable(raw: bytes) -> bool:
@@ -125,8 +146,11 @@ def iter_parsed(stream: BinaryIO, reserved: Sequence[str] = ()) -> Iterator[Pars
 
     An explicit ``path`` equal to one of ``reserved`` (the manifest and its side-car, relative
     to the output directory), or below one, would replace that file or move it aside into
-    ``<name>/%file``: such a line is a bad line.
+    ``<name>/%file``: such a line is a bad line. So is a URL whose default path would, which
+    can only happen when a reserved file sits in a folder below the output directory (a
+    default path starts with a host's folder).
     """
+    nested = [r for r in reserved if os.sep in _norm(r) and not _norm(r).startswith("..")]
     lines = iter_raw_lines(stream)
     lineno = 0
     while True:
@@ -149,8 +173,8 @@ def iter_parsed(stream: BinaryIO, reserved: Sequence[str] = ()) -> Iterator[Pars
         if lineno == 1:
             text = text.removeprefix("\ufeff")
         parsed = parse_line(text, lineno)
-        if isinstance(parsed, InputItem) and parsed.path:
-            taken = _reserved_by(parsed.path, reserved)
+        if isinstance(parsed, InputItem) and (parsed.path or nested):
+            taken = _reserved_by(parsed.path or _default_path(parsed.url), reserved)
             if taken is not None:
                 why = f"line {lineno}: 'path' would overwrite {taken} (this run's own file)"
                 parsed = BadLine(lineno, parsed.url, why, parsed.info)

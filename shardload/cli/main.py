@@ -134,7 +134,7 @@ class Recorder:
                 self.stats.skipped_done += 1
             else:
                 self.stats.skipped_permanent += 1
-            self.progress.skipped()
+            self.progress.earlier()
 
     def set_total(self, total: int) -> None:
         with self.lock:
@@ -245,7 +245,7 @@ def _usage_error(stderr: TextIO, message: str) -> int:
 def run(args: argparse.Namespace, *, stdin: BinaryIO | None, stderr: TextIO) -> int:
     """Set up (usage errors exit 2 before anything runs), then crawl."""
     args.manifest = args.manifest or os.path.join(args.output, "manifest.jsonl")
-    problem = _own_files_problem(args)
+    problem = _own_files_problem(args, stdin)
     if problem is not None:
         return _usage_error(stderr, problem)
     try:
@@ -269,16 +269,22 @@ def run(args: argparse.Namespace, *, stdin: BinaryIO | None, stderr: TextIO) -> 
         opened.__exit__(None, None, None)
 
 
-def _own_files_problem(args: argparse.Namespace) -> str | None:
+def _own_files_problem(args: argparse.Namespace, stdin: BinaryIO | None) -> str | None:
     """Why the output directory, manifest and input cannot work together, if they cannot."""
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         return f"the output directory is not a directory: {args.output}"
-    if args.input == "-":
-        return None
+    try:
+        if args.input == "-":  # `shardload - < out/manifest.jsonl`: stdin is that file
+            source = os.fstat((stdin or sys.stdin).fileno())
+        else:
+            source = os.stat(args.input)
+    except (OSError, ValueError, AttributeError):
+        return None  # a pipe without a file, or an input that cannot open: said later
     for name, path in (("manifest", args.manifest), ("per-host file", hosts_path(args.manifest))):
         with contextlib.suppress(OSError):
-            if os.path.samefile(args.input, path):
-                return f"the input file is also the {name}, which would destroy it: {path}"
+            if os.path.samestat(source, os.stat(path)):
+                what = "standard input" if args.input == "-" else "input file"
+                return f"the {what} is also the {name}, which would destroy it: {path}"
     return None
 
 
@@ -302,7 +308,11 @@ def _crawl(
     rec = Recorder(writer, progress, signals, 0.25)
     if mode != "none" and args.input != "-":
         threading.Thread(target=_count_total, args=(args.input, rec), daemon=True).start()
-    reserved = [os.path.relpath(p, args.output) for p in (manifest, hosts_path(manifest))]
+    # Resolved: an output directory reached through a symlink is still the manifest's.
+    output = os.path.realpath(args.output)
+    reserved = [
+        os.path.relpath(os.path.realpath(p), output) for p in (manifest, hosts_path(manifest))
+    ]
     code: int | None = None
     interrupted = False
     results: Iterator[Bundle] | None = None

@@ -6,6 +6,7 @@ Every option maps to a documented library parameter; nothing here runs or prints
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 from typing import Any
@@ -57,7 +58,19 @@ def parse_header(text: str) -> tuple[str, str]:
     name, sep, value = text.partition(":")
     if not sep or not name.strip() or any(c.isspace() for c in name.strip()):
         raise argparse.ArgumentTypeError(f"not a header: {text!r} (expected 'Name: value')")
+    if _line_break(value):
+        raise argparse.ArgumentTypeError(f"a header value cannot hold a line break: {text!r}")
     return name.strip(), value.strip()
+
+
+def parse_user_agent(text: str) -> str:
+    if _line_break(text):
+        raise argparse.ArgumentTypeError(f"a User-Agent cannot hold a line break: {text!r}")
+    return text
+
+
+def _line_break(text: str) -> bool:
+    return any(c in text for c in "\r\n\0")
 
 
 def _number(kind: type[int] | type[float], low: float, strict: bool = False) -> Any:
@@ -66,6 +79,8 @@ def _number(kind: type[int] | type[float], low: float, strict: bool = False) -> 
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number: {text!r}")
         if value < low or (strict and value == low):
             raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}: {text}")
         return value
@@ -104,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: 0; 0.25 with --strategy lenient)")
     add("--jitter", type=secs0, metavar="S", help="add up to this many seconds to --delay")
     add("--strategy", choices=STRATEGIES, default="backoff",
-        help="retries: default (at once, transient failures), lenient (60 s apart, all but "
-        "404), backoff (0.25 s doubling to 60 s, transient failures; the default)")
+        help="retries: backoff (the default: 0.25 s doubling to 60 s, transient failures), "
+        "lenient (60 s apart, all but 404), default (RequestStrategy's: at once, transient "
+        "failures)")
     tries = p.add_mutually_exclusive_group()
     tries.add_argument("--attempts", type=int1, metavar="N",
                        help=f"attempts per URL, first included (default: {DEFAULT_ATTEMPTS})")
@@ -127,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         "again (default: 30)")
     add("--robots", action="store_true", default=None,
         help="obey robots.txt (Disallow and Crawl-delay)")
-    add("--user-agent", metavar="UA", help="User-Agent header")
+    add("--user-agent", type=parse_user_agent, metavar="UA", help="User-Agent header")
     add("-H", "--header", type=parse_header, action="append", default=[],
         metavar="'NAME: VALUE'", help="extra request header (repeatable)")
     add("--skip-existing", action="store_true", help="keep files already at their path")

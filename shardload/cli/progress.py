@@ -20,22 +20,29 @@ MODES = ("auto", "bar", "lines", "none")
 
 @dataclass
 class Counts:
-    """Progress so far. ``total`` is the number of input items when known."""
+    """Progress so far. ``total`` is the number of input items when known. ``skipped`` are
+    this run's skipped URLs (robots.txt), as in the summary; ``earlier`` are items a resumed
+    run leaves alone (done, or failed for good, in an earlier run)."""
 
     done: int = 0
     failed: int = 0
     skipped: int = 0
+    earlier: int = 0
     bytes: int = 0
     total: int | None = None
 
     @property
-    def seen(self) -> int:
+    def processed(self) -> int:
         return self.done + self.failed + self.skipped
+
+    @property
+    def seen(self) -> int:
+        return self.processed + self.earlier
 
 
 def format_eta(counts: Counts, elapsed: float) -> str:
     """Remaining time from the average rate of this run; ``?`` when it cannot be known."""
-    processed = counts.done + counts.failed
+    processed = counts.processed
     if counts.total is None or processed == 0 or elapsed <= 0:
         return "?"
     remaining = max(0, counts.total - counts.seen)
@@ -48,11 +55,13 @@ def format_line(counts: Counts, elapsed: float) -> str:
     head = f"{counts.seen:,}/{total}"
     if counts.total:
         head += f" ({100 * counts.seen / counts.total:.0f}%)"
-    rate = (counts.done + counts.failed) / elapsed if elapsed > 0 else 0.0
+    rate = counts.processed / elapsed if elapsed > 0 else 0.0
     bps = counts.bytes / elapsed if elapsed > 0 else 0.0
     parts = [f"shardload: {head}", f"done {counts.done:,}", f"failed {counts.failed:,}"]
     if counts.skipped:
         parts.append(f"skipped {counts.skipped:,}")
+    if counts.earlier:
+        parts.append(f"earlier runs {counts.earlier:,}")
     parts.append(f"{rate:,.1f} files/s")
     parts.append(f"{format_bytes(bps)}/s")
     parts.append(f"elapsed {format_duration(elapsed)}")
@@ -64,7 +73,7 @@ class Progress(Protocol):
     counts: Counts
 
     def finished(self, state: str, nbytes: int) -> None: ...
-    def skipped(self) -> None: ...
+    def earlier(self) -> None: ...
     def set_total(self, total: int) -> None: ...
     def tick(self) -> None: ...
     def close(self) -> None: ...
@@ -82,13 +91,15 @@ class _Base:
     def finished(self, state: str, nbytes: int) -> None:
         if state == "failed":
             self.counts.failed += 1
+        elif state == "skipped":
+            self.counts.skipped += 1
         else:
             self.counts.done += 1
             self.counts.bytes += nbytes if state == "written" else 0
         self._advance()
 
-    def skipped(self) -> None:
-        self.counts.skipped += 1
+    def earlier(self) -> None:
+        self.counts.earlier += 1
         self._advance()
 
     def set_total(self, total: int) -> None:
@@ -162,6 +173,8 @@ class BarProgress(_Base):
         text = f"failed={self.counts.failed:,} {format_bytes(bps)}/s"
         if self.counts.skipped:
             text = f"skipped={self.counts.skipped:,} " + text
+        if self.counts.earlier:
+            text = f"earlier={self.counts.earlier:,} " + text
         self._bar.set_postfix_str(text, refresh=False)
         self._bar.refresh()
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shardload.errors import is_transient
-from shardload.stats import HostStats
+from shardload.stats import NO_HOST, HostStats
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -123,6 +123,8 @@ def format_summary(
         lines.append("  errors")
         for label, n in sorted(stats.by_error.items(), key=lambda kv: (-kv[1], kv[0])):
             lines.append(f"    {n:>9,}  {label}")
+    # URLs with no host (invalid ones) are in the error counts above; they are not a host.
+    hosts = [host for host in hosts or [] if host.host != NO_HOST]
     if hosts:
         lines.append("  hosts with the most failures (failed/requests, errors)")
         for host in hosts:

@@ -111,6 +111,11 @@ class ProcessExecutor:
         errors = [o for o in outcomes if isinstance(o, BaseException)]
         if errors:
             await self.abort()
+            if isinstance(errors[0], OSError):  # out of descriptors or processes
+                raise ConfigurationError(
+                    f"cannot start {self.shards} worker processes ({errors[0]}): "
+                    "use fewer processes"
+                ) from errors[0]
             raise errors[0]
 
     async def _spawn(self, shard: int) -> None:
@@ -123,7 +128,12 @@ class ProcessExecutor:
             daemon=True,
         )
         # Starting a spawn child takes a while; keep the loop (and the other shards) running.
-        await asyncio.to_thread(process.start)
+        try:
+            await asyncio.to_thread(process.start)
+        except BaseException:
+            for end in (inbox_r, inbox_w, outbox_r, outbox_w):
+                end.close()
+            raise
         inbox_r.close()
         outbox_w.close()
         if self._closing:

@@ -470,7 +470,7 @@ class AioDownload:
                         if len(body) >= _ROBOTS_MAX_BYTES:
                             break
                     return rules_from_response(
-                        response.status, bytes(body[:_ROBOTS_MAX_BYTES]), rs.user_agent
+                        response.status, bytes(body[:_ROBOTS_MAX_BYTES]), _user_agent(rs)
                     )
             return ALLOW_ALL  # a redirect loop: robots.txt unavailable (RFC 9309)
         except asyncio.CancelledError:
@@ -677,6 +677,12 @@ async def _close_at_loop_end(
         engine = ref()
         if engine is not None and engine._loop is loop:
             await engine.close()
+
+
+def _user_agent(rs: RequestStrategy) -> str:
+    """The User-Agent the requests carry: a ``User-Agent`` in ``headers`` wins, as it does on
+    the wire, so robots.txt is read for the agent the host sees."""
+    return next((v for k, v in rs.headers.items() if k.lower() == "user-agent"), rs.user_agent)
 
 
 def _credentials(url: str) -> str:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from shardload.testing.server import LocalServer, body_for
 
-from .conftest import latest, path_counts, read_manifest, run_cli
+from .conftest import cli_command, cli_env, latest, path_counts, read_manifest, run_cli
 
 FAST = ("-p", "2", "--progress", "lines")
 
@@ -329,3 +330,81 @@ def test_ray_backend_from_the_command_line(server: LocalServer, tmp_path: Path) 
     assert sorted(r["url"] for r in records) == sorted(urls)
     for record in records:
         _check_written(record, record["url"])
+
+
+def test_stdin_that_is_the_manifest_is_refused(server: LocalServer, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    urls = _byte_urls(server, "own", 3)
+    assert run_cli("-", "-o", out, "-q", stdin="\n".join(urls).encode()).returncode == 0
+    manifest = out / "manifest.jsonl"
+    before = manifest.read_bytes()
+    with manifest.open("rb") as stdin:
+        result = subprocess.run(
+            cli_command("-", "-o", out, "-q"),
+            stdin=stdin,
+            capture_output=True,
+            env=cli_env(),
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 2
+    assert b"standard input is also the manifest" in result.stderr
+    assert manifest.read_bytes() == before
+
+
+def test_an_output_directory_reached_through_a_symlink_still_protects_the_manifest(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    real, link = tmp_path / "real", tmp_path / "link"
+    real.mkdir()
+    link.symlink_to(real)
+    urls = _byte_urls(server, "sym", 2)
+    lines = [urls[0], json.dumps({"url": urls[1], "path": "manifest.jsonl"})]
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(lines) + "\n")
+    result = run_cli(src, "-o", link, "--manifest", real / "manifest.jsonl", "-q", "-p", "1")
+    assert result.returncode == 1, result.stderr.decode()
+    records = {r["url"]: r for r in read_manifest(real / "manifest.jsonl")}
+    assert records[urls[0]]["state"] == "written"
+    assert records[urls[1]]["state"] == "failed"
+    assert "this run's own file" in records[urls[1]]["error_message"]
+
+
+def test_a_url_whose_default_path_is_the_manifest_is_refused(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    host = server.base_urls[0].removeprefix("http://").replace(":", "_")
+    manifest = out / host / "any" / "m.jsonl"
+    urls = [f"{server.base_urls[0]}/any/a", f"{server.base_urls[0]}/any/m.jsonl"]
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(urls) + "\n")
+    result = run_cli(src, "-o", out, "--manifest", manifest, "-q", "-p", "1")
+    assert result.returncode == 1, result.stderr.decode()
+    records = {r["url"]: r for r in read_manifest(manifest)}
+    assert records[urls[0]]["state"] == "written"
+    assert records[urls[1]]["state"] == "failed"
+    assert "this run's own file" in records[urls[1]]["error_message"]
+
+
+def test_robots_is_read_for_the_user_agent_a_header_sets(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    # The server's robots.txt disallows everything to BlockedBot (see ROBOTS_TXT).
+    out = tmp_path / "out"
+    url = f"{server.base_urls[1]}/links/1"
+    result = run_cli(
+        "-", "-o", out, "-q", "--robots", "-H", "User-Agent: BlockedBot/2.0", stdin=url.encode()
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    (record,) = read_manifest(out / "manifest.jsonl")
+    assert record["state"] == "skipped" and record["error_kind"] == "robots"
+
+
+def test_too_many_processes_is_one_clear_error(server: LocalServer, tmp_path: Path) -> None:
+    src = tmp_path / "in.txt"
+    src.write_text(f"{server.base_urls[0]}/links/1\n")
+    result = run_cli(src, "-o", tmp_path / "out", "-q", "-p", "100000", timeout=120)
+    assert result.returncode == 2, result.stderr.decode()[-2000:]
+    assert b"Traceback" not in result.stderr
+    assert b"cannot start 100000 worker processes" in result.stderr

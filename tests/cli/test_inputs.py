@@ -9,9 +9,18 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from shardload.cli import inputs
-from shardload.cli.inputs import BadLine, InputItem, iter_parsed, open_input, parse_line
+from shardload.cli.inputs import (
+    BadLine,
+    InputItem,
+    is_countable,
+    iter_parsed,
+    open_input,
+    parse_line,
+)
 
 
 @pytest.mark.parametrize(
@@ -208,3 +217,20 @@ def test_count_items_only_counts_regular_files(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     assert inputs.count_items(str(fifo)) is None  # never reads (and so never steals) a pipe
     assert inputs.count_items(str(tmp_path / "missing")) is None
+
+
+_TRICKY = st.sampled_from([" ", "\t", "\x0b", "\x0c", "\xa0", "\x1c", "\u2003", "\ufeff", "#", "{"])
+
+
+@given(st.text(alphabet=_TRICKY | st.characters(blacklist_categories=("Cs",)), max_size=12))
+@example("\xa0")
+@example(" \x1c\t")
+def test_a_line_counts_for_progress_exactly_when_it_gives_a_record(text: str) -> None:
+    line = text.replace("\n", "").replace("\r", "")
+    assert is_countable(line.encode()) == (parse_line(line, 1) is not None)
+
+
+def test_a_line_of_unicode_whitespace_gets_a_record() -> None:
+    for line in ("\xa0", "\x1c", "\u2003"):
+        item = parse_line(line, 1)
+        assert isinstance(item, InputItem) and item.url == line

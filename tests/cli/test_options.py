@@ -64,7 +64,9 @@ def test_parse_header(text: str, header: tuple[str, str]) -> None:
     assert parse_header(text) == header
 
 
-@pytest.mark.parametrize("text", ["no colon", ": value", "Two Words: v", ""])
+@pytest.mark.parametrize(
+    "text", ["no colon", ": value", "Two Words: v", "", "X-A: a\r\nX-Injected: 1", "X-A: a\n"]
+)
 def test_parse_header_rejects(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         parse_header(text)
@@ -166,6 +168,25 @@ def test_defaults() -> None:
 )
 def test_main_returns_usage_codes(argv: list[str], code: int, capsys: Any) -> None:
     assert main(argv) == code
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--timeout", "nan"],
+        ["--max-time", "nan"],
+        ["--delay", "inf"],
+        ["--delay", "1e400"],
+        ["--progress-interval", "nan"],
+        ["--jitter", "nan"],
+        ["--user-agent", "ua\r\nX: 1"],
+        ["-H", "X-A: a\r\nX-Injected: 1"],
+    ],
+)
+def test_values_no_run_could_use_are_usage_errors(argv: list[str], capsys: Any) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["in.txt", *argv])
+    assert exited.value.code == 2
 
 
 def test_main_missing_input_is_a_usage_error(tmp_path: Path, capsys: Any) -> None:

@@ -25,7 +25,8 @@ from shardload.cli.progress import (
         (Counts(done=0, total=100), 1.0, "?"),
         (Counts(done=10, total=100), 0.0, "?"),
         (Counts(done=10, total=100), 10.0, "0:01:30"),
-        (Counts(done=5, failed=5, skipped=10, total=100), 10.0, "0:01:20"),
+        (Counts(done=5, failed=5, earlier=10, total=100), 10.0, "0:01:20"),
+        (Counts(done=5, failed=3, skipped=2, total=100), 10.0, "0:01:30"),
         (Counts(done=100, total=100), 10.0, "0:00:00"),
         (Counts(done=120, total=100), 10.0, "0:00:00"),
     ],
@@ -40,8 +41,10 @@ def test_format_line() -> None:
         "shardload: 100/400 (25%) | done 90 | failed 10 | 50.0 files/s | 1.0 MB/s"
         " | elapsed 0:00:02 | ETA 0:00:06"
     )
-    unknown = format_line(Counts(done=1, skipped=2), 0.0)
-    assert unknown.startswith("shardload: 3/? | done 1 | failed 0 | skipped 2 | 0.0 files/s")
+    unknown = format_line(Counts(done=1, skipped=2, earlier=4), 0.0)
+    assert unknown.startswith(
+        "shardload: 7/? | done 1 | failed 0 | skipped 2 | earlier runs 4 | 0.0 files/s"
+    )
     assert unknown.endswith("ETA ?")
 
 
@@ -96,12 +99,14 @@ def test_bar_progress_writes_to_its_stream() -> None:
     out = io.StringIO()
     p = BarProgress(out)
     p.finished("written", 10)
-    p.skipped()
+    p.finished("skipped", 0)  # robots.txt said no
+    p.earlier()
     p.set_total(5)
     p.tick()
     p.close()
-    assert "2/5" in out.getvalue()
-    assert "skipped=1" in out.getvalue()
+    assert "3/5" in out.getvalue()
+    assert "skipped=1" in out.getvalue() and "earlier=1" in out.getvalue()
+    assert p.counts.done == 1
 
 
 def test_make_progress_kinds() -> None:

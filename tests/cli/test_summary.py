@@ -133,3 +133,13 @@ def test_format_summary_all_ok_has_no_error_sections() -> None:
     assert "errors" not in text and "hosts" not in text and "skipped" not in text
     only_permanent = format_summary(_stats(F404), 1.0)
     assert "rerun" not in only_permanent
+
+
+def test_urls_without_a_host_are_not_listed_as_a_host() -> None:
+    run = RunStatsLib()
+    run.add(Bundle("nope", state="failed", error_kind="invalid_url"))
+    run.add(Bundle("http://c:3/x", host="c:3", state="failed", error_kind="http", status=500))
+    text = format_summary(_stats(), 1.0, hosts=run.worst_hosts())
+    hosts = text.split("hosts with the most failures", 1)[1].splitlines()[1:]
+    assert hosts[0].split()[1] == "c:3"
+    assert not any(line.split()[1:2] == ["-"] for line in hosts if line.startswith("    "))
