@@ -46,6 +46,25 @@ def _preload_in_fork_server(context: Any) -> None:
         context.set_forkserver_preload([*current, worker_main.__module__])
 
 
+def _check_descriptors(shards: int) -> None:
+    """Refuse at once a worker count this process cannot open pipes for (each worker takes
+    four descriptors while it starts): failing after spawning hundreds helps nobody."""
+    try:
+        import resource  # noqa: PLC0415  (POSIX only)
+    except ImportError:
+        return
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 4 * shards + _RESERVED_DESCRIPTORS
+    if soft != resource.RLIM_INFINITY and need > soft:
+        raise ConfigurationError(
+            f"cannot start {shards} worker processes: they need about {need} file "
+            f"descriptors and this process may open {soft} (ulimit -n); use fewer processes"
+        )
+
+
+_RESERVED_DESCRIPTORS = 64  # the caller's own files, sockets and the input
+
+
 @dataclass
 class _Worker:
     generation: int
@@ -69,6 +88,7 @@ class ProcessExecutor:
         start_method: str | None = None,
         stop_grace: float = 5.0,
     ) -> None:
+        _check_descriptors(shards)
         method = start_method or "spawn"
         if method == "fork":
             raise ConfigurationError("start_method='fork' is unsafe here; use spawn or forkserver")
