@@ -371,3 +371,29 @@ def test_an_aiodownload_subclass_runs_its_overrides_in_workers(srv, home, tmp_pa
     done = shardload.swarm(urls, download=download, processes=processes)
     assert all(b.ok for b in done)
     assert sorted(log.read_text().splitlines()) == sorted(f"{u} written" for u in urls)
+
+
+class CountingAttempts(shardload.AioDownload):
+    """aiodownload's main() ran request_and_download once per attempt: an override sees each."""
+
+    def __init__(self, log_path: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.log_path = log_path
+
+    async def request_and_download(self, bundle: Bundle) -> Bundle:
+        with open(self.log_path, "a") as log:
+            log.write(f"{bundle.url}\n")
+        return await super().request_and_download(bundle)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_request_and_download_override_runs_for_every_attempt(srv, home, tmp_path, processes):
+    log = tmp_path / "log.txt"
+    download = CountingAttempts(
+        str(log), download_strategy=DownloadStrategy(home=home), request_strategy=QuickLenient(3)
+    )
+    flaky, fine = f"{srv.base_urls[0]}/flaky/rad/2/500", f"{srv.base_urls[1]}/links/1"
+    done = shardload.swarm([flaky, fine], download=download, processes=processes)
+    assert [b.state for b in done] == ["written", "written"]
+    assert [b.attempts for b in done] == [3, 1]
+    assert sorted(log.read_text().splitlines()) == sorted([flaky] * 3 + [fine])

@@ -374,7 +374,10 @@ class AioDownload:
                 wait = rs.get_sleep_time(bundle)
                 if wait and wait > 0:
                     await asyncio.sleep(wait)
-                outcome = await self._attempt(bundle, parts, slot)
+                if type(self).request_and_download is AioDownload.request_and_download:
+                    outcome = await self._attempt(bundle, parts, slot)
+                else:
+                    outcome = await self._overridden_attempt(bundle, slot)
                 if outcome is None:
                     bundle.state = WRITTEN
                     bundle.error_kind = bundle.error_message = None
@@ -494,6 +497,30 @@ class AioDownload:
         else:
             bundle.fail(outcome.error_kind, outcome.message)
         return bundle
+
+    async def _overridden_attempt(self, bundle: Bundle, slot: HostSlot) -> Outcome | None:
+        """One attempt through a subclass's ``request_and_download`` (aiodownload's main
+        called it for every attempt), under the host's slot; its final state is the outcome."""
+        worker = self._worker_slots()
+        refused = await slot.admit() if slot.breaker != CLOSED else None
+        if refused is None:
+            await slot.enter(worker)
+            try:
+                before = bundle.attempts
+                await self.request_and_download(bundle)
+                if bundle.attempts == before:  # an override that made its own request
+                    bundle.attempts += 1
+            finally:
+                slot.leave(worker)
+        if refused is not None:
+            return Outcome(ErrorKind.BREAKER_OPEN, refused, attempt=bundle.attempts)
+        if bundle.state == WRITTEN:
+            slot.record(bundle.status, None, None, bundle.url)
+            return None
+        kind = bundle.error_kind or ErrorKind.STRATEGY
+        message = bundle.error_message or "request_and_download() did not write the file"
+        slot.record(bundle.status, kind, None, bundle.url)
+        return Outcome(kind, message, status=bundle.status, attempt=bundle.attempts)
 
     async def _attempt(
         self, bundle: Bundle, parts: UrlParts, slot: HostSlot | None = None
