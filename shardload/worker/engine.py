@@ -9,9 +9,9 @@ Invariants:
 - bundles of the same URL that target the same file while one is in flight share its download,
   so duplicate URLs are fetched once; no two downloads ever write one file at once in a worker
   (a different URL given the same path waits, then makes its own);
-- the HTTP client (the lean one, or an aiohttp session when a request is not shardload's own:
-  see ``_owns_requests``) is created lazily inside the running loop and closed by ``close()``;
-  a session passed as ``client`` belongs to the caller and is never closed here.
+- the clients that ``Exchange`` (its base class, the request side) made are closed by
+  ``close()``, or when their event loop shuts down (``_close_at_loop_end``); a session passed
+  as ``client`` belongs to the caller and is never closed here.
 """
 
 from __future__ import annotations
@@ -21,28 +21,25 @@ import contextlib
 import copy
 import time
 import weakref
-from collections.abc import AsyncGenerator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ..backoff import decide, parse_retry_after
+from ..backoff import decide
 from ..bundle import CACHED, SKIPPED, WRITTEN, Bundle, apply_result, to_result
 from ..errors import NEVER_RETRY_KINDS, DownloadFailed, ErrorKind
 from ..robots import ALLOW_ALL, RobotRules, rules_from_response
 from ..strategy import DownloadStrategy, Outcome, RequestStrategy
 from ..urls import UrlParts, redact, redirect_target, split_url
-from .failures import classify
+from .exchange import Exchange, Redirect, credentials_of, effective_user_agent, over_time
 from .files import (
     READ_SIZE,
-    SpeedGuard,
     check_target,
     find_complete,
     forget_directories,
-    speed_guard,
 )
 from .hosts import CLOSED, HostSlot
-from .http import ORIGIN_ONLY, REDIRECT_STATUSES, LeanClient
+from .http import REDIRECT_STATUSES, LeanClient
 
 if TYPE_CHECKING:
     # Imported where a session is made: a worker on the lean client never pays aiohttp's
@@ -53,7 +50,7 @@ _ROBOTS_MAX_BYTES = 512 * 1024
 _ROBOTS_MAX_HOPS = 5  # redirects followed for robots.txt (RFC 9309: at least five)
 
 
-class AioDownload:
+class AioDownload(Exchange):
     """Downloads bundles with the given strategies; the same engine runs in every worker."""
 
     def __init__(
@@ -151,106 +148,6 @@ class AioDownload:
         if lean is not None:
             await lean.close()
 
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            import aiohttp  # noqa: PLC0415  (see the import at the top)
-
-            rs = self.request_strategy
-            connector = aiohttp.TCPConnector(
-                limit=max(1, self._worker_limit()),  # the descriptor budget, as the lean pool
-                limit_per_host=0,
-                ttl_dns_cache=rs.dns_ttl,
-                enable_cleanup_closed=False,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                cookie_jar=aiohttp.DummyCookieJar(),
-                read_bufsize=READ_SIZE,
-                timeout=self._timeout(rs.max_time),
-                trust_env=False,
-            )
-        return self._session
-
-    def _owns_requests(self) -> bool:
-        """Whether every step of a request is shardload's own, so the lean client may make it.
-
-        A caller's session, or an overridden ``on_success``/``assert_response`` (written against
-        aiohttp's response), keeps the request on aiohttp.
-        """
-        return (
-            self.client is None
-            and type(self.download_strategy).on_success is DownloadStrategy.on_success
-            and type(self.request_strategy).assert_response is RequestStrategy.assert_response
-        )
-
-    def _get_lean(self) -> LeanClient:
-        if self._lean is None:
-            rs = self.request_strategy
-            self._lean = LeanClient(
-                limit=self._worker_limit(),
-                headers={"User-Agent": rs.user_agent, **rs.headers},
-                connect_timeout=_connect_timeout(rs),
-                read_timeout=rs.timeout,
-                dns_ttl=rs.dns_ttl,
-            )
-        return self._lean
-
-    def _request(
-        self,
-        url: str,
-        parts: UrlParts,
-        params: Any = None,
-        same_origin: bool = True,
-        max_time: float | None = None,
-    ) -> Any:
-        """``async with`` this for the response of one GET. Redirects come back as responses
-        (the engine follows them hop by hop), except on a caller's own session."""
-        if self._owns_requests():
-            return self._get_lean().get(parts, url, same_origin)
-        rs = self.request_strategy
-        session = self._get_session()
-        if session is self.client:
-            # A caller's session follows redirects itself: its own default headers (say an
-            # Authorization) could not be kept from another origin otherwise. aiohttp fails on
-            # the max_redirects-th redirect; shardload follows that many (as curl).
-            return session.get(
-                url,
-                params=params,
-                allow_redirects=rs.max_redirects > 0,
-                max_redirects=rs.max_redirects + 1,
-                timeout=self._timeout(max_time),  # over the session's own timeout too
-            )
-        headers = self._headers(same_origin)
-        credentials = _credentials(url)
-        if credentials and any(k.lower() == "authorization" for k in headers):
-            # The caller's Authorization header wins over credentials in the URL, as on the
-            # lean client (aiohttp refuses to be given both).
-            url = url.replace(credentials + "@", "", 1)
-        return session.get(
-            url,
-            params=params,
-            allow_redirects=False,
-            headers=headers,
-            timeout=self._timeout(max_time),
-        )
-
-    def _headers(self, same_origin: bool) -> dict[str, str]:
-        """The request headers of shardload's own aiohttp session. A caller's Authorization,
-        Cookie and Host are for the origin asked for, not for a redirect elsewhere (as curl)."""
-        rs = self.request_strategy
-        headers = {"User-Agent": rs.user_agent, **rs.headers}
-        if same_origin:
-            return headers
-        return {k: v for k, v in headers.items() if k.lower() not in ORIGIN_ONLY}
-
-    def _timeout(self, max_time: float | None) -> aiohttp.ClientTimeout:
-        import aiohttp  # noqa: PLC0415  (see the import at the top)
-
-        rs = self.request_strategy
-        return aiohttp.ClientTimeout(
-            total=max_time, sock_connect=_connect_timeout(rs), connect=None, sock_read=rs.timeout
-        )
-
     def _slot(self, host_key: str) -> HostSlot:
         slot = self._hosts.get(host_key)
         if slot is None:
@@ -282,9 +179,6 @@ class AioDownload:
             self._worker_sem = asyncio.Semaphore(max(1, self._worker_limit()))
         return self._worker_sem
 
-    def _worker_limit(self) -> int:
-        return min(self.request_strategy.worker_concurrent, _descriptor_budget())
-
     async def main(self, bundle: Bundle) -> Bundle:
         """Download one bundle to its file, retrying as the request strategy says."""
         started = time.monotonic()
@@ -313,7 +207,7 @@ class AioDownload:
             return
         path = bundle.file_path
         # UrlParts leave the credentials out; a request with them is another request.
-        request = (parts, _credentials(bundle.url))
+        request = (parts, credentials_of(bundle.url))
         while (twin := self._inflight.get(path)) is not None:
             fetching, download = twin
             try:
@@ -473,7 +367,7 @@ class AioDownload:
                         if len(body) >= _ROBOTS_MAX_BYTES:
                             break
                     return rules_from_response(
-                        response.status, bytes(body[:_ROBOTS_MAX_BYTES]), _user_agent(rs)
+                        response.status, bytes(body[:_ROBOTS_MAX_BYTES]), effective_user_agent(rs)
                     )
             return ALLOW_ALL  # a redirect loop: robots.txt unavailable (RFC 9309)
         except asyncio.CancelledError:
@@ -563,14 +457,14 @@ class AioDownload:
                         here.record(step.status, step.error_kind, step.retry_after, url)
                     else:
                         here.record(bundle.status, None, None, url)
-                if not isinstance(step, _Redirect):
+                if not isinstance(step, Redirect):
                     return step
                 if hop >= rs.max_redirects:
                     break
                 if time_left is not None:
                     time_left -= time.monotonic() - started
                     if time_left <= 0:
-                        return _failure(bundle, ErrorKind.TIMEOUT, _over_time(rs))
+                        return _failure(bundle, ErrorKind.TIMEOUT, over_time(rs))
                 try:
                     url, parts = redirect_target(url, step.location)
                 except DownloadFailed as exc:
@@ -598,98 +492,15 @@ class AioDownload:
             f"too many redirects (max_redirects={rs.max_redirects}), last to {redact(url)}",
         )
 
-    async def _exchange(
-        self,
-        bundle: Bundle,
-        url: str,
-        parts: UrlParts,
-        params: Any,
-        same_origin: bool,
-        max_time: float | None,
-    ) -> Outcome | _Redirect | None:
-        """One request: a redirect to follow, or the response checked and its body written
-        (None), or what went wrong."""
-        rs = self.request_strategy
-        status: int | None = None
-        headers: Mapping[str, str] = {}
-        # aiohttp applies max_time itself (ClientTimeout.total); the lean client does not.
-        limit = asyncio.timeout(max_time) if max_time and self._owns_requests() else None
-        try:
-            async with (
-                limit or _NO_LIMIT,
-                self._request(url, parts, params, same_origin, max_time) as response,
-            ):
-                status = bundle.status = response.status
-                headers = response.headers
-                if (
-                    status in REDIRECT_STATUSES
-                    and (location := headers.get("Location")) is not None
-                ):
-                    return _Redirect(location)
-                try:
-                    rs.assert_response(response)
-                except AssertionError as exc:
-                    return Outcome(
-                        error_kind=ErrorKind.HTTP,
-                        message=str(exc) or f"HTTP {status}",
-                        status=status,
-                        headers=_plain(headers),
-                        retry_after=parse_retry_after(headers.get("Retry-After"), time.time()),
-                        attempt=bundle.attempts,
-                    )
-                token = speed_guard.set(
-                    SpeedGuard(rs.low_speed_limit, rs.low_speed_time)
-                    if rs.low_speed_limit
-                    else None
-                )
-                try:
-                    await self.download_strategy.on_success(response, bundle)
-                finally:
-                    speed_guard.reset(token)
-                return None
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            kind, message = classify(exc, url)
-            if limit is not None:
-                over_time = limit.expired()
-            else:
-                # aiohttp's max_time raises a bare TimeoutError; its connect and read timeouts
-                # raise subclasses of it, with messages of their own.
-                over_time = bool(max_time) and type(exc) is TimeoutError
-            if over_time:
-                message = _over_time(rs)
-            return Outcome(
-                error_kind=kind,
-                message=message,
-                status=status,
-                headers=_plain(headers),
-                attempt=bundle.attempts,
-            )
-
-
-@dataclass(frozen=True, slots=True)
-class _Redirect:
-    """A response that sends the request elsewhere: the engine's next hop."""
-
-    location: str
-
 
 def _failure(bundle: Bundle, kind: ErrorKind, message: str) -> Outcome:
     return Outcome(error_kind=kind, message=message, status=bundle.status, attempt=bundle.attempts)
-
-
-def _over_time(rs: RequestStrategy) -> str:
-    return f"attempt exceeded max_time ({rs.max_time:g} s)"
 
 
 def _skip(bundle: Bundle, message: str) -> None:
     bundle.state = SKIPPED
     bundle.error_kind = ErrorKind.ROBOTS
     bundle.error_message = message
-
-
-_NO_LIMIT = contextlib.nullcontext()
 
 
 async def _close_at_loop_end(
@@ -706,49 +517,9 @@ async def _close_at_loop_end(
             await engine.close()
 
 
-def _user_agent(rs: RequestStrategy) -> str:
-    """The User-Agent the requests carry: a ``User-Agent`` in ``headers`` wins, as it does on
-    the wire, so robots.txt is read for the agent the host sees."""
-    return next((v for k, v in rs.headers.items() if k.lower() == "user-agent"), rs.user_agent)
-
-
-def _credentials(url: str) -> str:
-    """The userinfo of ``url`` ("" for none)."""
-    if "@" not in url:
-        return ""
-    authority = url.partition("//")[2]
-    for end in "/?#":
-        authority = authority.partition(end)[0]
-    return authority.rpartition("@")[0]
-
-
 def _cancelling() -> bool:
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
-
-
-def _connect_timeout(rs: RequestStrategy) -> float | None:
-    return rs.connect_timeout if rs.connect_timeout is not None else rs.timeout
-
-
-def _descriptor_budget() -> int:
-    """Requests this process can hold open at once: each needs a socket and a temporary file,
-    and the process keeps some descriptors of its own (pipes, the event loop, libraries)."""
-    try:
-        import resource  # noqa: PLC0415  (POSIX only)
-    except ImportError:
-        return 1 << 30
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return 1 << 30
-    return max(1, (soft - _RESERVED_DESCRIPTORS) // 2)
-
-
-_RESERVED_DESCRIPTORS = 32
-
-
-def _plain(headers: Mapping[str, str]) -> dict[str, str]:
-    return {str(k): str(v) for k, v in headers.items()}
 
 
 def describe(engine: AioDownload) -> dict[str, Any]:

@@ -1,0 +1,275 @@
+"""One HTTP exchange: the engine's clients, one request, its response checked and written.
+
+``Exchange`` is the base class of ``AioDownload``: the request side, apart from the engine's
+politeness, retries and bookkeeping.
+
+Invariants:
+- the HTTP client (the lean one, or an aiohttp session when a request is not shardload's own:
+  see ``_owns_requests``) is created lazily inside the running loop; a session passed as
+  ``client`` belongs to the caller and is never closed by shardload;
+- one exchange is one request: a redirect comes back as a ``Redirect`` for the engine to
+  follow hop by hop, under each hop's host slot (a caller's session follows them itself);
+- a caller's origin-only headers (Authorization, Cookie, Host) and URL credentials go to the
+  origin asked for only; an Authorization header wins over credentials in the URL;
+- every failure comes back as an ``Outcome`` with its error kind (``failures.classify``);
+  only cancellation propagates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..backoff import parse_retry_after
+from ..bundle import Bundle
+from ..errors import ErrorKind
+from ..strategy import DownloadStrategy, Outcome, RequestStrategy
+from ..urls import UrlParts
+from .failures import classify
+from .files import READ_SIZE, SpeedGuard, speed_guard
+from .http import ORIGIN_ONLY, REDIRECT_STATUSES, LeanClient
+
+if TYPE_CHECKING:
+    # Imported where a session is made: a worker on the lean client never pays aiohttp's
+    # import (~0.2 s per spawned process).
+    import aiohttp
+
+
+class Exchange:
+    """Makes the requests of ``AioDownload``; see the module's invariants."""
+
+    client: aiohttp.ClientSession | None
+    download_strategy: DownloadStrategy
+    request_strategy: RequestStrategy
+    _session: aiohttp.ClientSession | None
+    _lean: LeanClient | None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            import aiohttp  # noqa: PLC0415  (see the import at the top)
+
+            rs = self.request_strategy
+            connector = aiohttp.TCPConnector(
+                limit=max(1, self._worker_limit()),  # the descriptor budget, as the lean pool
+                limit_per_host=0,
+                ttl_dns_cache=rs.dns_ttl,
+                enable_cleanup_closed=False,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                read_bufsize=READ_SIZE,
+                timeout=self._timeout(rs.max_time),
+                trust_env=False,
+            )
+        return self._session
+
+    def _owns_requests(self) -> bool:
+        """Whether every step of a request is shardload's own, so the lean client may make it.
+
+        A caller's session, or an overridden ``on_success``/``assert_response`` (written against
+        aiohttp's response), keeps the request on aiohttp.
+        """
+        return (
+            self.client is None
+            and type(self.download_strategy).on_success is DownloadStrategy.on_success
+            and type(self.request_strategy).assert_response is RequestStrategy.assert_response
+        )
+
+    def _get_lean(self) -> LeanClient:
+        if self._lean is None:
+            rs = self.request_strategy
+            self._lean = LeanClient(
+                limit=self._worker_limit(),
+                headers={"User-Agent": rs.user_agent, **rs.headers},
+                connect_timeout=_connect_timeout(rs),
+                read_timeout=rs.timeout,
+                dns_ttl=rs.dns_ttl,
+            )
+        return self._lean
+
+    def _request(
+        self,
+        url: str,
+        parts: UrlParts,
+        params: Any = None,
+        same_origin: bool = True,
+        max_time: float | None = None,
+    ) -> Any:
+        """``async with`` this for the response of one GET. Redirects come back as responses
+        (the engine follows them hop by hop), except on a caller's own session."""
+        if self._owns_requests():
+            return self._get_lean().get(parts, url, same_origin)
+        rs = self.request_strategy
+        session = self._get_session()
+        if session is self.client:
+            # A caller's session follows redirects itself: its own default headers (say an
+            # Authorization) could not be kept from another origin otherwise. aiohttp fails on
+            # the max_redirects-th redirect; shardload follows that many (as curl).
+            return session.get(
+                url,
+                params=params,
+                allow_redirects=rs.max_redirects > 0,
+                max_redirects=rs.max_redirects + 1,
+                timeout=self._timeout(max_time),  # over the session's own timeout too
+            )
+        headers = self._headers(same_origin)
+        credentials = credentials_of(url)
+        if credentials and any(k.lower() == "authorization" for k in headers):
+            # The caller's Authorization header wins over credentials in the URL, as on the
+            # lean client (aiohttp refuses to be given both).
+            url = url.replace(credentials + "@", "", 1)
+        return session.get(
+            url,
+            params=params,
+            allow_redirects=False,
+            headers=headers,
+            timeout=self._timeout(max_time),
+        )
+
+    def _headers(self, same_origin: bool) -> dict[str, str]:
+        """The request headers of shardload's own aiohttp session. A caller's Authorization,
+        Cookie and Host are for the origin asked for, not for a redirect elsewhere (as curl)."""
+        rs = self.request_strategy
+        headers = {"User-Agent": rs.user_agent, **rs.headers}
+        if same_origin:
+            return headers
+        return {k: v for k, v in headers.items() if k.lower() not in ORIGIN_ONLY}
+
+    def _timeout(self, max_time: float | None) -> aiohttp.ClientTimeout:
+        import aiohttp  # noqa: PLC0415  (see the import at the top)
+
+        rs = self.request_strategy
+        return aiohttp.ClientTimeout(
+            total=max_time, sock_connect=_connect_timeout(rs), connect=None, sock_read=rs.timeout
+        )
+
+    def _worker_limit(self) -> int:
+        return min(self.request_strategy.worker_concurrent, _descriptor_budget())
+
+    async def _exchange(
+        self,
+        bundle: Bundle,
+        url: str,
+        parts: UrlParts,
+        params: Any,
+        same_origin: bool,
+        max_time: float | None,
+    ) -> Outcome | Redirect | None:
+        """One request: a redirect to follow, or the response checked and its body written
+        (None), or what went wrong."""
+        rs = self.request_strategy
+        status: int | None = None
+        headers: Mapping[str, str] = {}
+        # aiohttp applies max_time itself (ClientTimeout.total); the lean client does not.
+        limit = asyncio.timeout(max_time) if max_time and self._owns_requests() else None
+        try:
+            async with (
+                limit or _NO_LIMIT,
+                self._request(url, parts, params, same_origin, max_time) as response,
+            ):
+                status = bundle.status = response.status
+                headers = response.headers
+                if (
+                    status in REDIRECT_STATUSES
+                    and (location := headers.get("Location")) is not None
+                ):
+                    return Redirect(location)
+                try:
+                    rs.assert_response(response)
+                except AssertionError as exc:
+                    return Outcome(
+                        error_kind=ErrorKind.HTTP,
+                        message=str(exc) or f"HTTP {status}",
+                        status=status,
+                        headers=_plain(headers),
+                        retry_after=parse_retry_after(headers.get("Retry-After"), time.time()),
+                        attempt=bundle.attempts,
+                    )
+                token = speed_guard.set(
+                    SpeedGuard(rs.low_speed_limit, rs.low_speed_time)
+                    if rs.low_speed_limit
+                    else None
+                )
+                try:
+                    await self.download_strategy.on_success(response, bundle)
+                finally:
+                    speed_guard.reset(token)
+                return None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            kind, message = classify(exc, url)
+            if limit is not None:
+                expired = limit.expired()
+            else:
+                # aiohttp's max_time raises a bare TimeoutError; its connect and read timeouts
+                # raise subclasses of it, with messages of their own.
+                expired = bool(max_time) and type(exc) is TimeoutError
+            if expired:
+                message = over_time(rs)
+            return Outcome(
+                error_kind=kind,
+                message=message,
+                status=status,
+                headers=_plain(headers),
+                attempt=bundle.attempts,
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """A response that sends the request elsewhere: the engine's next hop."""
+
+    location: str
+
+
+def over_time(rs: RequestStrategy) -> str:
+    return f"attempt exceeded max_time ({rs.max_time:g} s)"
+
+
+_NO_LIMIT = contextlib.nullcontext()
+
+
+def effective_user_agent(rs: RequestStrategy) -> str:
+    """The User-Agent the requests carry: a ``User-Agent`` in ``headers`` wins, as it does on
+    the wire, so robots.txt is read for the agent the host sees."""
+    return next((v for k, v in rs.headers.items() if k.lower() == "user-agent"), rs.user_agent)
+
+
+def credentials_of(url: str) -> str:
+    """The userinfo of ``url`` ("" for none)."""
+    if "@" not in url:
+        return ""
+    authority = url.partition("//")[2]
+    for end in "/?#":
+        authority = authority.partition(end)[0]
+    return authority.rpartition("@")[0]
+
+
+def _connect_timeout(rs: RequestStrategy) -> float | None:
+    return rs.connect_timeout if rs.connect_timeout is not None else rs.timeout
+
+
+def _descriptor_budget() -> int:
+    """Requests this process can hold open at once: each needs a socket and a temporary file,
+    and the process keeps some descriptors of its own (pipes, the event loop, libraries)."""
+    try:
+        import resource  # noqa: PLC0415  (POSIX only)
+    except ImportError:
+        return 1 << 30
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    return max(1, (soft - _RESERVED_DESCRIPTORS) // 2)
+
+
+_RESERVED_DESCRIPTORS = 32
+
+
+def _plain(headers: Mapping[str, str]) -> dict[str, str]:
+    return {str(k): str(v) for k, v in headers.items()}
