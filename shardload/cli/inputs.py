@@ -8,6 +8,7 @@ run. Reading is line by line, so a 10-million-line input streams in constant mem
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
@@ -21,7 +22,7 @@ from typing import Any, BinaryIO
 
 from shardload.errors import DownloadFailed
 from shardload.paths import url_to_relpath
-from shardload.urls import split_url
+from shardload.urls import host_key, split_url
 
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_LINE_BYTES = 1 << 20  # a longer line is reported as bad, never held in memory whole
@@ -251,6 +252,28 @@ def open_input(spec: str, stdin: BinaryIO | None = None) -> Iterator[BinaryIO]:
     finally:
         if owned:
             raw.close()
+
+
+def count_hosts(spec: str, up_to_bytes: int = 1 << 20, up_to_items: int = 50_000) -> int | None:
+    """How many distinct hosts the URLs of the input at ``spec`` name; ``None`` unless it is a
+    regular file of at most ``up_to_bytes`` with at most ``up_to_items`` items (reading ahead
+    must stay cheap, and must not steal a pipe's lines). The CLI starts no more workers than
+    that: a list on one host needs one, whatever the core count."""
+    try:
+        info = os.stat(spec)
+    except OSError:
+        return None
+    if not stat.S_ISREG(info.st_mode) or info.st_size > up_to_bytes:
+        return None
+    hosts: set[str] = set()
+    with open_input(spec) as stream:
+        for n, parsed in enumerate(iter_parsed(stream)):
+            if n >= up_to_items:
+                return None
+            if isinstance(parsed, InputItem):
+                with contextlib.suppress(DownloadFailed):
+                    hosts.add(host_key(parsed.url))
+    return len(hosts)
 
 
 def count_items(spec: str) -> int | None:

@@ -22,7 +22,14 @@ from typing import Any, BinaryIO, TextIO
 
 import shardload
 from shardload.bundle import Bundle
-from shardload.cli.inputs import BadLine, InputItem, count_items, iter_parsed, open_input
+from shardload.cli.inputs import (
+    BadLine,
+    InputItem,
+    count_hosts,
+    count_items,
+    iter_parsed,
+    open_input,
+)
 from shardload.cli.manifest import Action, ManifestWriter, Prior, decide, load_priors
 from shardload.cli.options import build_parser, make_download, run_options
 from shardload.cli.progress import Progress, choose_mode, have_tqdm, make_progress
@@ -35,6 +42,7 @@ from shardload.cli.summary import (
     format_summary,
 )
 from shardload.errors import ConfigurationError, ShardloadError
+from shardload.plan import RunOptions
 from shardload.worker.files import find_complete
 
 
@@ -288,6 +296,18 @@ def _own_files_problem(args: argparse.Namespace, stdin: BinaryIO | None) -> str 
     return None
 
 
+def _options(args: argparse.Namespace) -> RunOptions:
+    """``run_options``, with no more local workers than the input has hosts, when a small
+    input file tells (the library cannot: the CLI hands it a stream of items)."""
+    options = run_options(args)
+    wanted = args.processes
+    if wanted > 1 and args.backend == "local" and not options.get("split_hosts"):
+        hosts = count_hosts(args.input) if args.input != "-" else None
+        if hosts is not None:
+            options["processes"] = max(1, min(wanted, hosts))
+    return options
+
+
 def _crawl(
     args: argparse.Namespace,
     stream: BinaryIO,
@@ -319,7 +339,7 @@ def _crawl(
     signals.install()
     try:
         items = _items(stream, priors, args.retry_transient, rec, args.output, reserved)
-        results = shardload.each(items, download=download, **run_options(args))
+        results = shardload.each(items, download=download, **_options(args))
         for bundle in results:
             rec.record(bundle.to_record())
     except KeyboardInterrupt:

@@ -402,9 +402,9 @@ def test_robots_is_read_for_the_user_agent_a_header_sets(
 
 
 def test_too_many_processes_is_one_clear_error(server: LocalServer, tmp_path: Path) -> None:
-    src = tmp_path / "in.txt"
-    src.write_text(f"{server.base_urls[0]}/links/1\n")
-    result = run_cli(src, "-o", tmp_path / "out", "-q", "-p", "100000", timeout=120)
+    # From stdin: a small file's hosts would cap the workers at one.
+    url = f"{server.base_urls[0]}/links/1\n".encode()
+    result = run_cli("-", "-o", tmp_path / "out", "-q", "-p", "100000", stdin=url, timeout=120)
     assert result.returncode == 2, result.stderr.decode()[-2000:]
     assert b"Traceback" not in result.stderr
     assert b"cannot start 100000 worker processes" in result.stderr

@@ -234,3 +234,17 @@ def test_a_line_of_unicode_whitespace_gets_a_record() -> None:
     for line in ("\xa0", "\x1c", "\u2003"):
         item = parse_line(line, 1)
         assert isinstance(item, InputItem) and item.url == line
+
+
+def test_count_hosts_reads_only_small_regular_files(tmp_path: Path) -> None:
+    lines = 'http://a/1\nhttp://A/2\nhttp://b:8080/x\n{"url": "http://c/y"}\nnope\n# c\n'
+    plain = tmp_path / "u.txt"
+    plain.write_text(lines)
+    packed = tmp_path / "u.txt.gz"
+    packed.write_bytes(gzip.compress(lines.encode()))
+    assert inputs.count_hosts(str(plain)) == 3
+    assert inputs.count_hosts(str(packed)) == 3
+    assert inputs.count_hosts(str(plain), up_to_bytes=10) is None
+    assert inputs.count_hosts(str(plain), up_to_items=2) is None
+    assert inputs.count_hosts(str(tmp_path / "missing")) is None
+    assert inputs.count_hosts(str(tmp_path)) is None

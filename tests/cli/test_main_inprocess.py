@@ -44,6 +44,7 @@ class FakeLibrary:
 
     def each(self, items: Iterable[Any], **options: Any) -> Iterator[Bundle]:
         assert options["processes"] >= 1
+        self.options = options
         try:
             for n, item in enumerate(items):
                 if n == self.interrupt_after:
@@ -202,3 +203,17 @@ def test_ctrl_c_while_the_command_imports_exits_130_without_a_traceback(monkeypa
     assert shardload.cli.run() == 130
     err = capsys.readouterr().err
     assert err.strip() == "shardload: interrupted"
+
+
+def test_no_more_workers_than_a_small_input_file_has_hosts(
+    fake: FakeLibrary, tmp_path: Path
+) -> None:
+    src = tmp_path / "urls.txt"
+    src.write_text("http://a/ok/1\nhttp://a/ok/2\nhttp://b:81/ok/3\nnot a url\n")
+    out = str(tmp_path / "out")
+    main([str(src), "-o", out, "-p", "8", "--progress", "none"])
+    assert fake.options["processes"] == 2
+    main(["-", "-o", out, "-p", "8", "--progress", "none"], stdin=io.BytesIO(src.read_bytes()))
+    assert fake.options["processes"] == 8  # a stream cannot be read ahead
+    main([str(src), "-o", out, "-p", "8", "--progress", "none", "--split-host", "a=4"])
+    assert fake.options["processes"] == 8  # a split host's shards are the library's to count
