@@ -105,3 +105,15 @@ def test_ray_is_not_imported_by_default():
     code = "import shardload, sys; print('ray' in sys.modules)"
     out = os.popen(f'{sys.executable} -c "{code}"').read().strip()
     assert out == "False"
+
+
+def test_a_cluster_that_cannot_be_reached_is_a_clear_error(monkeypatch):
+    from shardload.executors import ray as backend
+
+    def refused(**options):
+        raise ConnectionError(f"no cluster at {options['address']}")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refused)
+    with pytest.raises(ConfigurationError, match="cannot start or reach the Ray cluster at"):
+        backend.ensure_ray("ray://127.0.0.9:1")

@@ -253,6 +253,8 @@ def _usage_error(stderr: TextIO, message: str) -> int:
 def run(args: argparse.Namespace, *, stdin: BinaryIO | None, stderr: TextIO) -> int:
     """Set up (usage errors exit 2 before anything runs), then crawl."""
     args.manifest = args.manifest or os.path.join(args.output, "manifest.jsonl")
+    if args.ray_address and args.backend != "ray":
+        return _usage_error(stderr, "--ray-address needs --backend ray")
     problem = _own_files_problem(args, stdin)
     if problem is not None:
         return _usage_error(stderr, problem)

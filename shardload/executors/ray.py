@@ -43,7 +43,11 @@ def ensure_ray(address: str | None) -> Any:
     """Ray, initialised: the caller's cluster if already initialised, else ``address``."""
     ray = import_ray()
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        except Exception as exc:  # a bad address, a missing ray[client]: the caller's to fix
+            where = f"the Ray cluster at {address!r}" if address else "a local Ray cluster"
+            raise ConfigurationError(f"cannot start or reach {where}: {exc}") from exc
     return ray
 
 

@@ -252,3 +252,13 @@ def test_run_options_mapping() -> None:
         "ray_address": "ray://head:10001",
     }
     assert run_options(build_parser().parse_args(["u"]))["split_hosts"] is None
+
+
+def test_a_ray_address_without_the_ray_backend_is_a_usage_error(
+    tmp_path: Path, capsys: Any
+) -> None:
+    src = tmp_path / "in.txt"
+    src.write_text("http://127.0.0.1:9/x\n")
+    argv = [str(src), "-o", str(tmp_path / "out"), "--ray-address", "ray://h:10001"]
+    assert main(argv) == 2
+    assert "--ray-address needs --backend ray" in capsys.readouterr().err
