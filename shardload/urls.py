@@ -74,6 +74,15 @@ def redact(url: str) -> str:
         return "<unprintable url>"
 
 
+def userinfo(url: str) -> str:
+    """The ``user:password`` part of ``url`` ("" for none), found as ``redact`` finds it.
+    ``UrlParts`` leave it out; a request with credentials is still another request."""
+    if "@" not in url:
+        return ""
+    match = _AUTHORITY.match(url)
+    return "" if match is None else match.group(1).rpartition("@")[0]
+
+
 def _shown(url: str) -> str:
     """``redact(url)``, cut to a readable length, with unprintable characters escaped."""
     text = redact(url)

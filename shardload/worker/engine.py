@@ -30,15 +30,15 @@ from ..bundle import CACHED, SKIPPED, WRITTEN, Bundle, apply_result, to_result
 from ..errors import NEVER_RETRY_KINDS, DownloadFailed, ErrorKind
 from ..robots import ALLOW_ALL, RobotRules, rules_from_response
 from ..strategy import DownloadStrategy, Outcome, RequestStrategy
-from ..urls import UrlParts, redact, redirect_target, split_url
-from .exchange import Exchange, Redirect, credentials_of, effective_user_agent, over_time
+from ..urls import UrlParts, redact, redirect_target, split_url, userinfo
+from .exchange import Exchange, Redirect, effective_user_agent, over_time
 from .files import (
     READ_SIZE,
     check_target,
     find_complete,
     forget_directories,
 )
-from .hosts import CLOSED, HostSlot
+from .hosts import HostSlot
 from .http import REDIRECT_STATUSES, LeanClient
 
 if TYPE_CHECKING:
@@ -207,7 +207,7 @@ class AioDownload(Exchange):
             return
         path = bundle.file_path
         # UrlParts leave the credentials out; a request with them is another request.
-        request = (parts, credentials_of(bundle.url))
+        request = (parts, userinfo(bundle.url))
         while (twin := self._inflight.get(path)) is not None:
             fetching, download = twin
             try:
@@ -351,7 +351,7 @@ class AioDownload(Exchange):
         target = split_url(url)
         rs = self.request_strategy
         worker = self._worker_slots()
-        await slot.enter(worker)
+        await slot.enter(worker, breaker=False)  # the rules are wanted even while it is open
         try:
             for _ in range(_ROBOTS_MAX_HOPS + 1):
                 same_origin = asked and (target.scheme, target.host_key) == origin
@@ -396,18 +396,16 @@ class AioDownload(Exchange):
         """One attempt through a subclass's ``request_and_download`` (aiodownload's main
         called it for every attempt), under the host's slot; its final state is the outcome."""
         worker = self._worker_slots()
-        refused = await slot.admit() if slot.breaker != CLOSED else None
-        if refused is None:
-            await slot.enter(worker)
-            try:
-                before = bundle.attempts
-                await self.request_and_download(bundle)
-                if bundle.attempts == before:  # an override that made its own request
-                    bundle.attempts += 1
-            finally:
-                slot.leave(worker)
+        refused = await slot.enter(worker)
         if refused is not None:
             return Outcome(ErrorKind.BREAKER_OPEN, refused, attempt=bundle.attempts)
+        try:
+            before = bundle.attempts
+            await self.request_and_download(bundle)
+            if bundle.attempts == before:  # an override that made its own request
+                bundle.attempts += 1
+        finally:
+            slot.leave(worker)
         if bundle.state == WRITTEN:
             slot.record(bundle.status, None, None, bundle.url)
             return None
@@ -434,15 +432,8 @@ class AioDownload(Exchange):
         worker = self._worker_slots()
         try:
             for hop in range(max(0, rs.max_redirects) + 1):
-                if here is not None:
-                    refused = await here.admit() if here.breaker != CLOSED else None
-                    if refused is None:
-                        await here.enter(worker)
-                        # The breaker may have opened while this request waited for its turn.
-                        if here.breaker != CLOSED and (refused := here.open_reason()) is not None:
-                            here.leave(worker)
-                    if refused is not None:
-                        return Outcome(ErrorKind.BREAKER_OPEN, refused, attempt=bundle.attempts)
+                if here is not None and (refused := await here.enter(worker)) is not None:
+                    return Outcome(ErrorKind.BREAKER_OPEN, refused, attempt=bundle.attempts)
                 if hop == 0:
                     bundle.attempts += 1
                 if time_left is not None:

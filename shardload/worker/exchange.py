@@ -28,7 +28,7 @@ from ..backoff import parse_retry_after
 from ..bundle import Bundle
 from ..errors import ErrorKind
 from ..strategy import DownloadStrategy, Outcome, RequestStrategy
-from ..urls import UrlParts
+from ..urls import UrlParts, userinfo
 from .failures import classify
 from .files import READ_SIZE, SpeedGuard, speed_guard
 from .http import ORIGIN_ONLY, REDIRECT_STATUSES, LeanClient
@@ -85,7 +85,7 @@ class Exchange:
             rs = self.request_strategy
             self._lean = LeanClient(
                 limit=self._worker_limit(),
-                headers={"User-Agent": rs.user_agent, **rs.headers},
+                headers=request_headers(rs),
                 connect_timeout=_connect_timeout(rs),
                 read_timeout=rs.timeout,
                 dns_ttl=rs.dns_ttl,
@@ -118,7 +118,7 @@ class Exchange:
                 timeout=self._timeout(max_time),  # over the session's own timeout too
             )
         headers = self._headers(same_origin)
-        credentials = credentials_of(url)
+        credentials = userinfo(url)
         if credentials and any(k.lower() == "authorization" for k in headers):
             # The caller's Authorization header wins over credentials in the URL, as on the
             # lean client (aiohttp refuses to be given both).
@@ -134,8 +134,7 @@ class Exchange:
     def _headers(self, same_origin: bool) -> dict[str, str]:
         """The request headers of shardload's own aiohttp session. A caller's Authorization,
         Cookie and Host are for the origin asked for, not for a redirect elsewhere (as curl)."""
-        rs = self.request_strategy
-        headers = {"User-Agent": rs.user_agent, **rs.headers}
+        headers = request_headers(self.request_strategy)
         if same_origin:
             return headers
         return {k: v for k, v in headers.items() if k.lower() not in ORIGIN_ONLY}
@@ -235,20 +234,18 @@ def over_time(rs: RequestStrategy) -> str:
 _NO_LIMIT = contextlib.nullcontext()
 
 
+def request_headers(rs: RequestStrategy) -> dict[str, str]:
+    """The caller's headers every request carries, with ``user_agent`` unless they name a
+    User-Agent themselves (in any case: one header, never two)."""
+    if any(name.lower() == "user-agent" for name in rs.headers):
+        return dict(rs.headers)
+    return {"User-Agent": rs.user_agent, **rs.headers}
+
+
 def effective_user_agent(rs: RequestStrategy) -> str:
     """The User-Agent the requests carry: a ``User-Agent`` in ``headers`` wins, as it does on
     the wire, so robots.txt is read for the agent the host sees."""
     return next((v for k, v in rs.headers.items() if k.lower() == "user-agent"), rs.user_agent)
-
-
-def credentials_of(url: str) -> str:
-    """The userinfo of ``url`` ("" for none)."""
-    if "@" not in url:
-        return ""
-    authority = url.partition("//")[2]
-    for end in "/?#":
-        authority = authority.partition(end)[0]
-    return authority.rpartition("@")[0]
 
 
 def _connect_timeout(rs: RequestStrategy) -> float | None:

@@ -100,11 +100,18 @@ class HostSlot:
                 self.in_flight += 1
                 waiter.set_result(None)
 
-    async def enter(self, worker: asyncio.Semaphore) -> None:
+    async def enter(self, worker: asyncio.Semaphore, *, breaker: bool = True) -> str | None:
         """Wait for this host's next start, then for a worker-wide slot; ``leave`` frees both.
+        With ``breaker`` (every request but the robots.txt fetch), an open breaker enters
+        nothing and says why the request must fail fast instead, also when it opened while
+        this request waited for its turn.
 
         Plain methods rather than a context manager: this runs once per request.
         """
+        if breaker and self.breaker != CLOSED:
+            refused = await self.admit()
+            if refused is not None:
+                return refused
         await self._acquire()
         try:
             await self._wait_start()
@@ -112,6 +119,10 @@ class HostSlot:
         except BaseException:
             self._release()
             raise
+        if breaker and self.breaker != CLOSED and (refused := self.open_reason()) is not None:
+            self.leave(worker)
+            return refused
+        return None
 
     def leave(self, worker: asyncio.Semaphore) -> None:
         worker.release()
