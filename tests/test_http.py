@@ -23,6 +23,7 @@ import shardload
 from shardload import AioDownload, DownloadStrategy, ErrorKind, RequestStrategy
 from shardload.testing.server import body_for
 from shardload.urls import split_url
+from shardload.worker import exchange
 from shardload.worker.http import LeanClient, request_target
 from shardload.worker.http.connection import Connection
 from shardload.worker.http.response import HIGH_WATER
@@ -759,3 +760,104 @@ def test_an_authorization_header_wins_over_credentials_in_the_url(srv, home, cli
     assert b.ok, b.error_message
     with open(b.file_path) as f:
         assert json.load(f)["headers"]["Authorization"] == "Bearer t0k"
+
+
+def test_a_request_to_another_host_does_not_close_an_idle_connection(home):
+    """Three hosts, one request each at a time, two in flight in all: the next URL is for
+    another host than the one that just finished, and still each host needs one connection."""
+
+    def handler(conn, index):
+        while read_request(conn) is not None:
+            conn.sendall(ok(b"x" * 100))
+
+    servers = [RawServer(handler) for _ in range(3)]
+    try:
+        urls = [f"{servers[i % 3].url}/{i}" for i in range(24)]
+        download = make_download(home, RequestStrategy(concurrent=1, worker_concurrent=2))
+        bundles = shardload.swarm(urls, download=download)
+    finally:
+        for server in servers:
+            server.stop()
+    assert [b.state for b in bundles] == ["written"] * 24
+    assert [server.connections for server in servers] == [1, 1, 1]
+
+
+@pytest.mark.parametrize(
+    ("budget", "in_flight", "pool"), [(496, 64, 128), (496, 496, 496), (70, 64, 76), (4, 4, 4)]
+)
+def test_idle_connections_fit_in_the_descriptors_requests_leave(
+    monkeypatch, budget, in_flight, pool
+):
+    """A request in flight holds two descriptors (socket, temporary file), an idle one one."""
+    monkeypatch.setattr(exchange, "_descriptor_budget", lambda: budget)
+    assert exchange._pool_limit(in_flight) == pool
+
+
+_BIG = body_for(60_000)
+
+
+@pytest.mark.parametrize(
+    ("answer", "body", "connections"),
+    [
+        (ok(_BIG), _BIG, 1),
+        (ok(_BIG) + ok(b"stale"), _BIG, 2),
+        (b"HTTP/1.1 100 Continue\r\n\r\n" + ok(_BIG), _BIG, 1),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+            % (len(_BIG), _BIG),
+            _BIG,
+            1,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(gz := zlib.compress(_BIG, wbits=31)), gz),
+            _BIG,
+            1,
+        ),
+        (_head(30_000) + _BIG, _BIG[:30_000], 2),
+        (_head(90_000) + _BIG, None, 2),
+    ],
+    ids=["length", "stale-after", "interim", "chunked", "gzip", "longer-than-said", "cut"],
+)
+def test_a_large_body_in_the_read_of_its_headers(home, answer, body, connections):
+    """Headers and a large body in one send (the usual case for bodies of ~100 KiB): the part
+    past the headers skips httptools, and every way an answer can go on from there holds."""
+
+    def handler(conn, index):
+        while server.recorded(conn) is not None:
+            conn.sendall(answer)
+            if body is None:
+                return  # the connection closes before the declared length
+
+    with RawServer(handler) as server:
+        urls = [f"{server.url}/big/{i}" for i in range(2)]
+        bundles = shardload.swarm(urls, download=make_download(home, RequestStrategy(concurrent=1)))
+    assert server.connections == connections
+    if body is None:
+        assert [b.error_kind for b in bundles] == [ErrorKind.TRUNCATED] * 2
+        assert "got 60000 of 90000 bytes" in (bundles[0].error_message or "")
+        assert files_under(home) == set() and temp_files(home) == []
+    else:
+        assert [b.state for b in bundles] == ["written"] * 2, [b.error_message for b in bundles]
+        assert [open(b.file_path, "rb").read() for b in bundles] == [body, body]
+
+
+def test_a_body_read_with_its_headers_is_handed_on_without_a_copy():
+    def handler(conn, index):
+        while server.recorded(conn) is not None:
+            conn.sendall(ok(_BIG))
+
+    async def run(url: str) -> tuple[bytes, set[type]]:
+        client = _client()
+        kinds: set[type] = set()
+        body = bytearray()
+        async with client.get(split_url(url), url) as response:
+            async for piece in response.content.iter_chunked(1 << 20):
+                kinds.add(type(piece))
+                body += piece
+        await client.close()
+        return bytes(body), kinds
+
+    with RawServer(handler) as server:
+        body, kinds = asyncio.run(run(server.url + "/view"))
+    assert body == _BIG and memoryview in kinds

@@ -54,7 +54,8 @@ class Exchange:
 
             rs = self.request_strategy
             connector = aiohttp.TCPConnector(
-                limit=max(1, self._worker_limit()),  # the descriptor budget, as the lean pool
+                # Counts connections in use only (aiohttp keeps idle ones beside them).
+                limit=max(1, self._worker_limit()),
                 limit_per_host=0,
                 ttl_dns_cache=rs.dns_ttl,
                 enable_cleanup_closed=False,
@@ -84,7 +85,7 @@ class Exchange:
         if self._lean is None:
             rs = self.request_strategy
             self._lean = LeanClient(
-                limit=self._worker_limit(),
+                limit=_pool_limit(self._worker_limit()),
                 headers=request_headers(rs),
                 connect_timeout=_connect_timeout(rs),
                 read_timeout=rs.timeout,
@@ -266,6 +267,15 @@ def _descriptor_budget() -> int:
 
 
 _RESERVED_DESCRIPTORS = 32
+
+
+def _pool_limit(in_flight: int) -> int:
+    """Connections the lean pool keeps open: one per request in flight, and as many idle ones
+    again where descriptors allow. With no spare, the next request (often to another host than
+    the one that just finished) closed an idle connection to open its own: on 2,000 x 100 KiB
+    over 8 hosts, 500-1,200 connects instead of ~70, each a handshake the server pays too."""
+    spare = 2 * (_descriptor_budget() - in_flight)  # an idle connection needs one descriptor
+    return in_flight + max(0, min(in_flight, spare))
 
 
 def _plain(headers: Mapping[str, str]) -> dict[str, str]:

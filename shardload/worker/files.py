@@ -166,7 +166,7 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
         raise DownloadFailed(ErrorKind.TOO_LARGE, f"Content-Length {declared} > max {limit}")
     digest = hashlib.sha256() if strategy.sha256 else None
     size = 0
-    pending: list[bytes] = []
+    pending: list[bytes | memoryview] = []  # the lean client hands views (no copy)
     pending_size = 0
     tmp = _open_temp(home)
     try:
@@ -236,7 +236,7 @@ def _open_temp(home: str) -> _Temp:
         raise DownloadFailed(ErrorKind.DISK, f"cannot create a temporary file: {exc}") from exc
 
 
-def _write_and_hash(fd: int, chunks: list[bytes], digest: Any) -> None:
+def _write_and_hash(fd: int, chunks: list[bytes | memoryview], digest: Any) -> None:
     # Large bodies run this in a thread: hashlib and os.write both release the GIL.
     if digest is not None:
         for chunk in chunks:

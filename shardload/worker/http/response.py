@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 HIGH_WATER = 4 << 20  # buffered body bytes at which reading pauses
 _LOW_WATER = 1 << 20
 _DECODE_STEP = 1 << 20
+# A piece of a body: a view of the bytes read where slicing them off would copy (see connection).
+Piece = bytes | memoryview
 
 
 class LeanResponse:
@@ -30,7 +32,7 @@ class LeanResponse:
         self.reason = reason
         self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict(conn.header_list))
         self.content_length: int | None = conn.content_length
-        self._chunks: collections.deque[bytes] = collections.deque()
+        self._chunks: collections.deque[Piece] = collections.deque()
         self._buffered = 0
         self._complete = False
         self._error: DownloadFailed | None = None
@@ -42,7 +44,7 @@ class LeanResponse:
         return self
 
     # Fed by the connection.
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: Piece) -> None:
         self._chunks.append(data)
         self._buffered += len(data)
         if self._buffered > HIGH_WATER:
@@ -63,7 +65,7 @@ class LeanResponse:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def _next_raw(self) -> bytes | None:
+    async def _next_raw(self) -> Piece | None:
         """The next piece of the body as sent (still encoded), or None at its end."""
         while not self._chunks:
             if self._error is not None:
@@ -81,7 +83,7 @@ class LeanResponse:
             self._conn.resume()
         return data
 
-    async def iter_chunked(self, n: int) -> AsyncIterator[bytes]:
+    async def iter_chunked(self, n: int) -> AsyncIterator[Piece]:
         """The decoded body in pieces of at most ``n`` bytes."""
         decoder = _decoder(self.headers.get("Content-Encoding"))
         while (data := await self._next_raw()) is not None:
@@ -111,7 +113,7 @@ class _Decoder:
         self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS if gzip else zlib.MAX_WBITS)
         self._first = True
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: Piece) -> list[bytes]:
         try:
             return list(self._steps(data))
         except zlib.error as exc:
@@ -122,7 +124,7 @@ class _Decoder:
                 return self.feed(data)
             raise DownloadFailed(ErrorKind.PROTOCOL, f"cannot decode the body: {exc}") from exc
 
-    def _steps(self, data: bytes) -> Any:
+    def _steps(self, data: Piece) -> Any:
         while data:
             out = self._zlib.decompress(data, _DECODE_STEP)
             self._first = False
