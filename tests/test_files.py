@@ -9,6 +9,7 @@ import pytest
 import shardload
 from shardload import Bundle, DownloadStrategy, ErrorKind, RequestStrategy
 from shardload.testing.server import body_for
+from shardload.worker import files
 
 from .conftest import files_under, make_download, temp_files
 
@@ -240,3 +241,21 @@ def test_commit_under_a_root_home_walks_whole_directory_names(tmp_path, monkeypa
     assert files.commit(str(tmp), final, "/") == final
     assert made[0] == "/" + str(tmp_path).split(os.sep)[1]
     assert open(final, "rb").read() == b"x"
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_run_leaves_only_the_downloads_in_home(srv, home, processes):
+    """The temporary folder goes when the run ends, so home holds what was downloaded."""
+    urls = [f"{base}/links/{i}" for base in srv.base_urls[:2] for i in range(3)]
+    bundles = shardload.swarm(urls, download=make_download(home), processes=processes)
+    assert all(b.ok for b in bundles)
+    hosts = {os.path.relpath(b.file_path, home).split(os.sep)[0] for b in bundles}
+    assert sorted(os.listdir(home)) == sorted(hosts) and len(hosts) == 2
+
+
+def test_a_write_that_finds_the_temporary_folder_gone_makes_it_again(srv, home):
+    """As when another engine's runs on the same home ended, and removed the then empty
+    folder, after this one had made sure of it."""
+    files._verified.setdefault(files.absolute(home), set()).add(files.temp_dir(home))
+    (b,) = shardload.swarm([srv.base_urls[0] + "/links/2"], download=make_download(home))
+    assert b.ok, b.error_message

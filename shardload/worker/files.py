@@ -4,7 +4,7 @@ Invariants:
 - a body is streamed to a temporary file in ``<home>/.shardload-tmp/`` (same filesystem as
   the final path, so the final ``os.replace`` is atomic) named
   ``<node>-<pid>-<n>.part``, so the coordinator can remove what a killed worker left
-  behind by its node and pid;
+  behind by its node and pid; the folder is removed when an engine's runs end, if empty;
 - a file appears at its final path only when complete and verified: the whole body was read,
   the HTTP client checked it against Content-Length, and it fits ``max_bytes``;
 - a failed attempt removes its temporary file and never touches an earlier copy at the final path;
@@ -109,7 +109,12 @@ _verified: dict[str, set[str]] = {}
 
 
 def forget_directories(home: str) -> None:
+    """The end of an engine's runs: forget what was checked under home, and remove home's
+    temporary folder if it is empty (a run still writing elsewhere keeps it: rmdir refuses a
+    folder with files, and a run that finds it gone makes it again, see ``_open_temp``)."""
     _verified.pop(absolute(home), None)
+    with contextlib.suppress(OSError):
+        os.rmdir(temp_dir(home))
 
 
 def find_complete(path: str) -> tuple[str, int] | None:
@@ -217,9 +222,7 @@ def _open_temp(home: str) -> _Temp:
     try:
         verified = _verified.setdefault(absolute(home), set())
         if directory not in verified:
-            os.makedirs(directory, exist_ok=True)
-            if os.path.islink(directory):
-                raise DownloadFailed(ErrorKind.UNSAFE_PATH, f"{directory} is a symlink")
+            _make_temp_dir(directory)
             verified.add(directory)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         while True:
@@ -230,10 +233,20 @@ def _open_temp(home: str) -> _Temp:
                 return _Temp(os.open(path, flags, 0o644), path)
             except FileExistsError:
                 continue
+            except FileNotFoundError:
+                # Another engine's runs on this home ended and removed the empty folder.
+                _make_temp_dir(directory)
+                return _Temp(os.open(path, flags, 0o644), path)
     except DownloadFailed:
         raise
     except OSError as exc:
         raise DownloadFailed(ErrorKind.DISK, f"cannot create a temporary file: {exc}") from exc
+
+
+def _make_temp_dir(directory: str) -> None:
+    os.makedirs(directory, exist_ok=True)
+    if os.path.islink(directory):
+        raise DownloadFailed(ErrorKind.UNSAFE_PATH, f"{directory} is a symlink")
 
 
 def _write_and_hash(fd: int, chunks: list[bytes | memoryview], digest: Any) -> None:
