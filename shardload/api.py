@@ -1,9 +1,11 @@
 """one / swarm / each, and their async twins: the public entry points.
 
 ``each`` returns a ``Run`` (see ``shardload.run``); the async functions run the coordinator in
-the caller's own event loop. Closing an ``each()`` iterator early (break, exception, Ctrl-C)
-cancels the run: workers stop, temporary files are removed, nothing is left at a final path
-but complete files.
+the caller's own event loop. Closing an ``each()`` iterator early (leaving its ``with`` block,
+``close()``, a break out of ``for b in each(...)`` that drops it, an exception, Ctrl-C) cancels
+the run: workers stop, temporary files are removed, nothing is left at a final path but
+complete files. A run kept in a variable and no longer iterated is paused, not cancelled: it
+stops once a few thousand finished bundles wait for the caller, and goes on when iterated.
 
 Library rule (DESIGN rule 8): nothing here installs signal handlers, exits or prints.
 """

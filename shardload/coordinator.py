@@ -11,8 +11,9 @@ Invariants:
   for the last ``dedupe_window`` distinct requests (beyond that it is downloaded again). With
   ``dedupe=False`` (a strategy whose ``get_file_path`` may name one URL's files differently)
   only bundles with a preset path are matched so;
-- memory is bounded: at most ``waiting_cap`` jobs wait in flow control, at most ``shard_cap`` are
-  outstanding per shard, and the input thread reads at most ``read_ahead`` items ahead;
+- memory is bounded: at most ``waiting_cap`` jobs wait in flow control or behind a pending
+  request they repeat, at most ``shard_cap`` are outstanding per shard, and the input thread
+  reads at most ``read_ahead`` items ahead;
 - the loop never blocks on a worker, a host or the input: it only awaits ``wake``;
 - a crashed shard is restarted and its outstanding jobs resent, up to ``max_restarts`` times;
   after that, or when its restart fails, its jobs fail with ``worker_crash`` and the reason.
@@ -148,15 +149,26 @@ class _InputReader:
             self._cond.notify_all()
 
 
-def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None, run: object) -> Bundle:
+class RunMark:
+    """Marks the bundles one run holds, while it is live."""
+
+    __slots__ = ("live",)
+
+    def __init__(self) -> None:
+        self.live = True
+
+
+def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None, run: RunMark) -> Bundle:
     """Turn one input item into a fresh bundle; an item that cannot be used gives a failed one.
 
-    A caller's bundle is reset and used in place, except one still pending in this same
-    ``run`` (the same object twice in the input): that one gets a copy, so each item has its own.
+    A caller's bundle is reset and used in place, except one still pending in a live run (the
+    same object twice in the input, or given to two runs at once): that one gets a copy, so
+    each item has its own.
     """
     try:
         if isinstance(item, Bundle):
-            bundle = copy.copy(item) if item._run is run and item.state == PENDING else item
+            held = isinstance(item._run, RunMark) and item._run.live and item.state == PENDING
+            bundle = copy.copy(item) if held else item
         else:
             try:
                 url = url_map(item) if url_map is not None else item
@@ -244,7 +256,7 @@ async def coordinate(
     remote = executor.crosses_processes
     events = _Events()
     loop = asyncio.get_running_loop()
-    run = object()  # marks the bundles this call holds
+    run = RunMark()  # marks the bundles this call holds
 
     def wake_from_thread() -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closing: nobody is waiting
@@ -254,6 +266,7 @@ async def coordinate(
     pending: dict[int, _Entry] = {}
     leaders: dict[tuple[str, str | None], int] = {}  # a pending request's key: its seq
     followers: dict[int, list[Bundle]] = {}  # a leader's seq: the repeats waiting for it
+    following = 0  # bundles in followers: they wait in memory too (rule 5)
     answered: OrderedDict[tuple[str, str | None], Result] = OrderedDict()
     restarts = [0] * shards
     restarting: dict[int, tuple[asyncio.Future[None], str]] = {}  # shard: (restart, reason)
@@ -267,6 +280,7 @@ async def coordinate(
     )
 
     def admit(bundle: Bundle, out: list[Bundle], dirty: set[int]) -> None:
+        nonlocal following
         if bundle.state == FAILED:
             out.append(bundle)
             return
@@ -301,6 +315,7 @@ async def coordinate(
             leader = leaders.get(same)
             if leader is not None:
                 followers.setdefault(leader, []).append(bundle)
+                following += 1
                 return
             known = answered.get(same)
             if known is not None:
@@ -338,6 +353,7 @@ async def coordinate(
 
     def settle(entry: _Entry, result: Result | None) -> list[Bundle]:
         """A leader is answered: its followers, and its result kept for later repeats."""
+        nonlocal following
         if entry.same is None:
             return []
         del leaders[entry.same]
@@ -345,7 +361,9 @@ async def coordinate(
             answered[entry.same] = result
             if len(answered) > limits.dedupe_window:
                 answered.popitem(last=False)
-        return followers.pop(entry.bundle.seq, [])
+        done = followers.pop(entry.bundle.seq, [])
+        following -= len(done)
+        return done
 
     def crashed(shard: int, reason: str, out: list[Bundle]) -> None:
         if shard in dead:
@@ -419,7 +437,7 @@ async def coordinate(
                     crashed(shard, reason, out)
             # Admitted a step at a time, so the first jobs go out (and results come back)
             # while the rest of a large read-ahead is still being admitted.
-            room = min(limits.waiting_cap - flow.waiting, _ADMIT_STEP)
+            room = min(limits.waiting_cap - flow.waiting - following, _ADMIT_STEP)
             more = False
             if room > 0:
                 taken = reader.take(room)
@@ -446,6 +464,7 @@ async def coordinate(
                 await events.wake.wait()
         finished = True
     finally:
+        run.live = False  # its bundles that never finished may go to another run as they are
         reader.stop()
         try:
             for task, _ in restarting.values():

@@ -105,7 +105,8 @@ class Run(Iterator[Bundle]):
     ``stats.hosts`` maps each host key to its ``HostStats`` (requests, bytes, status classes,
     error kinds, latency), ``stats.total`` adds them up; both count the bundles yielded so far.
     ``close()`` (or leaving a ``with`` block, or breaking out of a for loop and dropping the
-    iterator) stops the run.
+    iterator) stops the run. One kept in a variable and left unread pauses once
+    ``max_undelivered`` finished bundles wait for the caller.
     """
 
     def __init__(self, plan: Plan) -> None:

@@ -116,6 +116,47 @@ def test_each_reads_input_lazily_and_stops_on_early_close(srv, home):
     assert later == after
 
 
+def test_a_break_out_of_a_runs_with_block_stops_it(srv, home):
+    """The README's pattern: a run kept in a variable, inside ``with``, and a break."""
+
+    def requests() -> int:
+        return sum(h["requests"] for h in srv.stats()["hosts"].values())
+
+    urls = [f"{srv.base_urls[i % 2]}/bytes/10?name={i}" for i in range(20_000)]
+    with shardload.each(urls, download=make_download(home)) as run:
+        for bundle in run:
+            if run.stats.total.bundles == 10:
+                break
+    after = requests()
+    time.sleep(0.3)
+    assert requests() == after < 20_000 and run.stats.total.bundles == 10
+
+
+def test_repeats_of_a_pending_url_count_against_the_read_ahead(srv, home):
+    """A URL repeated while its first request is pending: the repeats wait in memory too, so
+    they must not let the input be read without bound (a placeholder image, say)."""
+    read = 0
+
+    def repeats():
+        nonlocal read
+        for _ in range(500_000):
+            read += 1
+            yield f"{srv.base_urls[0]}/slow/2500/same"
+
+    limits = make_plan([], None, make_download(home), {}, sync=True).limits
+    seen = []  # how far the input was read while the first request was still pending
+    timer = threading.Timer(2.0, lambda: seen.append(read))
+    run = shardload.each(repeats(), download=make_download(home))
+    try:
+        timer.start()
+        first = next(iter(run))
+    finally:
+        run.close()
+        timer.cancel()
+    assert first.state == "written"
+    assert seen and seen[0] <= limits.shard_cap + limits.waiting_cap + limits.read_ahead + 1
+
+
 class Item:
     def __init__(self, number: int) -> None:
         self.number = number
@@ -245,6 +286,25 @@ def test_works_from_inside_a_running_event_loop(srv, home):
 
     (bundle,) = asyncio.run(cell())
     assert bundle.state == "written"
+
+
+def test_one_bundle_given_to_two_runs_at_once_gets_a_result_from_each(srv, tmp_path):
+    """Each run answers for itself: the second run works on a copy of a bundle the first
+    still holds, and after both ends the bundle can go to a third run in place."""
+    bundle = Bundle(f"{srv.base_urls[0]}/slow/300/shared")
+    homes = [str(tmp_path / "a"), str(tmp_path / "b")]
+
+    async def both():
+        return await asyncio.gather(
+            *(shardload.aswarm([bundle], download=make_download(home)) for home in homes)
+        )
+
+    (first,), (second,) = asyncio.run(both())
+    assert first.ok and second.ok and first is not second
+    assert first.file_path.startswith(homes[0] + os.sep)
+    assert second.file_path.startswith(homes[1] + os.sep)
+    (third,) = shardload.swarm([bundle], download=make_download(str(tmp_path / "c")))
+    assert third is bundle and third.ok
 
 
 def test_async_api(srv, home):

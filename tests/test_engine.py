@@ -235,7 +235,11 @@ def test_main_without_close_leaves_no_session_open_when_the_loop_ends(srv, home,
     assert download._loop is None  # closed, ready to bind to another loop
 
 
-def test_main_without_close_prints_no_unclosed_warning(srv, home):
+@pytest.mark.parametrize("method", ["main", "request_and_download"])
+@pytest.mark.parametrize("strategy", ["DownloadStrategy", "Own"])
+def test_a_call_without_close_leaves_nothing_open(srv, home, method, strategy):
+    """aiodownload had no close(): ``asyncio.run(download.main(b))``, or its one attempt
+    ``request_and_download(b)``, must leave no session or socket behind, on either client."""
     script = f"""
 import asyncio, shardload
 from shardload import AioDownload, Bundle, DownloadStrategy
@@ -244,8 +248,8 @@ class Own(DownloadStrategy):  # an on_success override: requests go through aioh
     async def on_success(self, response, bundle):
         await super().on_success(response, bundle)
 
-download = AioDownload(download_strategy=Own(home={home!r}))
-b = asyncio.run(download.main(Bundle("{srv.base_urls[0]}/links/1")))
+download = AioDownload(download_strategy={strategy}(home={home!r}))
+b = asyncio.run(download.{method}(Bundle("{srv.base_urls[0]}/links/1")))
 print("STATE", b.state)
 """
     out = subprocess.run(

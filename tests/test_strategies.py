@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 
 import pytest
@@ -241,6 +242,18 @@ def test_a_strategy_that_raises_fails_its_bundle_not_the_batch(srv, home):
     assert temp_files(home) == []
 
 
+@pytest.mark.parametrize("wait", [math.inf, math.nan])
+def test_an_endless_sleep_from_a_strategy_fails_its_bundle_instead_of_hanging(srv, home, wait):
+    class Forever(RequestStrategy):
+        def get_sleep_time(self, bundle):
+            return wait if bundle.attempts else 0.0
+
+    (b,) = shardload.swarm(
+        [srv.base_urls[0] + "/status/503"], download=make_download(home, Forever(max_attempts=3))
+    )
+    assert b.error_kind == ErrorKind.STRATEGY and "not a finite number" in b.error_message
+
+
 def test_the_failure_message_says_why_retrying_stopped(srv, home):
     (b,) = shardload.swarm(
         [srv.base_urls[0] + "/status/502"], download=make_download(home, BackOff(3))
@@ -278,9 +291,9 @@ def test_a_strategy_sees_the_callers_bundle_class_and_attributes(srv, home, proc
 def test_a_plain_bundle_crosses_to_a_worker_as_plain_fields_only():
     """The common case pays for nothing: no class, no attribute dict, no pickling check."""
     from shardload.bundle import extra_of
-    from shardload.coordinator import prepare_item
+    from shardload.coordinator import RunMark, prepare_item
 
-    run = object()
+    run = RunMark()
     assert extra_of(prepare_item(0, "http://h/x", None, run)) is None
     assert extra_of(prepare_item(1, Bundle("http://h/y", info={"k": 1}), None, run)) is None
     tagged = Bundle("http://h/z")

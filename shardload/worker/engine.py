@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import math
 import time
 import weakref
 from collections.abc import AsyncGenerator
@@ -182,13 +183,8 @@ class AioDownload(Exchange):
     async def main(self, bundle: Bundle) -> Bundle:
         """Download one bundle to its file, retrying as the request strategy says."""
         started = time.monotonic()
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            if self._busy_elsewhere(loop):
-                message = "this AioDownload is running in another event loop: use one per loop"
-                bundle.fail(ErrorKind.STRATEGY, message)
-                return bundle
-            self._bind(loop)
+        if not self._in_this_loop(bundle):
+            return bundle
         try:
             await self._main(bundle)
         except asyncio.CancelledError:
@@ -197,6 +193,18 @@ class AioDownload(Exchange):
             bundle.fail(ErrorKind.STRATEGY, f"{type(exc).__name__}: {exc}")
         bundle.elapsed = time.monotonic() - started
         return bundle
+
+    def _in_this_loop(self, bundle: Bundle) -> bool:
+        """Bind to the running loop (its end closes the clients) unless a run in another loop
+        holds this engine, which fails the bundle."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            if self._busy_elsewhere(loop):
+                message = "this AioDownload is running in another event loop: use one per loop"
+                bundle.fail(ErrorKind.STRATEGY, message)
+                return False
+            self._bind(loop)
+        return True
 
     async def _main(self, bundle: Bundle) -> None:
         try:
@@ -266,6 +274,11 @@ class AioDownload(Exchange):
                     return
             while True:
                 wait = rs.get_sleep_time(bundle)
+                if wait is not None and not math.isfinite(wait):
+                    # An endless wait would hang the run at its tail; a Retry-After is capped.
+                    message = f"get_sleep_time() returned {wait!r}, not a finite number of seconds"
+                    bundle.fail(ErrorKind.STRATEGY, message)
+                    return
                 if wait and wait > 0:
                     await asyncio.sleep(wait)
                 if type(self).request_and_download is AioDownload.request_and_download:
@@ -379,6 +392,8 @@ class AioDownload(Exchange):
 
     async def request_and_download(self, bundle: Bundle) -> Bundle:
         """One attempt (no retry): request, check, write. Sets the bundle's final state."""
+        if not self._in_this_loop(bundle):  # called directly, as aiodownload allowed
+            return bundle
         try:
             if bundle.file_path is None:
                 bundle.file_path = self._target(bundle)
