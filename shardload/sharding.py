@@ -11,8 +11,9 @@ Rules and invariants:
   and ``split=1`` is the plain rule.
 - ``split_budget`` divides one host's limits between the workers sharing it, so that their sum
   never exceeds the host's own limits: floor-divided concurrency (at least 1 each, with at most
-  ``concurrency`` workers) and a per-worker minimum gap of ``delay * k``, so the aggregate start
-  rate stays at most ``1 / delay``.
+  ``concurrency`` workers). A host with a ``delay`` is not split at all: workers that do not
+  talk could keep its average rate (each waiting ``delay * k``) but not its minimum gap between
+  two starts, and one worker drives far more than the ``1 / delay`` starts a second it allows.
 
 When to split: only for a host that allows much more throughput than one worker process can
 drive (a CDN, an object store, your own server), with a high concurrency and little or no delay.
@@ -57,13 +58,14 @@ def shard_for_url(host_key: str, url_key: str, shards: int, split: int = 1) -> i
 def split_budget(concurrency: int, delay: float, k: int) -> tuple[int, int, float]:
     """``(k_eff, per-worker concurrency, per-worker delay)`` for one host split ``k`` ways.
 
-    ``k_eff = min(k, concurrency)``, at least 1; ``k_eff * per-worker concurrency <= concurrency``
-    and the per-worker delay is ``delay * k_eff``. Pass ``k`` already clamped to the shard count.
+    ``k_eff = min(k, concurrency)``, at least 1, and 1 for a host with a delay (see the module's
+    rules); ``k_eff * per-worker concurrency <= concurrency``. Pass ``k`` already clamped to the
+    shard count.
     """
     if concurrency < 1:
         raise ConfigurationError(f"concurrency must be >= 1, got {concurrency}")
     if not delay >= 0:  # also refuses NaN
         raise ConfigurationError(f"delay must be >= 0, got {delay}")
-    k_eff = max(1, min(k, concurrency))
+    k_eff = 1 if delay > 0 else max(1, min(k, concurrency))
     per_worker = max(1, concurrency // k_eff)
-    return k_eff, per_worker, delay * k_eff
+    return k_eff, per_worker, delay

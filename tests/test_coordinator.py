@@ -68,6 +68,20 @@ def test_split_hot_host_divides_its_budget(srv, home):
     assert 2 < peak <= 4
 
 
+def test_a_split_host_with_a_delay_keeps_its_gap_between_starts(srv, home):
+    """Workers that share a host do not talk: only one worker keeps a minimum gap exact."""
+    hot = srv.host_key(1)
+    urls = [f"http://{hot}/links/1?gap={i}" for i in range(20)]
+    strategy = RequestStrategy(concurrent=4, delay=0.05)
+    bundles = shardload.swarm(
+        urls, download=make_download(home, strategy), processes=2, split_hosts={hot: 2}
+    )
+    assert all(b.ok for b in bundles)
+    starts = sorted(srv.stats()["hosts"][hot]["starts"])
+    assert len(starts) == 20
+    assert min(b - a for a, b in zip(starts, starts[1:])) >= 0.045
+
+
 def test_a_worker_killed_mid_run_loses_nothing(srv, home):
     urls = [f"{srv.base_urls[i % 4]}/slow/40/k{i}" for i in range(200)]
     strategy = RequestStrategy(concurrent=4)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -259,3 +261,21 @@ def test_a_write_that_finds_the_temporary_folder_gone_makes_it_again(srv, home):
     files._verified.setdefault(files.absolute(home), set()).add(files.temp_dir(home))
     (b,) = shardload.swarm([srv.base_urls[0] + "/links/2"], download=make_download(home))
     assert b.ok, b.error_message
+
+
+def test_a_run_removes_temporary_files_of_processes_that_are_gone(srv, home):
+    """A run killed whole (SIGKILL of the CLI, say) leaves its partial files; the next run on
+    that home removes them, and never those of a process still running."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    tmp = os.path.join(home, ".shardload-tmp")
+    os.makedirs(tmp)
+    stale = os.path.join(tmp, f"{files.temp_prefix(gone.pid)}7.part")
+    live = os.path.join(tmp, f"{files.temp_prefix(os.getppid())}7.part")
+    other = os.path.join(tmp, "not-ours.part")
+    for path in (stale, live, other):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+    (b,) = shardload.swarm([srv.base_urls[0] + "/links/1"], download=make_download(home))
+    assert b.ok
+    assert not os.path.exists(stale) and os.path.exists(live) and os.path.exists(other)

@@ -70,7 +70,7 @@ def _reserved_by(path: str, reserved: Sequence[str]) -> str | None:
     return None
 
 
-def _default_path(url: str) -> str:
+def default_path(url: str) -> str:
     """Where the default strategy puts ``url``, relative to the output directory ("" for a URL
     it cannot map: the download fails that one with its own reason)."""
     try:
@@ -175,7 +175,7 @@ def iter_parsed(stream: BinaryIO, reserved: Sequence[str] = ()) -> Iterator[Pars
             text = text.removeprefix("\ufeff")
         parsed = parse_line(text, lineno)
         if isinstance(parsed, InputItem) and (parsed.path or nested):
-            taken = _reserved_by(parsed.path or _default_path(parsed.url), reserved)
+            taken = _reserved_by(parsed.path or default_path(parsed.url), reserved)
             if taken is not None:
                 why = f"line {lineno}: 'path' would overwrite {taken} (this run's own file)"
                 parsed = BadLine(lineno, parsed.url, why, parsed.info)

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any, BinaryIO, TextIO
@@ -27,12 +27,19 @@ from shardload.cli.inputs import (
     InputItem,
     count_hosts,
     count_items,
+    default_path,
     iter_parsed,
     open_input,
 )
 from shardload.cli.manifest import Action, ManifestWriter, Prior, decide, load_priors
 from shardload.cli.options import build_parser, make_download, run_options
-from shardload.cli.progress import Progress, choose_mode, have_tqdm, make_progress
+from shardload.cli.progress import (
+    NullProgress,
+    Progress,
+    choose_mode,
+    have_tqdm,
+    make_progress,
+)
 from shardload.cli.summary import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -130,7 +137,7 @@ class Recorder:
             except OSError as exc:  # a full disk: reported once, as one line, by _crawl
                 self.error = self.error or exc
             self.stats.add(record)
-            self.progress.finished(str(record["state"]), int(record.get("bytes") or 0))
+            self._show(self.progress.finished, str(record["state"]), int(record.get("bytes") or 0))
         if self.error is not None:
             raise ManifestFailed from self.error
 
@@ -142,7 +149,7 @@ class Recorder:
                 self.stats.skipped_done += 1
             else:
                 self.stats.skipped_permanent += 1
-            self.progress.earlier()
+            self._show(self.progress.earlier)
 
     def set_total(self, total: int) -> None:
         with self.lock:
@@ -156,19 +163,27 @@ class Recorder:
                     return
                 try:
                     self.writer.flush_if_due()
-                    self.progress.tick()
                 except OSError as exc:  # a full disk: the main loop re-raises it
                     self.error = exc
+                self._show(self.progress.tick)
 
     def close(self) -> None:
         with self.lock:
             self._stop.set()
+            self._show(self.progress.close)
             try:
-                self.progress.close()
                 self.writer.close()
             except OSError as exc:
                 self.error = self.error or exc
         self._ticker.join()
+
+    def _show(self, update: Callable[..., None], *args: Any) -> None:
+        """Progress goes to stderr, which its reader may have closed (``2>&1 | head``): the
+        crawl then goes on without it. Only the manifest's errors stop a run."""
+        try:
+            update(*args)
+        except OSError:
+            self.progress = NullProgress()
 
 
 def _items(
@@ -178,23 +193,24 @@ def _items(
     rec: Recorder,
     output: str,
     reserved: list[str],
+    own_paths: set[int],
 ) -> Iterator[str | Bundle]:
-    """Input items for the library; bad lines and skipped URLs are recorded here instead."""
+    """Input items for the library; bad lines and skipped URLs are recorded here instead.
+    The place (``seq``) of each item that names its own path goes into ``own_paths``."""
+    seq = 0
     for parsed in iter_parsed(stream, reserved):
         if rec.closed:
             return
         key = parsed.key if isinstance(parsed, BadLine) else parsed.url
         action = Action.RUN
         if priors is not None:
-            action = decide(priors.get(key), transient_only=transient_only)
+            prior = priors.get(key)
+            action = decide(prior, transient_only=transient_only)
             if (
                 action is Action.SKIP_DONE
                 and isinstance(parsed, InputItem)
-                and parsed.path
-                and find_complete(os.path.join(output, parsed.path)) is None
+                and _done_elsewhere(parsed, prior, output)
             ):
-                # The manifest knows URLs, not which of its paths: this URL was done for
-                # another line's path (the same URL wanted in two places), not this one.
                 action = Action.RUN
         if action is not Action.RUN:
             rec.skip(action)
@@ -204,8 +220,25 @@ def _items(
             rec.record(failed.to_record())
         elif parsed.path is None and parsed.info is None:
             yield parsed.url
+            seq += 1
         else:
+            if parsed.path is not None:
+                own_paths.add(seq)
             yield Bundle(parsed.url, info=parsed.info, file_path=parsed.path)
+            seq += 1
+
+
+def _done_elsewhere(item: InputItem, prior: Prior | None, output: str) -> bool:
+    """Whether the manifest's "done" for this line's URL was for another line's path (one URL
+    wanted in two places): the manifest knows URLs, and which records were at a line's own
+    path; a file missing where this line wants it is then fetched."""
+    if item.path:
+        wanted = item.path
+    elif prior is Prior.DONE_AT_OWN_PATH:
+        wanted = default_path(item.url)
+    else:
+        return False
+    return not wanted or find_complete(os.path.join(output, wanted)) is None
 
 
 def hosts_path(manifest: str) -> str:
@@ -243,6 +276,12 @@ def main(argv: list[str] | None = None, *, stdin: BinaryIO | None = None) -> int
     except SystemExit as exc:  # usage errors (2) and --help (0)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     return run(args, stdin=stdin, stderr=sys.stderr)
+
+
+def _say(stderr: TextIO, text: str) -> None:
+    """Print the run's closing lines; a closed stderr does not change its exit code."""
+    with contextlib.suppress(OSError):
+        print(text, file=stderr, flush=True)
 
 
 def _usage_error(stderr: TextIO, message: str) -> int:
@@ -340,10 +379,15 @@ def _crawl(
     results: Iterator[Bundle] | None = None
     signals.install()
     try:
-        items = _items(stream, priors, args.retry_transient, rec, args.output, reserved)
+        own_paths: set[int] = set()
+        items = _items(stream, priors, args.retry_transient, rec, args.output, reserved, own_paths)
         results = shardload.each(items, download=download, **_options(args))
         for bundle in results:
-            rec.record(bundle.to_record())
+            record = bundle.to_record()
+            if bundle.seq in own_paths:
+                own_paths.discard(bundle.seq)
+                record["own_path"] = True  # see _done_elsewhere
+            rec.record(record)
     except KeyboardInterrupt:
         interrupted = True
     except ManifestFailed:
@@ -361,7 +405,7 @@ def _crawl(
         rec.close()
         signals.restore()
     if rec.error is not None:
-        print(f"shardload: error: cannot write the manifest: {rec.error}", file=stderr)
+        _say(stderr, f"shardload: error: cannot write the manifest: {rec.error}")
         code = EXIT_FAILED
     interrupted = interrupted or signals.received is not None
     host_stats = getattr(results, "stats", None)
@@ -376,7 +420,7 @@ def _crawl(
             hosts=host_stats.worst_hosts() if host_stats is not None else [],
             hosts_file=hosts_file,
         )
-        print(summary, file=stderr, flush=True)
+        _say(stderr, summary)
     if interrupted:
         return EXIT_INTERRUPTED
     return code if code is not None else exit_code(rec.stats, interrupted=False)

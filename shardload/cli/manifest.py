@@ -25,6 +25,7 @@ class Prior(StrEnum):
     """What the latest manifest record says about a URL."""
 
     DONE = "done"
+    DONE_AT_OWN_PATH = "done_at_own_path"  # done for an input line that named its own path
     TRANSIENT = "transient"  # failed, but a later attempt may succeed
     PERMANENT = "permanent"  # failed for good (404, invalid URL, bad input line, ...)
 
@@ -41,7 +42,7 @@ def classify(record: Mapping[str, Any]) -> Prior | None:
     """The ``Prior`` of one record; ``None`` when it says nothing final (pending, unknown)."""
     state = record.get("state")
     if state in DONE_STATES:
-        return Prior.DONE
+        return Prior.DONE_AT_OWN_PATH if record.get("own_path") is True else Prior.DONE
     if state != "failed":
         return None
     kind = record.get("error_kind")
@@ -52,7 +53,7 @@ def classify(record: Mapping[str, Any]) -> Prior | None:
 
 def decide(prior: Prior | None, *, transient_only: bool) -> Action:
     """``--resume`` skips what is done; ``--retry-transient`` also skips permanent failures."""
-    if prior is Prior.DONE:
+    if prior is Prior.DONE or prior is Prior.DONE_AT_OWN_PATH:
         return Action.SKIP_DONE
     if transient_only and prior is Prior.PERMANENT:
         return Action.SKIP_PERMANENT

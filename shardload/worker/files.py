@@ -4,7 +4,8 @@ Invariants:
 - a body is streamed to a temporary file in ``<home>/.shardload-tmp/`` (same filesystem as
   the final path, so the final ``os.replace`` is atomic) named
   ``<node>-<pid>-<n>.part``, so the coordinator can remove what a killed worker left
-  behind by its node and pid; the folder is removed when an engine's runs end, if empty;
+  behind by its node and pid (and the first write of a run removes those of this node's
+  processes that are gone); the folder is removed when an engine's runs end, if empty;
 - a file appears at its final path only when complete and verified: the whole body was read,
   the HTTP client checked it against Content-Length, and it fits ``max_bytes``;
 - a failed attempt removes its temporary file and never touches an earlier copy at the final path;
@@ -223,6 +224,7 @@ def _open_temp(home: str) -> _Temp:
         verified = _verified.setdefault(absolute(home), set())
         if directory not in verified:
             _make_temp_dir(directory)
+            _remove_orphans(directory)
             verified.add(directory)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         while True:
@@ -241,6 +243,38 @@ def _open_temp(home: str) -> _Temp:
         raise
     except OSError as exc:
         raise DownloadFailed(ErrorKind.DISK, f"cannot create a temporary file: {exc}") from exc
+
+
+def _remove_orphans(directory: str) -> None:
+    """Remove the temporary files of this node's processes that are gone. A worker's are
+    removed by its coordinator when it dies; a process killed whole (SIGKILL of a one-process
+    run, or of the CLI) leaves its own behind, and the next run on the same home takes them."""
+    prefix = f"{_NODE}-"
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    gone: dict[int, bool] = {}
+    for name in names:
+        pid_text = name[len(prefix) :].split("-", 1)[0] if name.startswith(prefix) else ""
+        if not (pid_text.isdigit() and name.endswith(".part")):
+            continue
+        pid = int(pid_text)
+        if pid not in gone:
+            gone[pid] = not _running(pid)
+        if gone[pid]:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process: alive
+    return True
 
 
 def _make_temp_dir(directory: str) -> None:

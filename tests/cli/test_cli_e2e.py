@@ -408,3 +408,45 @@ def test_too_many_processes_is_one_clear_error(server: LocalServer, tmp_path: Pa
     assert result.returncode == 2, result.stderr.decode()[-2000:]
     assert b"Traceback" not in result.stderr
     assert b"cannot start 100000 worker processes" in result.stderr
+
+
+def test_a_closed_stderr_does_not_stop_the_crawl(server: LocalServer, tmp_path: Path) -> None:
+    """``shardload ... 2>&1 | head -1``: progress can no longer be shown, the crawl goes on."""
+    bases = server.base_urls
+    urls = [f"{bases[i % len(bases)]}/slow/20/closed-{tmp_path.name}-{i}" for i in range(200)]
+    src = tmp_path / "urls.txt"
+    src.write_text("\n".join(urls) + "\n")
+    out = tmp_path / "out"
+    args = [src, "-o", out, "--progress", "lines", "--progress-interval", "0.01", "-p", "1"]
+    process = subprocess.Popen(
+        cli_command(*args), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=cli_env()
+    )
+    assert process.stderr is not None
+    process.stderr.readline()  # the first progress line, then the reader goes away
+    process.stderr.close()
+    assert process.wait(timeout=60) == 0
+    records = read_manifest(out / "manifest.jsonl")
+    assert len(records) == 200 and {r["state"] for r in records} == {"written"}
+
+
+def test_resume_fetches_a_plain_line_whose_url_was_done_only_at_another_lines_path(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    """A URL wanted at a custom path and, on a later line, at its default path: a run stopped
+    between the two leaves a "done" record for the URL; resume must still fetch the plain
+    line (its file does not exist), and give it its own record."""
+    url = f"{server.base_urls[0]}/bytes/100?name=both-{tmp_path.name}"
+    custom = json.dumps({"url": url, "path": "custom/u.bin"})
+    src = tmp_path / "in.jsonl"
+    out = tmp_path / "out"
+    src.write_text(custom + "\n")
+    assert run_cli(src, "-o", out, *FAST).returncode == 0  # the run that stopped early
+    src.write_text(custom + "\n" + url + "\n")
+    result = run_cli(src, "-o", out, *FAST, "--resume")
+    assert result.returncode == 0, result.stderr.decode()
+    records = read_manifest(out / "manifest.jsonl")
+    assert [r.get("own_path", False) for r in records] == [True, False]
+    assert Path(records[1]["path"]).read_bytes() == body_for(100, f"both-{tmp_path.name}")
+    again = run_cli(src, "-o", out, *FAST, "--resume")  # both done now: nothing to fetch
+    assert "skipped    2 already done" in again.stderr.decode()
+    assert len(read_manifest(out / "manifest.jsonl")) == 2

@@ -5,6 +5,10 @@ from __future__ import annotations
 import copy
 import io
 import json
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -217,3 +221,23 @@ def test_no_more_workers_than_a_small_input_file_has_hosts(
     assert fake.options["processes"] == 8  # a stream cannot be read ahead
     main([str(src), "-o", out, "-p", "8", "--progress", "none", "--split-host", "a=4"])
     assert fake.options["processes"] == 8  # a split host's shards are the library's to count
+
+
+def test_sigterm_while_the_manifest_loads_exits_130(tmp_path):
+    """A batch scheduler's SIGTERM during a long ``--resume`` read ends as exit 130 too."""
+    manifest = tmp_path / "m.jsonl"
+    record = '{"url":"http://127.0.0.1:9/%d","state":"written"}\n'
+    with open(manifest, "w") as f:
+        f.writelines(record % i for i in range(600_000))
+    urls = tmp_path / "urls.txt"
+    urls.write_text("http://127.0.0.1:9/ok\n")
+    argv = [str(urls), "-o", str(tmp_path / "out"), "--manifest", str(manifest), "--resume"]
+    code = "import sys, shardload.cli; sys.exit(shardload.cli.run())"
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, *argv], stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(0.8)  # imports done, the manifest is being read
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert err.strip().endswith("shardload: interrupted") and "Traceback" not in err

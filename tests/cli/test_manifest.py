@@ -30,6 +30,11 @@ def _rec(url: str = "http://a/x", **fields: Any) -> dict[str, Any]:
     [
         (_rec(state="written", status=200), Prior.DONE),
         (_rec(state="cached", status=None), Prior.DONE),
+        ({**_rec(state="written", status=200), "own_path": True}, Prior.DONE_AT_OWN_PATH),
+        (
+            {**_rec(state="failed", error_kind="http", status=503), "own_path": True},
+            Prior.TRANSIENT,
+        ),
         (_rec(state="pending"), None),
         (_rec(), None),
         (_rec(state="failed", error_kind="http", status=503), Prior.TRANSIENT),
@@ -68,6 +73,8 @@ def test_classify(record: dict[str, Any], prior: Prior | None) -> None:
         (None, True, Action.RUN),
         (Prior.DONE, False, Action.SKIP_DONE),
         (Prior.DONE, True, Action.SKIP_DONE),
+        (Prior.DONE_AT_OWN_PATH, False, Action.SKIP_DONE),
+        (Prior.DONE_AT_OWN_PATH, True, Action.SKIP_DONE),
         (Prior.TRANSIENT, False, Action.RUN),
         (Prior.TRANSIENT, True, Action.RUN),
         (Prior.PERMANENT, False, Action.RUN),
