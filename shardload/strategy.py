@@ -199,12 +199,16 @@ class RequestStrategy:
         self.dns_ttl = dns_ttl
 
     def assert_response(self, response: Response) -> None:
-        """Reject an unsuccessful response (status >= 400) by raising ``AssertionError``.
+        """Reject an unsuccessful response (status >= 400) by raising ``AssertionError``; also
+        a 304, which has no body to store (shardload asks nothing conditionally, and an empty
+        file must not replace a stored copy).
 
         An override receives aiohttp's ``ClientResponse``, as ``on_success`` does.
         """
         if response.status >= 400:
             raise ResponseRejected(f"HTTP {response.status}")
+        if response.status == 304:
+            raise ResponseRejected("HTTP 304 Not Modified: no body to store")
 
     def retry(self, response: Any) -> bool:
         """Whether a failed attempt is worth another; ``response`` is an ``Outcome``."""

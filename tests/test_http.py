@@ -5,10 +5,13 @@ answers no framework sends on purpose)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
+import socket
 import ssl
+import struct
 import time
 import zlib
 from urllib.parse import unquote
@@ -20,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import shardload
-from shardload import AioDownload, DownloadStrategy, ErrorKind, RequestStrategy
+from shardload import AioDownload, Bundle, DownloadStrategy, ErrorKind, RequestStrategy
 from shardload.testing.server import body_for
 from shardload.urls import split_url
 from shardload.worker import exchange
@@ -173,19 +176,54 @@ def test_deflate_bodies_are_decoded_both_ways_servers_send_them(home, wbits):
     assert b"accept-encoding: gzip, deflate" in server.requests[0].lower()
 
 
-def test_a_gzip_body_cut_short_is_truncated(home):
-    import gzip
+def _gz(data: bytes) -> bytes:
+    return zlib.compress(data, wbits=31)
 
-    packed = gzip.compress(body_for(100_000))[:-20]
+
+def _deflate(data: bytes, wbits: int) -> bytes:
+    packer = zlib.compressobj(wbits=wbits)
+    return packer.compress(data) + packer.flush()
+
+
+_PLAIN = body_for(100_000)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "packed", "kind", "stored"),
+    [
+        ("gzip", _gz(_PLAIN)[:-20], ErrorKind.TRUNCATED, None),
+        ("deflate", _deflate(_PLAIN, zlib.MAX_WBITS)[:-20], ErrorKind.TRUNCATED, None),
+        ("deflate", _deflate(_PLAIN, -zlib.MAX_WBITS)[:-20], ErrorKind.TRUNCATED, None),
+        ("gzip", _gz(_PLAIN[:60_000]) + _gz(_PLAIN[60_000:]), None, _PLAIN),
+        ("gzip", _gz(_PLAIN) + b"\0" * 16, None, _PLAIN),
+        ("gzip", _gz(_PLAIN) + b"trailing junk", ErrorKind.PROTOCOL, None),
+        ("gzip", b"", None, b""),
+    ],
+    ids=[
+        "gzip-cut",
+        "deflate-cut",
+        "raw-deflate-cut",
+        "gzip-members",
+        "gzip-padding",
+        "gzip-junk",
+        "gzip-empty",
+    ],
+)
+def test_encoded_bodies_are_whole_or_fail(home, encoding, packed, kind, stored):
+    """A compressed body stored as written is the whole of what was compressed: every gzip
+    member (as gzip -d reads them), never a stream that stops before its end."""
 
     def handler(conn, index):
         if server.recorded(conn) is not None:
-            conn.sendall(ok(packed, b"Content-Encoding: gzip\r\n"))
+            conn.sendall(ok(packed, b"Content-Encoding: %s\r\n" % encoding.encode()))
 
     with RawServer(handler) as server:
-        (b,) = shardload.swarm([server.url + "/gz"], download=make_download(home))
-    assert b.error_kind == ErrorKind.TRUNCATED, b.error_message
-    assert files_under(home) == set()
+        (b,) = shardload.swarm([server.url + "/enc"], download=make_download(home))
+    assert b.error_kind == kind, b.error_message
+    if stored is None:
+        assert files_under(home) == set() and temp_files(home) == []
+    else:
+        assert open(b.file_path, "rb").read() == stored
 
 
 @pytest.mark.parametrize(
@@ -861,3 +899,76 @@ def test_a_body_read_with_its_headers_is_handed_on_without_a_copy():
     with RawServer(handler) as server:
         body, kinds = asyncio.run(run(server.url + "/view"))
     assert body == _BIG and memoryview in kinds
+
+
+def test_an_endless_stream_of_trailers_fails_instead_of_filling_memory(home):
+    """Trailer fields after a chunked body are dropped, and capped like headers: bytes that
+    keep coming would otherwise never end the body (nor the stall timer)."""
+
+    def handler(conn, index):
+        if server.recorded(conn) is not None:
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n"
+            )
+            with contextlib.suppress(OSError):
+                for i in range(20_000):  # ~1.2 MB of trailers, far past the cap
+                    conn.sendall(b"X-Trailer-%d: %s\r\n" % (i, b"v" * 48))
+
+    with RawServer(handler) as server:
+        (b,) = shardload.swarm([server.url + "/trailers"], download=make_download(home))
+    assert b.error_kind == ErrorKind.PROTOCOL and "trailers" in (b.error_message or "")
+    assert files_under(home) == set()
+
+
+def test_a_body_without_length_cut_by_a_reset_is_truncated(home):
+    def handler(conn, index):
+        if server.recorded(conn) is not None:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + body_for(50_000))
+            time.sleep(0.05)
+            # SO_LINGER 0: close() sends a reset, not an end of stream.
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    with RawServer(handler) as server:
+        (b,) = shardload.swarm([server.url + "/rst"], download=make_download(home))
+    assert b.error_kind == ErrorKind.TRUNCATED and "reset" in (b.error_message or "")
+    assert files_under(home) == set()
+
+
+@pytest.mark.parametrize(
+    ("answer", "stored"),
+    [
+        (b"HTTP/1.1 204 No Content\r\nContent-Length: 1234\r\n\r\n", b""),
+        (b"HTTP/1.1 200 OK\nContent-Length: 5\n\nhello", b"hello"),
+        (b"HTTP/1.1 200 OK\r\nX-Folded: one\r\n two\r\nContent-Length: 5\r\n\r\nhello", b"hello"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nnot chunked", b"not chunked"),
+    ],
+    ids=["204-with-length", "lf-only-lines", "folded-header", "chunked-not-last"],
+)
+def test_unusual_but_complete_answers_are_stored(home, answer, stored):
+    def handler(conn, index):
+        if server.recorded(conn) is not None:
+            conn.sendall(answer)
+            conn.shutdown(socket.SHUT_WR)  # the end of a body without length
+
+    with RawServer(handler) as server:
+        (b,) = shardload.swarm([server.url + "/odd"], download=make_download(home))
+    assert b.state == "written", b.error_message
+    assert open(b.file_path, "rb").read() == stored
+
+
+@pytest.mark.parametrize("length", [b"", b"Content-Length: 1234\r\n"], ids=["bare", "length"])
+def test_a_304_never_replaces_a_stored_copy(srv, home, client, length):
+    """shardload asks nothing conditionally: a 304 has no body to store, and fails."""
+    url = srv.base_urls[0] + "/links/1"
+    (first,) = shardload.swarm([url], download=make_download(home, client=client))
+    good = open(first.file_path, "rb").read()
+
+    def handler(conn, index):
+        if server.recorded(conn) is not None:
+            conn.sendall(b"HTTP/1.1 304 Not Modified\r\n%s\r\n" % length)
+
+    with RawServer(handler) as server:
+        moved = Bundle(server.url + "/links/1", file_path=first.file_path)
+        (b,) = shardload.swarm([moved], download=make_download(home, client=client))
+    assert b.state == "failed" and b.status == 304 and b.error_kind == ErrorKind.HTTP
+    assert open(first.file_path, "rb").read() == good

@@ -166,7 +166,8 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
         raise DownloadFailed(ErrorKind.STRATEGY, "no file path for the bundle")
     home = strategy.home
     limit = strategy.max_bytes
-    declared = response.content_length
+    # A 204 has no body whatever its Content-Length says (RFC 9110).
+    declared = response.content_length if response.status != 204 else None
     encoded = response.headers.get("Content-Encoding", "identity").lower() != "identity"
     if limit is not None and declared is not None and declared > limit and not encoded:
         raise DownloadFailed(ErrorKind.TOO_LARGE, f"Content-Length {declared} > max {limit}")

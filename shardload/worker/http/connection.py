@@ -27,6 +27,14 @@ MAX_HEAD = 100 * 1024  # bytes of status line and headers
 _SPLIT_FROM = 8192  # a smaller read's body is cheaper to copy than to split off
 
 
+def _parser(conn: Connection) -> httptools.HttpResponseParser:
+    parser = httptools.HttpResponseParser(conn)
+    # Lines ended by a bare LF, and header values folded over lines (obs-fold, which RFC 9112
+    # has a user agent read as spaces), as some servers send and curl and aiohttp accept.
+    parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True, lenient_headers=True)
+    return parser
+
+
 class Connection(asyncio.Protocol):
     """One TCP (or TLS) connection and the response being parsed on it."""
 
@@ -35,7 +43,7 @@ class Connection(asyncio.Protocol):
         self.key = key
         self.loop = client.loop
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
+        self.parser = _parser(self)
         self.closed = False
         self.idle_since = 0.0
         self.header_list: list[tuple[str, str]] = []
@@ -43,6 +51,7 @@ class Connection(asyncio.Protocol):
         self._reason = ""
         self._chunked = False
         self._received = 0  # bytes of the current response, headers included
+        self._trailers = 0  # bytes of trailer fields after a chunked body (dropped, but capped)
         self._body = 0
         self._raw_left = 0  # body bytes still to come past the parser (see the module doc)
         self._response: LeanResponse | None = None
@@ -98,7 +107,10 @@ class Connection(asyncio.Protocol):
             self._fail(DownloadFailed(ErrorKind.PROTOCOL, f"malformed HTTP response: {exc}"))
         else:
             response = self._response
-            if response is None:
+            if self._trailers > MAX_HEAD and not self.closed:
+                # Trailers are dropped, but an endless stream of them would never end the body.
+                self._fail(DownloadFailed(ErrorKind.PROTOCOL, f"trailers over {MAX_HEAD} bytes"))
+            elif response is None:
                 if self._received > MAX_HEAD and not self.closed:
                     # Still no end of headers: they would grow without bound (curl's limit too).
                     self._fail(
@@ -115,7 +127,7 @@ class Connection(asyncio.Protocol):
                 # Mid-body with a known length: the rest need not go through the parser.
                 self._raw_left = self.content_length - self._body
                 self._raw_keep_alive = self.parser.should_keep_alive()
-                self.parser = httptools.HttpResponseParser(self)
+                self.parser = _parser(self)
 
     def _raw_body(self, data: bytes | memoryview) -> None:
         response = self._response
@@ -144,8 +156,12 @@ class Connection(asyncio.Protocol):
         self.client._forget(self)
         response = self._response
         if response is not None and not response._complete:
-            if self.content_length is None and not self._chunked:
+            if self.content_length is None and not self._chunked and exc is None:
                 response._finish()  # no length, no chunks: the body ends with the connection
+            elif self.content_length is None and not self._chunked:
+                # A reset is no end: the server gave up on the body (curl's error 56 too).
+                message = f"connection reset after {self._body} bytes of a body without length"
+                response._finish(DownloadFailed(ErrorKind.TRUNCATED, message))
             else:
                 what = (
                     f"got {self._body} of {self.content_length} bytes"
@@ -174,6 +190,9 @@ class Connection(asyncio.Protocol):
         self._reason = status.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._response is not None:  # a trailer after a chunked body: not kept
+            self._trailers += len(name) + len(value)
+            return
         self.header_list.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:
@@ -187,8 +206,9 @@ class Connection(asyncio.Protocol):
             lowered = name.lower()
             if lowered == "content-length" and value.strip().isdigit():
                 self.content_length = int(value)
-            elif lowered == "transfer-encoding" and "chunked" in value.lower():
-                self._chunked = True
+            elif lowered == "transfer-encoding":
+                # Chunked only as the last coding; before it, the body ends with the connection.
+                self._chunked = value.rsplit(",", 1)[-1].strip().lower() == "chunked"
         response = self._response = LeanResponse(self, self._url, status, self._reason)
         if self._head is not None and not self._head.done():
             self._head.set_result(response)
@@ -213,7 +233,7 @@ class Connection(asyncio.Protocol):
         self.header_list = []
         self.content_length = None
         self._chunked = False
-        self._received = self._body = self._raw_left = 0
+        self._received = self._body = self._raw_left = self._trailers = 0
         self._response = None
         self._reusable = False
         self._expecting = True

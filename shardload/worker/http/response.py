@@ -106,12 +106,19 @@ class LeanResponse:
 
 
 class _Decoder:
-    """Incremental gzip/deflate decoding in bounded steps (see the module's invariants)."""
+    """Incremental gzip/deflate decoding in bounded steps (see the module's invariants). A gzip
+    body may hold several members, decoded one after another (as ``gzip -d`` does); bytes
+    after the last one other than zero padding are a protocol error, and a stream that stops
+    before its end is truncated."""
 
     def __init__(self, gzip: bool) -> None:
         self._gzip = gzip
-        self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS if gzip else zlib.MAX_WBITS)
+        self._zlib = self._new()
         self._first = True
+        self._between = b""  # bytes after a gzip member's end, until the next one shows
+
+    def _new(self, wbits: int | None = None) -> Any:
+        return zlib.decompressobj(wbits or (16 + zlib.MAX_WBITS if self._gzip else zlib.MAX_WBITS))
 
     def feed(self, data: Piece) -> list[bytes]:
         try:
@@ -119,25 +126,43 @@ class _Decoder:
         except zlib.error as exc:
             if self._first and not self._gzip:
                 # "deflate" is sent both zlib-wrapped (as specified) and raw; accept both.
-                self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
+                self._zlib = self._new(-zlib.MAX_WBITS)
                 self._first = False
                 return self.feed(data)
             raise DownloadFailed(ErrorKind.PROTOCOL, f"cannot decode the body: {exc}") from exc
 
     def _steps(self, data: Piece) -> Any:
         while data:
+            if self._zlib.eof:
+                if not self._gzip:
+                    return  # past a deflate stream's end: nothing more is part of it
+                data = self._next_member(data)
+                if not data:
+                    return
             out = self._zlib.decompress(data, _DECODE_STEP)
             self._first = False
-            data = self._zlib.unconsumed_tail
+            data = self._zlib.unconsumed_tail or self._zlib.unused_data
             if out:
                 yield out
-            if self._zlib.eof:
-                return
+
+    def _next_member(self, data: Piece) -> bytes:
+        """What starts the next gzip member (a fresh decoder takes it), or b"" for now."""
+        self._between += bytes(data)
+        if len(self._between) < 2 or not self._between.strip(b"\0"):
+            return b""  # too little to tell yet, or zero padding (gzip -d allows it)
+        if not self._between.startswith(b"\x1f\x8b"):
+            raise DownloadFailed(ErrorKind.PROTOCOL, "bytes after the end of the gzip body")
+        data, self._between = self._between, b""
+        self._zlib = self._new()
+        return data
 
     def end(self) -> list[bytes]:
         tail = self._zlib.flush()
-        if self._gzip and not self._zlib.eof:
-            raise DownloadFailed(ErrorKind.TRUNCATED, "the gzip body ended early")
+        if self._between.strip(b"\0"):
+            raise DownloadFailed(ErrorKind.PROTOCOL, "bytes after the end of the gzip body")
+        if not self._zlib.eof and not self._first:
+            name = "gzip" if self._gzip else "deflate"
+            raise DownloadFailed(ErrorKind.TRUNCATED, f"the {name} body ended early")
         return [tail] if tail else []
 
 
