@@ -149,6 +149,34 @@ def test_a_worker_that_finishes_starting_after_the_stop_is_not_left_running(home
     assert isinstance(error, shardload.ShardloadError)
 
 
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_start_cancelled_while_it_spawns_leaves_no_worker_and_no_crossed_pipes(srv, home, method):
+    """The caller gives up while workers spawn (a timeout around aswarm): each start goes on
+    in its thread with its pipe ends, so they are closed, and the child stopped, only when it
+    is over. Closed at once, their numbers were reused by the next run's pipes while the old
+    child took its copies: workers read each other's messages."""
+
+    urls = [f"{srv.base_urls[i % 4]}/links/{i}" for i in range(40)]
+
+    async def main() -> list[Bundle]:
+        download = make_download(home)
+        for delay in [0.0, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08] * 3:
+            run = shardload.aswarm(urls, download=download, processes=2, start_method=method)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(run, timeout=delay)  # gives up while workers spawn
+        return await shardload.aswarm(urls, download=download, processes=2, start_method=method)
+
+    try:
+        bundles = asyncio.run(main())
+        assert [b.state for b in bundles] == ["written"] * 40
+        deadline = time.monotonic() + 10
+        while multiprocessing.active_children() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert multiprocessing.active_children() == []
+    finally:
+        kill_leftover_children()
+
+
 def test_bad_params_on_a_split_host_fail_alone(srv, home):
     hot = srv.host_key(0)
     urls = [f"http://{hot}/bytes/100?name=s{i}" for i in range(8)]

@@ -34,6 +34,46 @@ from .base import START_SECONDS, ExecutorSink, interactive_names
 _STOP = object()
 
 
+class _Start:
+    """``process.start()``, run in a thread, and what to do when its caller gives up.
+
+    The start goes on in its thread with the pipe ends: closed while it runs, their numbers
+    could be reused by another worker's pipes before the child has its copies, crossing two
+    workers' pipes. So an abandoned start is undone (ends closed, child stopped) only once it
+    is over, by whichever of the thread and the loop comes last.
+    """
+
+    def __init__(self, process: BaseProcess, ends: tuple[Connection, ...]) -> None:
+        self.process = process
+        self.ends = ends
+        self._lock = threading.Lock()
+        self._over = self._abandoned = False
+
+    def run(self) -> None:
+        try:
+            self.process.start()
+        finally:
+            with self._lock:
+                self._over = True
+                abandoned = self._abandoned
+            if abandoned:
+                self.undo()
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            over = self._over
+        if over:
+            self.undo()
+
+    def undo(self) -> None:
+        for end in self.ends:
+            end.close()
+        if self.process.pid is not None:
+            self.process.kill()
+            threading.Thread(target=self.process.join, daemon=True).start()  # reap it
+
+
 def _preload_in_fork_server(context: Any) -> None:
     """Add the worker module to what the fork server imports when it starts, keeping what is
     there (``__main__`` by default, or the caller's own list). Once the server runs, this no
@@ -147,12 +187,15 @@ class ProcessExecutor:
             name=f"shardload-worker-{shard}",
             daemon=True,
         )
+        start = _Start(process, (inbox_r, inbox_w, outbox_r, outbox_w))
         # Starting a spawn child takes a while; keep the loop (and the other shards) running.
         try:
-            await asyncio.to_thread(process.start)
+            await asyncio.to_thread(start.run)
+        except asyncio.CancelledError:
+            start.abandon()
+            raise
         except BaseException:
-            for end in (inbox_r, inbox_w, outbox_r, outbox_w):
-                end.close()
+            start.undo()
             raise
         inbox_r.close()
         outbox_w.close()
