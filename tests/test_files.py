@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -279,3 +280,25 @@ def test_a_run_removes_temporary_files_of_processes_that_are_gone(srv, home):
     (b,) = shardload.swarm([srv.base_urls[0] + "/links/1"], download=make_download(home))
     assert b.ok
     assert not os.path.exists(stale) and os.path.exists(live) and os.path.exists(other)
+
+
+def test_runs_sharing_a_home_never_lose_a_file_to_its_temporary_folder(srv, home):
+    """A run's end removes the empty temporary folder while others are about to write in it
+    (several threads, each its own runs on one home): they make it again, however often."""
+    failures: list[str] = []
+
+    def runs(tag: int) -> None:
+        for i in range(25):
+            (b,) = shardload.swarm(
+                [f"{srv.base_urls[tag % 4]}/bytes/10?name=t{tag}-{i}"],
+                download=make_download(home),
+            )
+            if not b.ok:
+                failures.append(f"{b.error_kind}: {b.error_message}")
+
+    threads = [threading.Thread(target=runs, args=(tag,)) for tag in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert failures == []

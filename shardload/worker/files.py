@@ -228,6 +228,7 @@ def _open_temp(home: str) -> _Temp:
             _remove_orphans(directory)
             verified.add(directory)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        lost = 0
         while True:
             # Node, pid and a counter make the name unique; O_EXCL guards against a stale
             # file of an earlier process that had the same pid.
@@ -237,9 +238,12 @@ def _open_temp(home: str) -> _Temp:
             except FileExistsError:
                 continue
             except FileNotFoundError:
-                # Another engine's runs on this home ended and removed the empty folder.
+                # Another engine's runs on this home ended and removed the folder while it was
+                # empty (between our making it and this open, even): make it again.
+                lost += 1
+                if lost > _FOLDER_RACES:
+                    raise
                 _make_temp_dir(directory)
-                return _Temp(os.open(path, flags, 0o644), path)
     except DownloadFailed:
         raise
     except OSError as exc:
@@ -278,8 +282,12 @@ def _running(pid: int) -> bool:
     return True
 
 
+_FOLDER_RACES = 50  # each lost race needs another run to end at that very moment
+
+
 def _make_temp_dir(directory: str) -> None:
-    os.makedirs(directory, exist_ok=True)
+    with contextlib.suppress(FileExistsError):  # made, and removed again, by other runs
+        os.makedirs(directory, exist_ok=True)
     if os.path.islink(directory):
         raise DownloadFailed(ErrorKind.UNSAFE_PATH, f"{directory} is a symlink")
 
