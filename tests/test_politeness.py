@@ -501,3 +501,27 @@ def test_redirect_hops_leave_no_host_slot_behind(srv, home):
     same, other, left = asyncio.run(run())
     assert same.ok and other.ok, (same.error_message, other.error_message)
     assert left == {}  # every slot a hop took was given back, so idle hosts are dropped
+
+
+def test_a_request_that_waited_for_a_worker_slot_keeps_its_hosts_gap(srv, home):
+    """The host's start is claimed when the request goes, not before its wait for one of the
+    worker's slots (here held by a slow host's request): starts never bunch up after it."""
+    slow = f"{srv.base_urls[0]}/slow/1000/hold"
+    fast = [f"{srv.base_urls[1]}/links/{i}" for i in range(6)]
+    strategy = RequestStrategy(concurrent=2, delay=0.2, worker_concurrent=1)
+    bundles = shardload.swarm([slow, *fast], download=make_download(home, strategy))
+    assert all(b.ok for b in bundles)
+    gaps = [b - a for a, b in itertools.pairwise(starts(srv, 1))]
+    assert len(gaps) == 5 and min(gaps) >= 0.19, gaps
+
+
+def test_a_pause_holds_requests_that_waited_for_a_worker_slot(srv, home):
+    """A 429's Retry-After also holds a request of that host that had its turn but waited for
+    one of the worker's slots while the 429 came in."""
+    a = srv.base_urls[0]
+    urls = [f"{a}/retry-after/slot-pause/1/429?after=1", f"{a}/links/1", f"{a}/links/2"]
+    strategy = RequestStrategy(concurrent=2, worker_concurrent=1)
+    bundles = shardload.swarm(urls, download=make_download(home, strategy))
+    assert [b.status for b in bundles] == [429, 200, 200]
+    first, *later = starts(srv, 0)
+    assert all(t - first >= 0.9 for t in later), [t - first for t in later]

@@ -14,6 +14,8 @@ Invariants:
   requests sent before the pause) are the same burst and do not lengthen it;
 - a request waiting for its turn holds no worker-wide slot: the worker-wide semaphore is taken
   last, right before the request starts, so a slow or paused host never blocks other hosts;
+  the host's start is claimed only once that slot is held, so a wait for it (however long)
+  never lets two starts come closer than the gap, nor one start inside a pause;
 - the circuit breaker opens after ``breaker_threshold`` consecutive connection-level failures;
   while open, requests fail fast; after ``breaker_cooldown`` one probe goes through (others wait
   for its outcome): any answer from the host closes the breaker, a connection failure opens it
@@ -114,8 +116,15 @@ class HostSlot:
                 return refused
         await self._acquire()
         try:
-            await self._wait_start()
-            await worker.acquire()
+            while True:
+                await self._wait_start()
+                await worker.acquire()
+                # The worker-wide wait can be long: meanwhile another request of this host may
+                # have started, or an answer paused it. The start is claimed only now, when the
+                # request really goes; else the slot goes back and the host's turn is awaited.
+                if self._start_now():
+                    break
+                worker.release()
         except BaseException:
             self._release()
             raise
@@ -129,16 +138,23 @@ class HostSlot:
         self._release()
 
     async def _wait_start(self) -> None:
+        """Until neither the gap after the last start nor a pause holds this host."""
         loop = asyncio.get_running_loop()
         while True:
-            now = loop.time()
-            at = max(self._next_start, self.paused_until)
-            if at <= now:
-                gap = self.delay + (random.uniform(0.0, self.jitter) if self.jitter else 0.0)
-                self._next_start = now + gap
-                self._last_start = now
+            wait = max(self._next_start, self.paused_until) - loop.time()
+            if wait <= 0:
                 return
-            await asyncio.sleep(at - now)
+            await asyncio.sleep(wait)  # the gap or pause may grow meanwhile: look again
+
+    def _start_now(self) -> bool:
+        """Claim this host's start now, if neither its gap nor a pause holds it."""
+        now = asyncio.get_running_loop().time()
+        if max(self._next_start, self.paused_until) > now:
+            return False
+        gap = self.delay + (random.uniform(0.0, self.jitter) if self.jitter else 0.0)
+        self._next_start = now + gap
+        self._last_start = now
+        return True
 
     def slow_to(self, delay: float) -> None:
         """Space this host's starts at least ``delay`` apart from now on, counting from the
