@@ -3,6 +3,8 @@
 Each accepted connection runs ``handler(conn, index)`` in its own thread, where ``index``
 counts connections from 0; the handler reads requests with ``read_request`` and writes whatever
 bytes the test needs. ``stop()`` closes the listening socket and joins every thread.
+``backlog`` and ``accept_after`` let a test fill the accept queue, so that a client's connect
+waits for the kernel's SYN retransmit.
 """
 
 from __future__ import annotations
@@ -28,7 +30,13 @@ def read_request(conn: socket.socket) -> bytes | None:
 
 class RawServer:
     def __init__(
-        self, handler: Handler, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None
+        self,
+        handler: Handler,
+        host: str = "127.0.0.1",
+        tls: ssl.SSLContext | None = None,
+        *,
+        backlog: int = 64,
+        accept_after: float = 0.0,
     ) -> None:
         self._handler = handler
         self._tls = tls
@@ -36,7 +44,8 @@ class RawServer:
         self._sock = socket.socket(family, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, 0))
-        self._sock.listen(64)
+        self._sock.listen(backlog)
+        self._accept_after = accept_after
         self._sock.settimeout(0.2)
         scheme = "https" if tls is not None else "http"
         shown = f"[{host}]" if ":" in host else host
@@ -49,6 +58,7 @@ class RawServer:
         self._acceptor.start()
 
     def _accept(self) -> None:
+        self._stopping.wait(self._accept_after)
         while not self._stopping.is_set():
             try:
                 conn, _ = self._sock.accept()

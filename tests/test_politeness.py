@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import socket
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,7 +19,7 @@ from shardload import BackOff, Bundle, ErrorKind, RequestStrategy
 from shardload.worker.hosts import CLOSED, OPEN, HostSlot
 
 from .conftest import files_under, make_download
-from .raw_server import RawServer
+from .raw_server import RawServer, read_request
 
 
 def starts(srv, index: int) -> list[float]:
@@ -525,3 +526,48 @@ def test_a_pause_holds_requests_that_waited_for_a_worker_slot(srv, home):
     assert [b.status for b in bundles] == [429, 200, 200]
     first, *later = starts(srv, 0)
     assert all(t - first >= 0.9 for t in later), [t - first for t in later]
+
+
+def _slow_first_connect(handler_requests: list[float]) -> tuple[RawServer, list[socket.socket]]:
+    """A server whose accept queue is full at first: the client's first connect waits for the
+    kernel's SYN retransmit (~1 s), while later connects are immediate."""
+    fillers: list[socket.socket] = []
+
+    def answer(conn: socket.socket, _index: int) -> None:
+        while (head := read_request(conn)) is not None:
+            handler_requests.append(time.monotonic())
+            body = b"User-agent: *\nCrawl-delay: 0.5\n" if b"/robots.txt" in head else b"ok"
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    srv = RawServer(answer, backlog=0, accept_after=0.2)
+    port = int(srv.url.rsplit(":", 1)[1])
+    for _ in range(2):  # a backlog of 0 holds one connection; the second fills the SYN queue
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    return srv, fillers
+
+
+@pytest.mark.parametrize("spacing", ["delay", "robots"])
+def test_the_gap_counts_from_when_a_slow_connection_let_the_request_go(client, spacing):
+    """The first request of a host whose connect took long reached the server only then: the
+    host's next start keeps ``delay`` after that, not after the moment the first was allowed."""
+    arrivals: list[float] = []
+    srv, fillers = _slow_first_connect(arrivals)
+    try:
+        if spacing == "delay":
+            strategy = RequestStrategy(concurrent=1, delay=0.5)
+        else:  # the robots.txt fetch is the first start; its Crawl-delay counts from it
+            strategy = RequestStrategy(concurrent=1, robots=True)
+        urls = [f"{srv.url}/a", f"{srv.url}/b"]
+        with tempfile.TemporaryDirectory() as home:
+            bundles = shardload.swarm(urls, download=make_download(home, strategy, client=client))
+    finally:
+        for filler in fillers:
+            filler.close()
+        srv.stop()
+    assert [b.ok for b in bundles] == [True, True]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    assert len(gaps) == (1 if spacing == "delay" else 2) and min(gaps) >= 0.49, gaps

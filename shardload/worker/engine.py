@@ -368,7 +368,10 @@ class AioDownload(Exchange):
         try:
             for _ in range(_ROBOTS_MAX_HOPS + 1):
                 same_origin = asked and (target.scheme, target.host_key) == origin
-                async with self._request(url, target, same_origin=same_origin) as response:
+                # Its start is the host's first: a slow connect must not shorten a
+                # Crawl-delay counted from it.
+                request = self._request(url, target, same_origin=same_origin, went=slot.went)
+                async with request as response:
                     location = response.headers.get("Location")
                     if response.status in REDIRECT_STATUSES and location is not None:
                         url, target = redirect_target(url, location)
@@ -453,8 +456,11 @@ class AioDownload(Exchange):
                     bundle.attempts += 1
                 if time_left is not None:
                     started = time.monotonic()
+                went = here.went if here is not None and here.spaced() else None
                 try:
-                    step = await self._exchange(bundle, url, parts, params, same_origin, time_left)
+                    step = await self._exchange(
+                        bundle, url, parts, params, same_origin, time_left, went
+                    )
                 finally:
                     if here is not None:
                         here.leave(worker)

@@ -11,6 +11,9 @@ Invariants:
   follow hop by hop, under each hop's host slot (a caller's session follows them itself);
 - a caller's origin-only headers (Authorization, Cookie, Host) and URL credentials go to the
   origin asked for only; an Authorization header wins over credentials in the URL;
+- ``went``, when given, is called each time the request waited for a new connection, once it is
+  open (on shardload's own clients; a caller's session cannot tell): the host slot counts its
+  gap from then;
 - every failure comes back as an ``Outcome`` with its error kind (``failures.classify``);
   only cancellation propagates.
 """
@@ -20,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +69,7 @@ class Exchange:
                 read_bufsize=READ_SIZE,
                 timeout=self._timeout(rs.max_time),
                 trust_env=False,
+                trace_configs=[_went_trace()],
             )
         return self._session
 
@@ -100,11 +104,12 @@ class Exchange:
         params: Any = None,
         same_origin: bool = True,
         max_time: float | None = None,
+        went: Went | None = None,
     ) -> Any:
         """``async with`` this for the response of one GET. Redirects come back as responses
         (the engine follows them hop by hop), except on a caller's own session."""
         if self._owns_requests():
-            return self._get_lean().get(parts, url, same_origin)
+            return self._get_lean().get(parts, url, same_origin, went)
         rs = self.request_strategy
         session = self._get_session()
         if session is self.client:
@@ -130,6 +135,7 @@ class Exchange:
             allow_redirects=False,
             headers=headers,
             timeout=self._timeout(max_time),
+            trace_request_ctx=went,
         )
 
     def _headers(self, same_origin: bool) -> dict[str, str]:
@@ -159,6 +165,7 @@ class Exchange:
         params: Any,
         same_origin: bool,
         max_time: float | None,
+        went: Went | None = None,
     ) -> Outcome | Redirect | None:
         """One request: a redirect to follow, or the response checked and its body written
         (None), or what went wrong."""
@@ -170,7 +177,7 @@ class Exchange:
         try:
             async with (
                 limit or _NO_LIMIT,
-                self._request(url, parts, params, same_origin, max_time) as response,
+                self._request(url, parts, params, same_origin, max_time, went) as response,
             ):
                 status = bundle.status = response.status
                 headers = response.headers
@@ -219,6 +226,22 @@ class Exchange:
                 headers=_plain(headers),
                 attempt=bundle.attempts,
             )
+
+
+Went = Callable[[], None]
+
+
+def _went_trace() -> aiohttp.TraceConfig:
+    """Calls a request's ``went`` (its ``trace_request_ctx``) once its new connection is open."""
+    import aiohttp  # noqa: PLC0415  (see the import at the top)
+
+    async def opened(_session: object, context: Any, _params: object) -> None:
+        if context.trace_request_ctx is not None:
+            context.trace_request_ctx()
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(opened)
+    return trace
 
 
 @dataclass(frozen=True, slots=True)

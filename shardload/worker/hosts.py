@@ -4,7 +4,9 @@ Invariants:
 - at most ``limit`` requests of the host are in flight; ``limit`` stays within
   [1, concurrency] and moves only when adaptive (additive increase on healthy responses,
   halving on 429/503/timeouts);
-- two request starts of the host are at least ``delay`` (+ jitter) seconds apart;
+- two request starts of the host are at least ``delay`` (+ jitter) seconds apart; a start whose
+  connection took time to open counts from when the request went (``went``), so a slow
+  connect does not eat the gap before the next start;
 - no request of the host starts before ``paused_until``: a Retry-After (capped) or a 429 pauses
   the whole host; a 503 without Retry-After pauses it only when at least half of its last
   ``_WINDOW`` responses were 429/503, for at least two different URLs (an overloaded host, not
@@ -60,6 +62,7 @@ class HostSlot:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._next_start = 0.0
         self._last_start: float | None = None
+        self._gap = 0.0  # the gap drawn at the last start
         self.paused_until = 0.0
         self._throttles = 0  # consecutive throttled responses
         self._pauses = 0  # throttle pauses since the last unthrottled response
@@ -154,7 +157,19 @@ class HostSlot:
         gap = self.delay + (random.uniform(0.0, self.jitter) if self.jitter else 0.0)
         self._next_start = now + gap
         self._last_start = now
+        self._gap = gap
         return True
+
+    def spaced(self) -> bool:
+        """Whether starts are spaced at all (only then does ``went`` matter)."""
+        return self.delay > 0 or self.jitter > 0
+
+    def went(self) -> None:
+        """A request of this host reaches the wire only now (it waited for its connection to
+        open): the next start keeps the gap from now."""
+        now = asyncio.get_running_loop().time()
+        self._last_start = max(self._last_start or now, now)
+        self._next_start = max(self._next_start, now + self._gap)
 
     def slow_to(self, delay: float) -> None:
         """Space this host's starts at least ``delay`` apart from now on, counting from the

@@ -10,7 +10,7 @@ import ipaddress
 import re
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from urllib.parse import quote, unquote, urlsplit
 
 from ...errors import DownloadFailed, ErrorKind
@@ -43,15 +43,24 @@ def request_target(parts: UrlParts) -> str:
 class _Request:
     """``async with client.get(parts, url) as response``: releases the connection on exit."""
 
-    def __init__(self, client: LeanClient, parts: UrlParts, url: str, same_origin: bool) -> None:
+    def __init__(
+        self,
+        client: LeanClient,
+        parts: UrlParts,
+        url: str,
+        same_origin: bool,
+        went: Callable[[], None] | None,
+    ) -> None:
         self._client = client
         self._parts = parts
         self._url = url
         self._same_origin = same_origin
+        self._went = went
         self._response: LeanResponse | None = None
 
     async def __aenter__(self) -> LeanResponse:
-        self._response = await self._client.fetch(self._parts, self._url, self._same_origin)
+        client = self._client
+        self._response = await client.fetch(self._parts, self._url, self._same_origin, self._went)
         return self._response
 
     async def __aexit__(self, *exc: object) -> None:
@@ -94,15 +103,30 @@ class LeanClient:
         self._ssl: ssl.SSLContext | None = None
         self._last_sweep = self.loop.time()  # the clock of idle_since
 
-    def get(self, parts: UrlParts, url: str, same_origin: bool = True) -> _Request:
-        return _Request(self, parts, url, same_origin)
+    def get(
+        self,
+        parts: UrlParts,
+        url: str,
+        same_origin: bool = True,
+        went: Callable[[], None] | None = None,
+    ) -> _Request:
+        return _Request(self, parts, url, same_origin, went)
 
-    async def fetch(self, parts: UrlParts, url: str, same_origin: bool = True) -> LeanResponse:
+    async def fetch(
+        self,
+        parts: UrlParts,
+        url: str,
+        same_origin: bool = True,
+        went: Callable[[], None] | None = None,
+    ) -> LeanResponse:
         """Send the GET and return once the response's headers are in. Redirects are the
         caller's (the engine takes each hop's host slot); ``same_origin`` False is a hop to
-        another origin, which gets none of the caller's Authorization or Host."""
+        another origin, which gets none of the caller's Authorization or Host. ``went`` is
+        called when the request had to wait for a new connection, once it is open."""
         head = self._head(parts, url, same_origin)
         conn, reused = await self._acquire(parts)
+        if went is not None and not reused:
+            went()
         try:
             return await conn.send(head, url, self.read_timeout)
         except DownloadFailed as exc:
@@ -114,6 +138,8 @@ class LeanClient:
             raise
         # The server had closed the idle connection: the request never reached it.
         conn, _ = await self._acquire(parts, fresh=True)
+        if went is not None:
+            went()
         try:
             return await conn.send(head, url, self.read_timeout)
         except BaseException:
