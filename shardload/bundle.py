@@ -7,6 +7,7 @@ caller's bundle, so ``bundle.info`` is always the caller's own object, never a c
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -109,9 +110,22 @@ AioDownloadBundle = Bundle
 # aiodownload, where the caller's bundle object itself reached the strategy.
 Extra = tuple[type["Bundle"], dict[str, Any]]
 Job = tuple[int, str, "dict[str, Any] | None", Any, "str | None", "Extra | None"]
-# What comes back: (seq, file_path, state, status, attempts, bytes, sha256, elapsed, kind, message).
+# What comes back: (seq, file_path, state, status, attempts, bytes, sha256, elapsed, kind, message,
+# attrs). ``attrs`` is None, or the attributes of its own that the bundle was given during the
+# download (by a strategy's ``on_success``/``on_fail``, say) and that pickle, as aiodownload's
+# caller saw them on its bundle object.
 Result = tuple[
-    int, "str | None", str, "int | None", int, int, "str | None", float, "str | None", "str | None"
+    int,
+    "str | None",
+    str,
+    "int | None",
+    int,
+    int,
+    "str | None",
+    float,
+    "str | None",
+    "str | None",
+    "dict[str, Any] | None",
 ]
 
 
@@ -141,7 +155,9 @@ def from_job(job: Job) -> Bundle:
     return bundle
 
 
-def to_result(bundle: Bundle) -> Result:
+def to_result(bundle: Bundle, given: dict[str, Any] | None = None) -> Result:
+    """The outcome of ``bundle``; ``given`` are the attributes its job carried (not sent back
+    unless rebound, so the caller keeps its own objects)."""
     kind = None if bundle.error_kind is None else str(bundle.error_kind)
     return (
         bundle.seq,
@@ -154,7 +170,30 @@ def to_result(bundle: Bundle) -> Result:
         bundle.elapsed,
         kind,
         bundle.error_message,
+        _new_attributes(bundle, given or {}),
     )
+
+
+def _new_attributes(bundle: Bundle, given: dict[str, Any]) -> dict[str, Any] | None:
+    attrs = vars(bundle)
+    if attrs.keys() <= _FIELDS:
+        return None  # the common case: nothing but the fields
+    own = {
+        k: v for k, v in attrs.items() if k not in _FIELDS and (k not in given or given[k] is not v)
+    }
+    if not own or _pickles(own):
+        return own or None
+    # One attribute that cannot cross a process (a response object, an open file) is left
+    # behind alone, in every mode, so a run's outcome does not depend on ``processes``.
+    return {k: v for k, v in own.items() if _pickles(v)} or None
+
+
+def _pickles(value: object) -> bool:
+    try:
+        pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return False
+    return True
 
 
 def apply_result(bundle: Bundle, result: Result) -> Bundle:
@@ -170,6 +209,9 @@ def apply_result(bundle: Bundle, result: Result) -> Bundle:
         bundle.elapsed,
         bundle.error_kind,
         bundle.error_message,
+        attrs,
     ) = result
     bundle._run_path = bundle.file_path
+    if attrs:
+        bundle.__dict__.update(attrs)
     return bundle

@@ -19,7 +19,8 @@ from .executors.processes import ProcessExecutor
 from .sharding import split_budget
 from .strategy import DownloadStrategy
 from .urls import host_key, normalise_host_key
-from .worker.engine import AioDownload, describe
+from .worker.config import describe
+from .worker.engine import AioDownload
 
 # Counting the distinct hosts of a known-size input is worth it only up to this size.
 _COUNT_HOSTS_UP_TO = 200_000

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+from typing import Any
 
 import pytest
 
@@ -288,10 +289,40 @@ def test_a_strategy_sees_the_callers_bundle_class_and_attributes(srv, home, proc
     ]
 
 
+class Tagging(DownloadStrategy):
+    """Notes on the bundle what the response said, as aiodownload users did in on_success."""
+
+    async def on_success(self, response: Any, bundle: Bundle) -> None:
+        await super().on_success(response, bundle)
+        bundle.content_type = response.headers.get("Content-Type")  # type: ignore[attr-defined]
+        bundle.response = response  # type: ignore[attr-defined]  (cannot cross a process)
+
+    async def on_fail(self, bundle: Bundle) -> None:
+        bundle.noted = bundle.status  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_attributes_a_strategy_sets_on_the_bundle_reach_the_caller(srv, home, processes):
+    """What on_success/on_fail note on the bundle comes back on the caller's own object; an
+    attribute that cannot cross a process stays behind in every mode, and the caller's own
+    attributes stay its own objects."""
+    mine = {"k": 1}
+    ok, bad = Bundle(f"{srv.base_urls[0]}/links/1"), Bundle(f"{srv.base_urls[1]}/status/404")
+    ok.mine = mine  # type: ignore[attr-defined]
+    download = shardload.AioDownload(download_strategy=Tagging(home=home))
+    done = shardload.swarm([ok, bad], download=download, processes=processes)
+    assert done == [ok, bad] and ok.ok and bad.state == "failed"
+    assert ok.content_type.startswith("text/html")  # type: ignore[attr-defined]
+    assert not hasattr(ok, "response")
+    assert ok.mine is mine  # type: ignore[attr-defined]
+    assert bad.noted == 404  # type: ignore[attr-defined]
+    assert shardload.one(f"{srv.base_urls[2]}/links/2", download=download).content_type
+
+
 def test_a_plain_bundle_crosses_to_a_worker_as_plain_fields_only():
     """The common case pays for nothing: no class, no attribute dict, no pickling check."""
     from shardload.bundle import extra_of
-    from shardload.coordinator import RunMark, prepare_item
+    from shardload.intake import RunMark, prepare_item
 
     run = RunMark()
     assert extra_of(prepare_item(0, "http://h/x", None, run)) is None

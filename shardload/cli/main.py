@@ -10,14 +10,11 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from types import FrameType
 from typing import Any, BinaryIO, TextIO
 
 import shardload
@@ -40,6 +37,7 @@ from shardload.cli.progress import (
     have_tqdm,
     make_progress,
 )
+from shardload.cli.signals import StopSignals
 from shardload.cli.summary import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -51,59 +49,6 @@ from shardload.cli.summary import (
 from shardload.errors import ConfigurationError, ShardloadError
 from shardload.plan import RunOptions
 from shardload.worker.files import find_complete
-
-
-class StopSignals:
-    """SIGINT and SIGTERM raise ``KeyboardInterrupt`` in the main thread, once.
-
-    Inside ``critical()`` (manifest writes, shutdown) the interrupt waits for the section to end.
-    After the first, signals are only noted, so the clean stop runs to completion; a third one
-    exits at once.
-    """
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._count = 0
-        self._armed = True
-        self._depth = 0
-        self._old: dict[int, Any] = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-
-    def restore(self) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-        self._old.clear()
-
-    def disarm(self) -> None:
-        self._armed = False
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.received = signum
-        self._count += 1
-        if self._count >= 3:
-            os.write(2, b"shardload: interrupted again, exiting now\n")
-            os._exit(EXIT_INTERRUPTED)
-        if self._armed and not self._depth:
-            self._armed = False
-            raise KeyboardInterrupt
-
-    @contextmanager
-    def critical(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        self._depth += 1
-        try:
-            yield
-        finally:
-            self._depth -= 1
-            if not self._depth and self._armed and self.received is not None:
-                self._armed = False
-                raise KeyboardInterrupt
 
 
 class ManifestFailed(ShardloadError):

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..bundle import Job, Result
 from ..errors import ConfigurationError, ShardloadError
-from ..worker.engine import rebuild
+from ..worker.config import rebuild
 from ..worker.files import remove_temp_files, temp_prefix
 from ..worker.shard import ShardWorker
 from .base import START_SECONDS, ExecutorSink

@@ -9,7 +9,8 @@ Invariants:
 - bundles of the same URL that target the same file while one is in flight share its download,
   so duplicate URLs are fetched once; no two downloads ever write one file at once in a worker
   (a different URL given the same path waits, then makes its own);
-- the clients that ``Exchange`` (its base class, the request side) made are closed by
+- host slots and robots.txt rules live in ``Politeness``, its base class; the clients that
+  ``Exchange`` (the request side, the base of that) made are closed by
   ``close()``, or when their event loop shuts down (``_close_at_loop_end``); a session passed
   as ``client`` belongs to the caller and is never closed here.
 """
@@ -24,34 +25,27 @@ import time
 import weakref
 from collections.abc import AsyncGenerator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..backoff import decide
 from ..bundle import CACHED, SKIPPED, WRITTEN, Bundle, apply_result, to_result
 from ..errors import NEVER_RETRY_KINDS, DownloadFailed, ErrorKind
-from ..robots import ALLOW_ALL, RobotRules, rules_from_response
+from ..robots import RobotRules
 from ..strategy import DownloadStrategy, Outcome, RequestStrategy
 from ..urls import UrlParts, redact, redirect_target, split_url, userinfo
-from .exchange import Exchange, Redirect, effective_user_agent, over_time
-from .files import (
-    READ_SIZE,
-    check_target,
-    find_complete,
-    forget_directories,
-)
+from .exchange import Redirect, over_time
+from .files import check_target, find_complete, forget_directories
 from .hosts import HostSlot
-from .http import REDIRECT_STATUSES, LeanClient
+from .http import LeanClient
+from .politeness import Politeness
 
 if TYPE_CHECKING:
     # Imported where a session is made: a worker on the lean client never pays aiohttp's
     # import (~0.2 s per spawned process).
     import aiohttp
 
-_ROBOTS_MAX_BYTES = 512 * 1024
-_ROBOTS_MAX_HOPS = 5  # redirects followed for robots.txt (RFC 9309: at least five)
 
-
-class AioDownload(Exchange):
+class AioDownload(Politeness):
     """Downloads bundles with the given strategies; the same engine runs in every worker."""
 
     def __init__(
@@ -148,37 +142,6 @@ class AioDownload(Exchange):
             await session.close()
         if lean is not None:
             await lean.close()
-
-    def _slot(self, host_key: str) -> HostSlot:
-        slot = self._hosts.get(host_key)
-        if slot is None:
-            rs = self.request_strategy
-            concurrency, delay = self.host_budgets.get(host_key, (rs.concurrent, rs.delay))
-            slot = self._hosts[host_key] = HostSlot(
-                concurrency,
-                max(delay, self._crawl_delay(host_key)),
-                rs.jitter,
-                adaptive=rs.adaptive,
-                breaker_threshold=rs.breaker_threshold,
-                breaker_cooldown=rs.breaker_cooldown,
-                retry_after_cap=rs.retry_after_cap,
-            )
-        return slot
-
-    def _crawl_delay(self, host_key: str) -> float:
-        known = self._robots.get(host_key)
-        if known is None or not known.done() or known.cancelled():
-            return 0.0
-        return self._capped_crawl_delay(known.result())
-
-    def _capped_crawl_delay(self, rules: RobotRules) -> float:
-        # Capped as a Retry-After is: "Crawl-delay: 86400" must not park the run for days.
-        return min(rules.crawl_delay or 0.0, self.request_strategy.retry_after_cap)
-
-    def _worker_slots(self) -> asyncio.Semaphore:
-        if self._worker_sem is None:
-            self._worker_sem = asyncio.Semaphore(max(1, self._worker_limit()))
-        return self._worker_sem
 
     async def main(self, bundle: Bundle) -> Bundle:
         """Download one bundle to its file, retrying as the request strategy says."""
@@ -318,17 +281,6 @@ class AioDownload(Exchange):
         finally:
             self._give_back_slot(parts.host_key, slot)
 
-    def _take_slot(self, host_key: str) -> HostSlot:
-        slot = self._slot(host_key)
-        slot.users += 1
-        return slot
-
-    def _give_back_slot(self, host_key: str, slot: HostSlot) -> None:
-        slot.end_probe()
-        slot.users -= 1
-        if slot.idle() and self._hosts.get(host_key) is slot:
-            del self._hosts[host_key]
-
     def _wants_retry(self, outcome: Outcome) -> tuple[bool, str]:
         """The strategy's ``retry()``, and a note for the message when it raised.
 
@@ -340,58 +292,6 @@ class AioDownload(Exchange):
             return bool(self.request_strategy.retry(outcome)), ""
         except Exception as exc:
             return False, f"; retry() raised {type(exc).__name__}: {exc}"
-
-    async def _robots_rules(
-        self, parts: UrlParts, slot: HostSlot, asked: bool = True
-    ) -> RobotRules:
-        """The host's robots.txt rules, fetched once (politely, through its slot); its
-        Crawl-delay becomes the host's gap, counted from the robots.txt request itself.
-        ``asked`` False: the host is a redirect's target, not the origin a URL asked for, so
-        the request carries none of the caller's origin-only headers."""
-        known = self._robots.get(parts.host_key)
-        if known is None:
-            known = self._robots[parts.host_key] = asyncio.ensure_future(
-                self._fetch_robots(parts, slot, asked)
-            )
-        rules = await asyncio.shield(known)
-        if rules.crawl_delay:
-            slot.slow_to(self._capped_crawl_delay(rules))
-        return rules
-
-    async def _fetch_robots(self, parts: UrlParts, slot: HostSlot, asked: bool) -> RobotRules:
-        origin = (parts.scheme, parts.host_key)
-        url = f"{parts.scheme}://{parts.host_key}/robots.txt"
-        target = split_url(url)
-        rs = self.request_strategy
-        worker = self._worker_slots()
-        await slot.enter(worker, breaker=False)  # the rules are wanted even while it is open
-        try:
-            for _ in range(_ROBOTS_MAX_HOPS + 1):
-                same_origin = asked and (target.scheme, target.host_key) == origin
-                # Its start is the host's first: a slow connect must not shorten a
-                # Crawl-delay counted from it.
-                request = self._request(url, target, same_origin=same_origin, went=slot.went)
-                async with request as response:
-                    location = response.headers.get("Location")
-                    if response.status in REDIRECT_STATUSES and location is not None:
-                        url, target = redirect_target(url, location)
-                        continue
-                    # read(n) returns what is buffered (on aiohttp), not n bytes: gather them.
-                    body = bytearray()
-                    async for piece in response.content.iter_chunked(READ_SIZE):
-                        body += piece
-                        if len(body) >= _ROBOTS_MAX_BYTES:
-                            break
-                    return rules_from_response(
-                        response.status, bytes(body[:_ROBOTS_MAX_BYTES]), effective_user_agent(rs)
-                    )
-            return ALLOW_ALL  # a redirect loop: robots.txt unavailable (RFC 9309)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            return ALLOW_ALL
-        finally:
-            slot.leave(worker)
 
     async def request_and_download(self, bundle: Bundle) -> Bundle:
         """One attempt (no retry): request, check, write. Sets the bundle's final state."""
@@ -532,33 +432,3 @@ async def _close_at_loop_end(
 def _cancelling() -> bool:
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
-
-
-def describe(engine: AioDownload) -> dict[str, Any]:
-    """The plain, picklable configuration a worker process rebuilds this engine from: its
-    strategies, and for a subclass its class and the attributes it added (its overrides of
-    ``main`` and the rest run in the workers too)."""
-    config: dict[str, Any] = {
-        "download_strategy": engine.download_strategy,
-        "request_strategy": engine.request_strategy,
-        "host_budgets": dict(engine.host_budgets),
-    }
-    if type(engine) is not AioDownload:
-        own = vars(AioDownload(None, engine.download_strategy, engine.request_strategy))
-        config["engine_class"] = type(engine)
-        config["engine_attrs"] = {k: v for k, v in vars(engine).items() if k not in own}
-    return config
-
-
-def rebuild(config: dict[str, Any]) -> AioDownload:
-    """The engine ``describe`` described, made afresh in a worker."""
-    cls: type[AioDownload] = config.get("engine_class", AioDownload)
-    engine = cls.__new__(cls)  # not cls(...): a subclass's __init__ may want other arguments
-    AioDownload.__init__(
-        engine,
-        download_strategy=config["download_strategy"],
-        request_strategy=config["request_strategy"],
-    )
-    engine.__dict__.update(config.get("engine_attrs", {}))
-    engine.host_budgets = dict(config["host_budgets"])
-    return engine

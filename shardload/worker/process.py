@@ -23,7 +23,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ..bundle import Result
-from .engine import rebuild
+from .config import rebuild
 from .shard import ShardWorker
 
 

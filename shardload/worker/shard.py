@@ -57,7 +57,8 @@ class ShardWorker:
             raise
         except Exception as exc:  # main() already maps failures; this is the last net
             bundle.fail(ErrorKind.STRATEGY, f"{type(exc).__name__}: {exc}")
-        self._out.append(to_result(bundle))
+        extra = job[5]
+        self._out.append(to_result(bundle, None if extra is None else extra[1]))
         if len(self._out) >= self._batch_size:
             self.flush()
         elif self._flush_handle is None:

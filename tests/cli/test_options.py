@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from shardload import BackOff, Lenient, RequestStrategy
-from shardload.cli.main import StopSignals, main
+from shardload.cli.main import main
 from shardload.cli.options import (
     DEFAULT_ATTEMPTS,
     DEFAULT_PER_HOST,
@@ -23,6 +23,7 @@ from shardload.cli.options import (
     run_options,
     strategy_options,
 )
+from shardload.cli.signals import StopSignals
 
 
 @pytest.mark.parametrize(

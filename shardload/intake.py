@@ -1,0 +1,159 @@
+"""The input side of a run: the caller's iterable read lazily on a thread, each item turned
+into a fresh bundle.
+
+Invariants:
+- at most ``cap`` prepared bundles wait for the coordinator's loop; the thread blocks, never
+  the loop, and stops reading once told to stop;
+- every item gives exactly one bundle: an item that cannot be used (no URL, a failing
+  ``url_map``, a ``__str__`` that raises) gives a failed one (``bad_input``) and the rest of
+  the input goes on; an exception raised by the iterable itself ends the input and is
+  re-raised in the caller.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .bundle import PENDING, Bundle
+from .errors import ErrorKind
+
+
+class InputReader:
+    """Iterates the caller's input on a thread, at most ``cap`` bundles ahead of the loop."""
+
+    def __init__(
+        self,
+        items: Iterable[Any],
+        prepare: Callable[[int, Any], Bundle],
+        wake: Callable[[], None],
+        cap: int,
+    ) -> None:
+        self._items = items
+        self._prepare = prepare
+        self._wake = wake
+        self._cap = cap
+        self._buffer: deque[Bundle] = deque()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self.done = False
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="shardload-input")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for seq, item in enumerate(self._items):
+                bundle = self._prepare(seq, item)
+                with self._cond:
+                    while len(self._buffer) >= self._cap and not self._stopped:
+                        self._cond.wait(0.5)
+                    if self._stopped:
+                        return
+                    self._buffer.append(bundle)
+                    first = len(self._buffer) == 1
+                if first:
+                    self._wake()
+        except BaseException as exc:  # the caller's iterator failed: re-raised in the caller
+            self.error = exc
+        finally:
+            with self._cond:
+                self.done = True
+            self._wake()
+
+    def take(self, limit: int) -> list[Bundle]:
+        with self._cond:
+            count = min(limit, len(self._buffer))
+            out = [self._buffer.popleft() for _ in range(count)]
+            self._cond.notify()
+        return out
+
+    @property
+    def exhausted(self) -> bool:
+        with self._cond:
+            return self.done and not self._buffer
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+
+class RunMark:
+    """Marks the bundles one run holds, while it is live."""
+
+    __slots__ = ("live",)
+
+    def __init__(self) -> None:
+        self.live = True
+
+
+def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None, run: RunMark) -> Bundle:
+    """Turn one input item into a fresh bundle; an item that cannot be used gives a failed one.
+
+    A caller's bundle is reset and used in place, except one still pending in a live run (the
+    same object twice in the input, or given to two runs at once): that one gets a copy, so
+    each item has its own.
+    """
+    try:
+        if isinstance(item, Bundle):
+            held = isinstance(item._run, RunMark) and item._run.live and item.state == PENDING
+            bundle = copy.copy(item) if held else item
+        else:
+            try:
+                url = url_map(item) if url_map is not None else item
+            except Exception as exc:
+                return _failed_item(seq, item, f"url_map failed: {describe_error(exc)}")
+            if isinstance(url, Bundle):
+                bundle = url
+            elif url is None:
+                return _failed_item(seq, item, "no URL: the item (or url_map's answer) is None")
+            else:
+                # Never `url == item` on the caller's objects: their __eq__ may raise or
+                # answer with an array (a numpy row). A plain URL string is its own item.
+                plain = url is item or (type(url) is str and type(item) is str and url == item)
+                bundle = Bundle(url=_text(url), info=None if plain else item)
+        if bundle.file_path is not None and bundle.file_path == bundle._run_path:
+            bundle.file_path = None  # an earlier run's answer: this run computes its own
+        bundle._run = run
+        bundle.seq = seq
+        bundle.state = PENDING
+        bundle.status = None
+        bundle.attempts = 0
+        bundle.bytes = 0
+        bundle.sha256 = None
+        bundle.elapsed = 0.0
+        bundle.error_kind = bundle.error_message = None
+    except Exception as exc:  # one unusable item fails alone; the rest of the input goes on
+        return _failed_item(seq, item, f"unusable input item: {describe_error(exc)}")
+    return bundle
+
+
+def _failed_item(seq: int, item: Any, message: str) -> Bundle:
+    bundle = Bundle(url=_safe_text(item), info=item, seq=seq)
+    return bundle.fail(ErrorKind.BAD_INPUT, message)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _safe_text(value: Any) -> str:
+    """``_text``, for reporting a failure: the caller's ``__str__`` may be what failed."""
+    try:
+        return _text(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
+
+
+def describe_error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {_safe_text(exc)}"

@@ -1,0 +1,129 @@
+"""Politeness state of the engine: its per-host slots and each host's robots.txt rules.
+
+``Politeness`` is a base class of ``AioDownload`` (after ``Exchange``, the request side).
+
+Invariants:
+- one ``HostSlot`` per host while any bundle of the host is inside the engine (``users``), or
+  while its slot still remembers something that matters (a gap, a pause, recent trouble);
+  idle slots are dropped, so a crawl over millions of hosts keeps only the busy ones;
+- a host split over k workers gets its budget (concurrency, delay) from ``host_budgets``;
+- a host's robots.txt is fetched once, through its slot (the fetch is the host's first start),
+  and its Crawl-delay (capped as a Retry-After is) becomes the host's gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ..robots import ALLOW_ALL, RobotRules, rules_from_response
+from ..urls import UrlParts, redirect_target, split_url
+from .exchange import Exchange, effective_user_agent
+from .files import READ_SIZE
+from .hosts import HostSlot
+from .http import REDIRECT_STATUSES
+
+_ROBOTS_MAX_BYTES = 512 * 1024
+_ROBOTS_MAX_HOPS = 5  # redirects followed for robots.txt (RFC 9309: at least five)
+
+
+class Politeness(Exchange):
+    """Host slots and robots.txt rules of ``AioDownload``; see the module's invariants."""
+
+    host_budgets: dict[str, tuple[int, float]]
+    _hosts: dict[str, HostSlot]
+    _robots: dict[str, asyncio.Future[RobotRules]]
+    _worker_sem: asyncio.Semaphore | None
+
+    def _slot(self, host_key: str) -> HostSlot:
+        slot = self._hosts.get(host_key)
+        if slot is None:
+            rs = self.request_strategy
+            concurrency, delay = self.host_budgets.get(host_key, (rs.concurrent, rs.delay))
+            slot = self._hosts[host_key] = HostSlot(
+                concurrency,
+                max(delay, self._crawl_delay(host_key)),
+                rs.jitter,
+                adaptive=rs.adaptive,
+                breaker_threshold=rs.breaker_threshold,
+                breaker_cooldown=rs.breaker_cooldown,
+                retry_after_cap=rs.retry_after_cap,
+            )
+        return slot
+
+    def _crawl_delay(self, host_key: str) -> float:
+        known = self._robots.get(host_key)
+        if known is None or not known.done() or known.cancelled():
+            return 0.0
+        return self._capped_crawl_delay(known.result())
+
+    def _capped_crawl_delay(self, rules: RobotRules) -> float:
+        # Capped as a Retry-After is: "Crawl-delay: 86400" must not park the run for days.
+        return min(rules.crawl_delay or 0.0, self.request_strategy.retry_after_cap)
+
+    def _worker_slots(self) -> asyncio.Semaphore:
+        if self._worker_sem is None:
+            self._worker_sem = asyncio.Semaphore(max(1, self._worker_limit()))
+        return self._worker_sem
+
+    def _take_slot(self, host_key: str) -> HostSlot:
+        slot = self._slot(host_key)
+        slot.users += 1
+        return slot
+
+    def _give_back_slot(self, host_key: str, slot: HostSlot) -> None:
+        slot.end_probe()
+        slot.users -= 1
+        if slot.idle() and self._hosts.get(host_key) is slot:
+            del self._hosts[host_key]
+
+    async def _robots_rules(
+        self, parts: UrlParts, slot: HostSlot, asked: bool = True
+    ) -> RobotRules:
+        """The host's robots.txt rules, fetched once (politely, through its slot); its
+        Crawl-delay becomes the host's gap, counted from the robots.txt request itself.
+        ``asked`` False: the host is a redirect's target, not the origin a URL asked for, so
+        the request carries none of the caller's origin-only headers."""
+        known = self._robots.get(parts.host_key)
+        if known is None:
+            known = self._robots[parts.host_key] = asyncio.ensure_future(
+                self._fetch_robots(parts, slot, asked)
+            )
+        rules = await asyncio.shield(known)
+        if rules.crawl_delay:
+            slot.slow_to(self._capped_crawl_delay(rules))
+        return rules
+
+    async def _fetch_robots(self, parts: UrlParts, slot: HostSlot, asked: bool) -> RobotRules:
+        origin = (parts.scheme, parts.host_key)
+        url = f"{parts.scheme}://{parts.host_key}/robots.txt"
+        target = split_url(url)
+        rs = self.request_strategy
+        worker = self._worker_slots()
+        await slot.enter(worker, breaker=False)  # the rules are wanted even while it is open
+        try:
+            for _ in range(_ROBOTS_MAX_HOPS + 1):
+                same_origin = asked and (target.scheme, target.host_key) == origin
+                # Its start is the host's first: a slow connect must not shorten a
+                # Crawl-delay counted from it.
+                request = self._request(url, target, same_origin=same_origin, went=slot.went)
+                async with request as response:
+                    location = response.headers.get("Location")
+                    if response.status in REDIRECT_STATUSES and location is not None:
+                        url, target = redirect_target(url, location)
+                        continue
+                    # read(n) returns what is buffered (on aiohttp), not n bytes: gather them.
+                    body = bytearray()
+                    async for piece in response.content.iter_chunked(READ_SIZE):
+                        body += piece
+                        if len(body) >= _ROBOTS_MAX_BYTES:
+                            break
+                    return rules_from_response(
+                        response.status, bytes(body[:_ROBOTS_MAX_BYTES]), effective_user_agent(rs)
+                    )
+            return ALLOW_ALL  # a redirect loop: robots.txt unavailable (RFC 9309)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return ALLOW_ALL
+        finally:
+            slot.leave(worker)
