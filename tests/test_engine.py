@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import os
 import subprocess
@@ -232,14 +233,24 @@ def test_main_without_close_leaves_no_session_open_when_the_loop_ends(srv, home,
         assert made is not None and made.closed
     else:
         assert made is not None and made._lru == {} and made._idle == {}
-    assert download._loop is None  # closed, ready to bind to another loop
+    again = asyncio.run(download.main(Bundle(srv.base_urls[0] + "/links/2")))
+    assert again.ok, again.error_message  # a new loop: the engine binds to it afresh
 
 
 @pytest.mark.parametrize("method", ["main", "request_and_download"])
 @pytest.mark.parametrize("strategy", ["DownloadStrategy", "Own"])
-def test_a_call_without_close_leaves_nothing_open(srv, home, method, strategy):
+@pytest.mark.parametrize("made", ["outside", "inside"])
+def test_a_call_without_close_leaves_nothing_open(srv, home, method, strategy, made):
     """aiodownload had no close(): ``asyncio.run(download.main(b))``, or its one attempt
-    ``request_and_download(b)``, must leave no session or socket behind, on either client."""
+    ``request_and_download(b)``, must leave no session or socket behind, on either client;
+    also when the download is a local of the coroutine, gone before the loop ends."""
+    make = f"AioDownload(download_strategy={strategy}(home={home!r}))"
+    call = f'download.{method}(Bundle("{srv.base_urls[0]}/links/1"))'
+    if made == "outside":
+        run = f"download = {make}\nb = asyncio.run({call})"
+    else:
+        run = f"async def go():\n    download = {make}\n    return await {call}\n"
+        run += "b = asyncio.run(go())"
     script = f"""
 import asyncio, shardload
 from shardload import AioDownload, Bundle, DownloadStrategy
@@ -248,8 +259,7 @@ class Own(DownloadStrategy):  # an on_success override: requests go through aioh
     async def on_success(self, response, bundle):
         await super().on_success(response, bundle)
 
-download = AioDownload(download_strategy={strategy}(home={home!r}))
-b = asyncio.run(download.{method}(Bundle("{srv.base_urls[0]}/links/1")))
+{run}
 print("STATE", b.state)
 """
     out = subprocess.run(
@@ -261,3 +271,20 @@ print("STATE", b.state)
     )
     assert "STATE written" in out.stdout, out.stderr[-2000:]
     assert "Unclosed" not in out.stderr and "ResourceWarning" not in out.stderr, out.stderr
+
+
+def test_a_sync_call_between_two_awaits_in_one_loop_leaves_the_next_download_alone(srv, home):
+    """A notebook: ``await download.main(b)``, then ``one(url, download)`` (which runs in a
+    loop of its own), then ``await download.main(b)`` again. What the first loop-end closer
+    of the download closes is what was opened then, never the third call's download."""
+
+    async def cells() -> list[Bundle]:
+        download = make_download(home)
+        first = await download.main(Bundle(f"{srv.base_urls[0]}/links/1"))
+        second = shardload.one(f"{srv.base_urls[0]}/links/2", download=download)
+        gc.collect()  # the first binding's closer, dropped by the second, is finalised now
+        third = await download.main(Bundle(f"{srv.base_urls[0]}/slow/100/third"))
+        return [first, second, third]
+
+    bundles = asyncio.run(cells())
+    assert [b.state for b in bundles] == ["written"] * 3, [b.error_message for b in bundles]

@@ -22,10 +22,9 @@ import contextlib
 import copy
 import math
 import time
-import weakref
 from collections.abc import AsyncGenerator
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..backoff import decide
 from ..bundle import CACHED, SKIPPED, WRITTEN, Bundle, apply_result, to_result
@@ -62,6 +61,7 @@ class AioDownload(Politeness):
         self._runs = 0  # runs (swarm/each calls) using this engine now, all in self._loop
         # (loop, generator): closes what this engine opened in that loop when the loop ends.
         self._closer: tuple[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] | None = None
+        self._opened: list[Any] = []  # the clients it will close
         self._reset()
 
     # aiodownload's private names, read by some of its users' subclasses.
@@ -125,9 +125,15 @@ class AioDownload(Politeness):
             self._reset()  # made in a loop that is gone or stopped: start afresh in this one
             self._loop = loop
         if self._closer is None or self._closer[0] is not loop:
-            self._closer = (loop, _close_at_loop_end(weakref.ref(self), loop))
+            # Each binding to a loop has its own list: a closer dropped when the engine moved
+            # to another loop (and finalised whenever the collector gets to it) closes what
+            # was opened in its loop then, never what a later binding opened.
+            self._opened = []
+            closer = _close_at_loop_end(self._opened, self.download_strategy.home)
+            self._closer = (loop, closer)
             # Run it to its yield: that registers it with the loop, whose shutdown (the end of
-            # asyncio.run) closes it, and so this engine's clients.
+            # asyncio.run) closes it, and so the clients, even if this engine is gone by then
+            # (a local of the coroutine that ran it).
             with contextlib.suppress(StopIteration):
                 self._closer[1].__anext__().send(None)
 
@@ -138,6 +144,7 @@ class AioDownload(Politeness):
         for pending in self._robots.values():
             pending.cancel()
         self._reset()
+        self._opened[:] = [c for c in self._opened if c is not session and c is not lean]
         if session is not None and session is not self.client:
             await session.close()
         if lean is not None:
@@ -415,18 +422,17 @@ def _skip(bundle: Bundle, message: str) -> None:
     bundle.error_message = message
 
 
-async def _close_at_loop_end(
-    ref: weakref.ref[AioDownload], loop: asyncio.AbstractEventLoop
-) -> AsyncGenerator[None, None]:
-    """Closes the engine's clients when its event loop shuts down, for code that calls
-    ``await download.main(bundle)`` under ``asyncio.run`` and never ``close()`` (as with
-    aiodownload, which had no close): no unclosed session or socket is left behind."""
+async def _close_at_loop_end(opened: list[Any], home: str) -> AsyncGenerator[None, None]:
+    """Closes the clients an engine opened in one event loop when that loop shuts down, for
+    code that calls ``await download.main(bundle)`` under ``asyncio.run`` and never
+    ``close()`` (as with aiodownload, which had no close): no unclosed session or socket is
+    left behind. It holds the clients, not the engine, which may be gone by then."""
     try:
         yield
     finally:
-        engine = ref()
-        if engine is not None and engine._loop is loop:
-            await engine.close()
+        forget_directories(home)
+        while opened:
+            await opened.pop().close()
 
 
 def _cancelling() -> bool:

@@ -50,6 +50,7 @@ class Exchange:
     request_strategy: RequestStrategy
     _session: aiohttp.ClientSession | None
     _lean: LeanClient | None
+    _opened: list[Any]  # the clients made here, for the engine to close at its loop's end
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -71,6 +72,7 @@ class Exchange:
                 trust_env=False,
                 trace_configs=[_went_trace()],
             )
+            self._opened.append(self._session)
         return self._session
 
     def _owns_requests(self) -> bool:
@@ -95,6 +97,7 @@ class Exchange:
                 read_timeout=rs.timeout,
                 dns_ttl=rs.dns_ttl,
             )
+            self._opened.append(self._lean)
         return self._lean
 
     def _request(
