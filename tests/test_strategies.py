@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import os
 from typing import Any
@@ -19,6 +20,7 @@ from shardload import (
     Outcome,
     RequestStrategy,
 )
+from shardload.testing.server import body_for
 
 from .conftest import make_download, temp_files
 
@@ -227,6 +229,26 @@ def test_custom_on_success_and_on_fail_are_called(srv, home):
         [srv.base_urls[0] + "/links/1", srv.base_urls[0] + "/status/404"], download=download
     )
     assert sorted(calls) == [("fail", 404), ("success", 200)]
+
+
+class WritesItself(DownloadStrategy):
+    """aiodownload 0.2.5's on_success: it read the response and wrote the file itself."""
+
+    async def on_success(self, response: Any, bundle: Bundle) -> None:
+        assert bundle.file_path is not None
+        os.makedirs(os.path.dirname(bundle.file_path), exist_ok=True)
+        with open(bundle.file_path, "wb") as f:
+            while chunk := await response.content.read(self.chunk_size):
+                f.write(chunk)
+
+
+@pytest.mark.parametrize("sha256", [True, False])
+def test_an_on_success_that_writes_the_file_itself_reports_its_bytes_and_hash(srv, home, sha256):
+    download = shardload.AioDownload(download_strategy=WritesItself(home=home, sha256=sha256))
+    b = shardload.one(f"{srv.base_urls[0]}/bytes/3000", download=download)
+    body = body_for(3000)
+    assert b.state == "written" and b.bytes == 3000, (b.state, b.bytes, b.error_message)
+    assert b.sha256 == (hashlib.sha256(body).hexdigest() if sha256 else None)
 
 
 def test_a_strategy_that_raises_fails_its_bundle_not_the_batch(srv, home):

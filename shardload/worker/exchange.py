@@ -33,7 +33,7 @@ from ..errors import ErrorKind
 from ..strategy import DownloadStrategy, Outcome, RequestStrategy
 from ..urls import UrlParts, userinfo
 from .failures import classify
-from .files import READ_SIZE, SpeedGuard, speed_guard
+from .files import READ_SIZE, SpeedGuard, measure_written, speed_guard
 from .http import ORIGIN_ONLY, REDIRECT_STATUSES, LeanClient
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ class Exchange:
         """
         return (
             self.client is None
-            and type(self.download_strategy).on_success is DownloadStrategy.on_success
+            and not _overridden_on_success(self.download_strategy)
             and type(self.request_strategy).assert_response is RequestStrategy.assert_response
         )
 
@@ -205,10 +205,14 @@ class Exchange:
                     if rs.low_speed_limit
                     else None
                 )
+                ds = self.download_strategy
                 try:
-                    await self.download_strategy.on_success(response, bundle)
+                    await ds.on_success(response, bundle)
                 finally:
                     speed_guard.reset(token)
+                if bundle.bytes == 0 and bundle.sha256 is None and _overridden_on_success(ds):
+                    # It wrote the file itself (aiodownload's did): say what it holds.
+                    await asyncio.to_thread(measure_written, bundle, ds.sha256)
                 return None
         except asyncio.CancelledError:
             raise
@@ -232,6 +236,10 @@ class Exchange:
 
 
 Went = Callable[[], None]
+
+
+def _overridden_on_success(ds: DownloadStrategy) -> bool:
+    return type(ds).on_success is not DownloadStrategy.on_success
 
 
 def _went_trace() -> aiohttp.TraceConfig:

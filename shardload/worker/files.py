@@ -130,6 +130,24 @@ def find_complete(path: str) -> tuple[str, int] | None:
     return None
 
 
+def measure_written(bundle: Bundle, with_hash: bool) -> None:
+    """Fill in ``bytes`` (and ``sha256``) from the file at ``bundle.file_path``, for an
+    overridden ``on_success`` that wrote it itself, as aiodownload's did. Runs in a thread:
+    the file may be large."""
+    path = bundle.file_path
+    if path is None or not os.path.isfile(path):
+        return
+    digest = hashlib.sha256() if with_hash else None
+    size = 0
+    with open(path, "rb") as f:
+        while digest is not None and (block := f.read(1 << 20)):
+            digest.update(block)
+        size = os.fstat(f.fileno()).st_size
+    bundle.bytes = size
+    if digest is not None:
+        bundle.sha256 = digest.hexdigest()
+
+
 class SpeedGuard:
     """Fails a body that stays under ``limit`` bytes/s for a whole ``window`` of seconds."""
 
