@@ -106,7 +106,10 @@ class DownloadStrategy:
         await stream_to_file(response, bundle, self)
 
     async def on_fail(self, bundle: Bundle) -> None:
-        """Called once when a bundle has finally failed. Writes nothing: a good copy stays."""
+        """Called once when a bundle's download has finally failed (a failing
+        ``get_file_path`` included; not for input refused before any download, ``bad_input``).
+        Writes nothing: a good copy stays. An exception it raises is noted in the bundle's
+        ``error_message``; the failure keeps its kind."""
 
 
 class RequestStrategy:

@@ -231,6 +231,29 @@ def test_custom_on_success_and_on_fail_are_called(srv, home):
     assert sorted(calls) == [("fail", 404), ("success", 200)]
 
 
+def test_on_fail_runs_for_a_failing_get_file_path_and_one_that_raises_keeps_the_cause(srv, home):
+    failed: list[str | None] = []
+
+    class Fussy(DownloadStrategy):
+        def get_file_path(self, bundle: Bundle) -> str:
+            if bundle.url.endswith("/links/1"):
+                raise LookupError("no name for it")
+            return super().get_file_path(bundle)
+
+        async def on_fail(self, bundle: Bundle) -> None:
+            failed.append(bundle.error_kind)
+            raise RuntimeError("on_fail bug")
+
+    download = shardload.AioDownload(download_strategy=Fussy(home=home))
+    named, missing = shardload.swarm(
+        [srv.base_urls[0] + "/links/1", srv.base_urls[0] + "/status/404"], download=download
+    )
+    assert failed.count("strategy") == 1 and failed.count("http") == 1
+    assert named.error_kind == "strategy" and "no name for it" in named.error_message
+    assert missing.error_kind == "http" and missing.status == 404
+    assert missing.error_message.endswith("; on_fail() raised RuntimeError: on_fail bug")
+
+
 class WritesItself(DownloadStrategy):
     """aiodownload 0.2.5's on_success: it read the response and wrote the file itself."""
 

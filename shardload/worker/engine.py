@@ -182,6 +182,7 @@ class AioDownload(Politeness):
             bundle.file_path = self._target(bundle)
         except DownloadFailed as exc:
             bundle.fail(exc.kind, exc.message)
+            await self._on_fail(bundle)
             return
         path = bundle.file_path
         # UrlParts leave the credentials out; a request with them is another request.
@@ -264,7 +265,7 @@ class AioDownload(Politeness):
                     return
                 if outcome.error_kind == ErrorKind.BREAKER_OPEN:  # failed fast, nothing sent
                     bundle.fail(outcome.error_kind, outcome.message)
-                    await ds.on_fail(bundle)
+                    await self._on_fail(bundle)
                     return
                 # Only whether to retry is decided here: the wait comes from get_sleep_time()
                 # at the top of the loop, and a Retry-After pauses the whole host (record()).
@@ -283,10 +284,20 @@ class AioDownload(Politeness):
                     if bundle.attempts > 1:
                         message += f"; {decision.reason}"  # e.g. attempts exhausted (5 of 5)
                     bundle.fail(outcome.error_kind, message)
-                    await ds.on_fail(bundle)
+                    await self._on_fail(bundle)
                     return
         finally:
             self._give_back_slot(parts.host_key, slot)
+
+    async def _on_fail(self, bundle: Bundle) -> None:
+        """The strategy's ``on_fail``, once the bundle has finally failed. One that raises
+        keeps the failure it was told of (its kind decides what a resume retries), with a
+        note in the message, so neither the cause nor the strategy's bug is hidden."""
+        try:
+            await self.download_strategy.on_fail(bundle)
+        except Exception as exc:
+            note = f"on_fail() raised {type(exc).__name__}: {exc}"
+            bundle.error_message = f"{bundle.error_message}; {note}"
 
     def _wants_retry(self, outcome: Outcome) -> tuple[bool, str]:
         """The strategy's ``retry()``, and a note for the message when it raised.
