@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -11,6 +12,7 @@ import pytest
 
 import shardload
 from shardload import Bundle, DownloadStrategy, ErrorKind, RequestStrategy
+from shardload.errors import DownloadFailed
 from shardload.testing.server import body_for
 from shardload.worker import files
 
@@ -233,17 +235,47 @@ def test_commit_under_a_root_home_walks_whole_directory_names(tmp_path, monkeypa
     from shardload.worker import files
 
     made: list[str] = []
-    real = files._ensure_directory
+    real = files._enter
     monkeypatch.setattr(
-        files, "_ensure_directory", lambda path, home: made.append(path) or real(path, home)
+        files,
+        "_enter",
+        lambda parent, name, path, home: made.append(path) or real(parent, name, path, home),
     )
-    monkeypatch.setattr(files, "_verified", {})
+    files.forget_directories("/")
     tmp = tmp_path / "part"
     tmp.write_bytes(b"x")
     final = os.path.join(str(tmp_path), "sub", "f")
     assert files.commit(str(tmp), final, "/") == final
     assert made[0] == "/" + str(tmp_path).split(os.sep)[1]
     assert open(final, "rb").read() == b"x"
+
+
+@pytest.mark.parametrize("swapped", ["h/dir", "h"])
+def test_a_directory_swapped_for_a_symlink_mid_run_never_leads_a_file_outside_home(
+    tmp_path, swapped
+):
+    """Directories already walked are not walked again for the next file; one that someone
+    replaced by a symlink since (the file's own folder, or one above it) is refused."""
+    from shardload.worker import files
+
+    home, outside = tmp_path / "home", tmp_path / "outside"
+    home.mkdir()
+    outside.mkdir()
+    parts = []
+    for i in range(2):
+        part = tmp_path / f"part{i}"
+        part.write_bytes(b"x")
+        parts.append(str(part))
+    first = files.commit(parts[0], str(home / "h" / "dir" / "a"), str(home))
+    assert open(first, "rb").read() == b"x"
+    shutil.rmtree(home / swapped)
+    (home / swapped).parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(outside, home / swapped)
+    with pytest.raises(DownloadFailed) as failed:
+        files.commit(parts[1], str(home / "h" / "dir" / "b"), str(home))
+    assert failed.value.kind == ErrorKind.UNSAFE_PATH
+    assert list(outside.iterdir()) == []
+    files.forget_directories(str(home))
 
 
 @pytest.mark.parametrize("processes", [1, 2])

@@ -9,8 +9,10 @@ Invariants:
 - a file appears at its final path only when complete and verified: the whole body was read,
   the HTTP client checked it against Content-Length, and it fits ``max_bytes``;
 - a failed attempt removes its temporary file and never touches an earlier copy at the final path;
-- nothing is written outside home: every directory on the way is checked with ``lstat`` and a
-  symlink is never followed for writing, whatever a URL or a custom ``get_file_path`` says;
+- nothing is written outside home: every directory on the way is opened from home without
+  following a symlink, and a file is renamed into place relative to its directory's open
+  descriptor, so a symlink is never followed for writing, whatever a URL or a custom
+  ``get_file_path`` says, nor when one replaces a directory while a run goes on;
 - a file stored at ``a`` is moved to ``a/%file`` when another URL needs ``a`` as a directory
   (and a file for ``a`` goes straight to ``a/%file`` when ``a`` is already a directory), so the
   final layout depends only on the set of URLs, not on the order of downloads.
@@ -31,13 +33,15 @@ import os
 import secrets
 import socket
 import stat
+import threading
 import time
+from collections import OrderedDict
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from ..bundle import Bundle
 from ..errors import DownloadFailed, ErrorKind
-from ..paths import TEMP_DIR_NAME, absolute, contains, displaced_path
+from ..paths import DISPLACED_NAME, TEMP_DIR_NAME, absolute, contains, displaced_path
 
 if TYPE_CHECKING:
     from ..strategy import DownloadStrategy, Response
@@ -102,10 +106,7 @@ def _below(home: str, path: str) -> str:
     return path[len(home.rstrip(os.sep)) + 1 :]
 
 
-# Directories of each home already checked to be real directories (not symlinks) in this run,
-# so committing a file costs one rename, not an lstat per path component. It assumes nothing
-# else swaps those directories for symlinks while a run is going; a commit that finds the tree
-# changed forgets them and looks again, and the engine forgets them when it closes.
+# The temporary folders already made (and swept of orphans) in this run, per home.
 _verified: dict[str, set[str]] = {}
 
 
@@ -114,6 +115,8 @@ def forget_directories(home: str) -> None:
     temporary folder if it is empty (a run still writing elsewhere keeps it: rmdir refuses a
     folder with files, and a run that finds it gone makes it again, see ``_open_temp``)."""
     _verified.pop(absolute(home), None)
+    with _directories_lock:
+        _close_directories(absolute(home))
     with contextlib.suppress(OSError):
         os.rmdir(temp_dir(home))
 
@@ -336,70 +339,114 @@ def commit(tmp: str, final: str, home: str) -> str:
     """Move a complete temporary file to ``final`` inside home; returns where it landed."""
     home = absolute(home)
     final = check_target(home, final)
-    verified = _verified.setdefault(home, set())
-    for _ in range(2):
-        try:
-            return _commit(tmp, final, home, verified)
-        except (NotADirectoryError, FileNotFoundError, FileExistsError):
-            # The tree changed under us (another worker of a split host turned a file into a
-            # directory, or someone removed a folder): forget what we knew and look again.
-            verified.clear()
-    return _commit(tmp, final, home, verified)
+    with _directories_lock:
+        for _ in range(2):
+            try:
+                return _commit(tmp, final, home)
+            except (NotADirectoryError, FileNotFoundError, FileExistsError):
+                # The tree changed under us (another worker of a split host turned a file into
+                # a directory, or someone removed a folder): forget what we held and look again.
+                _close_directories(home)
+        return _commit(tmp, final, home)
 
 
-def _commit(tmp: str, final: str, home: str, verified: set[str]) -> str:
-    directory = os.path.dirname(final)
+def _commit(tmp: str, final: str, home: str) -> str:
+    directory, name = os.path.split(final)
     try:
-        if directory not in verified:
-            current = home
-            for name in _below(home, directory).split(os.sep) if directory != home else ():
-                current = os.path.join(current, name)
-                if current not in verified:
-                    _ensure_directory(current, home)
-                    verified.add(current)
+        parent = _directory_fd(home, directory)
         try:
-            os.replace(tmp, final)
+            os.replace(tmp, name, dst_dir_fd=parent)
             return final
         except OSError as exc:
             # A directory stands at the final path (other URLs live below it): the file goes
             # inside it, under the reserved name.
-            if exc.errno not in _IS_A_DIRECTORY or not stat.S_ISDIR(_lstat_mode(final) or 0):
+            if exc.errno not in _IS_A_DIRECTORY or not stat.S_ISDIR(_mode_at(parent, name)):
                 raise
-        target = displaced_path(final)
-        os.replace(tmp, target)
-        return target
+        inside = _enter(parent, name, final, home)
+        try:
+            os.replace(tmp, DISPLACED_NAME, dst_dir_fd=inside)
+        finally:
+            os.close(inside)
+        return displaced_path(final)
     except (DownloadFailed, NotADirectoryError, FileNotFoundError, FileExistsError):
         raise
     except OSError as exc:
         raise DownloadFailed(ErrorKind.DISK, f"cannot write {final}: {exc}") from exc
 
 
-_IS_A_DIRECTORY = frozenset({errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST})
+# Directories of each home already walked from home without following a symlink, held open
+# (the most recently used few): a file is committed with one rename relative to its
+# directory's descriptor, so a commit costs no lstat per path component, and a directory
+# swapped for a symlink after the walk (while a run goes on) cannot lead a file outside home.
+# One lock for every event loop of the process (threads calling one() at once): a descriptor
+# is never closed, and its number reused, while another commit renames through it.
+_DIRECTORY_FDS = 8
+_open_directories: OrderedDict[tuple[str, str], int] = OrderedDict()
+_directories_lock = threading.Lock()
+_DIRECTORY_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
-def _lstat_mode(path: str) -> int | None:
+def _directory_fd(home: str, directory: str) -> int:
+    key = (home, directory)
+    fd = _open_directories.get(key)
+    if fd is not None:
+        _open_directories.move_to_end(key)
+        return fd
+    fd = os.open(home, _DIRECTORY_FLAGS)  # home itself may be a symlink: the user chose it
     try:
-        return os.lstat(path).st_mode
-    except FileNotFoundError:
-        return None
+        current = home
+        for name in _below(home, directory).split(os.sep) if directory != home else ():
+            current = os.path.join(current, name)
+            step = _enter(fd, name, current, home)
+            os.close(fd)
+            fd = step
+    except BaseException:
+        os.close(fd)
+        raise
+    _open_directories[key] = fd
+    if len(_open_directories) > _DIRECTORY_FDS:
+        os.close(_open_directories.popitem(last=False)[1])
+    return fd
 
 
-def _ensure_directory(path: str, home: str) -> None:
-    mode = _lstat_mode(path)
-    if mode is None:
+def _close_directories(home: str) -> None:
+    for key in [key for key in _open_directories if key[0] == home]:
+        os.close(_open_directories.pop(key))
+
+
+def _enter(parent: int, name: str, path: str, home: str) -> int:
+    """Open directory ``name`` of ``parent`` (``path``) without following a symlink, making it
+    if missing, and moving a file that stands there to ``name/%file``."""
+    for _ in range(3):
         try:
-            os.mkdir(path)
-            return
-        except FileExistsError:
-            mode = _lstat_mode(path)
-    if mode is None or stat.S_ISDIR(mode):
-        return
-    if stat.S_ISLNK(mode):
-        raise DownloadFailed(ErrorKind.UNSAFE_PATH, f"refusing to follow a symlink: {path}")
-    if stat.S_ISREG(mode):
+            return os.open(name, _DIRECTORY_FLAGS | _NO_FOLLOW, dir_fd=parent)
+        except FileNotFoundError:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, dir_fd=parent)
+            continue
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+        mode = _mode_at(parent, name)
+        if stat.S_ISLNK(mode):
+            raise DownloadFailed(ErrorKind.UNSAFE_PATH, f"refusing to follow a symlink: {path}")
+        if not stat.S_ISREG(mode):
+            raise DownloadFailed(ErrorKind.UNSAFE_PATH, f"not a directory: {path}")
         _displace(path, home)
-        return
-    raise DownloadFailed(ErrorKind.UNSAFE_PATH, f"not a directory: {path}")
+    raise FileNotFoundError(errno.ENOENT, "the directory keeps changing", path)
+
+
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _mode_at(parent: int, name: str) -> int:
+    try:
+        return os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode
+    except FileNotFoundError:
+        return 0
+
+
+_IS_A_DIRECTORY = frozenset({errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST})
 
 
 def _displace(path: str, home: str) -> None:
