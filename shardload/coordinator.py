@@ -15,8 +15,11 @@ Invariants:
   request they repeat, at most ``shard_cap`` are outstanding per shard, and the input thread
   reads at most ``read_ahead`` items ahead;
 - the loop never blocks on a worker, a host or the input: it only awaits ``wake``;
-- a crashed shard is restarted and its outstanding jobs resent, up to ``max_restarts`` times;
-  after that, or when its restart fails, its jobs fail with ``worker_crash`` and the reason.
+- a crashed shard is restarted and its outstanding jobs resent, up to ``max_restarts`` crashes
+  in a row (a result in between starts the count again, so a day-long crawl survives
+  occasional OOM kills); after that, or when its restart fails, its jobs fail with
+  ``worker_crash`` and the reason. (A job that kills its worker every time is resent while
+  the others make progress; once it is all that is left, the crashes come in a row.)
   A restart runs beside the loop (spawning a worker takes ~0.1 s, a Ray actor longer): the other
   shards' results keep coming and their jobs keep going out; the restarting shard's new jobs
   wait in flow control. The loop ends only after every restart it began has ended, so no worker
@@ -270,6 +273,7 @@ async def coordinate(
                 out.extend(apply_result(bundle, result) for bundle in settle(entry, result))
                 flow.done(shard, entry.lane)
                 dirty.add(shard)
+            restarts[shard] = 0  # it works again: only crashes in a row use up its restarts
 
     # The input is read (bounded by read_ahead) while the workers start: spawned workers take
     # ~0.1 s to import, and the first jobs are ready when they are.

@@ -287,6 +287,32 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def test_a_worker_that_works_between_crashes_keeps_being_restarted(srv, home):
+    """The restart limit counts crashes in a row: a shard whose worker is killed now and then
+    (an OOM kill an hour) and does work in between keeps its URLs."""
+    from shardload.coordinator import Limits
+    from shardload.plan import make_plan
+    from shardload.run import Run
+    from shardload.sharding import shard_of
+
+    urls = [f"{srv.base_urls[i % 4]}/slow/50/k{i}" for i in range(80)]
+    plan = make_plan(urls, None, make_download(home), {"processes": 2}, sync=True)
+    plan.limits = Limits(max_restarts=1)
+    seen, kills, since, target = [], 0, -3, None  # the first kill comes after a few results
+    for bundle in Run(plan):
+        seen.append(bundle)
+        target = shard_of(bundle.host, 2) if target is None else target
+        since += shard_of(bundle.host, 2) == target
+        if since >= 3 and kills < 3:  # the shard's new worker did work since the last kill
+            name = f"shardload-worker-{target}"
+            (worker,) = [c for c in multiprocessing.active_children() if c.name == name]
+            os.kill(worker.pid, signal.SIGKILL)
+            kills, since = kills + 1, 0
+    assert kills == 3
+    assert sorted(b.url for b in seen) == sorted(urls)
+    assert all(b.ok for b in seen), {b.error_message for b in seen if not b.ok}
+
+
 def test_crash_limit_fails_jobs_with_the_reason(srv, home):
     """A shard that keeps dying is given up on: its jobs fail with worker_crash, none is lost."""
     from shardload.coordinator import Limits
