@@ -12,6 +12,7 @@ import re
 import socket
 import ssl
 import struct
+import threading
 import time
 import zlib
 from urllib.parse import unquote
@@ -696,6 +697,30 @@ def test_only_max_time_is_reported_as_max_time(home, client, drip, timeout, max_
         )
     assert b.error_kind == ErrorKind.TIMEOUT
     assert ("attempt exceeded max_time" in b.error_message) == drip, b.error_message
+
+
+def test_headers_dripped_a_line_at_a_time_end_at_the_read_timeout(home, client):
+    """A server that sends a header line every 0.1 s never leaves the connection silent for
+    ``timeout``: until the headers are complete, the timeout runs from the request."""
+    stop = threading.Event()
+
+    def handler(conn, index):
+        if server.recorded(conn) is None:
+            return
+        conn.sendall(b"HTTP/1.1 200 OK\r\n")
+        for i in range(100):  # 10 s at most, far past the timeout
+            if stop.wait(0.1):
+                return
+            with contextlib.suppress(OSError):
+                conn.sendall(b"X-Drip-%d: y\r\n" % i)
+
+    strategy = RequestStrategy(timeout=0.5)
+    with RawServer(handler) as server:
+        (b,) = shardload.swarm(
+            [server.url + "/t"], download=make_download(home, strategy, client=client)
+        )
+        stop.set()
+    assert b.error_kind == ErrorKind.TIMEOUT, (b.state, b.error_message)
 
 
 def test_a_bundle_sharing_a_cancelled_download_makes_it_itself(home):

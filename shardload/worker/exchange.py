@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..backoff import parse_retry_after
 from ..bundle import Bundle
-from ..errors import ErrorKind
+from ..errors import DownloadFailed, ErrorKind
 from ..strategy import DownloadStrategy, Outcome, RequestStrategy
 from ..urls import UrlParts, userinfo
 from .failures import classify
@@ -113,6 +113,21 @@ class Exchange:
         (the engine follows them hop by hop), except on a caller's own session."""
         if self._owns_requests():
             return self._get_lean().get(parts, url, same_origin, went)
+        rs = self.request_strategy
+        request = self._aiohttp_request(url, params, same_origin, max_time, went)
+        if not rs.timeout or rs.timeout <= 0:
+            return request
+        # The entry includes the connect, which has its own timeout: allow for it too.
+        return _HeadersWithin(request, rs.timeout + (_connect_timeout(rs) or 0.0))
+
+    def _aiohttp_request(
+        self,
+        url: str,
+        params: Any,
+        same_origin: bool,
+        max_time: float | None,
+        went: Went | None,
+    ) -> Any:
         rs = self.request_strategy
         session = self._get_session()
         if session is self.client:
@@ -236,6 +251,30 @@ class Exchange:
 
 
 Went = Callable[[], None]
+
+
+class _HeadersWithin:
+    """aiohttp's read timeout is per read, so a server dripping a header line at a time never
+    trips it: this bounds the wait for a response's headers (the context's entry) as the lean
+    client does."""
+
+    def __init__(self, request: Any, seconds: float) -> None:
+        self._request = request
+        self._seconds = seconds
+
+    async def __aenter__(self) -> Any:
+        limit = asyncio.timeout(self._seconds)
+        try:
+            async with limit:
+                return await self._request.__aenter__()
+        except TimeoutError:
+            if not limit.expired():
+                raise  # one of aiohttp's own timeouts
+            message = f"no complete response headers within {self._seconds:g} s (read timeout)"
+            raise DownloadFailed(ErrorKind.TIMEOUT, message) from None
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self._request.__aexit__(*exc)
 
 
 def _overridden_on_success(ds: DownloadStrategy) -> bool:

@@ -62,6 +62,7 @@ class Connection(asyncio.Protocol):
         self._expecting = False  # between sending a request and the end of its answer
         self._paused = False
         self._last = 0.0
+        self._sent = 0.0  # when the request went
         self._timeout = 0.0
         self._timer: asyncio.TimerHandle | None = None
 
@@ -239,7 +240,7 @@ class Connection(asyncio.Protocol):
         self._expecting = True
         self._url = url
         self._head = self.loop.create_future()
-        self._last = self.loop.time()
+        self._last = self._sent = self.loop.time()
         self._timeout = timeout
         if timeout and timeout > 0:
             self._timer = self.loop.call_at(self._last + timeout, self._check_stall)
@@ -250,14 +251,21 @@ class Connection(asyncio.Protocol):
         return self._head
 
     def _check_stall(self) -> None:
+        """The read timeout: no data for ``timeout`` seconds, or, until the response's headers
+        are complete, ``timeout`` seconds since the request went (a server dripping header
+        lines one at a time would otherwise hold the request for ever)."""
         self._timer = None
         now = self.loop.time()
-        if self._paused or now - self._last < self._timeout:
-            self._timer = self.loop.call_at(max(now, self._last) + self._timeout, self._check_stall)
+        heading = self._head is not None and not self._head.done()
+        since = self._sent if heading else self._last
+        if self._paused or now - since < self._timeout:
+            self._timer = self.loop.call_at(max(now, since) + self._timeout, self._check_stall)
             return
-        self._fail(
-            DownloadFailed(ErrorKind.TIMEOUT, f"no data for {self._timeout:g} s (read timeout)")
-        )
+        if heading and now - self._last < self._timeout:
+            message = f"no complete response headers within {self._timeout:g} s (read timeout)"
+        else:
+            message = f"no data for {self._timeout:g} s (read timeout)"
+        self._fail(DownloadFailed(ErrorKind.TIMEOUT, message))
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
