@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -248,6 +249,30 @@ def test_commit_under_a_root_home_walks_whole_directory_names(tmp_path, monkeypa
     assert files.commit(str(tmp), final, "/") == final
     assert made[0] == "/" + str(tmp_path).split(os.sep)[1]
     assert open(final, "rb").read() == b"x"
+
+
+def test_a_file_that_cannot_be_moved_aside_stays_where_it_was(tmp_path, monkeypatch):
+    """``/a`` is on disk and ``/a/b`` comes: if ``a`` cannot become a directory (a full disk),
+    ``/a/b`` fails as ``disk`` and the good copy of ``/a`` stays at ``a``."""
+    home = tmp_path / "home"
+    (home / "h").mkdir(parents=True)
+    (home / "h" / "a").write_bytes(b"good copy")
+    part = tmp_path / "part"
+    part.write_bytes(b"b")
+    real_mkdir = os.mkdir
+
+    def full(path, *args, **kwargs):
+        if str(path).endswith(os.path.join("h", "a")):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", full)
+    with pytest.raises(DownloadFailed) as failed:
+        files.commit(str(part), str(home / "h" / "a" / "b"), str(home))
+    assert failed.value.kind == ErrorKind.DISK
+    assert (home / "h" / "a").read_bytes() == b"good copy"
+    assert [p.name for p in (home / ".shardload-tmp").iterdir()] == []
+    files.forget_directories(str(home))
 
 
 @pytest.mark.parametrize("swapped", ["h/dir", "h"])

@@ -454,5 +454,15 @@ def _displace(path: str, home: str) -> None:
     holding = os.path.join(temp_dir(home), f"{temp_prefix()}move-{secrets.token_hex(4)}")
     os.makedirs(temp_dir(home), exist_ok=True)
     os.replace(path, holding)
-    os.mkdir(path)
-    os.replace(holding, displaced_path(path))
+    try:
+        os.mkdir(path)
+        try:
+            os.replace(holding, displaced_path(path))
+        except BaseException:
+            os.rmdir(path)
+            raise
+    except BaseException:
+        # A full disk, say: the good copy goes back where it was, not lost in the temp folder.
+        with contextlib.suppress(OSError):
+            os.replace(holding, path)
+        raise
