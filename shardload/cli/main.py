@@ -286,7 +286,7 @@ def _options(args: argparse.Namespace) -> RunOptions:
     """``run_options``, with no more local workers than the input has hosts, when a small
     input file tells (the library cannot: the CLI hands it a stream of items)."""
     options = run_options(args)
-    wanted = args.processes
+    wanted = options.get("processes") or 1
     if wanted > 1 and args.backend == "local" and not options.get("split_hosts"):
         hosts = count_hosts(args.input) if args.input != "-" else None
         if hosts is not None:

@@ -14,6 +14,7 @@ from typing import Any
 import shardload
 from shardload import AioDownload, BackOff, DownloadStrategy, Lenient, RequestStrategy
 from shardload.cli.progress import MODES
+from shardload.executors.processes import processes_that_fit
 from shardload.plan import BACKENDS, RunOptions
 
 DEFAULT_PER_HOST = 4
@@ -109,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     # fmt: off
     add("input", help="file of URLs or JSON lines (plain or gzip), or - for stdin")
     add("-o", "--output", default=".", metavar="DIR", help="download directory (default: .)")
-    add("-p", "--processes", type=int1, metavar="N", default=os.cpu_count() or 1,
-        help="worker processes (default: CPU count, %(default)s)")
+    add("-p", "--processes", type=int1, metavar="N", default=None,
+        help=f"worker processes (default: CPU count, {os.cpu_count() or 1}, or fewer when the "
+        "open-file limit, ulimit -n, is too low for them)")
     add("--concurrency", type=int1, metavar="N", default=64,
         help="requests in flight per worker process (default: 64)")
     add("--per-host", type=int1, metavar="N", default=DEFAULT_PER_HOST,
@@ -202,8 +204,13 @@ def make_download(args: argparse.Namespace) -> Any:
 
 def run_options(args: argparse.Namespace) -> RunOptions:
     """The library's run options (processes, hot hosts, back end) for the parsed options."""
+    processes = args.processes
+    if processes is None:  # the default: the CPU count, as many as descriptors allow
+        processes = os.cpu_count() or 1
+        if args.backend == "local":
+            processes = processes_that_fit(processes)
     options: RunOptions = {
-        "processes": args.processes,
+        "processes": processes,
         "backend": args.backend,
         "split_hosts": dict(args.split_host) or None,
     }

@@ -86,6 +86,20 @@ def _preload_in_fork_server(context: Any) -> None:
         context.set_forkserver_preload([*current, worker_main.__module__])
 
 
+def processes_that_fit(wanted: int) -> int:
+    """At most ``wanted`` worker processes, as many as this process has descriptors for (a
+    default that a low ``ulimit -n`` should shrink, not refuse); 1 runs in the caller."""
+    try:
+        import resource  # noqa: PLC0415  (POSIX only)
+    except ImportError:
+        return wanted
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    fit = (soft - _RESERVED_DESCRIPTORS) // 4
+    return max(1, min(wanted, fit if fit >= 2 else 1))
+
+
 def _check_descriptors(shards: int) -> None:
     """Refuse at once a worker count this process cannot open pipes for (each worker takes
     four descriptors while it starts): failing after spawning hundreds helps nobody."""

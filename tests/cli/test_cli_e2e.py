@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import resource
 import subprocess
 from pathlib import Path
 
@@ -450,3 +451,30 @@ def test_resume_fetches_a_plain_line_whose_url_was_done_only_at_another_lines_pa
     again = run_cli(src, "-o", out, *FAST, "--resume")  # both done now: nothing to fetch
     assert "skipped    2 already done" in again.stderr.decode()
     assert len(read_manifest(out / "manifest.jsonl")) == 2
+
+
+def test_a_low_open_file_limit_shrinks_the_default_process_count(server, tmp_path):
+    """Without -p, the CPU count is fitted to ``ulimit -n`` (here 40: one process) instead of
+    being refused; an explicit -p that cannot fit is still a clear usage error."""
+    urls = tmp_path / "urls.txt"
+    urls.write_text("".join(f"{server.base_urls[i % 3]}/links/{i}\n" for i in range(30)))
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
+
+    def run(*extra: str) -> subprocess.CompletedProcess[bytes]:
+        command = cli_command(urls, "-o", tmp_path / "out", "--progress", "none", *extra)
+        return subprocess.run(
+            command,
+            capture_output=True,
+            env=cli_env(),
+            timeout=60,
+            check=False,
+            preexec_fn=low_limit,
+        )
+
+    done = run()
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert len(list((tmp_path / "out").rglob("*"))) >= 30
+    refused = run("-p", "4")
+    assert refused.returncode == 2 and b"ulimit -n" in refused.stderr, refused.stderr

@@ -24,6 +24,7 @@ from shardload.cli.options import (
     strategy_options,
 )
 from shardload.cli.signals import StopSignals
+from shardload.executors.processes import processes_that_fit
 
 
 @pytest.mark.parametrize(
@@ -150,7 +151,8 @@ def test_make_download_strategies(tmp_path: Path, name: str, cls: type, delay: f
 def test_defaults() -> None:
     args = build_parser().parse_args(["in.txt"])
     assert args.output == "."
-    assert args.processes == (os.cpu_count() or 1)
+    assert args.processes is None  # the CPU count, fitted to ulimit -n (run_options)
+    assert run_options(args)["processes"] == processes_that_fit(os.cpu_count() or 1)
     assert args.strategy == "backoff"
     assert args.manifest is None and not args.resume and not args.retry_transient
     assert args.progress == "auto"
