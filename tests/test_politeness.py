@@ -44,6 +44,27 @@ def test_retry_after_pauses_the_whole_host_while_others_proceed(srv, home):
     assert sum(1 for t in b_starts if first < t < first + 1.8) >= 3
 
 
+class _OwnRequests(shardload.AioDownload):
+    """An aiodownload-style subclass whose override only wraps the base method."""
+
+    async def request_and_download(self, bundle: Bundle) -> Bundle:
+        return await super().request_and_download(bundle)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_retry_after_pauses_the_host_under_an_overridden_request_and_download(srv, home, processes):
+    a = srv.base_urls[0]
+    urls = [a + f"/retry-after/own-{processes}/1/429?after=2", f"{a}/links/1", f"{a}/links/2"]
+    download = _OwnRequests(
+        download_strategy=shardload.DownloadStrategy(home=home),
+        request_strategy=RequestStrategy(concurrent=1),
+    )
+    bundles = shardload.swarm(urls, download=download, processes=processes)
+    assert [b.status for b in bundles] == [429, 200, 200]
+    first, *later = starts(srv, 0)
+    assert all(t - first >= 1.8 for t in later), [t - first for t in later]
+
+
 class _NoSleep(RequestStrategy):
     def __init__(self) -> None:
         super().__init__(concurrent=1, max_attempts=3)

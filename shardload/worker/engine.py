@@ -23,6 +23,7 @@ import copy
 import math
 import time
 from collections.abc import AsyncGenerator
+from contextvars import ContextVar
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -326,6 +327,9 @@ class AioDownload(Politeness):
             bundle.state = WRITTEN
         else:
             bundle.fail(outcome.error_kind, outcome.message)
+            told = _told.get()
+            if told is not None:
+                told.append(outcome)
         return bundle
 
     async def _overridden_attempt(self, bundle: Bundle, slot: HostSlot) -> Outcome | None:
@@ -335,20 +339,33 @@ class AioDownload(Politeness):
         refused = await slot.enter(worker)
         if refused is not None:
             return Outcome(ErrorKind.BREAKER_OPEN, refused, attempt=bundle.attempts)
+        told: list[Outcome] = []
+        token = _told.set(told)
         try:
             before = bundle.attempts
             await self.request_and_download(bundle)
             if bundle.attempts == before:  # an override that made its own request
                 bundle.attempts += 1
         finally:
+            _told.reset(token)
             slot.leave(worker)
         if bundle.state == WRITTEN:
             slot.record(bundle.status, None, None, bundle.url)
             return None
         kind = bundle.error_kind or ErrorKind.STRATEGY
         message = bundle.error_message or "request_and_download() did not write the file"
-        slot.record(bundle.status, kind, None, bundle.url)
-        return Outcome(kind, message, status=bundle.status, attempt=bundle.attempts)
+        # What the base request_and_download saw (a Retry-After, the headers), if it ran.
+        last = told[-1] if told else None
+        retry_after = last.retry_after if last is not None else None
+        slot.record(bundle.status, kind, retry_after, bundle.url)
+        return Outcome(
+            kind,
+            message,
+            status=bundle.status,
+            headers=last.headers if last is not None else {},
+            retry_after=retry_after,
+            attempt=bundle.attempts,
+        )
 
     async def _attempt(
         self, bundle: Bundle, parts: UrlParts, slot: HostSlot | None = None
@@ -421,6 +438,11 @@ class AioDownload(Politeness):
             ErrorKind.REDIRECT,
             f"too many redirects (max_redirects={rs.max_redirects}), last to {redact(url)}",
         )
+
+
+# The outcomes the base ``request_and_download`` reports to an ``_overridden_attempt`` that
+# called it through a subclass's override: only the bundle's state comes back otherwise.
+_told: ContextVar[list[Outcome] | None] = ContextVar("shardload_told", default=None)
 
 
 def _failure(bundle: Bundle, kind: ErrorKind, message: str) -> Outcome:
