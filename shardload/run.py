@@ -9,9 +9,11 @@ never stalls in-flight downloads: the coordinator stops reading input instead, o
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import queue
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,6 +39,7 @@ class _Bridge:
         self._thread = threading.Thread(target=self._run, daemon=True, name="shardload-loop")
 
     def start(self) -> None:
+        _stop_at_exit.running.add(self)
         self._thread.start()
 
     def _run(self) -> None:
@@ -84,6 +87,7 @@ class _Bridge:
     def stop(self) -> None:
         self._cancel.set()
         self._thread.join()
+        _stop_at_exit.running.discard(self)
 
     def batches(self) -> Iterator[list[Bundle]]:
         while True:
@@ -97,6 +101,24 @@ class _Bridge:
                 raise item
             self.consumed(len(item))
             yield item
+
+
+class _StopAtExit:
+    """Stops the runs still going when the interpreter exits (an ``each()`` kept in a variable
+    and never closed): their loop threads are daemons, so without this their workers would be
+    killed mid-write and leave partial temporary files. Registered after multiprocessing's own
+    exit handler, so it runs first, while the workers can still be stopped cleanly."""
+
+    def __init__(self) -> None:
+        self.running: weakref.WeakSet[_Bridge] = weakref.WeakSet()
+        atexit.register(self)
+
+    def __call__(self) -> None:
+        for bridge in list(self.running):
+            bridge.stop()
+
+
+_stop_at_exit = _StopAtExit()
 
 
 class Run(Iterator[Bundle]):

@@ -209,3 +209,29 @@ def test_permission_denied_in_home_is_a_disk_failure(srv, tmp_path):
     assert [b.error_kind for b in bundles] == [ErrorKind.DISK, ErrorKind.DISK]
     assert "not permitted" in bundles[0].error_message
     assert list(home.iterdir()) == []
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_an_each_kept_open_at_exit_leaves_no_temporary_files(srv, home, processes):
+    """A script that breaks out of ``each()`` but keeps the iterator in a variable, then ends:
+    the run is stopped at exit as ``close()`` would, so no partial file is left behind."""
+    result = run_script(
+        """
+        import json, sys, time
+        import shardload
+        from shardload import AioDownload, DownloadStrategy
+        bases, home, processes = sys.argv[1].split(","), sys.argv[2], int(sys.argv[3])
+        fast = [f"{bases[i % 2]}/links/{i}" for i in range(4)]
+        slow = [f"{bases[i % 2]}/drip/400?ms=20&k={i}" for i in range(8)]
+        d = AioDownload(download_strategy=DownloadStrategy(home=home))
+        run = shardload.each(fast + slow, download=d, processes=processes)
+        got = [next(run) for _ in range(4)]
+        time.sleep(0.5)  # the slow bodies are being written
+        print(json.dumps({"ok": sum(b.ok for b in got)}))
+        """,
+        ",".join(srv.base_urls),
+        home,
+        str(processes),
+    )
+    assert result == {"ok": 4}
+    assert temp_files(home) == []
