@@ -591,4 +591,6 @@ def test_the_gap_counts_from_when_a_slow_connection_let_the_request_go(client, s
         srv.stop()
     assert [b.ok for b in bundles] == [True, True]
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-    assert len(gaps) == (1 if spacing == "delay" else 2) and min(gaps) >= 0.49, gaps
+    # Without the fix a gap is ~1 ms. The server's threads share this process with the client,
+    # so on a loaded machine an arrival can be stamped late by a few hundred ms: hence 0.25.
+    assert len(gaps) == (1 if spacing == "delay" else 2) and min(gaps) >= 0.25, gaps
