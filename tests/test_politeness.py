@@ -230,9 +230,35 @@ def test_missing_robots_allows_everything(home, srv):
     from shardload.robots import rules_from_response
 
     assert rules_from_response(404, b"", "x").allows("http://h/anything")
-    assert rules_from_response(None, b"", "x").allows("http://h/anything")
     (b,) = shardload.swarm([srv.base_urls[2] + "/links/1"], download=make_download(home, strategy))
     assert b.state == "written"
+
+
+@pytest.mark.parametrize("answer", [b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n", b""])
+def test_an_unreachable_robots_txt_disallows_the_host(home, answer):
+    """RFC 9309: a robots.txt that answers 5xx, or not at all, means "disallow everything";
+    the URLs are skipped with the reason (and fetched again by a resume)."""
+
+    def handler(conn: socket.socket, index: int) -> None:
+        while (head := server.recorded(conn)) is not None:
+            if head.startswith(b"GET /robots.txt "):
+                if not answer:
+                    return  # the connection closes: no answer at all
+                conn.sendall(answer)
+            else:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    strategy = RequestStrategy(robots=True)
+    with RawServer(handler) as server:
+        bundles = shardload.swarm(
+            [server.url + "/a", server.url + "/b"], download=make_download(home, strategy)
+        )
+        asked = [head.split(b" ")[1] for head in server.requests]
+    assert [b.state for b in bundles] == ["skipped", "skipped"]
+    assert all(b.error_kind == ErrorKind.ROBOTS for b in bundles)
+    what = "HTTP 503" if answer else "no answer"
+    assert bundles[0].error_message.startswith(f"robots.txt unreachable ({what})")
+    assert asked == [b"/robots.txt"]
 
 
 @pytest.mark.parametrize("processes", [1, 2])

@@ -242,7 +242,7 @@ class AioDownload(Politeness):
             if rs.robots:
                 rules = await self._robots_rules(parts, slot)
                 if not rules.allows(bundle.url):
-                    _skip(bundle, f"disallowed by robots.txt for {rules.agent}")
+                    _skip(bundle, rules.refusal)
                     return
             while True:
                 wait = rs.get_sleep_time(bundle)
@@ -426,8 +426,8 @@ class AioDownload(Politeness):
                     if rs.robots:
                         rules = await self._robots_rules(parts, here, same_origin)
                         if not rules.allows(url):
-                            why = f"redirect to {redact(url)} disallowed by robots.txt"
-                            return _failure(bundle, ErrorKind.ROBOTS, f"{why} for {rules.agent}")
+                            why = f"redirect to {redact(url)}: {rules.refusal}"
+                            return _failure(bundle, ErrorKind.ROBOTS, why)
         finally:
             if here is not None and taken:
                 self._give_back_slot(here_key, here)

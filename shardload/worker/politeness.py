@@ -124,6 +124,7 @@ class Politeness(Exchange):
         except asyncio.CancelledError:
             raise
         except Exception:
-            return ALLOW_ALL
+            # No answer: robots.txt is unreachable, which RFC 9309 reads as "disallow all".
+            return rules_from_response(None, b"", effective_user_agent(rs))
         finally:
             slot.leave(worker)
