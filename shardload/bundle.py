@@ -56,6 +56,9 @@ class Bundle:
     # another download computes its own. And the run it is pending in, if any.
     _run_path: str | None = field(default=None, init=False, repr=False)
     _run: object | None = field(default=None, init=False, repr=False)
+    # True when the outcome is a copy of another bundle's (a repeat of its URL): the requests
+    # and bytes were counted for that one.
+    _shared: bool = field(default=False, init=False, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -196,8 +199,9 @@ def _pickles(value: object) -> bool:
     return True
 
 
-def apply_result(bundle: Bundle, result: Result) -> Bundle:
-    """Copy a worker's outcome onto the caller's bundle (which keeps its own ``info``)."""
+def apply_result(bundle: Bundle, result: Result, *, shared: bool = False) -> Bundle:
+    """Copy a worker's outcome onto the caller's bundle (which keeps its own ``info``);
+    ``shared`` when the outcome is another bundle's, given to a repeat of its URL."""
     (
         _,
         bundle.file_path,
@@ -212,6 +216,7 @@ def apply_result(bundle: Bundle, result: Result) -> Bundle:
         attrs,
     ) = result
     bundle._run_path = bundle.file_path
+    bundle._shared = shared
     if attrs:
         bundle.__dict__.update(attrs)
     return bundle

@@ -185,7 +185,7 @@ async def coordinate(
             known = answered.get(same)
             if known is not None:
                 answered.move_to_end(same)
-                out.append(apply_result(bundle, known))
+                out.append(apply_result(bundle, known, shared=True))
                 return
             leaders[same] = bundle.seq
         info, extra = bundle.info, extra_of(bundle)
@@ -270,7 +270,9 @@ async def coordinate(
                 if entry is None:
                     continue  # a job resent after a crash finished twice: keep the first
                 out.append(apply_result(entry.bundle, result))
-                out.extend(apply_result(bundle, result) for bundle in settle(entry, result))
+                out.extend(
+                    apply_result(bundle, result, shared=True) for bundle in settle(entry, result)
+                )
                 flow.done(shard, entry.lane)
                 dirty.add(shard)
             restarts[shard] = 0  # it works again: only crashes in a row use up its restarts

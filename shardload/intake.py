@@ -123,6 +123,7 @@ def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None, run:
         bundle._run = run
         bundle.seq = seq
         bundle.state = PENDING
+        bundle._shared = False
         bundle.status = None
         bundle.attempts = 0
         bundle.bytes = 0

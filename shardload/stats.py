@@ -1,7 +1,8 @@
 """Per-host statistics of a run, folded from finished bundles. Pure, no IO.
 
 Every finished bundle is counted exactly once, under the host it was scheduled for, so the
-per-host numbers add up to the bundle counts. ``requests`` counts attempts (retries included).
+per-host numbers add up to the bundle counts. ``requests`` counts attempts (retries included)
+and ``bytes`` what was downloaded: a repeat of a URL that got its first's outcome adds neither.
 Bundles that never reached a host (an invalid URL) are counted under ``"-"``.
 """
 
@@ -30,8 +31,9 @@ class HostStats:
 
     def add(self, bundle: Bundle) -> None:
         self.bundles += 1
-        self.requests += bundle.attempts
-        self.bytes += bundle.bytes
+        if not bundle._shared:  # a repeat's outcome is its first's: counted there
+            self.requests += bundle.attempts
+            self.bytes += bundle.bytes
         self.states[bundle.state] = self.states.get(bundle.state, 0) + 1
         if bundle.status is not None:
             klass = f"{bundle.status // 100}xx"

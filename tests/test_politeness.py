@@ -262,6 +262,17 @@ def test_an_unreachable_robots_txt_disallows_the_host(home, answer):
 
 
 @pytest.mark.parametrize("processes", [1, 2])
+def test_per_host_stats_count_a_repeated_url_s_download_once(srv, home, processes):
+    url = f"{srv.base_urls[0]}/bytes/10?name=rep{processes}"
+    with shardload.each([url] * 5, download=make_download(home), processes=processes) as run:
+        bundles = list(run)
+    assert len(bundles) == 5 and all(b.ok and b.bytes == 10 for b in bundles)
+    assert srv.stats()["paths"][f"/bytes/10?name=rep{processes}"] == 1
+    host = run.stats.hosts[bundles[0].host]
+    assert (host.bundles, host.requests, host.bytes) == (5, 1, 10)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
 def test_per_host_stats_add_up_to_the_bundles(srv, home, processes):
     urls = [f"{srv.base_urls[i % 4]}/bytes/{50 + i}?name=st{i}" for i in range(40)]
     urls += [srv.base_urls[0] + "/status/404", srv.base_urls[1] + "/flaky/stats/1/503", "bad url"]
