@@ -18,8 +18,9 @@ Invariants:
 - a crashed shard is restarted and its outstanding jobs resent, up to ``max_restarts`` crashes
   in a row (a result in between starts the count again, so a day-long crawl survives
   occasional OOM kills); after that, or when its restart fails, its jobs fail with
-  ``worker_crash`` and the reason. (A job that kills its worker every time is resent while
-  the others make progress; once it is all that is left, the crashes come in a row.)
+  ``worker_crash`` and the reason. When a restarted worker dies again before any result,
+  the jobs it had are sent one at a time ("isolating"): a job that kills its worker alone
+  fails alone (``worker_crash``), and the shard goes on with the rest.
   A restart runs beside the loop (spawning a worker takes ~0.1 s, a Ray actor longer): the other
   shards' results keep coming and their jobs keep going out; the restarting shard's new jobs
   wait in flow control. The loop ends only after every restart it began has ended, so no worker
@@ -137,6 +138,9 @@ async def coordinate(
     restarting: dict[int, tuple[asyncio.Future[None], str]] = {}  # shard: (restart, reason)
     crash_after_restart: dict[int, str] = {}  # a crash reported while its shard restarted
     dead: dict[int, str] = {}
+    # Shards whose new worker died again before any result: their outstanding jobs are tried
+    # one at a time, so a job that kills its worker fails alone instead of the whole shard.
+    isolating: dict[int, deque[_Entry]] = {}
     reader = InputReader(
         items,
         lambda seq, item: prepare_item(seq, item, url_map, run),
@@ -208,13 +212,31 @@ async def coordinate(
 
     def give_up(shard: int, reason: str, out: list[Bundle]) -> None:
         dead[shard] = reason
-        lost = sent_to(shard)
+        lost = sent_to(shard) + list(isolating.pop(shard, ()))
         for entry in lost:
             flow.done(shard, entry.lane)
         for entry in lost + flow.drop_waiting(shard):
             del pending[entry.bundle.seq]
             for bundle in [entry.bundle, *settle(entry, None)]:
                 out.append(bundle.fail(ErrorKind.WORKER_CRASH, reason))
+
+    def fail_alone(entry: _Entry, reason: str, out: list[Bundle]) -> None:
+        flow.done(entry.shard, entry.lane)
+        del pending[entry.bundle.seq]
+        why = f"{reason}, with only this URL in its hands: it kills its worker"
+        for bundle in [entry.bundle, *settle(entry, None)]:
+            out.append(bundle.fail(ErrorKind.WORKER_CRASH, why))
+
+    def isolate_next(shard: int, dirty: set[int]) -> None:
+        """Send the next job of an isolating shard alone; with none left, resume its flow."""
+        queue = isolating[shard]
+        if queue:
+            entry = queue.popleft()
+            entry.sent = True
+            executor.send(shard, [entry.job])
+        else:
+            del isolating[shard]
+            dirty.add(shard)
 
     def settle(entry: _Entry, result: Result | None) -> list[Bundle]:
         """A leader is answered: its followers, and its result kept for later repeats."""
@@ -258,7 +280,19 @@ async def coordinate(
                 crashed(shard, died_again, out)  # the new worker died as it started
                 continue
             lost = sent_to(shard)
-            if lost:
+            queue = isolating.get(shard)
+            if queue is not None and len(lost) == 1:
+                fail_alone(lost[0], reason, out)  # it died with that job alone: the culprit
+                restarts[shard] = 0
+                lost = []
+            elif queue is None and restarts[shard] >= 2 and len(lost) > 1:
+                queue = isolating[shard] = deque()  # died again before any result
+            if queue is not None:
+                for entry in lost:
+                    entry.sent = False  # not in the worker's hands until sent alone
+                queue.extendleft(reversed(lost))
+                isolate_next(shard, dirty)
+            elif lost:
                 executor.send(shard, [e.job for e in lost])
             dirty.add(shard)  # what waited in flow control during the restart goes out now
 
@@ -276,6 +310,8 @@ async def coordinate(
                 flow.done(shard, entry.lane)
                 dirty.add(shard)
             restarts[shard] = 0  # it works again: only crashes in a row use up its restarts
+            if shard in isolating and not sent_to(shard):
+                isolate_next(shard, dirty)
 
     # The input is read (bounded by read_ahead) while the workers start: spawned workers take
     # ~0.1 s to import, and the first jobs are ready when they are.
@@ -315,8 +351,8 @@ async def coordinate(
                 for bundle in taken:
                     admit(bundle, out, dirty)
             for shard in dirty:
-                if shard in restarting:
-                    continue  # sent when its worker is back (restarted())
+                if shard in restarting or shard in isolating:
+                    continue  # sent when its worker is back (restarted()), or one by one
                 entries = flow.take(shard)
                 if entries:
                     for entry in entries:

@@ -287,6 +287,30 @@ def _alive(pid: int) -> bool:
         return False
 
 
+class KillsItsWorker(shardload.DownloadStrategy):
+    """A URL that kills the process downloading it (a segfault in a parser, say)."""
+
+    def get_file_path(self, bundle: shardload.Bundle) -> str:
+        if bundle.url.endswith("/poison"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().get_file_path(bundle)
+
+
+def test_a_url_that_kills_its_worker_fails_alone(srv, home):
+    """Its worker dies at every restart before any result: the jobs it had are then tried one
+    at a time, the poison fails alone, and every other URL of the shard (and those read
+    later) is downloaded."""
+    urls = [f"{srv.base_urls[i % 4]}/links/{i}" for i in range(120)]
+    urls.insert(5, f"{srv.base_urls[1]}/any/poison")
+    download = shardload.AioDownload(download_strategy=KillsItsWorker(home=home))
+    bundles = shardload.swarm(urls, download=download, processes=2)
+    assert [b.url for b in bundles] == urls
+    poison, rest = bundles[5], bundles[:5] + bundles[6:]
+    assert poison.error_kind == ErrorKind.WORKER_CRASH
+    assert "kills its worker" in poison.error_message
+    assert all(b.ok for b in rest), {b.error_message for b in rest if not b.ok}
+
+
 def test_a_worker_that_works_between_crashes_keeps_being_restarted(srv, home):
     """The restart limit counts crashes in a row: a shard whose worker is killed now and then
     (an OOM kill an hour) and does work in between keeps its URLs."""
