@@ -7,6 +7,7 @@ missing Ray fails these tests loudly rather than skipping them.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 
 import pytest
@@ -117,3 +118,23 @@ def test_a_cluster_that_cannot_be_reached_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(ray, "init", refused)
     with pytest.raises(ConfigurationError, match="cannot start or reach the Ray cluster at"):
         backend.ensure_ray("ray://127.0.0.9:1")
+
+
+def test_an_address_nobody_listens_at_fails_at_once(closed_port):
+    """ray.init would retry such an address for minutes; it is refused before Ray is asked.
+    In a fresh interpreter: this one may hold another test's Ray instance."""
+    code = (
+        "import ray\n"
+        "from shardload.errors import ConfigurationError\n"
+        "from shardload.executors.ray import ensure_ray\n"
+        "try:\n"
+        f"    ensure_ray('127.0.0.1:{closed_port}')\n"
+        "except ConfigurationError as exc:\n"
+        "    print('REFUSED', exc, ray.is_initialized())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.stdout.startswith("REFUSED"), out.stderr[-2000:]
+    assert f"nothing answers at 127.0.0.1:{closed_port}" in out.stdout
+    assert out.stdout.rstrip().endswith("False")  # Ray was never initialised

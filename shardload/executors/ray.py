@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import uuid
 from typing import Any
 
@@ -43,12 +44,33 @@ def ensure_ray(address: str | None) -> Any:
     """Ray, initialised: the caller's cluster if already initialised, else ``address``."""
     ray = import_ray()
     if not ray.is_initialized():
+        if address:
+            _check_reachable(address)
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
         except Exception as exc:  # a bad address, a missing ray[client]: the caller's to fix
             where = f"the Ray cluster at {address!r}" if address else "a local Ray cluster"
             raise ConfigurationError(f"cannot start or reach {where}: {exc}") from exc
     return ray
+
+
+def _check_reachable(address: str) -> None:
+    """A ``host:port`` address nobody listens at fails here, at once: ``ray.init`` would
+    retry it for minutes (for ever, from the CLI) before giving up."""
+    where = address.removeprefix("ray://")
+    host, colon, port = where.rpartition(":")
+    if not colon or not port.isdigit() or not host:
+        return  # "auto", "local", or a form Ray reads itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=_REACH_TIMEOUT).close()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot start or reach the Ray cluster at {address!r}: nothing answers at "
+            f"{host}:{port} ({exc or type(exc).__name__})"
+        ) from exc
+
+
+_REACH_TIMEOUT = 10.0
 
 
 def cluster_cpus(ray: Any) -> int:
