@@ -6,7 +6,7 @@ back end, an unpicklable strategy, a live client with worker processes) raises a
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sized
+from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -200,7 +200,9 @@ def _useful_processes(
     if processes == 1 or not isinstance(items, Sized):
         return processes
     size = len(items)
-    if url_map is not None or size > _COUNT_HOSTS_UP_TO or not isinstance(items, list | tuple):
+    # A collection (list, tuple, set, dict keys...) can be walked twice; an iterator cannot,
+    # nor can the caller's url_map be asked twice (it may be costly, or count its calls).
+    if url_map is not None or size > _COUNT_HOSTS_UP_TO or not isinstance(items, Collection):
         return max(1, min(processes, size))
     lanes = 0
     seen: set[str] = set()

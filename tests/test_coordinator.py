@@ -137,6 +137,13 @@ def test_never_more_workers_than_hosts(srv, home):
     two_hosts = [f"{srv.base_urls[i % 2]}/slow/100/w{i}" for i in range(6)]
     plan = make_plan(two_hosts, None, make_download(home), {"processes": 8}, sync=True)
     assert plan.processes == 2
+    for collection, hosts in (
+        (set(one_host), 1),
+        (dict.fromkeys(one_host).keys(), 1),
+        (frozenset(two_hosts), 2),
+    ):
+        plan = make_plan(collection, None, make_download(home), {"processes": 8}, sync=True)
+        assert plan.processes == hosts
 
     # And while a run is under way, no more worker processes exist than there are hosts.
     before = set(multiprocessing.active_children())
