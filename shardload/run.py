@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import multiprocessing.util  # noqa: F401  (registers its exit handler before ours: see _StopAtExit)
 import queue
 import threading
 import weakref

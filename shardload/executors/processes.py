@@ -34,6 +34,34 @@ from .base import START_SECONDS, ExecutorSink, interactive_names
 _STOP = object()
 
 
+async def _in_own_thread(function: Any, *args: Any) -> None:
+    """``asyncio.to_thread`` on a thread of its own: stopping a run must work also while the
+    interpreter exits (a run stopped by ``run._StopAtExit``), when the default executor takes
+    no more work ("cannot schedule new futures after interpreter shutdown")."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def run() -> None:
+        try:
+            function(*args)
+        except BaseException as exc:  # handed to the awaiting task
+            loop.call_soon_threadsafe(_settle, done, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, done, None)
+
+    threading.Thread(target=run, daemon=True, name="shardload-reap").start()
+    await done
+
+
+def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
+    if done.done():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)
+
+
 class _Start:
     """``process.start()``, run in a thread, and what to do when its caller gives up.
 
@@ -336,7 +364,7 @@ class ProcessExecutor:
             await worker.ended.wait()
 
     async def abort(self) -> None:
-        await asyncio.to_thread(self._reap, self._tell_all("abort"))
+        await _in_own_thread(self._reap, self._tell_all("abort"))
 
     def _reap(self, workers: list[_Worker]) -> None:
         for worker in workers:
