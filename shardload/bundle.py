@@ -173,16 +173,15 @@ def to_result(bundle: Bundle, given: dict[str, Any] | None = None) -> Result:
         bundle.elapsed,
         kind,
         bundle.error_message,
-        _new_attributes(bundle, given or {}),
+        None if vars(bundle).keys() <= _FIELDS else _new_attributes(bundle, given or {}),
     )
 
 
 def _new_attributes(bundle: Bundle, given: dict[str, Any]) -> dict[str, Any] | None:
-    attrs = vars(bundle)
-    if attrs.keys() <= _FIELDS:
-        return None  # the common case: nothing but the fields
     own = {
-        k: v for k, v in attrs.items() if k not in _FIELDS and (k not in given or given[k] is not v)
+        k: v
+        for k, v in vars(bundle).items()
+        if k not in _FIELDS and (k not in given or given[k] is not v)
     }
     if not own or _pickles(own):
         return own or None
