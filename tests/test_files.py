@@ -14,8 +14,10 @@ import pytest
 import shardload
 from shardload import Bundle, DownloadStrategy, ErrorKind, RequestStrategy
 from shardload.errors import DownloadFailed
+from shardload.paths import absolute
 from shardload.testing.server import body_for
 from shardload.worker import files
+from shardload.worker import temp_files as temps
 
 from .conftest import files_under, make_download, temp_files
 
@@ -316,7 +318,7 @@ def test_a_run_leaves_only_the_downloads_in_home(srv, home, processes):
 def test_a_write_that_finds_the_temporary_folder_gone_makes_it_again(srv, home):
     """As when another engine's runs on the same home ended, and removed the then empty
     folder, after this one had made sure of it."""
-    files._verified.setdefault(files.absolute(home), set()).add(files.temp_dir(home))
+    temps._made.setdefault(absolute(home), set()).add(temps.temp_dir(home))
     (b,) = shardload.swarm([srv.base_urls[0] + "/links/2"], download=make_download(home))
     assert b.ok, b.error_message
 
@@ -328,8 +330,8 @@ def test_a_run_removes_temporary_files_of_processes_that_are_gone(srv, home):
     gone.wait()
     tmp = os.path.join(home, ".shardload-tmp")
     os.makedirs(tmp)
-    stale = os.path.join(tmp, f"{files.temp_prefix(gone.pid)}7.part")
-    live = os.path.join(tmp, f"{files.temp_prefix(os.getppid())}7.part")
+    stale = os.path.join(tmp, f"{temps.temp_prefix(gone.pid)}7.part")
+    live = os.path.join(tmp, f"{temps.temp_prefix(os.getppid())}7.part")
     other = os.path.join(tmp, "not-ours.part")
     for path in (stale, live, other):
         with open(path, "wb") as f:

@@ -27,8 +27,8 @@ from typing import Any
 
 from ..bundle import Job, Result
 from ..errors import ConfigurationError, ShardloadError
-from ..worker.files import remove_temp_files, temp_prefix
 from ..worker.process import worker_main
+from ..worker.temp_files import remove_temp_files, temp_prefix
 from .base import START_SECONDS, ExecutorSink, interactive_names
 
 _STOP = object()

@@ -24,8 +24,8 @@ from typing import Any
 from ..bundle import Job, Result
 from ..errors import ConfigurationError, ShardloadError
 from ..worker.config import rebuild
-from ..worker.files import remove_temp_files, temp_prefix
 from ..worker.shard import ShardWorker
+from ..worker.temp_files import remove_temp_files, temp_prefix
 from .base import START_SECONDS, ExecutorSink
 
 _POLL_SECONDS = 0.5

@@ -1,11 +1,8 @@
 """Atomic, contained file writes (DESIGN rule 6).
 
 Invariants:
-- a body is streamed to a temporary file in ``<home>/.shardload-tmp/`` (same filesystem as
-  the final path, so the final ``os.replace`` is atomic) named
-  ``<node>-<pid>-<n>.part``, so the coordinator can remove what a killed worker left
-  behind by its node and pid (and the first write of a run removes those of this node's
-  processes that are gone); the folder is removed when an engine's runs end, if empty;
+- a body is streamed to a temporary file in ``<home>/.shardload-tmp/`` (``temp_files``; the
+  same filesystem as the final path, so the final ``os.replace`` is atomic);
 - a file appears at its final path only when complete and verified: the whole body was read,
   the HTTP client checked it against Content-Length, and it fits ``max_bytes``;
 - a failed attempt removes its temporary file and never touches an earlier copy at the final path;
@@ -28,10 +25,8 @@ import asyncio
 import contextlib
 import errno
 import hashlib
-import itertools
 import os
 import secrets
-import socket
 import stat
 import threading
 import time
@@ -42,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from ..bundle import Bundle
 from ..errors import DownloadFailed, ErrorKind
 from ..paths import DISPLACED_NAME, TEMP_DIR_NAME, absolute, contains, displaced_path
+from .temp_files import forget_temp_dir, open_temp, temp_dir, temp_prefix
 
 if TYPE_CHECKING:
     from ..strategy import DownloadStrategy, Response
@@ -50,40 +46,6 @@ _INLINE_LIMIT = 1 << 20
 # Bodies are read at least this much at a time (the session's read buffer matches it):
 # aiohttp's 64 KiB default pauses and resumes the socket every 64 KiB of a large body.
 READ_SIZE = 1 << 20
-_counter = itertools.count()
-
-
-def temp_dir(home: str) -> str:
-    return os.path.join(home, TEMP_DIR_NAME)
-
-
-def temp_prefix(pid: int | None = None) -> str:
-    """Temporary files of a process start with this; see ``remove_temp_files``.
-
-    The node name is part of it: on a cluster, homes on a shared filesystem see the temporary
-    files of every node, and cleaning up after a dead worker must not touch another's.
-    """
-    return f"{_NODE}-{os.getpid() if pid is None else pid}-"
-
-
-_NODE = socket.gethostname().replace(os.sep, "_") or "node"
-
-
-def remove_temp_files(home: str, prefix: str) -> int:
-    """Remove the temporary files a (dead) worker left in home; returns how many."""
-    removed = 0
-    try:
-        names = os.listdir(temp_dir(home))
-    except OSError:
-        return 0
-    for name in names:
-        if name.startswith(prefix) and name.endswith(".part"):
-            try:
-                os.unlink(os.path.join(temp_dir(home), name))
-                removed += 1
-            except OSError:
-                pass
-    return removed
 
 
 def check_target(home: str, path: str) -> str:
@@ -106,19 +68,13 @@ def _below(home: str, path: str) -> str:
     return path[len(home.rstrip(os.sep)) + 1 :]
 
 
-# The temporary folders already made (and swept of orphans) in this run, per home.
-_verified: dict[str, set[str]] = {}
-
-
 def forget_directories(home: str) -> None:
     """The end of an engine's runs: forget what was checked under home, and remove home's
     temporary folder if it is empty (a run still writing elsewhere keeps it: rmdir refuses a
     folder with files, and a run that finds it gone makes it again, see ``_open_temp``)."""
-    _verified.pop(absolute(home), None)
     with _directories_lock:
         _close_directories(absolute(home))
-    with contextlib.suppress(OSError):
-        os.rmdir(temp_dir(home))
+    forget_temp_dir(home)
 
 
 def find_complete(path: str) -> tuple[str, int] | None:
@@ -196,7 +152,7 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
     size = 0
     pending: list[bytes | memoryview] = []  # the lean client hands views (no copy)
     pending_size = 0
-    tmp = _open_temp(home)
+    tmp = open_temp(home)
     try:
         async for chunk in response.content.iter_chunked(max(strategy.chunk_size, READ_SIZE)):
             size += len(chunk)
@@ -225,92 +181,6 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
         raise
     bundle.bytes = size
     bundle.sha256 = digest.hexdigest() if digest is not None else None
-
-
-class _Temp:
-    def __init__(self, fd: int, path: str) -> None:
-        self.fd = fd
-        self.path = path
-
-    def discard(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-
-
-def _open_temp(home: str) -> _Temp:
-    directory = temp_dir(home)
-    try:
-        verified = _verified.setdefault(absolute(home), set())
-        if directory not in verified:
-            _make_temp_dir(directory)
-            _remove_orphans(directory)
-            verified.add(directory)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-        lost = 0
-        while True:
-            # Node, pid and a counter make the name unique; O_EXCL guards against a stale
-            # file of an earlier process that had the same pid.
-            path = os.path.join(directory, f"{temp_prefix()}{next(_counter)}.part")
-            try:
-                return _Temp(os.open(path, flags, 0o644), path)
-            except FileExistsError:
-                continue
-            except FileNotFoundError:
-                # Another engine's runs on this home ended and removed the folder while it was
-                # empty (between our making it and this open, even): make it again.
-                lost += 1
-                if lost > _FOLDER_RACES:
-                    raise
-                _make_temp_dir(directory)
-    except DownloadFailed:
-        raise
-    except OSError as exc:
-        raise DownloadFailed(ErrorKind.DISK, f"cannot create a temporary file: {exc}") from exc
-
-
-def _remove_orphans(directory: str) -> None:
-    """Remove the temporary files of this node's processes that are gone. A worker's are
-    removed by its coordinator when it dies; a process killed whole (SIGKILL of a one-process
-    run, or of the CLI) leaves its own behind, and the next run on the same home takes them."""
-    prefix = f"{_NODE}-"
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return
-    gone: dict[int, bool] = {}
-    for name in names:
-        pid_text = name[len(prefix) :].split("-", 1)[0] if name.startswith(prefix) else ""
-        if not (pid_text.isdigit() and name.endswith(".part")):
-            continue
-        pid = int(pid_text)
-        if pid not in gone:
-            gone[pid] = not _running(pid)
-        if gone[pid]:
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(directory, name))
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # another user's process: alive
-    return True
-
-
-_FOLDER_RACES = 50  # each lost race needs another run to end at that very moment
-
-
-def _make_temp_dir(directory: str) -> None:
-    with contextlib.suppress(FileExistsError):  # made, and removed again, by other runs
-        os.makedirs(directory, exist_ok=True)
-    if os.path.islink(directory):
-        raise DownloadFailed(ErrorKind.UNSAFE_PATH, f"{directory} is a symlink")
 
 
 def _write_and_hash(fd: int, chunks: list[bytes | memoryview], digest: Any) -> None:
