@@ -631,3 +631,50 @@ def test_the_gap_counts_from_when_a_slow_connection_let_the_request_go(client, s
     # Without the fix a gap is ~1 ms. The server's threads share this process with the client,
     # so on a loaded machine an arrival can be stamped late by a few hundred ms: hence 0.25.
     assert len(gaps) == (1 if spacing == "delay" else 2) and min(gaps) >= 0.25, gaps
+
+
+def test_a_fast_host_is_not_queued_behind_slow_hosts_that_fill_the_worker(srv, home):
+    """Rule 7 inside a worker: two slow hosts want 8 places of a worker that has 4. A place
+    that frees goes to the waiting host that holds the fewest, so the fast host's URLs go at
+    the first free place instead of after every slow request queued before them."""
+    slow = [f"{srv.base_urls[h]}/slow/600/s{h}-{i}" for h in (0, 1) for i in range(8)]
+    fast = [f"{srv.base_urls[2]}/links/{i}" for i in range(8)]
+    strategy = RequestStrategy(concurrent=4, worker_concurrent=4)
+    bundles = shardload.swarm(slow + fast, download=make_download(home, strategy))
+    assert all(b.ok for b in bundles)
+    first_slow = min(starts(srv, 0) + starts(srv, 1))
+    fast_starts = starts(srv, 2)
+    # First come, first served: the fast host's first start came after two slow waves
+    # (~1.2 s). Fair: at the first free place (~0.6 s), and all of it within a moment.
+    assert fast_starts[0] - first_slow < 0.9, fast_starts[0] - first_slow
+    assert fast_starts[-1] - first_slow < 1.2, fast_starts[-1] - first_slow
+
+
+def test_worker_slots_go_to_the_waiting_host_that_holds_the_fewest():
+    from shardload.worker.hosts import WorkerSlots
+
+    async def scenario() -> list[str]:
+        slots = WorkerSlots(2)
+        a, b, c = HostSlot(4), HostSlot(4), HostSlot(4)
+        got: list[str] = []
+
+        async def take(host: HostSlot, name: str) -> None:
+            await slots.acquire(host)
+            got.append(name)
+
+        await take(a, "a1")
+        await take(a, "a2")
+        waiting = [asyncio.ensure_future(take(h, n)) for h, n in ((a, "a3"), (b, "b1"), (c, "c1"))]
+        cancelled = asyncio.ensure_future(take(b, "b-cancelled"))
+        await asyncio.sleep(0)
+        cancelled.cancel()  # a waiter that gives up leaves no trace
+        await asyncio.sleep(0)
+        for _ in range(3):
+            slots.release(a if a.held else b)  # a place frees
+            await asyncio.sleep(0)
+        await asyncio.gather(*waiting)
+        assert (a.held, b.held, c.held) == (1, 0, 1)
+        return got
+
+    # a holds 2 and asked first for a third, but b and c hold none: they go first, in order.
+    assert asyncio.run(scenario()) == ["a1", "a2", "b1", "c1", "a3"]

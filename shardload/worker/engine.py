@@ -35,7 +35,7 @@ from ..strategy import DownloadStrategy, Outcome, RequestStrategy
 from ..urls import UrlParts, redact, redirect_target, split_url, userinfo
 from .exchange import Redirect, over_time
 from .files import check_target, find_complete, forget_directories
-from .hosts import HostSlot
+from .hosts import HostSlot, WorkerSlots
 from .http import LeanClient
 from .politeness import Politeness
 
@@ -79,7 +79,7 @@ class AioDownload(Politeness):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session: aiohttp.ClientSession | None = self.client
         self._lean: LeanClient | None = None
-        self._worker_sem: asyncio.Semaphore | None = None
+        self._worker_sem: WorkerSlots | None = None
         self._hosts: dict[str, HostSlot] = {}
         # A file's download under way: (what it requests, its outcome).
         self._inflight: dict[str, tuple[tuple[UrlParts, str], asyncio.Future[Bundle]]] = {}

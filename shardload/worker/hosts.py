@@ -78,6 +78,8 @@ class HostSlot:
         self._probe_done: asyncio.Event | None = None
         self._prober: asyncio.Task[object] | None = None
         self.users = 0  # bundles of this host inside the engine; 0 means the slot may be dropped
+        self.held = 0  # the worker's places this host holds (see WorkerSlots)
+        self.worker_waiters: deque[asyncio.Future[None]] = deque()
 
     # -- concurrency -------------------------------------------------------------------------
 
@@ -105,7 +107,7 @@ class HostSlot:
                 self.in_flight += 1
                 waiter.set_result(None)
 
-    async def enter(self, worker: asyncio.Semaphore, *, breaker: bool = True) -> str | None:
+    async def enter(self, worker: WorkerSlots, *, breaker: bool = True) -> str | None:
         """Wait for this host's next start, then for a worker-wide slot; ``leave`` frees both.
         With ``breaker`` (every request but the robots.txt fetch), an open breaker enters
         nothing and says why the request must fail fast instead, also when it opened while
@@ -121,13 +123,13 @@ class HostSlot:
         try:
             while True:
                 await self._wait_start()
-                await worker.acquire()
+                await worker.acquire(self)
                 # The worker-wide wait can be long: meanwhile another request of this host may
                 # have started, or an answer paused it. The start is claimed only now, when the
                 # request really goes; else the slot goes back and the host's turn is awaited.
                 if self._start_now():
                     break
-                worker.release()
+                worker.release(self)
         except BaseException:
             self._release()
             raise
@@ -136,8 +138,8 @@ class HostSlot:
             return refused
         return None
 
-    def leave(self, worker: asyncio.Semaphore) -> None:
-        worker.release()
+    def leave(self, worker: WorkerSlots) -> None:
+        worker.release(self)
         self._release()
 
     async def _wait_start(self) -> None:
@@ -292,3 +294,63 @@ class HostSlot:
             return False
         troubled = self._failures or self._throttles or self.breaker == OPEN
         return not troubled or now >= self._last_trouble + self.breaker_cooldown
+
+
+class WorkerSlots:
+    """The worker-wide cap on requests in flight, handed out fairly between hosts.
+
+    A place that frees goes to the waiting host that holds the fewest places (first come
+    among equals), not to the oldest waiter: hosts whose slow requests fill the cap would
+    otherwise queue a fast host's requests behind all of theirs (DESIGN rule 7). Waiting hosts
+    are kept in buckets by how many places they hold (a small number: at most their own
+    concurrency), so handing out a place does not scan every waiting host.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._free = max(1, limit)
+        self._buckets: dict[int, dict[HostSlot, None]] = {}  # places held: hosts waiting
+
+    async def acquire(self, host: HostSlot) -> None:
+        if self._free > 0:  # free places exist only while nobody waits
+            self._free -= 1
+            host.held += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        if not host.worker_waiters:
+            self._buckets.setdefault(host.held, {})[host] = None
+        host.worker_waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(host)  # it was handed a place it will not use
+            else:
+                host.worker_waiters.remove(waiter)
+                if not host.worker_waiters:
+                    self._unlist(host, host.held)
+            raise
+
+    def release(self, host: HostSlot) -> None:
+        held = host.held
+        host.held = held - 1
+        if host.worker_waiters:  # it waits for more: it now holds fewer
+            self._unlist(host, held)
+            self._buckets.setdefault(held - 1, {})[host] = None
+        self._free += 1
+        while self._free > 0 and self._buckets:
+            fewest = min(self._buckets)
+            waiting = self._buckets[fewest]
+            chosen = next(iter(waiting))
+            self._unlist(chosen, fewest)
+            waiter = chosen.worker_waiters.popleft()
+            self._free -= 1
+            chosen.held += 1
+            if chosen.worker_waiters:
+                self._buckets.setdefault(chosen.held, {})[chosen] = None
+            waiter.set_result(None)
+
+    def _unlist(self, host: HostSlot, held: int) -> None:
+        waiting = self._buckets[held]
+        del waiting[host]
+        if not waiting:
+            del self._buckets[held]

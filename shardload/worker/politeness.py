@@ -19,7 +19,7 @@ from ..robots import ALLOW_ALL, RobotRules, rules_from_response
 from ..urls import UrlParts, redirect_target, split_url
 from .exchange import Exchange, effective_user_agent
 from .files import READ_SIZE
-from .hosts import HostSlot
+from .hosts import HostSlot, WorkerSlots
 from .http import REDIRECT_STATUSES
 
 _ROBOTS_MAX_BYTES = 512 * 1024
@@ -32,7 +32,7 @@ class Politeness(Exchange):
     host_budgets: dict[str, tuple[int, float]]
     _hosts: dict[str, HostSlot]
     _robots: dict[str, asyncio.Future[RobotRules]]
-    _worker_sem: asyncio.Semaphore | None
+    _worker_sem: WorkerSlots | None
 
     def _slot(self, host_key: str) -> HostSlot:
         slot = self._hosts.get(host_key)
@@ -60,9 +60,9 @@ class Politeness(Exchange):
         # Capped as a Retry-After is: "Crawl-delay: 86400" must not park the run for days.
         return min(rules.crawl_delay or 0.0, self.request_strategy.retry_after_cap)
 
-    def _worker_slots(self) -> asyncio.Semaphore:
+    def _worker_slots(self) -> WorkerSlots:
         if self._worker_sem is None:
-            self._worker_sem = asyncio.Semaphore(max(1, self._worker_limit()))
+            self._worker_sem = WorkerSlots(self._worker_limit())
         return self._worker_sem
 
     def _take_slot(self, host_key: str) -> HostSlot:
