@@ -104,6 +104,8 @@ def test_breaker_opens_on_a_dead_host_and_fails_fast(home, closed_port):
     assert kinds.count(ErrorKind.BREAKER_OPEN) >= 28
     assert sum(b.attempts for b in bundles) <= 4  # three failures opened it (plus one retry)
     assert "circuit open" in bundles[-1].error_message
+    # The URL whose own retries met the open breaker says what those attempts met.
+    assert "; last attempt: connect: " in bundles[0].error_message, bundles[0].error_message
 
 
 class _Ok(BaseHTTPRequestHandler):

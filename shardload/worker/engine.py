@@ -244,6 +244,7 @@ class AioDownload(Politeness):
                 if not rules.allows(bundle.url):
                     _skip(bundle, rules.refusal)
                     return
+            last: Outcome | None = None  # the previous attempt's failure
             while True:
                 wait = rs.get_sleep_time(bundle)
                 if wait is not None and not math.isfinite(wait):
@@ -265,9 +266,13 @@ class AioDownload(Politeness):
                     _skip(bundle, outcome.message)
                     return
                 if outcome.error_kind == ErrorKind.BREAKER_OPEN:  # failed fast, nothing sent
-                    bundle.fail(outcome.error_kind, outcome.message)
+                    message = outcome.message
+                    if last is not None:  # what this URL's own attempts met before
+                        message += f"; last attempt: {last.error_kind}: {last.message}"
+                    bundle.fail(outcome.error_kind, message)
                     await self._on_fail(bundle)
                     return
+                last = outcome
                 # Only whether to retry is decided here: the wait comes from get_sleep_time()
                 # at the top of the loop, and a Retry-After pauses the whole host (record()).
                 wants_retry, retry_error = self._wants_retry(outcome)

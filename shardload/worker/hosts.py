@@ -248,7 +248,7 @@ class HostSlot:
         left = self._open_until - asyncio.get_running_loop().time()
         return (
             f"circuit open: {self._failures} consecutive connection failures; "
-            f"next probe in {max(0.0, left):.0f} s"
+            f"next probe in {max(0.0, left):.1f} s"
         )
 
     def _breaker_record(self, kind: str | None) -> None:
