@@ -191,8 +191,10 @@ def _new_attributes(bundle: Bundle, given: dict[str, Any]) -> dict[str, Any] | N
 
 
 def _pickles(value: object) -> bool:
+    """Whether ``value`` survives the trip to another process: pickled, and read back (an
+    exception class whose ``__init__`` wants other arguments pickles but does not load)."""
     try:
-        pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+        pickle.loads(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
     except Exception:
         return False
     return True

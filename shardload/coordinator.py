@@ -281,12 +281,13 @@ async def coordinate(
                 continue
             lost = sent_to(shard)
             queue = isolating.get(shard)
-            if queue is not None and len(lost) == 1:
+            again = restarts[shard] >= 2  # the new worker died too, before any result
+            if len(lost) == 1 and (queue is not None or again):
                 fail_alone(lost[0], reason, out)  # it died with that job alone: the culprit
                 restarts[shard] = 0
                 lost = []
-            elif queue is None and restarts[shard] >= 2 and len(lost) > 1:
-                queue = isolating[shard] = deque()  # died again before any result
+            elif queue is None and again and lost:
+                queue = isolating[shard] = deque()
             if queue is not None:
                 for entry in lost:
                     entry.sent = False  # not in the worker's hands until sent alone

@@ -318,6 +318,24 @@ def test_a_url_that_kills_its_worker_fails_alone(srv, home):
     assert all(b.ok for b in rest), {b.error_message for b in rest if not b.ok}
 
 
+def test_a_lone_url_that_kills_its_worker_fails_alone(srv, home):
+    """The poison is all its worker has (the input pauses after it): it fails alone at the
+    second crash in a row, and its shard goes on with what comes later, other hosts too."""
+    others = [f"{srv.base_urls[i % 4]}/links/{i}" for i in range(12)]
+
+    def items():
+        yield f"{srv.base_urls[1]}/any/poison"
+        time.sleep(1.5)  # meanwhile the poison kills its worker again and again
+        yield from others
+
+    download = shardload.AioDownload(download_strategy=KillsItsWorker(home=home))
+    bundles = list(shardload.each(items(), download=download, processes=2))
+    by_url = {b.url: b for b in bundles}
+    assert len(bundles) == 13
+    assert by_url[f"{srv.base_urls[1]}/any/poison"].error_kind == ErrorKind.WORKER_CRASH
+    assert all(by_url[url].ok for url in others), [by_url[u].error_message for u in others]
+
+
 def test_a_worker_that_works_between_crashes_keeps_being_restarted(srv, home):
     """The restart limit counts crashes in a row: a shard whose worker is killed now and then
     (an OOM kill an hour) and does work in between keeps its URLs."""

@@ -344,6 +344,12 @@ class Tagging(DownloadStrategy):
 
     async def on_fail(self, bundle: Bundle) -> None:
         bundle.noted = bundle.status  # type: ignore[attr-defined]
+        bundle.error = NeedsTwo(1, 2)  # type: ignore[attr-defined]  (pickles, does not load)
+
+
+class NeedsTwo(Exception):
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(f"{a}-{b}")
 
 
 @pytest.mark.parametrize("processes", [1, 2])
@@ -360,7 +366,7 @@ def test_attributes_a_strategy_sets_on_the_bundle_reach_the_caller(srv, home, pr
     assert ok.content_type.startswith("text/html")  # type: ignore[attr-defined]
     assert not hasattr(ok, "response")
     assert ok.mine is mine  # type: ignore[attr-defined]
-    assert bad.noted == 404  # type: ignore[attr-defined]
+    assert bad.noted == 404 and not hasattr(bad, "error")  # type: ignore[attr-defined]
     assert shardload.one(f"{srv.base_urls[2]}/links/2", download=download).content_type
 
 

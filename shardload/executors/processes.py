@@ -310,7 +310,13 @@ class ProcessExecutor:
                 data = worker.outbox.recv_bytes()
             except (EOFError, OSError):
                 break
-            results: list[Result] = pickle.loads(data)
+            try:
+                results: list[Result] = pickle.loads(data)
+            except Exception:
+                # A batch that cannot be read back is lost with its worker, which is stopped
+                # below: the shard restarts and its unanswered jobs go again (one at a time,
+                # if it keeps happening), instead of waiting for answers that never come.
+                break
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._deliver, shard, worker, results)
         worker.process.join(timeout=self._stop_grace)
