@@ -721,6 +721,8 @@ def test_headers_dripped_a_line_at_a_time_end_at_the_read_timeout(home, client):
         )
         stop.set()
     assert b.error_kind == ErrorKind.TIMEOUT, (b.state, b.error_message)
+    # From when the request went, on both clients (not connect and headers added up).
+    assert "no complete response headers within 0.5 s" in b.error_message, b.error_message
 
 
 def test_a_bundle_sharing_a_cancelled_download_makes_it_itself(home):

@@ -70,7 +70,7 @@ class Exchange:
                 read_bufsize=READ_SIZE,
                 timeout=self._timeout(rs.max_time),
                 trust_env=False,
-                trace_configs=[_went_trace()],
+                trace_configs=[_request_trace()],
             )
             self._opened.append(self._session)
         return self._session
@@ -114,11 +114,11 @@ class Exchange:
         if self._owns_requests():
             return self._get_lean().get(parts, url, same_origin, went)
         rs = self.request_strategy
-        request = self._aiohttp_request(url, params, same_origin, max_time, went)
+        hooks = _Hooks(went)
+        request = self._aiohttp_request(url, params, same_origin, max_time, hooks)
         if not rs.timeout or rs.timeout <= 0:
             return request
-        # The entry includes the connect, which has its own timeout: allow for it too.
-        return _HeadersWithin(request, rs.timeout + (_connect_timeout(rs) or 0.0))
+        return _HeadersWithin(request, hooks, rs.timeout, _connect_timeout(rs) or 0.0)
 
     def _aiohttp_request(
         self,
@@ -126,7 +126,7 @@ class Exchange:
         params: Any,
         same_origin: bool,
         max_time: float | None,
-        went: Went | None,
+        hooks: _Hooks,
     ) -> Any:
         rs = self.request_strategy
         session = self._get_session()
@@ -153,7 +153,7 @@ class Exchange:
             allow_redirects=False,
             headers=headers,
             timeout=self._timeout(max_time),
-            trace_request_ctx=went,
+            trace_request_ctx=hooks,
         )
 
     def _headers(self, same_origin: bool) -> dict[str, str]:
@@ -253,45 +253,78 @@ class Exchange:
 Went = Callable[[], None]
 
 
+class _Hooks:
+    """What shardload's own aiohttp session tells one request (its ``trace_request_ctx``):
+    ``went`` once a new connection is open, ``sent`` once the request's head is written."""
+
+    __slots__ = ("sent", "went")
+
+    def __init__(self, went: Went | None) -> None:
+        self.went = went
+        self.sent: Callable[[], None] | None = None
+
+
 class _HeadersWithin:
     """aiohttp's read timeout is per read, so a server dripping a header line at a time never
     trips it: this bounds the wait for a response's headers (the context's entry) as the lean
-    client does."""
+    client does, ``timeout`` from when the request's head was written. Until then the
+    connect may take its own timeout; a caller's session, which tells nothing, gets both."""
 
-    def __init__(self, request: Any, seconds: float) -> None:
+    def __init__(self, request: Any, hooks: _Hooks, timeout: float, connect: float) -> None:
         self._request = request
-        self._seconds = seconds
+        self._hooks = hooks
+        self._timeout = timeout
+        self._connect = connect
 
     async def __aenter__(self) -> Any:
-        limit = asyncio.timeout(self._seconds)
+        loop = asyncio.get_running_loop()
+        limit = asyncio.timeout(self._timeout + self._connect)
+        told: list[bool] = []
+
+        def sent() -> None:
+            told.append(True)
+            limit.reschedule(loop.time() + self._timeout)
+
+        self._hooks.sent = sent
         try:
             async with limit:
                 return await self._request.__aenter__()
         except TimeoutError:
             if not limit.expired():
                 raise  # one of aiohttp's own timeouts
-            message = f"no complete response headers within {self._seconds:g} s (read timeout)"
+            waited = self._timeout if told else self._timeout + self._connect
+            message = f"no complete response headers within {waited:g} s (read timeout)"
             raise DownloadFailed(ErrorKind.TIMEOUT, message) from None
+        finally:
+            self._hooks.sent = None
 
     async def __aexit__(self, *exc: Any) -> Any:
         return await self._request.__aexit__(*exc)
 
 
-def _overridden_on_success(ds: DownloadStrategy) -> bool:
-    return type(ds).on_success is not DownloadStrategy.on_success
-
-
-def _went_trace() -> aiohttp.TraceConfig:
-    """Calls a request's ``went`` (its ``trace_request_ctx``) once its new connection is open."""
+def _request_trace() -> aiohttp.TraceConfig:
+    """Tells a request's ``_Hooks`` (its ``trace_request_ctx``) when its new connection is
+    open and when its head is written."""
     import aiohttp  # noqa: PLC0415  (see the import at the top)
 
     async def opened(_session: object, context: Any, _params: object) -> None:
-        if context.trace_request_ctx is not None:
-            context.trace_request_ctx()
+        hooks = context.trace_request_ctx
+        if isinstance(hooks, _Hooks) and hooks.went is not None:
+            hooks.went()
+
+    async def head_sent(_session: object, context: Any, _params: object) -> None:
+        hooks = context.trace_request_ctx
+        if isinstance(hooks, _Hooks) and hooks.sent is not None:
+            hooks.sent()
 
     trace = aiohttp.TraceConfig()
     trace.on_connection_create_end.append(opened)
+    trace.on_request_headers_sent.append(head_sent)
     return trace
+
+
+def _overridden_on_success(ds: DownloadStrategy) -> bool:
+    return type(ds).on_success is not DownloadStrategy.on_success
 
 
 @dataclass(frozen=True, slots=True)
