@@ -675,6 +675,29 @@ def test_a_long_robots_txt_is_read_to_its_end(home, client):
     assert [b.state for b in bundles] == ["skipped", "written"]
 
 
+def test_the_line_the_robots_txt_cap_cuts_is_ignored(home):
+    """512 KiB are read; a rule cut there ("Disallow: /private" kept as "Disallow: /") would
+    refuse the whole site, so the cut line is dropped."""
+    head = b"User-agent: *\n"
+    rule = b"Disallow: /private\n"
+    cap = 512 * 1024
+    fill = cap - len(head) - len(b"Disallow: /")  # the cap falls right after "Disallow: /"
+    lines = (fill - 1) // 100
+    padding = b"#" * 99 + b"\n"
+    padding = padding * lines + b"#" * (fill - 100 * lines - 1) + b"\n"
+    robots = head + padding + rule
+    assert robots[cap - len(b"Disallow: /") : cap] == b"Disallow: /"
+
+    def handler(conn, index):
+        while (got := server.recorded(conn)) is not None:
+            conn.sendall(ok(robots if got.startswith(b"GET /robots.txt ") else b"x"))
+
+    strategy = RequestStrategy(robots=True)
+    with RawServer(handler) as server:
+        (b,) = shardload.swarm([server.url + "/public/1"], download=make_download(home, strategy))
+    assert b.state == "written", b.error_message
+
+
 @pytest.mark.parametrize(
     ("drip", "timeout", "max_time"), [(False, 0.3, 10), (True, 5, 0.5)], ids=["stall", "drip"]
 )

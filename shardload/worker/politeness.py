@@ -117,8 +117,12 @@ class Politeness(Exchange):
                         body += piece
                         if len(body) >= _ROBOTS_MAX_BYTES:
                             break
+                    if len(body) >= _ROBOTS_MAX_BYTES:
+                        # Past the cap is ignored (RFC 9309 2.5), and so is the line the cap
+                        # cuts: "Disallow: /private" cut to "Disallow: /" would refuse all.
+                        del body[body.rfind(b"\n", 0, _ROBOTS_MAX_BYTES + 1) + 1 :]
                     return rules_from_response(
-                        response.status, bytes(body[:_ROBOTS_MAX_BYTES]), effective_user_agent(rs)
+                        response.status, bytes(body), effective_user_agent(rs)
                     )
             return ALLOW_ALL  # a redirect loop: robots.txt unavailable (RFC 9309)
         except asyncio.CancelledError:
