@@ -45,6 +45,9 @@ TRANSIENT_KINDS = frozenset(
         ErrorKind.TLS,
         ErrorKind.WORKER_CRASH,
         ErrorKind.BREAKER_OPEN,
+        # A URL fails as robots only when robots.txt could not be read (a disallowed one is
+        # skipped, not failed): a later run may read it.
+        ErrorKind.ROBOTS,
     }
 )
 TRANSIENT_STATUSES = frozenset(

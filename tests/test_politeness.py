@@ -16,6 +16,7 @@ import pytest
 
 import shardload
 from shardload import BackOff, Bundle, ErrorKind, RequestStrategy
+from shardload.errors import is_transient
 from shardload.worker.hosts import CLOSED, OPEN, HostSlot
 
 from .conftest import files_under, make_download
@@ -238,8 +239,9 @@ def test_missing_robots_allows_everything(home, srv):
 
 @pytest.mark.parametrize("answer", [b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n", b""])
 def test_an_unreachable_robots_txt_disallows_the_host(home, answer):
-    """RFC 9309: a robots.txt that answers 5xx, or not at all, means "disallow everything";
-    the URLs are skipped with the reason (and fetched again by a resume)."""
+    """RFC 9309: a robots.txt that answers 5xx, or not at all, means "disallow everything".
+    The URLs are not requested, and fail (kind robots, the reason given): nothing was done,
+    and a resume, even --retry-transient, tries them again."""
 
     def handler(conn: socket.socket, index: int) -> None:
         while (head := server.recorded(conn)) is not None:
@@ -256,8 +258,9 @@ def test_an_unreachable_robots_txt_disallows_the_host(home, answer):
             [server.url + "/a", server.url + "/b"], download=make_download(home, strategy)
         )
         asked = [head.split(b" ")[1] for head in server.requests]
-    assert [b.state for b in bundles] == ["skipped", "skipped"]
+    assert [b.state for b in bundles] == ["failed", "failed"]  # not done: a run's exit 1
     assert all(b.error_kind == ErrorKind.ROBOTS for b in bundles)
+    assert is_transient(bundles[0].error_kind, bundles[0].status)  # --retry-transient: again
     what = "HTTP 503" if answer else "no answer"
     assert bundles[0].error_message.startswith(f"robots.txt unreachable ({what})")
     assert asked == [b"/robots.txt"]

@@ -242,7 +242,11 @@ class AioDownload(Politeness):
             if rs.robots:
                 rules = await self._robots_rules(parts, slot)
                 if not rules.allows(bundle.url):
-                    _skip(bundle, rules.refusal)
+                    if rules.unreachable is None:
+                        _skip(bundle, rules.refusal)  # the site said no: done, on purpose
+                    else:  # nobody said no: not done, and a later run may get through
+                        bundle.fail(ErrorKind.ROBOTS, rules.refusal)
+                        await self._on_fail(bundle)
                     return
             last: Outcome | None = None  # the previous attempt's failure
             while True:
