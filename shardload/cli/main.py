@@ -220,7 +220,12 @@ def main(argv: list[str] | None = None, *, stdin: BinaryIO | None = None) -> int
         args = parser.parse_args(argv)
     except SystemExit as exc:  # usage errors (2) and --help (0)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    return run(args, stdin=stdin, stderr=sys.stderr)
+    if sys.stderr is not None:
+        return run(args, stdin=stdin, stderr=sys.stderr)
+    # Started with stderr closed (2>&-): Python's sys.stderr is None, and print(file=None)
+    # would send progress and the summary to stdout instead.
+    with open(os.devnull, "w", encoding="utf-8") as nowhere:
+        return run(args, stdin=stdin, stderr=nowhere)
 
 
 def _say(stderr: TextIO, text: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import resource
 import subprocess
 from pathlib import Path
@@ -478,3 +479,20 @@ def test_a_low_open_file_limit_shrinks_the_default_process_count(server, tmp_pat
     assert len(list((tmp_path / "out").rglob("*"))) >= 30
     refused = run("-p", "4")
     assert refused.returncode == 2 and b"ulimit -n" in refused.stderr, refused.stderr
+
+
+def test_a_closed_stderr_sends_nothing_to_stdout(server, tmp_path):
+    """``2>&-``: progress and the summary have nowhere to go; they must not land in stdout."""
+    urls = tmp_path / "urls.txt"
+    urls.write_text("".join(f"{server.base_urls[i % 3]}/links/{i}\n" for i in range(5)))
+    command = cli_command(urls, "-o", tmp_path / "out", "--progress", "lines")
+    done = subprocess.run(
+        command,
+        stdout=subprocess.PIPE,
+        env=cli_env(),
+        timeout=60,
+        check=False,
+        preexec_fn=lambda: os.close(2),
+    )
+    assert done.returncode == 0
+    assert done.stdout == b""
