@@ -41,6 +41,7 @@ def test_ray_downloads_every_url_once_with_the_right_file(srv, home):
             assert f.read() == body_for(100 + i % 9, f"r{i}")
     assert all(n == 1 for p, n in srv.stats()["paths"].items() if p.startswith("/bytes/"))
     assert len(files_under(home)) == 120
+    assert ".shardload-tmp" not in os.listdir(home)  # the run ends with home as downloaded
 
 
 def test_ray_per_host_limit_is_exact(srv, home):

@@ -25,7 +25,7 @@ from ..bundle import Job, Result
 from ..errors import ConfigurationError, ShardloadError
 from ..worker.config import rebuild
 from ..worker.shard import ShardWorker
-from ..worker.temp_files import remove_temp_files, temp_prefix
+from ..worker.temp_files import forget_temp_dir, remove_temp_files, temp_prefix
 from .base import START_SECONDS, ExecutorSink
 
 _POLL_SECONDS = 0.5
@@ -240,3 +240,5 @@ class RayExecutor:
                 self._ray.kill(actor, no_restart=True)
             remove_temp_files(self._home, prefix)
         self._actors = [None] * self.shards
+        # Killed actors close no engine, which would remove the temporary folder if empty.
+        forget_temp_dir(self._home)
