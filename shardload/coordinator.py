@@ -39,7 +39,7 @@ from typing import Any
 
 from .bundle import FAILED, Bundle, Job, Result, apply_result, extra_of
 from .errors import DownloadFailed, ErrorKind
-from .executors.base import Executor, interactive_names
+from .executors.base import Executor, interactive_names, names_hidden_in_main
 from .flow import FlowControl
 from .intake import InputReader, RunMark, describe_error, prepare_item
 from .paths import url_to_relpath
@@ -195,7 +195,9 @@ async def coordinate(
         info, extra = bundle.info, extra_of(bundle)
         if remote:
             info = _wire_info(info)
-            if extra is not None and (_unpicklable(extra) or interactive_names(extra)):
+            if extra is not None and (
+                _unpicklable(extra) or interactive_names(extra) or names_hidden_in_main(extra[0])
+            ):
                 extra = None  # a class a worker cannot import (a notebook's): a plain Bundle
         job: Job = (bundle.seq, bundle.url, bundle.params, info, bundle.file_path, extra)
         entry = _Entry(bundle, shard, key, job, same=same)

@@ -80,3 +80,68 @@ def test_a_bundle_subclass_from_an_interactive_session_arrives_as_a_plain_bundle
         """
     )
     assert "STATES: ['Tagged:written', 'Tagged:written']" in out.stdout, out.stderr[-2000:]
+
+
+def test_a_strategy_defined_under_the_main_guard_gets_a_clear_error(tmp_path, server):
+    """Workers import the script without running its ``if __name__ == "__main__":`` block, so
+    a class defined there cannot reach them: said before any work, naming the class."""
+    script = tmp_path / "guarded.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import shardload
+            from shardload import AioDownload, DownloadStrategy
+
+            if __name__ == "__main__":
+                class Local(DownloadStrategy):
+                    pass
+
+                d = AioDownload(download_strategy=Local(home={str(tmp_path)!r}))
+                urls = ["{server.base_urls[0]}/links/1", "{server.base_urls[1]}/links/2"]
+                try:
+                    shardload.swarm(urls, download=d, processes=2)
+                except shardload.ConfigurationError as exc:
+                    print("CLEAR:", exc)
+            """
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert "CLEAR: Local is defined inside the main script's" in out.stdout, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr  # no worker died trying
+
+
+def test_the_names_a_script_binds_when_imported(tmp_path):
+    from shardload.executors.base import _top_level_names
+
+    script = tmp_path / "s.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os.path as p, json
+            from x import y as z
+            class Top: pass
+            def fn(): inner = 1
+            try:
+                class InTry: pass
+            except ImportError:
+                class InHandler: pass
+            if p:
+                class InIf: pass
+            else:
+                A = B = 1
+            if __name__ == "__main__":
+                class Guarded: pass
+                hidden = 1
+            else:
+                class Imported: pass
+            """
+        )
+    )
+    names = _top_level_names(str(script))
+    assert names is not None
+    for name in ("p", "json", "z", "Top", "fn", "InTry", "InHandler", "InIf", "A", "B", "Imported"):
+        assert name in names, name
+    assert not names & {"Guarded", "hidden"}
+    assert _top_level_names(str(tmp_path / "missing.py")) is None

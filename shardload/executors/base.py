@@ -9,6 +9,8 @@ leaves no process behind.
 
 from __future__ import annotations
 
+import ast
+import functools
 import pickle
 import sys
 from typing import Any, Protocol
@@ -53,6 +55,27 @@ def interactive_names(value: object) -> list[str]:
     main = sys.modules.get("__main__")
     if main is None or getattr(main, "__file__", None):
         return []
+    return _main_names(value)
+
+
+def names_hidden_in_main(value: object) -> list[str]:
+    """The classes and functions in ``value`` that a script's ``__main__`` defines only inside
+    a block a worker does not run when it imports the script (``if __name__ ==
+    '__main__':``): the worker would die at start, with an advice that does not apply."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or not path:
+        return []
+    found = _main_names(value)
+    if not found:
+        return []
+    defined = _top_level_names(str(path))
+    if defined is None:
+        return []  # the script cannot be read: nothing to say for sure
+    return [name for name in found if name.split(".", 1)[0] not in defined]
+
+
+def _main_names(value: object) -> list[str]:
     found: list[str] = []
 
     class Finder(pickle._Pickler):  # the Python pickler: its save_global can be watched
@@ -63,6 +86,49 @@ def interactive_names(value: object) -> list[str]:
 
     Finder(_Discard(), pickle.HIGHEST_PROTOCOL).dump(value)
     return list(dict.fromkeys(found))
+
+
+@functools.lru_cache(maxsize=8)
+def _top_level_names(path: str) -> frozenset[str] | None:
+    """The names a script binds when it is imported, not run: its top level, including
+    blocks under ``if``/``try``/``with`` but not under ``if __name__ == "__main__":``."""
+    try:
+        with open(path, "rb") as f:
+            tree = ast.parse(f.read(), path)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    names: set[str] = set()
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, ast.If) and _is_main_guard(node.test):
+                visit(node.orelse)
+            elif isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                names.add(node.name)
+            elif isinstance(node, ast.Import | ast.ImportFrom):
+                names.update((a.asname or a.name).split(".", 1)[0] for a in node.names)
+            else:
+                names.update(
+                    n.id
+                    for n in ast.walk(node)
+                    if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+                )
+                for field in ("body", "orelse", "finalbody", "handlers"):
+                    visit([s for s in getattr(node, field, []) if isinstance(s, ast.stmt)])
+                for handler in getattr(node, "handlers", []):
+                    visit(handler.body)
+
+    visit(tree.body)
+    return frozenset(names)
+
+
+def _is_main_guard(test: ast.expr) -> bool:
+    return (
+        isinstance(test, ast.Compare)
+        and isinstance(test.left, ast.Name)
+        and test.left.id == "__name__"
+        and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in test.comparators)
+    )
 
 
 class _Discard:

@@ -29,7 +29,7 @@ from ..bundle import Job, Result
 from ..errors import ConfigurationError, ShardloadError
 from ..worker.process import worker_main
 from ..worker.temp_files import remove_temp_files, temp_prefix
-from .base import START_SECONDS, ExecutorSink, interactive_names
+from .base import START_SECONDS, ExecutorSink, interactive_names, names_hidden_in_main
 
 _STOP = object()
 
@@ -192,6 +192,13 @@ class ProcessExecutor:
                 f"{', '.join(interactive)} is defined in an interactive session (a notebook, "
                 "the REPL or python -c), which worker processes cannot import: define it in a "
                 ".py module and import it from there, or run with processes=1"
+            )
+        hidden = names_hidden_in_main(config)
+        if hidden:
+            raise ConfigurationError(
+                f"{', '.join(hidden)} is defined inside the main script's "
+                "`if __name__ == '__main__':` block, which worker processes do not run when "
+                "they import the script: define it at the script's top level (or in a module)"
             )
         self.shards = shards
         self._home = home
