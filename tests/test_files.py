@@ -277,6 +277,25 @@ def test_a_file_that_cannot_be_moved_aside_stays_where_it_was(tmp_path, monkeypa
     files.forget_directories(str(home))
 
 
+def test_a_file_goes_to_the_directory_now_at_its_path_after_the_old_one_was_moved(tmp_path):
+    """A walked directory renamed away and made anew: the next file lands in the new one,
+    where its bundle says, not in the one moved away."""
+    home = tmp_path / "home"
+    home.mkdir()
+    parts = []
+    for i in range(2):
+        part = tmp_path / f"part{i}"
+        part.write_bytes(b"%d" % i)
+        parts.append(str(part))
+    files.commit(parts[0], str(home / "h" / "dir" / "a"), str(home))
+    os.rename(home / "h" / "dir", home / "h" / "dir.old")
+    (home / "h" / "dir").mkdir()
+    landed = files.commit(parts[1], str(home / "h" / "dir" / "b"), str(home))
+    assert landed == str(home / "h" / "dir" / "b") and open(landed, "rb").read() == b"1"
+    assert sorted(os.listdir(home / "h" / "dir.old")) == ["a"]
+    files.forget_directories(str(home))
+
+
 @pytest.mark.parametrize("swapped", ["h/dir", "h"])
 def test_a_directory_swapped_for_a_symlink_mid_run_never_leads_a_file_outside_home(
     tmp_path, swapped

@@ -9,7 +9,10 @@ Invariants:
 - nothing is written outside home: every directory on the way is opened from home without
   following a symlink, and a file is renamed into place relative to its directory's open
   descriptor, so a symlink is never followed for writing, whatever a URL or a custom
-  ``get_file_path`` says, nor when one replaces a directory while a run goes on;
+  ``get_file_path`` says. A held directory that is no longer the one at its path (renamed
+  away, replaced by a symlink, removed) is walked again. Not covered: someone moving a
+  folder of home outside it and putting a symlink to it in the place of one of its parents;
+  a file could follow it there;
 - a file stored at ``a`` is moved to ``a/%file`` when another URL needs ``a`` as a directory
   (and a file for ``a`` goes straight to ``a/%file`` when ``a`` is already a directory), so the
   final layout depends only on the set of URLs, not on the order of downloads.
@@ -251,17 +254,29 @@ def _commit(tmp: str, final: str, home: str) -> str:
 # One lock for every event loop of the process (threads calling one() at once): a descriptor
 # is never closed, and its number reused, while another commit renames through it.
 _DIRECTORY_FDS = 8
-_open_directories: OrderedDict[tuple[str, str], int] = OrderedDict()
+# (home, directory): its descriptor, and the (device, inode) it had when walked.
+_open_directories: OrderedDict[tuple[str, str], tuple[int, tuple[int, int]]] = OrderedDict()
 _directories_lock = threading.Lock()
 _DIRECTORY_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def _directory_fd(home: str, directory: str) -> int:
     key = (home, directory)
-    fd = _open_directories.get(key)
-    if fd is not None:
-        _open_directories.move_to_end(key)
-        return fd
+    held = _open_directories.get(key)
+    if held is not None:
+        fd, identity = held
+        # One lstat: a directory renamed away (and another made in its place), or replaced
+        # by a symlink, since the walk is not this path any more: walk it again.
+        try:
+            now = os.lstat(directory)
+            still = (now.st_dev, now.st_ino) == identity and stat.S_ISDIR(now.st_mode)
+        except OSError:
+            still = False
+        if still:
+            _open_directories.move_to_end(key)
+            return fd
+        del _open_directories[key]
+        os.close(fd)
     fd = os.open(home, _DIRECTORY_FLAGS)  # home itself may be a symlink: the user chose it
     try:
         current = home
@@ -273,15 +288,16 @@ def _directory_fd(home: str, directory: str) -> int:
     except BaseException:
         os.close(fd)
         raise
-    _open_directories[key] = fd
+    info = os.fstat(fd)
+    _open_directories[key] = (fd, (info.st_dev, info.st_ino))
     if len(_open_directories) > _DIRECTORY_FDS:
-        os.close(_open_directories.popitem(last=False)[1])
+        os.close(_open_directories.popitem(last=False)[1][0])
     return fd
 
 
 def _close_directories(home: str) -> None:
     for key in [key for key in _open_directories if key[0] == home]:
-        os.close(_open_directories.pop(key))
+        os.close(_open_directories.pop(key)[0])
 
 
 def _enter(parent: int, name: str, path: str, home: str) -> int:
