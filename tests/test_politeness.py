@@ -683,3 +683,27 @@ def test_worker_slots_go_to_the_waiting_host_that_holds_the_fewest():
 
     # a holds 2 and asked first for a third, but b and c hold none: they go first, in order.
     assert asyncio.run(scenario()) == ["a1", "a2", "b1", "c1", "a3"]
+
+
+def test_a_waiter_cancelled_as_a_place_frees_loses_no_place():
+    """Cancelled in the same loop turn as another request's release: the place goes to the
+    next waiter (or stays free), never to the cancelled one, and nothing breaks."""
+    from shardload.worker.hosts import WorkerSlots
+
+    async def scenario() -> None:
+        slots = WorkerSlots(1)
+        a, b, c = HostSlot(2), HostSlot(2), HostSlot(2)
+        await slots.acquire(a)
+        gone = asyncio.ensure_future(slots.acquire(b))
+        later = asyncio.ensure_future(slots.acquire(c))
+        await asyncio.sleep(0)
+        gone.cancel()
+        slots.release(a)  # in the same turn: b's waiter is cancelled, not yet cleaned up
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        await asyncio.wait_for(later, 1)
+        assert (a.held, b.held, c.held) == (0, 0, 1)
+        slots.release(c)
+        await asyncio.wait_for(slots.acquire(a), 1)  # the one place is still there
+
+    asyncio.run(scenario())

@@ -324,7 +324,7 @@ class WorkerSlots:
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release(host)  # it was handed a place it will not use
-            else:
+            elif waiter in host.worker_waiters:  # not yet skipped by a release()
                 host.worker_waiters.remove(waiter)
                 if not host.worker_waiters:
                     self._unlist(host, host.held)
@@ -343,11 +343,12 @@ class WorkerSlots:
             chosen = next(iter(waiting))
             self._unlist(chosen, fewest)
             waiter = chosen.worker_waiters.popleft()
-            self._free -= 1
-            chosen.held += 1
+            if not waiter.done():  # a waiter cancelled since is skipped (its task resumes later)
+                self._free -= 1
+                chosen.held += 1
+                waiter.set_result(None)
             if chosen.worker_waiters:
                 self._buckets.setdefault(chosen.held, {})[chosen] = None
-            waiter.set_result(None)
 
     def _unlist(self, host: HostSlot, held: int) -> None:
         waiting = self._buckets[held]
