@@ -65,6 +65,7 @@ class _Entry:
     job: Job
     sent: bool = False
     same: tuple[str, str | None] | None = None  # the request's key, when repeats may follow it
+    crashes: int = 0  # crashes of a worker that had this job in its hands
 
 
 @dataclass
@@ -283,12 +284,15 @@ async def coordinate(
                 continue
             lost = sent_to(shard)
             queue = isolating.get(shard)
-            again = restarts[shard] >= 2  # the new worker died too, before any result
-            if len(lost) == 1 and (queue is not None or again):
-                fail_alone(lost[0], reason, out)  # it died with that job alone: the culprit
+            # Two workers in a row (no result between) died with a job in their hands (one
+            # that dies as it starts has none: no evidence): alone at the last, it is the
+            # culprit; with others, they are tried one at a time.
+            suspect = restarts[shard] >= 2 and any(entry.crashes >= 2 for entry in lost)
+            if len(lost) == 1 and suspect:
+                fail_alone(lost[0], reason, out)
                 restarts[shard] = 0
                 lost = []
-            elif queue is None and again and lost:
+            elif queue is None and suspect:
                 queue = isolating[shard] = deque()
             if queue is not None:
                 for entry in lost:
@@ -343,6 +347,8 @@ async def coordinate(
                 if shard in restarting:
                     crash_after_restart[shard] = reason  # handled when the restart ends
                 else:
+                    for entry in sent_to(shard):
+                        entry.crashes += 1  # the worker that died had it
                     crashed(shard, reason, out)
             # Admitted a step at a time, so the first jobs go out (and results come back)
             # while the rest of a large read-ahead is still being admitted.
