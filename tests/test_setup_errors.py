@@ -136,12 +136,21 @@ def test_the_names_a_script_binds_when_imported(tmp_path):
                 hidden = 1
             else:
                 class Imported: pass
+            if "__main__" == __name__:
+                class AlsoGuarded: pass
+            match p:
+                case _:
+                    class InCase: pass
+            def setup():
+                global ByFunction
+                class ByFunction: pass
             """
         )
     )
     names = _top_level_names(str(script))
     assert names is not None
-    for name in ("p", "json", "z", "Top", "fn", "InTry", "InHandler", "InIf", "A", "B", "Imported"):
+    bound = ("p", "json", "z", "Top", "fn", "InTry", "InHandler", "InIf", "A", "B", "Imported")
+    for name in (*bound, "InCase", "ByFunction"):
         assert name in names, name
-    assert not names & {"Guarded", "hidden"}
+    assert not names & {"Guarded", "hidden", "AlsoGuarded"}
     assert _top_level_names(str(tmp_path / "missing.py")) is None

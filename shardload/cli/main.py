@@ -215,17 +215,25 @@ def _count_total(spec: str, rec: Recorder) -> None:
 
 def main(argv: list[str] | None = None, *, stdin: BinaryIO | None = None) -> int:
     """Run the command; returns the exit code (the console script passes it to ``sys.exit``)."""
+    if sys.stderr is not None:
+        return _main(argv, stdin)
+    # Started with stderr closed (2>&-): Python's sys.stderr is None, and argparse and
+    # print(file=None) would send usage errors, progress and the summary to stdout instead.
+    with open(os.devnull, "w", encoding="utf-8") as nowhere:
+        sys.stderr = nowhere
+        try:
+            return _main(argv, stdin)
+        finally:
+            sys.stderr = None
+
+
+def _main(argv: list[str] | None, stdin: BinaryIO | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # usage errors (2) and --help (0)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    if sys.stderr is not None:
-        return run(args, stdin=stdin, stderr=sys.stderr)
-    # Started with stderr closed (2>&-): Python's sys.stderr is None, and print(file=None)
-    # would send progress and the summary to stdout instead.
-    with open(os.devnull, "w", encoding="utf-8") as nowhere:
-        return run(args, stdin=stdin, stderr=nowhere)
+    return run(args, stdin=stdin, stderr=sys.stderr)
 
 
 def _say(stderr: TextIO, text: str) -> None:

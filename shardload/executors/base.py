@@ -117,17 +117,23 @@ def _top_level_names(path: str) -> frozenset[str] | None:
                     visit([s for s in getattr(node, field, []) if isinstance(s, ast.stmt)])
                 for handler in getattr(node, "handlers", []):
                     visit(handler.body)
+                for case in getattr(node, "cases", []):  # match statements
+                    visit(case.body)
 
     visit(tree.body)
+    # A function run at import may bind module names (``global S``); without running the
+    # script there is no telling, so such names count as bound: no false alarm.
+    names.update(n for node in ast.walk(tree) if isinstance(node, ast.Global) for n in node.names)
     return frozenset(names)
 
 
 def _is_main_guard(test: ast.expr) -> bool:
-    return (
-        isinstance(test, ast.Compare)
-        and isinstance(test.left, ast.Name)
-        and test.left.id == "__name__"
-        and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in test.comparators)
+    """``__name__ == "__main__"``, either way round."""
+    if not isinstance(test, ast.Compare) or len(test.comparators) != 1:
+        return False
+    sides = (test.left, test.comparators[0])
+    return any(isinstance(x, ast.Name) and x.id == "__name__" for x in sides) and any(
+        isinstance(x, ast.Constant) and x.value == "__main__" for x in sides
     )
 
 

@@ -496,3 +496,12 @@ def test_a_closed_stderr_sends_nothing_to_stdout(server, tmp_path):
     )
     assert done.returncode == 0
     assert done.stdout == b""
+    usage = subprocess.run(
+        cli_command(urls, "-p", "0"),
+        stdout=subprocess.PIPE,
+        env=cli_env(),
+        timeout=60,
+        check=False,
+        preexec_fn=lambda: os.close(2),
+    )
+    assert usage.returncode == 2 and usage.stdout == b""  # argparse's usage went nowhere too
