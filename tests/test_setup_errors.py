@@ -7,11 +7,18 @@ import sys
 import textwrap
 
 
+def _run_script(path, code: str) -> subprocess.CompletedProcess[str]:
+    """Write ``code`` to the script ``path`` and run it, as ``python script.py`` does."""
+    path.write_text(textwrap.dedent(code))
+    return subprocess.run(
+        [sys.executable, str(path)], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
 def test_a_script_without_a_main_guard_gets_a_clear_error(tmp_path, server):
-    script = tmp_path / "unguarded.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
+    out = _run_script(
+        tmp_path / "unguarded.py",
+        f"""
             import shardload
             from shardload import AioDownload, DownloadStrategy
             d = AioDownload(download_strategy=DownloadStrategy(home={str(tmp_path)!r}))
@@ -20,11 +27,7 @@ def test_a_script_without_a_main_guard_gets_a_clear_error(tmp_path, server):
                 shardload.swarm(urls, download=d, processes=2)
             except shardload.ConfigurationError as exc:
                 print("CLEAR:", exc)
-            """
-        )
-    )
-    out = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
+            """,
     )
     assert "CLEAR:" in out.stdout, out.stderr[-2000:]
     assert "__main__" in out.stdout
@@ -85,10 +88,9 @@ def test_a_bundle_subclass_from_an_interactive_session_arrives_as_a_plain_bundle
 def test_a_strategy_defined_under_the_main_guard_gets_a_clear_error(tmp_path, server):
     """Workers import the script without running its ``if __name__ == "__main__":`` block, so
     a class defined there cannot reach them: said before any work, naming the class."""
-    script = tmp_path / "guarded.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
+    out = _run_script(
+        tmp_path / "guarded.py",
+        f"""
             import shardload
             from shardload import AioDownload, DownloadStrategy
 
@@ -102,11 +104,7 @@ def test_a_strategy_defined_under_the_main_guard_gets_a_clear_error(tmp_path, se
                     shardload.swarm(urls, download=d, processes=2)
                 except shardload.ConfigurationError as exc:
                     print("CLEAR:", exc)
-            """
-        )
-    )
-    out = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
+            """,
     )
     assert "CLEAR: Local is defined inside the main script's" in out.stdout, out.stderr[-2000:]
     assert "Traceback" not in out.stderr  # no worker died trying
