@@ -9,35 +9,28 @@ Invariants:
 - bundles of the same URL that target the same file while one is in flight share its download,
   so duplicate URLs are fetched once; no two downloads ever write one file at once in a worker
   (a different URL given the same path waits, then makes its own);
-- host slots and robots.txt rules live in ``Politeness``, its base class; the clients that
-  ``Exchange`` (the request side, the base of that) made are closed by
-  ``close()``, or when their event loop shuts down (``_close_at_loop_end``); a session passed
-  as ``client`` belongs to the caller and is never closed here.
+- its base classes hold the rest: ``LoopBinding`` (what it made in one event loop, and
+  closing it), ``Politeness`` (host slots, robots.txt rules) and ``Exchange`` (the requests).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import copy
 import math
 import time
 from collections.abc import AsyncGenerator
 from contextvars import ContextVar
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ..backoff import decide
 from ..bundle import CACHED, SKIPPED, WRITTEN, Bundle, apply_result, to_result
 from ..errors import NEVER_RETRY_KINDS, DownloadFailed, ErrorKind
-from ..robots import RobotRules
 from ..strategy import DownloadStrategy, Outcome, RequestStrategy
 from ..urls import UrlParts, redact, redirect_target, split_url, userinfo
+from .binding import LoopBinding
 from .exchange import Redirect, over_time
-from .files import check_target, find_complete, forget_directories
-from .hosts import HostSlot, WorkerSlots
-from .http import LeanClient
-from .politeness import Politeness
+from .files import check_target, find_complete
+from .hosts import HostSlot
 
 if TYPE_CHECKING:
     # Imported where a session is made: a worker on the lean client never pays aiohttp's
@@ -45,7 +38,7 @@ if TYPE_CHECKING:
     import aiohttp
 
 
-class AioDownload(Politeness):
+class AioDownload(LoopBinding):
     """Downloads bundles with the given strategies; the same engine runs in every worker."""
 
     def __init__(
@@ -74,83 +67,6 @@ class AioDownload(Politeness):
     def _request_strategy(self) -> RequestStrategy:
         return self.request_strategy
 
-    def _reset(self) -> None:
-        # Everything below belongs to one event loop: made lazily inside it, useless in another.
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._session: aiohttp.ClientSession | None = self.client
-        self._lean: LeanClient | None = None
-        self._worker_sem: WorkerSlots | None = None
-        self._hosts: dict[str, HostSlot] = {}
-        # A file's download under way: (what it requests, its outcome).
-        self._inflight: dict[str, tuple[tuple[UrlParts, str], asyncio.Future[Bundle]]] = {}
-        self._robots: dict[str, asyncio.Future[RobotRules]] = {}
-
-    async def __aenter__(self) -> AioDownload:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    def for_run(self) -> AioDownload:
-        """The engine a run in the running loop uses: this one, or a fresh copy of it (same
-        class and strategies) when a run in another event loop holds this one (``one()``
-        called while iterating ``each()``, or two threads sharing one download)."""
-        loop = asyncio.get_running_loop()
-        engine = self
-        if self._busy_elsewhere(loop):
-            engine = copy.copy(self)
-            engine._runs = 0
-            engine._closer = None
-            engine._reset()
-        engine._bind(loop)
-        engine._runs += 1
-        return engine
-
-    async def end_run(self) -> None:
-        """A run that ``for_run`` gave this engine is over; the last one closes it."""
-        self._runs = max(0, self._runs - 1)
-        if self._runs == 0:
-            await self.close()
-
-    def _busy_elsewhere(self, loop: asyncio.AbstractEventLoop) -> bool:
-        bound = self._loop
-        return bound is not None and bound is not loop and self._runs > 0 and not bound.is_closed()
-
-    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._loop is not loop:
-            self._reset()  # made in a loop that is gone or stopped: start afresh in this one
-            self._loop = loop
-        if self._closer is None or self._closer[0] is not loop:
-            # Each binding to a loop has its own list: a closer dropped when the engine moved
-            # to another loop (and finalised whenever the collector gets to it) closes what
-            # was opened in its loop then, never what a later binding opened.
-            self._opened = []
-            closer = _close_at_loop_end(self._opened, self.download_strategy.home)
-            self._closer = (loop, closer)
-            # Run it to its yield: that registers it with the loop, whose shutdown (the end of
-            # asyncio.run) closes it, and so the clients, even if this engine is gone by then
-            # (a local of the coroutine that ran it).
-            with contextlib.suppress(StopIteration):
-                self._closer[1].__anext__().send(None)
-
-    async def close(self) -> None:
-        """Close the session this engine created (never a caller's ``client``)."""
-        session, lean = self._session, self._lean
-        forget_directories(self.download_strategy.home)
-        for pending in self._robots.values():
-            pending.cancel()
-        self._reset()
-        self._opened[:] = [c for c in self._opened if c is not session and c is not lean]
-        if session is not None and session is not self.client:
-            await session.close()
-        if lean is not None:
-            await lean.close()
-
     async def main(self, bundle: Bundle) -> Bundle:
         """Download one bundle to its file, retrying as the request strategy says."""
         started = time.monotonic()
@@ -164,18 +80,6 @@ class AioDownload(Politeness):
             bundle.fail(ErrorKind.STRATEGY, f"{type(exc).__name__}: {exc}")
         bundle.elapsed = time.monotonic() - started
         return bundle
-
-    def _in_this_loop(self, bundle: Bundle) -> bool:
-        """Bind to the running loop (its end closes the clients) unless a run in another loop
-        holds this engine, which fails the bundle."""
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            if self._busy_elsewhere(loop):
-                message = "this AioDownload is running in another event loop: use one per loop"
-                bundle.fail(ErrorKind.STRATEGY, message)
-                return False
-            self._bind(loop)
-        return True
 
     async def _main(self, bundle: Bundle) -> None:
         try:
@@ -462,19 +366,6 @@ def _skip(bundle: Bundle, message: str) -> None:
     bundle.state = SKIPPED
     bundle.error_kind = ErrorKind.ROBOTS
     bundle.error_message = message
-
-
-async def _close_at_loop_end(opened: list[Any], home: str) -> AsyncGenerator[None, None]:
-    """Closes the clients an engine opened in one event loop when that loop shuts down, for
-    code that calls ``await download.main(bundle)`` under ``asyncio.run`` and never
-    ``close()`` (as with aiodownload, which had no close): no unclosed session or socket is
-    left behind. It holds the clients, not the engine, which may be gone by then."""
-    try:
-        yield
-    finally:
-        forget_directories(home)
-        while opened:
-            await opened.pop().close()
 
 
 def _cancelling() -> bool:

@@ -1,0 +1,144 @@
+"""The engine's binding to one event loop: the clients, slots and downloads it made there.
+
+``LoopBinding`` is a base class of ``AioDownload`` (after ``Politeness`` and ``Exchange``).
+
+Invariants:
+- everything ``_reset`` makes belongs to one event loop: made lazily inside it, useless in
+  another. A run in another loop while this one is in use gets a fresh copy (``for_run``);
+- the clients made in a loop are closed by ``close()``, by the last run's ``end_run``, or when
+  that loop shuts down (``_close_at_loop_end``, which holds the clients, not the engine, so a
+  download made inside the coroutine that ran it is closed too); a session passed as
+  ``client`` belongs to the caller and is never closed here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+from collections.abc import AsyncGenerator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+from ..bundle import Bundle
+from ..errors import ErrorKind
+from ..robots import RobotRules
+from ..urls import UrlParts
+from .files import forget_directories
+from .hosts import HostSlot, WorkerSlots
+from .http import LeanClient
+from .politeness import Politeness
+
+if TYPE_CHECKING:
+    import aiohttp
+
+
+class LoopBinding(Politeness):
+    """See the module's invariants."""
+
+    _runs: int  # runs (swarm/each calls) using this engine now, all in self._loop
+    # (loop, generator): closes what this engine opened in that loop when the loop ends.
+    _closer: tuple[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] | None
+    _opened: list[Any]  # the clients it will close
+
+    def _reset(self) -> None:
+        # Everything below belongs to one event loop: made lazily inside it, useless in another.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._session: aiohttp.ClientSession | None = self.client
+        self._lean: LeanClient | None = None
+        self._worker_sem: WorkerSlots | None = None
+        self._hosts: dict[str, HostSlot] = {}
+        # A file's download under way: (what it requests, its outcome).
+        self._inflight: dict[str, tuple[tuple[UrlParts, str], asyncio.Future[Bundle]]] = {}
+        self._robots: dict[str, asyncio.Future[RobotRules]] = {}
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def for_run(self) -> Self:
+        """The engine a run in the running loop uses: this one, or a fresh copy of it (same
+        class and strategies) when a run in another event loop holds this one (``one()``
+        called while iterating ``each()``, or two threads sharing one download)."""
+        loop = asyncio.get_running_loop()
+        engine = self
+        if self._busy_elsewhere(loop):
+            engine = copy.copy(self)
+            engine._runs = 0
+            engine._closer = None
+            engine._reset()
+        engine._bind(loop)
+        engine._runs += 1
+        return engine
+
+    async def end_run(self) -> None:
+        """A run that ``for_run`` gave this engine is over; the last one closes it."""
+        self._runs = max(0, self._runs - 1)
+        if self._runs == 0:
+            await self.close()
+
+    def _busy_elsewhere(self, loop: asyncio.AbstractEventLoop) -> bool:
+        bound = self._loop
+        return bound is not None and bound is not loop and self._runs > 0 and not bound.is_closed()
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._loop is not loop:
+            self._reset()  # made in a loop that is gone or stopped: start afresh in this one
+            self._loop = loop
+        if self._closer is None or self._closer[0] is not loop:
+            # Each binding to a loop has its own list: a closer dropped when the engine moved
+            # to another loop (and finalised whenever the collector gets to it) closes what
+            # was opened in its loop then, never what a later binding opened.
+            self._opened = []
+            closer = _close_at_loop_end(self._opened, self.download_strategy.home)
+            self._closer = (loop, closer)
+            # Run it to its yield: that registers it with the loop, whose shutdown (the end of
+            # asyncio.run) closes it, and so the clients, even if this engine is gone by then
+            # (a local of the coroutine that ran it).
+            with contextlib.suppress(StopIteration):
+                self._closer[1].__anext__().send(None)
+
+    async def close(self) -> None:
+        """Close the session this engine created (never a caller's ``client``)."""
+        session, lean = self._session, self._lean
+        forget_directories(self.download_strategy.home)
+        for pending in self._robots.values():
+            pending.cancel()
+        self._reset()
+        self._opened[:] = [c for c in self._opened if c is not session and c is not lean]
+        if session is not None and session is not self.client:
+            await session.close()
+        if lean is not None:
+            await lean.close()
+
+    def _in_this_loop(self, bundle: Bundle) -> bool:
+        """Bind to the running loop (its end closes the clients) unless a run in another loop
+        holds this engine, which fails the bundle."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            if self._busy_elsewhere(loop):
+                message = "this AioDownload is running in another event loop: use one per loop"
+                bundle.fail(ErrorKind.STRATEGY, message)
+                return False
+            self._bind(loop)
+        return True
+
+
+async def _close_at_loop_end(opened: list[Any], home: str) -> AsyncGenerator[None, None]:
+    """Closes the clients an engine opened in one event loop when that loop shuts down, for
+    code that calls ``await download.main(bundle)`` under ``asyncio.run`` and never
+    ``close()`` (as with aiodownload, which had no close): no unclosed session or socket is
+    left behind. It holds the clients, not the engine, which may be gone by then."""
+    try:
+        yield
+    finally:
+        forget_directories(home)
+        while opened:
+            await opened.pop().close()
