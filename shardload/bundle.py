@@ -183,21 +183,26 @@ def _new_attributes(bundle: Bundle, given: dict[str, Any]) -> dict[str, Any] | N
         for k, v in vars(bundle).items()
         if k not in _FIELDS and (k not in given or given[k] is not v)
     }
-    if not own or _pickles(own):
-        return own or None
-    # One attribute that cannot cross a process (a response object, an open file) is left
-    # behind alone, in every mode, so a run's outcome does not depend on ``processes``.
-    return {k: v for k, v in own.items() if _pickles(v)} or None
+    if own and why_unpicklable(own) is not None:
+        # One attribute that cannot cross a process (a response object, an open file) is left
+        # behind alone, in every mode, so a run's outcome does not depend on ``processes``.
+        own = {k: v for k, v in own.items() if why_unpicklable(v) is None}
+    return own or None
 
 
-def _pickles(value: object) -> bool:
-    """Whether ``value`` survives the trip to another process: pickled, and read back (an
-    exception class whose ``__init__`` wants other arguments pickles but does not load)."""
+def why_unpicklable(value: object) -> str | None:
+    """Why ``value`` cannot make the trip to another process, or None when it can: pickled,
+    and read back (an exception class whose ``__init__`` wants other arguments pickles but
+    does not load)."""
     try:
         pickle.loads(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
-    except Exception:
-        return False
-    return True
+    except Exception as exc:
+        try:
+            text = str(exc)
+        except Exception:  # the caller's exception class may fail at that too
+            text = "<unprintable>"
+        return f"{type(exc).__name__}: {text}"
+    return None
 
 
 def apply_result(bundle: Bundle, result: Result, *, shared: bool = False) -> Bundle:

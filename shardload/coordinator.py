@@ -18,9 +18,9 @@ Invariants:
 - a crashed shard is restarted and its outstanding jobs resent, up to ``max_restarts`` crashes
   in a row (a result in between starts the count again, so a day-long crawl survives
   occasional OOM kills); after that, or when its restart fails, its jobs fail with
-  ``worker_crash`` and the reason. When a restarted worker dies again before any result,
-  the jobs it had are sent one at a time ("isolating"): a job that kills its worker alone
-  fails alone (``worker_crash``), and the shard goes on with the rest.
+  ``worker_crash`` and the reason. When two workers in a row die with jobs in their hands
+  (no result between), those jobs are sent one at a time ("isolating"): a job that kills its
+  worker alone fails alone (``worker_crash``), and the shard goes on with the rest.
   A restart runs beside the loop (spawning a worker takes ~0.1 s, a Ray actor longer): the other
   shards' results keep coming and their jobs keep going out; the restarting shard's new jobs
   wait in flow control. The loop ends only after every restart it began has ended, so no worker
@@ -31,15 +31,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import pickle
 from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .bundle import FAILED, Bundle, Job, Result, apply_result, extra_of
+from .bundle import FAILED, Bundle, Job, Result, apply_result, extra_of, why_unpicklable
 from .errors import DownloadFailed, ErrorKind
-from .executors.base import Executor, interactive_names, names_hidden_in_main
+from .executors.base import Executor, class_hidden_in_main, interactive_names
 from .flow import FlowControl
 from .intake import InputReader, RunMark, describe_error, prepare_item
 from .paths import url_to_relpath
@@ -91,20 +90,11 @@ class _Events:
 _ADMIT_STEP = 1024
 
 
-def _unpicklable(value: Any) -> str | None:
-    """Why ``value`` cannot be pickled, or None when it can."""
-    try:
-        pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
-        return describe_error(exc)
-    return None
-
-
 def _wire_info(info: Any) -> Any:
     """``info`` as sent to a worker process: itself when it pickles, else None (kept here)."""
     if info is None or isinstance(info, str | int | float | bool):
         return info
-    return info if _unpicklable(info) is None else None
+    return info if why_unpicklable(info) is None else None
 
 
 async def coordinate(
@@ -139,7 +129,7 @@ async def coordinate(
     restarting: dict[int, tuple[asyncio.Future[None], str]] = {}  # shard: (restart, reason)
     crash_after_restart: dict[int, str] = {}  # a crash reported while its shard restarted
     dead: dict[int, str] = {}
-    # Shards whose new worker died again before any result: their outstanding jobs are tried
+    # Shards whose workers died twice in a row with jobs in their hands: those jobs are tried
     # one at a time, so a job that kills its worker fails alone instead of the whole shard.
     isolating: dict[int, deque[_Entry]] = {}
     reader = InputReader(
@@ -172,7 +162,7 @@ async def coordinate(
         if remote and bundle.params is not None:
             # Checked here, per bundle: a batch that does not pickle cannot reach its worker,
             # and would take every other job of that batch down with it.
-            problem = _unpicklable(bundle.params)
+            problem = why_unpicklable(bundle.params)
             if problem is not None:
                 message = f"params cannot be sent to a worker process (must pickle): {problem}"
                 out.append(bundle.fail(ErrorKind.BAD_INPUT, message))
@@ -197,7 +187,7 @@ async def coordinate(
         if remote:
             info = _wire_info(info)
             if extra is not None and (
-                _unpicklable(extra) or interactive_names(extra) or names_hidden_in_main(extra[0])
+                why_unpicklable(extra) or interactive_names(extra) or class_hidden_in_main(extra[0])
             ):
                 extra = None  # a class a worker cannot import (a notebook's): a plain Bundle
         job: Job = (bundle.seq, bundle.url, bundle.params, info, bundle.file_path, extra)
@@ -219,16 +209,13 @@ async def coordinate(
         for entry in lost:
             flow.done(shard, entry.lane)
         for entry in lost + flow.drop_waiting(shard):
-            del pending[entry.bundle.seq]
-            for bundle in [entry.bundle, *settle(entry, None)]:
-                out.append(bundle.fail(ErrorKind.WORKER_CRASH, reason))
+            crash_fails(entry, reason, out)
 
-    def fail_alone(entry: _Entry, reason: str, out: list[Bundle]) -> None:
-        flow.done(entry.shard, entry.lane)
+    def crash_fails(entry: _Entry, reason: str, out: list[Bundle]) -> None:
+        """The job (out of flow control already) and its followers fail as worker_crash."""
         del pending[entry.bundle.seq]
-        why = f"{reason}, with only this URL in its hands: it kills its worker"
         for bundle in [entry.bundle, *settle(entry, None)]:
-            out.append(bundle.fail(ErrorKind.WORKER_CRASH, why))
+            out.append(bundle.fail(ErrorKind.WORKER_CRASH, reason))
 
     def isolate_next(shard: int, dirty: set[int]) -> None:
         """Send the next job of an isolating shard alone; with none left, resume its flow."""
@@ -289,7 +276,9 @@ async def coordinate(
             # culprit; with others, they are tried one at a time.
             suspect = restarts[shard] >= 2 and any(entry.crashes >= 2 for entry in lost)
             if len(lost) == 1 and suspect:
-                fail_alone(lost[0], reason, out)
+                flow.done(shard, lost[0].lane)
+                why = f"{reason}, with only this URL in its hands: it kills its worker"
+                crash_fails(lost[0], why, out)
                 restarts[shard] = 0
                 lost = []
             elif queue is None and suspect:

@@ -7,12 +7,16 @@ import sys
 import textwrap
 
 
+def _run_python(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
 def _run_script(path, code: str) -> subprocess.CompletedProcess[str]:
     """Write ``code`` to the script ``path`` and run it, as ``python script.py`` does."""
     path.write_text(textwrap.dedent(code))
-    return subprocess.run(
-        [sys.executable, str(path)], capture_output=True, text=True, timeout=120, check=False
-    )
+    return _run_python(str(path))
 
 
 def test_a_script_without_a_main_guard_gets_a_clear_error(tmp_path, server):
@@ -35,13 +39,7 @@ def test_a_script_without_a_main_guard_gets_a_clear_error(tmp_path, server):
 
 def _run_interactive(code: str) -> subprocess.CompletedProcess[str]:
     """Run ``code`` as ``python -c`` does: a ``__main__`` with no file, as in a notebook."""
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return _run_python("-c", textwrap.dedent(code))
 
 
 def test_a_strategy_defined_in_an_interactive_session_gets_a_clear_error(tmp_path, server):

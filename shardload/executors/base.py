@@ -75,6 +75,18 @@ def names_hidden_in_main(value: object) -> list[str]:
     return [name for name in found if name.split(".", 1)[0] not in defined]
 
 
+def class_hidden_in_main(cls: type) -> bool:
+    """``names_hidden_in_main`` for one class, remembered: asked for every bundle of a
+    subclass in the input (a program defines few classes)."""
+    hidden = _hidden_classes.get(cls)
+    if hidden is None:
+        hidden = _hidden_classes[cls] = bool(names_hidden_in_main(cls))
+    return hidden
+
+
+_hidden_classes: dict[type, bool] = {}
+
+
 def _main_names(value: object) -> list[str]:
     found: list[str] = []
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from ..bundle import Job, Result
 from ..errors import ConfigurationError, ShardloadError
+from ..worker.descriptors import open_file_limit
 from ..worker.process import worker_main
 from ..worker.temp_files import remove_temp_files, temp_prefix
 from .base import START_SECONDS, ExecutorSink, interactive_names, names_hidden_in_main
@@ -117,33 +118,25 @@ def _preload_in_fork_server(context: Any) -> None:
 def processes_that_fit(wanted: int) -> int:
     """At most ``wanted`` worker processes, as many as this process has descriptors for (a
     default that a low ``ulimit -n`` should shrink, not refuse); 1 runs in the caller."""
-    try:
-        import resource  # noqa: PLC0415  (POSIX only)
-    except ImportError:
+    limit = open_file_limit()
+    if limit is None:
         return wanted
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return wanted
-    fit = (soft - _RESERVED_DESCRIPTORS) // 4
-    return max(1, min(wanted, fit if fit >= 2 else 1))
+    return max(1, min(wanted, (limit - _RESERVED_DESCRIPTORS) // _PER_WORKER))
 
 
 def _check_descriptors(shards: int) -> None:
-    """Refuse at once a worker count this process cannot open pipes for (each worker takes
-    four descriptors while it starts): failing after spawning hundreds helps nobody."""
-    try:
-        import resource  # noqa: PLC0415  (POSIX only)
-    except ImportError:
-        return
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need = 4 * shards + _RESERVED_DESCRIPTORS
-    if soft != resource.RLIM_INFINITY and need > soft:
+    """Refuse at once a worker count this process cannot open pipes for: failing after
+    spawning hundreds helps nobody."""
+    limit = open_file_limit()
+    need = _PER_WORKER * shards + _RESERVED_DESCRIPTORS
+    if limit is not None and need > limit:
         raise ConfigurationError(
             f"cannot start {shards} worker processes: they need about {need} file "
-            f"descriptors and this process may open {soft} (ulimit -n); use fewer processes"
+            f"descriptors and this process may open {limit} (ulimit -n); use fewer processes"
         )
 
 
+_PER_WORKER = 4  # descriptors a worker takes while it starts: its two pipes' four ends
 _RESERVED_DESCRIPTORS = 64  # the caller's own files, sockets and the input
 
 

@@ -170,8 +170,7 @@ class AioDownload(LoopBinding):
                     bundle.state = WRITTEN
                     bundle.error_kind = bundle.error_message = None
                     return
-                if outcome.error_kind == ErrorKind.ROBOTS:  # a redirect into a disallowed path
-                    _skip(bundle, outcome.message)
+                if bundle.state == SKIPPED:  # a redirect into a path robots.txt disallows
                     return
                 if outcome.error_kind == ErrorKind.BREAKER_OPEN:  # failed fast, nothing sent
                     message = outcome.message
@@ -339,7 +338,11 @@ class AioDownload(LoopBinding):
                     if rs.robots:
                         rules = await self._robots_rules(parts, here, same_origin)
                         if not rules.allows(url):
+                            # As for the URL asked: a disallowed target is skipped; one whose
+                            # robots.txt could not be read fails (never retried in this run).
                             why = f"redirect to {redact(url)}: {rules.refusal}"
+                            if rules.unreachable is None:
+                                _skip(bundle, why)
                             return _failure(bundle, ErrorKind.ROBOTS, why)
         finally:
             if here is not None and taken:

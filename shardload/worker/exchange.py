@@ -32,6 +32,7 @@ from ..bundle import Bundle
 from ..errors import DownloadFailed, ErrorKind
 from ..strategy import DownloadStrategy, Outcome, RequestStrategy
 from ..urls import UrlParts, userinfo
+from .descriptors import open_file_limit
 from .failures import classify
 from .files import READ_SIZE, SpeedGuard, measure_written, speed_guard
 from .http import ORIGIN_ONLY, REDIRECT_STATUSES, LeanClient
@@ -279,10 +280,11 @@ class _HeadersWithin:
     async def __aenter__(self) -> Any:
         loop = asyncio.get_running_loop()
         limit = asyncio.timeout(self._timeout + self._connect)
-        told: list[bool] = []
+        told = False
 
         def sent() -> None:
-            told.append(True)
+            nonlocal told
+            told = True
             limit.reschedule(loop.time() + self._timeout)
 
         self._hooks.sent = sent
@@ -362,14 +364,10 @@ def _connect_timeout(rs: RequestStrategy) -> float | None:
 def _descriptor_budget() -> int:
     """Requests this process can hold open at once: each needs a socket and a temporary file,
     and the process keeps some descriptors of its own (pipes, the event loop, libraries)."""
-    try:
-        import resource  # noqa: PLC0415  (POSIX only)
-    except ImportError:
+    limit = open_file_limit()
+    if limit is None:
         return 1 << 30
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return 1 << 30
-    return max(1, (soft - _RESERVED_DESCRIPTORS) // 2)
+    return max(1, (limit - _RESERVED_DESCRIPTORS) // 2)
 
 
 _RESERVED_DESCRIPTORS = 32

@@ -72,9 +72,8 @@ def _below(home: str, path: str) -> str:
 
 
 def forget_directories(home: str) -> None:
-    """The end of an engine's runs: forget what was checked under home, and remove home's
-    temporary folder if it is empty (a run still writing elsewhere keeps it: rmdir refuses a
-    folder with files, and a run that finds it gone makes it again, see ``_open_temp``)."""
+    """The end of an engine's runs: close the directories held under home, and remove home's
+    temporary folder if it is empty (see ``temp_files.forget_temp_dir``)."""
     with _directories_lock:
         _close_directories(absolute(home))
     forget_temp_dir(home)
@@ -99,15 +98,10 @@ def measure_written(bundle: Bundle, with_hash: bool) -> None:
     path = bundle.file_path
     if path is None or not os.path.isfile(path):
         return
-    digest = hashlib.sha256() if with_hash else None
-    size = 0
     with open(path, "rb") as f:
-        while digest is not None and (block := f.read(1 << 20)):
-            digest.update(block)
-        size = os.fstat(f.fileno()).st_size
-    bundle.bytes = size
-    if digest is not None:
-        bundle.sha256 = digest.hexdigest()
+        bundle.bytes = os.fstat(f.fileno()).st_size
+        if with_hash:
+            bundle.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class SpeedGuard:
