@@ -82,17 +82,17 @@ class _Start:
         try:
             self.process.start()
         finally:
-            with self._lock:
-                self._over = True
-                abandoned = self._abandoned
-            if abandoned:
-                self.undo()
+            self._mark("_over")
 
     def abandon(self) -> None:
+        self._mark("_abandoned")
+
+    def _mark(self, which: str) -> None:
+        """Note that the start is over, or abandoned; the second of the two undoes it."""
         with self._lock:
-            self._abandoned = True
-            over = self._over
-        if over:
+            setattr(self, which, True)
+            both = self._over and self._abandoned
+        if both:
             self.undo()
 
     def undo(self) -> None:
