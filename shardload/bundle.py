@@ -59,6 +59,8 @@ class Bundle:
     # True when the outcome is a copy of another bundle's (a repeat of its URL): the requests
     # and bytes were counted for that one.
     _shared: bool = field(default=False, init=False, repr=False)
+    # True when one of its attempts opened its host's circuit breaker (for the run's stats).
+    _opened_breaker: bool = field(default=False, init=False, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -114,9 +116,9 @@ AioDownloadBundle = Bundle
 Extra = tuple[type["Bundle"], dict[str, Any]]
 Job = tuple[int, str, "dict[str, Any] | None", Any, "str | None", "Extra | None"]
 # What comes back: (seq, file_path, state, status, attempts, bytes, sha256, elapsed, kind, message,
-# attrs). ``attrs`` is None, or the attributes of its own that the bundle was given during the
-# download (by a strategy's ``on_success``/``on_fail``, say) and that pickle, as aiodownload's
-# caller saw them on its bundle object.
+# opened_breaker, attrs). ``attrs`` is None, or the attributes of its own that the bundle was
+# given during the download (by a strategy's ``on_success``/``on_fail``, say) and that pickle,
+# as aiodownload's caller saw them on its bundle object.
 Result = tuple[
     int,
     "str | None",
@@ -128,6 +130,7 @@ Result = tuple[
     float,
     "str | None",
     "str | None",
+    bool,
     "dict[str, Any] | None",
 ]
 
@@ -173,6 +176,7 @@ def to_result(bundle: Bundle, given: dict[str, Any] | None = None) -> Result:
         bundle.elapsed,
         kind,
         bundle.error_message,
+        bundle._opened_breaker,
         None if vars(bundle).keys() <= _FIELDS else _new_attributes(bundle, given or {}),
     )
 
@@ -219,6 +223,7 @@ def apply_result(bundle: Bundle, result: Result, *, shared: bool = False) -> Bun
         bundle.elapsed,
         bundle.error_kind,
         bundle.error_message,
+        bundle._opened_breaker,
         attrs,
     ) = result
     bundle._run_path = bundle.file_path

@@ -3,7 +3,9 @@
 Every finished bundle is counted exactly once, under the host it was scheduled for, so the
 per-host numbers add up to the bundle counts. ``requests`` counts attempts (retries included)
 and ``bytes`` what was downloaded: a repeat of a URL that got its first's outcome adds neither.
-Bundles that never reached a host (an invalid URL) are counted under ``"-"``.
+Bundles that never reached a host (an invalid URL) are counted under ``"-"``. ``breaker_opens``
+counts the times a host's circuit breaker opened (a failed probe opens it again), from the
+bundle whose attempt opened it.
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ class HostStats:
     errors: dict[str, int] = field(default_factory=dict)
     elapsed_total: float = 0.0
     elapsed_max: float = 0.0
+    breaker_opens: int = 0
 
     def add(self, bundle: Bundle) -> None:
         self.bundles += 1
         if not bundle._shared:  # a repeat's outcome is its first's: counted there
             self.requests += bundle.attempts
             self.bytes += bundle.bytes
+            self.breaker_opens += bundle._opened_breaker
         self.states[bundle.state] = self.states.get(bundle.state, 0) + 1
         if bundle.status is not None:
             klass = f"{bundle.status // 100}xx"
@@ -50,7 +54,7 @@ class HostStats:
 
     @property
     def breaker_opened(self) -> bool:
-        return self.errors.get(ErrorKind.BREAKER_OPEN.value, 0) > 0
+        return self.breaker_opens > 0 or ErrorKind.BREAKER_OPEN.value in self.errors
 
     def to_record(self) -> dict[str, Any]:
         mean = self.elapsed_total / self.bundles if self.bundles else 0.0
@@ -65,6 +69,7 @@ class HostStats:
             "latency_mean": round(mean, 6),
             "latency_max": round(self.elapsed_max, 6),
             "breaker_opened": self.breaker_opened,
+            "breaker_opens": self.breaker_opens,
         }
 
 

@@ -259,7 +259,7 @@ class LastWordsThenCrash:
         assert self._sink is not None
         self.sent.extend(job[0] for job in jobs)
         results: list[Result] = [
-            (job[0], None, "written", 200, 1, 0, None, 0.0, None, None, None) for job in jobs
+            (job[0], None, "written", 200, 1, 0, None, 0.0, None, None, False, None) for job in jobs
         ]
         loop = asyncio.get_running_loop()
         loop.call_soon(self._sink.results, shard, results)
@@ -316,7 +316,7 @@ class SlowRestart:
     def _answer(self, shard: int, jobs: list[Job]) -> None:
         assert self._sink is not None
         results: list[Result] = [
-            (job[0], None, "written", 200, 1, 0, None, 0.0, None, None, None) for job in jobs
+            (job[0], None, "written", 200, 1, 0, None, 0.0, None, None, False, None) for job in jobs
         ]
         asyncio.get_running_loop().call_soon(self._sink.results, shard, results)
 

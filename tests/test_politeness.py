@@ -270,6 +270,21 @@ def test_an_unreachable_robots_txt_disallows_the_host(srv, home, answer):
 
 
 @pytest.mark.parametrize("processes", [1, 2])
+def test_stats_say_a_breaker_opened_even_when_no_url_failed_fast(home, closed_port, processes):
+    # Three dead URLs open the breaker with their own attempts: none is left to fail fast, so
+    # counting ``breaker_open`` failures alone would report a closed breaker.
+    urls = [f"http://127.0.0.1:{closed_port}/d{i}" for i in range(3)]
+    strategy = RequestStrategy(breaker_threshold=3, breaker_cooldown=60)
+    with shardload.each(urls, download=make_download(home, strategy), processes=processes) as run:
+        bundles = list(run)
+    assert [b.error_kind for b in bundles] == [ErrorKind.CONNECT] * 3
+    host = run.stats.hosts[bundles[0].host]
+    assert host.breaker_opens == 1 and host.breaker_opened
+    assert host.to_record()["breaker_opens"] == 1
+    assert run.stats.total.breaker_opens == 1
+
+
+@pytest.mark.parametrize("processes", [1, 2])
 def test_per_host_stats_count_a_repeated_url_s_download_once(srv, home, processes):
     url = f"{srv.base_urls[0]}/bytes/10?name=rep{processes}"
     with shardload.each([url] * 5, download=make_download(home), processes=processes) as run:

@@ -269,7 +269,8 @@ class AioDownload(LoopBinding):
         # What the base request_and_download saw (a Retry-After, the headers), if it ran.
         last = told[-1] if told else None
         retry_after = last.retry_after if last is not None else None
-        slot.record(bundle.status, kind, retry_after, bundle.url)
+        if slot.record(bundle.status, kind, retry_after, bundle.url):
+            bundle._opened_breaker = True
         return Outcome(
             kind,
             message,
@@ -312,10 +313,14 @@ class AioDownload(LoopBinding):
                     if here is not None:
                         here.leave(worker)
                 if here is not None:
-                    if isinstance(step, Outcome):
-                        here.record(step.status, step.error_kind, step.retry_after, url)
-                    else:
+                    if not isinstance(step, Outcome):
                         here.record(bundle.status, None, None, url)
+                    elif (
+                        here.record(step.status, step.error_kind, step.retry_after, url)
+                        and here is slot
+                    ):
+                        # Only the breaker of the host the URL names: the stats count it there.
+                        bundle._opened_breaker = True
                 if not isinstance(step, Redirect):
                     return step
                 if hop >= rs.max_redirects:

@@ -191,8 +191,9 @@ class HostSlot:
 
     def record(
         self, status: int | None, kind: str | None, retry_after: float | None, url: str
-    ) -> None:
-        """Feed back one request's outcome (kind None = success); ``url`` is what it asked."""
+    ) -> bool:
+        """Feed back one request's outcome (kind None = success); ``url`` is what it asked.
+        True when this outcome opened the breaker (the stats say which hosts it opened for)."""
         throttled = status in _THROTTLE_STATUSES
         self._recent.append(url if throttled else None)
         if retry_after is not None and (throttled or status is None or status >= 300):
@@ -213,7 +214,7 @@ class HostSlot:
             elif kind is None:
                 self.limit = min(float(self.concurrency), self.limit + 1 / self.limit)
                 self._wake()
-        self._breaker_record(kind)
+        return self._breaker_record(kind)
 
     def _paused(self) -> bool:
         return self.paused_until > asyncio.get_running_loop().time()
@@ -251,13 +252,15 @@ class HostSlot:
             f"next probe in {max(0.0, left):.1f} s"
         )
 
-    def _breaker_record(self, kind: str | None) -> None:
+    def _breaker_record(self, kind: str | None) -> bool:
         if self.breaker_threshold <= 0:
-            return
+            return False
+        opened = False
         if kind in CONNECTION_KINDS:
             self._failures += 1
             self._last_trouble = asyncio.get_running_loop().time()
             if self.breaker == HALF_OPEN or self._failures >= self.breaker_threshold:
+                opened = self.breaker != OPEN
                 self.breaker = OPEN
                 self._open_until = self._last_trouble + self.breaker_cooldown
         else:
@@ -266,6 +269,7 @@ class HostSlot:
             self._failures = 0
             self.breaker = CLOSED
         self._release_probe()
+        return opened
 
     def end_probe(self) -> None:
         """Call when a request of this host is over: a probe that recorded no outcome (it was
