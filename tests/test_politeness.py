@@ -269,6 +269,33 @@ def test_an_unreachable_robots_txt_disallows_the_host(srv, home, answer):
     assert asked == [b"/robots.txt"]
 
 
+def test_an_unreachable_robots_txt_is_asked_again_after_the_breaker_cooldown(home):
+    """A day-long crawl must not write a host off for the rest of the run because its
+    robots.txt answered 503 once: a URL coming after ``breaker_cooldown`` asks again."""
+    answers = [b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n"]
+
+    def handler(conn: socket.socket, index: int) -> None:
+        while (head := server.recorded(conn)) is not None:
+            if head.startswith(b"GET /robots.txt ") and answers:
+                conn.sendall(answers.pop())
+            else:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    def urls():
+        yield server.url + "/a"
+        yield server.url + "/b"  # within the cool-down: the same answer, not asked again
+        time.sleep(1.5)
+        yield server.url + "/c"
+
+    strategy = RequestStrategy(robots=True, breaker_cooldown=1.0)
+    with RawServer(handler) as server:
+        bundles = shardload.swarm(urls(), download=make_download(home, strategy))
+        asked = [head.split(b" ")[1] for head in server.requests]
+    assert [b.error_kind for b in bundles] == [ErrorKind.ROBOTS, ErrorKind.ROBOTS, None]
+    assert bundles[2].state == "written"
+    assert asked == [b"/robots.txt", b"/robots.txt", b"/c"]
+
+
 @pytest.mark.parametrize("processes", [1, 2])
 def test_stats_say_a_breaker_opened_even_when_no_url_failed_fast(home, closed_port, processes):
     # Three dead URLs open the breaker with their own attempts: none is left to fail fast, so

@@ -51,6 +51,7 @@ class LoopBinding(Politeness):
         # A file's download under way: (what it requests, its outcome).
         self._inflight: dict[str, tuple[tuple[UrlParts, str], asyncio.Future[Bundle]]] = {}
         self._robots: dict[str, asyncio.Future[RobotRules]] = {}
+        self._robots_until: dict[str, float] = {}  # when an unreachable robots.txt is re-asked
 
     async def __aenter__(self) -> Self:
         return self

@@ -344,7 +344,7 @@ class AioDownload(LoopBinding):
                         rules = await self._robots_rules(parts, here, same_origin)
                         if not rules.allows(url):
                             # As for the URL asked: a disallowed target is skipped; one whose
-                            # robots.txt could not be read fails (never retried in this run).
+                            # robots.txt could not be read fails.
                             why = f"redirect to {redact(url)}: {rules.refusal}"
                             if rules.unreachable is None:
                                 _skip(bundle, why)

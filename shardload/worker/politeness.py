@@ -8,7 +8,9 @@ Invariants:
   idle slots are dropped, so a crawl over millions of hosts keeps only the busy ones;
 - a host split over k workers gets its budget (concurrency, delay) from ``host_budgets``;
 - a host's robots.txt is fetched once, through its slot (the fetch is the host's first start),
-  and its Crawl-delay (capped as a Retry-After is) becomes the host's gap.
+  and its Crawl-delay (capped as a Retry-After is) becomes the host's gap; one that could not
+  be read (disallowing all) is asked again by the host's first URL after ``breaker_cooldown``,
+  so a day-long crawl does not write a host off for a passing outage.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Politeness(Exchange):
     host_budgets: dict[str, tuple[int, float]]
     _hosts: dict[str, HostSlot]
     _robots: dict[str, asyncio.Future[RobotRules]]
+    _robots_until: dict[str, float]
     _worker_sem: WorkerSlots | None
 
     def _slot(self, host_key: str) -> HostSlot:
@@ -79,16 +82,27 @@ class Politeness(Exchange):
     async def _robots_rules(
         self, parts: UrlParts, slot: HostSlot, asked: bool = True
     ) -> RobotRules:
-        """The host's robots.txt rules, fetched once (politely, through its slot); its
+        """The host's robots.txt rules, fetched once (politely, through its slot; again after
+        ``breaker_cooldown`` if it could not be read); its
         Crawl-delay becomes the host's gap, counted from the robots.txt request itself.
         ``asked`` False: the host is a redirect's target, not the origin a URL asked for, so
         the request carries none of the caller's origin-only headers."""
-        known = self._robots.get(parts.host_key)
-        if known is None:
-            known = self._robots[parts.host_key] = asyncio.ensure_future(
+        key = parts.host_key
+        known = self._robots.get(key)
+        now = asyncio.get_running_loop().time()
+        if known is None or now >= self._robots_until.get(key, now + 1):
+            self._robots_until.pop(key, None)
+            known = self._robots[key] = asyncio.ensure_future(
                 self._fetch_robots(parts, slot, asked)
             )
         rules = await asyncio.shield(known)
+        if (
+            rules.unreachable is not None
+            and self._robots.get(key) is known
+            and key not in self._robots_until
+        ):
+            wait = max(self.request_strategy.breaker_cooldown, 1.0)
+            self._robots_until[key] = asyncio.get_running_loop().time() + wait
         if rules.crawl_delay:
             slot.slow_to(self._capped_crawl_delay(rules))
         return rules
