@@ -387,6 +387,109 @@ def test_a_connection_that_sent_more_than_was_asked_is_not_reused(home, extra):
     assert server.connections == (1 if not extra else 4)
 
 
+def test_bytes_arriving_on_an_idle_pooled_connection_never_answer_the_next_request(home, client):
+    """A stray answer sent while the connection sits idle in the pool: aiohttp queued it and
+    handed it to the next request (that file held 'STALE', and every later file on the
+    connection was the answer meant for the one before)."""
+
+    def handler(conn, index):
+        while (head := server.recorded(conn)) is not None:
+            conn.sendall(ok(head.split(b" ")[1]))
+            time.sleep(0.05)
+            conn.sendall(ok(b"STALE"))
+
+    strategy = RequestStrategy(concurrent=1, delay=0.3)
+    with RawServer(handler) as server:
+        urls = [f"{server.url}/s/{i}" for i in range(3)]
+        bundles = shardload.swarm(urls, download=make_download(home, strategy, client=client))
+    assert [open(b.file_path, "rb").read() for b in bundles] == [b"/s/0", b"/s/1", b"/s/2"]
+
+
+@pytest.mark.parametrize("status", [b"204 No Content", b"304 Not Modified"])
+def test_a_late_body_of_a_204_or_304_never_answers_the_next_request(home, client, status):
+    """A 204/304 has no body whatever its Content-Length; a server that sends the declared
+    bytes anyway, a moment later, made the next URL on that connection fail (kind protocol,
+    never retried)."""
+
+    def handler(conn, index):
+        while (head := server.recorded(conn)) is not None:
+            path = head.split(b" ")[1]
+            if path == b"/empty":
+                conn.sendall(b"HTTP/1.1 %s\r\nContent-Length: 5\r\n\r\n" % status)
+                time.sleep(0.02)
+                conn.sendall(b"hello")
+            else:
+                conn.sendall(ok(path))
+
+    with RawServer(handler) as server:
+        urls = [server.url + "/empty", server.url + "/next"]
+        bundles = shardload.swarm(
+            urls, download=make_download(home, RequestStrategy(concurrent=1), client=client)
+        )
+    assert bundles[1].state == "written", bundles[1].error_message
+    assert open(bundles[1].file_path, "rb").read() == b"/next"
+
+
+def test_a_101_answer_fails_and_keeps_the_earlier_copy(home, client):
+    """A 101 Switching Protocols to a GET: aiohttp handed it over as a response, stored as
+    an empty file over the good copy."""
+    answers = [b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n"]
+
+    def handler(conn, index):
+        while server.recorded(conn) is not None:
+            conn.sendall(answers.pop() if len(server.requests) == 2 else ok(b"GOOD COPY"))
+
+    with RawServer(handler) as server:
+        download = make_download(home, client=client)
+        (first,) = shardload.swarm([server.url + "/f"], download=download)
+        (second,) = shardload.swarm([server.url + "/f"], download=download)
+    assert first.state == "written"
+    assert (second.state, second.error_kind) == ("failed", ErrorKind.PROTOCOL)
+    assert "switched protocols" in second.error_message
+    assert open(first.file_path, "rb").read() == b"GOOD COPY"
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_body_that_does_not_decode_is_a_protocol_failure_on_both_clients(home, client, encoding):
+    """Asking again gets the same bytes: aiohttp's ClientPayloadError is no cut here, and a
+    retrying strategy must not spend its attempts on it."""
+
+    def handler(conn, index):
+        while server.recorded(conn) is not None:
+            body = b"\x1f\x8b\x08 this is no compressed stream at all"
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Encoding: %s\r\nContent-Length: %d\r\n\r\n%s"
+                % (encoding.encode(), len(body), body)
+            )
+
+    with RawServer(handler) as server:
+        download = make_download(home, RequestStrategy(max_attempts=3), client=client)
+        (bundle,) = shardload.swarm([server.url + "/z"], download=download)
+    assert (bundle.error_kind, bundle.attempts) == (ErrorKind.PROTOCOL, 1)
+    assert "\n" not in bundle.error_message
+
+
+@pytest.mark.parametrize(
+    "target", ["/a/../b", "/%2e%2e/x", "/q?y=%2F", "/q?x=[1]", "/%2eshardload-tmp", "/q?y=/"]
+)
+def test_both_clients_ask_for_the_same_resource(home, client, target):
+    """yarl resolved '..' and decoded '%2F' in a query on the aiohttp path: the file named for
+    one URL held another resource's bytes, and two URLs stored as two files became one."""
+
+    def handler(conn, index):
+        while (head := server.recorded(conn)) is not None:
+            conn.sendall(ok(head.split(b" ")[1]))
+
+    with RawServer(handler) as server:
+        (bundle,) = shardload.swarm(
+            [server.url + target], download=make_download(home, client=client)
+        )
+    assert (
+        open(bundle.file_path, "rb").read()
+        == request_target(split_url(server.url + target)).encode()
+    )
+
+
 def _head(size: int) -> bytes:
     return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size
 

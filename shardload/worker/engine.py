@@ -290,7 +290,7 @@ class AioDownload(LoopBinding):
         the attempt's time on the network, not its waits for a turn."""
         rs = self.request_strategy
         origin = parts
-        url, params, here, here_key = bundle.url, bundle.params, slot, parts.host_key
+        url, here, here_key = bundle.url, slot, parts.host_key
         taken = False  # whether ``here`` is a hop's slot that this attempt took
         same_origin = True
         time_left = rs.max_time or None
@@ -306,9 +306,7 @@ class AioDownload(LoopBinding):
                     started = time.monotonic()
                 went = here.went if here is not None and here.spaced() else None
                 try:
-                    step = await self._exchange(
-                        bundle, url, parts, params, same_origin, time_left, went
-                    )
+                    step = await self._exchange(bundle, url, parts, same_origin, time_left, went)
                 finally:
                     if here is not None:
                         here.leave(worker)
@@ -333,7 +331,6 @@ class AioDownload(LoopBinding):
                     url, parts = redirect_target(url, step.location)
                 except DownloadFailed as exc:
                     return _failure(bundle, exc.kind, exc.message)
-                params = None  # the Location is the whole next URL
                 same_origin = (parts.scheme, parts.host_key) == (origin.scheme, origin.host_key)
                 if here is not None:
                     if taken:

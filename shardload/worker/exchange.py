@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,14 @@ from ..bundle import Bundle
 from ..errors import DownloadFailed, ErrorKind
 from ..strategy import DownloadStrategy, Outcome, RequestStrategy
 from ..urls import UrlParts, userinfo
+from .aiohttp_session import (
+    HeadersWithin,
+    Hooks,
+    Went,
+    drop_if_body_pending,
+    encoded_url,
+    make_session,
+)
 from .descriptors import open_file_limit
 from .failures import classify
 from .files import READ_SIZE, SpeedGuard, measure_written, speed_guard
@@ -55,23 +63,9 @@ class Exchange:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            import aiohttp  # noqa: PLC0415  (see the import at the top)
-
             rs = self.request_strategy
-            connector = aiohttp.TCPConnector(
-                # Counts connections in use only (aiohttp keeps idle ones beside them).
-                limit=max(1, self._worker_limit()),
-                limit_per_host=0,
-                ttl_dns_cache=rs.dns_ttl,
-                enable_cleanup_closed=False,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                cookie_jar=aiohttp.DummyCookieJar(),
-                read_bufsize=READ_SIZE,
-                timeout=self._timeout(rs.max_time),
-                trust_env=False,
-                trace_configs=[_request_trace()],
+            self._session = make_session(
+                self._worker_limit(), rs.dns_ttl, READ_SIZE, self._timeout(rs.max_time)
             )
             self._opened.append(self._session)
         return self._session
@@ -105,52 +99,52 @@ class Exchange:
         self,
         url: str,
         parts: UrlParts,
-        params: Any = None,
         same_origin: bool = True,
         max_time: float | None = None,
         went: Went | None = None,
     ) -> Any:
-        """``async with`` this for the response of one GET. Redirects come back as responses
-        (the engine follows them hop by hop), except on a caller's own session."""
+        """``async with`` this for the response of one GET of ``parts`` (a bundle's params
+        included; ``url`` as given, for its credentials and messages). Redirects come back as
+        responses (the engine follows them hop by hop), except on a caller's own session."""
         if self._owns_requests():
             return self._get_lean().get(parts, url, same_origin, went)
         rs = self.request_strategy
-        hooks = _Hooks(went)
-        request = self._aiohttp_request(url, params, same_origin, max_time, hooks)
+        hooks = Hooks(went)
+        request = self._aiohttp_request(url, parts, same_origin, max_time, hooks)
         if not rs.timeout or rs.timeout <= 0:
             return request
-        return _HeadersWithin(request, hooks, rs.timeout, _connect_timeout(rs) or 0.0)
+        return HeadersWithin(request, hooks, rs.timeout, _connect_timeout(rs) or 0.0)
 
     def _aiohttp_request(
         self,
         url: str,
-        params: Any,
+        parts: UrlParts,
         same_origin: bool,
         max_time: float | None,
-        hooks: _Hooks,
+        hooks: Hooks,
     ) -> Any:
+        """The GET on aiohttp, of the URL as the lean client would send it (``parts`` hold
+        the params)."""
         rs = self.request_strategy
         session = self._get_session()
+        credentials = userinfo(url)
         if session is self.client:
             # A caller's session follows redirects itself: its own default headers (say an
             # Authorization) could not be kept from another origin otherwise. aiohttp fails on
             # the max_redirects-th redirect; shardload follows that many (as curl).
             return session.get(
-                url,
-                params=params,
+                encoded_url(parts, credentials),
                 allow_redirects=rs.max_redirects > 0,
                 max_redirects=rs.max_redirects + 1,
                 timeout=self._timeout(max_time),  # over the session's own timeout too
             )
         headers = self._headers(same_origin)
-        credentials = userinfo(url)
         if credentials and any(k.lower() == "authorization" for k in headers):
             # The caller's Authorization header wins over credentials in the URL, as on the
             # lean client (aiohttp refuses to be given both).
-            url = url.replace(credentials + "@", "", 1)
+            credentials = ""
         return session.get(
-            url,
-            params=params,
+            encoded_url(parts, credentials),
             allow_redirects=False,
             headers=headers,
             timeout=self._timeout(max_time),
@@ -181,7 +175,6 @@ class Exchange:
         bundle: Bundle,
         url: str,
         parts: UrlParts,
-        params: Any,
         same_origin: bool,
         max_time: float | None,
         went: Went | None = None,
@@ -191,15 +184,20 @@ class Exchange:
         rs = self.request_strategy
         status: int | None = None
         headers: Mapping[str, str] = {}
+        lean = self._owns_requests()
         # aiohttp applies max_time itself (ClientTimeout.total); the lean client does not.
-        limit = asyncio.timeout(max_time) if max_time and self._owns_requests() else None
+        limit = asyncio.timeout(max_time) if max_time and lean else None
         try:
             async with (
                 limit or _NO_LIMIT,
-                self._request(url, parts, params, same_origin, max_time, went) as response,
+                self._request(url, parts, same_origin, max_time, went) as response,
             ):
                 status = bundle.status = response.status
                 headers = response.headers
+                if not lean:
+                    if status < 200:  # the lean client fails a 101 itself
+                        raise DownloadFailed(ErrorKind.PROTOCOL, "the server switched protocols")
+                    drop_if_body_pending(response)
                 if (
                     status in REDIRECT_STATUSES
                     and (location := headers.get("Location")) is not None
@@ -249,80 +247,6 @@ class Exchange:
                 headers=_plain(headers),
                 attempt=bundle.attempts,
             )
-
-
-Went = Callable[[], None]
-
-
-class _Hooks:
-    """What shardload's own aiohttp session tells one request (its ``trace_request_ctx``):
-    ``went`` once a new connection is open, ``sent`` once the request's head is written."""
-
-    __slots__ = ("sent", "went")
-
-    def __init__(self, went: Went | None) -> None:
-        self.went = went
-        self.sent: Callable[[], None] | None = None
-
-
-class _HeadersWithin:
-    """aiohttp's read timeout is per read, so a server dripping a header line at a time never
-    trips it: this bounds the wait for a response's headers (the context's entry) as the lean
-    client does, ``timeout`` from when the request's head was written. Until then the
-    connect may take its own timeout; a caller's session, which tells nothing, gets both."""
-
-    def __init__(self, request: Any, hooks: _Hooks, timeout: float, connect: float) -> None:
-        self._request = request
-        self._hooks = hooks
-        self._timeout = timeout
-        self._connect = connect
-
-    async def __aenter__(self) -> Any:
-        loop = asyncio.get_running_loop()
-        limit = asyncio.timeout(self._timeout + self._connect)
-        told = False
-
-        def sent() -> None:
-            nonlocal told
-            told = True
-            limit.reschedule(loop.time() + self._timeout)
-
-        self._hooks.sent = sent
-        try:
-            async with limit:
-                return await self._request.__aenter__()
-        except TimeoutError:
-            if not limit.expired():
-                raise  # one of aiohttp's own timeouts
-            waited = self._timeout if told else self._timeout + self._connect
-            message = f"no complete response headers within {waited:g} s (read timeout)"
-            raise DownloadFailed(ErrorKind.TIMEOUT, message) from None
-        finally:
-            self._hooks.sent = None
-
-    async def __aexit__(self, *exc: Any) -> Any:
-        return await self._request.__aexit__(*exc)
-
-
-def _request_trace() -> aiohttp.TraceConfig:
-    """Tells a request's ``_Hooks`` (its ``trace_request_ctx``) when its new connection is
-    open and when its head is written."""
-    import aiohttp  # noqa: PLC0415  (see the import at the top)
-
-    async def opened(_session: object, context: Any, _params: object) -> None:
-        hooks = context.trace_request_ctx
-        if isinstance(hooks, _Hooks) and hooks.went is not None:
-            hooks.went()
-
-    async def head_sent(_session: object, context: Any, _params: object) -> None:
-        hooks = context.trace_request_ctx
-        if isinstance(hooks, _Hooks) and hooks.sent is not None:
-            hooks.sent()
-
-    trace = aiohttp.TraceConfig()
-    trace.on_connection_create_end.append(opened)
-    trace.on_request_headers_sent.append(head_sent)
-    return trace
 
 
 def _overridden_on_success(ds: DownloadStrategy) -> bool:

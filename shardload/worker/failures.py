@@ -25,7 +25,7 @@ def classify(exc: BaseException, url: str = "") -> tuple[ErrorKind, str]:
     kind = _kind(exc)
     if isinstance(exc, DownloadFailed):
         return exc.kind, exc.message
-    text = str(exc) or type(exc).__name__
+    text = " ".join(str(exc).split()) or type(exc).__name__  # one line, as a message is
     if url:
         text = text.replace(url, redact(url))
     return kind, f"{type(exc).__name__}: {text}"[:500]
@@ -65,6 +65,10 @@ def _aiohttp_kind(exc: BaseException, aiohttp: Any) -> ErrorKind:
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return ErrorKind.TIMEOUT
     if isinstance(exc, aiohttp.ClientPayloadError):
+        # A body that does not decode is what the server sent, not a cut: asking again gets
+        # the same (the lean client says protocol too).
+        if isinstance(exc.__cause__, aiohttp.http_exceptions.ContentEncodingError):
+            return ErrorKind.PROTOCOL
         return ErrorKind.TRUNCATED
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientConnectionResetError):
         return ErrorKind.RESET

@@ -225,7 +225,11 @@ class Connection(asyncio.Protocol):
         if self._response is None:
             return  # the end of an interim 1xx answer
         self._expecting = False
-        self._reusable = self.parser.should_keep_alive()
+        # A 204 or 304 has no body; one that declared a length may send it yet, and on a
+        # pooled connection those bytes would answer the next request.
+        self._reusable = self.parser.should_keep_alive() and not (
+            self._response.status in (204, 304) and self.content_length
+        )
         self._stop_timer()
         self._response._finish()
 
