@@ -7,6 +7,8 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -570,3 +572,44 @@ def test_a_displaced_file_is_followed_only_when_it_is_a_regular_file(tmp_path, h
     _in_order([second, first])
     # A symlink is never one of our files (writes never follow one): the bundle is not sent there.
     assert first.file_path == (directory if link else displaced)
+
+
+_MASK_PROBE = """
+import multiprocessing, signal, sys
+from shardload.executors.processes import _Start
+
+def report(conn):
+    conn.send(signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))
+
+if __name__ == "__main__":
+    context = multiprocessing.get_context(sys.argv[1])
+    for _ in range(2):  # the first start also starts multiprocessing's helpers
+        reader, writer = context.Pipe(duplex=False)
+        process = context.Process(target=report, args=(writer,))
+        _Start(process, ()).run()
+        print(reader.recv(), flush=True)
+        process.join()
+    print(signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))
+"""
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_worker_starts_with_sigint_blocked_so_ctrl_c_cannot_kill_it_in_its_imports(
+    tmp_path, method
+):
+    """A terminal's Ctrl-C reaches every process of the group; a worker still importing died
+    of it with a traceback on the user's terminal. The child starts with SIGINT blocked (until
+    worker_main ignores it) and the caller's own mask is left as it was. A fresh interpreter:
+    multiprocessing's resource tracker, which unblocks SIGINT after its own start, is not yet
+    running there."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(_MASK_PROBE)
+    done = subprocess.run(
+        [sys.executable, str(probe), method],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True", "False"]

@@ -19,8 +19,11 @@ import contextlib
 import multiprocessing
 import pickle
 import queue
+import signal
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -79,10 +82,18 @@ class _Start:
         self._over = self._abandoned = False
 
     def run(self) -> None:
-        try:
-            self.process.start()
-        finally:
-            self._mark("_over")
+        # A terminal's Ctrl-C reaches the whole process group, the child too, before its
+        # worker_main can ignore SIGINT: it would die in its imports with a traceback on the
+        # user's terminal. Blocked in this (start-only) thread, SIGINT stays blocked in the
+        # child across exec until worker_main ignores it; the caller's threads still get it.
+        # multiprocessing's resource tracker, started by the first start, unblocks SIGINT
+        # after its own spawn: started first, it leaves the mask alone.
+        resource_tracker.ensure_running()
+        with _sigint_blocked():
+            try:
+                self.process.start()
+            finally:
+                self._mark("_over")
 
     def abandon(self) -> None:
         self._mark("_abandoned")
@@ -101,6 +112,18 @@ class _Start:
         if self.process.pid is not None:
             self.process.kill()
             threading.Thread(target=self.process.join, daemon=True).start()  # reap it
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _preload_in_fork_server(context: Any) -> None:

@@ -29,6 +29,8 @@ from .shard import ShardWorker
 
 def worker_main(config_blob: bytes, inbox: Connection, outbox: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # blocked by the coordinator while this started
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _keep_freed_memory()
     config = pickle.loads(config_blob)
     run_loop(_serve(config, inbox, outbox))
