@@ -83,9 +83,15 @@ def _key(text: str) -> str:
     return text[:KEY_CHARS]
 
 
+def _not_json(name: str) -> Any:
+    """Python's json reads NaN and Infinity; passed on as ``info``, they would make the
+    manifest's line unreadable for every strict JSON reader."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def _parse_json(text: str, lineno: int) -> Parsed:
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_constant=_not_json)
     except (ValueError, RecursionError) as exc:
         return BadLine(lineno, _key(text), f"line {lineno}: invalid JSON: {exc}")
     if not isinstance(obj, dict):
@@ -126,6 +132,9 @@ def is_countable(raw: bytes) -> bool:
     return bool(text) and not text.startswith(b"#")
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def iter_raw_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
     """Yield ``(lineno, raw bytes)``; ``None`` for a line longer than ``MAX_LINE_BYTES``."""
     lineno = 0
@@ -139,7 +148,9 @@ def iter_raw_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
                 raw = stream.readline(MAX_LINE_BYTES)
             yield lineno, None
             continue
-        yield lineno, raw
+        # A byte-order mark (exports from Windows tools) is not part of the first line: a
+        # comment after it stays a comment, for the items and for the progress total alike.
+        yield lineno, raw.removeprefix(_BOM) if lineno == 1 else raw
 
 
 def iter_parsed(stream: BinaryIO, reserved: Sequence[str] = ()) -> Iterator[Parsed]:
@@ -171,8 +182,6 @@ def iter_parsed(stream: BinaryIO, reserved: Sequence[str] = ()) -> Iterator[Pars
             key = _key(raw.decode("utf-8", "replace").strip())
             yield BadLine(lineno, key, f"line {lineno}: not UTF-8: {exc}")
             continue
-        if lineno == 1:
-            text = text.removeprefix("\ufeff")
         parsed = parse_line(text, lineno)
         if isinstance(parsed, InputItem) and (parsed.path or nested):
             taken = _reserved_by(parsed.path or default_path(parsed.url), reserved)
@@ -225,10 +234,15 @@ def _stdin() -> BinaryIO:
     would abort at shutdown. A private reader on a duplicate descriptor is left alone (and
     deliberately not closed: another thread may be blocked reading it).
     """
+    if sys.stdin is None:  # started with fd 0 closed (`<&-`)
+        raise OSError("standard input is closed")
     try:
         return os.fdopen(os.dup(sys.stdin.fileno()), "rb", buffering=0)
     except (AttributeError, OSError, ValueError):  # no real stdin (embedded, captured)
-        return sys.stdin.buffer
+        buffer = getattr(sys.stdin, "buffer", None)
+        if buffer is None:
+            raise OSError("standard input cannot be read as bytes") from None
+        return buffer  # type: ignore[no-any-return]
 
 
 @contextmanager

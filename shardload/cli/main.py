@@ -112,12 +112,12 @@ class Recorder:
                     self.error = exc
                 self._show(self.progress.tick)
 
-    def close(self) -> None:
+    def close(self, *, keep_previous: bool = False) -> None:
         with self.lock:
             self._stop.set()
             self._show(self.progress.close)
             try:
-                self.writer.close()
+                self.writer.close(keep_previous=keep_previous)
             except OSError as exc:
                 self.error = self.error or exc
         self._ticker.join()
@@ -360,7 +360,8 @@ def _crawl(
         close = getattr(results, "close", None)
         if close is not None:
             close()
-        rec.close()
+        # A usage error found by the library ran nothing: the previous manifest stays.
+        rec.close(keep_previous=code == EXIT_USAGE)
         signals.restore()
     if rec.error is not None:
         _say(stderr, f"shardload: error: cannot write the manifest: {rec.error}")

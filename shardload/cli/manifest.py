@@ -127,7 +127,12 @@ class ManifestWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         torn = append and _ends_without_newline(self.path)
-        self._file: IO[bytes] = open(self.path, "ab" if append else "wb")  # noqa: SIM115
+        # Opened at once, so that an unwritable manifest stops the run before it starts, but
+        # emptied only when the first records are written: a run that ends in a usage error
+        # found later (by the library) leaves the previous run's manifest as it was.
+        self._created = not self.path.exists()
+        self._file: IO[bytes] = open(self.path, "ab")  # noqa: SIM115
+        self._untouched = not append
         self._pending: list[bytes] = [b"\n"] if torn else []
         self._count = 0
         self._flush_every = flush_every
@@ -147,6 +152,9 @@ class ManifestWriter:
             self.flush()
 
     def flush(self) -> None:
+        if self._untouched:
+            self._file.truncate(0)
+            self._untouched = False
         if self._pending:
             data = b"".join(self._pending)
             self._pending = []
@@ -156,8 +164,15 @@ class ManifestWriter:
         self._file.flush()
         self._last_flush = self._clock()
 
-    def close(self) -> None:
+    def close(self, *, keep_previous: bool = False) -> None:
+        """Write what is pending and close; ``keep_previous``: if nothing was written yet,
+        leave the file as this writer found it (or absent, as it was)."""
         if self._file.closed:
+            return
+        if keep_previous and self._untouched and not self._pending:
+            self._file.close()
+            if self._created:
+                self.path.unlink(missing_ok=True)
             return
         try:
             self.flush()

@@ -412,6 +412,41 @@ def test_too_many_processes_is_one_clear_error(server: LocalServer, tmp_path: Pa
     assert b"cannot start 100000 worker processes" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "bad", [["--split-host", "exa_mple.com:99999=2"], ["-p", "100000"]], ids=["split", "processes"]
+)
+def test_a_usage_error_the_library_finds_keeps_the_previous_manifest(
+    server: LocalServer, tmp_path: Path, bad: list[str]
+) -> None:
+    """Rerunning a crawl with a bad option ran nothing, and must not empty the manifest of
+    the run before it (the library finds these errors after the manifest was opened)."""
+    urls = "".join(f"{url}\n" for url in _byte_urls(server, "keep", 3)).encode()
+    out = tmp_path / "out"
+    first = run_cli("-", "-o", out, "-q", stdin=urls)
+    assert first.returncode == 0, first.stderr.decode()
+    before = (out / "manifest.jsonl").read_bytes()
+    assert len(read_manifest(out / "manifest.jsonl")) == 3
+    again = run_cli("-", "-o", out, "-q", *bad, stdin=urls, timeout=120)
+    assert again.returncode == 2, again.stderr.decode()[-2000:]
+    assert (out / "manifest.jsonl").read_bytes() == before
+    fresh = run_cli("-", "-o", tmp_path / "fresh", "-q", *bad, stdin=urls, timeout=120)
+    assert fresh.returncode == 2
+    assert not (tmp_path / "fresh" / "manifest.jsonl").exists()
+
+
+def test_a_closed_stdin_is_a_usage_error(tmp_path: Path) -> None:
+    result = subprocess.run(
+        cli_command("-", "-o", tmp_path / "out", "--progress", "none"),
+        env=cli_env(),
+        capture_output=True,
+        check=False,
+        timeout=60,
+        preexec_fn=lambda: os.close(0),  # `shardload - <&-`
+    )
+    assert result.returncode == 2, result.stderr.decode()
+    assert result.stderr == b"shardload: error: standard input is closed\n"
+
+
 def test_a_closed_stderr_does_not_stop_the_crawl(server: LocalServer, tmp_path: Path) -> None:
     """``shardload ... 2>&1 | head -1``: progress can no longer be shown, the crawl goes on."""
     bases = server.base_urls

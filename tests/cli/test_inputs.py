@@ -55,6 +55,17 @@ def test_parse_line_good(text: str, expected: InputItem | None) -> None:
         ('{"url": ""}', '{"url": ""}', "non-empty string"),
         ('{"url": "http://a/x", "path": 3}', "http://a/x", "'path' must be"),
         ('{"url": "http://a/x", "path": ""}', "http://a/x", "'path' must be"),
+        # Python's json reads these; a manifest line holding them is JSON to no one else.
+        (
+            '{"url": "http://a/x", "info": {"s": NaN}}',
+            '{"url": "http://a/x", "info": {"s": NaN}}',
+            "NaN is not a JSON value",
+        ),
+        (
+            '{"url": "http://a/x", "info": -Infinity}',
+            '{"url": "http://a/x", "info": -Infinity}',
+            "-Infinity is not",
+        ),
     ],
 )
 def test_parse_line_bad(text: str, key: str, reason: str) -> None:
@@ -228,6 +239,25 @@ _TRICKY = st.sampled_from([" ", "\t", "\x0b", "\x0c", "\xa0", "\x1c", "\u2003", 
 def test_a_line_counts_for_progress_exactly_when_it_gives_a_record(text: str) -> None:
     line = text.replace("\n", "").replace("\r", "")
     assert is_countable(line.encode()) == (parse_line(line, 1) is not None)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xef\xbb\xbf# exported\nhttp://a/1\nhttp://a/2\n",
+        b"\xef\xbb\xbf\nhttp://a/1\n",
+        b"\xef\xbb\xbfhttp://a/1\n# \xef\xbb\xbf only the first line's mark is one\n",
+        b'\xef\xbb\xbf{"url": "http://a/1"}\n',
+    ],
+)
+def test_the_progress_total_counts_what_a_byte_order_mark_hides(
+    tmp_path: Path, data: bytes
+) -> None:
+    source = tmp_path / "urls.txt"
+    source.write_bytes(data)
+    parsed = _parsed(data)
+    assert all(isinstance(p, InputItem) for p in parsed)
+    assert inputs.count_items(str(source)) == len(parsed)
 
 
 def test_a_line_of_unicode_whitespace_gets_a_record() -> None:
