@@ -288,6 +288,32 @@ def test_a_strategy_that_raises_fails_its_bundle_not_the_batch(srv, home):
     assert temp_files(home) == []
 
 
+class CancelsOnPoison(DownloadStrategy):
+    """Raises CancelledError (as one leaked from a strategy's own awaited work would)."""
+
+    def get_file_path(self, bundle: Bundle) -> str:
+        if "poison" in bundle.url:
+            raise asyncio.CancelledError
+        return super().get_file_path(bundle)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_strategy_that_raises_cancelled_error_fails_its_bundle_instead_of_hanging(
+    srv, home, processes
+):
+    """Nobody cancelled the download: passed on, the CancelledError ended the job's task
+    with no result, and the run waited for it for ever."""
+    urls = [f"{srv.base_urls[i % 2]}/links/{i}" for i in range(6)] + [
+        f"{srv.base_urls[0]}/links/poison"
+    ]
+    download = shardload.AioDownload(download_strategy=CancelsOnPoison(home=home))
+    bundles = shardload.swarm(urls, download=download, processes=processes)
+    assert [b.state for b in bundles] == ["written"] * 6 + ["failed"]
+    assert bundles[-1].error_kind == ErrorKind.STRATEGY
+    assert "CancelledError" in bundles[-1].error_message
+
+
 @pytest.mark.parametrize("wait", [math.inf, math.nan])
 def test_an_endless_sleep_from_a_strategy_fails_its_bundle_instead_of_hanging(srv, home, wait):
     class Forever(RequestStrategy):

@@ -75,7 +75,11 @@ class AioDownload(LoopBinding):
         try:
             await self._main(bundle)
         except asyncio.CancelledError:
-            raise
+            if being_cancelled():
+                raise
+            # Nobody cancelled this download: a strategy raised it (or leaked it from work of
+            # its own). Passed on, it would end the job's task with no result for ever.
+            bundle.fail(ErrorKind.STRATEGY, STRAY_CANCEL)
         except Exception as exc:  # a bug in a user's strategy must not lose the bundle
             bundle.fail(ErrorKind.STRATEGY, f"{type(exc).__name__}: {exc}")
         bundle.elapsed = time.monotonic() - started
@@ -97,7 +101,7 @@ class AioDownload(LoopBinding):
             try:
                 shared = await asyncio.shield(download)
             except asyncio.CancelledError:
-                if not download.cancelled() or _cancelling():
+                if not download.cancelled() or being_cancelled():
                     raise  # this bundle itself was cancelled
                 continue  # only the download it waited for was: make it (or wait) again
             if fetching != request:
@@ -373,6 +377,10 @@ def _skip(bundle: Bundle, message: str) -> None:
     bundle.error_message = message
 
 
-def _cancelling() -> bool:
+STRAY_CANCEL = "CancelledError raised by a strategy or hook, not a cancellation of the download"
+
+
+def being_cancelled() -> bool:
+    """Whether the running task is being cancelled (by its owner, not by a stray raise)."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from ..bundle import Job, Result, from_job, to_result
 from ..errors import ErrorKind
-from .engine import AioDownload
+from .engine import STRAY_CANCEL, AioDownload, being_cancelled
 
 _FLUSH_WINDOW = 0.002
 
@@ -54,7 +54,9 @@ class ShardWorker:
         try:
             await self.engine.main(bundle)
         except asyncio.CancelledError:
-            raise
+            if being_cancelled():  # aborted: the coordinator owns the job again
+                raise
+            bundle.fail(ErrorKind.STRATEGY, STRAY_CANCEL)  # a subclass's main() leaked one
         except Exception as exc:  # main() already maps failures; this is the last net
             bundle.fail(ErrorKind.STRATEGY, f"{type(exc).__name__}: {exc}")
         extra = job[5]
