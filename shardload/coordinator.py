@@ -19,8 +19,10 @@ Invariants:
   in a row (a result in between starts the count again, so a day-long crawl survives
   occasional OOM kills); after that, or when its restart fails, its jobs fail with
   ``worker_crash`` and the reason. When two workers in a row die with jobs in their hands
-  (no result between), those jobs are sent one at a time ("isolating"): a job that kills its
-  worker alone fails alone (``worker_crash``), and the shard goes on with the rest.
+  (no result between), those jobs are tried in halves ("isolating", a bisection): a group that
+  comes back whole is cleared, one whose worker dies is halved again, and a job that kills its
+  worker alone fails alone (``worker_crash``); the shard goes on with the rest. A crash that
+  halves a group does not count against ``max_restarts``: it narrows the search.
   A restart runs beside the loop (spawning a worker takes ~0.1 s, a Ray actor longer): the other
   shards' results keep coming and their jobs keep going out; the restarting shard's new jobs
   wait in flow control. The loop ends only after every restart it began has ended, so no worker
@@ -129,9 +131,11 @@ async def coordinate(
     restarting: dict[int, tuple[asyncio.Future[None], str]] = {}  # shard: (restart, reason)
     crash_after_restart: dict[int, str] = {}  # a crash reported while its shard restarted
     dead: dict[int, str] = {}
-    # Shards whose workers died twice in a row with jobs in their hands: those jobs are tried
-    # one at a time, so a job that kills its worker fails alone instead of the whole shard.
-    isolating: dict[int, deque[_Entry]] = {}
+    # Shards whose workers died twice in a row with jobs in their hands: the groups of those
+    # jobs still to try, a group at a time, so a job that kills its worker fails alone
+    # instead of the whole shard. Halving keeps it to ~2 log2(n) rounds: one at a time, 512
+    # slow jobs held the shard's other hosts for minutes.
+    isolating: dict[int, deque[list[_Entry]]] = {}
     reader = InputReader(
         items,
         lambda seq, item: prepare_item(seq, item, url_map, run),
@@ -205,7 +209,7 @@ async def coordinate(
 
     def give_up(shard: int, reason: str, out: list[Bundle]) -> None:
         dead[shard] = reason
-        lost = sent_to(shard) + list(isolating.pop(shard, ()))
+        lost = sent_to(shard) + [e for group in isolating.pop(shard, ()) for e in group]
         for entry in lost:
             flow.done(shard, entry.lane)
         for entry in lost + flow.drop_waiting(shard):
@@ -218,12 +222,13 @@ async def coordinate(
             out.append(bundle.fail(ErrorKind.WORKER_CRASH, reason))
 
     def isolate_next(shard: int, dirty: set[int]) -> None:
-        """Send the next job of an isolating shard alone; with none left, resume its flow."""
+        """Send the next group of an isolating shard alone; with none left, resume its flow."""
         queue = isolating[shard]
         if queue:
-            entry = queue.popleft()
-            entry.sent = True
-            executor.send(shard, [entry.job])
+            group = queue.popleft()
+            for entry in group:
+                entry.sent = True
+            executor.send(shard, [entry.job for entry in group])
         else:
             del isolating[shard]
             dirty.add(shard)
@@ -242,10 +247,11 @@ async def coordinate(
         following -= len(done)
         return done
 
-    def crashed(shard: int, reason: str, out: list[Bundle]) -> None:
+    def crashed(shard: int, reason: str, out: list[Bundle], narrowing: bool = False) -> None:
         if shard in dead:
             return  # already given up on: nothing of it is outstanding
-        restarts[shard] += 1
+        if not narrowing:
+            restarts[shard] += 1
         if restarts[shard] > limits.max_restarts:
             give_up(shard, f"{reason}; gave up after {limits.max_restarts} restarts", out)
             return
@@ -272,9 +278,11 @@ async def coordinate(
             lost = sent_to(shard)
             queue = isolating.get(shard)
             # Two workers in a row (no result between) died with a job in their hands (one
-            # that dies as it starts has none: no evidence): alone at the last, it is the
-            # culprit; with others, they are tried one at a time.
-            suspect = restarts[shard] >= 2 and any(entry.crashes >= 2 for entry in lost)
+            # that dies as it starts has none: no evidence), or an isolated group's worker
+            # died: alone, the job is the culprit; with others, they are tried in halves.
+            suspect = queue is not None or (
+                restarts[shard] >= 2 and any(entry.crashes >= 2 for entry in lost)
+            )
             if len(lost) == 1 and suspect:
                 flow.done(shard, lost[0].lane)
                 why = f"{reason}, with only this URL in its hands: it kills its worker"
@@ -285,8 +293,9 @@ async def coordinate(
                 queue = isolating[shard] = deque()
             if queue is not None:
                 for entry in lost:
-                    entry.sent = False  # not in the worker's hands until sent alone
-                queue.extendleft(reversed(lost))
+                    entry.sent = False  # not in the worker's hands until its group is sent
+                half = (len(lost) + 1) // 2
+                queue.extendleft(group for group in (lost[half:], lost[:half]) if group)
                 isolate_next(shard, dirty)
             elif lost:
                 executor.send(shard, [e.job for e in lost])
@@ -336,9 +345,12 @@ async def coordinate(
                 if shard in restarting:
                     crash_after_restart[shard] = reason  # handled when the restart ends
                 else:
-                    for entry in sent_to(shard):
+                    in_hands = sent_to(shard)
+                    for entry in in_hands:
                         entry.crashes += 1  # the worker that died had it
-                    crashed(shard, reason, out)
+                    # An isolated group of several that died holds a culprit: halved next.
+                    narrowing = shard in isolating and len(in_hands) > 1
+                    crashed(shard, reason, out, narrowing)
             # Admitted a step at a time, so the first jobs go out (and results come back)
             # while the rest of a large read-ahead is still being admitted.
             room = min(limits.waiting_cap - flow.waiting - following, _ADMIT_STEP)

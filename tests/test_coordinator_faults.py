@@ -613,3 +613,77 @@ def test_a_worker_starts_with_sigint_blocked_so_ctrl_c_cannot_kill_it_in_its_imp
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "True", "False"]
+
+
+class PoisonedWorkers:
+    """One shard whose worker dies whenever the jobs sent to it hold a poison URL (before
+    answering any of them); it answers every other batch at once."""
+
+    shards = 1
+    crosses_processes = False
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.restarts = 0
+        self._sink: ExecutorSink | None = None
+        self._dead = False
+
+    async def start(self, sink: ExecutorSink) -> None:
+        self._sink = sink
+
+    def send(self, shard: int, jobs: list[Job]) -> None:
+        assert self._sink is not None
+        self.batches.append([job[1] for job in jobs])
+        loop = asyncio.get_running_loop()
+        if self._dead:
+            return  # sent before its crash was seen: lost with the worker
+        if any("poison" in job[1] for job in jobs):
+            self._dead = True
+            loop.call_soon(self._sink.crashed, 0, "killed")
+            return
+        results: list[Result] = [
+            (job[0], None, "written", 200, 1, 0, None, 0.0, None, None, False, None) for job in jobs
+        ]
+        loop.call_soon(self._sink.results, 0, results)
+
+    async def restart(self, shard: int) -> None:
+        self.restarts += 1
+        self._dead = False
+
+    async def finish(self) -> None:
+        pass
+
+    async def abort(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("poisons", [[0], [100], [255], [3, 200], [10, 11, 12]])
+def test_jobs_that_kill_their_worker_are_found_by_halving_not_one_at_a_time(poisons):
+    """256 jobs in the dead workers' hands: tried one at a time, the shard's other URLs waited
+    behind 256 rounds (minutes, on slow hosts). Halving finds each culprit in ~2 log2(256)
+    rounds, and a crash that narrows the search is not one of the shard's max_restarts."""
+    urls = [
+        f"http://127.0.0.{2 + i % 8}/{'poison' if i in poisons else 'ok'}/{i}" for i in range(256)
+    ]
+    executor = PoisonedWorkers()
+
+    async def main() -> list[Bundle]:
+        seen: list[Bundle] = []
+        async with asyncio.timeout(20):
+            async with contextlib.aclosing(coordinate(urls, executor)) as batches:
+                async for batch in batches:
+                    seen.extend(batch)
+        return seen
+
+    seen = asyncio.run(main())
+    by_url = {b.url: b for b in seen}
+    assert sorted(by_url) == sorted(urls) and len(seen) == len(urls)
+    for i, url in enumerate(urls):
+        bundle = by_url[url]
+        if i in poisons:
+            assert bundle.error_kind == ErrorKind.WORKER_CRASH
+            assert "kills its worker" in bundle.error_message
+        else:
+            assert bundle.state == "written", bundle.error_message
+    rounds = len(executor.batches)
+    assert rounds <= 4 + len(poisons) * 2 * 8, rounds  # one at a time: over 256

@@ -337,7 +337,7 @@ class ProcessExecutor:
                 results: list[Result] = pickle.loads(data)
             except Exception:
                 # A batch that cannot be read back is lost with its worker, which is stopped
-                # below: the shard restarts and its unanswered jobs go again (one at a time,
+                # below: the shard restarts and its unanswered jobs go again (in ever smaller groups,
                 # if it keeps happening), instead of waiting for answers that never come.
                 break
             with contextlib.suppress(RuntimeError):
