@@ -337,8 +337,8 @@ class ProcessExecutor:
                 results: list[Result] = pickle.loads(data)
             except Exception:
                 # A batch that cannot be read back is lost with its worker, which is stopped
-                # below: the shard restarts and its unanswered jobs go again (in ever smaller groups,
-                # if it keeps happening), instead of waiting for answers that never come.
+                # below: the shard restarts and its unanswered jobs go again (in halves, if it
+                # keeps happening), instead of waiting for answers that never come.
                 break
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._deliver, shard, worker, results)
