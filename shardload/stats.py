@@ -3,10 +3,10 @@
 Every finished bundle is counted exactly once, under the host it was scheduled for, so the
 per-host numbers add up to the bundle counts. ``requests`` counts the attempts a finished
 bundle reports (retries included; not redirect hops, robots.txt fetches, or attempts lost with
-a crashed worker) and ``bytes`` what was downloaded: a repeat of a URL that got its first's outcome adds neither.
-Bundles that never reached a host (an invalid URL) are counted under ``"-"``. ``breaker_opens``
-counts the times a host's circuit breaker opened (a failed probe opens it again), from the
-bundle whose attempt opened it.
+a crashed worker) and ``bytes`` what was downloaded: a repeat of a URL that got its first's
+outcome adds neither. Bundles that never reached a host (an invalid URL) are counted under
+``"-"``. ``breaker_opens`` counts the times a host's circuit breaker opened (a failed probe
+opens it again), from the bundle whose attempt opened it.
 """
 
 from __future__ import annotations

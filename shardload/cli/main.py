@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import os
+import stat
 import sys
 import threading
 import time
@@ -196,6 +197,9 @@ def write_host_stats(manifest: str, stats: Any) -> str | None:
     """Write this run's per-host statistics next to the manifest; returns the path written."""
     if stats is None or not stats.hosts:
         return None
+    with contextlib.suppress(OSError):
+        if not stat.S_ISREG(os.stat(manifest).st_mode):
+            return None  # `--manifest /dev/stdout`: no side-car beside a device or a pipe
     path = hosts_path(manifest)
     records = [stats.hosts[host].to_record() for host in sorted(stats.hosts)]
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from enum import StrEnum
@@ -132,7 +133,9 @@ class ManifestWriter:
         # found later (by the library) leaves the previous run's manifest as it was.
         self._created = not self.path.exists()
         self._file: IO[bytes] = open(self.path, "ab")  # noqa: SIM115
-        self._untouched = not append
+        # A pipe or a device (`--manifest /dev/stdout`) has nothing to empty.
+        self._regular = stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)
+        self._untouched = self._regular and not append
         self._pending: list[bytes] = [b"\n"] if torn else []
         self._count = 0
         self._flush_every = flush_every
@@ -176,7 +179,8 @@ class ManifestWriter:
             return
         try:
             self.flush()
-            os.fsync(self._file.fileno())
+            if self._regular:  # a pipe cannot be synced (EINVAL)
+                os.fsync(self._file.fileno())
         finally:
             self._file.close()
 

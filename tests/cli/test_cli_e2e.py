@@ -8,6 +8,7 @@ import json
 import os
 import resource
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -540,3 +541,28 @@ def test_a_closed_stderr_sends_nothing_to_stdout(server, tmp_path):
         preexec_fn=lambda: os.close(2),
     )
     assert usage.returncode == 2 and usage.stdout == b""  # argparse's usage went nowhere too
+
+
+def test_a_manifest_that_is_a_pipe_is_written_and_gets_no_side_car(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    """`--manifest` on a FIFO (or /dev/stdout): the records stream through it, and no
+    side-car is created beside it (for /dev/stdout that was /dev/stdout.hosts.json)."""
+    urls = _byte_urls(server, "fifo", 4)
+    fifo = tmp_path / "records"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+
+    def read() -> None:
+        with open(fifo, "rb") as f:
+            received.append(f.read())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    stdin = "".join(f"{url}\n" for url in urls).encode()
+    result = run_cli("-", "-o", tmp_path / "out", "-q", "--manifest", fifo, stdin=stdin)
+    reader.join(30)
+    assert result.returncode == 0, result.stderr.decode()
+    records = [json.loads(line) for line in received[0].splitlines()]
+    assert sorted(r["url"] for r in records) == sorted(urls)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "records"]
