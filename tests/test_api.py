@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import json
 import os
 import threading
 import time
@@ -12,7 +13,7 @@ import time
 import pytest
 
 import shardload
-from shardload import AioDownloadBundle, Bundle, ConfigurationError, ErrorKind
+from shardload import AioDownloadBundle, Bundle, ConfigurationError, ErrorKind, RequestStrategy
 from shardload.plan import make_plan
 from shardload.testing.server import body_for
 
@@ -351,6 +352,37 @@ def test_async_api_uses_a_callers_client_session(srv, home):
             return bundle
 
     assert asyncio.run(main()).state == "written"
+
+
+def test_a_callers_session_sends_the_strategys_headers_and_user_agent(srv, home):
+    """They were dropped on a caller's session: an API token and a crawler's User-Agent went
+    out on the other clients only. A User-Agent the session sets itself stays, unless the
+    strategy names one."""
+    import aiohttp
+
+    async def fetch(session_headers, strategy):
+        async with aiohttp.ClientSession(headers=session_headers) as session:
+            download = shardload.AioDownload(
+                client=session,
+                download_strategy=shardload.DownloadStrategy(home=home),
+                request_strategy=strategy,
+            )
+            bundle = await shardload.aone(srv.base_urls[0] + "/echo", download=download)
+            assert bundle.ok, bundle.error_message
+            return json.loads(read_file(bundle.file_path))["headers"]
+
+    async def main():
+        mine = RequestStrategy(user_agent="MyUA/1", headers={"X-Token": "abc"})
+        sent = await fetch({}, mine)
+        assert sent["User-Agent"] == "MyUA/1" and sent["X-Token"] == "abc"
+        sent = await fetch({"User-Agent": "SessionUA/2"}, RequestStrategy())
+        assert sent["User-Agent"] == "SessionUA/2"
+        sent = await fetch({"User-Agent": "SessionUA/2"}, mine)
+        assert sent["User-Agent"] == "MyUA/1"
+        sent = await fetch({}, RequestStrategy())
+        assert sent["User-Agent"].startswith("shardload/")
+
+    asyncio.run(main())
 
 
 def test_sync_api_with_a_live_client_is_a_clear_error(home):

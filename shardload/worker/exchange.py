@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from ..backoff import parse_retry_after
 from ..bundle import Bundle
 from ..errors import DownloadFailed, ErrorKind
-from ..strategy import DownloadStrategy, Outcome, RequestStrategy
+from ..strategy import DEFAULT_USER_AGENT, DownloadStrategy, Outcome, RequestStrategy
 from ..urls import UrlParts, userinfo
 from .aiohttp_session import (
     HeadersWithin,
@@ -136,6 +136,7 @@ class Exchange:
                 encoded_url(parts, credentials),
                 allow_redirects=rs.max_redirects > 0,
                 max_redirects=rs.max_redirects + 1,
+                headers=self._session_headers(session),
                 timeout=self._timeout(max_time),  # over the session's own timeout too
             )
         headers = self._headers(same_origin)
@@ -158,6 +159,21 @@ class Exchange:
         if same_origin:
             return headers
         return {k: v for k, v in headers.items() if k.lower() not in ORIGIN_ONLY}
+
+    def _session_headers(self, session: aiohttp.ClientSession) -> dict[str, str]:
+        """The strategy's headers on a caller's session, which follows redirects itself:
+        aiohttp keeps an Authorization from other origins, but would carry a Cookie or a Host
+        there (its cookie jar is the place for cookies). The session's own User-Agent stays
+        unless the strategy names one."""
+        rs = self.request_strategy
+        headers = {k: v for k, v in request_headers(rs).items() if k.lower() not in _NOT_ON_HOPS}
+        if (
+            rs.user_agent == DEFAULT_USER_AGENT
+            and "User-Agent" in session.headers
+            and not any(k.lower() == "user-agent" for k in rs.headers)
+        ):
+            headers.pop("User-Agent", None)
+        return headers
 
     def _timeout(self, max_time: float | None) -> aiohttp.ClientTimeout:
         import aiohttp  # noqa: PLC0415  (see the import at the top)
@@ -265,6 +281,8 @@ def over_time(rs: RequestStrategy) -> str:
 
 
 _NO_LIMIT = contextlib.nullcontext()
+# Headers a caller's session, following redirects itself, would carry to other origins.
+_NOT_ON_HOPS = frozenset({"cookie", "host"})
 
 
 def request_headers(rs: RequestStrategy) -> dict[str, str]:
