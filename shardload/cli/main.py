@@ -47,9 +47,9 @@ from shardload.cli.summary import (
     exit_code,
     format_summary,
 )
-from shardload.errors import ConfigurationError, ShardloadError
+from shardload.errors import ConfigurationError, DownloadFailed, ShardloadError
 from shardload.plan import RunOptions
-from shardload.worker.files import find_complete
+from shardload.worker.files import check_target, find_complete
 
 
 class ManifestFailed(ShardloadError):
@@ -113,12 +113,14 @@ class Recorder:
                     self.error = exc
                 self._show(self.progress.tick)
 
-    def close(self, *, keep_previous: bool = False) -> None:
+    def close(self, *, ran_nothing: bool = False) -> None:
+        """``ran_nothing``: a usage error stopped the run before it began, so the progress
+        ends without a last line and the previous run's manifest stays as it was."""
         with self.lock:
             self._stop.set()
-            self._show(self.progress.close)
+            self._show(self.progress.discard if ran_nothing else self.progress.close)
             try:
-                self.writer.close(keep_previous=keep_previous)
+                self.writer.close(keep_previous=ran_nothing)
             except OSError as exc:
                 self.error = self.error or exc
         self._ticker.join()
@@ -184,7 +186,13 @@ def _done_elsewhere(item: InputItem, prior: Prior | None, output: str) -> bool:
         wanted = default_path(item.url)
     else:
         return False
-    return not wanted or find_complete(os.path.join(output, wanted)) is None
+    if not wanted:
+        return True
+    try:
+        target = check_target(output, wanted)  # spelled as the download spells it ("dir/")
+    except DownloadFailed:
+        return True  # the run fails it with the reason
+    return find_complete(target) is None
 
 
 def hosts_path(manifest: str) -> str:
@@ -337,6 +345,7 @@ def _crawl(
         os.path.relpath(os.path.realpath(p), output) for p in (manifest, hosts_path(manifest))
     ]
     code: int | None = None
+    usage_error: str | None = None
     interrupted = False
     results: Iterator[Bundle] | None = None
     signals.install()
@@ -354,8 +363,8 @@ def _crawl(
         interrupted = True
     except ManifestFailed:
         code = EXIT_FAILED  # rec.error is printed below
-    except ConfigurationError as exc:
-        code = _usage_error(stderr, str(exc))
+    except ConfigurationError as exc:  # found by the library as the run starts
+        usage_error = str(exc)
     except Exception:
         traceback.print_exc(file=stderr)
         code = EXIT_FAILED
@@ -364,9 +373,10 @@ def _crawl(
         close = getattr(results, "close", None)
         if close is not None:
             close()
-        # A usage error found by the library ran nothing: the previous manifest stays.
-        rec.close(keep_previous=code == EXIT_USAGE)
+        rec.close(ran_nothing=usage_error is not None)
         signals.restore()
+    if usage_error is not None:
+        return _usage_error(stderr, usage_error)
     if rec.error is not None:
         _say(stderr, f"shardload: error: cannot write the manifest: {rec.error}")
         code = EXIT_FAILED

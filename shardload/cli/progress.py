@@ -77,6 +77,7 @@ class Progress(Protocol):
     def set_total(self, total: int) -> None: ...
     def tick(self) -> None: ...
     def close(self) -> None: ...
+    def discard(self) -> None: ...
 
 
 class _Base:
@@ -113,6 +114,9 @@ class _Base:
 
     def close(self) -> None:
         pass
+
+    def discard(self) -> None:
+        """End without a last word: the run ran nothing (a usage error says why)."""
 
 
 class NullProgress(_Base):
@@ -180,6 +184,10 @@ class BarProgress(_Base):
 
     def close(self) -> None:
         self.tick()
+        self._bar.close()
+
+    def discard(self) -> None:
+        self._bar.leave = False  # the bar is wiped from the terminal
         self._bar.close()
 
 

@@ -294,6 +294,22 @@ def test_resume_downloads_a_done_url_again_for_a_path_it_was_not_written_to(
     assert "skipped    1 already done" in result.stderr.decode()  # a/one.bin, not b/two.bin
 
 
+@pytest.mark.parametrize("path", ["dir/", "./x", "a//b", "c/../d"])
+def test_resume_skips_a_line_whose_own_path_is_spelled_loosely(
+    server: LocalServer, tmp_path: Path, path: str
+) -> None:
+    """The file is where the download put it ("dir/" is out/dir): --resume must look there,
+    not fetch it again on every run."""
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"url": f"{server.base_urls[0]}/bytes/7", "path": path}) + "\n")
+    out = tmp_path / "out"
+    assert run_cli(src, "-o", out, *FAST).returncode == 0
+    result = run_cli(src, "-o", out, *FAST, "--resume")
+    assert result.returncode == 0, result.stderr.decode()
+    assert "skipped    1 already done" in result.stderr.decode()
+    assert len(read_manifest(out / "manifest.jsonl")) == 1
+
+
 def test_a_path_with_a_nul_is_an_unsafe_path(server: LocalServer, tmp_path: Path) -> None:
     line = json.dumps({"url": f"{server.base_urls[0]}/bytes/5", "path": "a\u0000b"})
     out = tmp_path / "out"
@@ -427,8 +443,11 @@ def test_a_usage_error_the_library_finds_keeps_the_previous_manifest(
     assert first.returncode == 0, first.stderr.decode()
     before = (out / "manifest.jsonl").read_bytes()
     assert len(read_manifest(out / "manifest.jsonl")) == 3
-    again = run_cli("-", "-o", out, "-q", *bad, stdin=urls, timeout=120)
+    again = run_cli("-", "-o", out, "--progress", "lines", *bad, stdin=urls, timeout=120)
     assert again.returncode == 2, again.stderr.decode()[-2000:]
+    # One line: no progress line, no summary of a run that did not run.
+    (line,) = again.stderr.decode().splitlines()
+    assert line.startswith("shardload: error: ")
     assert (out / "manifest.jsonl").read_bytes() == before
     fresh = run_cli("-", "-o", tmp_path / "fresh", "-q", *bad, stdin=urls, timeout=120)
     assert fresh.returncode == 2

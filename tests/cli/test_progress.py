@@ -109,6 +109,16 @@ def test_bar_progress_writes_to_its_stream() -> None:
     assert p.counts.done == 1
 
 
+def test_a_discarded_progress_leaves_nothing_behind() -> None:
+    """A usage error found as the run starts is the one line the user sees."""
+    lines = io.StringIO()
+    LineProgress(lines, interval=5.0, clock=Clock()).discard()
+    assert lines.getvalue() == ""
+    bar = io.StringIO()
+    BarProgress(bar).discard()
+    assert bar.getvalue().split("\r")[-1].strip() == ""  # the bar is wiped
+
+
 def test_make_progress_kinds() -> None:
     assert isinstance(make_progress("none", io.StringIO()), NullProgress)
     assert isinstance(make_progress("lines", io.StringIO()), LineProgress)
