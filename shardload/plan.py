@@ -104,8 +104,8 @@ def _split_budgets(download: AioDownload, split_hosts: Mapping[str, int]) -> dic
     rs = download.request_strategy
     budgets: dict[str, Any] = dict(download.host_budgets)
     for host, k in split_hosts.items():
-        _, concurrency, delay = split_budget(rs.concurrent, rs.delay, k)
-        budgets[host] = (concurrency, delay)
+        ways, concurrency, delay = split_budget(rs.concurrent, rs.delay, k)
+        budgets[host] = (concurrency, delay, ways)
     return budgets
 
 

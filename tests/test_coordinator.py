@@ -83,6 +83,21 @@ def test_a_split_host_with_a_delay_keeps_its_gap_between_starts(srv, home):
     assert min(b - a for a, b in itertools.pairwise(starts)) >= 0.045
 
 
+def test_a_split_hosts_crawl_delay_holds_as_an_average_rate(srv, home):
+    """Each of the k workers sharing a host waits k times its Crawl-delay: the workers do
+    not talk, and each kept the whole delay, so the host got k times the rate it asked for."""
+    hot = srv.host_key(2)
+    urls = [f"http://{hot}/links/1?cd={i}" for i in range(10)]
+    strategy = RequestStrategy(concurrent=4, robots=True)
+    bundles = shardload.swarm(
+        urls, download=make_download(home, strategy), processes=2, split_hosts={hot: 2}
+    )
+    assert all(b.ok for b in bundles)
+    starts = sorted(srv.stats()["hosts"][hot]["starts"])
+    assert len(starts) == 10 + 2  # each worker reads robots.txt (Crawl-delay: 0.3) itself
+    assert starts[-1] - starts[0] >= 10 * 0.3 - 0.1
+
+
 def test_a_worker_killed_mid_run_loses_nothing(srv, home):
     urls = [f"{srv.base_urls[i % 4]}/slow/40/k{i}" for i in range(200)]
     strategy = RequestStrategy(concurrent=4)

@@ -50,8 +50,9 @@ class AioDownload(LoopBinding):
         self.client = client
         self.download_strategy = download_strategy or DownloadStrategy()
         self.request_strategy = request_strategy or RequestStrategy()
-        # Per-host (concurrency, delay) overrides: a hot host split over k workers gets 1/k.
-        self.host_budgets: dict[str, tuple[int, float]] = {}
+        # Per-host (concurrency, delay, ways) overrides: a hot host split over k ways (its
+        # workers) gets 1/k of the concurrency, and waits k times its Crawl-delay.
+        self.host_budgets: dict[str, tuple[int, float, int]] = {}
         self._runs = 0  # runs (swarm/each calls) using this engine now, all in self._loop
         # (loop, generator): closes what this engine opened in that loop when the loop ends.
         self._closer: tuple[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] | None = None

@@ -6,7 +6,10 @@ Invariants:
 - one ``HostSlot`` per host while any bundle of the host is inside the engine (``users``), or
   while its slot still remembers something that matters (a gap, a pause, recent trouble);
   idle slots are dropped, so a crawl over millions of hosts keeps only the busy ones;
-- a host split over k workers gets its budget (concurrency, delay) from ``host_budgets``;
+- a host split over k workers gets its budget (concurrency, delay) from ``host_budgets``; its
+  workers do not talk, so each waits k times its Crawl-delay: the host gets the rate it asked
+  for on average, not its minimum gap (a ``delay`` keeps a host whole for that reason, but a
+  Crawl-delay is only known once the run has split the host);
 - a host's robots.txt is fetched once, through its slot (the fetch is the host's first start),
   and its Crawl-delay (capped as a Retry-After is) becomes the host's gap; one that could not
   be read (disallowing all) is asked again by the host's first URL after ``breaker_cooldown``,
@@ -31,7 +34,7 @@ _ROBOTS_MAX_HOPS = 5  # redirects followed for robots.txt (RFC 9309: at least fi
 class Politeness(Exchange):
     """Host slots and robots.txt rules of ``AioDownload``; see the module's invariants."""
 
-    host_budgets: dict[str, tuple[int, float]]
+    host_budgets: dict[str, tuple[int, float, int]]
     _hosts: dict[str, HostSlot]
     _robots: dict[str, asyncio.Future[RobotRules]]
     _robots_until: dict[str, float]
@@ -41,7 +44,7 @@ class Politeness(Exchange):
         slot = self._hosts.get(host_key)
         if slot is None:
             rs = self.request_strategy
-            concurrency, delay = self.host_budgets.get(host_key, (rs.concurrent, rs.delay))
+            concurrency, delay, _ = self.host_budgets.get(host_key, (rs.concurrent, rs.delay, 1))
             slot = self._hosts[host_key] = HostSlot(
                 concurrency,
                 max(delay, self._crawl_delay(host_key)),
@@ -57,11 +60,14 @@ class Politeness(Exchange):
         known = self._robots.get(host_key)
         if known is None or not known.done() or known.cancelled():
             return 0.0
-        return self._capped_crawl_delay(known.result())
+        return self._crawl_gap(known.result(), host_key)
 
-    def _capped_crawl_delay(self, rules: RobotRules) -> float:
+    def _crawl_gap(self, rules: RobotRules, host_key: str) -> float:
+        """This worker's gap between the host's starts for its Crawl-delay."""
         # Capped as a Retry-After is: "Crawl-delay: 86400" must not park the run for days.
-        return min(rules.crawl_delay or 0.0, self.request_strategy.retry_after_cap)
+        delay = min(rules.crawl_delay or 0.0, self.request_strategy.retry_after_cap)
+        ways = self.host_budgets[host_key][2] if host_key in self.host_budgets else 1
+        return delay * ways
 
     def _worker_slots(self) -> WorkerSlots:
         if self._worker_sem is None:
@@ -104,7 +110,7 @@ class Politeness(Exchange):
             wait = max(self.request_strategy.breaker_cooldown, 1.0)
             self._robots_until[key] = asyncio.get_running_loop().time() + wait
         if rules.crawl_delay:
-            slot.slow_to(self._capped_crawl_delay(rules))
+            slot.slow_to(self._crawl_gap(rules, key))
         return rules
 
     async def _fetch_robots(self, parts: UrlParts, slot: HostSlot, asked: bool) -> RobotRules:
