@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import socket
 import subprocess
 import sys
 import textwrap
@@ -235,3 +237,23 @@ def test_an_each_kept_open_at_exit_leaves_no_temporary_files(srv, home, processe
     )
     assert result == {"ok": 4}
     assert temp_files(home) == []
+
+
+def test_the_local_server_stops_when_its_parent_goes_while_a_client_holds_a_connection():
+    """The test server stops when its stdin closes. It waited up to a minute for a request
+    still in progress, spinning on the closed stdin meanwhile (a core of a 2-core machine)."""
+    server = LocalServer(["127.0.0.1"]).__enter__()
+    process = server.process
+    assert process is not None and process.stdin is not None
+    try:
+        host, port = server.host_key(0).split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as client:
+            client.sendall(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
+            server.stats()  # the request has arrived: it is in progress
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            process.stdin.close()  # what the parent's death does
+            process.wait(timeout=30)  # while the request still hangs
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        assert (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime) < 5
+    finally:
+        server.stop()

@@ -286,7 +286,10 @@ def _build_app(stats: _Stats) -> web.Application:
 
 async def _serve(hosts: list[str]) -> None:
     stats = _Stats()
-    runner = web.AppRunner(_build_app(stats), access_log=None, handle_signals=False)
+    # A stop should not wait a minute for idle keep-alive clients (aiohttp's default).
+    runner = web.AppRunner(
+        _build_app(stats), access_log=None, handle_signals=False, shutdown_timeout=1.0
+    )
     await runner.setup()
     base_urls = []
     for host in hosts:
@@ -301,8 +304,17 @@ async def _serve(hosts: list[str]) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # Also stop when the parent goes away (stdin closes), so no server outlives its test.
-    loop.add_reader(sys.stdin.fileno(), lambda: stop.set() if not sys.stdin.read(1) else None)
+    stdin = sys.stdin.fileno()
+
+    def parent_gone() -> None:
+        if not sys.stdin.read(1):
+            loop.remove_reader(stdin)  # an end of file stays readable: it would spin
+            stop.set()
+
+    with contextlib.suppress(OSError):  # /dev/null or a file cannot be watched: signals only
+        loop.add_reader(stdin, parent_gone)
     await stop.wait()
+    loop.remove_reader(stdin)
     await runner.cleanup()
 
 
