@@ -581,27 +581,35 @@ from shardload.executors.processes import _Start
 def report(conn):
     conn.send(signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))
 
+def probe(context, start):
+    reader, writer = context.Pipe(duplex=False)
+    process = context.Process(target=report, args=(writer,))
+    start(process)
+    print(reader.recv(), flush=True)
+    process.join()
+
 if __name__ == "__main__":
     context = multiprocessing.get_context(sys.argv[1])
     for _ in range(2):  # the first start also starts multiprocessing's helpers
-        reader, writer = context.Pipe(duplex=False)
-        process = context.Process(target=report, args=(writer,))
-        _Start(process, ()).run()
-        print(reader.recv(), flush=True)
-        process.join()
+        probe(context, lambda process: _Start(process, ()).run())
+    probe(context, lambda process: process.start())  # the caller's own process
     print(signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))
 """
 
 
-@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+@pytest.mark.parametrize(
+    ("method", "blocked"), [("spawn", "True"), ("forkserver", "False")], ids=["spawn", "forkserver"]
+)
 def test_a_worker_starts_with_sigint_blocked_so_ctrl_c_cannot_kill_it_in_its_imports(
-    tmp_path, method
+    tmp_path, method, blocked
 ):
-    """A terminal's Ctrl-C reaches every process of the group; a worker still importing died
-    of it with a traceback on the user's terminal. The child starts with SIGINT blocked (until
-    worker_main ignores it) and the caller's own mask is left as it was. A fresh interpreter:
-    multiprocessing's resource tracker, which unblocks SIGINT after its own start, is not yet
-    running there."""
+    """A terminal's Ctrl-C reaches every process of the group; a spawned worker still
+    importing died of it with a traceback on the user's terminal. It starts with SIGINT
+    blocked (until worker_main ignores it); the caller's own processes, and the caller's
+    mask, are left as they were. On forkserver, workers are forked preloaded from a server
+    the caller's forkserver processes share: it must not keep SIGINT blocked for them. A
+    fresh interpreter: multiprocessing's resource tracker, which unblocks SIGINT after its
+    own start, is not yet running there."""
     probe = tmp_path / "probe.py"
     probe.write_text(_MASK_PROBE)
     done = subprocess.run(
@@ -612,7 +620,7 @@ def test_a_worker_starts_with_sigint_blocked_so_ctrl_c_cannot_kill_it_in_its_imp
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["True", "True", "False"]
+    assert done.stdout.split() == [blocked, blocked, "False", "False"]
 
 
 class PoisonedWorkers:

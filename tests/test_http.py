@@ -15,6 +15,7 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from urllib.parse import unquote
 
 import aiohttp
@@ -403,6 +404,29 @@ def test_bytes_arriving_on_an_idle_pooled_connection_never_answer_the_next_reque
         urls = [f"{server.url}/s/{i}" for i in range(3)]
         bundles = shardload.swarm(urls, download=make_download(home, strategy, client=client))
     assert [open(b.file_path, "rb").read() for b in bundles] == [b"/s/0", b"/s/1", b"/s/2"]
+
+
+def test_however_many_idle_connections_received_stray_bytes_none_answers_a_request(home, client):
+    """Twelve pooled connections, each sent a stray answer while idle: the aiohttp path gave
+    up checking after eight and handed the ninth's stray bytes to the next request."""
+
+    def handler(conn, index):
+        while (head := server.recorded(conn)) is not None:
+            conn.sendall(ok(head.split(b" ")[1]))
+            time.sleep(0.05)
+            conn.sendall(ok(b"STALE"))
+
+    def items(base: str) -> Iterator[str]:
+        yield from (f"{base}/s/{i}" for i in range(12))
+        time.sleep(0.6)  # twelve connections idle in the pool, each with a stray answer
+        yield f"{base}/next"
+
+    with RawServer(handler) as server:
+        download = make_download(home, RequestStrategy(concurrent=12), client=client)
+        bundles = list(shardload.each(items(server.url), download=download))
+    assert server.connections >= 12
+    by_path = {b.url.removeprefix(server.url): b for b in bundles}
+    assert open(by_path["/next"].file_path, "rb").read() == b"/next"
 
 
 @pytest.mark.parametrize("status", [b"204 No Content", b"304 Not Modified"])

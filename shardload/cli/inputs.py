@@ -12,6 +12,7 @@ import contextlib
 import gzip
 import io
 import json
+import math
 import os
 import stat
 import sys
@@ -89,9 +90,17 @@ def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
+def _finite(text: str) -> float:
+    """A JSON number too large for a float (``1e999``) would come back out as Infinity."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is too large a number")
+    return value
+
+
 def _parse_json(text: str, lineno: int) -> Parsed:
     try:
-        obj = json.loads(text, parse_constant=_not_json)
+        obj = json.loads(text, parse_constant=_not_json, parse_float=_finite)
     except (ValueError, RecursionError) as exc:
         return BadLine(lineno, _key(text), f"line {lineno}: invalid JSON: {exc}")
     if not isinstance(obj, dict):

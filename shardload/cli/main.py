@@ -205,9 +205,11 @@ def write_host_stats(manifest: str, stats: Any) -> str | None:
     """Write this run's per-host statistics next to the manifest; returns the path written."""
     if stats is None or not stats.hosts:
         return None
+    if manifest.startswith(("/dev/", "/proc/")):
+        return None  # `--manifest /dev/stdout > f`: stat sees f, but /dev is not its folder
     with contextlib.suppress(OSError):
         if not stat.S_ISREG(os.stat(manifest).st_mode):
-            return None  # `--manifest /dev/stdout`: no side-car beside a device or a pipe
+            return None  # no side-car beside a pipe or a device
     path = hosts_path(manifest)
     records = [stats.hosts[host].to_record() for host in sorted(stats.hosts)]
     try:

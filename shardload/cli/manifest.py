@@ -7,6 +7,7 @@ in flight. The reader keeps only the latest record per URL, so an appended histo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -87,7 +88,12 @@ def latest_priors(records: Iterable[dict[str, Any] | None]) -> tuple[dict[str, P
 
 
 def load_priors(path: str | os.PathLike[str]) -> tuple[dict[str, Prior | None], int]:
-    """Read a manifest for ``--resume``; a missing manifest means nothing is known yet."""
+    """Read a manifest for ``--resume``; a missing manifest means nothing is known yet.
+    Raises ``ValueError`` for one that is not a regular file (``/dev/stdout``, a pipe: reading
+    it would wait for ever, or read our own output)."""
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ValueError(f"--resume needs a manifest that is a regular file: {path}")
     try:
         with open(path, "rb") as f:
             return latest_priors(iter_records(f))
@@ -131,7 +137,9 @@ class ManifestWriter:
         # Opened at once, so that an unwritable manifest stops the run before it starts, but
         # emptied only when the first records are written: a run that ends in a usage error
         # found later (by the library) leaves the previous run's manifest as it was.
-        self._created = not self.path.exists()
+        # What to remove if this writer must leave no trace: the file it creates (the target
+        # of a dangling symlink, not the link).
+        self._created = None if self.path.exists() else Path(os.path.realpath(self.path))
         self._file: IO[bytes] = open(self.path, "ab")  # noqa: SIM115
         # A pipe or a device (`--manifest /dev/stdout`) has nothing to empty.
         self._regular = stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)
@@ -174,8 +182,8 @@ class ManifestWriter:
             return
         if keep_previous and self._untouched and not self._pending:
             self._file.close()
-            if self._created:
-                self.path.unlink(missing_ok=True)
+            if self._created is not None:
+                self._created.unlink(missing_ok=True)
             return
         try:
             self.flush()

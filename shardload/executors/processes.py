@@ -23,7 +23,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from multiprocessing import resource_tracker
+from multiprocessing import forkserver, resource_tracker
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -87,8 +87,13 @@ class _Start:
         # user's terminal. Blocked in this (start-only) thread, SIGINT stays blocked in the
         # child across exec until worker_main ignores it; the caller's threads still get it.
         # multiprocessing's resource tracker, started by the first start, unblocks SIGINT
-        # after its own spawn: started first, it leaves the mask alone.
+        # after its own spawn: started first, it leaves the mask alone. The fork server is
+        # shared with the caller's own forkserver processes: started first, it does not keep
+        # SIGINT blocked for them (its children, ours included, are forked preloaded, with
+        # no imports left to interrupt).
         resource_tracker.ensure_running()
+        if getattr(self.process, "_start_method", None) == "forkserver":
+            forkserver.ensure_running()
         with _sigint_blocked():
             try:
                 self.process.start()
@@ -130,8 +135,6 @@ def _preload_in_fork_server(context: Any) -> None:
     """Add the worker module to what the fork server imports when it starts, keeping what is
     there (``__main__`` by default, or the caller's own list). Once the server runs, this no
     longer changes anything, which is fine: it is the same server for every later run."""
-    from multiprocessing import forkserver  # noqa: PLC0415  (only for this start method)
-
     server = getattr(forkserver, "_forkserver", None)
     current = list(getattr(server, "_preload_modules", ["__main__"]))
     if worker_main.__module__ not in current:

@@ -28,8 +28,10 @@ if TYPE_CHECKING:
 
 Went = Callable[[], None]
 
-# A connection found spoiled at reuse is closed and another taken; a bound, so that a
-# pathological pool cannot loop (each try closes one connection).
+# A connection found spoiled at reuse is closed and another taken. The idle connections of a
+# host are at most as many as were ever in use at once (``limit``): after that many closes the
+# pool is empty and the next is new. The bound only stops a server that speaks first on
+# every new connection from looping us.
 _STALE_TRIES = 8
 
 
@@ -42,7 +44,7 @@ def make_session(
         """Never hands out a pooled connection on which something arrived while idle."""
 
         async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:  # noqa: ASYNC109
-            for _ in range(_STALE_TRIES):
+            for _ in range(self.limit + _STALE_TRIES):
                 conn = await super().connect(req, traces, timeout)
                 protocol = conn.protocol
                 if protocol is None or not protocol.should_close:

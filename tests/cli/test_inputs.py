@@ -66,6 +66,11 @@ def test_parse_line_good(text: str, expected: InputItem | None) -> None:
             '{"url": "http://a/x", "info": -Infinity}',
             "-Infinity is not",
         ),
+        (
+            '{"url": "http://a/x", "info": [-1e999]}',
+            '{"url": "http://a/x", "info": [-1e999]}',
+            "-1e999 is too large",
+        ),
     ],
 )
 def test_parse_line_bad(text: str, key: str, reason: str) -> None:

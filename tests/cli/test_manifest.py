@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +168,33 @@ def test_writer_append_after_torn_line_starts_a_new_line(tmp_path: Path) -> None
     priors, unreadable = load_priors(path)
     assert priors == {"u1": Prior.DONE, "u2": Prior.DONE}
     assert unreadable == 1
+
+
+def test_a_writer_closed_before_any_record_can_leave_the_file_as_it_found_it(
+    tmp_path: Path,
+) -> None:
+    """A usage error found as the run starts: the previous manifest stays, and a manifest that
+    did not exist (also behind a dangling symlink, which must survive) is not created."""
+    kept = tmp_path / "kept.jsonl"
+    kept.write_bytes(encode(_rec("old")))
+    ManifestWriter(kept, append=False).close(keep_previous=True)
+    assert [r["url"] for r in _lines(kept)] == ["old"]
+    new = tmp_path / "new.jsonl"
+    ManifestWriter(new, append=False).close(keep_previous=True)
+    assert not new.exists()
+    link = tmp_path / "link.jsonl"
+    (tmp_path / "real").mkdir()
+    link.symlink_to(tmp_path / "real" / "manifest.jsonl")
+    ManifestWriter(link, append=False).close(keep_previous=True)
+    assert link.is_symlink() and not link.exists()  # still dangling: nothing created
+    with ManifestWriter(kept, append=False):  # without a usage error: emptied
+        pass
+    assert kept.read_bytes() == b""
+
+
+def test_resume_refuses_a_manifest_that_is_not_a_regular_file(tmp_path: Path) -> None:
+    """Reading a FIFO (or `--manifest /dev/stdout | ...`, our own output) waits for ever."""
+    fifo = tmp_path / "m.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="regular file"):
+        load_priors(fifo)

@@ -143,3 +143,25 @@ def test_urls_without_a_host_are_not_listed_as_a_host() -> None:
     hosts = text.split("hosts with the most failures", 1)[1].splitlines()[1:]
     assert hosts[0].split()[1] == "c:3"
     assert not any(line.split()[1:2] == ["-"] for line in hosts if line.startswith("    "))
+
+
+def test_no_side_car_is_written_into_dev_or_beside_a_pipe(tmp_path) -> None:
+    """`--manifest /dev/stdout > f`: stat follows /dev/stdout to f, a regular file, and the
+    side-car went to /dev/stdout.hosts.json (created in /dev when run as root)."""
+    import os
+
+    from shardload.cli.main import hosts_path, write_host_stats
+
+    stats = RunStatsLib()
+    stats.add(Bundle("http://a/x", state="written"))
+    try:
+        assert write_host_stats("/dev/stdout", stats) is None
+    finally:
+        if os.path.exists(hosts_path("/dev/stdout")):
+            os.remove(hosts_path("/dev/stdout"))
+    fifo = tmp_path / "m.jsonl"
+    os.mkfifo(fifo)
+    assert write_host_stats(str(fifo), stats) is None
+    regular = tmp_path / "r.jsonl"
+    regular.write_text("")
+    assert write_host_stats(str(regular), stats) == str(tmp_path / "r.hosts.json")
