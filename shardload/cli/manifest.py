@@ -134,12 +134,12 @@ class ManifestWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         torn = append and _ends_without_newline(self.path)
-        # Opened at once, so that an unwritable manifest stops the run before it starts, but
-        # emptied only when the first records are written: a run that ends in a usage error
-        # found later (by the library) leaves the previous run's manifest as it was.
         # What to remove if this writer must leave no trace: the file it creates (the target
         # of a dangling symlink, not the link).
         self._created = None if self.path.exists() else Path(os.path.realpath(self.path))
+        # Opened at once, so that an unwritable manifest stops the run before it starts, but
+        # emptied only when the first records are written: a run that ends in a usage error
+        # found later (by the library) leaves the previous run's manifest as it was.
         self._file: IO[bytes] = open(self.path, "ab")  # noqa: SIM115
         # A pipe or a device (`--manifest /dev/stdout`) has nothing to empty.
         self._regular = stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)

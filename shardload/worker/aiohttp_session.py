@@ -1,5 +1,7 @@
-"""shardload's own aiohttp session (the request path of overridden hooks and of ``client=``):
-how it is built, and what makes it behave as the lean client does.
+"""shardload's own aiohttp session (the request path of overridden ``on_success`` or
+``assert_response``): how it is built, and what makes it behave as the lean client does. A
+caller's ``client=`` session keeps its own connector; only the URL encoding and the header
+timeout below apply to it.
 
 Invariants:
 - a request asks for the very resource the lean client would: the URL goes to aiohttp already
