@@ -122,4 +122,6 @@ def _follow_displacement(bundle: Bundle) -> None:
     if bundle.ok and path:
         found = find_complete(path)
         if found is not None:
-            bundle.file_path = bundle._run_path = found[0]
+            if bundle._run_path == path:
+                bundle._run_path = found[0]
+            bundle.file_path = found[0]

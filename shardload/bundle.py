@@ -67,6 +67,21 @@ class Bundle:
         """True when the file is on disk and complete (written now or found cached)."""
         return self.state in (WRITTEN, CACHED)
 
+    def _begin(self) -> None:
+        """Forget an earlier run's outcome, so a bundle can be downloaded again: the path that
+        run computed too (a path its owner set stays)."""
+        if self.file_path is not None and self.file_path == self._run_path:
+            self.file_path = None
+        self._run_path = None
+        self.state = PENDING
+        self._shared = False
+        self.status = None
+        self.attempts = 0
+        self.bytes = 0
+        self.sha256 = None
+        self.elapsed = 0.0
+        self.error_kind = self.error_message = None
+
     def fail(self, kind: str, message: str) -> Bundle:
         """Mark the bundle failed with an error kind and a message; returns it."""
         self.state = FAILED
@@ -212,6 +227,7 @@ def why_unpicklable(value: object) -> str | None:
 def apply_result(bundle: Bundle, result: Result, *, shared: bool = False) -> Bundle:
     """Copy a worker's outcome onto the caller's bundle (which keeps its own ``info``);
     ``shared`` when the outcome is another bundle's, given to a repeat of its URL."""
+    computed = bundle.file_path is None
     (
         _,
         bundle.file_path,
@@ -226,7 +242,8 @@ def apply_result(bundle: Bundle, result: Result, *, shared: bool = False) -> Bun
         bundle._opened_breaker,
         attrs,
     ) = result
-    bundle._run_path = bundle.file_path
+    # A path the run computed (none was set) is this run's answer, not the bundle's own.
+    bundle._run_path = bundle.file_path if computed else None
     bundle._shared = shared
     if attrs:
         bundle.__dict__.update(attrs)

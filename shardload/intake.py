@@ -111,6 +111,8 @@ def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None, run:
                 return _failed_item(seq, item, f"url_map failed: {describe_error(exc)}")
             if isinstance(url, Bundle):
                 bundle = url
+                if bundle.info is None:  # as aiodownload did: the item rides along
+                    bundle.info = item
             elif url is None:
                 return _failed_item(seq, item, "no URL: the item (or url_map's answer) is None")
             else:
@@ -118,18 +120,9 @@ def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None, run:
                 # answer with an array (a numpy row). A plain URL string is its own item.
                 plain = url is item or (type(url) is str and type(item) is str and url == item)
                 bundle = Bundle(url=_text(url), info=None if plain else item)
-        if bundle.file_path is not None and bundle.file_path == bundle._run_path:
-            bundle.file_path = None  # an earlier run's answer: this run computes its own
+        bundle._begin()
         bundle._run = run
         bundle.seq = seq
-        bundle.state = PENDING
-        bundle._shared = False
-        bundle.status = None
-        bundle.attempts = 0
-        bundle.bytes = 0
-        bundle.sha256 = None
-        bundle.elapsed = 0.0
-        bundle.error_kind = bundle.error_message = None
     except Exception as exc:  # one unusable item fails alone; the rest of the input goes on
         return _failed_item(seq, item, f"unusable input item: {describe_error(exc)}")
     return bundle

@@ -470,3 +470,56 @@ def test_a_bundle_from_an_earlier_run_gets_the_new_downloads_path(srv, home, tmp
     preset = Bundle(f"{srv.base_urls[0]}/links/2", file_path="mine/two")
     shardload.one(preset, download=make_download(home))
     assert preset.file_path == os.path.join(home, "mine", "two")  # the owner's path is kept
+
+
+def test_a_bundle_keeps_the_path_its_owner_set_when_it_runs_again(srv, home):
+    """Retrying the failures with the same bundles: a path the owner set is kept (it was
+    taken for the run's own answer, and the second run wrote to the URL's default path); a
+    path a run computed is computed again, by the next run's strategy."""
+    download = make_download(home)
+    preset = Bundle(srv.base_urls[0] + "/links/1", file_path="mine/one.txt")
+    computed = Bundle(srv.base_urls[0] + "/links/2")
+    for _ in range(2):
+        preset, computed = shardload.swarm([preset, computed], download=download)
+        assert preset.file_path == os.path.join(home, "mine", "one.txt")
+        assert computed.file_path == os.path.join(
+            home, srv.host_key(0).replace(":", "_"), "links", "2"
+        )
+    other = os.path.join(home, "other")
+    (again,) = shardload.swarm([computed], download=make_download(other))
+    assert again.ok and again.file_path.startswith(other + os.sep)
+    assert shardload.one(preset, download=download).file_path == preset.file_path
+
+
+def test_main_called_again_starts_afresh_as_aiodownloads_did(srv, home):
+    """aiodownload's main() computed the path on every call: a bundle reused with another
+    engine failed as unsafe_path (the first home's path), and one whose URL changed was
+    stored under the old URL's name."""
+    first, second = make_download(os.path.join(home, "1")), make_download(os.path.join(home, "2"))
+
+    async def main():
+        b = Bundle(srv.base_urls[0] + "/links/1")
+        await first.main(b)
+        await second.main(b)
+        assert b.ok and b.file_path.startswith(os.path.join(home, "2") + os.sep), b
+        b.url = srv.base_urls[0] + "/bytes/5"
+        await second.main(b)
+        assert b.ok and b.file_path.endswith(os.path.join("bytes", "5")) and b.attempts == 1
+        await first.close()
+        await second.close()
+
+    asyncio.run(main())
+
+
+def test_a_bundle_from_url_map_carries_its_item_as_info(srv, home):
+    """As in aiodownload: url_map may answer with a bundle; the item becomes its info unless
+    the bundle has its own."""
+    items = [("one", 1), ("two", 2)]
+
+    def to_bundle(item):
+        info = {"mine": True} if item[1] == 2 else None
+        return AioDownloadBundle(f"{srv.base_urls[0]}/links/{item[1]}", info=info)
+
+    bundles = shardload.swarm(items, download=make_download(home), url_map=to_bundle)
+    assert [b.info for b in bundles] == [("one", 1), {"mine": True}]
+    assert all(b.ok for b in bundles)

@@ -69,8 +69,10 @@ class AioDownload(LoopBinding):
         return self.request_strategy
 
     async def main(self, bundle: Bundle) -> Bundle:
-        """Download one bundle to its file, retrying as the request strategy says."""
+        """Download one bundle to its file, retrying as the request strategy says. A bundle
+        downloaded before (by this or another engine) starts afresh, its path computed again."""
         started = time.monotonic()
+        bundle._begin()
         if not self._in_this_loop(bundle):
             return bundle
         try:
@@ -135,7 +137,9 @@ class AioDownload(LoopBinding):
             raise DownloadFailed(
                 ErrorKind.STRATEGY, f"get_file_path failed: {type(exc).__name__}: {exc}"
             ) from exc
-        return check_target(ds.home, path)
+        target = check_target(ds.home, path)
+        bundle._run_path = target  # computed here: a later main() computes its own
+        return target
 
     async def _fetch(self, bundle: Bundle, parts: UrlParts) -> None:
         ds, rs = self.download_strategy, self.request_strategy
