@@ -120,7 +120,7 @@ def _follow_displacement(bundle: Bundle) -> None:
     """A file moved to ``<path>/%file`` after its bundle was made: point the bundle there."""
     path = bundle.file_path
     if bundle.ok and path:
-        found = find_complete(path)
+        found = find_complete(path, None)  # a path this run wrote, walked safely then
         if found is not None:
             if bundle._run_path == path:
                 bundle._run_path = found[0]

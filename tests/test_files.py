@@ -296,6 +296,68 @@ def test_a_file_goes_to_the_directory_now_at_its_path_after_the_old_one_was_move
     files.forget_directories(str(home))
 
 
+def test_a_file_another_process_already_moved_aside_is_left_alone(tmp_path):
+    """Two processes (a split host's workers, two runs) saw the file ``a`` and both moved
+    it aside: the second took the directory the first had just made and stored it as the
+    file, leaving ``a/%file/b`` (and written bundles pointing at nothing). The moves take
+    turns, and one that finds a directory already there moves nothing."""
+    home = tmp_path / "home"
+    (home / "h" / "a").mkdir(parents=True)
+    (home / "h" / "a" / "%file").write_bytes(b"a")
+    (home / "h" / "a" / "b").write_bytes(b"b")
+    files._displace(str(home / "h" / "a"), str(home))  # what the late process did
+    assert sorted(os.listdir(home / "h" / "a")) == ["%file", "b"]
+    assert (home / "h" / "a" / "%file").read_bytes() == b"a"
+    assert [p.name for p in (home / ".shardload-tmp").iterdir()] == []
+
+
+def test_moves_aside_take_turns_between_processes(tmp_path):
+    """The lock is held on home itself, between processes: another process cannot take it
+    while one holds it."""
+    home = tmp_path / "home"
+    home.mkdir()
+    probe = (
+        "import fcntl, os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)\n"
+        "try:\n"
+        "    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "    print('taken')\n"
+        "except BlockingIOError:\n"
+        "    print('busy')\n"
+    )
+
+    def other_process() -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", probe, str(home)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+        return done.stdout.strip()
+
+    with files._home_locked(str(home)):
+        assert other_process() == "busy"
+    assert other_process() == "taken"
+
+
+def test_skip_cached_never_takes_a_file_outside_home_for_a_copy(srv, home, tmp_path):
+    """A folder of home linked outside: writing there is refused, and skip_cached must not
+    report the file it finds through the link as the cached download either."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "1").write_bytes(b"SECRET")
+    (outside / "links").mkdir()
+    (outside / "links" / "1").write_bytes(b"SECRET")
+    host_dir = srv.base_urls[0].removeprefix("http://").replace(":", "_")
+    os.symlink(outside, os.path.join(home, host_dir))
+    download = shardload.AioDownload(
+        download_strategy=DownloadStrategy(home=home, skip_cached=True)
+    )
+    (b,) = shardload.swarm([srv.base_urls[0] + "/links/1"], download=download)
+    assert b.state == "failed" and b.error_kind == ErrorKind.UNSAFE_PATH, b
+
+
 @pytest.mark.parametrize("swapped", ["h/dir", "h"])
 def test_a_directory_swapped_for_a_symlink_mid_run_never_leads_a_file_outside_home(
     tmp_path, swapped

@@ -192,7 +192,7 @@ def _done_elsewhere(item: InputItem, prior: Prior | None, output: str) -> bool:
         target = check_target(output, wanted)  # spelled as the download spells it ("dir/")
     except DownloadFailed:
         return True  # the run fails it with the reason
-    return find_complete(target) is None
+    return find_complete(target, output) is None
 
 
 def hosts_path(manifest: str) -> str:

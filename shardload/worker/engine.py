@@ -145,7 +145,7 @@ class AioDownload(LoopBinding):
         ds, rs = self.download_strategy, self.request_strategy
         path = bundle.file_path
         if path is not None and ds.skip_cached:
-            found = find_complete(path)
+            found = find_complete(path, ds.home)
             if found is not None:
                 bundle.file_path, bundle.bytes = found
                 bundle.state = CACHED

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import secrets
@@ -34,6 +35,7 @@ import stat
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -79,16 +81,45 @@ def forget_directories(home: str) -> None:
     forget_temp_dir(home)
 
 
-def find_complete(path: str) -> tuple[str, int] | None:
-    """Where the complete file for ``path`` lies now (itself, or displaced) and its size."""
+def find_complete(path: str, home: str | None) -> tuple[str, int] | None:
+    """Where the complete file for ``path`` lies now (itself, or displaced) and its size.
+    With ``home``, it is looked for as it is written: from home, following no symlink on the
+    way (a folder of home linked elsewhere must not pass a file outside home for a copy)."""
     for candidate in (path, displaced_path(path)):
-        try:
-            info = os.lstat(candidate)
-        except OSError:
-            continue
-        if stat.S_ISREG(info.st_mode):
-            return candidate, info.st_size
+        size = _regular_size(candidate) if home is None else _regular_size_in(candidate, home)
+        if size is not None:
+            return candidate, size
     return None
+
+
+def _regular_size(path: str) -> int | None:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+def _regular_size_in(path: str, home: str) -> int | None:
+    home = absolute(home)
+    if not contains(home, path):
+        return None
+    *folders, name = _below(home, path).split(os.sep)
+    try:
+        fd = os.open(home, _DIRECTORY_FLAGS)  # home itself may be a symlink: the user chose it
+    except OSError:
+        return None
+    try:
+        for folder in folders:
+            step = os.open(folder, _DIRECTORY_FLAGS | _NO_FOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = step
+        info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
 
 
 def measure_written(bundle: Bundle, with_hash: bool) -> None:
@@ -308,6 +339,8 @@ def _enter(parent: int, name: str, path: str, home: str) -> int:
             if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                 raise
         mode = _mode_at(parent, name)
+        if mode == 0:
+            continue  # gone while we looked: another process is moving it (see _displace)
         if stat.S_ISLNK(mode):
             raise DownloadFailed(ErrorKind.UNSAFE_PATH, f"refusing to follow a symlink: {path}")
         if not stat.S_ISREG(mode):
@@ -330,19 +363,55 @@ _IS_A_DIRECTORY = frozenset({errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST})
 
 
 def _displace(path: str, home: str) -> None:
-    """Turn the file at ``path`` into ``path/%file`` so ``path`` can be a directory."""
-    holding = os.path.join(temp_dir(home), f"{temp_prefix()}move-{secrets.token_hex(4)}")
+    """Turn the file at ``path`` into ``path/%file`` so ``path`` can be a directory.
+
+    Other processes may write into the same home (a split host's workers, a second run) and
+    displace the same file at once: unlocked, one took the directory the other had just made
+    for the file, and stored it as the file (``a/%file/%file``). Displacements of one home
+    take turns under a lock on the home directory, each first checking that a file is still
+    there; writers that only make a missing directory or store a file take no lock, so a
+    directory or a newer copy may appear at ``path`` meanwhile, and both are handled.
+    """
     os.makedirs(temp_dir(home), exist_ok=True)
-    os.replace(path, holding)
-    try:
-        os.mkdir(path)
+    with _home_locked(home):
+        if not stat.S_ISREG(_mode_at_path(path)):
+            return  # displaced by another process while we waited (or gone): look again
+        holding = os.path.join(temp_dir(home), f"{temp_prefix()}move-{secrets.token_hex(4)}")
+        os.replace(path, holding)
         try:
+            with contextlib.suppress(FileExistsError):  # a writer below made it meanwhile
+                os.mkdir(path)
+            if not stat.S_ISDIR(_mode_at_path(path)):  # a newer copy of the file came back
+                raise FileExistsError(errno.EEXIST, "the file came back", path)
             os.replace(holding, displaced_path(path))
         except BaseException:
-            os.rmdir(path)
+            # A full disk, say: the good copy goes back where it was, unless a newer copy
+            # took its place; never left behind in the temp folder.
+            with contextlib.suppress(OSError):
+                os.rmdir(path)  # only if empty: the directory it made, nobody's yet
+            with contextlib.suppress(OSError):
+                mode = _mode_at_path(path)
+                if mode == 0:
+                    os.replace(holding, path)
+                elif stat.S_ISREG(mode):
+                    os.unlink(holding)
             raise
-    except BaseException:
-        # A full disk, say: the good copy goes back where it was, not lost in the temp folder.
-        with contextlib.suppress(OSError):
-            os.replace(holding, path)
-        raise
+
+
+@contextlib.contextmanager
+def _home_locked(home: str) -> Iterator[None]:
+    """An exclusive lock between processes, held on home's own directory (no lock file to
+    leave behind). Threads of one process already take turns under ``_directories_lock``."""
+    fd = os.open(home, _DIRECTORY_FLAGS)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _mode_at_path(path: str) -> int:
+    try:
+        return os.lstat(path).st_mode
+    except FileNotFoundError:
+        return 0
