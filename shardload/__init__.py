@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .api import aeach, aone, aswarm, each, one, swarm
-    from .bundle import CACHED, FAILED, PENDING, WRITTEN, AioDownloadBundle, Bundle
+    from .bundle import CACHED, FAILED, PENDING, SKIPPED, WRITTEN, AioDownloadBundle, Bundle
     from .errors import ConfigurationError, ErrorKind, ShardloadError, is_transient
     from .plan import RunOptions
     from .run import Run
@@ -25,7 +25,15 @@ __version__ = "0.1.0"
 
 _SOURCES = {
     ".api": ("aeach", "aone", "aswarm", "each", "one", "swarm"),
-    ".bundle": ("CACHED", "FAILED", "PENDING", "WRITTEN", "AioDownloadBundle", "Bundle"),
+    ".bundle": (
+        "CACHED",
+        "FAILED",
+        "PENDING",
+        "SKIPPED",
+        "WRITTEN",
+        "AioDownloadBundle",
+        "Bundle",
+    ),
     ".errors": ("ConfigurationError", "ErrorKind", "ShardloadError", "is_transient"),
     ".plan": ("RunOptions",),
     ".run": ("Run",),
@@ -38,6 +46,7 @@ __all__ = [
     "CACHED",
     "FAILED",
     "PENDING",
+    "SKIPPED",
     "WRITTEN",
     "AioDownload",
     "AioDownloadBundle",

@@ -97,7 +97,9 @@ class DownloadStrategy:
         """``<home>/<host>/<path segments>``; see ``shardload.paths`` for the exact rule."""
         return os.path.join(self.home, url_to_relpath(split_url(bundle.url, bundle.params)))
 
-    async def on_success(self, response: Response, bundle: Bundle) -> None:
+    # ``response: Any`` in the signatures below: an override annotated as aiodownload's users
+    # wrote it (``aiohttp.ClientResponse``) must type-check; the base gets either client's.
+    async def on_success(self, response: Any, bundle: Bundle) -> None:
         """Stream the body to a temporary file and move it to ``bundle.file_path`` when complete.
 
         An override receives aiohttp's ``ClientResponse`` (as in aiodownload): overriding this
@@ -201,7 +203,7 @@ class RequestStrategy:
         self.low_speed_time = low_speed_time
         self.dns_ttl = dns_ttl
 
-    def assert_response(self, response: Response) -> None:
+    def assert_response(self, response: Any) -> None:  # Any: see on_success
         """Reject an unsuccessful response (status >= 400) by raising ``AssertionError``; also
         a 304, which has no body to store (shardload asks nothing conditionally, and an empty
         file must not replace a stored copy).

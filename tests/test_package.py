@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +72,59 @@ def test_a_worker_start_imports_only_what_a_worker_runs() -> None:
         "email.utils",
     }
     assert not loaded & unwanted
+
+
+def test_every_documented_state_is_public() -> None:
+    states = (shardload.PENDING, shardload.WRITTEN, shardload.CACHED, shardload.FAILED)
+    assert {*states, shardload.SKIPPED} == {"pending", "written", "cached", "failed", "skipped"}
+
+
+_USER_SCRIPT = """
+from __future__ import annotations
+
+import aiohttp
+
+import shardload
+from shardload import AioDownload, Bundle, DownloadStrategy, RequestStrategy
+
+
+class Mine(DownloadStrategy):
+    async def on_success(self, response: aiohttp.ClientResponse, bundle: Bundle) -> None:
+        await super().on_success(response, bundle)
+
+
+class Checked(RequestStrategy):
+    def assert_response(self, response: aiohttp.ClientResponse) -> None:
+        super().assert_response(response)
+
+
+def main() -> list[Bundle]:
+    download = AioDownload(download_strategy=Mine(home="out"), request_strategy=Checked())
+    done: list[Bundle] = shardload.swarm(["http://127.0.0.1:9/x"], download=download)
+    return done
+"""
+
+
+def test_overrides_typed_as_aiodownload_users_wrote_them_pass_mypy_strict(tmp_path) -> None:
+    """The README says overrides receive aiohttp's response: annotated so, they must pass a
+    strict type check against the shipped hints (py.typed)."""
+    script = tmp_path / "user.py"
+    script.write_text(_USER_SCRIPT)
+    root = Path(shardload.__file__).resolve().parent.parent
+    checked = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            str(script),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        env={**os.environ, "MYPYPATH": str(root)},
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
