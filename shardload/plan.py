@@ -120,10 +120,23 @@ def make_plan(
     unknown = set(options) - set(RunOptions.__annotations__)
     if unknown:
         raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    if download is not None and not isinstance(download, AioDownload):
+        # swarm(urls, DownloadStrategy(...)): aiodownload took a strategy in no such place.
+        raise ConfigurationError(
+            f"download must be an AioDownload, got {type(download).__name__}: "
+            "wrap strategies as AioDownload(download_strategy=..., request_strategy=...)"
+        )
     download = download or AioDownload()
     backend = options.get("backend") or "local"
     if backend not in BACKENDS:
         raise ConfigurationError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    # Checked here, whatever the process count becomes: one host runs in the caller.
+    start_method = options.get("start_method")
+    if start_method not in (None, "spawn", "forkserver"):
+        raise ConfigurationError(
+            f"start_method must be 'spawn' or 'forkserver', got {start_method!r}"
+            + (" ('fork' is unsafe here)" if start_method == "fork" else "")
+        )
     processes = options.get("processes")
     split_hosts = options.get("split_hosts")
     if processes is None and backend == "ray":
@@ -167,7 +180,7 @@ def make_plan(
         download,
         processes,
         splits,
-        options.get("start_method"),
+        start_method,
         limits,
         backend=backend,
         ray_address=options.get("ray_address"),
@@ -176,6 +189,11 @@ def make_plan(
 
 def _normalise_splits(split_hosts: Mapping[str, int] | None) -> dict[str, int]:
     out: dict[str, int] = {}
+    if split_hosts is not None and not isinstance(split_hosts, Mapping):
+        raise ConfigurationError(
+            f"split_hosts must map a host to its number of workers, like {{'host:port': 4}}, "
+            f"got {type(split_hosts).__name__}"
+        )
     for host, k in (split_hosts or {}).items():
         if not isinstance(k, int) or k < 1:
             raise ConfigurationError(f"split_hosts[{host!r}] must be a positive integer")

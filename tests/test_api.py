@@ -523,3 +523,21 @@ def test_a_bundle_from_url_map_carries_its_item_as_info(srv, home):
     bundles = shardload.swarm(items, download=make_download(home), url_map=to_bundle)
     assert [b.info for b in bundles] == [("one", 1), {"mine": True}]
     assert all(b.ok for b in bundles)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"download": shardload.DownloadStrategy()}, "must be an AioDownload"),
+        ({"start_method": "bogus"}, "start_method must be"),
+        ({"start_method": "fork"}, "fork"),
+        ({"split_hosts": ["127.0.0.1"]}, "split_hosts must map"),
+    ],
+    ids=["strategy-as-download", "bogus-start-method", "fork", "split-hosts-list"],
+)
+def test_misuse_is_a_configuration_error_whatever_the_input(arguments, message):
+    """One host runs in the caller: a bad start_method was accepted there (and a ValueError
+    elsewhere); a list of split hosts or a strategy given as the download was an
+    AttributeError, none of them a ShardloadError."""
+    with pytest.raises(ConfigurationError, match=message):
+        shardload.swarm(["http://127.0.0.1:9/x"], **arguments)
