@@ -151,12 +151,12 @@ def make_plan(
     if isinstance(items, str | bytes | Bundle):
         raise ConfigurationError("pass an iterable of URLs (a list), not a single URL; use one()")
     processes = _useful_processes(items, url_map, processes, splits)
-    if (processes > 1 or backend == "ray") and download.client is not None:
+    if (processes > 1 or backend == "ray") and download.has_client:
         raise ConfigurationError(
             "a live client session cannot be shared with worker processes; "
             "drop client= or use processes=1"
         )
-    if sync and download.client is not None:
+    if sync and download.has_client:
         raise ConfigurationError(
             "a live client session belongs to its own event loop; "
             "call aswarm()/aeach()/aone() from that loop instead"

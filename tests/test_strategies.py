@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import math
 import os
 from typing import Any
@@ -518,3 +519,37 @@ def test_a_request_and_download_override_runs_for_every_attempt(srv, home, tmp_p
     assert [b.state for b in done] == ["written", "written"]
     assert [b.attempts for b in done] == [3, 1]
     assert sorted(log.read_text().splitlines()) == sorted([flaky] * 3 + [fine])
+
+
+class AiodownloadStyle(shardload.AioDownload):
+    """aiodownload 0.2.5's own request_and_download, as its users copied it into subclasses:
+    ``self.client.get``, and ``bundle._status_msg`` to say how it went."""
+
+    async def request_and_download(self, bundle: Bundle) -> Bundle:
+        bundle.attempts += 1
+        async with self.client.get(bundle.url, headers={"X-Token": "t"}) as response:
+            try:
+                self._request_strategy.assert_response(response)
+                await self._download_strategy.on_success(response, bundle)
+                bundle._status_msg = "File written"
+            except AssertionError:
+                bundle._status_msg = "Download failed"
+        return bundle
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_an_aiodownload_style_request_and_download_override_works(srv, home, processes):
+    """aiodownload always had a session in self.client, and its overrides said success in
+    _status_msg: the file was written but the bundle failed ("did not write the file"), or
+    without client= the override could not run at all (self.client was None)."""
+    download = AiodownloadStyle(download_strategy=DownloadStrategy(home=home))
+    urls = [f"{srv.base_urls[0]}/echo?n={i}" for i in range(3)] + [srv.base_urls[1] + "/status/404"]
+    bundles = shardload.swarm(urls, download=download, processes=processes)
+    assert [b.state for b in bundles] == ["written"] * 3 + ["failed"], [
+        b.error_message for b in bundles
+    ]
+    for b in bundles[:3]:
+        assert b.bytes == os.path.getsize(b.file_path) > 0
+        with open(b.file_path, "rb") as f:
+            assert json.loads(f.read())["headers"]["X-Token"] == "t"
+    assert download.client is None  # outside a run: the caller gave none

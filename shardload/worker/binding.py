@@ -44,7 +44,7 @@ class LoopBinding(Politeness):
     def _reset(self) -> None:
         # Everything below belongs to one event loop: made lazily inside it, useless in another.
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._session: aiohttp.ClientSession | None = self.client
+        self._session: aiohttp.ClientSession | None = self._client
         self._lean: LeanClient | None = None
         self._worker_sem: WorkerSlots | None = None
         self._hosts: dict[str, HostSlot] = {}
@@ -114,7 +114,7 @@ class LoopBinding(Politeness):
             pending.cancel()
         self._reset()
         self._opened[:] = [c for c in self._opened if c is not session and c is not lean]
-        if session is not None and session is not self.client:
+        if session is not None and session is not self._client:
             await session.close()
         if lean is not None:
             await lean.close()

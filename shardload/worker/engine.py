@@ -47,7 +47,7 @@ class AioDownload(LoopBinding):
         download_strategy: DownloadStrategy | None = None,
         request_strategy: RequestStrategy | None = None,
     ) -> None:
-        self.client = client
+        self._client = client
         self.download_strategy = download_strategy or DownloadStrategy()
         self.request_strategy = request_strategy or RequestStrategy()
         # Per-host (concurrency, delay, ways) overrides: a hot host split over k ways (its
@@ -58,6 +58,25 @@ class AioDownload(LoopBinding):
         self._closer: tuple[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] | None = None
         self._opened: list[Any] = []  # the clients it will close
         self._reset()
+
+    @property
+    def client(self) -> aiohttp.ClientSession | None:
+        """The caller's session (``client=``). Without one, inside a run, shardload's own
+        aiohttp session: aiodownload's overrides of ``request_and_download`` call
+        ``self.client.get(...)``, where aiodownload always had a session."""
+        if self._client is None and self._loop is not None and _in_loop(self._loop):
+            return self._get_session()
+        return self._client
+
+    @client.setter
+    def client(self, session: aiohttp.ClientSession | None) -> None:
+        self._client = session
+        self._reset()
+
+    @property
+    def has_client(self) -> bool:
+        """Whether the caller gave a session of its own (it cannot leave its event loop)."""
+        return self._client is not None
 
     # aiodownload's private names, read by some of its users' subclasses.
     @property
@@ -270,6 +289,8 @@ class AioDownload(LoopBinding):
         finally:
             _told.reset(token)
             slot.leave(worker)
+        if bundle.state != WRITTEN and getattr(bundle, "_status_msg", None) == "File written":
+            bundle.state = WRITTEN  # aiodownload's overrides said so, and set no state
         if bundle.state == WRITTEN:
             slot.record(bundle.status, None, None, bundle.url)
             return None
@@ -383,6 +404,13 @@ def _skip(bundle: Bundle, message: str) -> None:
 
 
 STRAY_CANCEL = "CancelledError raised by a strategy or hook, not a cancellation of the download"
+
+
+def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:  # no loop runs in this thread
+        return False
 
 
 def being_cancelled() -> bool:

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 class Exchange:
     """Makes the requests of ``AioDownload``; see the module's invariants."""
 
-    client: aiohttp.ClientSession | None
+    _client: aiohttp.ClientSession | None  # the caller's own session, if given
     download_strategy: DownloadStrategy
     request_strategy: RequestStrategy
     _session: aiohttp.ClientSession | None
@@ -77,7 +77,7 @@ class Exchange:
         aiohttp's response), keeps the request on aiohttp.
         """
         return (
-            self.client is None
+            self._client is None
             and not _overridden_on_success(self.download_strategy)
             and type(self.request_strategy).assert_response is RequestStrategy.assert_response
         )
@@ -128,7 +128,7 @@ class Exchange:
         rs = self.request_strategy
         session = self._get_session()
         credentials = userinfo(url)
-        if session is self.client:
+        if session is self._client:
             # A caller's session follows redirects itself: its own default headers (say an
             # Authorization) could not be kept from another origin otherwise. aiohttp fails on
             # the max_redirects-th redirect; shardload follows that many (as curl).
