@@ -109,7 +109,8 @@ class DownloadStrategy:
 
     async def on_fail(self, bundle: Bundle) -> None:
         """Called once when a bundle's download has finally failed (a failing
-        ``get_file_path`` included; not for input refused before any download, ``bad_input``).
+        ``get_file_path`` included; not for input refused before any download: ``bad_input``,
+        ``invalid_url``, ``unsupported_scheme``).
         Writes nothing: a good copy stays. An exception it raises is noted in the bundle's
         ``error_message``; the failure keeps its kind."""
 

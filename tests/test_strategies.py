@@ -232,6 +232,31 @@ def test_custom_on_success_and_on_fail_are_called(srv, home):
     assert sorted(calls) == [("fail", 404), ("success", 200)]
 
 
+class RecordsFailures(DownloadStrategy):
+    failed: list[str] = []  # one process: processes=1 and main()
+
+    async def on_fail(self, bundle: Bundle) -> None:
+        self.failed.append(bundle.url)
+
+
+def test_on_fail_is_not_called_for_input_refused_before_any_download(home):
+    """An invalid URL: main() called on_fail, swarm() did not (the coordinator refuses it).
+    Neither does now, as on_fail's docstring says; bad params neither."""
+    RecordsFailures.failed = []
+    download = shardload.AioDownload(download_strategy=RecordsFailures(home=home))
+    refused = ["notaurl", "ftp://x/y", "http://"]
+    bundles = shardload.swarm(refused, download=download)
+    assert {b.error_kind for b in bundles} <= {ErrorKind.INVALID_URL, ErrorKind.UNSUPPORTED_SCHEME}
+
+    async def direct() -> list[Bundle]:
+        done = [await download.main(Bundle(url)) for url in refused]
+        await download.close()
+        return done
+
+    assert all(b.state == "failed" for b in asyncio.run(direct()))
+    assert RecordsFailures.failed == []
+
+
 def test_on_fail_runs_for_a_failing_get_file_path_and_one_that_raises_keeps_the_cause(srv, home):
     failed: list[str | None] = []
 

@@ -110,6 +110,12 @@ class AioDownload(LoopBinding):
     async def _main(self, bundle: Bundle) -> None:
         try:
             parts = split_url(bundle.url, bundle.params)
+        except DownloadFailed as exc:
+            # Input refused before any download, as the coordinator refuses it in a run: no
+            # on_fail (its docstring), whichever way the bundle came.
+            bundle.fail(exc.kind, exc.message)
+            return
+        try:
             bundle.file_path = self._target(bundle)
         except DownloadFailed as exc:
             bundle.fail(exc.kind, exc.message)
