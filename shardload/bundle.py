@@ -11,11 +11,15 @@ import pickle
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .errors import ErrorKind
+
 PENDING = "pending"
 WRITTEN = "written"
 CACHED = "cached"
 FAILED = "failed"
 SKIPPED = "skipped"  # not requested on purpose (robots.txt); error_kind says why
+
+_KINDS = frozenset(kind.value for kind in ErrorKind)
 
 # aiodownload's status words, kept for status_msg.
 _STATUS_WORDS = {
@@ -244,6 +248,11 @@ def apply_result(bundle: Bundle, result: Result, *, shared: bool = False) -> Bun
     ) = result
     # A path the run computed (none was set) is this run's answer, not the bundle's own.
     bundle._run_path = bundle.file_path if computed else None
+    # A kind crosses processes as its plain string: the caller gets the ErrorKind again (one
+    # type, whichever side failed the bundle; a strategy's own kind stays a string).
+    kind = bundle.error_kind
+    if kind is not None and kind in _KINDS:
+        bundle.error_kind = ErrorKind(kind)
     bundle._shared = shared
     if attrs:
         bundle.__dict__.update(attrs)

@@ -541,3 +541,13 @@ def test_misuse_is_a_configuration_error_whatever_the_input(arguments, message):
     AttributeError, none of them a ShardloadError."""
     with pytest.raises(ConfigurationError, match=message):
         shardload.swarm(["http://127.0.0.1:9/x"], **arguments)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_error_kind_is_an_error_kind_whichever_side_failed_the_bundle(srv, home, processes):
+    """A worker's failure came back as a plain string, the coordinator's as an ErrorKind."""
+    urls = [srv.base_urls[0] + "/status/404", srv.base_urls[1] + "/links/1", "http://"]
+    bundles = shardload.swarm(urls, download=make_download(home), processes=processes)
+    kinds = [b.error_kind for b in bundles]
+    assert kinds == [ErrorKind.HTTP, None, ErrorKind.INVALID_URL]
+    assert all(isinstance(k, ErrorKind) for k in kinds if k is not None)
