@@ -14,7 +14,10 @@ Rules and invariants:
   ``http://h`` and ``http://h:80`` have the same host key.
 - Credentials (``user:pass@``) are accepted but never kept, and never appear in an error message:
   messages show ``redact(url)``, cut to a readable length. The fragment is dropped.
-- ``params`` are appended to the query as aiohttp sends them on a GET (``urlencode``, doseq).
+- ``params`` are appended to the query as aiohttp sends them on a GET (``urlencode``, a list
+  or tuple giving one pair per value); aiohttp's value types only (str, int, finite float): a
+  value of another type is an invalid URL, not its ``str`` (an object's repr, ``True``). A
+  ``None`` value is left out, as ``requests`` does.
 - The host key is ``host`` or ``host:port``; IPv6 hosts are always bracketed (``[::1]``,
   ``[::1]:8080``) so the key is unambiguous. It is what sharding and per-host limits use.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -212,11 +216,29 @@ def _split_general(url: str, params: Mapping[str, Any] | None) -> UrlParts:
     query = parts.query
     if params:
         try:
-            extra = urlencode(params, doseq=True)
+            extra = urlencode(_query_pairs(params))
         except (TypeError, ValueError, UnicodeError) as exc:
-            raise _invalid(url, "unencodable params") from exc
+            raise _invalid(url, f"unencodable params: {exc}") from exc
         query = f"{query}&{extra}" if query else extra
     return UrlParts(scheme, host, port, parts.path, query)
+
+
+def _query_pairs(params: Mapping[str, Any]) -> list[tuple[str, str | int | float]]:
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a mapping, got {type(params).__name__}")
+    pairs: list[tuple[str, str | int | float]] = []
+    for key, value in params.items():
+        if not isinstance(key, str):
+            raise TypeError(f"a params key must be a str, got {type(key).__name__}")
+        for one in value if isinstance(value, list | tuple) else (value,):
+            if one is None:
+                continue
+            if isinstance(one, bool) or not isinstance(one, str | int | float):
+                raise TypeError(f"params[{key!r}] is a {type(one).__name__}, not str, int or float")
+            if isinstance(one, float) and not math.isfinite(one):
+                raise ValueError(f"params[{key!r}] is {one}")
+            pairs.append((key, one))
+    return pairs
 
 
 def redirect_target(url: str, location: str) -> tuple[str, UrlParts]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -165,6 +166,23 @@ def test_params_are_appended_as_aiohttp_sends_them() -> None:
     assert split_url("http://h/x?z=0", {}).query == "z=0"
     assert split_url("http://h/x?z=0", None).query == "z=0"
     assert split_url("http://h/x", {"q": "/&="}).query == "q=%2F%26%3D"
+    assert split_url("http://h/x", {"a": None, "b": [1, None, 2.5], "c": ("x",)}).query == (
+        "b=1&b=2.5&c=x"
+    )
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"a": object()}, {"a": True}, {"a": [1, {}]}, {"a": float("nan")}, {1: "x"}, {"a": b"x"}],
+    ids=["object", "bool", "dict-in-list", "nan", "int-key", "bytes"],
+)
+def test_params_aiohttp_would_refuse_are_an_invalid_url(params: dict[Any, Any]) -> None:
+    """Their str() went into the query (an object's repr, memory address included; True):
+    a request nobody meant, and another with processes=1 than with 2 (which refused them
+    as unpicklable)."""
+    with pytest.raises(DownloadFailed) as info:
+        split_url("http://h/x", params)
+    assert info.value.kind == ErrorKind.INVALID_URL and "unencodable params" in info.value.message
 
 
 @pytest.mark.parametrize(
