@@ -92,8 +92,10 @@ def _number(kind: type[int] | type[float], low: float, strict: bool = False) -> 
 def parse_split(text: str) -> tuple[str, int]:
     """``'example.com=4'`` -> ``("example.com", 4)``."""
     host, sep, count = text.rpartition("=")
-    if not sep or not host.strip() or not count.strip().isdigit() or int(count) < 1:
-        raise argparse.ArgumentTypeError(f"not HOST=K: {text!r} (e.g. example.com=4)")
+    if not sep or not host.strip() or not count.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"not HOST:PORT=K: {text!r} (e.g. example.com:443=4)")
+    if int(count) < 1:
+        raise argparse.ArgumentTypeError(f"K must be at least 1: {text!r}")
     return host.strip().lower(), int(count)
 
 

@@ -237,9 +237,17 @@ def test_parse_split(text: str, parsed: tuple[str, int]) -> None:
     assert parse_split(text) == parsed
 
 
-@pytest.mark.parametrize("text", ["example.com", "=3", "h=0", "h=x"])
-def test_parse_split_rejects(text: str) -> None:
-    with pytest.raises(argparse.ArgumentTypeError):
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("example.com", "not HOST:PORT=K"),
+        ("=3", "not HOST"),
+        ("h=x", "not HOST"),
+        ("h:1=0", "K must"),
+    ],
+)
+def test_parse_split_rejects(text: str, why: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match=why):
         parse_split(text)
 
 
