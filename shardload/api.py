@@ -122,6 +122,4 @@ def _follow_displacement(bundle: Bundle) -> None:
     if bundle.ok and path:
         found = find_complete(path, None)  # a path this run wrote, walked safely then
         if found is not None:
-            if bundle._run_path == path:
-                bundle._run_path = found[0]
-            bundle.file_path = found[0]
+            bundle.file_path = bundle._run_path = found[0]

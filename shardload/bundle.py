@@ -56,9 +56,11 @@ class Bundle:
     host: str | None = field(default=None, repr=False)
     # Sequence number within one call; set by the coordinator, used for ordering.
     seq: int = field(default=-1, repr=False)
-    # The path a run gave this bundle (as opposed to one its owner set): a later run with
+    # The path the last run answered (absolute, maybe displaced), and the one the bundle's
+    # owner set (as given, maybe relative, or None): a later run starts from the owner's, so
     # another download computes its own. And the run it is pending in, if any.
     _run_path: str | None = field(default=None, init=False, repr=False)
+    _own_path: str | None = field(default=None, init=False, repr=False)
     _run: object | None = field(default=None, init=False, repr=False)
     # True when the outcome is a copy of another bundle's (a repeat of its URL): the requests
     # and bytes were counted for that one.
@@ -73,10 +75,12 @@ class Bundle:
 
     def _begin(self) -> None:
         """Forget an earlier run's outcome, so a bundle can be downloaded again: the path that
-        run computed too (a path its owner set stays)."""
-        if self.file_path is not None and self.file_path == self._run_path:
-            self.file_path = None
+        run answered too (the path its owner set, as set, stays)."""
+        if self.file_path is None or self.file_path != self._run_path:
+            self._own_path = self.file_path  # set (or cleared) by the owner since
+        self.file_path = self._own_path
         self._run_path = None
+        self.__dict__.pop("_status_msg", None)  # an aiodownload override's word on the last
         self.state = PENDING
         self._shared = False
         self.status = None
@@ -95,8 +99,12 @@ class Bundle:
 
     @property
     def num_tries(self) -> int:
-        """aiodownload 0.1's name for ``attempts``."""
+        """aiodownload's name for ``attempts`` (its overrides count ``num_tries += 1``)."""
         return self.attempts
+
+    @num_tries.setter
+    def num_tries(self, value: int) -> None:
+        self.attempts = value
 
     @property
     def status_msg(self) -> str:
@@ -231,7 +239,6 @@ def why_unpicklable(value: object) -> str | None:
 def apply_result(bundle: Bundle, result: Result, *, shared: bool = False) -> Bundle:
     """Copy a worker's outcome onto the caller's bundle (which keeps its own ``info``);
     ``shared`` when the outcome is another bundle's, given to a repeat of its URL."""
-    computed = bundle.file_path is None
     (
         _,
         bundle.file_path,
@@ -246,8 +253,7 @@ def apply_result(bundle: Bundle, result: Result, *, shared: bool = False) -> Bun
         bundle._opened_breaker,
         attrs,
     ) = result
-    # A path the run computed (none was set) is this run's answer, not the bundle's own.
-    bundle._run_path = bundle.file_path if computed else None
+    bundle._run_path = bundle.file_path  # the run's answer, not the bundle's own
     # A kind crosses processes as its plain string: the caller gets the ErrorKind again (one
     # type, whichever side failed the bundle; a strategy's own kind stays a string).
     kind = bundle.error_kind

@@ -17,7 +17,7 @@ from .executors.base import Executor
 from .executors.inloop import InLoopExecutor
 from .executors.processes import ProcessExecutor
 from .sharding import split_budget
-from .strategy import DownloadStrategy
+from .strategy import DownloadStrategy, RequestStrategy
 from .urls import host_key, normalise_host_key
 from .worker.config import describe
 from .worker.engine import AioDownload
@@ -120,6 +120,11 @@ def make_plan(
     unknown = set(options) - set(RunOptions.__annotations__)
     if unknown:
         raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    if isinstance(url_map, AioDownload | DownloadStrategy | RequestStrategy):
+        # each(urls, AioDownload()): the second place is url_map's (as in aiodownload).
+        raise ConfigurationError(
+            f"a {type(url_map).__name__} was passed where url_map goes; pass it as download="
+        )
     if download is not None and not isinstance(download, AioDownload):
         # swarm(urls, DownloadStrategy(...)): aiodownload took a strategy in no such place.
         raise ConfigurationError(

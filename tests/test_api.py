@@ -13,7 +13,14 @@ import time
 import pytest
 
 import shardload
-from shardload import AioDownloadBundle, Bundle, ConfigurationError, ErrorKind, RequestStrategy
+from shardload import (
+    AioDownloadBundle,
+    Bundle,
+    ConfigurationError,
+    DownloadStrategy,
+    ErrorKind,
+    RequestStrategy,
+)
 from shardload.plan import make_plan
 from shardload.testing.server import body_for
 
@@ -551,3 +558,61 @@ def test_error_kind_is_an_error_kind_whichever_side_failed_the_bundle(srv, home,
     kinds = [b.error_kind for b in bundles]
     assert kinds == [ErrorKind.HTTP, None, ErrorKind.INVALID_URL]
     assert all(isinstance(k, ErrorKind) for k in kinds if k is not None)
+
+
+def test_a_relative_path_its_owner_set_is_kept_as_set_for_the_next_home(srv, home):
+    """Run under one home, a preset "mine/five.bin" came back absolute, and a rerun under
+    another home failed it as a path outside that home."""
+    bundle = Bundle(srv.base_urls[0] + "/bytes/5", file_path="mine/five.bin")
+    for where in ("first", "second"):
+        done = shardload.one(bundle, download=make_download(os.path.join(home, where)))
+        assert done.ok and done.file_path == os.path.join(home, where, "mine", "five.bin")
+
+
+def test_main_called_again_recomputes_the_path_of_a_twin_and_of_a_displaced_copy(srv, home):
+    """Two bundles of one URL in one engine (the second takes the first's outcome), and a
+    cached copy found moved to a/%file: both paths were taken for their owners' next time."""
+    first, second = os.path.join(home, "1"), os.path.join(home, "2")
+
+    async def main():
+        engine = shardload.AioDownload(download_strategy=DownloadStrategy(home=first))
+        twins = [Bundle(srv.base_urls[0] + "/slow/100/t"), Bundle(srv.base_urls[0] + "/slow/100/t")]
+        await asyncio.gather(*(engine.main(b) for b in twins))
+        moved = Bundle(srv.base_urls[0] + "/any/a")
+        await engine.main(moved)
+        await engine.main(Bundle(srv.base_urls[0] + "/any/a/b"))  # a moves to a/%file
+        cached = shardload.AioDownload(
+            download_strategy=DownloadStrategy(home=first, skip_cached=True)
+        )
+        await cached.main(moved)
+        assert moved.state == "cached" and moved.file_path.endswith("%file")
+        other = shardload.AioDownload(download_strategy=DownloadStrategy(home=second))
+        for bundle in [*twins, moved]:
+            await other.main(bundle)
+            assert bundle.ok and bundle.file_path.startswith(second + os.sep), bundle
+        for engine_ in (engine, cached, other):
+            await engine_.close()
+
+    asyncio.run(main())
+
+
+def test_a_closed_client_session_fails_its_bundles_instead_of_being_replaced(srv, home):
+    """A closed caller's session was replaced by shardload's own: the download went out
+    without the caller's headers (its Authorization), and said nothing."""
+    import aiohttp
+
+    async def main():
+        session = aiohttp.ClientSession(headers={"Authorization": "Bearer x"})
+        await session.close()
+        download = shardload.AioDownload(
+            client=session, download_strategy=DownloadStrategy(home=home)
+        )
+        return await shardload.aone(srv.base_urls[0] + "/links/1", download=download)
+
+    bundle = asyncio.run(main())
+    assert bundle.state == "failed" and "client= is closed" in bundle.error_message
+
+
+def test_a_download_passed_where_url_map_goes_is_a_configuration_error():
+    with pytest.raises(ConfigurationError, match="where url_map goes"):
+        list(shardload.each(["http://127.0.0.1:9/x"], shardload.AioDownload()))

@@ -551,7 +551,7 @@ class AiodownloadStyle(shardload.AioDownload):
     ``self.client.get``, and ``bundle._status_msg`` to say how it went."""
 
     async def request_and_download(self, bundle: Bundle) -> Bundle:
-        bundle.attempts += 1
+        bundle.num_tries += 1  # aiodownload 0.1's counter, still in copied overrides
         async with self.client.get(bundle.url, headers={"X-Token": "t"}) as response:
             try:
                 self._request_strategy.assert_response(response)
@@ -578,3 +578,27 @@ def test_an_aiodownload_style_request_and_download_override_works(srv, home, pro
         with open(b.file_path, "rb") as f:
             assert json.loads(f.read())["headers"]["X-Token"] == "t"
     assert download.client is None  # outside a run: the caller gave none
+
+
+class SaysWrittenAfterTheBase(shardload.AioDownload):
+    """An override that says success after the base method, only when it returns."""
+
+    async def request_and_download(self, bundle: Bundle) -> Bundle:
+        await super().request_and_download(bundle)
+        if bundle.state == "written":
+            bundle._status_msg = "File written"
+        return bundle
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_status_word_from_an_earlier_run_never_makes_a_failure_written(srv, home, processes):
+    """_status_msg came back with the bundle and went out with its next job: with the
+    server gone, the rerun counted as written, with no file."""
+    download = SaysWrittenAfterTheBase(download_strategy=DownloadStrategy(home=home))
+    bundle = Bundle(srv.base_urls[0] + "/links/1")
+    (bundle,) = shardload.swarm([bundle], download=download, processes=processes)
+    assert bundle.ok
+    os.remove(bundle.file_path)
+    bundle.url = srv.base_urls[0] + "/status/404"
+    (bundle,) = shardload.swarm([bundle], download=download, processes=processes)
+    assert bundle.state == "failed", bundle

@@ -205,7 +205,7 @@ def write_host_stats(manifest: str, stats: Any) -> str | None:
     """Write this run's per-host statistics next to the manifest; returns the path written."""
     if stats is None or not stats.hosts:
         return None
-    if manifest.startswith(("/dev/", "/proc/")):
+    if manifest.startswith(("/dev/std", "/dev/fd/", "/proc/")):
         return None  # `--manifest /dev/stdout > f`: stat sees f, but /dev is not its folder
     with contextlib.suppress(OSError):
         if not stat.S_ISREG(os.stat(manifest).st_mode):

@@ -89,11 +89,20 @@ class AioDownload(LoopBinding):
 
     async def main(self, bundle: Bundle) -> Bundle:
         """Download one bundle to its file, retrying as the request strategy says. A bundle
-        downloaded before (by this or another engine) starts afresh, its path computed again."""
+        downloaded before (by this or another engine) starts afresh, its path computed again
+        unless its owner set one."""
         started = time.monotonic()
         bundle._begin()
+        try:
+            await self._caught_main(bundle)
+        finally:
+            bundle._run_path = bundle.file_path  # this call's answer, not the bundle's own
+        bundle.elapsed = time.monotonic() - started
+        return bundle
+
+    async def _caught_main(self, bundle: Bundle) -> None:
         if not self._in_this_loop(bundle):
-            return bundle
+            return
         try:
             await self._main(bundle)
         except asyncio.CancelledError:
@@ -104,8 +113,6 @@ class AioDownload(LoopBinding):
             bundle.fail(ErrorKind.STRATEGY, STRAY_CANCEL)
         except Exception as exc:  # a bug in a user's strategy must not lose the bundle
             bundle.fail(ErrorKind.STRATEGY, f"{type(exc).__name__}: {exc}")
-        bundle.elapsed = time.monotonic() - started
-        return bundle
 
     async def _main(self, bundle: Bundle) -> None:
         try:
@@ -162,9 +169,7 @@ class AioDownload(LoopBinding):
             raise DownloadFailed(
                 ErrorKind.STRATEGY, f"get_file_path failed: {type(exc).__name__}: {exc}"
             ) from exc
-        target = check_target(ds.home, path)
-        bundle._run_path = target  # computed here: a later main() computes its own
-        return target
+        return check_target(ds.home, path)
 
     async def _fetch(self, bundle: Bundle, parts: UrlParts) -> None:
         ds, rs = self.download_strategy, self.request_strategy
@@ -289,6 +294,7 @@ class AioDownload(LoopBinding):
         token = _told.set(told)
         try:
             before = bundle.attempts
+            bundle.__dict__.pop("_status_msg", None)  # said by this attempt, or not at all
             await self.request_and_download(bundle)
             if bundle.attempts == before:  # an override that made its own request
                 bundle.attempts += 1

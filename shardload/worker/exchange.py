@@ -62,6 +62,10 @@ class Exchange:
     _opened: list[Any]  # the clients made here, for the engine to close at its loop's end
 
     def _get_session(self) -> aiohttp.ClientSession:
+        if self._client is not None and self._client.closed:
+            # Replaced by a session of our own, the requests would lose what the caller's
+            # carried (its headers, cookies, auth) without a word.
+            raise DownloadFailed(ErrorKind.STRATEGY, "the session passed as client= is closed")
         if self._session is None or self._session.closed:
             rs = self.request_strategy
             self._session = make_session(

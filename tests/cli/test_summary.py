@@ -165,3 +165,20 @@ def test_no_side_car_is_written_into_dev_or_beside_a_pipe(tmp_path) -> None:
     regular = tmp_path / "r.jsonl"
     regular.write_text("")
     assert write_host_stats(str(regular), stats) == str(tmp_path / "r.hosts.json")
+
+
+def test_a_side_car_is_written_beside_a_manifest_on_tmpfs() -> None:
+    """/dev/shm is a folder like any other: only the standard streams and /proc are not."""
+    import os
+    import tempfile
+
+    from shardload.cli.main import write_host_stats
+
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm on this system")
+    stats = RunStatsLib()
+    stats.add(Bundle("http://a/x", state="written"))
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as folder:
+        manifest = os.path.join(folder, "manifest.jsonl")
+        open(manifest, "w").close()
+        assert write_host_stats(manifest, stats) == os.path.join(folder, "manifest.hosts.json")
