@@ -15,7 +15,7 @@ from .coordinator import Limits, coordinate
 from .errors import ConfigurationError, DownloadFailed
 from .executors.base import Executor
 from .executors.inloop import InLoopExecutor
-from .executors.processes import ProcessExecutor
+from .executors.processes import ProcessExecutor, sendable_config
 from .sharding import split_budget
 from .strategy import DownloadStrategy, RequestStrategy
 from .urls import host_key, normalise_host_key
@@ -155,8 +155,13 @@ def make_plan(
     splits = _normalise_splits(split_hosts)
     if isinstance(items, str | bytes | Bundle):
         raise ConfigurationError("pass an iterable of URLs (a list), not a single URL; use one()")
+    wanted = processes
     processes = _useful_processes(items, url_map, processes, splits)
-    if (processes > 1 or backend == "ray") and download.has_client:
+    # Checked for the processes asked for, not the ones this input needs: a script tried on
+    # one host (which runs in the caller) must fail as it will on many.
+    if wanted > 1 and backend == "local" and processes == 1:
+        sendable_config(describe(download))
+    if (wanted > 1 or backend == "ray") and download.has_client:
         raise ConfigurationError(
             "a live client session cannot be shared with worker processes; "
             "drop client= or use processes=1"

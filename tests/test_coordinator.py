@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import multiprocessing
 import os
@@ -136,6 +137,28 @@ def test_unpicklable_strategy_is_a_clear_error_before_any_work(home):
     with pytest.raises(ConfigurationError, match="picklable"):
         shardload.each(["http://127.0.0.2/a", "http://127.0.0.3/b"], download=download, processes=2)
     assert multiprocessing.active_children() == []
+
+
+def test_processes_asked_for_are_checked_even_when_one_host_runs_in_the_caller(home):
+    """One host needs one worker, which runs in the caller: an unpicklable strategy or a
+    live client went through there, and failed only once the same script met many hosts."""
+
+    class Local(RequestStrategy):  # defined inside a function: cannot be pickled
+        pass
+
+    one_host = ["http://127.0.0.2/a", "http://127.0.0.2/b"]
+    with pytest.raises(ConfigurationError, match="picklable"):
+        shardload.swarm(one_host, download=make_download(home, Local()), processes=2)
+
+    async def with_a_client() -> None:
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session:
+            download = shardload.AioDownload(client=session)
+            await shardload.aswarm(one_host, download=download, processes=2)
+
+    with pytest.raises(ConfigurationError, match="live client"):
+        asyncio.run(with_a_client())
 
 
 def test_bad_processes_value(home):

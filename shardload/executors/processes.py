@@ -131,6 +131,34 @@ def _sigint_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
+def sendable_config(config: dict[str, Any]) -> bytes:
+    """The pickled worker configuration; ``ConfigurationError`` saying why a worker process
+    could not rebuild it."""
+    try:
+        blob = pickle.dumps(config, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise ConfigurationError(
+            "the download (its strategies, and an AioDownload subclass's own attributes) "
+            "must be picklable to run in worker processes (define classes at module "
+            f"level; no open clients or lambdas): {exc}"
+        ) from exc
+    interactive = interactive_names(config)
+    if interactive:
+        raise ConfigurationError(
+            f"{', '.join(interactive)} is defined in an interactive session (a notebook, "
+            "the REPL or python -c), which worker processes cannot import: define it in a "
+            ".py module and import it from there, or run with processes=1"
+        )
+    hidden = names_hidden_in_main(config)
+    if hidden:
+        raise ConfigurationError(
+            f"{', '.join(hidden)} is defined inside the main script's "
+            "`if __name__ == '__main__':` block, which worker processes do not run when "
+            "they import the script: define it at the script's top level (or in a module)"
+        )
+    return blob
+
+
 def _preload_in_fork_server(context: Any) -> None:
     """Add the worker module to what the fork server imports when it starts, keeping what is
     there (``__main__`` by default, or the caller's own list). Once the server runs, this no
@@ -197,28 +225,7 @@ class ProcessExecutor:
         self._context: Any = multiprocessing.get_context(method)
         if method == "forkserver":
             _preload_in_fork_server(self._context)
-        try:
-            self._config = pickle.dumps(config, pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:
-            raise ConfigurationError(
-                "the download (its strategies, and an AioDownload subclass's own attributes) "
-                "must be picklable to run in worker processes (define classes at module "
-                f"level; no open clients or lambdas): {exc}"
-            ) from exc
-        interactive = interactive_names(config)
-        if interactive:
-            raise ConfigurationError(
-                f"{', '.join(interactive)} is defined in an interactive session (a notebook, "
-                "the REPL or python -c), which worker processes cannot import: define it in a "
-                ".py module and import it from there, or run with processes=1"
-            )
-        hidden = names_hidden_in_main(config)
-        if hidden:
-            raise ConfigurationError(
-                f"{', '.join(hidden)} is defined inside the main script's "
-                "`if __name__ == '__main__':` block, which worker processes do not run when "
-                "they import the script: define it at the script's top level (or in a module)"
-            )
+        self._config = sendable_config(config)
         self.shards = shards
         self._home = home
         self._stop_grace = stop_grace
