@@ -359,6 +359,24 @@ def test_skip_cached_never_takes_a_file_outside_home_for_a_copy(srv, home, tmp_p
 
 
 @pytest.mark.parametrize("swapped", ["h/dir", "h"])
+def test_a_lookup_never_trusts_a_folder_swapped_for_a_symlink_after_an_earlier_lookup(
+    tmp_path, swapped
+):
+    """Lookups remember folders found safe, by identity: one replaced by a symlink to a
+    copy outside home since is not that folder any more."""
+    home = tmp_path / "home"
+    (home / "h" / "dir").mkdir(parents=True)
+    (home / "h" / "dir" / "f").write_bytes(b"mine")
+    target = str(home / "h" / "dir" / "f")
+    assert files.find_complete(target, str(home)) == (target, 4)
+    outside = tmp_path / "outside"
+    shutil.copytree(home / swapped, outside)
+    shutil.rmtree(home / swapped)
+    os.symlink(outside, home / swapped)
+    assert files.find_complete(target, str(home)) is None
+
+
+@pytest.mark.parametrize("swapped", ["h/dir", "h"])
 def test_a_directory_swapped_for_a_symlink_mid_run_never_leads_a_file_outside_home(
     tmp_path, swapped
 ):

@@ -101,25 +101,54 @@ def _regular_size(path: str) -> int | None:
 
 
 def _regular_size_in(path: str, home: str) -> int | None:
-    home = absolute(home)
-    if not contains(home, path):
+    size = _regular_size(path)
+    if size is None or not _reached_from(home, os.path.dirname(path)):
         return None
-    *folders, name = _below(home, path).split(os.sep)
+    return size
+
+
+# Directories found reached from home without a symlink, by the identity they had then: a
+# lookup costs one more lstat, not a walk (a skip_cached pass over 20,000 files took 4x the
+# time in lookups when each walked from home).
+_REACHED = 256
+_reached: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
+
+
+def _reached_from(home: str, directory: str) -> bool:
+    """Whether ``directory`` is reached from ``home`` without following a symlink."""
+    key = (home, directory)
+    known = _reached.get(key)  # written under the lock; a read needs none
+    try:
+        now = os.lstat(directory)
+    except OSError:
+        return False
+    if known is not None and (now.st_dev, now.st_ino) == known and stat.S_ISDIR(now.st_mode):
+        return True
+    home = absolute(home)
+    if directory != home and not contains(home, directory):
+        return False
     try:
         fd = os.open(home, _DIRECTORY_FLAGS)  # home itself may be a symlink: the user chose it
     except OSError:
-        return None
+        return False
     try:
-        for folder in folders:
+        for folder in _below(home, directory).split(os.sep) if directory != home else ():
             step = os.open(folder, _DIRECTORY_FLAGS | _NO_FOLLOW, dir_fd=fd)
             os.close(fd)
             fd = step
-        info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        walked = os.fstat(fd)
     except OSError:
-        return None
+        return False
     finally:
         os.close(fd)
-    return info.st_size if stat.S_ISREG(info.st_mode) else None
+    identity = (walked.st_dev, walked.st_ino)
+    if identity != (now.st_dev, now.st_ino):
+        return False  # the path leads elsewhere than the walk (a folder swapped meanwhile)
+    with _directories_lock:
+        _reached[key] = identity
+        if len(_reached) > _REACHED:
+            _reached.popitem(last=False)
+    return True
 
 
 def measure_written(bundle: Bundle, with_hash: bool) -> None:
