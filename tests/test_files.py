@@ -341,6 +341,45 @@ def test_moves_aside_take_turns_between_processes(tmp_path):
     assert other_process() == "taken"
 
 
+def test_a_lock_someone_else_holds_on_home_fails_the_move_instead_of_freezing_the_run(
+    tmp_path, monkeypatch
+):
+    """The wait blocks the event loop: bounded, it fails that one file as ``disk`` with the
+    reason, and the good copy stays where it was."""
+    home = tmp_path / "home"
+    (home / "h").mkdir(parents=True)
+    (home / "h" / "a").write_bytes(b"good copy")
+    part = tmp_path / "part"
+    part.write_bytes(b"b")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "sys.stdin.read()\n",
+            str(home),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        monkeypatch.setattr(files, "_LOCK_WAIT", 0.2)
+        with pytest.raises(DownloadFailed) as failed:
+            files.commit(str(part), str(home / "h" / "a" / "b"), str(home))
+        assert failed.value.kind == ErrorKind.DISK and "locked" in failed.value.message
+        assert (home / "h" / "a").read_bytes() == b"good copy"
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=10)
+        files.forget_directories(str(home))
+
+
 def test_skip_cached_never_takes_a_file_outside_home_for_a_copy(srv, home, tmp_path):
     """A folder of home linked outside: writing there is refused, and skip_cached must not
     report the file it finds through the link as the cached download either."""

@@ -430,13 +430,29 @@ def _displace(path: str, home: str) -> None:
 @contextlib.contextmanager
 def _home_locked(home: str) -> Iterator[None]:
     """An exclusive lock between processes, held on home's own directory (no lock file to
-    leave behind). Threads of one process already take turns under ``_directories_lock``."""
+    leave behind). Threads of one process already take turns under ``_directories_lock``.
+    Our holders keep it for microseconds; the wait is bounded, because it blocks the event
+    loop, and a lock someone else took on home must not freeze the run."""
     fd = os.open(home, _DIRECTORY_FLAGS)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        deadline = time.monotonic() + _LOCK_WAIT
+        pause = 0.001
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    message = f"home is locked by another process for {_LOCK_WAIT:g} s: {home}"
+                    raise DownloadFailed(ErrorKind.DISK, message) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+_LOCK_WAIT = 10.0
 
 
 def _mode_at_path(path: str) -> int:
