@@ -217,8 +217,12 @@ class RequestStrategy:
             raise ResponseRejected("HTTP 304 Not Modified: no body to store")
 
     def retry(self, response: Any) -> bool:
-        """Whether a failed attempt is worth another; ``response`` is an ``Outcome``."""
-        return bool(getattr(response, "transient", False))
+        """Whether a failed attempt is worth another; ``response`` is an ``Outcome`` (or
+        aiohttp's response, where an aiodownload override asks)."""
+        transient = getattr(response, "transient", None)
+        if transient is None:  # a response: its status alone says
+            return is_transient(ErrorKind.HTTP, getattr(response, "status", None))
+        return bool(transient)
 
     def get_sleep_time(self, bundle: Bundle) -> float:
         """Seconds to wait before the next attempt (``bundle.attempts`` made so far).

@@ -602,3 +602,47 @@ def test_a_status_word_from_an_earlier_run_never_makes_a_failure_written(srv, ho
     bundle.url = srv.base_urls[0] + "/status/404"
     (bundle,) = shardload.swarm([bundle], download=download, processes=processes)
     assert bundle.state == "failed", bundle
+
+
+class CountsOnFail(DownloadStrategy):
+    async def on_fail(self, bundle: Bundle) -> None:
+        bundle.on_fail_calls = getattr(bundle, "on_fail_calls", 0) + 1
+
+
+class GivesUpAsAiodownloadDid(shardload.AioDownload):
+    """aiodownload 0.2.5's request_and_download failure branch: it called on_fail itself and
+    said "Download failed" (or "Download attempted" when its strategy would retry)."""
+
+    async def request_and_download(self, bundle: Bundle) -> Bundle:
+        bundle.attempts += 1
+        async with self.client.get(bundle.url) as response:
+            try:
+                self._request_strategy.assert_response(response)
+                await self._download_strategy.on_success(response, bundle)
+                bundle._status_msg = "File written"
+            except AssertionError:
+                if self._request_strategy.retry(response):
+                    if bundle.attempts >= self._request_strategy.max_attempts:
+                        await self._download_strategy.on_fail(bundle)
+                        bundle._status_msg = "Download failed"
+                    else:
+                        bundle._status_msg = "Download attempted"
+                else:
+                    await self._download_strategy.on_fail(bundle)
+                    bundle._status_msg = "Download failed"
+        return bundle
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_an_aiodownload_override_that_gave_up_gets_no_second_on_fail_nor_retry(
+    srv, home, processes
+):
+    download = GivesUpAsAiodownloadDid(
+        download_strategy=CountsOnFail(home=home), request_strategy=RequestStrategy(max_attempts=3)
+    )
+    urls = [srv.base_urls[0] + "/status/404", srv.base_urls[1] + "/status/503"]
+    missing, unavailable = shardload.swarm(urls, download=download, processes=processes)
+    assert missing.state == "failed" and missing.attempts == 1 and missing.on_fail_calls == 1
+    # "Download attempted" twice, then it gave up at the third: shardload retried as asked.
+    assert unavailable.state == "failed" and unavailable.attempts == 3
+    assert unavailable.on_fail_calls == 1

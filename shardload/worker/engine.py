@@ -222,6 +222,11 @@ class AioDownload(LoopBinding):
                 # Only whether to retry is decided here: the wait comes from get_sleep_time()
                 # at the top of the loop, and a Retry-After pauses the whole host (record()).
                 wants_retry, retry_error = self._wants_retry(outcome)
+                # An aiodownload override decided itself: it said it would try again, or that
+                # it gave up (and then called on_fail itself).
+                said = getattr(bundle, "_status_msg", None)
+                gave_up = said == _GAVE_UP
+                wants_retry = (wants_retry or said == _TRY_AGAIN) and not gave_up
                 decision = decide(
                     attempts=bundle.attempts,
                     max_attempts=rs.max_attempts,
@@ -236,7 +241,8 @@ class AioDownload(LoopBinding):
                     if bundle.attempts > 1:
                         message += f"; {decision.reason}"  # e.g. attempts exhausted (5 of 5)
                     bundle.fail(outcome.error_kind, message)
-                    await self._on_fail(bundle)
+                    if not gave_up:
+                        await self._on_fail(bundle)
                     return
         finally:
             self._give_back_slot(parts.host_key, slot)
@@ -301,13 +307,18 @@ class AioDownload(LoopBinding):
         finally:
             _told.reset(token)
             slot.leave(worker)
-        if bundle.state != WRITTEN and getattr(bundle, "_status_msg", None) == "File written":
+        if bundle.state != WRITTEN and getattr(bundle, "_status_msg", None) == _WRITTEN_WORD:
             bundle.state = WRITTEN  # aiodownload's overrides said so, and set no state
         if bundle.state == WRITTEN:
             slot.record(bundle.status, None, None, bundle.url)
             return None
-        kind = bundle.error_kind or ErrorKind.STRATEGY
-        message = bundle.error_message or "request_and_download() did not write the file"
+        said = getattr(bundle, "_status_msg", None)
+        if said in (_TRY_AGAIN, _GAVE_UP):  # an aiodownload override rejected a response
+            kind = bundle.error_kind or ErrorKind.HTTP
+            message = bundle.error_message or f"request_and_download() said: {said}"
+        else:
+            kind = bundle.error_kind or ErrorKind.STRATEGY
+            message = bundle.error_message or "request_and_download() did not write the file"
         # What the base request_and_download saw (a Retry-After, the headers), if it ran.
         last = told[-1] if told else None
         retry_after = last.retry_after if last is not None else None
@@ -414,6 +425,10 @@ def _skip(bundle: Bundle, message: str) -> None:
     bundle.error_kind = ErrorKind.ROBOTS
     bundle.error_message = message
 
+
+# aiodownload's words in bundle._status_msg, which its request_and_download overrides set
+# instead of a state: written, to be tried again, or given up (after calling on_fail).
+_WRITTEN_WORD, _TRY_AGAIN, _GAVE_UP = "File written", "Download attempted", "Download failed"
 
 STRAY_CANCEL = "CancelledError raised by a strategy or hook, not a cancellation of the download"
 
