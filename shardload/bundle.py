@@ -21,12 +21,15 @@ SKIPPED = "skipped"  # not requested on purpose (robots.txt); error_kind says wh
 
 _KINDS = frozenset(kind.value for kind in ErrorKind)
 
-# aiodownload's status words, kept for status_msg.
+# aiodownload's status words: kept for status_msg, and read where its request_and_download
+# overrides set ``bundle._status_msg`` instead of a state (written, to be tried again, or
+# given up after calling on_fail themselves).
+SAID_WRITTEN, SAID_TRY_AGAIN, SAID_GAVE_UP = "File written", "Download attempted", "Download failed"
 _STATUS_WORDS = {
     PENDING: "Initialized",
-    WRITTEN: "File written",
+    WRITTEN: SAID_WRITTEN,
     CACHED: "Cache hit",
-    FAILED: "Download failed",
+    FAILED: SAID_GAVE_UP,
     SKIPPED: "Skipped",
 }
 

@@ -218,9 +218,7 @@ class ProcessExecutor:
         stop_grace: float = 5.0,
     ) -> None:
         _check_descriptors(shards)
-        method = start_method or "spawn"
-        if method == "fork":
-            raise ConfigurationError("start_method='fork' is unsafe here; use spawn or forkserver")
+        method = start_method or "spawn"  # checked by make_plan: spawn or forkserver
         # typeshed types get_context() as BaseContext, which lacks Process/Pipe attributes.
         self._context: Any = multiprocessing.get_context(method)
         if method == "forkserver":

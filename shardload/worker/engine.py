@@ -23,7 +23,17 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from ..backoff import decide
-from ..bundle import CACHED, SKIPPED, WRITTEN, Bundle, apply_result, to_result
+from ..bundle import (
+    CACHED,
+    SAID_GAVE_UP,
+    SAID_TRY_AGAIN,
+    SAID_WRITTEN,
+    SKIPPED,
+    WRITTEN,
+    Bundle,
+    apply_result,
+    to_result,
+)
 from ..errors import NEVER_RETRY_KINDS, DownloadFailed, ErrorKind
 from ..strategy import DownloadStrategy, Outcome, RequestStrategy
 from ..urls import UrlParts, redact, redirect_target, split_url, userinfo
@@ -225,8 +235,8 @@ class AioDownload(LoopBinding):
                 # An aiodownload override decided itself: it said it would try again, or that
                 # it gave up (and then called on_fail itself).
                 said = getattr(bundle, "_status_msg", None)
-                gave_up = said == _GAVE_UP
-                wants_retry = (wants_retry or said == _TRY_AGAIN) and not gave_up
+                gave_up = said == SAID_GAVE_UP
+                wants_retry = (wants_retry or said == SAID_TRY_AGAIN) and not gave_up
                 decision = decide(
                     attempts=bundle.attempts,
                     max_attempts=rs.max_attempts,
@@ -307,13 +317,12 @@ class AioDownload(LoopBinding):
         finally:
             _told.reset(token)
             slot.leave(worker)
-        if bundle.state != WRITTEN and getattr(bundle, "_status_msg", None) == _WRITTEN_WORD:
-            bundle.state = WRITTEN  # aiodownload's overrides said so, and set no state
-        if bundle.state == WRITTEN:
+        said = getattr(bundle, "_status_msg", None)  # aiodownload's overrides set no state
+        if bundle.state == WRITTEN or said == SAID_WRITTEN:
+            bundle.state = WRITTEN
             slot.record(bundle.status, None, None, bundle.url)
             return None
-        said = getattr(bundle, "_status_msg", None)
-        if said in (_TRY_AGAIN, _GAVE_UP):  # an aiodownload override rejected a response
+        if said in (SAID_TRY_AGAIN, SAID_GAVE_UP):  # an aiodownload override rejected a response
             kind = bundle.error_kind or ErrorKind.HTTP
             message = bundle.error_message or f"request_and_download() said: {said}"
         else:
@@ -425,10 +434,6 @@ def _skip(bundle: Bundle, message: str) -> None:
     bundle.error_kind = ErrorKind.ROBOTS
     bundle.error_message = message
 
-
-# aiodownload's words in bundle._status_msg, which its request_and_download overrides set
-# instead of a state: written, to be tried again, or given up (after calling on_fail).
-_WRITTEN_WORD, _TRY_AGAIN, _GAVE_UP = "File written", "Download attempted", "Download failed"
 
 STRAY_CANCEL = "CancelledError raised by a strategy or hook, not a cancellation of the download"
 
