@@ -72,7 +72,7 @@ def _collect_less() -> None:
     collector ran ~120 times per 10,000 small files, re-scanning live jobs and every module
     object: 60-120 ms of a worker's ~1.5 s of CPU. Freezing what exists once the imports are
     done (modules, classes, the strategies) keeps it out of every later pass, and a pass every
-    10,000 allocations still bounds the young objects to a few MiB: 5-20 ms per worker, same
+    10,000 allocations still bounds the young objects to a few MiB: 5-11 ms per worker, same
     peak memory. Only in worker processes: a caller's own process keeps its settings.
     """
     gc.freeze()
