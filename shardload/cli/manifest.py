@@ -96,9 +96,16 @@ def load_priors(path: str | os.PathLike[str]) -> tuple[dict[str, Prior | None], 
             raise ValueError(f"--resume needs a manifest that is a regular file: {path}")
     try:
         with open(path, "rb") as f:
-            return latest_priors(iter_records(f))
+            priors, unreadable = latest_priors(iter_records(f))
     except FileNotFoundError:
         return {}, 0
+    # A crash tears at most the last line, which then has no newline: anything else without
+    # one record is some other file (a URL list, say), which --resume would append to.
+    if not priors and unreadable and (unreadable > 1 or not _ends_without_newline(Path(path))):
+        raise ValueError(
+            f"--resume: {path} is not a manifest (none of its {unreadable} lines is a record)"
+        )
+    return priors, unreadable
 
 
 def encode(record: Mapping[str, Any]) -> bytes:

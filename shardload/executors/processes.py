@@ -32,7 +32,7 @@ from ..bundle import Job, Result
 from ..errors import ConfigurationError, ShardloadError
 from ..worker.descriptors import open_file_limit
 from ..worker.process import worker_main
-from ..worker.temp_files import remove_temp_files, temp_prefix
+from ..worker.temp_files import forget_temp_dir, remove_temp_files, temp_prefix
 from .base import START_SECONDS, ExecutorSink, interactive_names, names_hidden_in_main
 
 _STOP = object()
@@ -399,9 +399,13 @@ class ProcessExecutor:
     async def finish(self) -> None:
         for worker in self._tell_all("finish"):
             await worker.ended.wait()
+        # A worker that ended its runs removed the folder if it was empty then; one killed
+        # (a SIGTERM to the whole process group, an OOM kill) removed nothing.
+        forget_temp_dir(self._home)
 
     async def abort(self) -> None:
         await _in_own_thread(self._reap, self._tell_all("abort"))
+        forget_temp_dir(self._home)
 
     def _reap(self, workers: list[_Worker]) -> None:
         for worker in workers:

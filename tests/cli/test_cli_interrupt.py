@@ -83,8 +83,10 @@ def _interrupted_run(
     assert done <= set(urls)
     for record in records:
         assert Path(record["path"]).is_file()
-    # no temporary files are left; files finished but not yet recorded may exist (complete)
+    # no temporary files are left, nor their folder (workers killed by a group's SIGTERM
+    # remove neither themselves); files finished but not yet recorded may exist (complete)
     assert not [p for p in out.rglob("*.part")]
+    assert not (out / ".shardload-tmp").exists()
     on_disk = {p for p in out.rglob("*") if p.is_file() and p.name != "manifest.jsonl"}
     assert on_disk >= {Path(r["path"]) for r in records}
     return urls, src, out, done
@@ -93,6 +95,40 @@ def _interrupted_run(
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_stops_cleanly(server: LocalServer, tmp_path: Path, sig: signal.Signals) -> None:
     _interrupted_run(server, tmp_path, sig)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_to_the_group_mid_body_leaves_no_temporary_folder(
+    server: LocalServer, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """Bodies are being written when the group gets the signal: SIGTERM kills the workers
+    where they stand (as timeout(1), systemd or Slurm send it), and their coordinator removes
+    what they left, the empty temporary folder included."""
+    hosts = server.base_urls[:2]
+    urls = [f"{hosts[i % 2]}/drip/20?ms=100&n={i}" for i in range(8)]
+    src = tmp_path / "urls.txt"
+    src.write_text("\n".join(urls) + "\n")
+    out = tmp_path / "out"
+    child = subprocess.Popen(
+        cli_command(src, "-o", out, "-p", "2", "--per-host", "2", "--progress", "none"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not list(out.glob(".shardload-tmp/*.part")):
+            time.sleep(0.01)
+        assert child.poll() is None and list(out.glob(".shardload-tmp/*.part"))
+        os.killpg(child.pid, sig)
+        _, stderr = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    assert child.returncode == 130, stderr.decode()
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.jsonl"]
 
 
 def test_resume_after_sigint(server: LocalServer, tmp_path: Path) -> None:

@@ -85,6 +85,19 @@ def test_records_every_line_and_exit_codes(fake: FakeLibrary, tmp_path: Path) ->
     assert "{bad" not in fake.seen
 
 
+def test_resume_onto_a_file_that_is_not_a_manifest_is_a_usage_error(
+    fake: FakeLibrary, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    urls = tmp_path / "list.txt"
+    urls.write_text("http://h/ok/1\nhttp://h/ok/2\n")
+    assert _run(tmp_path, ["http://h/ok/3"], "--resume", "--manifest", str(urls)) == 2
+    assert "list.txt is not a manifest" in capsys.readouterr().err
+    assert urls.read_text() == "http://h/ok/1\nhttp://h/ok/2\n"
+    assert not fake.seen
+    assert not (tmp_path / "list.txt.hosts.json").exists()
+    assert not list((tmp_path / "out").iterdir())
+
+
 def test_jsonl_items_reach_the_library_as_bundles(fake: FakeLibrary, tmp_path: Path) -> None:
     lines = [
         json.dumps({"url": "http://h/ok/j", "path": "a/b.bin", "info": {"k": [1]}}),

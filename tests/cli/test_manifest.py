@@ -106,6 +106,33 @@ def test_load_priors_missing_file_is_empty(tmp_path: Path) -> None:
     assert load_priors(tmp_path / "none.jsonl") == ({}, 0)
 
 
+@pytest.mark.parametrize(
+    ("content", "read"),
+    [
+        (b"", ({}, 0)),
+        (b'{"url": "u3", "sta', ({}, 1)),  # the first record, torn by a crash: a manifest
+        (encode(_rec("u1", state="written")) + b"junk\n", ({"u1": Prior.DONE}, 1)),
+        (b"http://h/1\n", None),  # a whole line that is no record: not a manifest
+        (b"http://h/1\nhttp://h/2", None),
+        (b"# urls\nhttp://h/1\nhttp://h/2\n", None),
+    ],
+    ids=["empty", "torn-first", "records-and-junk", "one-url", "two-urls", "url-list"],
+)
+def test_resume_refuses_a_file_that_holds_no_record(
+    tmp_path: Path, content: bytes, read: tuple[dict[str, Prior], int] | None
+) -> None:
+    """--resume appends to its manifest: a URL list given as --manifest by mistake would get
+    records appended to it."""
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(content)
+    if read is not None:
+        assert load_priors(path) == read
+    else:
+        with pytest.raises(ValueError, match="is not a manifest"):
+            load_priors(path)
+    assert path.read_bytes() == content
+
+
 def test_encode_is_one_json_line_and_survives_odd_info() -> None:
     line = encode(_rec("http://a/é", info={"set": {1}}, state="written"))
     assert line.endswith(b"\n") and line.count(b"\n") == 1
