@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncGenerator, Callable, Iterable
+import sys
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any, Unpack
 
 from .bundle import Bundle
@@ -73,9 +74,29 @@ async def aeach(
     """``each`` for asyncio programs: runs in the current loop (a ``client=`` session works)."""
     plan = make_plan(iterable, url_map, download, options, sync=False)
     async with contextlib.aclosing(plan.run()) as batches:
-        async for batch in batches:
+        step = _first_step_closed_by_us(batches)
+        while True:
+            try:
+                batch = await step
+            except StopAsyncIteration:
+                return
             for bundle in batch:
                 yield bundle
+            step = batches.__anext__()
+
+
+def _first_step_closed_by_us(batches: AsyncGenerator[list[Bundle], None]) -> Awaitable[Any]:
+    """The run's first step, its generator kept off the event loop's list of generators to
+    close at shutdown: ``aeach`` closes it. Listed, ``asyncio.run`` ending on an exception
+    raised in the caller's ``async for`` (a KeyboardInterrupt) closed both at once, and the
+    second close, while the first still stopped the workers, printed "aclose(): asynchronous
+    generator is already running". Its finalizer stays: dropped unclosed, it is still closed."""
+    firstiter, finalizer = sys.get_asyncgen_hooks()
+    sys.set_asyncgen_hooks(firstiter=None, finalizer=finalizer)
+    try:
+        return batches.__anext__()  # a generator meets the hooks on its first __anext__
+    finally:
+        sys.set_asyncgen_hooks(firstiter=firstiter, finalizer=finalizer)
 
 
 async def aswarm(

@@ -37,6 +37,7 @@ class _Bridge:
         self._lock = threading.Lock()
         self._consumed = threading.Event()
         self._cancel = threading.Event()
+        self._stopping = False  # stop() was called: the run's cancellation is its end
         self._thread = threading.Thread(target=self._run, daemon=True, name="shardload-loop")
 
     def start(self) -> None:
@@ -47,7 +48,10 @@ class _Bridge:
         try:
             run_loop(self._main())
         except BaseException as exc:
-            self.out.put(exc)
+            # A close() from another thread (a watchdog) cancels the run under a consumer
+            # still waiting in next(): for it the iteration ends, no asyncio error surfaces.
+            if not (isinstance(exc, asyncio.CancelledError) and self._stopping):
+                self.out.put(exc)
         finally:
             self.out.put(self._END)
 
@@ -86,6 +90,7 @@ class _Bridge:
         self._consumed.set()
 
     def stop(self) -> None:
+        self._stopping = True
         self._cancel.set()
         self._thread.join()
         _stop_at_exit.running.discard(self)

@@ -24,7 +24,7 @@ from shardload import (
 from shardload.plan import make_plan
 from shardload.testing.server import body_for
 
-from .conftest import files_under, make_download
+from .conftest import files_under, make_download, temp_files
 
 
 def read_file(path: str | None) -> bytes:
@@ -79,6 +79,22 @@ def test_each_yields_as_they_finish(srv, home):
     order = [b.url for b in shardload.each([slow, *fast], download=make_download(home))]
     assert order[-1] == slow
     assert set(order[:-1]) == set(fast)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_each_closed_from_another_thread_just_ends_the_consumers_loop(srv, home, processes):
+    """A watchdog thread closes a run while its consumer waits in next(): the loop ends (no
+    asyncio.CancelledError, a BaseException, reaches the consumer) and nothing is left."""
+    urls = [f"{srv.base_urls[i % 2]}/slow/5000/watched-{i}" for i in range(4)]
+    run = shardload.each(urls, download=make_download(home), processes=processes)
+    watchdog = threading.Timer(0.5, run.close)
+    watchdog.start()
+    try:
+        got = list(run)
+    finally:
+        watchdog.join()
+    assert got == []
+    assert files_under(home) == set() and temp_files(home) == []
 
 
 def test_each_reads_input_lazily_and_stops_on_early_close(srv, home):
@@ -446,6 +462,26 @@ def test_one_download_object_shared_by_two_threads(srv, home):
         thread.join(timeout=50)
     assert sorted(results) == [0, 1]
     assert all(b.ok for k in results for b in results[k])
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("call", ["main", "request_and_download"])
+def test_a_run_in_another_thread_leaves_a_direct_call_under_way_alone(srv, home, call):
+    """``await download.main(bundle)`` in one thread's loop while a ``swarm()`` with the same
+    download starts in another: the run takes a copy of the engine instead of rebinding the
+    one the direct call is using (which failed it with a KeyError of its own bookkeeping)."""
+    download = make_download(home)
+    direct = Bundle(f"{srv.base_urls[0]}/slow/1500/direct-{call}")
+    done: list[Bundle] = []
+    thread = threading.Thread(
+        target=lambda: done.append(asyncio.run(getattr(download, call)(direct)))
+    )
+    thread.start()
+    time.sleep(0.5)  # the direct call is waiting for its answer
+    (ran,) = shardload.swarm([f"{srv.base_urls[1]}/bytes/10?name={call}"], download=download)
+    thread.join(timeout=30)
+    assert ran.state == "written", ran.error_message
+    assert done == [direct] and direct.state == "written", direct.error_message
 
 
 def test_main_works_again_in_a_new_event_loop(srv, home):

@@ -307,6 +307,51 @@ def test_keyboard_interrupt_stops_workers_and_leaves_no_partial_files(srv, home,
     assert temp_files(home) == []
 
 
+AEACH_INTERRUPTED = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    import shardload
+    from shardload import AioDownload, DownloadStrategy
+
+    async def consume(bases, home):
+        seen = 0
+        download = AioDownload(download_strategy=DownloadStrategy(home=home))
+        urls = [f"{bases[i % 4]}/slow/300/u{i}" for i in range(40)]
+        async for _ in shardload.aeach(urls, download=download, processes=3):
+            seen += 1
+            if seen == 2:
+                raise KeyboardInterrupt
+
+    if __name__ == "__main__":
+        try:
+            asyncio.run(consume(sys.argv[1].split(","), sys.argv[2]))
+        except KeyboardInterrupt:
+            print("CAUGHT", flush=True)
+        time.sleep(1)  # the program goes on
+    """
+)
+
+
+def test_aeach_left_by_a_keyboard_interrupt_in_the_callers_loop(srv, home, tmp_path):
+    """The caller's ``async for`` over aeach() (3 workers) raises KeyboardInterrupt and the
+    program goes on: asyncio.run closing the run's generators closed the inner one twice
+    ("aclose(): asynchronous generator is already running"), and the workers' reaper thread
+    called into the closed loop ("Exception in thread shardload-reap")."""
+    script = tmp_path / "aeach_interrupted.py"
+    script.write_text(AEACH_INTERRUPTED)
+    proc = subprocess.run(
+        [sys.executable, str(script), ",".join(srv.base_urls), home],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.stdout.strip() == "CAUGHT", proc.stderr
+    assert "already running" not in proc.stderr
+    assert "Exception in thread" not in proc.stderr
+    assert temp_files(home) == []
+
+
 def test_workers_exit_when_the_coordinator_is_killed(srv, home, tmp_path):
     proc, pids = start_script(srv, home, tmp_path)
     assert pids

@@ -46,12 +46,15 @@ async def _in_own_thread(function: Any, *args: Any) -> None:
     done: asyncio.Future[None] = loop.create_future()
 
     def run() -> None:
+        error: BaseException | None = None
         try:
             function(*args)
         except BaseException as exc:  # handed to the awaiting task
-            loop.call_soon_threadsafe(_settle, done, exc)
-        else:
-            loop.call_soon_threadsafe(_settle, done, None)
+            error = exc
+        # The loop may be closed by now: asyncio.run ending on a KeyboardInterrupt raised in an
+        # ``async for`` over aeach() does not wait for its generators' cleanup to finish.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle, done, error)
 
     threading.Thread(target=run, daemon=True, name="shardload-reap").start()
     await done

@@ -37,6 +37,7 @@ class LoopBinding(Politeness):
     """See the module's invariants."""
 
     _runs: int  # runs (swarm/each calls) using this engine now, all in self._loop
+    _calls: int  # downloads under way in self._loop, a run's or called directly (main())
     # (loop, generator): closes what this engine opened in that loop when the loop ends.
     _closer: tuple[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] | None
     _opened: list[Any]  # the clients it will close
@@ -67,12 +68,13 @@ class LoopBinding(Politeness):
     def for_run(self) -> Self:
         """The engine a run in the running loop uses: this one, or a fresh copy of it (same
         class and strategies) when a run in another event loop holds this one (``one()``
-        called while iterating ``each()``, or two threads sharing one download)."""
+        called while iterating ``each()``, two threads sharing one download, or ``main()``
+        awaited in another loop)."""
         loop = asyncio.get_running_loop()
         engine = self
         if self._busy_elsewhere(loop):
             engine = copy.copy(self)
-            engine._runs = 0
+            engine._runs = engine._calls = 0
             engine._closer = None
             engine._reset()
         engine._bind(loop)
@@ -87,7 +89,9 @@ class LoopBinding(Politeness):
 
     def _busy_elsewhere(self, loop: asyncio.AbstractEventLoop) -> bool:
         bound = self._loop
-        return bound is not None and bound is not loop and self._runs > 0 and not bound.is_closed()
+        # Direct main() calls hold it too: a run rebinding it would reset their downloads.
+        busy = self._runs > 0 or self._calls > 0
+        return bound is not None and bound is not loop and busy and not bound.is_closed()
 
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._loop is not loop:

@@ -64,6 +64,7 @@ class AioDownload(LoopBinding):
         # workers) gets 1/k of the concurrency, and waits k times its Crawl-delay.
         self.host_budgets: dict[str, tuple[int, float, int]] = {}
         self._runs = 0  # runs (swarm/each calls) using this engine now, all in self._loop
+        self._calls = 0  # main()/request_and_download() calls under way, run or direct
         # (loop, generator): closes what this engine opened in that loop when the loop ends.
         self._closer: tuple[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] | None = None
         self._opened: list[Any] = []  # the clients it will close
@@ -103,9 +104,11 @@ class AioDownload(LoopBinding):
         unless its owner set one."""
         started = time.monotonic()
         bundle._begin()
+        self._calls += 1
         try:
             await self._caught_main(bundle)
         finally:
+            self._calls -= 1
             bundle._run_path = bundle.file_path  # this call's answer, not the bundle's own
         bundle.elapsed = time.monotonic() - started
         return bundle
@@ -283,6 +286,13 @@ class AioDownload(LoopBinding):
         """One attempt (no retry): request, check, write. Sets the bundle's final state."""
         if not self._in_this_loop(bundle):  # called directly, as aiodownload allowed
             return bundle
+        self._calls += 1
+        try:
+            return await self._request_and_download(bundle)
+        finally:
+            self._calls -= 1
+
+    async def _request_and_download(self, bundle: Bundle) -> Bundle:
         try:
             if bundle.file_path is None:
                 bundle.file_path = self._target(bundle)
