@@ -4,9 +4,10 @@ Every finished bundle is counted exactly once, under the host it was scheduled f
 per-host numbers add up to the bundle counts. ``requests`` counts the attempts a finished
 bundle reports (retries included; not redirect hops, robots.txt fetches, or attempts lost with
 a crashed worker) and ``bytes`` what was downloaded: a repeat of a URL that got its first's
-outcome adds neither. Bundles that never reached a host (an invalid URL) are counted under
-``"-"``. ``breaker_opens`` counts the times a host's circuit breaker opened (a failed probe
-opens it again), from the bundle whose attempt opened it.
+outcome adds neither, nor does a file found complete on disk (``cached``). Bundles that
+never reached a host (an invalid URL) are counted under ``"-"``. ``breaker_opens`` counts the
+times a host's circuit breaker opened (a failed probe opens it again), from the bundle whose
+attempt opened it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .bundle import Bundle
+from .bundle import CACHED, Bundle
 from .errors import ErrorKind
 
 NO_HOST = "-"
@@ -37,7 +38,8 @@ class HostStats:
         self.bundles += 1
         if not bundle._shared:  # a repeat's outcome is its first's: counted there
             self.requests += bundle.attempts
-            self.bytes += bundle.bytes
+            if bundle.state != CACHED:  # its size, but nothing came over the network
+                self.bytes += bundle.bytes
             self.breaker_opens += bundle._opened_breaker
         self.states[bundle.state] = self.states.get(bundle.state, 0) + 1
         if bundle.status is not None:
