@@ -117,8 +117,10 @@ def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None, run:
                 return _failed_item(seq, item, "no URL: the item (or url_map's answer) is None")
             else:
                 # Never `url == item` on the caller's objects: their __eq__ may raise or
-                # answer with an array (a numpy row). A plain URL string is its own item.
-                plain = url is item or (type(url) is str and type(item) is str and url == item)
+                # answer with an array (a numpy row). A plain URL string is its own item; any
+                # other (a record whose str() is its URL, a yarl.URL) rides along as info, as
+                # aiodownload's default url_map=str kept it.
+                plain = type(url) is str and type(item) is str and url == item
                 bundle = Bundle(url=_text(url), info=None if plain else item)
         bundle._begin()
         bundle._run = run

@@ -42,6 +42,7 @@ _MAX_SHOWN = 200  # characters of a URL quoted in an error message
 _LABEL = re.compile(r"[a-z0-9_-]{1,63}", re.ASCII)
 # C0 and C1 controls, DEL, and every Unicode whitespace (``\s`` is ``str.isspace`` on str).
 _BAD_CHAR = re.compile(r"[\x00-\x20\x7f-\x9f\s]")
+_STARTS_LIKE_A_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#]+[/?#]")
 _PORT = re.compile(r"[0-9]{1,5}", re.ASCII)
 # Optional "scheme:", any run of slashes, then the authority: lenient, so garbage is redacted too.
 _AUTHORITY = re.compile(r"^(?:[^/?#\\@:]*:)?[/\\]*([^/?#\\]*)", re.DOTALL)
@@ -186,6 +187,11 @@ def _split_general(url: str, params: Mapping[str, Any] | None) -> UrlParts:
     text = url.strip()
     if not text:
         raise _invalid(url, "empty")
+    # A space inside a URL is sent as %20, as browsers, wget and aiohttp (so aiodownload) do:
+    # scraped links hold them ("Annual Report.pdf"). Other whitespace, and spaces in text that
+    # does not even start like a URL ("not a url"), stay refused.
+    if _STARTS_LIKE_A_URL.match(text):
+        text = text.replace(" ", "%20")
     if _BAD_CHAR.search(text):
         raise _invalid(url, "whitespace or control character")
     try:

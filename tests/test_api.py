@@ -199,6 +199,33 @@ def test_url_map_keeps_info_identity(srv, home, processes):
         assert bundle.state == "written"
 
 
+class Page:
+    """An input record whose str() is its URL (aiodownload's default url_map is str)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __str__(self) -> str:
+        return self.url
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_an_item_that_is_not_its_url_string_rides_along_as_info(srv, home, processes):
+    pages = [Page(f"{srv.base_urls[i % 2]}/links/{i}") for i in range(4)]
+    bundles = shardload.swarm(pages, download=make_download(home), processes=processes)
+    assert [b.url for b in bundles] == [p.url for p in pages]
+    assert all(b.info is p and b.ok for b, p in zip(bundles, pages, strict=True))
+
+
+def test_a_url_with_spaces_is_downloaded_as_browsers_send_it(srv, home):
+    """aiodownload (aiohttp) sent an inner space as %20; a scraped link often holds one."""
+    bundle = shardload.one(f"{srv.base_urls[0]}/bytes/10?name=Annual Report", make_download(home))
+    assert bundle.ok, bundle.error_message
+    assert bundle.url.endswith("name=Annual Report") and bundle.bytes == 10
+    assert srv.stats()["paths"]["/bytes/10?name=Annual%20Report"] == 1
+    assert os.path.isfile(bundle.file_path)
+
+
 def test_plain_urls_have_no_info(srv, home):
     bundle = shardload.one(srv.base_urls[0] + "/links/2", download=make_download(home))
     assert bundle.info is None

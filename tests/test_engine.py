@@ -273,6 +273,34 @@ print("STATE", b.state)
     assert "Unclosed" not in out.stderr and "ResourceWarning" not in out.stderr, out.stderr
 
 
+def test_both_clients_opened_by_a_local_download_are_closed_at_the_loops_end(srv, home):
+    """A download made inside the coroutine uses the lean client, then its ``client`` is read
+    (aiodownload code inspecting ``self.client`` makes shardload's aiohttp session): when the
+    loop ends, both close. The session's close waits, and the closer, finalised at shutdown,
+    did not get past that wait: the lean client's sockets were left to the collector."""
+    script = f"""
+import asyncio
+from shardload import AioDownload, Bundle, DownloadStrategy
+
+async def go():
+    download = AioDownload(download_strategy=DownloadStrategy(home={home!r}))
+    b = await download.main(Bundle("{srv.base_urls[0]}/links/1"))
+    print("CLIENT", type(download.client).__name__)
+    return b
+
+print("STATE", asyncio.run(go()).state)
+"""
+    out = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "CLIENT ClientSession" in out.stdout and "STATE written" in out.stdout, out.stderr
+    assert "nclosed" not in out.stderr and "ResourceWarning" not in out.stderr, out.stderr
+
+
 def test_a_sync_call_between_two_awaits_in_one_loop_leaves_the_next_download_alone(srv, home):
     """A notebook: ``await download.main(b)``, then ``one(url, download)`` (which runs in a
     loop of its own), then ``await download.main(b)`` again. What the first loop-end closer

@@ -145,5 +145,8 @@ async def _close_at_loop_end(opened: list[Any], home: str) -> AsyncGenerator[Non
         yield
     finally:
         forget_directories(home)
+        # The lean client closes without waiting; an aiohttp session's close waits, and a
+        # closer finalised as the loop shuts down may never get past a wait: lean ones first.
+        opened.sort(key=lambda client: isinstance(client, LeanClient))  # popped from the end
         while opened:
             await opened.pop().close()
