@@ -1149,3 +1149,52 @@ def test_a_304_never_replaces_a_stored_copy(srv, home, client, length):
         (b,) = shardload.swarm([moved], download=make_download(home, client=client))
     assert b.state == "failed" and b.status == 304 and b.error_kind == ErrorKind.HTTP
     assert open(first.file_path, "rb").read() == good
+
+
+class _Clock:
+    """An event loop's clock and timers, as far as a connection's read timeout uses them."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.timers: list[float] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: object) -> _Clock:
+        self.timers.append(when)
+        return self  # the handle: only cancel() is asked of it
+
+    def cancel(self) -> None:
+        pass
+
+
+class _NoClient:
+    def __init__(self, loop: _Clock) -> None:
+        self.loop = loop
+
+
+@pytest.mark.parametrize(
+    ("last", "fired", "timers", "failed"),
+    [
+        (10.0, 10.4, [], True),  # on time: no data for the whole timeout
+        (10.0, 10.3996, [], True),  # a millisecond timer a hair early still ends it
+        (10.2, 10.4, [10.6], False),  # data came 0.2 s in: look again 0.4 s after it
+        (10.39, 10.4, [10.79], False),
+    ],
+)
+def test_the_read_timeout_is_counted_from_the_last_data_not_from_the_check(
+    last: float, fired: float, timers: list[float], failed: bool
+) -> None:
+    """A stall fails after ``timeout``, never 2x: the check that finds data came meanwhile
+    sets its next look from that data, and a timer that fires a hair early (the loop's clock
+    counts milliseconds) does not push the failure a whole timeout later."""
+    from shardload.worker.http.connection import Connection
+
+    clock = _Clock(fired)
+    conn = Connection(_NoClient(clock), ("http", "h", 80))  # type: ignore[arg-type]
+    conn._head = None  # the headers are in: the body stalls
+    conn._last, conn._timeout = last, 0.4
+    conn._check_stall()
+    assert clock.timers == pytest.approx(timers)
+    assert conn.closed is failed

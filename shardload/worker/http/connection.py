@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 MAX_HEAD = 100 * 1024  # bytes of status line and headers
 _SPLIT_FROM = 8192  # a smaller read's body is cheaper to copy than to split off
+_CLOCK_SLACK = 0.002  # seconds: a timer set for t may run at t - 1 ms
 
 
 def _parser(conn: Connection) -> httptools.HttpResponseParser:
@@ -262,10 +263,16 @@ class Connection(asyncio.Protocol):
         now = self.loop.time()
         heading = self._head is not None and not self._head.done()
         since = self._sent if heading else self._last
-        if self._paused or now - since < self._timeout:
-            self._timer = self.loop.call_at(max(now, since) + self._timeout, self._check_stall)
+        if self._paused:  # reading held back by us: the stall clock starts again
+            self._timer = self.loop.call_at(now + self._timeout, self._check_stall)
             return
-        if heading and now - self._last < self._timeout:
+        if now - since < self._timeout - _CLOCK_SLACK:
+            # Data came meanwhile: look again a timeout after it. The loop's clock and timers
+            # count in milliseconds, so a timer may fire a hair early; counted from now, that
+            # made a stall fail after twice its timeout.
+            self._timer = self.loop.call_at(since + self._timeout, self._check_stall)
+            return
+        if heading and now - self._last < self._timeout - _CLOCK_SLACK:
             message = f"no complete response headers within {self._timeout:g} s (read timeout)"
         else:
             message = f"no data for {self._timeout:g} s (read timeout)"
