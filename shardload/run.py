@@ -92,7 +92,10 @@ class _Bridge:
     def stop(self) -> None:
         self._stopping = True
         self._cancel.set()
-        self._thread.join()
+        # A close() from another thread may come before the consumer's first next() started
+        # the thread: it then starts, sees the cancel, and ends at once.
+        if self._thread.ident is not None:
+            self._thread.join()
         _stop_at_exit.running.discard(self)
 
     def batches(self) -> Iterator[list[Bundle]]:

@@ -97,6 +97,19 @@ def test_each_closed_from_another_thread_just_ends_the_consumers_loop(srv, home,
     assert files_under(home) == set() and temp_files(home) == []
 
 
+def test_each_closed_from_another_thread_before_its_first_bundle_is_asked_for(srv, home):
+    """close() from another thread before (or while) the consumer's first next() starts the
+    run: close() does not raise, and the consumer's loop just ends."""
+    for _ in range(5):
+        run = shardload.each([f"{srv.base_urls[0]}/links/3"], download=make_download(home))
+        run.close()
+        assert list(run) == []
+    run = shardload.each([f"{srv.base_urls[0]}/slow/2000/early"], download=make_download(home))
+    run._bridge = shardload.run._Bridge(run._plan, max_undelivered=4096)  # made, not started
+    run.close()  # raised "cannot join thread before it is started"
+    assert temp_files(home) == []
+
+
 def test_each_reads_input_lazily_and_stops_on_early_close(srv, home):
     read = 0  # items the input has handed out
 
@@ -509,6 +522,51 @@ def test_a_run_in_another_thread_leaves_a_direct_call_under_way_alone(srv, home,
     thread.join(timeout=30)
     assert ran.state == "written", ran.error_message
     assert done == [direct] and direct.state == "written", direct.error_message
+
+
+def test_a_run_ending_in_the_loop_of_direct_calls_leaves_them_alone(srv, home):
+    """Direct ``main()`` calls under way when an ``aswarm()`` with the same download ends in
+    the same loop: the run's end does not close the engine under them (a KeyError of its
+    bookkeeping failed all of them)."""
+    download = make_download(home)
+
+    async def both() -> tuple[list[Bundle], list[Bundle]]:
+        direct = [
+            asyncio.ensure_future(download.main(Bundle(f"{srv.base_urls[0]}/slow/800/d{i}")))
+            for i in range(4)
+        ]
+        await asyncio.sleep(0.2)
+        ran = await shardload.aswarm([f"{srv.base_urls[1]}/links/7"], download=download)
+        return ran, list(await asyncio.gather(*direct))
+
+    ran, direct = asyncio.run(both())
+    assert [b.state for b in ran] == ["written"]
+    assert [b.state for b in direct] == ["written"] * 4, [b.error_message for b in direct]
+
+
+class RetriesInItsOwnMain(shardload.AioDownload):
+    """aiodownload's pattern: its own main() calls request_and_download once per attempt,
+    waiting between attempts."""
+
+    async def main(self, bundle: Bundle) -> Bundle:
+        await self.request_and_download(bundle)
+        await asyncio.sleep(0.8)  # between attempts: no request of this engine under way
+        return await self.request_and_download(bundle)
+
+
+@pytest.mark.timeout(60)
+def test_a_run_in_another_thread_leaves_an_overridden_main_between_attempts_alone(srv, home):
+    download = RetriesInItsOwnMain(download_strategy=shardload.DownloadStrategy(home=home))
+    direct = Bundle(f"{srv.base_urls[0]}/links/11")
+    done: list[Bundle] = []
+    thread = threading.Thread(target=lambda: done.append(asyncio.run(download.main(direct))))
+    thread.start()
+    time.sleep(0.4)  # its main() waits between its attempts
+    ran = shardload.swarm([f"{srv.base_urls[1]}/links/12"], download=download)
+    thread.join(timeout=30)
+    assert [b.state for b in ran] == ["written"]
+    assert done == [direct] and direct.state == "written", direct.error_message
+    assert direct.attempts == 2
 
 
 def test_main_works_again_in_a_new_event_loop(srv, home):

@@ -72,7 +72,9 @@ class LoopBinding(Politeness):
         awaited in another loop)."""
         loop = asyncio.get_running_loop()
         engine = self
-        if self._busy_elsewhere(loop):
+        # A copy costs nothing: take one also when the other loop merely runs (a subclass's
+        # main() between two attempts there holds no count, but comes back to this engine).
+        if self._busy_elsewhere(loop) or self._runs_elsewhere(loop):
             engine = copy.copy(self)
             engine._runs = engine._calls = 0
             engine._closer = None
@@ -82,9 +84,10 @@ class LoopBinding(Politeness):
         return engine
 
     async def end_run(self) -> None:
-        """A run that ``for_run`` gave this engine is over; the last one closes it."""
+        """A run that ``for_run`` gave this engine is over; the last one closes it, unless
+        direct ``main()`` calls in this loop still use it (the loop's end closes it then)."""
         self._runs = max(0, self._runs - 1)
-        if self._runs == 0:
+        if self._runs == 0 and self._calls == 0:
             await self.close()
 
     def _busy_elsewhere(self, loop: asyncio.AbstractEventLoop) -> bool:
@@ -92,6 +95,10 @@ class LoopBinding(Politeness):
         # Direct main() calls hold it too: a run rebinding it would reset their downloads.
         busy = self._runs > 0 or self._calls > 0
         return bound is not None and bound is not loop and busy and not bound.is_closed()
+
+    def _runs_elsewhere(self, loop: asyncio.AbstractEventLoop) -> bool:
+        bound = self._loop
+        return bound is not None and bound is not loop and bound.is_running()
 
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._loop is not loop:
