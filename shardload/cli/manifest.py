@@ -72,7 +72,13 @@ def iter_records(lines: Iterable[bytes]) -> Iterator[dict[str, Any] | None]:
         except ValueError:
             yield None
             continue
-        yield obj if isinstance(obj, dict) and isinstance(obj.get("url"), str) else None
+        # Every record this writes has a url and a state: a line of JSON input (a url, a
+        # path, info) is no record, so an input file named as the manifest is refused.
+        is_record = isinstance(obj, dict) and all(isinstance(obj.get(k), str) for k in _KEYS)
+        yield obj if is_record else None
+
+
+_KEYS = ("url", "state")
 
 
 def latest_priors(records: Iterable[dict[str, Any] | None]) -> tuple[dict[str, Prior | None], int]:

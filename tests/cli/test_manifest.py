@@ -115,8 +115,9 @@ def test_load_priors_missing_file_is_empty(tmp_path: Path) -> None:
         (b"http://h/1\n", None),  # a whole line that is no record: not a manifest
         (b"http://h/1\nhttp://h/2", None),
         (b"# urls\nhttp://h/1\nhttp://h/2\n", None),
+        (b'{"url": "http://h/1", "path": "a"}\n{"url": "http://h/2"}\n', None),  # JSON input
     ],
-    ids=["empty", "torn-first", "records-and-junk", "one-url", "two-urls", "url-list"],
+    ids=["empty", "torn-first", "records-and-junk", "one-url", "two-urls", "url-list", "jsonl"],
 )
 def test_resume_refuses_a_file_that_holds_no_record(
     tmp_path: Path, content: bytes, read: tuple[dict[str, Prior], int] | None
