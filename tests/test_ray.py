@@ -139,3 +139,57 @@ def test_an_address_nobody_listens_at_fails_at_once(closed_port):
     assert out.stdout.startswith("REFUSED"), out.stderr[-2000:]
     assert f"nothing answers at 127.0.0.1:{closed_port}" in out.stdout
     assert out.stdout.rstrip().endswith("False")  # Ray was never initialised
+
+
+def test_an_address_that_answers_but_is_no_ray_head_fails_at_once(tmp_path):
+    """A web server (a mistyped port, the dashboard's) accepts the connection, and ray.init
+    then waited on it for minutes; it is refused before Ray is asked. A real head's GCS
+    passes the same check."""
+    import http.server
+    import threading
+
+    from shardload.executors.ray import _check_reachable
+
+    web = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(ConfigurationError, match="answers, but not as a Ray head"):
+            _check_reachable(f"127.0.0.1:{web.server_address[1]}")
+    finally:
+        web.shutdown()
+        web.server_close()
+    _check_reachable(ray.get_runtime_context().gcs_address)  # the module's own local Ray
+
+
+def test_ray_init_leaves_the_callers_signal_handlers_alone():
+    """ray.init installs its own SIGTERM handler (sys.exit(15)): the CLI's clean stop then
+    exited 15 with no summary. In a fresh interpreter, which starts its own local Ray."""
+    code = (
+        "import signal, ray\n"
+        "from shardload.executors.ray import ensure_ray\n"
+        "def mine(signum, frame): pass\n"
+        "signal.signal(signal.SIGTERM, mine)\n"
+        "ensure_ray(None)\n"
+        "try:\n"
+        "    print('KEPT', signal.getsignal(signal.SIGTERM) is mine)\n"
+        "finally:\n"
+        "    ray.shutdown()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert "KEPT True" in out.stdout, out.stderr[-2000:]
+
+
+class HoldsALock(shardload.DownloadStrategy):
+    def __init__(self, home: str) -> None:
+        super().__init__(home=home)
+        import threading
+
+        self.lock = threading.Lock()
+
+
+def test_a_strategy_ray_cannot_send_is_a_configuration_error(srv, home):
+    download = shardload.AioDownload(download_strategy=HoldsALock(home))
+    with pytest.raises(ConfigurationError, match="serialisable to run in Ray actors"):
+        shardload.swarm(urls_for(srv, 4), download=download, backend="ray", processes=2)

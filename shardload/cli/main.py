@@ -352,6 +352,13 @@ def _crawl(
     results: Iterator[Bundle] | None = None
     signals.install()
     try:
+        if args.backend == "ray":
+            from shardload.executors.ray import ensure_ray  # noqa: PLC0415  (optional)
+
+            # Started whole or not at all: a Ctrl-C inside ray.init left Ray's helper
+            # processes running after we exited.
+            with signals.critical():
+                ensure_ray(args.ray_address)
         own_paths: set[int] = set()
         items = _items(stream, priors, args.retry_transient, rec, args.output, reserved, own_paths)
         results = shardload.each(items, download=download, **_options(args))

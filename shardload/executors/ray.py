@@ -17,8 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import socket
+import threading
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from ..bundle import Job, Result
@@ -47,11 +51,28 @@ def ensure_ray(address: str | None) -> Any:
         if address:
             _check_reachable(address)
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            with _signal_handlers_kept():
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
         except Exception as exc:  # a bad address, a missing ray[client]: the caller's to fix
             where = f"the Ray cluster at {address!r}" if address else "a local Ray cluster"
             raise ConfigurationError(f"cannot start or reach {where}: {exc}") from exc
     return ray
+
+
+@contextlib.contextmanager
+def _signal_handlers_kept() -> Iterator[None]:
+    """``ray.init`` installs a SIGTERM handler of its own (``sys.exit(15)``): the caller's
+    (the CLI's clean stop, exit 130) is put back, as a library installs no handler (rule 8)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread has handlers to change
+        return
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in kept.items():
+            if handler is not None and signal.getsignal(sig) is not handler:
+                signal.signal(sig, handler)
 
 
 def _check_reachable(address: str) -> None:
@@ -62,14 +83,43 @@ def _check_reachable(address: str) -> None:
     if not colon or not port.isdigit() or not host:
         return  # "auto", "local", or a form Ray reads itself
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=_REACH_TIMEOUT).close()
+        with socket.create_connection((host.strip("[]"), int(port)), _REACH_TIMEOUT) as sock:
+            speaks = address.startswith("ray://") or _speaks_grpc(sock)
     except OSError as exc:
         raise ConfigurationError(
             f"cannot start or reach the Ray cluster at {address!r}: nothing answers at "
             f"{host}:{port} ({exc or type(exc).__name__})"
         ) from exc
+    if not speaks:
+        # A web server, the dashboard's port, a typo: ray.init would wait on it for minutes.
+        raise ConfigurationError(
+            f"cannot reach the Ray cluster at {address!r}: {host}:{port} answers, but not as "
+            "a Ray head node (its GCS port, 6379 by default)"
+        )
 
 
+def _speaks_grpc(sock: socket.socket) -> bool:
+    """Whether the server is a gRPC one, as a Ray head's GCS is: answered with HTTP/2's
+    connection preface, it sends a SETTINGS frame. Behind TLS (RAY_USE_TLS) it cannot be
+    asked in plain text, and is taken on trust."""
+    if os.environ.get("RAY_USE_TLS", "0") not in ("", "0"):
+        return True
+    try:
+        sock.sendall(_HTTP2_PREFACE + _EMPTY_SETTINGS)
+        head = b""
+        while len(head) < 9:
+            more = sock.recv(9 - len(head))
+            if not more:
+                return False
+            head += more
+    except OSError:
+        return False
+    return head[3] == _SETTINGS  # a frame header: length (3 bytes), then its type
+
+
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_SETTINGS = 0x4
+_EMPTY_SETTINGS = bytes([0, 0, 0, _SETTINGS, 0, 0, 0, 0, 0])
 _REACH_TIMEOUT = 10.0
 
 
@@ -138,6 +188,13 @@ class RayExecutor:
         # Never ask for more CPUs than the cluster has, or actors would wait forever.
         self._cpus_each = min(1.0, cpus / shards)
         self._actor_class = self._ray.remote(ShardActor)
+        try:  # as processes=N checks pickling before any worker starts
+            self._ray.cloudpickle.dumps(config)
+        except Exception as exc:
+            raise ConfigurationError(
+                "the download (its strategies, and an AioDownload subclass's own attributes) "
+                f"must be serialisable to run in Ray actors (no open clients or locks): {exc}"
+            ) from exc
         self._config = config
         self._actors: list[tuple[Any, str] | None] = [None] * shards
         self._pollers: list[asyncio.Task[None] | None] = [None] * shards

@@ -98,6 +98,31 @@ def test_resume_onto_a_file_that_is_not_a_manifest_is_a_usage_error(
     assert not list((tmp_path / "out").iterdir())
 
 
+def test_a_ctrl_c_while_ray_starts_waits_for_ray_to_be_up(
+    fake: FakeLibrary,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Interrupted inside ray.init, Ray's helper processes were left running: the CLI lets
+    Ray come up whole, then stops (exit 130) before anything is downloaded."""
+    import os
+
+    import shardload.executors.ray as ray_backend
+
+    started: list[str | None] = []
+
+    def ensure_ray(address: str | None) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while Ray starts
+        started.append(address)  # still reached: the interrupt waited
+
+    monkeypatch.setattr(ray_backend, "ensure_ray", ensure_ray)
+    code = _run(tmp_path, ["http://h/ok/1"], "--backend", "ray", "--ray-address", "auto")
+    assert code == 130 and started == ["auto"]
+    assert not fake.seen
+    assert "Traceback" not in capsys.readouterr().err
+
+
 def test_jsonl_items_reach_the_library_as_bundles(fake: FakeLibrary, tmp_path: Path) -> None:
     lines = [
         json.dumps({"url": "http://h/ok/j", "path": "a/b.bin", "info": {"k": [1]}}),
