@@ -226,16 +226,21 @@ FORKSERVER_SCRIPT = textwrap.dedent(
 )
 
 
-def test_forkserver_preloads_the_worker_once_for_every_run(srv, home, tmp_path):
+def _run_script(text: str, srv, home, tmp_path) -> subprocess.CompletedProcess[str]:
+    """Run ``text`` as a script of its own, given the server's base URLs and home."""
     script = tmp_path / "script.py"
-    script.write_text(FORKSERVER_SCRIPT)
-    result = subprocess.run(
+    script.write_text(text)
+    return subprocess.run(
         [sys.executable, str(script), ",".join(srv.base_urls), home],
         check=False,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_forkserver_preloads_the_worker_once_for_every_run(srv, home, tmp_path):
+    result = _run_script(FORKSERVER_SCRIPT, srv, home, tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines == ["OK 8", "OK 8", "PRELOAD json shardload.worker.process"], result.stderr
@@ -337,15 +342,7 @@ def test_aeach_left_by_a_keyboard_interrupt_in_the_callers_loop(srv, home, tmp_p
     program goes on: asyncio.run closing the run's generators closed the inner one twice
     ("aclose(): asynchronous generator is already running"), and the workers' reaper thread
     called into the closed loop ("Exception in thread shardload-reap")."""
-    script = tmp_path / "aeach_interrupted.py"
-    script.write_text(AEACH_INTERRUPTED)
-    proc = subprocess.run(
-        [sys.executable, str(script), ",".join(srv.base_urls), home],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = _run_script(AEACH_INTERRUPTED, srv, home, tmp_path)
     assert proc.stdout.strip() == "CAUGHT", proc.stderr
     assert "already running" not in proc.stderr
     assert "Exception in thread" not in proc.stderr

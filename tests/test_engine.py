@@ -237,6 +237,17 @@ def test_main_without_close_leaves_no_session_open_when_the_loop_ends(srv, home,
     assert again.ok, again.error_message  # a new loop: the engine binds to it afresh
 
 
+def _in_dev_mode(script: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a fresh interpreter with -X dev (unclosed resources are reported)."""
+    return subprocess.run(
+        [sys.executable, "-X", "dev", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 @pytest.mark.parametrize("method", ["main", "request_and_download"])
 @pytest.mark.parametrize("strategy", ["DownloadStrategy", "Own"])
 @pytest.mark.parametrize("made", ["outside", "inside"])
@@ -262,13 +273,7 @@ class Own(DownloadStrategy):  # an on_success override: requests go through aioh
 {run}
 print("STATE", b.state)
 """
-    out = subprocess.run(
-        [sys.executable, "-X", "dev", "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    out = _in_dev_mode(script)
     assert "STATE written" in out.stdout, out.stderr[-2000:]
     assert "Unclosed" not in out.stderr and "ResourceWarning" not in out.stderr, out.stderr
 
@@ -290,13 +295,7 @@ async def go():
 
 print("STATE", asyncio.run(go()).state)
 """
-    out = subprocess.run(
-        [sys.executable, "-X", "dev", "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    out = _in_dev_mode(script)
     assert "CLIENT ClientSession" in out.stdout and "STATE written" in out.stdout, out.stderr
     assert "nclosed" not in out.stderr and "ResourceWarning" not in out.stderr, out.stderr
 

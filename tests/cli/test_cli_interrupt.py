@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,19 @@ def _interrupt_when_recorded(
     """Start the command in its own process group; signal the group (like Ctrl-C in a
     terminal) once the manifest holds ``at_least`` records."""
     manifest = out / "manifest.jsonl"
-    args: list[str | Path] = [src, "-o", out, "-p", "2", "--per-host", "2", "--progress", "lines"]
+
+    def recorded() -> bool:
+        return manifest.exists() and manifest.read_bytes().count(b"\n") >= at_least
+
+    return _interrupt_when(src, out, recorded, sig, "--progress", "lines")
+
+
+def _interrupt_when(
+    src: Path, out: Path, ready: Callable[[], bool], sig: signal.Signals, *extra: str
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the command (2 workers, 2 per host) in its own process group and signal the
+    group once ``ready()``."""
+    args: list[str | Path] = [src, "-o", out, "-p", "2", "--per-host", "2", *extra]
     child = subprocess.Popen(
         cli_command(*args),
         stdout=subprocess.PIPE,
@@ -40,11 +53,10 @@ def _interrupt_when_recorded(
     )
     try:
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and child.poll() is None:
-            if manifest.exists() and manifest.read_bytes().count(b"\n") >= at_least:
-                break
+        while time.monotonic() < deadline and child.poll() is None and not ready():
             time.sleep(0.01)
         assert child.poll() is None, "the run ended before it could be interrupted"
+        assert ready(), "the run never reached the point to interrupt it at"
         os.killpg(child.pid, sig)
         stdout, stderr = child.communicate(timeout=30)
     finally:
@@ -109,25 +121,12 @@ def test_a_signal_to_the_group_mid_body_leaves_no_temporary_folder(
     src = tmp_path / "urls.txt"
     src.write_text("\n".join(urls) + "\n")
     out = tmp_path / "out"
-    child = subprocess.Popen(
-        cli_command(src, "-o", out, "-p", "2", "--per-host", "2", "--progress", "none"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=cli_env(),
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not list(out.glob(".shardload-tmp/*.part")):
-            time.sleep(0.01)
-        assert child.poll() is None and list(out.glob(".shardload-tmp/*.part"))
-        os.killpg(child.pid, sig)
-        _, stderr = child.communicate(timeout=30)
-    finally:
-        if child.poll() is None:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-    assert child.returncode == 130, stderr.decode()
+
+    def writing() -> bool:
+        return bool(list(out.glob(".shardload-tmp/*.part")))
+
+    result = _interrupt_when(src, out, writing, sig, "--progress", "none")
+    assert result.returncode == 130, result.stderr.decode()
     assert sorted(p.name for p in out.iterdir()) == ["manifest.jsonl"]
 
 
