@@ -152,3 +152,7 @@ def _is_main_guard(test: ast.expr) -> bool:
 class _Discard:
     def write(self, data: bytes) -> int:
         return len(data)
+
+
+# What a worker rebuilds its engine from, as an error message names it.
+THE_DOWNLOAD = "the download (its strategies, and an AioDownload subclass's own attributes)"

@@ -33,7 +33,13 @@ from ..errors import ConfigurationError, ShardloadError
 from ..worker.descriptors import open_file_limit
 from ..worker.process import worker_main
 from ..worker.temp_files import forget_temp_dir, remove_temp_files, temp_prefix
-from .base import START_SECONDS, ExecutorSink, interactive_names, names_hidden_in_main
+from .base import (
+    START_SECONDS,
+    THE_DOWNLOAD,
+    ExecutorSink,
+    interactive_names,
+    names_hidden_in_main,
+)
 
 _STOP = object()
 
@@ -141,9 +147,8 @@ def sendable_config(config: dict[str, Any]) -> bytes:
         blob = pickle.dumps(config, pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         raise ConfigurationError(
-            "the download (its strategies, and an AioDownload subclass's own attributes) "
-            "must be picklable to run in worker processes (define classes at module "
-            f"level; no open clients or lambdas): {exc}"
+            f"{THE_DOWNLOAD} must be picklable to run in worker processes (define classes "
+            f"at module level; no open clients or lambdas): {exc}"
         ) from exc
     interactive = interactive_names(config)
     if interactive:

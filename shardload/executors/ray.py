@@ -30,7 +30,7 @@ from ..errors import ConfigurationError, ShardloadError
 from ..worker.config import rebuild
 from ..worker.shard import ShardWorker
 from ..worker.temp_files import forget_temp_dir, remove_temp_files, temp_prefix
-from .base import START_SECONDS, ExecutorSink
+from .base import START_SECONDS, THE_DOWNLOAD, ExecutorSink
 
 _POLL_SECONDS = 0.5
 _STOP_SECONDS = 5.0
@@ -192,8 +192,8 @@ class RayExecutor:
             self._ray.cloudpickle.dumps(config)
         except Exception as exc:
             raise ConfigurationError(
-                "the download (its strategies, and an AioDownload subclass's own attributes) "
-                f"must be serialisable to run in Ray actors (no open clients or locks): {exc}"
+                f"{THE_DOWNLOAD} must be serialisable to run in Ray actors "
+                f"(no open clients or locks): {exc}"
             ) from exc
         self._config = config
         self._actors: list[tuple[Any, str] | None] = [None] * shards

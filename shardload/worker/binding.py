@@ -74,7 +74,7 @@ class LoopBinding(Politeness):
         engine = self
         # A copy costs nothing: take one also when the other loop merely runs (a subclass's
         # main() between two attempts there holds no count, but comes back to this engine).
-        if self._busy_elsewhere(loop) or self._runs_elsewhere(loop):
+        if self._busy_elsewhere(loop, or_running=True):
             engine = copy.copy(self)
             engine._runs = engine._calls = 0
             engine._closer = None
@@ -90,15 +90,13 @@ class LoopBinding(Politeness):
         if self._runs == 0 and self._calls == 0:
             await self.close()
 
-    def _busy_elsewhere(self, loop: asyncio.AbstractEventLoop) -> bool:
+    def _busy_elsewhere(self, loop: asyncio.AbstractEventLoop, *, or_running: bool = False) -> bool:
+        """Whether another live loop holds this engine: a run, or direct main() calls (a run
+        rebinding it would reset their downloads); ``or_running``: or that loop merely runs."""
         bound = self._loop
-        # Direct main() calls hold it too: a run rebinding it would reset their downloads.
-        busy = self._runs > 0 or self._calls > 0
-        return bound is not None and bound is not loop and busy and not bound.is_closed()
-
-    def _runs_elsewhere(self, loop: asyncio.AbstractEventLoop) -> bool:
-        bound = self._loop
-        return bound is not None and bound is not loop and bound.is_running()
+        if bound is None or bound is loop or bound.is_closed():
+            return False
+        return self._runs > 0 or self._calls > 0 or (or_running and bound.is_running())
 
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._loop is not loop:
