@@ -5,7 +5,9 @@ per-host numbers add up to the bundle counts. ``requests`` counts the attempts a
 bundle reports (retries included; not redirect hops, robots.txt fetches, or attempts lost with
 a crashed worker) and ``bytes`` what was downloaded: a repeat of a URL that got its first's
 outcome adds neither, nor does a file found complete on disk (``cached``). Bundles that
-never reached a host (an invalid URL) are counted under ``"-"``. ``breaker_opens`` counts the
+never reached a host (an invalid URL) are counted under ``"-"``. ``errors`` counts the error
+kinds of failed bundles only, as the CLI's summary does: a URL robots.txt kept us from
+requesting is ``skipped`` (in ``states``), not an error. ``breaker_opens`` counts the
 times a host's circuit breaker opened (a failed probe opens it again), from the bundle whose
 attempt opened it.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .bundle import CACHED, Bundle
+from .bundle import CACHED, FAILED, Bundle
 from .errors import ErrorKind
 
 NO_HOST = "-"
@@ -45,7 +47,7 @@ class HostStats:
         if bundle.status is not None:
             klass = f"{bundle.status // 100}xx"
             self.statuses[klass] = self.statuses.get(klass, 0) + 1
-        if bundle.error_kind:
+        if bundle.error_kind and bundle.state == FAILED:
             kind = str(bundle.error_kind)
             self.errors[kind] = self.errors.get(kind, 0) + 1
         self.elapsed_total += bundle.elapsed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shardload.bundle import Bundle
+from shardload.errors import ErrorKind
 from shardload.stats import RunStats
 
 
@@ -32,3 +33,18 @@ def test_what_a_bundle_adds(bundle: Bundle, requests: int, size: int) -> None:
     for counted in (stats.hosts["a:1"], stats.total):
         assert (counted.bundles, counted.requests, counted.bytes) == (1, requests, size)
         assert counted.states == {bundle.state: 1}
+
+
+@pytest.mark.parametrize(
+    ("state", "errors"),
+    [("failed", {"robots": 1}), ("skipped", {})],
+    ids=["failed", "skipped"],
+)
+def test_errors_count_failed_bundles_only(state: str, errors: dict[str, int]) -> None:
+    # A robots.txt that could not be read fails its URLs (ErrorKind.ROBOTS); a URL robots.txt
+    # disallows is skipped, and the CLI's summary does not count it as an error either.
+    bundle = _bundle(state, size=0)
+    bundle.error_kind = ErrorKind.ROBOTS
+    stats = RunStats()
+    stats.add(bundle)
+    assert stats.hosts["a:1"].errors == errors and stats.total.errors == errors
