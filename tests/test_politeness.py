@@ -398,6 +398,38 @@ def test_a_burst_of_throttled_answers_is_one_pause_and_the_next_pause_doubles():
     asyncio.run(scenario())
 
 
+def test_answers_to_requests_sent_before_a_pause_do_not_reset_its_doubling():
+    from shardload.worker.hosts import WorkerSlots
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        slot, worker = HostSlot(8), WorkerSlots(8)
+
+        async def answered(status: int, *, sent: bool = True) -> None:
+            if not sent:
+                await slot.enter(worker)
+            slot.leave(worker)
+            slot.record(status, ErrorKind.HTTP if status >= 400 else None, None, "u")
+
+        for _ in range(4):  # four requests in flight; the first answer is a 429
+            await slot.enter(worker)
+        await answered(429)
+        assert loop.time() + 0.9 < slot.paused_until <= loop.time() + 1.0  # 1 s
+        await answered(200)  # the other three were sent before the pause: one burst
+        slot.paused_until = loop.time()  # the pause is over
+        await answered(429)  # still one of the three: it does not pause the host again
+        assert slot.paused_until <= loop.time()
+        await answered(200)
+        await answered(429, sent=False)  # sent after the pause: the host throttles again
+        assert slot.paused_until > loop.time() + 1.9  # 2 s: the doubling held
+        slot.paused_until = loop.time()
+        await answered(200, sent=False)  # the host answered since: it recovered
+        await answered(429, sent=False)
+        assert loop.time() + 0.9 < slot.paused_until <= loop.time() + 1.0  # back to 1 s
+
+    asyncio.run(scenario())
+
+
 def test_concurrent_429s_pause_the_host_once(srv, home):
     urls = [f"{srv.base_urls[0]}/flaky/burst{i}/1/429" for i in range(6)]
     bundles = shardload.swarm(urls, download=make_download(home, BackOff(3, concurrent=6)))

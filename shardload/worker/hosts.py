@@ -12,8 +12,10 @@ Invariants:
   ``_WINDOW`` responses were 429/503, for at least two different URLs (an overloaded host, not
   one broken URL retried, nor one unlucky first answer: a lone URL's retries keep the
   strategy's own backoff). Without a Retry-After the pause is 1 s, doubling with each
-  consecutive pause, up to 60 s; throttled answers that arrive while the host is paused (to
-  requests sent before the pause) are the same burst and do not lengthen it;
+  consecutive pause, up to 60 s. Answers to requests sent before a pause (counted: as many
+  as were in flight when it began) are the same burst: a throttled one does not lengthen the
+  pause, and an unthrottled one does not reset the doubling (it says nothing of the host
+  since); nor does a throttled answer that arrives while the host is paused;
 - a request waiting for its turn holds no worker-wide slot: the worker-wide semaphore is taken
   last, right before the request starts, so a slow or paused host never blocks other hosts;
   the host's start is claimed only once that slot is held, so a wait for it (however long)
@@ -66,6 +68,8 @@ class HostSlot:
         self.paused_until = 0.0
         self._throttles = 0  # consecutive throttled responses
         self._pauses = 0  # throttle pauses since the last unthrottled response
+        self._sent = 0  # requests that started and have not left
+        self._burst = 0  # answers still due to requests sent before the last pause
         # The URL of each recent throttled response, None for the others; newest last.
         self._recent: deque[str | None] = deque(maxlen=_WINDOW)
         self._retry_after_cap = retry_after_cap
@@ -139,6 +143,7 @@ class HostSlot:
         return None
 
     def leave(self, worker: WorkerSlots) -> None:
+        self._sent -= 1
         worker.release(self)
         self._release()
 
@@ -160,6 +165,7 @@ class HostSlot:
         self._next_start = now + gap
         self._last_start = now
         self._gap = gap
+        self._sent += 1
         return True
 
     def spaced(self) -> bool:
@@ -186,6 +192,7 @@ class HostSlot:
         if seconds > 0:
             until = asyncio.get_running_loop().time() + seconds
             self.paused_until = max(self.paused_until, until)
+            self._burst = self._sent  # the answer that paused the host has left already
 
     # -- what each attempt teaches us --------------------------------------------------------
 
@@ -196,14 +203,22 @@ class HostSlot:
         True when this outcome opened the breaker (the stats say which hosts it opened for)."""
         throttled = status in _THROTTLE_STATUSES
         self._recent.append(url if throttled else None)
+        # Answers come roughly in the order their requests went, so the first answers after
+        # a pause are those of the requests it caught in flight.
+        stale = self._burst > 0
+        if stale:
+            self._burst -= 1
         if retry_after is not None and (throttled or status is None or status >= 300):
             self.pause(min(retry_after, self._retry_after_cap))
-        elif (status == 429 or (throttled and self._overloaded())) and not self._paused():
-            # Answers to requests already in flight when the host paused are the same burst:
-            # only a throttle after a pause ended makes the next pause longer.
+        elif (
+            (status == 429 or (throttled and self._overloaded()))
+            and not stale
+            and not self._paused()
+        ):
+            # Only a throttle of a request sent after the pause makes the next pause longer.
             self.pause(min(_THROTTLE_FIRST * 2**self._pauses, _THROTTLE_MAX))
             self._pauses += 1
-        if not throttled:
+        if not throttled and not stale:
             self._pauses = 0
         self._throttles = self._throttles + 1 if throttled else 0
         if throttled:
