@@ -300,6 +300,74 @@ def test_an_on_success_that_writes_the_file_itself_reports_its_bytes_and_hash(sr
     assert b.sha256 == (hashlib.sha256(body).hexdigest() if sha256 else None)
 
 
+class WritesItselfToOnePath(WritesItself):
+    def get_file_path(self, bundle: Bundle) -> str:
+        return os.path.join(self.home, "the-file")
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_an_on_success_that_writes_the_file_itself_never_leaves_a_cut_body_at_the_final_path(
+    srv, home, processes
+):
+    """DESIGN: a failure never destroys an earlier good copy, and skip_cached can trust what
+    it finds, also when the file is written by an override of aiodownload's kind."""
+    download = shardload.AioDownload(download_strategy=WritesItselfToOnePath(home=home))
+    path = os.path.join(home, "the-file")
+    good = shardload.one(f"{srv.base_urls[0]}/bytes/3000", download=download, processes=processes)
+    assert good.state == "written" and good.file_path == path
+    cut = shardload.one(f"{srv.base_urls[0]}/truncate/2000", download=download, processes=processes)
+    assert cut.state == "failed" and cut.error_kind == "truncated", cut.error_message
+    with open(path, "rb") as f:
+        assert f.read() == body_for(3000)  # the earlier copy, whole
+    cached = shardload.AioDownload(
+        download_strategy=WritesItself(home=home, skip_cached=True),
+    )
+    url = f"{srv.base_urls[0]}/truncate/1000"
+    for _ in range(2):  # nothing at the final path: the second run does not take it as cached
+        again = shardload.one(url, download=cached, processes=processes)
+        assert again.state == "failed" and not os.path.exists(again.file_path)
+    assert temp_files(home) == []
+
+
+def test_an_on_success_that_raises_mid_write_or_writes_nothing_leaves_nothing(srv, home):
+    class Raises(WritesItself):
+        async def on_success(self, response: Any, bundle: Bundle) -> None:
+            assert bundle.file_path is not None
+            with open(bundle.file_path, "wb") as f:
+                f.write(b"half")
+            raise OSError("the disk went away")
+
+    class Uploads(DownloadStrategy):
+        async def on_success(self, response: Any, bundle: Bundle) -> None:
+            await response.read()  # sent elsewhere: nothing is written under home
+
+    url = f"{srv.base_urls[0]}/bytes/300"
+    raised = shardload.one(url, download=shardload.AioDownload(download_strategy=Raises(home=home)))
+    assert raised.state == "failed" and "the disk went away" in raised.error_message
+    uploaded = shardload.one(
+        url, download=shardload.AioDownload(download_strategy=Uploads(home=home))
+    )
+    assert uploaded.state == "written", uploaded.error_message
+    assert uploaded.file_path == raised.file_path and not os.path.exists(uploaded.file_path)
+    assert temp_files(home) == []
+
+
+def test_an_on_success_that_calls_super_and_then_reads_its_file_sees_the_final_path(srv, home):
+    seen: list[tuple[str, bytes]] = []
+
+    class Reads(DownloadStrategy):
+        async def on_success(self, response: Any, bundle: Bundle) -> None:
+            await super().on_success(response, bundle)
+            assert bundle.file_path is not None
+            with open(bundle.file_path, "rb") as f:
+                seen.append((bundle.file_path, f.read()))
+
+    download = shardload.AioDownload(download_strategy=Reads(home=home))
+    b = shardload.one(f"{srv.base_urls[0]}/bytes/500", download=download)
+    assert b.state == "written" and b.bytes == 500 and b.sha256 is not None
+    assert seen == [(b.file_path, body_for(500))] and ".shardload-tmp" not in b.file_path
+
+
 def test_a_strategy_that_raises_fails_its_bundle_not_the_batch(srv, home):
     class Broken(RequestStrategy):
         def get_sleep_time(self, bundle):

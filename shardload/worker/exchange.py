@@ -42,8 +42,9 @@ from .aiohttp_session import (
 )
 from .descriptors import open_file_limit
 from .failures import classify
-from .files import READ_SIZE, SpeedGuard, measure_written, speed_guard
+from .files import READ_SIZE, SpeedGuard, speed_guard
 from .http import ORIGIN_ONLY, REDIRECT_STATUSES, LeanClient
+from .own_writes import measure_written, run_on_success
 
 if TYPE_CHECKING:
     # Imported where a session is made: a worker on the lean client never pays aiohttp's
@@ -240,11 +241,15 @@ class Exchange:
                     else None
                 )
                 ds = self.download_strategy
+                own = _overridden_on_success(ds)
                 try:
-                    await ds.on_success(response, bundle)
+                    if own:
+                        await run_on_success(ds, response, bundle)
+                    else:
+                        await ds.on_success(response, bundle)
                 finally:
                     speed_guard.reset(token)
-                if bundle.bytes == 0 and bundle.sha256 is None and _overridden_on_success(ds):
+                if own and bundle.bytes == 0 and bundle.sha256 is None:
                     # It wrote the file itself (aiodownload's did): say what it holds.
                     await asyncio.to_thread(measure_written, bundle, ds.sha256)
                 return None

@@ -151,19 +151,6 @@ def _reached_from(home: str, directory: str) -> bool:
     return True
 
 
-def measure_written(bundle: Bundle, with_hash: bool) -> None:
-    """Fill in ``bytes`` (and ``sha256``) from the file at ``bundle.file_path``, for an
-    overridden ``on_success`` that wrote it itself, as aiodownload's did. Runs in a thread:
-    the file may be large."""
-    path = bundle.file_path
-    if path is None or not os.path.isfile(path):
-        return
-    with open(path, "rb") as f:
-        bundle.bytes = os.fstat(f.fileno()).st_size
-        if with_hash:
-            bundle.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
-
-
 class SpeedGuard:
     """Fails a body that stays under ``limit`` bytes/s for a whole ``window`` of seconds."""
 
@@ -190,6 +177,10 @@ class SpeedGuard:
 # Set by the engine around on_success(): the request strategy's speed floor for this body,
 # without changing aiodownload's on_success(response, bundle) signature.
 speed_guard: ContextVar[SpeedGuard | None] = ContextVar("speed_guard", default=None)
+# Set while an overridden on_success runs (``own_writes``): the temporary path it was handed
+# as ``bundle.file_path``, and the final path. Its ``super().on_success()`` writes straight to
+# the final path.
+held_path: ContextVar[tuple[str, str] | None] = ContextVar("held_path", default=None)
 
 
 async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadStrategy) -> None:
@@ -205,6 +196,10 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
     encoded = response.headers.get("Content-Encoding", "identity").lower() != "identity"
     if limit is not None and declared is not None and declared > limit and not encoded:
         raise DownloadFailed(ErrorKind.TOO_LARGE, f"Content-Length {declared} > max {limit}")
+    target = bundle.file_path
+    held = held_path.get()
+    if held is not None and target == held[0]:
+        target = held[1]
     digest = hashlib.sha256() if strategy.sha256 else None
     size = 0
     pending: list[bytes | memoryview] = []  # the lean client hands views (no copy)
@@ -232,7 +227,7 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
             _write_and_hash(tmp.fd, pending, digest)
         os.close(tmp.fd)
         tmp.fd = -1
-        bundle.file_path = commit(tmp.path, bundle.file_path, home)
+        bundle.file_path = commit(tmp.path, target, home)
     except BaseException:
         tmp.discard()
         raise
