@@ -46,6 +46,8 @@ def test_documented_defaults():
     assert (lenient.concurrent, lenient.max_attempts, lenient.delay) == (2, 5, 0.25)
     assert BackOff().max_attempts == 10
     assert Lenient(3).max_attempts == 3  # positional max_attempts reaches max_attempts
+    # Not aiodownload's Lenient(): with real retries it would hold a failing URL 4 minutes.
+    assert type(shardload.AioDownload().request_strategy) is RequestStrategy
 
 
 @pytest.mark.parametrize(("attempts", "sleep"), [(0, 0.0), (1, 60.0), (2, 60.0), (4, 60.0)])
