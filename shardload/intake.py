@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .bundle import PENDING, Bundle
@@ -115,6 +115,13 @@ def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None, run:
                     bundle.info = item
             elif url is None:
                 return _failed_item(seq, item, "no URL: the item (or url_map's answer) is None")
+            elif isinstance(url, _CONTAINERS):  # its str() is never a URL
+                name = type(url).__name__
+                if url_map is None:
+                    why = f"a {name} is not a URL: pass url_map= to say where its URL is"
+                else:
+                    why = f"url_map gave a {name}, not a URL"
+                return _failed_item(seq, item, why)
             else:
                 # Never `url == item` on the caller's objects: their __eq__ may raise or
                 # answer with an array (a numpy row). A plain URL string is its own item; any
@@ -128,6 +135,9 @@ def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None, run:
     except Exception as exc:  # one unusable item fails alone; the rest of the input goes on
         return _failed_item(seq, item, f"unusable input item: {describe_error(exc)}")
     return bundle
+
+
+_CONTAINERS = (Mapping, list, tuple, set, frozenset)
 
 
 def _failed_item(seq: int, item: Any, message: str) -> Bundle:

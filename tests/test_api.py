@@ -320,6 +320,8 @@ def test_params_are_a_query_string_on_a_get(srv, home):
         ("http://host:99999/", ErrorKind.INVALID_URL),
         ("", ErrorKind.INVALID_URL),
         (None, ErrorKind.BAD_INPUT),
+        ({"url": "http://127.0.0.1:1/x"}, ErrorKind.BAD_INPUT),  # no url_map to find it
+        (("http://127.0.0.1:1/x", "info"), ErrorKind.BAD_INPUT),
     ],
 )
 def test_bad_items_become_failed_bundles(home, item, kind):
@@ -328,6 +330,17 @@ def test_bad_items_become_failed_bundles(home, item, kind):
     assert bundle.error_kind == kind
     assert bundle.error_message
     assert files_under(home) == set()
+
+
+def test_a_record_without_url_map_says_what_is_missing(home):
+    (bundle,) = shardload.swarm([{"url": "http://127.0.0.1:1/x"}], download=make_download(home))
+    assert bundle.error_message == "a dict is not a URL: pass url_map= to say where its URL is"
+    assert bundle.info == {"url": "http://127.0.0.1:1/x"}
+    (mapped,) = shardload.swarm([1], download=make_download(home), url_map=lambda i: [i])
+    assert (mapped.error_kind, mapped.error_message) == (
+        "bad_input",
+        "url_map gave a list, not a URL",
+    )
 
 
 def test_url_map_that_raises_gives_a_failed_bundle(srv, home):
