@@ -115,7 +115,7 @@ def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None, run:
                     bundle.info = item
             elif url is None:
                 return _failed_item(seq, item, "no URL: the item (or url_map's answer) is None")
-            elif isinstance(url, _CONTAINERS):  # its str() is never a URL
+            elif isinstance(url, _NEVER_URLS):  # its str() is never a URL
                 name = type(url).__name__
                 if url_map is None:
                     why = f"a {name} is not a URL: pass url_map= to say where its URL is"
@@ -137,7 +137,7 @@ def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None, run:
     return bundle
 
 
-_CONTAINERS = (Mapping, list, tuple, set, frozenset)
+_NEVER_URLS = (Mapping, list, tuple, set, frozenset, int, float, complex)
 
 
 def _failed_item(seq: int, item: Any, message: str) -> Bundle:

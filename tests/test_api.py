@@ -322,6 +322,7 @@ def test_params_are_a_query_string_on_a_get(srv, home):
         (None, ErrorKind.BAD_INPUT),
         ({"url": "http://127.0.0.1:1/x"}, ErrorKind.BAD_INPUT),  # no url_map to find it
         (("http://127.0.0.1:1/x", "info"), ErrorKind.BAD_INPUT),
+        (5, ErrorKind.BAD_INPUT),
     ],
 )
 def test_bad_items_become_failed_bundles(home, item, kind):

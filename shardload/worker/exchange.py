@@ -27,6 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from multidict import CIMultiDictProxy
+
 from ..backoff import parse_retry_after
 from ..bundle import Bundle
 from ..errors import DownloadFailed, ErrorKind
@@ -219,11 +221,12 @@ class Exchange:
                     if status < 200:  # the lean client fails a 101 itself
                         raise DownloadFailed(ErrorKind.PROTOCOL, "the server switched protocols")
                     drop_if_body_pending(response)
-                if (
-                    status in REDIRECT_STATUSES
-                    and (location := headers.get("Location")) is not None
-                ):
-                    return Redirect(location)
+                if status in REDIRECT_STATUSES:
+                    location = headers.get("Location")
+                    if location is not None:
+                        return Redirect(location)
+                    # wget's "Redirection without location": the body is no resource.
+                    raise DownloadFailed(ErrorKind.REDIRECT, f"HTTP {status} without a Location")
                 try:
                     rs.assert_response(response)
                 except AssertionError as exc:
@@ -235,6 +238,7 @@ class Exchange:
                         retry_after=parse_retry_after(headers.get("Retry-After"), time.time()),
                         attempt=bundle.attempts,
                     )
+                _check_codings(headers)
                 token = speed_guard.set(
                     SpeedGuard(rs.low_speed_limit, rs.low_speed_time)
                     if rs.low_speed_limit
@@ -272,6 +276,33 @@ class Exchange:
                 headers=_plain(headers),
                 attempt=bundle.attempts,
             )
+
+
+def _check_codings(headers: Mapping[str, str]) -> None:
+    """Fail a body whose codings would be stored undecoded: a transfer coding other than
+    chunked (which both clients remove), or more than one content coding (one is decoded)."""
+    if "Transfer-Encoding" in headers:
+        transfer = _codings(headers, "Transfer-Encoding")
+        if transfer and transfer != ["chunked"]:
+            raise DownloadFailed(
+                ErrorKind.PROTOCOL, f"Transfer-Encoding {', '.join(transfer)} is not supported"
+            )
+    if "Content-Encoding" in headers:
+        content = _codings(headers, "Content-Encoding")
+        if len(content) > 1:
+            raise DownloadFailed(
+                ErrorKind.PROTOCOL, f"Content-Encoding {', '.join(content)}: not decoded"
+            )
+
+
+def _codings(headers: Mapping[str, str], name: str) -> list[str]:
+    """The codings the header's lines list, in order (identity left out)."""
+    if isinstance(headers, CIMultiDictProxy):
+        values = headers.getall(name, [])
+    else:
+        values = [headers.get(name, "")]
+    codings = (c.strip().lower() for value in values for c in value.split(","))
+    return [c for c in codings if c and c != "identity"]
 
 
 def _overridden_on_success(ds: DownloadStrategy) -> bool:
