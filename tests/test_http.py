@@ -200,6 +200,10 @@ _PLAIN = body_for(100_000)
         ("gzip", _gz(_PLAIN) + b"\0" * 16, None, _PLAIN),
         ("gzip", _gz(_PLAIN) + b"trailing junk", ErrorKind.PROTOCOL, None),
         ("gzip", b"", None, b""),
+        ("gzip", _gz(b"") + b"\0" * 20 + _gz(_PLAIN), None, _PLAIN),
+        # Bytes that decode to nothing and keep coming: no end, and no byte of a body.
+        ("gzip", _gz(b"") * 60_000, ErrorKind.PROTOCOL, None),
+        ("gzip", _gz(_PLAIN) + b"\0" * 1_200_000, ErrorKind.PROTOCOL, None),
     ],
     ids=[
         "gzip-cut",
@@ -209,6 +213,9 @@ _PLAIN = body_for(100_000)
         "gzip-padding",
         "gzip-junk",
         "gzip-empty",
+        "gzip-padded-member",
+        "gzip-endless-empty-members",
+        "gzip-endless-padding",
     ],
 )
 def test_encoded_bodies_are_whole_or_fail(home, encoding, packed, kind, stored):
@@ -1149,6 +1156,43 @@ def test_an_endless_stream_of_trailers_fails_instead_of_filling_memory(home):
         (b,) = shardload.swarm([server.url + "/trailers"], download=make_download(home))
     assert b.error_kind == ErrorKind.PROTOCOL and "trailers" in (b.error_message or "")
     assert files_under(home) == set()
+
+
+@pytest.mark.parametrize(
+    "start",
+    [b"5;ext=", b"5\r\nhello\r\n" * 10 + b"3;"],
+    ids=["first-line", "after-ten-chunks"],
+)
+def test_an_endless_chunk_size_line_fails_instead_of_running_on(home, start):
+    """Bytes keep coming, so the stall timer never fires, yet none is body: chunk framing
+    is capped like headers and trailers. Small chunks (5 bytes of framing each) are fine."""
+
+    def handler(conn, index):
+        if server.recorded(conn) is not None:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + start)
+            with contextlib.suppress(OSError):
+                for _ in range(20_000):  # ~1.2 MB of one extension, far past the cap
+                    conn.sendall(b"x" * 64)
+
+    with RawServer(handler) as server:
+        (b,) = shardload.swarm([server.url + "/endless"], download=make_download(home))
+    assert b.error_kind == ErrorKind.PROTOCOL and "chunk framing" in (b.error_message or "")
+    assert files_under(home) == set()
+
+
+def test_a_body_of_many_tiny_chunks_is_read_whole(home):
+    body = body_for(30_000)
+    chunked = b"".join(b"1;e=1\r\n%s\r\n" % body[i : i + 1] for i in range(len(body)))
+
+    def handler(conn, index):
+        if server.recorded(conn) is not None:
+            head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            conn.sendall(head + chunked + b"0\r\n\r\n")
+
+    with RawServer(handler) as server:
+        (b,) = shardload.swarm([server.url + "/tiny"], download=make_download(home))
+    assert b.state == "written", b.error_message
+    assert open(b.file_path, "rb").read() == body
 
 
 def test_a_body_without_length_cut_by_a_reset_is_truncated(home):

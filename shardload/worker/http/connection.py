@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 MAX_HEAD = 100 * 1024  # bytes of status line and headers
 _SPLIT_FROM = 8192  # a smaller read's body is cheaper to copy than to split off
+# Bytes of chunked framing (size lines, extensions, CRLFs) allowed per chunk, past MAX_HEAD:
+# an endless size line would never end the body, nor deliver a byte of it.
+_FRAMING_PER_CHUNK = 256
 _CLOCK_SLACK = 0.002  # seconds: a timer set for t may run at t - 1 ms
 
 
@@ -53,6 +56,8 @@ class Connection(asyncio.Protocol):
         self._chunked = False
         self._received = 0  # bytes of the current response, headers included
         self._trailers = 0  # bytes of trailer fields after a chunked body (dropped, but capped)
+        self._chunks = 0  # chunk size lines of a chunked body so far
+        self._head_end = 0  # bytes received by the read that completed the headers
         self._body = 0
         self._raw_left = 0  # body bytes still to come past the parser (see the module doc)
         self._response: LeanResponse | None = None
@@ -112,6 +117,19 @@ class Connection(asyncio.Protocol):
             if self._trailers > MAX_HEAD and not self.closed:
                 # Trailers are dropped, but an endless stream of them would never end the body.
                 self._fail(DownloadFailed(ErrorKind.PROTOCOL, f"trailers over {MAX_HEAD} bytes"))
+            elif (
+                self._chunked
+                and self._received - self._head_end - self._body - self._trailers
+                > MAX_HEAD + _FRAMING_PER_CHUNK * self._chunks
+                and self._expecting
+                and not self.closed
+            ):
+                self._fail(
+                    DownloadFailed(
+                        ErrorKind.PROTOCOL,
+                        f"chunk framing over {MAX_HEAD} bytes past its {self._chunks} chunks",
+                    )
+                )
             elif response is None:
                 if self._received > MAX_HEAD and not self.closed:
                     # Still no end of headers: they would grow without bound (curl's limit too).
@@ -211,9 +229,13 @@ class Connection(asyncio.Protocol):
             elif lowered == "transfer-encoding":
                 # Chunked only as the last coding; before it, the body ends with the connection.
                 self._chunked = value.rsplit(",", 1)[-1].strip().lower() == "chunked"
+        self._head_end = self._received
         response = self._response = LeanResponse(self, self._url, status, self._reason)
         if self._head is not None and not self._head.done():
             self._head.set_result(response)
+
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
 
     def on_body(self, body: bytes) -> None:
         if self._expecting and self._response is not None:
@@ -239,7 +261,7 @@ class Connection(asyncio.Protocol):
         self.header_list = []
         self.content_length = None
         self._chunked = False
-        self._received = self._body = self._raw_left = self._trailers = 0
+        self._received = self._body = self._raw_left = self._trailers = self._chunks = 0
         self._response = None
         self._reusable = False
         self._expecting = True

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 HIGH_WATER = 4 << 20  # buffered body bytes at which reading pauses
 _LOW_WATER = 1 << 20
 _DECODE_STEP = 1 << 20
+# Encoded bytes in a row that may decode to nothing (gzip headers, zero padding): past this,
+# empty blocks or members that keep coming would never end the body nor write a byte of it.
+_IDLE_LIMIT = 1 << 20
 # A piece of a body: a view of the bytes read where slicing them off would copy (see connection).
 Piece = bytes | memoryview
 
@@ -116,13 +119,14 @@ class _Decoder:
         self._zlib = self._new()
         self._first = True
         self._between = b""  # bytes after a gzip member's end, until the next one shows
+        self._idle = 0  # encoded bytes since the last decoded one
 
     def _new(self, wbits: int | None = None) -> Any:
         return zlib.decompressobj(wbits or (16 + zlib.MAX_WBITS if self._gzip else zlib.MAX_WBITS))
 
     def feed(self, data: Piece) -> list[bytes]:
         try:
-            return list(self._steps(data))
+            out = list(self._steps(data))
         except zlib.error as exc:
             if self._first and not self._gzip:
                 # "deflate" is sent both zlib-wrapped (as specified) and raw; accept both.
@@ -130,6 +134,12 @@ class _Decoder:
                 self._first = False
                 return self.feed(data)
             raise DownloadFailed(ErrorKind.PROTOCOL, f"cannot decode the body: {exc}") from exc
+        self._idle = 0 if out else self._idle + len(data)
+        if self._idle > _IDLE_LIMIT:
+            raise DownloadFailed(
+                ErrorKind.PROTOCOL, f"{self._idle} bytes of the body decoded to nothing"
+            )
+        return out
 
     def _steps(self, data: Piece) -> Any:
         while data:
@@ -147,9 +157,9 @@ class _Decoder:
 
     def _next_member(self, data: Piece) -> bytes:
         """What starts the next gzip member (a fresh decoder takes it), or b"" for now."""
-        self._between += bytes(data)
-        if len(self._between) < 2 or not self._between.strip(b"\0"):
-            return b""  # too little to tell yet, or zero padding (gzip -d allows it)
+        self._between = (self._between + bytes(data)).lstrip(b"\0")  # padding: gzip -d allows it
+        if len(self._between) < 2:
+            return b""  # too little to tell yet
         if not self._between.startswith(b"\x1f\x8b"):
             raise DownloadFailed(ErrorKind.PROTOCOL, "bytes after the end of the gzip body")
         data, self._between = self._between, b""
