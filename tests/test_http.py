@@ -109,6 +109,35 @@ def test_a_pooled_connection_the_server_dropped_is_retried_on_a_new_one(home):
     assert server.connections == 5
 
 
+def test_a_request_goes_past_every_pooled_connection_the_server_dropped(home, client):
+    """Four pooled connections, all dropped by the server unanswered at their next request
+    (a server closing its idle connections at once): the next request ends on a new one.
+    aiohttp alone retries once, on the second dropped connection, and failed as reset."""
+
+    def handler(conn, index):
+        head = server.recorded(conn)
+        if head is not None:
+            conn.sendall(ok(b"body " + head.split(b" ")[1]))
+            server.recorded(conn)  # the next request on this connection: closed unanswered
+
+    download = make_download(home, RequestStrategy(concurrent=4), client=client)
+
+    async def run() -> tuple[list[Bundle], Bundle]:
+        try:
+            first = await asyncio.gather(
+                *(download.main(Bundle(f"{server.url}/a{i}")) for i in range(4))
+            )
+            return first, await download.main(Bundle(f"{server.url}/b"))
+        finally:
+            await download.close()
+
+    with RawServer(handler) as server:
+        first, then = asyncio.run(run())
+    assert [b.state for b in first] == ["written"] * 4
+    assert (then.state, then.attempts) == ("written", 1), then.error_message
+    assert open(then.file_path, "rb").read() == b"body /b"
+
+
 @pytest.mark.parametrize(
     "head", [b"HTTP/1.1 200 OK\r\n\r\n", b"HTTP/1.0 200 OK\r\nServer: old\r\n\r\n"]
 )

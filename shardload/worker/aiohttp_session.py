@@ -10,6 +10,9 @@ Invariants:
 - a pooled connection is reused only if nothing arrived on it while it was idle: bytes nobody
   asked for (a stray answer, the late body of a 204) would otherwise become the next
   request's response, and every later one on that connection would be shifted by one;
+- a request whose pooled connection the server had already closed (its end not yet seen when
+  the connection was taken) is sent again, as on the lean client: aiohttp retries once only,
+  and its retry may take another such connection when a server drops many idle ones at once;
 - aiohttp is imported only when a session is made: a worker on the lean client never pays its
   import (~0.2 s per spawned process).
 """
@@ -34,7 +37,7 @@ Went = Callable[[], None]
 # host are at most as many as were ever in use at once (``limit``): after that many closes the
 # pool is empty and the next is new. The bound only stops a server that speaks first on
 # every new connection from looping us.
-_STALE_TRIES = 8
+STALE_TRIES = 8
 
 
 def make_session(
@@ -46,7 +49,7 @@ def make_session(
         """Never hands out a pooled connection on which something arrived while idle."""
 
         async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:  # noqa: ASYNC109
-            for _ in range(self.limit + _STALE_TRIES):
+            for _ in range(self.limit + STALE_TRIES):
                 conn = await super().connect(req, traces, timeout)
                 protocol = conn.protocol
                 if protocol is None or not protocol.should_close:
@@ -96,13 +99,45 @@ def drop_if_body_pending(response: Any) -> None:
 
 class Hooks:
     """What shardload's own aiohttp session tells one request (its ``trace_request_ctx``):
-    ``went`` once a new connection is open, ``sent`` once the request's head is written."""
+    ``went`` once a new connection is open, ``sent`` once the request's head is written, and
+    whether its last connection came from the pool (``reused``)."""
 
-    __slots__ = ("sent", "went")
+    __slots__ = ("reused", "sent", "went")
 
     def __init__(self, went: Went | None) -> None:
         self.went = went
         self.sent: Callable[[], None] | None = None
+        self.reused = False
+
+
+class PastStaleConnections:
+    """The response of ``make()``'s request, made again while it fails on a pooled connection
+    the server had closed (see the module's invariants); at most ``tries`` times more."""
+
+    def __init__(self, make: Callable[[], Any], hooks: Hooks, tries: int) -> None:
+        self._make = make
+        self._hooks = hooks
+        self._tries = tries
+        self._request: Any = None
+
+    async def __aenter__(self) -> Any:
+        import aiohttp  # noqa: PLC0415  (see the module's invariants)
+
+        left = self._tries
+        while True:
+            self._hooks.reused = False
+            self._request = self._make()
+            try:
+                return await self._request.__aenter__()
+            except aiohttp.ClientConnectorError:
+                raise  # a new connection that failed: the host's answer, not a stale one
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                if not self._hooks.reused or left <= 0:
+                    raise
+                left -= 1
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self._request.__aexit__(*exc)
 
 
 class HeadersWithin:
@@ -146,13 +181,20 @@ class HeadersWithin:
 
 def _request_trace() -> aiohttp.TraceConfig:
     """Tells a request's ``Hooks`` (its ``trace_request_ctx``) when its new connection is
-    open and when its head is written."""
+    open, when it takes a pooled one, and when its head is written."""
     import aiohttp  # noqa: PLC0415  (see the module's invariants)
 
     async def opened(_session: object, context: Any, _params: object) -> None:
         hooks = context.trace_request_ctx
-        if isinstance(hooks, Hooks) and hooks.went is not None:
-            hooks.went()
+        if isinstance(hooks, Hooks):
+            hooks.reused = False
+            if hooks.went is not None:
+                hooks.went()
+
+    async def reused(_session: object, context: Any, _params: object) -> None:
+        hooks = context.trace_request_ctx
+        if isinstance(hooks, Hooks):
+            hooks.reused = True
 
     async def head_sent(_session: object, context: Any, _params: object) -> None:
         hooks = context.trace_request_ctx
@@ -161,5 +203,6 @@ def _request_trace() -> aiohttp.TraceConfig:
 
     trace = aiohttp.TraceConfig()
     trace.on_connection_create_end.append(opened)
+    trace.on_connection_reuseconn.append(reused)
     trace.on_request_headers_sent.append(head_sent)
     return trace

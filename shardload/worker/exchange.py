@@ -35,8 +35,10 @@ from ..errors import DownloadFailed, ErrorKind
 from ..strategy import DEFAULT_USER_AGENT, DownloadStrategy, Outcome, RequestStrategy
 from ..urls import UrlParts, userinfo
 from .aiohttp_session import (
+    STALE_TRIES,
     HeadersWithin,
     Hooks,
+    PastStaleConnections,
     Went,
     drop_if_body_pending,
     encoded_url,
@@ -117,7 +119,11 @@ class Exchange:
             return self._get_lean().get(parts, url, same_origin, went)
         rs = self.request_strategy
         hooks = Hooks(went)
-        request = self._aiohttp_request(url, parts, same_origin, max_time, hooks)
+        request = PastStaleConnections(
+            lambda: self._aiohttp_request(url, parts, same_origin, max_time, hooks),
+            hooks,
+            self._worker_limit() + STALE_TRIES,
+        )
         if not rs.timeout or rs.timeout <= 0:
             return request
         return HeadersWithin(request, hooks, rs.timeout, _connect_timeout(rs) or 0.0)
