@@ -24,7 +24,7 @@ STRATEGIES = ("default", "lenient", "backoff")
 PASS_THROUGH = (
     "delay", "jitter", "connect_timeout", "max_time", "user_agent", "low_speed_limit",
     "low_speed_time", "max_redirects", "adaptive", "breaker_threshold", "breaker_cooldown",
-    "robots",
+    "robots", "retry_after_cap",
 )  # fmt: skip
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 
@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
         "that make a host fail fast (default: 5; 0: never)")
     add("--breaker-cooldown", type=secs, metavar="S", help="seconds before probing a host "
         "again (default: 30)")
+    add("--retry-after-cap", type=secs0, metavar="S", help="longest wait a Retry-After "
+        "(or robots.txt's Crawl-delay) may put on a host (default: 300)")
     add("--robots", action="store_true", default=None,
         help="obey robots.txt (Disallow and Crawl-delay)")
     add("--user-agent", type=parse_user_agent, metavar="UA", help="User-Agent header")

@@ -55,6 +55,20 @@ def test_file_input_all_ok(server: LocalServer, tmp_path: Path) -> None:
     assert "finished   30 (written 30, cached 0, failed 0)" in err
 
 
+def test_retry_after_cap_bounds_the_wait_a_server_asks_for(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    # The server asks for 30 s; the cap lets the retry go after 0.3 s.
+    url = f"{server.base_urls[0]}/retry-after/cli-cap/1/503?after=30"
+    out = tmp_path / "out"
+    result = run_cli("-", "-o", out, "-q", "--retry-after-cap", "0.3", stdin=url.encode())
+    assert result.returncode == 0, result.stderr.decode()
+    (record,) = read_manifest(out / "manifest.jsonl")
+    assert (record["state"], record["attempts"]) == ("written", 2)
+    starts = server.stats()["hosts"][server.host_key(0)]["starts"]
+    assert 0.29 <= starts[-1] - starts[-2] < 10
+
+
 def test_no_sha256_leaves_the_digest_null(server: LocalServer, tmp_path: Path) -> None:
     urls = _byte_urls(server, "nohash", 4)
     out = tmp_path / "out"

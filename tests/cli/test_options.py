@@ -107,6 +107,7 @@ BASE = {
             ["--breaker-threshold", "0", "--breaker-cooldown", "5"],
             {**BASE, "breaker_threshold": 0, "breaker_cooldown": 5.0},
         ),
+        (["--retry-after-cap", "2.5"], {**BASE, "retry_after_cap": 2.5}),
         (
             ["--low-speed-limit", "1K", "--low-speed-time", "10"],
             {**BASE, "low_speed_limit": 1024, "low_speed_time": 10.0},
