@@ -398,7 +398,7 @@ def test_a_burst_of_throttled_answers_is_one_pause_and_the_next_pause_doubles():
     asyncio.run(scenario())
 
 
-def test_answers_to_requests_sent_before_a_pause_do_not_reset_its_doubling():
+def test_throttled_answers_to_requests_sent_before_a_pause_do_not_pause_the_host_again():
     from shardload.worker.hosts import WorkerSlots
 
     async def scenario() -> None:
@@ -415,17 +415,37 @@ def test_answers_to_requests_sent_before_a_pause_do_not_reset_its_doubling():
             await slot.enter(worker)
         await answered(429)
         assert loop.time() + 0.9 < slot.paused_until <= loop.time() + 1.0  # 1 s
-        await answered(200)  # the other three were sent before the pause: one burst
+        await answered(429)  # sent before the pause, answered during it: the same burst
         slot.paused_until = loop.time()  # the pause is over
-        await answered(429)  # still one of the three: it does not pause the host again
+        await answered(429)  # sent before the pause too: it does not pause the host again
         assert slot.paused_until <= loop.time()
-        await answered(200)
+        await answered(429)
         await answered(429, sent=False)  # sent after the pause: the host throttles again
-        assert slot.paused_until > loop.time() + 1.9  # 2 s: the doubling held
-        slot.paused_until = loop.time()
-        await answered(200, sent=False)  # the host answered since: it recovered
-        await answered(429, sent=False)
-        assert loop.time() + 0.9 < slot.paused_until <= loop.time() + 1.0  # back to 1 s
+        assert slot.paused_until > loop.time() + 1.9  # 2 s: the second pause in a row
+
+    asyncio.run(scenario())
+
+
+def test_a_host_that_serves_some_and_rejects_the_rest_at_once_is_paused_1_s_each_time():
+    """nginx's limit_conn: 2 served, the rest 503 at once. The fast 503s of a wave pause the
+    host before its slow 200s arrive; those 200s still end the run of pauses, so each wave
+    waits 1 s, not 1, 2, 4, ... 60 s (a 16-URL job took 123 s so)."""
+    from shardload.worker.hosts import WorkerSlots
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        slot, worker = HostSlot(8), WorkerSlots(8)
+        for _wave in range(4):
+            for _ in range(8):
+                await slot.enter(worker)
+            for i in range(6):  # the 503s, at once
+                slot.leave(worker)
+                slot.record(503, ErrorKind.HTTP, None, f"u{i}")
+            assert loop.time() + 0.9 < slot.paused_until <= loop.time() + 1.0
+            for _ in range(2):  # the two it served
+                slot.leave(worker)
+                slot.record(200, None, None, "ok")
+            slot.paused_until = loop.time()  # the pause is over: the next wave
 
     asyncio.run(scenario())
 

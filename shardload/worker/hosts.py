@@ -12,10 +12,11 @@ Invariants:
   ``_WINDOW`` responses were 429/503, for at least two different URLs (an overloaded host, not
   one broken URL retried, nor one unlucky first answer: a lone URL's retries keep the
   strategy's own backoff). Without a Retry-After the pause is 1 s, doubling with each
-  consecutive pause, up to 60 s. Answers to requests sent before a pause (counted: as many
-  as were in flight when it began) are the same burst: a throttled one does not lengthen the
-  pause, and an unthrottled one does not reset the doubling (it says nothing of the host
-  since); nor does a throttled answer that arrives while the host is paused;
+  consecutive pause, up to 60 s; any unthrottled answer ends the run of pauses (a host that
+  serves a few requests at a time and rejects the rest at once is serving: doubling against
+  it only adds waiting). Throttled answers to requests sent before a pause (counted: as many
+  as were in flight when it began), or arriving while the host is paused, are the same burst
+  and neither lengthen the pause nor start another;
 - a request waiting for its turn holds no worker-wide slot: the worker-wide semaphore is taken
   last, right before the request starts, so a slow or paused host never blocks other hosts;
   the host's start is claimed only once that slot is held, so a wait for it (however long)
@@ -218,7 +219,7 @@ class HostSlot:
             # Only a throttle of a request sent after the pause makes the next pause longer.
             self.pause(min(_THROTTLE_FIRST * 2**self._pauses, _THROTTLE_MAX))
             self._pauses += 1
-        if not throttled and not stale:
+        if not throttled:
             self._pauses = 0
         self._throttles = self._throttles + 1 if throttled else 0
         if throttled:
