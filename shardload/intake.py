@@ -115,7 +115,9 @@ def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None, run:
                     bundle.info = item
             elif url is None:
                 return _failed_item(seq, item, "no URL: the item (or url_map's answer) is None")
-            elif isinstance(url, _NEVER_URLS):  # its str() is never a URL
+            elif isinstance(url, _NEVER_URLS) and type(url).__str__ is object.__str__:
+                # A plain container or number: its str() is never a URL (a record class that
+                # subclasses one and says its URL in __str__ is taken as aiodownload took it).
                 name = type(url).__name__
                 if url_map is None:
                     why = f"a {name} is not a URL: pass url_map= to say where its URL is"

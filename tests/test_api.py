@@ -9,6 +9,7 @@ import json
 import os
 import threading
 import time
+import typing
 
 import pytest
 
@@ -331,6 +332,20 @@ def test_bad_items_become_failed_bundles(home, item, kind):
     assert bundle.error_kind == kind
     assert bundle.error_message
     assert files_under(home) == set()
+
+
+class _Page(typing.NamedTuple):
+    url: str
+    rank: int
+
+    def __str__(self) -> str:
+        return self.url
+
+
+def test_a_record_class_whose_str_is_its_url_needs_no_url_map(srv, home):
+    page = _Page(f"{srv.base_urls[0]}/links/1", 1)
+    (bundle,) = shardload.swarm([page], download=make_download(home))
+    assert bundle.state == "written" and bundle.info == page
 
 
 def test_a_record_without_url_map_says_what_is_missing(home):

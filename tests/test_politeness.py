@@ -398,30 +398,25 @@ def test_a_burst_of_throttled_answers_is_one_pause_and_the_next_pause_doubles():
     asyncio.run(scenario())
 
 
-def test_throttled_answers_to_requests_sent_before_a_pause_do_not_pause_the_host_again():
+def test_a_throttle_after_a_pause_pauses_again_while_slow_requests_are_in_flight():
+    """A rate limiter answers 429 at once and serves slowly: once a pause ends, the first new
+    request's 429 pauses the host again, even while answers to older requests are due (they
+    would let a whole burst through at the end of every pause)."""
     from shardload.worker.hosts import WorkerSlots
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         slot, worker = HostSlot(8), WorkerSlots(8)
-
-        async def answered(status: int, *, sent: bool = True) -> None:
-            if not sent:
-                await slot.enter(worker)
-            slot.leave(worker)
-            slot.record(status, ErrorKind.HTTP if status >= 400 else None, None, "u")
-
-        for _ in range(4):  # four requests in flight; the first answer is a 429
+        for _ in range(6):  # five slow requests in flight, one answered 429 at once
             await slot.enter(worker)
-        await answered(429)
-        assert loop.time() + 0.9 < slot.paused_until <= loop.time() + 1.0  # 1 s
-        await answered(429)  # sent before the pause, answered during it: the same burst
-        slot.paused_until = loop.time()  # the pause is over
-        await answered(429)  # sent before the pause too: it does not pause the host again
-        assert slot.paused_until <= loop.time()
-        await answered(429)
-        await answered(429, sent=False)  # sent after the pause: the host throttles again
-        assert slot.paused_until > loop.time() + 1.9  # 2 s: the second pause in a row
+        slot.leave(worker)
+        slot.record(429, ErrorKind.HTTP, None, "u")
+        assert slot.paused_until > loop.time()
+        slot.paused_until = loop.time()  # the pause is over; the five are still in flight
+        await slot.enter(worker)
+        slot.leave(worker)
+        slot.record(429, ErrorKind.HTTP, None, "fresh")
+        assert slot.paused_until > loop.time() + 1.9  # paused again, 2 s
 
     asyncio.run(scenario())
 

@@ -12,11 +12,12 @@ Invariants:
   ``_WINDOW`` responses were 429/503, for at least two different URLs (an overloaded host, not
   one broken URL retried, nor one unlucky first answer: a lone URL's retries keep the
   strategy's own backoff). Without a Retry-After the pause is 1 s, doubling with each
-  consecutive pause, up to 60 s; any unthrottled answer ends the run of pauses (a host that
-  serves a few requests at a time and rejects the rest at once is serving: doubling against
-  it only adds waiting). Throttled answers to requests sent before a pause (counted: as many
-  as were in flight when it began), or arriving while the host is paused, are the same burst
-  and neither lengthen the pause nor start another;
+  consecutive pause, up to 60 s; any unthrottled answer ends the run of pauses, also one to a
+  request sent before the pause (a host that serves a few requests at a time and rejects the
+  rest at once is serving: doubling against it only adds waiting); throttled answers that
+  arrive while the host is paused are the same burst and do not lengthen it. Answers are not
+  told apart by when their request went: a rate limiter answers its rejections at once, and
+  the slow answers it serves arrive after them;
 - a request waiting for its turn holds no worker-wide slot: the worker-wide semaphore is taken
   last, right before the request starts, so a slow or paused host never blocks other hosts;
   the host's start is claimed only once that slot is held, so a wait for it (however long)
@@ -69,8 +70,6 @@ class HostSlot:
         self.paused_until = 0.0
         self._throttles = 0  # consecutive throttled responses
         self._pauses = 0  # throttle pauses since the last unthrottled response
-        self._sent = 0  # requests that started and have not left
-        self._burst = 0  # answers still due to requests sent before the last pause
         # The URL of each recent throttled response, None for the others; newest last.
         self._recent: deque[str | None] = deque(maxlen=_WINDOW)
         self._retry_after_cap = retry_after_cap
@@ -144,7 +143,6 @@ class HostSlot:
         return None
 
     def leave(self, worker: WorkerSlots) -> None:
-        self._sent -= 1
         worker.release(self)
         self._release()
 
@@ -166,7 +164,6 @@ class HostSlot:
         self._next_start = now + gap
         self._last_start = now
         self._gap = gap
-        self._sent += 1
         return True
 
     def spaced(self) -> bool:
@@ -193,7 +190,6 @@ class HostSlot:
         if seconds > 0:
             until = asyncio.get_running_loop().time() + seconds
             self.paused_until = max(self.paused_until, until)
-            self._burst = self._sent  # the answer that paused the host has left already
 
     # -- what each attempt teaches us --------------------------------------------------------
 
@@ -204,19 +200,11 @@ class HostSlot:
         True when this outcome opened the breaker (the stats say which hosts it opened for)."""
         throttled = status in _THROTTLE_STATUSES
         self._recent.append(url if throttled else None)
-        # Answers come roughly in the order their requests went, so the first answers after
-        # a pause are those of the requests it caught in flight.
-        stale = self._burst > 0
-        if stale:
-            self._burst -= 1
         if retry_after is not None and (throttled or status is None or status >= 300):
             self.pause(min(retry_after, self._retry_after_cap))
-        elif (
-            (status == 429 or (throttled and self._overloaded()))
-            and not stale
-            and not self._paused()
-        ):
-            # Only a throttle of a request sent after the pause makes the next pause longer.
+        elif (status == 429 or (throttled and self._overloaded())) and not self._paused():
+            # Answers to requests already in flight when the host paused are the same burst:
+            # only a throttle after a pause ended makes the next pause longer.
             self.pause(min(_THROTTLE_FIRST * 2**self._pauses, _THROTTLE_MAX))
             self._pauses += 1
         if not throttled:
