@@ -975,6 +975,28 @@ def _chunked(data: bytes) -> bytes:
 
 
 @pytest.mark.parametrize(
+    "head",
+    [
+        b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+        b"Transfer-Encoding: identity, chunked",
+        b"Transfer-Encoding: chunked\r\nContent-Encoding: identity",
+    ],
+    ids=["chunked-twice", "identity-chunked", "content-identity"],
+)
+def test_codings_said_twice_or_as_identity_are_read_as_curl_reads_them(home, client, head):
+    body = body_for(5_000)
+
+    def handler(conn, index):
+        while server.recorded(conn) is not None:
+            conn.sendall(b"HTTP/1.1 200 OK\r\n%s\r\n\r\n%s" % (head, _chunked(body)))
+
+    with RawServer(handler) as server:
+        (b,) = shardload.swarm([f"{server.url}/dup"], download=make_download(home, client=client))
+    assert b.state == "written", b.error_message
+    assert open(b.file_path, "rb").read() == body
+
+
+@pytest.mark.parametrize(
     ("head", "body", "message"),
     [
         (b"Content-Encoding: gzip, gzip", _gz(_gz(b"x" * 500)), "Content-Encoding gzip, gzip"),
@@ -984,15 +1006,19 @@ def _chunked(data: bytes) -> bytes:
             _chunked(_gz(b"x" * 500)),
             "Transfer-Encoding gzip, chunked",
         ),
-        (
-            b"Transfer-Encoding: chunked, chunked",
-            _chunked(_chunked(b"x" * 500)),
-            "Transfer-Encoding chunked, chunked",
-        ),
+        (b"Content-Encoding: gzip, identity", _gz(b"x" * 500), "Content-Encoding gzip, identity"),
+        (b"Content-Encoding: identity\r\nContent-Encoding: gzip", _gz(b"x"), "identity, gzip"),
         # Not chunked in the end (RFC 9112: read to the close), but gzip, never decoded.
         (b"Transfer-Encoding: chunked, gzip", _gz(b"x" * 500), "Transfer-Encoding chunked, gzip"),
     ],
-    ids=["gzip-gzip", "two-lines", "gzip-chunked", "chunked-chunked", "chunked-not-last"],
+    ids=[
+        "gzip-gzip",
+        "two-lines",
+        "gzip-chunked",
+        "gzip-identity",
+        "identity-gzip-lines",
+        "chunked-not-last",
+    ],
 )
 def test_codings_that_would_be_stored_undecoded_fail(home, client, head, body, message):
     """Both clients remove one content coding and chunked; a body under more layers than

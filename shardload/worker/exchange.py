@@ -286,10 +286,11 @@ class Exchange:
 
 def _check_codings(headers: Mapping[str, str]) -> None:
     """Fail a body whose codings would be stored undecoded: a transfer coding other than
-    chunked (which both clients remove), or more than one content coding (one is decoded)."""
+    chunked (which both clients remove; said twice, as curl reads it, once), or a content
+    coding beside another (one alone is decoded, and identity alone is none)."""
     if "Transfer-Encoding" in headers:
-        transfer = _codings(headers, "Transfer-Encoding")
-        if transfer and transfer != ["chunked"]:
+        transfer = [c for c in _codings(headers, "Transfer-Encoding") if c != "identity"]
+        if transfer and set(transfer) != {"chunked"}:
             raise DownloadFailed(
                 ErrorKind.PROTOCOL, f"Transfer-Encoding {', '.join(transfer)} is not supported"
             )
@@ -302,13 +303,13 @@ def _check_codings(headers: Mapping[str, str]) -> None:
 
 
 def _codings(headers: Mapping[str, str], name: str) -> list[str]:
-    """The codings the header's lines list, in order (identity left out)."""
+    """The codings the header's lines list, in order."""
     if isinstance(headers, CIMultiDictProxy):
         values = headers.getall(name, [])
     else:
         values = [headers.get(name, "")]
     codings = (c.strip().lower() for value in values for c in value.split(","))
-    return [c for c in codings if c and c != "identity"]
+    return [c for c in codings if c]
 
 
 def _overridden_on_success(ds: DownloadStrategy) -> bool:
