@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import math
@@ -302,32 +303,80 @@ def test_an_on_success_that_writes_the_file_itself_reports_its_bytes_and_hash(sr
     assert b.sha256 == (hashlib.sha256(body).hexdigest() if sha256 else None)
 
 
-class WritesItselfToOnePath(WritesItself):
-    def get_file_path(self, bundle: Bundle) -> str:
-        return os.path.join(self.home, "the-file")
-
-
 @pytest.mark.parametrize("processes", [1, 2])
 def test_an_on_success_that_writes_the_file_itself_never_leaves_a_cut_body_at_the_final_path(
     srv, home, processes
 ):
-    """DESIGN: a failure never destroys an earlier good copy, and skip_cached can trust what
-    it finds, also when the file is written by an override of aiodownload's kind."""
-    download = shardload.AioDownload(download_strategy=WritesItselfToOnePath(home=home))
-    path = os.path.join(home, "the-file")
+    """skip_cached can trust what it finds, also when the file is written by an override of
+    aiodownload's kind: a cut body it wrote is removed, over an earlier copy or not."""
+    download = shardload.AioDownload(download_strategy=WritesItself(home=home))
     good = shardload.one(f"{srv.base_urls[0]}/bytes/3000", download=download, processes=processes)
-    assert good.state == "written" and good.file_path == path
-    cut = shardload.one(f"{srv.base_urls[0]}/truncate/2000", download=download, processes=processes)
-    assert cut.state == "failed" and cut.error_kind == "truncated", cut.error_message
-    with open(path, "rb") as f:
-        assert f.read() == body_for(3000)  # the earlier copy, whole
-    cached = shardload.AioDownload(
-        download_strategy=WritesItself(home=home, skip_cached=True),
+    assert good.state == "written" and good.bytes == 3000
+    cached = shardload.AioDownload(download_strategy=WritesItself(home=home, skip_cached=True))
+    for url in (f"{srv.base_urls[0]}/truncate/1000", f"{srv.base_urls[1]}/truncate/900"):
+        for _ in range(2):  # nothing at the final path: a rerun does not take it for a copy
+            cut = shardload.one(url, download=cached, processes=processes)
+            assert (cut.state, cut.error_kind) == ("failed", "truncated"), cut.error_message
+            assert not os.path.exists(cut.file_path)
+    assert temp_files(home) == []
+
+
+class SwallowsReadErrors(WritesItself):
+    """An aiodownload-era wrapper: there an exception aborted the whole swarm."""
+
+    async def on_success(self, response: Any, bundle: Bundle) -> None:
+        with contextlib.suppress(Exception):
+            await super().on_success(response, bundle)
+
+
+def test_an_on_success_that_swallows_a_cut_body_still_fails_and_leaves_nothing(srv, home):
+    download = shardload.AioDownload(download_strategy=SwallowsReadErrors(home=home))
+    cut = shardload.one(f"{srv.base_urls[0]}/truncate/2000", download=download)
+    assert (cut.state, cut.error_kind) == ("failed", "truncated"), cut.error_message
+    assert not os.path.exists(cut.file_path)
+
+
+class AppendsToOneFile(DownloadStrategy):
+    """Pages gathered into one file: each override appends to what is there."""
+
+    def get_file_path(self, bundle: Bundle) -> str:
+        return os.path.join(self.home, "all-pages")
+
+    async def on_success(self, response: Any, bundle: Bundle) -> None:
+        assert bundle.file_path is not None
+        with open(bundle.file_path, "ab") as f:
+            f.write(await response.read() + b"\n")
+
+
+class NamesByType(DownloadStrategy):
+    """The image downloader's pattern: an extension from the Content-Type, then the write."""
+
+    async def on_success(self, response: Any, bundle: Bundle) -> None:
+        assert bundle.file_path is not None
+        bundle.file_path += ".bin"
+        os.makedirs(os.path.dirname(bundle.file_path), exist_ok=True)
+        with open(bundle.file_path, "wb") as f:
+            f.write(await response.read())
+        with open(bundle.file_path + ".json", "w") as f:  # a side file beside it
+            json.dump({"status": response.status}, f)
+
+
+def test_overrides_that_append_or_derive_names_from_the_path_work_as_in_aiodownload(srv, home):
+    base = srv.base_urls[0]
+    pages = [f"{base}/bytes/{n}" for n in (10, 20, 30)]
+    download = shardload.AioDownload(
+        download_strategy=AppendsToOneFile(home=home),
+        request_strategy=RequestStrategy(concurrent=1),
     )
-    url = f"{srv.base_urls[0]}/truncate/1000"
-    for _ in range(2):  # nothing at the final path: the second run does not take it as cached
-        again = shardload.one(url, download=cached, processes=processes)
-        assert again.state == "failed" and not os.path.exists(again.file_path)
+    assert [b.state for b in shardload.swarm(pages, download=download)] == ["written"] * 3
+    with open(os.path.join(home, "all-pages"), "rb") as f:
+        assert f.read() == b"".join(body_for(n) + b"\n" for n in (10, 20, 30))
+    named = shardload.one(
+        f"{base}/bytes/40", download=shardload.AioDownload(download_strategy=NamesByType(home=home))
+    )
+    assert named.state == "written" and named.file_path.endswith(os.sep + "40.bin")
+    assert open(named.file_path, "rb").read() == body_for(40)
+    assert json.load(open(named.file_path + ".json")) == {"status": 200}
     assert temp_files(home) == []
 
 
@@ -335,6 +384,7 @@ def test_an_on_success_that_raises_mid_write_or_writes_nothing_leaves_nothing(sr
     class Raises(WritesItself):
         async def on_success(self, response: Any, bundle: Bundle) -> None:
             assert bundle.file_path is not None
+            os.makedirs(os.path.dirname(bundle.file_path), exist_ok=True)
             with open(bundle.file_path, "wb") as f:
                 f.write(b"half")
             raise OSError("the disk went away")
@@ -648,6 +698,18 @@ def test_an_aiodownload_style_request_and_download_override_works(srv, home, pro
         with open(b.file_path, "rb") as f:
             assert json.loads(f.read())["headers"]["X-Token"] == "t"
     assert download.client is None  # outside a run: the caller gave none
+
+
+def test_a_request_and_download_copied_from_aiodownload_leaves_no_cut_body(srv, home):
+    """Its on_success call goes past the engine's; what a failed attempt wrote is still
+    removed, and a written file's size and hash are measured."""
+    download = AiodownloadStyle(download_strategy=WritesItself(home=home, skip_cached=True))
+    ok, cut = shardload.swarm(
+        [f"{srv.base_urls[0]}/bytes/700", f"{srv.base_urls[0]}/truncate/800"], download=download
+    )
+    assert (ok.state, ok.bytes) == ("written", 700)
+    assert ok.sha256 == hashlib.sha256(body_for(700)).hexdigest()
+    assert cut.state == "failed" and not os.path.exists(cut.file_path), cut.error_message
 
 
 class SaysWrittenAfterTheBase(shardload.AioDownload):

@@ -41,6 +41,7 @@ from .binding import LoopBinding
 from .exchange import Redirect, over_time
 from .files import check_target, find_complete
 from .hosts import HostSlot
+from .own_writes import identity, measure_written, remove_if_changed, run_own_write
 
 if TYPE_CHECKING:
     # Imported where a session is made: a worker on the lean client never pays aiohttp's
@@ -318,10 +319,12 @@ class AioDownload(LoopBinding):
             return Outcome(ErrorKind.BREAKER_OPEN, refused, attempt=bundle.attempts)
         told: list[Outcome] = []
         token = _told.set(told)
+        final = bundle.file_path
+        found = identity(final)  # aiodownload's override calls on_success, which may write it
         try:
             before = bundle.attempts
             bundle.__dict__.pop("_status_msg", None)  # said by this attempt, or not at all
-            await self.request_and_download(bundle)
+            await run_own_write(lambda: self.request_and_download(bundle), bundle, None)
             if bundle.attempts == before:  # an override that made its own request
                 bundle.attempts += 1
         finally:
@@ -330,8 +333,12 @@ class AioDownload(LoopBinding):
         said = getattr(bundle, "_status_msg", None)  # aiodownload's overrides set no state
         if bundle.state == WRITTEN or said == SAID_WRITTEN:
             bundle.state = WRITTEN
+            if bundle.bytes == 0 and bundle.sha256 is None:  # written by the override itself
+                ds = self.download_strategy
+                await asyncio.to_thread(measure_written, bundle, ds.sha256)
             slot.record(bundle.status, None, None, bundle.url)
             return None
+        remove_if_changed(final, found)  # what a failed attempt wrote is no copy
         if said in (SAID_TRY_AGAIN, SAID_GAVE_UP):  # an aiodownload override rejected a response
             kind = bundle.error_kind or ErrorKind.HTTP
             message = bundle.error_message or f"request_and_download() said: {said}"

@@ -48,7 +48,7 @@ from .descriptors import open_file_limit
 from .failures import classify
 from .files import READ_SIZE, SpeedGuard, speed_guard
 from .http import ORIGIN_ONLY, REDIRECT_STATUSES, LeanClient
-from .own_writes import measure_written, run_on_success
+from .own_writes import measure_written, run_own_write
 
 if TYPE_CHECKING:
     # Imported where a session is made: a worker on the lean client never pays aiohttp's
@@ -254,7 +254,9 @@ class Exchange:
                 own = _overridden_on_success(ds)
                 try:
                     if own:
-                        await run_on_success(ds, response, bundle)
+                        await run_own_write(
+                            lambda: ds.on_success(response, bundle), bundle, response
+                        )
                     else:
                         await ds.on_success(response, bundle)
                 finally:

@@ -177,10 +177,6 @@ class SpeedGuard:
 # Set by the engine around on_success(): the request strategy's speed floor for this body,
 # without changing aiodownload's on_success(response, bundle) signature.
 speed_guard: ContextVar[SpeedGuard | None] = ContextVar("speed_guard", default=None)
-# Set while an overridden on_success runs (``own_writes``): the temporary path it was handed
-# as ``bundle.file_path``, and the final path. Its ``super().on_success()`` writes straight to
-# the final path.
-held_path: ContextVar[tuple[str, str] | None] = ContextVar("held_path", default=None)
 
 
 async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadStrategy) -> None:
@@ -196,10 +192,6 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
     encoded = response.headers.get("Content-Encoding", "identity").lower() != "identity"
     if limit is not None and declared is not None and declared > limit and not encoded:
         raise DownloadFailed(ErrorKind.TOO_LARGE, f"Content-Length {declared} > max {limit}")
-    target = bundle.file_path
-    held = held_path.get()
-    if held is not None and target == held[0]:
-        target = held[1]
     digest = hashlib.sha256() if strategy.sha256 else None
     size = 0
     pending: list[bytes | memoryview] = []  # the lean client hands views (no copy)
@@ -227,7 +219,7 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
             _write_and_hash(tmp.fd, pending, digest)
         os.close(tmp.fd)
         tmp.fd = -1
-        bundle.file_path = commit(tmp.path, target, home)
+        bundle.file_path = commit(tmp.path, bundle.file_path, home)
     except BaseException:
         tmp.discard()
         raise

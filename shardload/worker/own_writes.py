@@ -1,15 +1,18 @@
-"""An overridden ``on_success`` that writes the file itself, as aiodownload's did.
+"""An overridden ``on_success`` (or ``request_and_download``) that writes the file itself, as
+aiodownload's did.
 
-Invariants (DESIGN rule 6, for code we do not control):
-- while the override runs, ``bundle.file_path`` names a fresh temporary file in home's
-  ``.shardload-tmp`` (``temp_files``), so what it writes never stands at the final path
-  before it returns: a body cut short, or an override that raises mid-write, leaves the final
-  path (and an earlier good copy there) as it was, and ``skip_cached`` can trust what it finds;
-- when it returns, what it wrote there is moved to the final path like any body
-  (``files.commit``); nothing written (an override that uploads elsewhere) moves nothing;
-  when it raises, its temporary file is removed;
-- ``super().on_success()`` inside it writes straight to the final path, as without the
-  override, and a path the override sets on the bundle itself is its own and kept.
+Invariants:
+- the override gets the final path as ``bundle.file_path``, as in aiodownload: it may write
+  there, append to what is there, read it, derive side files or other names from it, or upload
+  under its name. While it runs, the final path holds what it has written so far;
+- when it fails (it raises, it returns after a read of the body failed, an error it caught
+  itself, or its attempt ends failed), a regular file at the final path that it created or
+  changed is removed: a cut body never stays there for ``skip_cached`` (or a user) to take
+  for a copy. An override that opens the final path for writing has replaced an earlier copy
+  itself, before shardload could keep it; shardload cannot tell an append from a rewrite, so a
+  file an override appended to is removed too when the override fails. A file it left as it
+  was is left alone;
+- ``bytes`` and ``sha256`` of a file it wrote are measured from the file when it set none.
 """
 
 from __future__ import annotations
@@ -18,61 +21,63 @@ import contextlib
 import hashlib
 import os
 import stat
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ..bundle import Bundle
-from ..errors import DownloadFailed, ErrorKind
-from .files import commit, held_path
-from .temp_files import reserve_temp
 
-if TYPE_CHECKING:
-    from ..strategy import DownloadStrategy, Response
+# What tells a file from another, or from itself changed: device, inode, size, mtime.
+Identity = tuple[int, int, int, int] | None
 
 
-async def run_on_success(strategy: DownloadStrategy, response: Response, bundle: Bundle) -> None:
-    """``strategy.on_success(response, bundle)``, an override's, with the final path held."""
+async def run_own_write(call: Callable[[], Awaitable[Any]], bundle: Bundle, response: Any) -> Any:
+    """``await call()``, an override that may write ``bundle.file_path`` itself, cleaning up
+    after it as the module says. ``response`` is the response it reads, when there is one."""
     final = bundle.file_path
-    if final is None:
-        await strategy.on_success(response, bundle)
-        return
-    tmp = reserve_temp(strategy.home)
-    bundle.file_path = tmp
-    token = held_path.set((tmp, final))
+    before = identity(final)
     try:
-        await strategy.on_success(response, bundle)
+        result = await call()
+        failure = read_failure(response)
+        if failure is not None:
+            raise failure
     except BaseException:
-        _remove(tmp)
-        if bundle.file_path == tmp:
-            bundle.file_path = final
+        remove_if_changed(final, before)
         raise
-    finally:
-        held_path.reset(token)
-    if bundle.file_path != tmp:  # super().on_success() wrote it, or the override chose a path
-        _remove(tmp)
-        return
-    bundle.file_path = final
-    try:
-        mode = os.lstat(tmp).st_mode
-    except FileNotFoundError:
-        return  # it wrote nothing here
-    if not stat.S_ISREG(mode):
-        _remove(tmp)
-        raise DownloadFailed(ErrorKind.STRATEGY, "on_success left no regular file at its path")
-    try:
-        bundle.file_path = commit(tmp, final, strategy.home)
-    except BaseException:
-        _remove(tmp)
-        raise
+    return result
 
 
-def _remove(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
+def read_failure(response: Any) -> BaseException | None:
+    """The error a read of ``response``'s body met, if any (both clients keep it on the
+    body stream, as aiohttp's ``StreamReader.exception()``)."""
+    exception = getattr(getattr(response, "content", None), "exception", None)
+    return exception() if callable(exception) else None
+
+
+def identity(path: str | None) -> Identity:
+    """The identity of the regular file at ``path``; None where none stands."""
+    if path is None:
+        return None
+    try:
+        st = os.lstat(path)
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def remove_if_changed(path: str | None, before: Identity) -> None:
+    """Remove the regular file at ``path`` if it is not the one that stood there ``before``
+    (what a failed attempt wrote); never a folder."""
+    now = identity(path)
+    if path is not None and now is not None and now != before:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def measure_written(bundle: Bundle, with_hash: bool) -> None:
     """Fill in ``bytes`` (and ``sha256``) from the file at ``bundle.file_path``, for an
-    overridden ``on_success`` that wrote it itself. Runs in a thread: the file may be large."""
+    override that wrote it itself. Runs in a thread: the file may be large."""
     path = bundle.file_path
     if path is None or not os.path.isfile(path):
         return

@@ -113,14 +113,6 @@ def open_temp(home: str) -> Temp:
         raise DownloadFailed(ErrorKind.DISK, f"cannot create a temporary file: {exc}") from exc
 
 
-def reserve_temp(home: str) -> str:
-    """A fresh temporary path in home's temporary folder, with nothing there yet, for code
-    that writes the file itself."""
-    temp = open_temp(home)
-    temp.discard()
-    return temp.path
-
-
 def _remove_orphans(directory: str) -> None:
     """Remove the temporary files of this node's processes that are gone. A worker's are
     removed by its coordinator when it dies; a process killed whole (SIGKILL of a one-process

@@ -46,6 +46,10 @@ class LeanResponse:
         """aiohttp's ``response.content`` stream: here the response reads its own body."""
         return self
 
+    def exception(self) -> DownloadFailed | None:
+        """What ended the body early, if anything did (aiohttp's ``StreamReader.exception``)."""
+        return self._error
+
     # Fed by the connection.
     def _feed(self, data: Piece) -> None:
         self._chunks.append(data)
