@@ -980,8 +980,9 @@ def _chunked(data: bytes) -> bytes:
         b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
         b"Transfer-Encoding: identity, chunked",
         b"Transfer-Encoding: chunked\r\nContent-Encoding: identity",
+        b"Transfer-Encoding: chunked\r\nContent-Encoding: identity\r\nContent-Encoding: identity",
     ],
-    ids=["chunked-twice", "identity-chunked", "content-identity"],
+    ids=["chunked-twice", "identity-chunked", "content-identity", "content-identity-twice"],
 )
 def test_codings_said_twice_or_as_identity_are_read_as_curl_reads_them(home, client, head):
     body = body_for(5_000)

@@ -336,6 +336,35 @@ def test_an_on_success_that_swallows_a_cut_body_still_fails_and_leaves_nothing(s
     assert not os.path.exists(cut.file_path)
 
 
+class NamesItAndSwallows(DownloadStrategy):
+    """Derives its file's name, appends to it, and catches a read error itself."""
+
+    async def on_success(self, response: Any, bundle: Bundle) -> None:
+        assert bundle.file_path is not None
+        bundle.file_path += ".png"
+        os.makedirs(os.path.dirname(bundle.file_path), exist_ok=True)
+        with open(bundle.file_path, "ab") as f, contextlib.suppress(Exception):
+            while chunk := await response.content.read(100):
+                f.write(chunk)
+
+
+def test_a_failed_override_s_own_path_is_cleaned_and_nothing_outside_home(srv, home, tmp_path):
+    download = shardload.AioDownload(download_strategy=NamesItAndSwallows(home=home))
+    cut = shardload.one(f"{srv.base_urls[0]}/truncate/3000", download=download)
+    assert (cut.state, cut.error_kind) == ("failed", "truncated"), cut.error_message
+    assert cut.file_path.endswith(".png") and not os.path.exists(cut.file_path)
+    # A folder of home linked outside it: the override follows the link (it is the caller's
+    # code), but what shardload removes after it is never outside home.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    host_dir = os.path.join(home, srv.host_key(1).replace(":", "_"))
+    os.symlink(outside, host_dir)
+    (outside / "1000.png").write_bytes(b"precious")
+    linked = shardload.one(f"{srv.base_urls[1]}/truncate/1000", download=download)
+    assert linked.state == "failed" and linked.file_path.startswith(host_dir + os.sep)
+    assert (outside / "1000.png").read_bytes().startswith(b"precious")
+
+
 class AppendsToOneFile(DownloadStrategy):
     """Pages gathered into one file: each override appends to what is there."""
 

@@ -255,7 +255,7 @@ class Exchange:
                 try:
                     if own:
                         await run_own_write(
-                            lambda: ds.on_success(response, bundle), bundle, response
+                            lambda: ds.on_success(response, bundle), bundle, response, ds.home
                         )
                     else:
                         await ds.on_success(response, bundle)
@@ -289,7 +289,8 @@ class Exchange:
 def _check_codings(headers: Mapping[str, str]) -> None:
     """Fail a body whose codings would be stored undecoded: a transfer coding other than
     chunked (which both clients remove; said twice, as curl reads it, once), or a content
-    coding beside another (one alone is decoded, and identity alone is none)."""
+    coding beside another (one alone is decoded; identity, said any number of times, is
+    none)."""
     if "Transfer-Encoding" in headers:
         transfer = [c for c in _codings(headers, "Transfer-Encoding") if c != "identity"]
         if transfer and set(transfer) != {"chunked"}:
@@ -298,7 +299,7 @@ def _check_codings(headers: Mapping[str, str]) -> None:
             )
     if "Content-Encoding" in headers:
         content = _codings(headers, "Content-Encoding")
-        if len(content) > 1:
+        if len(content) > 1 and set(content) != {"identity"}:
             raise DownloadFailed(
                 ErrorKind.PROTOCOL, f"Content-Encoding {', '.join(content)}: not decoded"
             )

@@ -92,6 +92,16 @@ def find_complete(path: str, home: str | None) -> tuple[str, int] | None:
     return None
 
 
+def regular_in_home(path: str, home: str) -> bool:
+    """Whether a regular file stands at ``path`` inside home, reached from home without
+    following a symlink (as it is written)."""
+    try:
+        path = check_target(home, path)
+    except DownloadFailed:
+        return False
+    return _regular_size_in(path, home) is not None
+
+
 def _regular_size(path: str) -> int | None:
     try:
         info = os.lstat(path)

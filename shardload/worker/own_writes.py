@@ -6,13 +6,19 @@ Invariants:
   there, append to what is there, read it, derive side files or other names from it, or upload
   under its name. While it runs, the final path holds what it has written so far;
 - when it fails (it raises, it returns after a read of the body failed, an error it caught
-  itself, or its attempt ends failed), a regular file at the final path that it created or
-  changed is removed: a cut body never stays there for ``skip_cached`` (or a user) to take
+  itself, or its attempt ends failed), the file it wrote is removed: a regular file at the
+  final path that it created or changed, and one at a path it set on the bundle instead, if
+  written since it began. A cut body never stays there for ``skip_cached`` (or a user) to take
   for a copy. An override that opens the final path for writing has replaced an earlier copy
   itself, before shardload could keep it; shardload cannot tell an append from a rewrite, so a
   file an override appended to is removed too when the override fails. A file it left as it
   was is left alone;
+- only a file inside home, reached from home without following a symlink, is ever removed;
 - ``bytes`` and ``sha256`` of a file it wrote are measured from the file when it set none.
+
+An override that reads only part of a body on purpose fails too when the rest of the body is
+then cut or stalls before it returns: aiohttp keeps that error on the stream, unread, the same
+as one the override caught.
 """
 
 from __future__ import annotations
@@ -21,27 +27,44 @@ import contextlib
 import hashlib
 import os
 import stat
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ..bundle import Bundle
+from .files import regular_in_home
 
-# What tells a file from another, or from itself changed: device, inode, size, mtime.
-Identity = tuple[int, int, int, int] | None
+# File times come from the kernel's coarse clock, a few milliseconds behind time.time_ns().
+_CLOCK_LAG_NS = 50_000_000
 
 
-async def run_own_write(call: Callable[[], Awaitable[Any]], bundle: Bundle, response: Any) -> Any:
+@dataclass(frozen=True)
+class Before:
+    """What stood at a bundle's path before an override ran, and when it began."""
+
+    path: str | None
+    identity: tuple[int, int, int, int] | None  # device, inode, size, mtime
+    began_ns: int
+
+
+def note_before(bundle: Bundle) -> Before:
+    return Before(bundle.file_path, identity(bundle.file_path), time.time_ns())
+
+
+async def run_own_write(
+    call: Callable[[], Awaitable[Any]], bundle: Bundle, response: Any, home: str
+) -> Any:
     """``await call()``, an override that may write ``bundle.file_path`` itself, cleaning up
     after it as the module says. ``response`` is the response it reads, when there is one."""
-    final = bundle.file_path
-    before = identity(final)
+    before = note_before(bundle)
     try:
         result = await call()
         failure = read_failure(response)
         if failure is not None:
             raise failure
     except BaseException:
-        remove_if_changed(final, before)
+        remove_written(bundle, before, home)
         raise
     return result
 
@@ -53,7 +76,7 @@ def read_failure(response: Any) -> BaseException | None:
     return exception() if callable(exception) else None
 
 
-def identity(path: str | None) -> Identity:
+def identity(path: str | None) -> tuple[int, int, int, int] | None:
     """The identity of the regular file at ``path``; None where none stands."""
     if path is None:
         return None
@@ -66,11 +89,20 @@ def identity(path: str | None) -> Identity:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def remove_if_changed(path: str | None, before: Identity) -> None:
-    """Remove the regular file at ``path`` if it is not the one that stood there ``before``
-    (what a failed attempt wrote); never a folder."""
-    now = identity(path)
-    if path is not None and now is not None and now != before:
+def remove_written(bundle: Bundle, before: Before, home: str) -> None:
+    """After a failed attempt: remove what it wrote (see the module's invariants)."""
+    now = identity(before.path)
+    if now is not None and now != before.identity:
+        _remove_in_home(before.path, home)
+    moved = bundle.file_path
+    if moved is not None and moved != before.path:
+        now = identity(moved)
+        if now is not None and now[3] >= before.began_ns - _CLOCK_LAG_NS:
+            _remove_in_home(moved, home)
+
+
+def _remove_in_home(path: str | None, home: str) -> None:
+    if path is not None and regular_in_home(path, home):
         with contextlib.suppress(OSError):
             os.unlink(path)
 
