@@ -41,7 +41,7 @@ from .binding import LoopBinding
 from .exchange import Redirect, over_time
 from .files import check_target, find_complete
 from .hosts import HostSlot
-from .own_writes import measure_written, note_before, remove_written, run_own_write
+from .own_writes import measure_own_write, note_before, remove_written
 
 if TYPE_CHECKING:
     # Imported where a session is made: a worker on the lean client never pays aiohttp's
@@ -319,26 +319,27 @@ class AioDownload(LoopBinding):
             return Outcome(ErrorKind.BREAKER_OPEN, refused, attempt=bundle.attempts)
         told: list[Outcome] = []
         token = _told.set(told)
-        home = self.download_strategy.home
+        ds = self.download_strategy
         found = note_before(bundle)  # aiodownload's override calls on_success, which may write
         try:
             before = bundle.attempts
             bundle.__dict__.pop("_status_msg", None)  # said by this attempt, or not at all
-            await run_own_write(lambda: self.request_and_download(bundle), bundle, None, home)
+            await self.request_and_download(bundle)
             if bundle.attempts == before:  # an override that made its own request
                 bundle.attempts += 1
+        except BaseException:
+            remove_written(bundle, found, ds.home)
+            raise
         finally:
             _told.reset(token)
             slot.leave(worker)
         said = getattr(bundle, "_status_msg", None)  # aiodownload's overrides set no state
         if bundle.state == WRITTEN or said == SAID_WRITTEN:
             bundle.state = WRITTEN
-            if bundle.bytes == 0 and bundle.sha256 is None:  # written by the override itself
-                ds = self.download_strategy
-                await asyncio.to_thread(measure_written, bundle, ds.sha256)
+            await measure_own_write(bundle, ds.sha256)
             slot.record(bundle.status, None, None, bundle.url)
             return None
-        remove_written(bundle, found, home)  # what a failed attempt wrote is no copy
+        remove_written(bundle, found, ds.home)  # what a failed attempt wrote is no copy
         if said in (SAID_TRY_AGAIN, SAID_GAVE_UP):  # an aiodownload override rejected a response
             kind = bundle.error_kind or ErrorKind.HTTP
             message = bundle.error_message or f"request_and_download() said: {said}"

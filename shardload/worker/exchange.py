@@ -48,7 +48,7 @@ from .descriptors import open_file_limit
 from .failures import classify
 from .files import READ_SIZE, SpeedGuard, speed_guard
 from .http import ORIGIN_ONLY, REDIRECT_STATUSES, LeanClient
-from .own_writes import measure_written, run_own_write
+from .own_writes import measure_own_write, run_on_success
 
 if TYPE_CHECKING:
     # Imported where a session is made: a worker on the lean client never pays aiohttp's
@@ -254,16 +254,13 @@ class Exchange:
                 own = _overridden_on_success(ds)
                 try:
                     if own:
-                        await run_own_write(
-                            lambda: ds.on_success(response, bundle), bundle, response, ds.home
-                        )
+                        await run_on_success(ds, response, bundle)
                     else:
                         await ds.on_success(response, bundle)
                 finally:
                     speed_guard.reset(token)
-                if own and bundle.bytes == 0 and bundle.sha256 is None:
-                    # It wrote the file itself (aiodownload's did): say what it holds.
-                    await asyncio.to_thread(measure_written, bundle, ds.sha256)
+                if own:
+                    await measure_own_write(bundle, ds.sha256)
                 return None
         except asyncio.CancelledError:
             raise

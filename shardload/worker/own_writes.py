@@ -23,17 +23,20 @@ as one the override caught.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..bundle import Bundle
 from .files import regular_in_home
+
+if TYPE_CHECKING:
+    from ..strategy import DownloadStrategy
 
 # File times come from the kernel's coarse clock, a few milliseconds behind time.time_ns().
 _CLOCK_LAG_NS = 50_000_000
@@ -49,34 +52,31 @@ class Before:
 
 
 def note_before(bundle: Bundle) -> Before:
-    return Before(bundle.file_path, identity(bundle.file_path), time.time_ns())
+    return Before(bundle.file_path, _identity(bundle.file_path), time.time_ns())
 
 
-async def run_own_write(
-    call: Callable[[], Awaitable[Any]], bundle: Bundle, response: Any, home: str
-) -> Any:
-    """``await call()``, an override that may write ``bundle.file_path`` itself, cleaning up
-    after it as the module says. ``response`` is the response it reads, when there is one."""
+async def run_on_success(strategy: DownloadStrategy, response: Any, bundle: Bundle) -> None:
+    """``strategy.on_success(response, bundle)``, an override's that may write the file
+    itself, cleaned up after as the module says."""
     before = note_before(bundle)
     try:
-        result = await call()
-        failure = read_failure(response)
+        await strategy.on_success(response, bundle)
+        failure = _read_failure(response)
         if failure is not None:
             raise failure
     except BaseException:
-        remove_written(bundle, before, home)
+        remove_written(bundle, before, strategy.home)
         raise
-    return result
 
 
-def read_failure(response: Any) -> BaseException | None:
+def _read_failure(response: Any) -> BaseException | None:
     """The error a read of ``response``'s body met, if any (both clients keep it on the
     body stream, as aiohttp's ``StreamReader.exception()``)."""
     exception = getattr(getattr(response, "content", None), "exception", None)
     return exception() if callable(exception) else None
 
 
-def identity(path: str | None) -> tuple[int, int, int, int] | None:
+def _identity(path: str | None) -> tuple[int, int, int, int] | None:
     """The identity of the regular file at ``path``; None where none stands."""
     if path is None:
         return None
@@ -91,12 +91,12 @@ def identity(path: str | None) -> tuple[int, int, int, int] | None:
 
 def remove_written(bundle: Bundle, before: Before, home: str) -> None:
     """After a failed attempt: remove what it wrote (see the module's invariants)."""
-    now = identity(before.path)
+    now = _identity(before.path)
     if now is not None and now != before.identity:
         _remove_in_home(before.path, home)
     moved = bundle.file_path
     if moved is not None and moved != before.path:
-        now = identity(moved)
+        now = _identity(moved)
         if now is not None and now[3] >= before.began_ns - _CLOCK_LAG_NS:
             _remove_in_home(moved, home)
 
@@ -107,9 +107,14 @@ def _remove_in_home(path: str | None, home: str) -> None:
             os.unlink(path)
 
 
-def measure_written(bundle: Bundle, with_hash: bool) -> None:
-    """Fill in ``bytes`` (and ``sha256``) from the file at ``bundle.file_path``, for an
-    override that wrote it itself. Runs in a thread: the file may be large."""
+async def measure_own_write(bundle: Bundle, with_hash: bool) -> None:
+    """Fill in ``bytes`` (and ``sha256``) of a written bundle whose override set neither, from
+    the file it wrote itself (in a thread: the file may be large)."""
+    if bundle.bytes == 0 and bundle.sha256 is None:
+        await asyncio.to_thread(_measure, bundle, with_hash)
+
+
+def _measure(bundle: Bundle, with_hash: bool) -> None:
     path = bundle.file_path
     if path is None or not os.path.isfile(path):
         return
