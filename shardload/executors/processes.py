@@ -231,7 +231,8 @@ class ProcessExecutor:
         self._context: Any = multiprocessing.get_context(method)
         if method == "forkserver":
             _preload_in_fork_server(self._context)
-        self._config = sendable_config(config)
+        # How many workers share this machine: each decides from it where it hashes bodies.
+        self._config = sendable_config({**config, "local_workers": shards})
         self.shards = shards
         self._home = home
         self._stop_grace = stop_grace

@@ -17,9 +17,9 @@ Invariants:
   (and a file for ``a`` goes straight to ``a/%file`` when ``a`` is already a directory), so the
   final layout depends only on the set of URLs, not on the order of downloads.
 
-Small bodies are hashed and written with one inline ``write`` (page cache, microseconds);
-bodies over ``_INLINE_LIMIT`` are hashed and written in a thread, so neither a slow disk nor
-hashing gigabytes stalls the event loop.
+Small bodies are written with one inline ``write`` (page cache, microseconds); bodies over
+``_INLINE_LIMIT`` are written in a thread, so a slow disk does not stall the event loop. Where
+the sha256 is computed depends on whether the process has a core to spare (``hash_as_read``).
 """
 
 from __future__ import annotations
@@ -48,9 +48,25 @@ if TYPE_CHECKING:
     from ..strategy import DownloadStrategy, Response
 
 _INLINE_LIMIT = 1 << 20
+_hash_as_read = False  # see hash_as_read()
 # Bodies are read at least this much at a time (the session's read buffer matches it):
 # aiohttp's 64 KiB default pauses and resumes the socket every 64 KiB of a large body.
 READ_SIZE = 1 << 20
+
+
+def hash_as_read(on: bool) -> None:
+    """Hash each piece of a body as it arrives, in the event loop's thread (``on``), or in the
+    thread that writes it (the default).
+
+    The writer thread hashes beside the loop, on another core, when the process has one to
+    spare (one worker on a multi-core machine). When every core runs a worker, the thread buys
+    no parallelism, and by the time it hashes a batch, the reads of the process's other bodies
+    have pushed that batch's bytes out of the CPU cache: hashing them as they arrive, still in
+    cache, cut a processes=2 run of 16 x 64 MiB on 2 cores from ~1.6 s to ~1.3 s, while the
+    same change with one worker made it ~10% slower. Set once per worker process.
+    """
+    global _hash_as_read  # noqa: PLW0603  (one setting per process, like its allocator's)
+    _hash_as_read = on
 
 
 def check_target(home: str, path: str) -> str:
@@ -203,6 +219,14 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
     if limit is not None and declared is not None and declared > limit and not encoded:
         raise DownloadFailed(ErrorKind.TOO_LARGE, f"Content-Length {declared} > max {limit}")
     digest = hashlib.sha256() if strategy.sha256 else None
+    # as_read: hashed here, piece by piece, unless the response hashes its pieces as they
+    # arrive (the lean client's tap; only for a body stored as sent). Else the writer hashes.
+    as_read = digest if _hash_as_read else None
+    tap = getattr(response, "tap", None)
+    if as_read is not None and tap is not None and not encoded:
+        tap(as_read)
+        as_read = None
+    to_writer = None if _hash_as_read else digest
     size = 0
     pending: list[bytes | memoryview] = []  # the lean client hands views (no copy)
     pending_size = 0
@@ -214,25 +238,30 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
                 raise DownloadFailed(ErrorKind.TOO_LARGE, f"body exceeds max {limit} bytes")
             if guard is not None:
                 guard.feed(len(chunk))
+            if as_read is not None:
+                as_read.update(chunk)
             pending.append(chunk)
             pending_size += len(chunk)
             if pending_size >= _INLINE_LIMIT:
-                await asyncio.to_thread(_write_and_hash, tmp.fd, pending, digest)
+                await asyncio.to_thread(_write_and_hash, tmp.fd, pending, to_writer)
                 pending, pending_size = [], 0
         if declared is not None and not encoded and size != declared:
             raise DownloadFailed(
                 ErrorKind.TRUNCATED, f"got {size} of {declared} bytes (Content-Length)"
             )
         if size > _INLINE_LIMIT:
-            await asyncio.to_thread(_write_and_hash, tmp.fd, pending, digest)
+            await asyncio.to_thread(_write_and_hash, tmp.fd, pending, to_writer)
         else:
-            _write_and_hash(tmp.fd, pending, digest)
+            _write_and_hash(tmp.fd, pending, to_writer)
         os.close(tmp.fd)
         tmp.fd = -1
         bundle.file_path = commit(tmp.path, bundle.file_path, home)
     except BaseException:
         tmp.discard()
         raise
+    finally:
+        if tap is not None:
+            tap(None)
     bundle.bytes = size
     bundle.sha256 = digest.hexdigest() if digest is not None else None
 

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import ctypes
 import gc
+import os
 import pickle
 import queue
 import signal
@@ -25,6 +26,7 @@ from typing import Any
 
 from ..bundle import Result
 from .config import rebuild
+from .files import hash_as_read
 from .shard import ShardWorker
 
 
@@ -35,7 +37,18 @@ def worker_main(config_blob: bytes, inbox: Connection, outbox: Connection) -> No
     _keep_freed_memory()
     config = pickle.loads(config_blob)  # imports the caller's strategy modules too
     _collect_less()
+    hash_as_read(every_core_busy(config.get("local_workers", 1)))
     run_loop(_serve(config, inbox, outbox))
+
+
+def every_core_busy(local_workers: int) -> bool:
+    """Whether this machine's workers are at least as many as the cores this process may run
+    on (its affinity mask, where the OS has one): then none has a core to spare."""
+    if hasattr(os, "sched_getaffinity"):
+        cores = len(os.sched_getaffinity(0))
+    else:  # pragma: no cover - macOS, Windows
+        cores = os.cpu_count() or 1
+    return local_workers >= cores
 
 
 def _keep_freed_memory() -> None:

@@ -40,6 +40,7 @@ class LeanResponse:
         self._complete = False
         self._error: DownloadFailed | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._tap: Any = None
 
     @property
     def content(self) -> LeanResponse:
@@ -50,8 +51,19 @@ class LeanResponse:
         """What ended the body early, if anything did (aiohttp's ``StreamReader.exception``)."""
         return self._error
 
+    def tap(self, digest: Any) -> None:
+        """Update ``digest`` (a hashlib object; None stops) with every byte of the body as
+        sent that is not read yet: what is buffered now, then each piece as it arrives, while
+        it is still in the CPU cache (see ``files.hash_as_read``)."""
+        self._tap = digest
+        if digest is not None:
+            for data in self._chunks:
+                digest.update(data)
+
     # Fed by the connection.
     def _feed(self, data: Piece) -> None:
+        if self._tap is not None:
+            self._tap.update(data)
         self._chunks.append(data)
         self._buffered += len(data)
         if self._buffered > HIGH_WATER:
