@@ -28,7 +28,7 @@ from typing import Any
 
 from .contenders import BENCH_DIR, REPO
 from .nginx import HOSTS, Nginx
-from .system import kill_group, machine, rss_bytes, tree_pids
+from .system import compile_bytecode, kill_group, machine, rss_bytes, tree_pids
 
 SCRATCH = Path("/dev/shm/shardload-bench-memory")
 MIB = 2**20
@@ -251,6 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=BENCH_DIR / "results")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    compile_bytecode()
     if args.child is not None:
         _child(args)
         return

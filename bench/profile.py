@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from .contenders import BENCH_DIR, REPO
 from .nginx import HOSTS, Nginx, generate_files
-from .system import kill_group, tree_pids
+from .system import compile_bytecode, kill_group, tree_pids
 
 if TYPE_CHECKING:
     from shardload import AioDownload
@@ -233,6 +233,7 @@ def main() -> None:
     parser.add_argument("--only", choices=("cprofile", "pyspy", "threads"))
     parser.add_argument("--fold", type=Path, nargs="+", help="only summarise folded files")
     args = parser.parse_args()
+    compile_bytecode()
     if args.fold:
         for path in args.fold:
             print(path, fold(path)[:4000])

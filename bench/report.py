@@ -327,7 +327,8 @@ def write(results: dict[str, Any], folder: Path) -> None:
         "rotates each round); median and (min-max) over rounds. Every run's files were checked "
         "(count, size and bytes).",
         "",
-        "Wall time includes process start (interpreter, worker spawn). CPU s / 1k files is the "
+        "Wall time includes process start (interpreter, worker spawn; shardload and the bench "
+        "clients compiled to bytecode first, as an installed copy is). CPU s / 1k files is the "
         "client's user+system CPU (all its processes) per 1,000 files; peak RSS is the largest "
         "sum of RSS over the client's process tree (sampled every 50 ms); nginx CPU s is the "
         "server's CPU time during the run (it shares the same cores); first file s is when the "

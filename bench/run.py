@@ -27,7 +27,7 @@ from . import ceiling, report
 from .contenders import BENCH_DIR, Contender, select, setup_aiodownload, shardload
 from .measure import Run, clean, run_once
 from .nginx import Nginx, generate_files
-from .system import ensure_tools, machine
+from .system import compile_bytecode, ensure_tools, machine
 from .workloads import WORKLOADS, build, file_counts
 
 SCRATCH = Path("/dev/shm/shardload-bench")
@@ -235,6 +235,7 @@ class Bench:
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     started = time.monotonic()
+    compile_bytecode()
     Bench(args).run()
     log(f"done in {time.monotonic() - started:,.0f} s")
 
