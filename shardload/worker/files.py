@@ -219,19 +219,19 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
     if limit is not None and declared is not None and declared > limit and not encoded:
         raise DownloadFailed(ErrorKind.TOO_LARGE, f"Content-Length {declared} > max {limit}")
     digest = hashlib.sha256() if strategy.sha256 else None
-    # as_read: hashed here, piece by piece, unless the response hashes its pieces as they
-    # arrive (the lean client's tap; only for a body stored as sent). Else the writer hashes.
-    as_read = digest if _hash_as_read else None
-    tap = getattr(response, "tap", None)
-    if as_read is not None and tap is not None and not encoded:
-        tap(as_read)
-        as_read = None
+    # Hashed as read: by the response as each piece arrives (the lean client's tap; only for a
+    # body stored as sent), else here piece by piece. Otherwise the writer thread hashes.
     to_writer = None if _hash_as_read else digest
+    as_read = digest if _hash_as_read else None
+    tap = getattr(response, "tap", None) if as_read is not None and not encoded else None
     size = 0
     pending: list[bytes | memoryview] = []  # the lean client hands views (no copy)
     pending_size = 0
     tmp = open_temp(home)
     try:
+        if tap is not None:
+            tap(as_read)
+            as_read = None
         async for chunk in response.content.iter_chunked(max(strategy.chunk_size, READ_SIZE)):
             size += len(chunk)
             if limit is not None and size > limit:
