@@ -165,6 +165,35 @@ def test_an_interim_100_answer_is_skipped(home):
     assert open(b.file_path, "rb").read() == b"final"
 
 
+_PAST_HEAD_CAP = body_for(300_000)  # more than MAX_HEAD, in the read of the interim answer
+
+
+@pytest.mark.parametrize(
+    "final",
+    [
+        ok(_PAST_HEAD_CAP),
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+        % (len(_PAST_HEAD_CAP), _PAST_HEAD_CAP),
+    ],
+    ids=["length", "chunked"],
+)
+def test_an_interim_answer_read_with_a_large_final_one(home, client, final):
+    """The final answer's head and body, in the same read as the 100 Continue before it, are
+    not counted as the interim answer's headers (they were: "headers over 102400 bytes")."""
+
+    def handler(conn, index):
+        if server.recorded(conn) is not None:
+            conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n" + final)
+            conn.close()
+
+    with RawServer(handler) as server:
+        bundles = shardload.swarm(
+            [f"{server.url}/c/{i}" for i in range(4)], download=make_download(home, client=client)
+        )
+    assert [(b.state, b.status, b.error_message) for b in bundles] == [("written", 200, None)] * 4
+    assert all(open(b.file_path, "rb").read() == _PAST_HEAD_CAP for b in bundles)
+
+
 @pytest.mark.parametrize(
     ("answer", "kind"),
     [

@@ -96,8 +96,12 @@ class Connection(asyncio.Protocol):
             if end >= 0:
                 # Headers and much of the body in one read: only the headers go to httptools,
                 # and the body past them is a view of this read, not a copy (see the module doc).
-                self._parse(data[: end + 4])
+                # The rest counts as received once it is parsed or fed: an interim 1xx answer's
+                # headers would otherwise count the final answer read with them.
                 rest = memoryview(data)[end + 4 :]
+                self._received -= len(rest)
+                self._parse(data[: end + 4])
+                self._received += len(rest)
                 if self._raw_left:
                     self._raw_body(rest)
                 elif rest and not self.closed:
