@@ -199,18 +199,22 @@ def _write(results: dict[str, Any], folder: Path) -> None:
         "high-water marks (VmHWM from /proc) of the coordinator process and of the largest "
         "worker.",
         "",
+        "A size not run this time keeps its row from the run that measured it (the commit "
+        "column says which).",
+        "",
         "| URLs | time | URLs/s | peak tree RSS MiB | coordinator peak MiB "
-        "| largest worker peak MiB | failed |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| largest worker peak MiB | failed | shardload |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in runs:
+        commit = r.get("commit") or "earlier"
         if "error" in r:
-            lines.append(f"| {r['urls']:,} | {r['error']} | | | | | |")
+            lines.append(f"| {r['urls']:,} | {r['error']} | | | | | | {commit} |")
             continue
         lines.append(
             f"| {r['urls']:,} | {r['elapsed_s']:,.0f} s | {r['urls_per_s']:,.0f} "
             f"| {r['peak_tree_rss'] / MIB:,.0f} | {r['maxrss_coordinator'] / MIB:,.0f} "
-            f"| {r['maxrss_worker'] / MIB:,.0f} | {r['failed']:,} |"
+            f"| {r['maxrss_worker'] / MIB:,.0f} | {r['failed']:,} | {commit} |"
         )
     lines += ["", *[f"- {n}" for n in results.get("notes", [])]]
     (folder / "memory.md").write_text("\n".join(lines) + "\n")
@@ -288,6 +292,7 @@ def main(argv: list[str] | None = None) -> None:
                     continue
             timeout = max(120.0, 3 * size / rate) if rate else 3600.0
             run = _measure(args, size, timeout)
+            run["commit"] = results["machine"].get("shardload_commit")
             results["runs"][str(size)] = run
             if "error" not in run:
                 rate = run["urls_per_s"]
