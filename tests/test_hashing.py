@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import pickle
 import time
 
 import pytest
 
 import shardload
+from shardload import AioDownload, DownloadStrategy
 from shardload.executors.processes import ProcessExecutor
 from shardload.testing.server import body_for
 from shardload.worker import files, process
@@ -115,8 +117,33 @@ def test_a_failed_body_leaves_no_file_when_hashed_as_read(srv, home, client, has
 def test_workers_hash_as_read_when_every_core_runs_one(monkeypatch, workers, cores, busy):
     monkeypatch.setattr(process.os, "sched_getaffinity", lambda pid: set(range(cores)))
     assert process.every_core_busy(workers) is busy
+    executor = ProcessExecutor({"download_strategy": None}, shards=workers, home="/tmp")
+    assert pickle.loads(executor._config)["hash_as_read"] is busy
 
 
-def test_worker_processes_are_told_how_many_share_the_machine():
-    executor = ProcessExecutor({"download_strategy": None}, shards=3, home="/tmp")
-    assert pickle.loads(executor._config)["local_workers"] == 3
+class NamedByHashing(DownloadStrategy):
+    """Names each file after where the worker that wrote it hashes bodies."""
+
+    def get_file_path(self, bundle):
+        return os.path.join(self.home, f"{files._hash_as_read}-{os.path.basename(bundle.url)}")
+
+
+def modes(srv, home, **options) -> set[str]:
+    """Where the workers of a run of 8 URLs hashed bodies: {"True"} (as read), {"False"}."""
+    urls = [f"{srv.base_urls[i % 4]}/bytes/{100 + i}" for i in range(8)]
+    download = AioDownload(download_strategy=NamedByHashing(home=home))
+    bundles = shardload.swarm(urls, download=download, **options)
+    assert all(b.sha256 == _sha(open(b.file_path, "rb").read()) for b in bundles)
+    return {os.path.basename(b.file_path).split("-")[0] for b in bundles}
+
+
+def test_worker_processes_that_fill_the_cores_hash_as_read(srv, home):
+    """Two workers limited to one core (an affinity mask the workers inherit) hash as read;
+    the worker in the caller's process keeps hashing in its writer thread."""
+    assert modes(srv, home) == {"False"}
+    everything = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(everything)})
+    try:
+        assert modes(srv, home, processes=2) == {"True"}
+    finally:
+        os.sched_setaffinity(0, everything)

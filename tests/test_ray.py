@@ -193,3 +193,12 @@ def test_a_strategy_ray_cannot_send_is_a_configuration_error(srv, home):
     download = shardload.AioDownload(download_strategy=HoldsALock(home))
     with pytest.raises(ConfigurationError, match="serialisable to run in Ray actors"):
         shardload.swarm(urls_for(srv, 4), download=download, backend="ray", processes=2)
+
+
+def test_actors_that_fill_the_cluster_hash_bodies_as_read(srv, home):
+    """One actor per CPU of the cluster or more: each hashes bodies as it reads them (as worker
+    processes that fill a machine's cores do); fewer leave the hashing to the writer thread."""
+    from .test_hashing import modes
+
+    assert modes(srv, home, backend="ray", processes=2) == {"True"}
+    assert modes(srv, home, backend="ray", processes=1) == {"False"}

@@ -31,7 +31,7 @@ from typing import Any
 from ..bundle import Job, Result
 from ..errors import ConfigurationError, ShardloadError
 from ..worker.descriptors import open_file_limit
-from ..worker.process import worker_main
+from ..worker.process import every_core_busy, worker_main
 from ..worker.temp_files import forget_temp_dir, remove_temp_files, temp_prefix
 from .base import (
     START_SECONDS,
@@ -231,8 +231,7 @@ class ProcessExecutor:
         self._context: Any = multiprocessing.get_context(method)
         if method == "forkserver":
             _preload_in_fork_server(self._context)
-        # How many workers share this machine: each decides from it where it hashes bodies.
-        self._config = sendable_config({**config, "local_workers": shards})
+        self._config = sendable_config({**config, "hash_as_read": every_core_busy(shards)})
         self.shards = shards
         self._home = home
         self._stop_grace = stop_grace

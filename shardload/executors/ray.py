@@ -28,6 +28,7 @@ from typing import Any
 from ..bundle import Job, Result
 from ..errors import ConfigurationError, ShardloadError
 from ..worker.config import rebuild
+from ..worker.files import hash_as_read
 from ..worker.shard import ShardWorker
 from ..worker.temp_files import forget_temp_dir, remove_temp_files, temp_prefix
 from .base import START_SECONDS, THE_DOWNLOAD, ExecutorSink
@@ -132,6 +133,7 @@ class ShardActor:
 
     def __init__(self, config: dict[str, Any]) -> None:
         self._config = config
+        hash_as_read(config.get("hash_as_read", False))
         self._worker: ShardWorker | None = None
         self._results: list[Result] = []
         self._ready: asyncio.Event | None = None
@@ -195,7 +197,8 @@ class RayExecutor:
                 f"{THE_DOWNLOAD} must be serialisable to run in Ray actors "
                 f"(no open clients or locks): {exc}"
             ) from exc
-        self._config = config
+        # One actor per CPU of the cluster or more: none has a core to spare (see hash_as_read).
+        self._config = {**config, "hash_as_read": shards >= cpus}
         self._actors: list[tuple[Any, str] | None] = [None] * shards
         self._pollers: list[asyncio.Task[None] | None] = [None] * shards
         self._sink: ExecutorSink | None = None

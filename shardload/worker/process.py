@@ -37,13 +37,14 @@ def worker_main(config_blob: bytes, inbox: Connection, outbox: Connection) -> No
     _keep_freed_memory()
     config = pickle.loads(config_blob)  # imports the caller's strategy modules too
     _collect_less()
-    hash_as_read(every_core_busy(config.get("local_workers", 1)))
+    hash_as_read(config.get("hash_as_read", False))
     run_loop(_serve(config, inbox, outbox))
 
 
 def every_core_busy(local_workers: int) -> bool:
-    """Whether this machine's workers are at least as many as the cores this process may run
-    on (its affinity mask, where the OS has one): then none has a core to spare."""
+    """Whether this machine's workers are at least as many as the cores this process (and the
+    workers it starts) may run on, its affinity mask where the OS has one: then none has a core
+    to spare, and each hashes bodies as it reads them (``files.hash_as_read``)."""
     if hasattr(os, "sched_getaffinity"):
         cores = len(os.sched_getaffinity(0))
     else:  # pragma: no cover - macOS, Windows
