@@ -1265,6 +1265,24 @@ def test_an_endless_chunk_size_line_fails_instead_of_running_on(home, start):
     assert files_under(home) == set()
 
 
+def test_chunk_framing_read_with_an_interim_answer_counts(home):
+    """120 KB of a chunk extension, sent with a 100 Continue and the final head and then the
+    end of the connection: all of it is framing past the cap, whether or not it came in the
+    read of the interim answer (it was not counted there, and the body ended as truncated)."""
+
+    def handler(conn, index):
+        if server.recorded(conn) is not None:
+            conn.sendall(
+                b"HTTP/1.1 100 Continue\r\n\r\n"
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=" + b"x" * 120_000
+            )
+            conn.close()
+
+    with RawServer(handler) as server:
+        (b,) = shardload.swarm([server.url + "/framing"], download=make_download(home))
+    assert b.error_kind == ErrorKind.PROTOCOL and "chunk framing" in (b.error_message or "")
+
+
 def test_a_body_of_many_tiny_chunks_is_read_whole(home):
     body = body_for(30_000)
     chunked = b"".join(b"1;e=1\r\n%s\r\n" % body[i : i + 1] for i in range(len(body)))

@@ -91,23 +91,35 @@ class Connection(asyncio.Protocol):
         if self._raw_left:
             self._raw_body(data)
             return
-        if self._response is None and len(data) > _SPLIT_FROM:
-            end = data.find(b"\r\n\r\n", 0, MAX_HEAD)
-            if end >= 0:
-                # Headers and much of the body in one read: only the headers go to httptools,
-                # and the body past them is a view of this read, not a copy (see the module doc).
-                # The rest counts as received once it is parsed or fed: an interim 1xx answer's
-                # headers would otherwise count the final answer read with them.
-                rest = memoryview(data)[end + 4 :]
-                self._received -= len(rest)
-                self._parse(data[: end + 4])
-                self._received += len(rest)
-                if self._raw_left:
-                    self._raw_body(rest)
-                elif rest and not self.closed:
-                    self._parse(bytes(rest))  # an interim 1xx answer, or no length: rare
-                return
-        self._parse(data)
+        if (
+            self._response is None
+            and len(data) > _SPLIT_FROM
+            and data.find(b"\r\n\r\n", 0, MAX_HEAD) >= 0
+        ):
+            self._split_heads(data)
+        else:
+            self._parse(data)
+
+    def _split_heads(self, data: bytes) -> None:
+        """Headers and much of the body in one read: only the heads (interim 1xx answers, then
+        the final one) go to httptools, and the body past them is a view of this read, not a
+        copy (see the module doc). Each part counts as received once it is parsed or fed, so
+        the header and framing caps see the final answer's head end where it ends."""
+        self._received -= len(data)
+        start = 0
+        while self._response is None and not self.closed:
+            end = data.find(b"\r\n\r\n", start, start + MAX_HEAD)
+            if end < 0:
+                break
+            self._received += end + 4 - start
+            self._parse(data[start : end + 4])
+            start = end + 4
+        rest = memoryview(data)[start:]
+        self._received += len(rest)
+        if self._raw_left:
+            self._raw_body(rest)
+        elif rest and not self.closed:
+            self._parse(bytes(rest))  # a chunked body, one without a length, or no head: rare
 
     def _parse(self, data: bytes) -> None:
         try:
