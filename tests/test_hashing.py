@@ -14,9 +14,10 @@ import pytest
 
 import shardload
 from shardload import AioDownload, DownloadStrategy
+from shardload.executors import processes
 from shardload.executors.processes import ProcessExecutor
 from shardload.testing.server import body_for
-from shardload.worker import files, process
+from shardload.worker import files
 
 from .conftest import make_download
 from .raw_server import RawServer, read_request
@@ -115,8 +116,8 @@ def test_a_failed_body_leaves_no_file_when_hashed_as_read(srv, home, client, has
     [(1, 2, False), (2, 2, True), (3, 2, True), (4, 16, False), (16, 16, True)],
 )
 def test_workers_hash_as_read_when_every_core_runs_one(monkeypatch, workers, cores, busy):
-    monkeypatch.setattr(process.os, "sched_getaffinity", lambda pid: set(range(cores)))
-    assert process.every_core_busy(workers) is busy
+    monkeypatch.setattr(processes.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert processes.every_core_busy(workers) is busy
     executor = ProcessExecutor({"download_strategy": None}, shards=workers, home="/tmp")
     assert pickle.loads(executor._config)["hash_as_read"] is busy
 

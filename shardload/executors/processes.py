@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import os
 import pickle
 import queue
 import signal
@@ -31,7 +32,7 @@ from typing import Any
 from ..bundle import Job, Result
 from ..errors import ConfigurationError, ShardloadError
 from ..worker.descriptors import open_file_limit
-from ..worker.process import every_core_busy, worker_main
+from ..worker.process import worker_main
 from ..worker.temp_files import forget_temp_dir, remove_temp_files, temp_prefix
 from .base import (
     START_SECONDS,
@@ -138,6 +139,17 @@ def _sigint_blocked() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def every_core_busy(local_workers: int) -> bool:
+    """Whether this machine's workers are at least as many as the cores this process (and the
+    workers it starts) may run on, its affinity mask where the OS has one: then none has a core
+    to spare, and each hashes bodies as it reads them (``files.hash_as_read``)."""
+    if hasattr(os, "sched_getaffinity"):
+        cores = len(os.sched_getaffinity(0))
+    else:  # pragma: no cover - macOS, Windows
+        cores = os.cpu_count() or 1
+    return local_workers >= cores
 
 
 def sendable_config(config: dict[str, Any]) -> bytes:

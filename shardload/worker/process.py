@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import ctypes
 import gc
-import os
 import pickle
 import queue
 import signal
@@ -39,17 +38,6 @@ def worker_main(config_blob: bytes, inbox: Connection, outbox: Connection) -> No
     _collect_less()
     hash_as_read(config.get("hash_as_read", False))
     run_loop(_serve(config, inbox, outbox))
-
-
-def every_core_busy(local_workers: int) -> bool:
-    """Whether this machine's workers are at least as many as the cores this process (and the
-    workers it starts) may run on, its affinity mask where the OS has one: then none has a core
-    to spare, and each hashes bodies as it reads them (``files.hash_as_read``)."""
-    if hasattr(os, "sched_getaffinity"):
-        cores = len(os.sched_getaffinity(0))
-    else:  # pragma: no cover - macOS, Windows
-        cores = os.cpu_count() or 1
-    return local_workers >= cores
 
 
 def _keep_freed_memory() -> None:
