@@ -60,6 +60,14 @@ class InputReader:
                 if first:
                     self._wake()
         except BaseException as exc:  # the caller's iterator failed: re-raised in the caller
+            if isinstance(exc, Exception):
+                # Its traceback shows shardload's thread, not the caller's: say why, and what
+                # to do about an input that can only be read on the thread that made it.
+                exc.add_note(
+                    "(raised while shardload read the input on its own thread; an input tied to "
+                    "the thread that made it, such as a sqlite3 cursor, must be read into a "
+                    "list first)"
+                )
             self.error = exc
         finally:
             with self._cond:

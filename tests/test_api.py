@@ -498,6 +498,24 @@ def test_input_iterator_error_propagates(home):
         shardload.swarm(broken(), download=make_download(home))
 
 
+def test_an_input_tied_to_its_thread_fails_with_what_to_do(home):
+    """A sqlite3 cursor cannot be read on shardload's input thread: its own error comes back
+    to the caller, with a note saying where it was raised and what to do instead."""
+    import sqlite3
+
+    db = sqlite3.connect(":memory:")
+    db.execute("create table u (url text)")
+    db.execute("insert into u values ('http://127.0.0.1:1/x')")
+    with pytest.raises(sqlite3.ProgrammingError, match="thread") as raised:
+        shardload.swarm(
+            db.execute("select url from u"),
+            url_map=lambda row: row[0],
+            download=make_download(home),
+        )
+    assert any("read into a list first" in note for note in raised.value.__notes__)
+    db.close()
+
+
 def test_a_single_string_is_rejected_with_a_clear_message():
     with pytest.raises(ConfigurationError, match="one"):
         shardload.swarm("http://127.0.0.1/")
