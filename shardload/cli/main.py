@@ -74,7 +74,7 @@ class Recorder:
     def closed(self) -> bool:
         return self._stop.is_set()
 
-    def record(self, record: dict[str, Any]) -> None:
+    def record(self, record: dict[str, Any], *, repeat: bool = False) -> None:
         with self.signals.critical(), self.lock:
             if self.closed:  # the input thread, after a stop: too late to count
                 return
@@ -82,8 +82,9 @@ class Recorder:
                 self.writer.add(record)
             except OSError as exc:  # a full disk: reported once, as one line, by _crawl
                 self.error = self.error or exc
-            self.stats.add(record)
-            self._show(self.progress.finished, str(record["state"]), int(record.get("bytes") or 0))
+            self.stats.add(record, repeat=repeat)
+            fetched = 0 if repeat else int(record.get("bytes") or 0)
+            self._show(self.progress.finished, str(record["state"]), fetched)
         if self.error is not None:
             raise ManifestFailed from self.error
 
@@ -367,7 +368,7 @@ def _crawl(
             if bundle.seq in own_paths:
                 own_paths.discard(bundle.seq)
                 record["own_path"] = True  # see _done_elsewhere
-            rec.record(record)
+            rec.record(record, repeat=bundle._shared)
     except KeyboardInterrupt:
         interrupted = True
     except ManifestFailed:

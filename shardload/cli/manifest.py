@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from shardload.errors import is_transient
+from shardload.errors import ErrorKind, is_transient
 
 DONE_STATES = frozenset({"written", "cached"})
 
@@ -40,6 +40,13 @@ class Action(StrEnum):
     SKIP_PERMANENT = "skip_permanent"
 
 
+def worth_retrying(kind: str | None, status: int | None) -> bool:
+    """What ``--retry-transient`` retries: the library's transient failures (``is_transient``),
+    and a failure of this machine's disk (full, over a file-size limit), which is fixed here,
+    not at the server. The library's own attempts never retry a disk failure."""
+    return is_transient(kind, status) or kind == ErrorKind.DISK
+
+
 def classify(record: Mapping[str, Any]) -> Prior | None:
     """The ``Prior`` of one record; ``None`` when it says nothing final (pending, unknown)."""
     state = record.get("state")
@@ -50,7 +57,7 @@ def classify(record: Mapping[str, Any]) -> Prior | None:
     kind = record.get("error_kind")
     status = record.get("status")
     status = status if isinstance(status, int) and not isinstance(status, bool) else None
-    return Prior.TRANSIENT if is_transient(kind, status) else Prior.PERMANENT
+    return Prior.TRANSIENT if worth_retrying(kind, status) else Prior.PERMANENT
 
 
 def decide(prior: Prior | None, *, transient_only: bool) -> Action:

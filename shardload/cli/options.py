@@ -35,7 +35,8 @@ input lines: a URL, or a JSON object {"url": ..., "path": "rel/path", "info": ..
 manifest: one JSON record per input line (url, path, state, status, bytes, sha256, attempts,
   elapsed, error_kind, error_message, info). --resume appends and skips URLs whose latest
   record is written/cached; --retry-transient also skips permanent failures (404, 410,
-  invalid URL, bad input), so only transient failures and never-attempted URLs run.
+  invalid URL, bad input), so only transient failures (5xx, 429, network errors, a full
+  disk) and never-attempted URLs run.
 exit codes: 0 all done; 1 some URLs failed (including permanent failures skipped by
   --retry-transient); 2 usage error; 130 interrupted (SIGINT/SIGTERM), manifest kept consistent.
 """

@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shardload.errors import is_transient
 from shardload.stats import NO_HOST, HostStats
+
+from .manifest import worth_retrying
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -43,15 +44,17 @@ class RunStats:
     skipped_permanent: int = 0
     transient: int = 0
 
-    def add(self, record: Mapping[str, Any]) -> None:
+    def add(self, record: Mapping[str, Any], *, repeat: bool = False) -> None:
+        """Count one finished line; ``repeat``: its URL was fetched for an earlier line, so its
+        bytes were counted there (as the library's statistics count them)."""
         state = str(record.get("state"))
         self.by_state[state] += 1
-        self.bytes += int(record.get("bytes") or 0) if state == "written" else 0
+        self.bytes += int(record.get("bytes") or 0) if state == "written" and not repeat else 0
         if state != "failed":
             return
         status = record.get("status")
         kind = record.get("error_kind")
-        self.transient += is_transient(kind, status)
+        self.transient += worth_retrying(kind, status)
         self.by_error[error_label(record.get("error_kind"), status)] += 1
 
     @property

@@ -55,6 +55,20 @@ def test_file_input_all_ok(server: LocalServer, tmp_path: Path) -> None:
     assert "finished   30 (written 30, cached 0, failed 0)" in err
 
 
+def test_a_repeated_url_counts_its_bytes_once(server: LocalServer, tmp_path: Path) -> None:
+    """One URL on three lines: three records, one request, and the summary's bytes (as the
+    per-host file's) are what was downloaded."""
+    src = tmp_path / "urls.txt"
+    src.write_text(f"{server.base_urls[0]}/bytes/100000?name=rep\n" * 3)
+    out = tmp_path / "out"
+    result = run_cli(src, "-o", out, *FAST)
+    assert result.returncode == 0, result.stderr.decode()
+    assert [r["bytes"] for r in read_manifest(out / "manifest.jsonl")] == [100_000] * 3
+    assert "bytes      100.0 KB in" in result.stderr.decode()
+    hosts = json.loads((out / "manifest.hosts.json").read_text())
+    assert sum(h["bytes"] for h in hosts["hosts"]) == 100_000
+
+
 def test_retry_after_cap_bounds_the_wait_a_server_asks_for(
     server: LocalServer, tmp_path: Path
 ) -> None:
@@ -548,6 +562,33 @@ def test_a_low_open_file_limit_shrinks_the_default_process_count(server, tmp_pat
     assert len(list((tmp_path / "out").rglob("*"))) >= 30
     refused = run("-p", "4")
     assert refused.returncode == 2 and b"ulimit -n" in refused.stderr, refused.stderr
+
+
+def test_a_file_the_disk_refused_is_retried_by_retry_transient(server, tmp_path):
+    """A full disk (here a file-size limit) fails a URL as ``disk``: fixed on this machine, not
+    at the server, so ``--retry-transient`` fetches it again, and the summary says to."""
+    big, small = f"{server.base_urls[0]}/bytes/100000", f"{server.base_urls[0]}/bytes/10"
+    urls = tmp_path / "urls.txt"
+    urls.write_text(f"{big}\n{small}\n")
+    out = tmp_path / "out"
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+
+    command = cli_command(urls, "-o", out, "--progress", "none")
+    first = subprocess.run(
+        command, capture_output=True, env=cli_env(), timeout=60, check=False,
+        preexec_fn=small_files,
+    )  # fmt: skip
+    assert first.returncode == 1, first.stderr.decode()[-2000:]
+    records = latest(read_manifest(out / "manifest.jsonl"))
+    assert (records[big]["error_kind"], records[small]["state"]) == ("disk", "written")
+    assert "--retry-transient to retry the 1 transient" in first.stderr.decode()
+    again = run_cli(urls, "-o", out, "--progress", "none", "--retry-transient")
+    assert again.returncode == 0, again.stderr.decode()[-2000:]
+    assert "skipped    1 already done, 0 permanent" in again.stderr.decode()
+    record = latest(read_manifest(out / "manifest.jsonl"))[big]
+    assert record["state"] == "written" and Path(record["path"]).stat().st_size == 100_000
 
 
 def test_a_closed_stderr_sends_nothing_to_stdout(server, tmp_path):

@@ -55,6 +55,7 @@ def _rec(url: str = "http://a/x", **fields: Any) -> dict[str, Any]:
         (_rec(state="failed", error_kind="worker_crash"), Prior.TRANSIENT),
         (_rec(state="failed", error_kind="breaker_open"), Prior.TRANSIENT),
         (_rec(state="failed", error_kind="robots"), Prior.TRANSIENT),  # robots.txt unreachable
+        (_rec(state="failed", error_kind="disk"), Prior.TRANSIENT),  # fixed on this machine
         (_rec(state="failed", error_kind="invalid_url"), Prior.PERMANENT),
         (_rec(state="failed", error_kind="unsupported_scheme"), Prior.PERMANENT),
         (_rec(state="failed", error_kind="bad_input"), Prior.PERMANENT),
