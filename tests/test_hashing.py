@@ -19,7 +19,7 @@ from shardload.executors.processes import ProcessExecutor
 from shardload.testing.server import body_for
 from shardload.worker import files
 
-from .conftest import make_download
+from .conftest import files_under, make_download, temp_files
 from .raw_server import RawServer, read_request
 
 
@@ -109,6 +109,7 @@ def test_a_failed_body_leaves_no_file_when_hashed_as_read(srv, home, client, has
     )
     assert b.state == "failed" and b.sha256 is None
     assert b.error_kind == "truncated"
+    assert files_under(home) == set() and temp_files(home) == []
 
 
 @pytest.mark.parametrize(

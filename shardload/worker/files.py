@@ -221,17 +221,17 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
     digest = hashlib.sha256() if strategy.sha256 else None
     # Hashed as read: by the response as each piece arrives (the lean client's tap; only for a
     # body stored as sent), else here piece by piece. Otherwise the writer thread hashes.
-    to_writer = None if _hash_as_read else digest
-    as_read = digest if _hash_as_read else None
-    tap = getattr(response, "tap", None) if as_read is not None and not encoded else None
+    hash_here = digest is not None and _hash_as_read
+    tap = getattr(response, "tap", None) if hash_here and not encoded else None
+    as_read = digest if hash_here and tap is None else None
+    to_writer = None if hash_here else digest
     size = 0
     pending: list[bytes | memoryview] = []  # the lean client hands views (no copy)
     pending_size = 0
     tmp = open_temp(home)
     try:
         if tap is not None:
-            tap(as_read)
-            as_read = None
+            tap(digest)
         async for chunk in response.content.iter_chunked(max(strategy.chunk_size, READ_SIZE)):
             size += len(chunk)
             if limit is not None and size > limit:
