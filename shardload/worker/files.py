@@ -19,7 +19,9 @@ Invariants:
 
 Small bodies are written with one inline ``write`` (page cache, microseconds); bodies over
 ``_INLINE_LIMIT`` are written in a thread, so a slow disk does not stall the event loop. Where
-the sha256 is computed depends on whether the process has a core to spare (``hash_as_read``).
+the sha256 is computed depends on whether the process has a core to spare (``hash_as_read``);
+where it has none, the lean client's large bodies are hashed and written piece by piece as
+they arrive (``inline_writer``), back to the thread after one slow write.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from ..bundle import Bundle
 from ..errors import DownloadFailed, ErrorKind
 from ..paths import DISPLACED_NAME, TEMP_DIR_NAME, absolute, contains, displaced_path
+from .inline_writer import InlineWriter, write_all
 from .temp_files import forget_temp_dir, open_temp, temp_dir, temp_prefix
 
 if TYPE_CHECKING:
@@ -223,33 +226,52 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
     # body stored as sent), else here piece by piece. Otherwise the writer thread hashes.
     hash_here = digest is not None and _hash_as_read
     tap = getattr(response, "tap", None) if hash_here and not encoded else None
-    as_read = digest if hash_here and tap is None else None
+    # A large body that would be tapped is written in the connection's callback instead, as
+    # it arrives (see inline_writer); what that declines comes through the loop below.
+    sink = (
+        getattr(response, "sink", None) if tap and declared and declared > _INLINE_LIMIT else None
+    )
+    as_read = digest if hash_here and (tap is None or sink is not None) else None
     to_writer = None if hash_here else digest
     size = 0
     pending: list[bytes | memoryview] = []  # the lean client hands views (no copy)
     pending_size = 0
     tmp = open_temp(home)
     try:
-        if tap is not None:
-            tap(digest)
-        async for chunk in response.content.iter_chunked(max(strategy.chunk_size, READ_SIZE)):
-            size += len(chunk)
-            if limit is not None and size > limit:
-                raise DownloadFailed(ErrorKind.TOO_LARGE, f"body exceeds max {limit} bytes")
-            if guard is not None:
-                guard.feed(len(chunk))
-            if as_read is not None:
-                as_read.update(chunk)
-            pending.append(chunk)
-            pending_size += len(chunk)
-            if pending_size >= _INLINE_LIMIT:
-                await asyncio.to_thread(_write_and_hash, tmp.fd, pending, to_writer)
-                pending, pending_size = [], 0
+        inline = InlineWriter(tmp.fd, digest, limit, guard) if sink is not None else None
+        try:
+            if sink is not None:
+                sink(inline)
+            elif tap is not None:
+                tap(digest)
+            async for chunk in response.content.iter_chunked(max(strategy.chunk_size, READ_SIZE)):
+                if inline is not None:
+                    size, inline = inline.handover(), None
+                size += len(chunk)
+                if limit is not None and size > limit:
+                    raise DownloadFailed(ErrorKind.TOO_LARGE, f"body exceeds max {limit} bytes")
+                if guard is not None:
+                    guard.feed(len(chunk))
+                if as_read is not None:
+                    as_read.update(chunk)
+                pending.append(chunk)
+                pending_size += len(chunk)
+                if pending_size >= _INLINE_LIMIT:
+                    await asyncio.to_thread(_write_and_hash, tmp.fd, pending, to_writer)
+                    pending, pending_size = [], 0
+        finally:
+            # Before the file is closed: the connection may still be feeding this response.
+            if sink is not None:
+                sink(None)
+            elif tap is not None:
+                tap(None)
+        if inline is not None:
+            size = inline.handover()
         if declared is not None and not encoded and size != declared:
             raise DownloadFailed(
                 ErrorKind.TRUNCATED, f"got {size} of {declared} bytes (Content-Length)"
             )
-        if size > _INLINE_LIMIT:
+        if pending and size > _INLINE_LIMIT:
             await asyncio.to_thread(_write_and_hash, tmp.fd, pending, to_writer)
         else:
             _write_and_hash(tmp.fd, pending, to_writer)
@@ -259,9 +281,6 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
     except BaseException:
         tmp.discard()
         raise
-    finally:
-        if tap is not None:
-            tap(None)
     bundle.bytes = size
     bundle.sha256 = digest.hexdigest() if digest is not None else None
 
@@ -279,10 +298,8 @@ def _write_and_hash(fd: int, chunks: list[bytes | memoryview], digest: Any) -> N
             if written >= len(chunk):
                 written -= len(chunk)
                 continue
-            view = memoryview(chunk)[written:]
+            write_all(fd, memoryview(chunk)[written:])
             written = 0
-            while view:
-                view = view[os.write(fd, view) :]
 
 
 _IOV_MAX = 1024  # Linux's limit on pieces per writev

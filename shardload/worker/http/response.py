@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -41,6 +41,7 @@ class LeanResponse:
         self._error: DownloadFailed | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._tap: Any = None
+        self._sink: Callable[[Piece], bool] | None = None
 
     @property
     def content(self) -> LeanResponse:
@@ -60,8 +61,27 @@ class LeanResponse:
             for data in self._chunks:
                 digest.update(data)
 
+    def sink(self, consume: Callable[[Piece], bool] | None) -> None:
+        """Hand each piece of the body as sent to ``consume`` (None stops), what is buffered
+        first, then each piece in the connection's callback as it arrives, instead of
+        buffering it for a task to wake up and read. A piece ``consume`` declines (it returns
+        False) and every piece after it are buffered as before, in order."""
+        self._sink = consume
+        chunks = self._chunks
+        while consume is not None and chunks:
+            if not consume(chunks[0]):
+                self._sink = None
+                break
+            self._buffered -= len(chunks.popleft())
+        if self._buffered < _LOW_WATER:
+            self._conn.resume()
+
     # Fed by the connection.
     def _feed(self, data: Piece) -> None:
+        if self._sink is not None:
+            if self._sink(data):
+                return
+            self._sink = None
         if self._tap is not None:
             self._tap.update(data)
         self._chunks.append(data)
