@@ -464,7 +464,13 @@ def test_a_worker_that_works_between_crashes_keeps_being_restarted(srv, home):
         since += shard_of(bundle.host, 2) == target
         if since >= 3 and kills < 3:  # the shard's new worker did work since the last kill
             name = f"shardload-worker-{target}"
-            (worker,) = [c for c in multiprocessing.active_children() if c.name == name]
+            # Results the killed worker sent before it died can come in while its replacement
+            # is still starting (the coordinator runs on its own thread meanwhile).
+            deadline = time.monotonic() + 10
+            while not (found := [c for c in multiprocessing.active_children() if c.name == name]):
+                assert time.monotonic() < deadline, f"{name} was not restarted"
+                time.sleep(0.01)
+            (worker,) = found
             os.kill(worker.pid, signal.SIGKILL)
             kills, since = kills + 1, 0
     assert kills == 3

@@ -93,7 +93,7 @@ def test_a_body_cut_short_leaves_no_file(srv, home, written):
 
 
 def test_a_body_too_slow_fails_as_a_timeout(home, written):
-    drip = [HEAD + BODY[:1_200_000]] + [BODY[i : i + 10] for i in range(1_200_000, 1_200_100, 10)]
+    drip = [HEAD + BODY[:1_200_000]] + [BODY[i : i + 10] for i in range(1_200_000, 1_200_200, 10)]
     strategy = RequestStrategy(low_speed_limit=100_000, low_speed_time=0.3)
     with RawServer(_paced(drip, pause=0.1)) as server:
         (b,) = shardload.swarm([f"{server.url}/drip"], download=make_download(home, strategy))

@@ -267,6 +267,9 @@ def run(args: argparse.Namespace, *, stdin: BinaryIO | None, stderr: TextIO) -> 
     args.manifest = args.manifest or os.path.join(args.output, "manifest.jsonl")
     if args.ray_address and args.backend != "ray":
         return _usage_error(stderr, "--ray-address needs --backend ray")
+    if args.manifest == "-":
+        # Not standard output: the manifest is rewritten in place and read back by --resume.
+        return _usage_error(stderr, "--manifest needs a file path, not '-'")
     problem = _own_files_problem(args, stdin)
     if problem is not None:
         return _usage_error(stderr, problem)

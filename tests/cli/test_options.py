@@ -274,3 +274,13 @@ def test_a_ray_address_without_the_ray_backend_is_a_usage_error(
     argv = [str(src), "-o", str(tmp_path / "out"), "--ray-address", "ray://h:10001"]
     assert main(argv) == 2
     assert "--ray-address needs --backend ray" in capsys.readouterr().err
+
+
+def test_a_manifest_on_standard_output_is_a_usage_error(tmp_path: Path, capsys: Any) -> None:
+    """``--manifest -`` once made a file named ``-`` in the working directory."""
+    src = tmp_path / "in.txt"
+    src.write_text("http://127.0.0.1:9/x\n")
+    out = tmp_path / "out"
+    assert main([str(src), "-o", str(out), "--manifest", "-"]) == 2
+    assert "--manifest needs a file path" in capsys.readouterr().err
+    assert not out.exists() and not os.path.exists("-")
