@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -499,3 +500,37 @@ def test_runs_sharing_a_home_never_lose_a_file_to_its_temporary_folder(srv, home
     for thread in threads:
         thread.join(timeout=120)
     assert failures == []
+
+
+def test_a_cancelled_download_keeps_its_file_open_while_its_thread_writes(srv, home, monkeypatch):
+    """A batch written in a thread goes on when its download is cancelled (here by
+    max_time). Its file was closed at once, so the thread's next write went to a closed
+    descriptor, or to whatever file took its number (another download's, written as
+    complete). Now the file stays open until the thread is done, then goes."""
+    real = files._write_and_hash
+    seen: list[tuple[int, int | str]] = []
+    done = threading.Event()
+
+    def slow_in_thread(fd, chunks, digest):
+        if sum(len(c) for c in chunks) < 1 << 20:
+            return real(fd, chunks, digest)  # an inline write, on the loop
+        before = os.fstat(fd).st_ino
+        time.sleep(0.6)  # a slow disk: the download's max_time passes meanwhile
+        try:
+            after: int | str = os.fstat(fd).st_ino
+        except OSError as exc:
+            after = errno.errorcode[exc.errno or 0]
+        seen.append((before, after))
+        try:
+            return real(fd, chunks, digest)
+        finally:
+            done.set()
+
+    monkeypatch.setattr(files, "_write_and_hash", slow_in_thread)
+    download = make_download(home, RequestStrategy(max_time=0.3))
+    (b,) = shardload.swarm([srv.base_urls[0] + "/bytes/3000000"], download=download)
+    assert (b.state, b.error_kind) == ("failed", ErrorKind.TIMEOUT), b.error_message
+    assert done.wait(5)
+    time.sleep(0.1)  # the file is closed and removed right after the thread's write
+    assert len(seen) == 1 and seen[0][0] == seen[0][1]  # the same file, still open
+    assert files_under(home) == set() and temp_files(home) == []

@@ -45,7 +45,7 @@ from ..bundle import Bundle
 from ..errors import DownloadFailed, ErrorKind
 from ..paths import DISPLACED_NAME, TEMP_DIR_NAME, absolute, contains, displaced_path
 from .inline_writer import InlineWriter, write_all
-from .temp_files import forget_temp_dir, open_temp, temp_dir, temp_prefix
+from .temp_files import Temp, forget_temp_dir, open_temp, temp_dir, temp_prefix
 
 if TYPE_CHECKING:
     from ..strategy import DownloadStrategy, Response
@@ -257,7 +257,7 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
                 pending.append(chunk)
                 pending_size += len(chunk)
                 if pending_size >= _INLINE_LIMIT:
-                    await asyncio.to_thread(_write_and_hash, tmp.fd, pending, to_writer)
+                    await _write_in_thread(tmp, pending, to_writer)
                     pending, pending_size = [], 0
         finally:
             # Before the file is closed: the connection may still be feeding this response.
@@ -272,7 +272,7 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
                 ErrorKind.TRUNCATED, f"got {size} of {declared} bytes (Content-Length)"
             )
         if pending and size > _INLINE_LIMIT:
-            await asyncio.to_thread(_write_and_hash, tmp.fd, pending, to_writer)
+            await _write_in_thread(tmp, pending, to_writer)
         else:
             _write_and_hash(tmp.fd, pending, to_writer)
         os.close(tmp.fd)
@@ -283,6 +283,15 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
         raise
     bundle.bytes = size
     bundle.sha256 = digest.hexdigest() if digest is not None else None
+
+
+async def _write_in_thread(tmp: Temp, chunks: list[bytes | memoryview], digest: Any) -> None:
+    """One batch written in a thread. A cancelled caller leaves it to finish there, and the
+    file open until it has (``Temp.discard``)."""
+    tmp.writing = asyncio.get_running_loop().run_in_executor(
+        None, _write_and_hash, tmp.fd, chunks, digest
+    )
+    await asyncio.shield(tmp.writing)
 
 
 def _write_and_hash(fd: int, chunks: list[bytes | memoryview], digest: Any) -> None:

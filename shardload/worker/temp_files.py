@@ -11,6 +11,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import os
@@ -73,13 +74,25 @@ class Temp:
     def __init__(self, fd: int, path: str) -> None:
         self.fd = fd
         self.path = path
+        self.writing: asyncio.Future[None] | None = None  # a batch a thread writes into fd
 
     def discard(self) -> None:
+        writing = self.writing
+        if writing is not None and not writing.done():
+            # A cancelled download's batch goes on in its thread: closed now, the descriptor's
+            # number could go to another download's file, and the rest of the batch with it.
+            writing.add_done_callback(self._discard_after)
+            return
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+
+    def _discard_after(self, writing: asyncio.Future[None]) -> None:
+        if not writing.cancelled():
+            writing.exception()  # the download has failed already: its error goes nowhere
+        self.discard()
 
 
 def open_temp(home: str) -> Temp:
