@@ -25,13 +25,21 @@ _KINDS = frozenset(kind.value for kind in ErrorKind)
 # overrides set ``bundle._status_msg`` instead of a state (written, to be tried again, or
 # given up after calling on_fail themselves).
 SAID_WRITTEN, SAID_TRY_AGAIN, SAID_GAVE_UP = "File written", "Download attempted", "Download failed"
+SAID_CACHED = "Cache hit"
 _STATUS_WORDS = {
     PENDING: "Initialized",
     WRITTEN: SAID_WRITTEN,
-    CACHED: "Cache hit",
+    CACHED: SAID_CACHED,
     FAILED: SAID_GAVE_UP,
     SKIPPED: "Skipped",
 }
+
+
+def said_by_override(bundle: Bundle) -> str | None:
+    """The status word an aiodownload-style override set on the bundle since its attempt
+    began, if it set one (``Bundle._status_msg`` reads a word for every bundle)."""
+    said = bundle.__dict__.get("_status_msg")
+    return None if said is None else str(said)
 
 
 @dataclass(eq=False)
@@ -99,6 +107,21 @@ class Bundle:
         self.error_kind = kind
         self.error_message = message
         return self
+
+    @property
+    def _status_msg(self) -> str:
+        """aiodownload's status word: what an override said (``bundle._status_msg = ...``),
+        else the word for the state, as aiodownload kept it on every bundle."""
+        said = said_by_override(self)
+        if said is not None:
+            return said
+        if self.state == PENDING and self.attempts:
+            return SAID_TRY_AGAIN
+        return _STATUS_WORDS.get(self.state, self.state)
+
+    @_status_msg.setter
+    def _status_msg(self, word: str) -> None:
+        self.__dict__["_status_msg"] = word
 
     @property
     def num_tries(self) -> int:

@@ -8,6 +8,8 @@ import hashlib
 import json
 import math
 import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -807,3 +809,104 @@ def test_an_aiodownload_override_that_gave_up_gets_no_second_on_fail_nor_retry(
     # "Download attempted" twice, then it gave up at the third: shardload retried as asked.
     assert unavailable.state == "failed" and unavailable.attempts == 3
     assert unavailable.on_fail_calls == 1
+
+
+STATUS_ATTEMPT, STATUS_CACHE, STATUS_INIT = "Download attempted", "Cache hit", "Initialized"
+
+
+class CopiedMain(shardload.AioDownload):
+    """aiodownload 0.2.5's own main, copied into a subclass; the one edit is ``async with``
+    for ``with (await ...)``, which Python 3.9 removed."""
+
+    async def main(self, bundle: Bundle) -> Bundle:
+        async with self._main_semaphore:
+            bundle.file_path = self._download_strategy.get_file_path(bundle)
+            file_exists = os.path.isfile(bundle.file_path)
+            if not (file_exists and self._download_strategy.skip_cached):
+                while bundle._status_msg in (STATUS_ATTEMPT, STATUS_INIT):
+                    sleep_time = self._request_strategy.get_sleep_time(bundle)
+                    await asyncio.sleep(sleep_time)
+                    bundle = await self.request_and_download(bundle)
+            else:
+                bundle._status_msg = STATUS_CACHE
+        return bundle
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_main_copied_from_aiodownload_works(srv, home, processes):
+    """It reads ``self._main_semaphore`` and a fresh bundle's ``_status_msg``, which only
+    aiodownload's own code had set (AttributeError here before)."""
+    download = CopiedMain(download_strategy=DownloadStrategy(home=home, skip_cached=True))
+    urls = [f"{srv.base_urls[0]}/links/{i}" for i in range(3)] + [srv.base_urls[1] + "/status/404"]
+    bundles = shardload.swarm(urls, download=download, processes=processes)
+    assert [b.state for b in bundles] == ["written"] * 3 + ["failed"]
+    assert [b._status_msg for b in bundles] == ["File written"] * 3 + ["Download failed"]
+    assert all(os.path.isfile(b.file_path) for b in bundles[:3])
+    again = shardload.swarm(urls[:1], download=download, processes=processes)
+    assert again[0]._status_msg == STATUS_CACHE, again[0].state
+    assert again[0].state == "cached", again[0].error_message
+
+
+def test_every_bundle_has_aiodownload_status_word(srv, home):
+    """aiodownload kept ``_status_msg`` on every bundle and its users read it; an override's
+    own word wins while it stands."""
+    fresh = Bundle(srv.base_urls[0] + "/links/1")
+    assert fresh._status_msg == "Initialized"
+    download = shardload.AioDownload(
+        download_strategy=DownloadStrategy(home=home, skip_cached=True)
+    )
+    ok, missing = shardload.swarm([fresh, srv.base_urls[0] + "/status/404"], download=download)
+    assert (ok._status_msg, missing._status_msg) == ("File written", "Download failed")
+    (cached,) = shardload.swarm([srv.base_urls[0] + "/links/1"], download=download)
+    assert cached.state == "cached" and cached._status_msg == "Cache hit"
+    fresh._status_msg = "Download attempted"
+    assert fresh._status_msg == "Download attempted"
+
+
+def test_a_semaphore_a_subclass_sets_is_the_one_its_main_uses(srv, home):
+    class OwnSemaphore(CopiedMain):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._main_semaphore = asyncio.BoundedSemaphore(1)
+
+    download = OwnSemaphore(download_strategy=DownloadStrategy(home=home))
+    assert download._main_semaphore._value == 1  # type: ignore[attr-defined]
+    (b,) = shardload.swarm([srv.base_urls[0] + "/links/1"], download=download)
+    assert b.state == "written"
+
+
+def test_aiodownload_submodule_paths_work_after_a_bare_import():
+    """``aiodownload.strategy.Lenient`` worked after ``import aiodownload``, which imported
+    its submodules; shardload loads its own on first use."""
+    code = "import shardload as a; print(a.strategy.Lenient.__name__, a.api.swarm.__name__)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.stdout.split() == ["Lenient", "swarm"], out.stderr
+
+
+class DoesNothing(shardload.AioDownload):
+    async def main(self, bundle: Bundle) -> Bundle:
+        return bundle
+
+
+class GivesUp(shardload.AioDownload):
+    async def main(self, bundle: Bundle) -> Bundle:
+        bundle._status_msg = "Download failed"
+        return bundle
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_main_override_that_leaves_a_bundle_pending_fails_it(srv, home, processes):
+    """Every bundle leaves a run with a final state: one a ``main`` override returned as it
+    came was handed back pending."""
+    url = srv.base_urls[0] + "/links/1"
+    (b,) = shardload.swarm([url], download=DoesNothing(), processes=processes)
+    assert (b.state, b.error_kind) == ("failed", "strategy")
+    assert "returned the bundle unfinished" in (b.error_message or "")
+    (b,) = shardload.swarm([url], download=GivesUp(), processes=processes)
+    assert (b.state, b.error_kind, b.error_message) == (
+        "failed",
+        "http",
+        "main() said: Download failed",
+    )

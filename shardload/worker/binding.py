@@ -48,6 +48,7 @@ class LoopBinding(Politeness):
         self._session: aiohttp.ClientSession | None = self._client
         self._lean: LeanClient | None = None
         self._worker_sem: WorkerSlots | None = None
+        self._main_sem: asyncio.BoundedSemaphore | None = None  # see AioDownload._main_semaphore
         self._hosts: dict[str, HostSlot] = {}
         # A file's download under way: (what it requests, its outcome).
         self._inflight: dict[str, tuple[tuple[UrlParts, str], asyncio.Future[Bundle]]] = {}

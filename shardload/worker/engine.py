@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 from ..backoff import decide
 from ..bundle import (
     CACHED,
+    PENDING,
+    SAID_CACHED,
     SAID_GAVE_UP,
     SAID_TRY_AGAIN,
     SAID_WRITTEN,
@@ -32,6 +34,7 @@ from ..bundle import (
     WRITTEN,
     Bundle,
     apply_result,
+    said_by_override,
     to_result,
 )
 from ..errors import NEVER_RETRY_KINDS, DownloadFailed, ErrorKind
@@ -99,6 +102,21 @@ class AioDownload(LoopBinding):
     def _request_strategy(self) -> RequestStrategy:
         return self.request_strategy
 
+    @property
+    def _main_semaphore(self) -> asyncio.BoundedSemaphore:
+        """aiodownload's bound on concurrent ``main()`` calls, for a ``main`` copied from it;
+        shardload's own bounds are its host and worker slots. One a subclass sets is kept."""
+        own = self.__dict__.get("_own_main_sem")
+        if own is not None:
+            return own  # type: ignore[no-any-return]
+        if self._main_sem is None:
+            self._main_sem = asyncio.BoundedSemaphore(self.request_strategy.concurrent)
+        return self._main_sem
+
+    @_main_semaphore.setter
+    def _main_semaphore(self, semaphore: asyncio.BoundedSemaphore) -> None:
+        self.__dict__["_own_main_sem"] = semaphore
+
     async def main(self, bundle: Bundle) -> Bundle:
         """Download one bundle to its file, retrying as the request strategy says. A bundle
         downloaded before (by this or another engine) starts afresh, its path computed again
@@ -113,6 +131,28 @@ class AioDownload(LoopBinding):
             bundle._run_path = bundle.file_path  # this call's answer, not the bundle's own
         bundle.elapsed = time.monotonic() - started
         return bundle
+
+    async def settle(self, bundle: Bundle) -> None:
+        """After ``main``: a bundle a subclass's ``main`` left pending gets the outcome it
+        said in aiodownload's words (its ``main`` said "Cache hit" itself, and relied on
+        ``request_and_download`` for the rest), or fails; none leaves a run unfinished."""
+        if bundle.state != PENDING:
+            return
+        said = said_by_override(bundle)
+        home = self.download_strategy.home
+        found = find_complete(bundle.file_path, home) if bundle.file_path else None
+        if said in (SAID_WRITTEN, SAID_CACHED) and found is not None:
+            bundle.file_path = found[0]
+            if said == SAID_CACHED:
+                bundle.state, bundle.bytes = CACHED, found[1]
+            else:
+                bundle.state = WRITTEN
+                await measure_own_write(bundle, self.download_strategy.sha256)
+        elif said == SAID_GAVE_UP:
+            bundle.fail(bundle.error_kind or ErrorKind.HTTP, "main() said: Download failed")
+        else:
+            word = f" (it said {said!r})" if said else ""
+            bundle.fail(ErrorKind.STRATEGY, f"main() returned the bundle unfinished{word}")
 
     async def _caught_main(self, bundle: Bundle) -> None:
         if not self._in_this_loop(bundle):
@@ -238,7 +278,7 @@ class AioDownload(LoopBinding):
                 wants_retry, retry_error = self._wants_retry(outcome)
                 # An aiodownload override decided itself: it said it would try again, or that
                 # it gave up (and then called on_fail itself).
-                said = getattr(bundle, "_status_msg", None)
+                said = said_by_override(bundle)
                 gave_up = said == SAID_GAVE_UP
                 wants_retry = (wants_retry or said == SAID_TRY_AGAIN) and not gave_up
                 decision = decide(
@@ -333,7 +373,7 @@ class AioDownload(LoopBinding):
         finally:
             _told.reset(token)
             slot.leave(worker)
-        said = getattr(bundle, "_status_msg", None)  # aiodownload's overrides set no state
+        said = said_by_override(bundle)  # aiodownload's overrides set no state
         if bundle.state == WRITTEN or said == SAID_WRITTEN:
             bundle.state = WRITTEN
             await measure_own_write(bundle, ds.sha256)

@@ -53,6 +53,7 @@ class ShardWorker:
         bundle = from_job(job)
         try:
             await self.engine.main(bundle)
+            await self.engine.settle(bundle)
         except asyncio.CancelledError:
             if being_cancelled():  # aborted: the coordinator owns the job again
                 raise
