@@ -28,6 +28,8 @@ def written(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Bodies hashed as read (as in a worker on a busy machine); the size of every piece the
     inline writer took, so a test sees that the path it checks ran."""
     monkeypatch.setattr(files, "_hash_as_read", True)
+    monkeypatch.setattr(inline_writer, "_slow_until", 0.0)  # no slow write seen yet
+    monkeypatch.setattr(inline_writer, "_behind", 0.0)
     sizes: list[int] = []
 
     class Recording(inline_writer.InlineWriter):
@@ -68,14 +70,21 @@ def test_a_large_body_is_written_as_it_arrives(home, written):
     assert temp_files(home) == []
 
 
-def test_after_a_slow_write_the_rest_goes_through_the_loop(home, written, monkeypatch):
-    monkeypatch.setattr(inline_writer, "SLOW_WRITE", 0.0)  # every write counts as slow
-    with RawServer(_paced(IN_PIECES)) as server:
-        (b,) = shardload.swarm([f"{server.url}/big"], download=make_download(home))
-    assert b.state == "written" and b.bytes == len(BODY)
-    assert b.sha256 == hashlib.sha256(BODY).hexdigest()
-    assert open(b.file_path, "rb").read() == BODY
-    assert len(written) == 1 and 0 < written[0] < len(BODY)  # one piece, then the loop
+def test_after_a_slow_write_bodies_go_through_the_loop_for_a_while(home, written, monkeypatch):
+    """Slow writes send the rest of their body, and every body for SLOW_PAUSE seconds, to
+    the loop and its thread: each body deciding alone, many bodies starting together on a
+    slow disk each stalled the event loop once."""
+    monkeypatch.setattr(inline_writer, "SLOW_BUDGET", -1.0)  # every write counts as slow
+    for run in range(3):
+        if run == 2:
+            monkeypatch.setattr(inline_writer, "_slow_until", 0.0)  # the pause is over
+        with RawServer(_paced(IN_PIECES)) as server:
+            (b,) = shardload.swarm([f"{server.url}/big{run}"], download=make_download(home))
+        assert b.state == "written" and b.bytes == len(BODY)
+        assert b.sha256 == hashlib.sha256(BODY).hexdigest()
+        assert open(b.file_path, "rb").read() == BODY
+        # One piece, then the loop; the next body not at all; after the pause, one piece.
+        assert len(written) == [1, 1, 2][run] and 0 < written[-1] < len(BODY)
 
 
 def test_aiohttp_bodies_take_the_loops_path(srv, home, written):
@@ -151,3 +160,29 @@ def test_the_writer_keeps_a_failure_for_its_caller(tmp_path):
         writer.handover()
     os.close(fd)
     assert writer.size == 3 and (tmp_path / "f").read_bytes() == b"abc"
+
+
+KIB256 = 256 * 1024
+FAST, SPIKE = 0.00005, 0.003  # a page-cache write; one preempted on a busy machine
+
+
+@pytest.mark.parametrize(
+    ("writes", "slow_after"),
+    [
+        ([(FAST, KIB256)] * 1000, None),  # a healthy disk never counts as slow
+        ([(FAST, KIB256)] * 20 + [(SPIKE, KIB256)] + [(FAST, KIB256)] * 20, None),
+        ([(SPIKE, KIB256)] * 5, None),  # a few spikes in a row: still inside the budget
+        ([(SPIKE, 100)] * 8, 7),  # spikes on tiny writes run up the debt
+        ([(0.006, KIB256)] * 10, 5),  # a network home at 6 ms a write: after ~25 ms
+        ([(0.3, KIB256)], 1),  # a throttled disk: at once
+    ],
+    ids=["healthy", "one-spike", "spikes", "tiny-spikes", "6ms", "throttled"],
+)
+def test_when_the_writes_count_as_slow(writes, slow_after):
+    behind, after = 0.0, None
+    for n, (seconds, size) in enumerate(writes, 1):
+        behind = inline_writer.behind_after(behind, seconds, size)
+        if behind > inline_writer.SLOW_BUDGET:
+            after = n
+            break
+    assert after == slow_after

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from ..bundle import Bundle
 from ..errors import DownloadFailed, ErrorKind
 from ..paths import DISPLACED_NAME, TEMP_DIR_NAME, absolute, contains, displaced_path
-from .inline_writer import InlineWriter, write_all
+from .inline_writer import InlineWriter, disk_is_fast, write_all
 from .temp_files import Temp, forget_temp_dir, open_temp, temp_dir, temp_prefix
 
 if TYPE_CHECKING:
@@ -228,9 +228,8 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
     tap = getattr(response, "tap", None) if hash_here and not encoded else None
     # A large body that would be tapped is written in the connection's callback instead, as
     # it arrives (see inline_writer); what that declines comes through the loop below.
-    sink = (
-        getattr(response, "sink", None) if tap and declared and declared > _INLINE_LIMIT else None
-    )
+    big = declared is not None and declared > _INLINE_LIMIT
+    sink = getattr(response, "sink", None) if tap and big and disk_is_fast() else None
     as_read = digest if hash_here and (tap is None or sink is not None) else None
     to_writer = None if hash_here else digest
     size = 0
