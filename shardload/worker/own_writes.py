@@ -109,16 +109,17 @@ def _remove_in_home(path: str | None, home: str) -> None:
 
 async def measure_own_write(bundle: Bundle, with_hash: bool) -> None:
     """Fill in ``bytes`` (and ``sha256``) of a written bundle whose override set neither, from
-    the file it wrote itself (in a thread: the file may be large)."""
-    if bundle.bytes == 0 and bundle.sha256 is None:
-        await asyncio.to_thread(_measure, bundle, with_hash)
+    the file it wrote itself (in a thread: the file may be large; the bundle is changed here,
+    so a download cancelled meanwhile is not changed later by the thread)."""
+    if bundle.bytes == 0 and bundle.sha256 is None and bundle.file_path is not None:
+        measured = await asyncio.to_thread(_measure, bundle.file_path, with_hash)
+        if measured is not None:
+            bundle.bytes, bundle.sha256 = measured
 
 
-def _measure(bundle: Bundle, with_hash: bool) -> None:
-    path = bundle.file_path
-    if path is None or not os.path.isfile(path):
-        return
+def _measure(path: str, with_hash: bool) -> tuple[int, str | None] | None:
+    if not os.path.isfile(path):
+        return None
     with open(path, "rb") as f:
-        bundle.bytes = os.fstat(f.fileno()).st_size
-        if with_hash:
-            bundle.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+        size = os.fstat(f.fileno()).st_size
+        return size, hashlib.file_digest(f, "sha256").hexdigest() if with_hash else None
