@@ -60,8 +60,14 @@ class UrlParts:
 
     @property
     def host_key(self) -> str:
-        """``host`` or ``host:port``; IPv6 hosts are bracketed (``[::1]:8080``)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        """``host`` or ``host:port``; IPv6 hosts are bracketed (``[::1]:8080``). A name's
+        trailing dot is dropped: ``a.com.`` is ``a.com`` to DNS, so one server and one set of
+        politeness limits (its files stay apart: paths keep the host as written)."""
+        host = self.host
+        if ":" in host:
+            host = f"[{host}]"
+        elif host.endswith("."):
+            host = host[:-1]
         return host if self.port is None else f"{host}:{self.port}"
 
 

@@ -197,6 +197,8 @@ def test_params_aiohttp_would_refuse_are_an_invalid_url(params: dict[Any, Any]) 
         ("http://[::1]:8080/", "[::1]:8080"),
         ("http://[::1]/", "[::1]"),
         ("http://u:p@bücher.de:81/", "xn--bcher-kva.de:81"),
+        ("http://a.com./x", "a.com"),  # the same host to DNS, so the same limits
+        ("http://A.Com.:81/", "a.com:81"),
     ],
 )
 def test_host_key(url: str, key: str) -> None:
@@ -341,7 +343,7 @@ def test_the_fast_path_agrees_with_the_general_parser(url):
         ("example.com:443", "http", "example.com:443"),
         ("example.com:80", "https", "example.com:80"),
         ("example.com:443", "HTTPS", "example.com"),
-        ("example.com.", None, "example.com."),
+        ("example.com.", None, "example.com"),  # the DNS root's dot names the same host
         ("bücher.de", None, "xn--bcher-kva.de"),
         ("BÜCHER.de:443", None, "xn--bcher-kva.de"),
         ("127.0.0.1:80", None, "127.0.0.1"),
@@ -362,6 +364,7 @@ def test_normalise_host_key(text: str, scheme: str | None, key: str) -> None:
         ("example.com:8443", "https://EXAMPLE.com:8443/"),
         ("[::1]:8080", "http://[0::1]:8080/"),
         ("bücher.de", "https://xn--bcher-kva.de/"),
+        ("example.com", "http://example.com./a"),
     ],
 )
 def test_a_normalised_key_is_the_host_key_of_its_urls(text: str, url: str) -> None:
