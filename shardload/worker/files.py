@@ -21,7 +21,7 @@ Small bodies are written with one inline ``write`` (page cache, microseconds); b
 ``_INLINE_LIMIT`` are written in a thread, so a slow disk does not stall the event loop. Where
 the sha256 is computed depends on whether the process has a core to spare (``hash_as_read``);
 where it has none, the lean client's large bodies are hashed and written piece by piece as
-they arrive (``inline_writer``), back to the thread after one slow write.
+they arrive (``inline_writer``), and in the thread again for a while once the disk is slow.
 """
 
 from __future__ import annotations
