@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import shutil
@@ -534,3 +535,52 @@ def test_a_cancelled_download_keeps_its_file_open_while_its_thread_writes(srv, h
     time.sleep(0.1)  # the file is closed and removed right after the thread's write
     assert len(seen) == 1 and seen[0][0] == seen[0][1]  # the same file, still open
     assert files_under(home) == set() and temp_files(home) == []
+
+
+def test_a_cancelled_thread_write_closes_its_file_after_the_loop_is_gone(srv, home, monkeypatch):
+    """aiodownload-era code drives the engine with run_until_complete and closes the loop
+    without waiting for its threads: the cancelled download's batch, still being written,
+    then closes and removes its file itself (the loop that would have done it is closed)."""
+    real = files._write_and_hash
+    done = threading.Event()
+
+    def slow_in_thread(fd, chunks, digest):
+        if sum(len(c) for c in chunks) < 1 << 20:
+            return real(fd, chunks, digest)
+        time.sleep(0.6)
+        try:
+            return real(fd, chunks, digest)
+        finally:
+            done.set()
+
+    monkeypatch.setattr(files, "_write_and_hash", slow_in_thread)
+    download = make_download(home, RequestStrategy(max_time=0.3))
+    loop = asyncio.new_event_loop()
+    try:
+        bundle = loop.run_until_complete(download.main(Bundle(srv.base_urls[0] + "/bytes/3000000")))
+        loop.run_until_complete(download.close())
+    finally:
+        loop.close()  # the thread still writes: nobody waits for it
+    assert (bundle.state, bundle.error_kind) == ("failed", ErrorKind.TIMEOUT)
+    assert done.wait(5)
+    deadline = time.monotonic() + 5
+    while temp_files(home) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert temp_files(home) == [] and files_under(home) == set()
+
+
+def test_a_zombie_process_counts_as_gone():
+    """A killed worker is a zombie until reaped, and signal 0 still reaches it: its
+    temporary files were taken for a running process's, and a resume run kept them."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with open(f"/proc/{child.pid}/stat", "rb") as f:
+                if f.read().rpartition(b")")[2].split()[0] == b"Z":
+                    break
+            time.sleep(0.01)
+        assert not temps._running(child.pid)
+    finally:
+        child.wait()
+    assert temps._running(os.getpid())

@@ -286,11 +286,17 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
 
 async def _write_in_thread(tmp: Temp, chunks: list[bytes | memoryview], digest: Any) -> None:
     """One batch written in a thread. A cancelled caller leaves it to finish there, and the
-    file open until it has (``Temp.discard``)."""
-    tmp.writing = asyncio.get_running_loop().run_in_executor(
-        None, _write_and_hash, tmp.fd, chunks, digest
-    )
-    await asyncio.shield(tmp.writing)
+    file open until it has (``Temp``)."""
+    run = tmp.write_in_thread(lambda fd: _write_and_hash(fd, chunks, digest))
+    try:
+        writing = asyncio.get_running_loop().run_in_executor(None, run)
+    except BaseException:
+        tmp.written_in_thread()
+        raise
+    # Cancelled, this download never looks at the batch's outcome again: an error of its
+    # write is retrieved here, not logged as never retrieved.
+    writing.add_done_callback(lambda done: done.cancelled() or done.exception())
+    await asyncio.shield(writing)
 
 
 def _write_and_hash(fd: int, chunks: list[bytes | memoryview], digest: Any) -> None:

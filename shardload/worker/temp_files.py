@@ -11,11 +11,12 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import os
 import socket
+import threading
+from collections.abc import Callable
 
 from ..errors import DownloadFailed, ErrorKind
 from ..paths import TEMP_DIR_NAME, absolute
@@ -69,30 +70,58 @@ def forget_temp_dir(home: str) -> None:
 
 
 class Temp:
-    """An open temporary file; ``discard`` closes and removes it."""
+    """An open temporary file; ``discard`` closes and removes it.
+
+    A batch of the body may be written in a thread (``write_in_thread``). A download
+    cancelled meanwhile leaves that batch to finish there: closed at once, the descriptor's
+    number could go to another download's file, and the rest of the batch with it. So
+    ``discard`` then leaves the closing to that thread, which does it as it ends, whether or
+    not the event loop that started it still runs.
+    """
 
     def __init__(self, fd: int, path: str) -> None:
         self.fd = fd
         self.path = path
-        self.writing: asyncio.Future[None] | None = None  # a batch a thread writes into fd
+        self._lock = threading.Lock()
+        self._in_thread = False  # a thread writes into fd now
+        self._abandoned = False  # discarded meanwhile: that thread closes and removes it
+
+    def write_in_thread(self, write: Callable[[int], None]) -> Callable[[], None]:
+        """``write(fd)`` wrapped for the thread that runs it; call this before handing it
+        over, so that a ``discard`` from then on waits for it."""
+        with self._lock:
+            self._in_thread = True
+
+        def run() -> None:
+            try:
+                write(self.fd)
+            finally:
+                with self._lock:
+                    self._in_thread = False
+                    abandoned = self._abandoned
+                if abandoned:
+                    self._close()
+
+        return run
+
+    def written_in_thread(self) -> None:
+        """The thread never ran ``write`` (its executor refused it)."""
+        with self._lock:
+            self._in_thread = False
 
     def discard(self) -> None:
-        writing = self.writing
-        if writing is not None and not writing.done():
-            # A cancelled download's batch goes on in its thread: closed now, the descriptor's
-            # number could go to another download's file, and the rest of the batch with it.
-            writing.add_done_callback(self._discard_after)
-            return
+        with self._lock:
+            if self._in_thread:
+                self._abandoned = True
+                return
+        self._close()
+
+    def _close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-
-    def _discard_after(self, writing: asyncio.Future[None]) -> None:
-        if not writing.cancelled():
-            writing.exception()  # the download has failed already: its error goes nowhere
-        self.discard()
 
 
 def open_temp(home: str) -> Temp:
@@ -155,7 +184,13 @@ def _running(pid: int) -> bool:
         return False
     except OSError:
         return True  # another user's process: alive
-    return True
+    # A killed process stays a zombie until it is reaped (a second or two where PID 1 reaps
+    # late), and signal 0 still reaches it: its files are orphans all the same.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux): trust the signal
 
 
 _FOLDER_RACES = 50  # each lost race needs another run to end at that very moment
