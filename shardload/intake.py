@@ -49,6 +49,8 @@ class InputReader:
     def _run(self) -> None:
         try:
             for seq, item in enumerate(self._items):
+                if self._stopped:  # the run ended while the caller's iterator made this item
+                    return
                 bundle = self._prepare(seq, item)
                 with self._cond:
                     while len(self._buffer) >= self._cap and not self._stopped:

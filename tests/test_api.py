@@ -154,6 +154,29 @@ def test_each_reads_input_lazily_and_stops_on_early_close(srv, home):
     assert later == after
 
 
+def test_no_url_map_call_starts_after_each_is_closed(srv, home):
+    """An item the input thread was still getting from a slow iterator when ``close()``
+    came was mapped anyway, after close() had returned (the thread itself cannot be stopped
+    inside the caller's ``next``)."""
+    mapped: list[tuple[str, float]] = []
+
+    def slow():
+        for i in range(10):
+            time.sleep(0.3)
+            yield i
+
+    def url_map(i: int) -> str:
+        mapped.append((threading.current_thread().name, time.monotonic()))
+        return f"{srv.base_urls[0]}/bytes/10?name={i}"
+
+    run = shardload.each(slow(), url_map=url_map, download=make_download(home))
+    next(run)
+    run.close()
+    closed = time.monotonic()
+    time.sleep(0.8)  # the item being made at close() has come out of the iterator by now
+    assert [at for _, at in mapped if at > closed] == []
+
+
 def test_a_break_out_of_a_runs_with_block_stops_it(srv, home):
     """The README's pattern: a run kept in a variable, inside ``with``, and a break."""
 
