@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .bundle import FAILED, Bundle, Job, Result, apply_result, extra_of, why_unpicklable
-from .errors import DownloadFailed, ErrorKind
+from .errors import DownloadFailed, ErrorKind, WorkerKilledAtStart
 from .executors.base import Executor, class_hidden_in_main, interactive_names
 from .flow import FlowControl
 from .intake import InputReader, RunMark, describe_error, prepare_item
@@ -266,6 +266,9 @@ async def coordinate(
             del restarting[shard]
             died_again = crash_after_restart.pop(shard, None)
             exc = asyncio.CancelledError() if task.cancelled() else task.exception()
+            if isinstance(exc, WorkerKilledAtStart):
+                crashed(shard, str(exc), out)  # one more crash in a row: restart or give up
+                continue
             if exc is not None:
                 # A shard that cannot come back fails its own jobs; the others go on (rule 7).
                 give_up(

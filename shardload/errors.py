@@ -83,6 +83,12 @@ class ConfigurationError(ShardloadError, ValueError):
     """An option or a strategy is unusable; raised before any work starts."""
 
 
+class WorkerKilledAtStart(ShardloadError):
+    """A worker process was killed by a signal before it was ready (an OOM kill, a
+    SIGKILL): a crash of that worker, not a setup error. The coordinator counts it against
+    ``max_restarts`` like any other crash."""
+
+
 class ResponseRejected(ShardloadError, AssertionError):
     """Raised by ``RequestStrategy.assert_response`` for an unsuccessful response.
 

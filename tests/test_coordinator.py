@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -497,3 +498,41 @@ def test_crash_limit_fails_jobs_with_the_reason(srv, home):
     assert sorted(b.url for b in seen) == sorted(urls)
     crashed = [b for b in seen if b.error_kind == ErrorKind.WORKER_CRASH]
     assert crashed and "killed by signal 9" in crashed[0].error_message
+
+
+def test_a_replacement_killed_as_it_starts_is_one_more_crash(srv, home):
+    """A worker killed (an OOM kill) before it reported ready was taken for a setup error:
+    the shard was given up after two crashes, with a message about a missing main guard,
+    though restarts were left. It counts as a crash, and a third worker finishes the shard."""
+    from shardload.sharding import shard_of
+    from shardload.urls import host_key
+
+    urls = [f"{srv.base_urls[0]}/slow/50/r{i}" for i in range(30)]
+    name = f"shardload-worker-{shard_of(host_key(urls[0]), 2)}"
+    killed: list[str] = []
+
+    def workers() -> list[multiprocessing.Process]:
+        return [p for p in multiprocessing.active_children() if p.name == name]
+
+    def killer() -> None:
+        deadline = time.monotonic() + 20
+        while not workers() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.3)  # let it work
+        (first,) = workers()
+        os.kill(first.pid, signal.SIGKILL)
+        killed.append("worker")
+        while time.monotonic() < deadline:
+            fresh = [p for p in workers() if p.pid != first.pid]
+            if fresh:
+                os.kill(fresh[0].pid, signal.SIGKILL)  # long before it can be ready
+                killed.append("replacement")
+                return
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    bundles = shardload.swarm(iter(urls), download=make_download(home), processes=2)
+    thread.join()
+    assert killed == ["worker", "replacement"]
+    assert [b.state for b in bundles] == ["written"] * 30, {b.error_message for b in bundles}

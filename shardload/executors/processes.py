@@ -30,7 +30,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from ..bundle import Job, Result
-from ..errors import ConfigurationError, ShardloadError
+from ..errors import ConfigurationError, ShardloadError, WorkerKilledAtStart
 from ..worker.descriptors import open_file_limit
 from ..worker.process import worker_main
 from ..worker.temp_files import forget_temp_dir, remove_temp_files, temp_prefix
@@ -324,6 +324,14 @@ class ProcessExecutor:
         if worker.ready.is_set():
             return
         worker.finishing = True  # its end is reported here, not as a crash
+        if worker.ended.is_set():
+            await _in_own_thread(worker.process.join, 5)
+            code = worker.process.exitcode
+            if code is not None and code < 0:
+                raise WorkerKilledAtStart(
+                    f"worker process {worker.process.pid} was killed by signal {-code} "
+                    "as it started"
+                )
         worker.process.kill()
         raise ConfigurationError(
             f"a worker process failed to start (exit code {worker.process.exitcode}). If the "
