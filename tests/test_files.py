@@ -503,20 +503,19 @@ def test_runs_sharing_a_home_never_lose_a_file_to_its_temporary_folder(srv, home
     assert failures == []
 
 
-def test_a_cancelled_download_keeps_its_file_open_while_its_thread_writes(srv, home, monkeypatch):
-    """A batch written in a thread goes on when its download is cancelled (here by
-    max_time). Its file was closed at once, so the thread's next write went to a closed
-    descriptor, or to whatever file took its number (another download's, written as
-    complete). Now the file stays open until the thread is done, then goes."""
+def _slow_thread_writes(monkeypatch) -> tuple[threading.Event, list[tuple[int, int | str]]]:
+    """Batches written in a thread take 0.6 s more (a slow disk), so that a download's
+    max_time of 0.3 s passes meanwhile. Returns an event set once such a batch is written, and
+    for each batch its file's inode before the wait and its inode (or errno) after it."""
     real = files._write_and_hash
-    seen: list[tuple[int, int | str]] = []
     done = threading.Event()
+    seen: list[tuple[int, int | str]] = []
 
     def slow_in_thread(fd, chunks, digest):
         if sum(len(c) for c in chunks) < 1 << 20:
             return real(fd, chunks, digest)  # an inline write, on the loop
         before = os.fstat(fd).st_ino
-        time.sleep(0.6)  # a slow disk: the download's max_time passes meanwhile
+        time.sleep(0.6)
         try:
             after: int | str = os.fstat(fd).st_ino
         except OSError as exc:
@@ -528,6 +527,15 @@ def test_a_cancelled_download_keeps_its_file_open_while_its_thread_writes(srv, h
             done.set()
 
     monkeypatch.setattr(files, "_write_and_hash", slow_in_thread)
+    return done, seen
+
+
+def test_a_cancelled_download_keeps_its_file_open_while_its_thread_writes(srv, home, monkeypatch):
+    """A batch written in a thread goes on when its download is cancelled (here by
+    max_time). Its file was closed at once, so the thread's next write went to a closed
+    descriptor, or to whatever file took its number (another download's, written as
+    complete). Now the file stays open until the thread is done, then goes."""
+    done, seen = _slow_thread_writes(monkeypatch)
     download = make_download(home, RequestStrategy(max_time=0.3))
     (b,) = shardload.swarm([srv.base_urls[0] + "/bytes/3000000"], download=download)
     assert (b.state, b.error_kind) == ("failed", ErrorKind.TIMEOUT), b.error_message
@@ -541,19 +549,7 @@ def test_a_cancelled_thread_write_closes_its_file_after_the_loop_is_gone(srv, ho
     """aiodownload-era code drives the engine with run_until_complete and closes the loop
     without waiting for its threads: the cancelled download's batch, still being written,
     then closes and removes its file itself (the loop that would have done it is closed)."""
-    real = files._write_and_hash
-    done = threading.Event()
-
-    def slow_in_thread(fd, chunks, digest):
-        if sum(len(c) for c in chunks) < 1 << 20:
-            return real(fd, chunks, digest)
-        time.sleep(0.6)
-        try:
-            return real(fd, chunks, digest)
-        finally:
-            done.set()
-
-    monkeypatch.setattr(files, "_write_and_hash", slow_in_thread)
+    done, _ = _slow_thread_writes(monkeypatch)
     download = make_download(home, RequestStrategy(max_time=0.3))
     loop = asyncio.new_event_loop()
     try:
