@@ -59,16 +59,20 @@ class UrlParts:
     query: str
 
     @property
-    def host_key(self) -> str:
-        """``host`` or ``host:port``; IPv6 hosts are bracketed (``[::1]:8080``). A name's
-        trailing dot is dropped: ``a.com.`` is ``a.com`` to DNS, so one server and one set of
-        politeness limits (its files stay apart: paths keep the host as written)."""
-        host = self.host
-        if ":" in host:
-            host = f"[{host}]"
-        elif host.endswith("."):
-            host = host[:-1]
+    def authority(self) -> str:
+        """``host`` or ``host:port`` as the URL names it; IPv6 hosts are bracketed
+        (``[::1]:8080``). What a request says (its Host header) and what an origin is."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
         return host if self.port is None else f"{host}:{self.port}"
+
+    @property
+    def host_key(self) -> str:
+        """The key of sharding and politeness: the authority, but a name's trailing dot is
+        dropped (``a.com.`` is ``a.com`` to DNS, so one server and one set of limits; its
+        requests and files keep the host as written)."""
+        if not self.host.endswith("."):
+            return self.authority
+        return self.host[:-1] if self.port is None else f"{self.host[:-1]}:{self.port}"
 
 
 def redact(url: str) -> str:

@@ -536,3 +536,36 @@ def test_a_replacement_killed_as_it_starts_is_one_more_crash(srv, home):
     thread.join()
     assert killed == ["worker", "replacement"]
     assert [b.state for b in bundles] == ["written"] * 30, {b.error_message for b in bundles}
+
+
+class SlowToRebuild(shardload.DownloadStrategy):
+    """Takes a second to unpickle in a worker process: the worker is not ready for that long."""
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        if multiprocessing.parent_process() is not None:
+            time.sleep(1.0)
+
+
+def test_a_worker_killed_as_the_run_starts_is_a_clear_error(srv, home):
+    """Killed before it is ready at the very start (no run to restart it in), a worker makes
+    swarm() raise ConfigurationError saying so, as any failed start does; the internal
+    WorkerKilledAtStart escaped (the CLI printed a traceback and exited 1)."""
+    name = "shardload-worker-0"
+
+    def killer() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            found = [p for p in multiprocessing.active_children() if p.name == name]
+            if found:
+                time.sleep(0.2)  # inside its second of unpickling the strategy
+                os.kill(found[0].pid, signal.SIGKILL)
+                return
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    download = shardload.AioDownload(download_strategy=SlowToRebuild(home=home))
+    with pytest.raises(ConfigurationError, match="killed by signal 9 as it started"):
+        shardload.swarm(iter([srv.base_urls[0] + "/links/1"]), download=download, processes=2)
+    thread.join()

@@ -1398,3 +1398,19 @@ def test_the_read_timeout_is_counted_from_the_last_data_not_from_the_check(
     conn._check_stall()
     assert clock.timers == pytest.approx(timers)
     assert conn.closed is failed
+
+
+def test_the_host_header_keeps_a_trailing_dot() -> None:
+    from shardload.urls import split_url
+    from shardload.worker.http.client import LeanClient
+
+    async def head() -> bytes:
+        client = LeanClient(
+            limit=1, headers={}, connect_timeout=None, read_timeout=None, dns_ttl=None
+        )
+        try:
+            return client._head(split_url("http://a.com.:81/x"), "http://a.com.:81/x", True)
+        finally:
+            await client.close()
+
+    assert b"\r\nHost: a.com.:81\r\n" in asyncio.run(head())

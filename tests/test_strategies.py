@@ -910,3 +910,19 @@ def test_a_main_override_that_leaves_a_bundle_pending_fails_it(srv, home, proces
         "http",
         "main() said: Download failed",
     )
+
+
+class CopiedBoth(CopiedMain, AiodownloadStyle):
+    """aiodownload's main and request_and_download, both copied: the second calls
+    ``self.client.get``, so the engine must be bound to the worker's loop before a main
+    it never runs itself."""
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_main_and_request_and_download_both_copied_from_aiodownload(srv, home, processes):
+    download = CopiedBoth(download_strategy=DownloadStrategy(home=home))
+    urls = [f"{srv.base_urls[0]}/echo?n={i}" for i in range(2)] + [srv.base_urls[1] + "/status/404"]
+    bundles = shardload.swarm(urls, download=download, processes=processes)
+    assert [b.state for b in bundles] == ["written", "written", "failed"], [
+        b.error_message for b in bundles
+    ]

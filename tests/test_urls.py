@@ -428,3 +428,19 @@ def test_a_redirect_target_shardload_would_not_fetch_is_a_redirect_failure(
     assert raised.value.kind == ErrorKind.REDIRECT
     assert raised.value.message.startswith("redirect refused: ") and why in raised.value.message
     assert "secret" not in raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("url", "authority", "key"),
+    [
+        ("http://a.com./x", "a.com.", "a.com"),
+        ("http://a.com.:81/x", "a.com.:81", "a.com:81"),
+        ("http://a.com/x", "a.com", "a.com"),
+        ("http://[::1]:8080/", "[::1]:8080", "[::1]:8080"),
+    ],
+)
+def test_requests_keep_the_host_as_written(url: str, authority: str, key: str) -> None:
+    """The trailing dot goes from the politeness key only: the Host header, robots.txt's
+    URL and same-origin checks use the authority as written (RFC 9110)."""
+    parts = split_url(url)
+    assert (parts.authority, parts.host_key) == (authority, key)

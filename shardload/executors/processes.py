@@ -269,6 +269,8 @@ class ProcessExecutor:
                     f"cannot start {self.shards} worker processes ({errors[0]}): "
                     "use fewer processes"
                 ) from errors[0]
+            if isinstance(errors[0], WorkerKilledAtStart):  # a crash only once the run is on
+                raise ConfigurationError(f"the run could not start: {errors[0]}") from errors[0]
             raise errors[0]
 
     async def _spawn(self, shard: int) -> None:

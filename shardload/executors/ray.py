@@ -140,7 +140,7 @@ class ShardActor:
 
     def _the_worker(self) -> ShardWorker:
         if self._worker is None:
-            engine = rebuild(self._config)
+            engine = rebuild(self._config).for_run()  # bound as in a worker process
             self._ready = asyncio.Event()
             self._worker = ShardWorker(engine, emit=self._emit)
         return self._worker

@@ -451,7 +451,7 @@ class AioDownload(LoopBinding):
                     url, parts = redirect_target(url, step.location)
                 except DownloadFailed as exc:
                     return _failure(bundle, exc.kind, exc.message)
-                same_origin = (parts.scheme, parts.host_key) == (origin.scheme, origin.host_key)
+                same_origin = (parts.scheme, parts.authority) == (origin.scheme, origin.authority)
                 if here is not None:
                     if taken:
                         self._give_back_slot(here_key, here)

@@ -114,15 +114,15 @@ class Politeness(Exchange):
         return rules
 
     async def _fetch_robots(self, parts: UrlParts, slot: HostSlot, asked: bool) -> RobotRules:
-        origin = (parts.scheme, parts.host_key)
-        url = f"{parts.scheme}://{parts.host_key}/robots.txt"
+        origin = (parts.scheme, parts.authority)
+        url = f"{parts.scheme}://{parts.authority}/robots.txt"
         target = split_url(url)
         rs = self.request_strategy
         worker = self._worker_slots()
         await slot.enter(worker, breaker=False)  # the rules are wanted even while it is open
         try:
             for _ in range(_ROBOTS_MAX_HOPS + 1):
-                same_origin = asked and (target.scheme, target.host_key) == origin
+                same_origin = asked and (target.scheme, target.authority) == origin
                 # Its start is the host's first: a slow connect must not shorten a
                 # Crawl-delay counted from it.
                 request = self._request(url, target, same_origin=same_origin, went=slot.went)

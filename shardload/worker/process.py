@@ -97,7 +97,9 @@ def run_loop(main: Any) -> Any:
 
 
 async def _serve(config: dict[str, Any], inbox: Connection, outbox: Connection) -> None:
-    engine = rebuild(config)
+    # Bound to this loop now, as a run binds it: a subclass's main() never binds it itself,
+    # and its self.client (aiodownload's overrides call self.client.get) needs the loop.
+    engine = rebuild(config).for_run()
     loop = asyncio.get_running_loop()
     out: queue.SimpleQueue[list[Result] | None] = queue.SimpleQueue()
     writer = threading.Thread(target=_write_loop, args=(out, outbox), daemon=True)

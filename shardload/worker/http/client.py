@@ -151,7 +151,7 @@ class LeanClient:
         auth = ""
         if "@" in url and not (same_origin and self._has_auth):
             auth = _basic_auth(url)
-        host = self._host if same_origin and self._host else parts.host_key
+        host = self._host if same_origin and self._host else parts.authority
         return (
             f"GET {request_target(parts)} HTTP/1.1\r\nHost: {host}\r\n{fixed}{auth}\r\n"
         ).encode("utf-8", "surrogateescape")
