@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 from ..backoff import decide
 from ..bundle import (
     CACHED,
-    PENDING,
     SAID_CACHED,
     SAID_GAVE_UP,
     SAID_TRY_AGAIN,
@@ -133,11 +132,9 @@ class AioDownload(LoopBinding):
         return bundle
 
     async def settle(self, bundle: Bundle) -> None:
-        """After ``main``: a bundle a subclass's ``main`` left pending gets the outcome it
-        said in aiodownload's words (its ``main`` said "Cache hit" itself, and relied on
+        """After ``main``, for a bundle a subclass's ``main`` left pending: it gets the outcome
+        it said in aiodownload's words (its ``main`` said "Cache hit" itself, and relied on
         ``request_and_download`` for the rest), or fails; none leaves a run unfinished."""
-        if bundle.state != PENDING:
-            return
         said = said_by_override(bundle)
         home = self.download_strategy.home
         found = find_complete(bundle.file_path, home) if bundle.file_path else None

@@ -291,7 +291,7 @@ async def _write_in_thread(tmp: Temp, chunks: list[bytes | memoryview], digest: 
     try:
         writing = asyncio.get_running_loop().run_in_executor(None, run)
     except BaseException:
-        tmp.written_in_thread()
+        tmp.thread_refused()
         raise
     # Cancelled, this download never looks at the batch's outcome again: an error of its
     # write is retrieved here, not logged as never retrieved.

@@ -8,8 +8,8 @@ hashing as read and writing 1 MiB batches in a thread.
 
 Invariants:
 - pieces are written and hashed in the order they arrive; the first piece declined (after a
-  failure, or once a write was slow) and every piece after it go to the caller's loop
-  instead, so the two never interleave;
+  failure, or once the writes fell behind, below) and every piece after it go to the
+  caller's loop instead, so the two never interleave;
 - a failure (a disk error, the body over ``max_bytes``, a body too slow) is kept for the
   caller to raise in its own task, never raised into the connection;
 - writes that fall behind ``FAST_WRITES`` by ``SLOW_BUDGET`` seconds in all (a disk

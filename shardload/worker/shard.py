@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from ..bundle import Job, Result, from_job, to_result
+from ..bundle import PENDING, Job, Result, from_job, to_result
 from ..errors import ErrorKind
 from .engine import STRAY_CANCEL, AioDownload, being_cancelled
 
@@ -53,7 +53,8 @@ class ShardWorker:
         bundle = from_job(job)
         try:
             await self.engine.main(bundle)
-            await self.engine.settle(bundle)
+            if bundle.state == PENDING:  # only a subclass's main() leaves one so
+                await self.engine.settle(bundle)
         except asyncio.CancelledError:
             if being_cancelled():  # aborted: the coordinator owns the job again
                 raise

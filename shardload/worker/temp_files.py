@@ -104,8 +104,8 @@ class Temp:
 
         return run
 
-    def written_in_thread(self) -> None:
-        """The thread never ran ``write`` (its executor refused it)."""
+    def thread_refused(self) -> None:
+        """The executor refused the wrapped ``write``: no thread will run it."""
         with self._lock:
             self._in_thread = False
 
