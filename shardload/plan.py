@@ -18,6 +18,7 @@ from .executors.inloop import InLoopExecutor
 from .executors.processes import ProcessExecutor, sendable_config
 from .sharding import split_budget
 from .strategy import DownloadStrategy, RequestStrategy
+from .strategy_check import check_download_strategy, check_request_strategy
 from .urls import host_key, normalise_host_key
 from .worker.config import describe
 from .worker.engine import AioDownload
@@ -132,6 +133,8 @@ def make_plan(
             "wrap strategies as AioDownload(download_strategy=..., request_strategy=...)"
         )
     download = download or AioDownload()
+    check_request_strategy(download.request_strategy)
+    check_download_strategy(download.download_strategy)
     backend = options.get("backend") or "local"
     if backend not in BACKENDS:
         raise ConfigurationError(f"backend must be one of {BACKENDS}, got {backend!r}")

@@ -126,6 +126,9 @@ class RequestStrategy:
     the network, redirect hops included, not its waits for a turn), and a body slower
     than ``low_speed_limit`` bytes/s over ``low_speed_time`` seconds fails as a timeout (curl's
     options of the same names; 0 disables), so a server dripping bytes cannot hold a slot forever.
+    A ``timeout``, ``connect_timeout`` or ``max_time`` of 0 or None is no limit. Every value
+    is checked when a run starts (``strategy_check``): one no run can use raises
+    ``ConfigurationError``.
 
     Host health: a 429/503 or a Retry-After pauses the whole host (Retry-After capped at
     ``retry_after_cap``). With ``adaptive`` a host starts at 1 request in flight and grows to

@@ -926,3 +926,38 @@ def test_main_and_request_and_download_both_copied_from_aiodownload(srv, home, p
     assert [b.state for b in bundles] == ["written", "written", "failed"], [
         b.error_message for b in bundles
     ]
+
+
+def test_self_client_is_a_session_when_copied_overrides_are_awaited_directly(srv, home):
+    """aiodownload built its session with the engine, and its users awaited their own
+    ``main``/``request_and_download`` under a loop of their own; here ``self.client`` was
+    None outside swarm/each (AttributeError on ``.get``), also right after an ``aswarm`` in
+    the same loop."""
+    download = CopiedBoth(download_strategy=DownloadStrategy(home=home))
+
+    async def drive() -> list[Bundle]:
+        first = await download.main(Bundle(srv.base_urls[0] + "/echo?n=1"))
+        await shardload.aswarm([srv.base_urls[0] + "/links/1"], download=download)
+        alone = Bundle(srv.base_urls[1] + "/echo?n=2")
+        alone.file_path = download._download_strategy.get_file_path(alone)
+        second = await download.request_and_download(alone)
+        return [first, second]
+
+    bundles = asyncio.run(drive())
+    assert [b._status_msg for b in bundles] == ["File written", "File written"]
+    assert all(os.path.getsize(b.file_path) > 0 for b in bundles)
+    assert download.client is None  # no loop runs: nothing to make a session in
+
+
+def test_a_network_error_out_of_a_copied_override_is_a_retried_failure_of_its_kind(
+    home, closed_port
+):
+    """aiodownload's request_and_download lets aiohttp's errors out; they failed the bundle
+    as a strategy bug, and were never retried."""
+    download = AiodownloadStyle(
+        download_strategy=DownloadStrategy(home=home),
+        request_strategy=RequestStrategy(max_attempts=2),
+    )
+    (b,) = shardload.swarm([f"http://127.0.0.1:{closed_port}/x"], download=download)
+    assert (b.state, b.error_kind, b.attempts) == ("failed", "connect", 2), b.error_message
+    assert "ClientConnectorError" in (b.error_message or "")

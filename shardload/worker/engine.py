@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ..backoff import decide
 from ..bundle import (
     CACHED,
+    PENDING,
     SAID_CACHED,
     SAID_GAVE_UP,
     SAID_TRY_AGAIN,
@@ -41,6 +42,7 @@ from ..strategy import DownloadStrategy, Outcome, RequestStrategy
 from ..urls import UrlParts, redact, redirect_target, split_url, userinfo
 from .binding import LoopBinding
 from .exchange import Redirect, over_time
+from .failures import classify
 from .files import check_target, find_complete
 from .hosts import HostSlot
 from .own_writes import measure_own_write, note_before, remove_written
@@ -75,12 +77,23 @@ class AioDownload(LoopBinding):
 
     @property
     def client(self) -> aiohttp.ClientSession | None:
-        """The caller's session (``client=``). Without one, inside a run, shardload's own
-        aiohttp session: aiodownload's overrides of ``request_and_download`` call
-        ``self.client.get(...)``, where aiodownload always had a session."""
-        if self._client is None and self._loop is not None and _in_loop(self._loop):
-            return self._get_session()
-        return self._client
+        """The caller's session (``client=``). Without one, inside a running event loop,
+        shardload's own aiohttp session in that loop (closed with the engine, or when the loop
+        ends): aiodownload's overrides of ``main``/``request_and_download`` call
+        ``self.client.get(...)``, where aiodownload always had a session, also when the caller
+        awaits them directly. None outside a loop, or in a loop other than the one a run
+        holds this engine in."""
+        if self._client is not None:
+            return self._client
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        if self._loop is not loop:
+            if self._busy_elsewhere(loop):
+                return None
+            self._bind(loop)
+        return self._get_session()
 
     @client.setter
     def client(self, session: aiohttp.ClientSession | None) -> None:
@@ -358,10 +371,18 @@ class AioDownload(LoopBinding):
         token = _told.set(told)
         ds = self.download_strategy
         found = note_before(bundle)  # aiodownload's override calls on_success, which may write
+        raised: tuple[ErrorKind, str] | None = None
         try:
             before = bundle.attempts
             bundle.__dict__.pop("_status_msg", None)  # said by this attempt, or not at all
-            await self.request_and_download(bundle)
+            try:
+                await self.request_and_download(bundle)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # aiodownload's own request_and_download lets a refused connection or a
+                # timeout out: it is this attempt's failure, of its kind (retried as such).
+                raised = classify(exc, bundle.url)
             if bundle.attempts == before:  # an override that made its own request
                 bundle.attempts += 1
         except BaseException:
@@ -371,7 +392,10 @@ class AioDownload(LoopBinding):
             _told.reset(token)
             slot.leave(worker)
         said = said_by_override(bundle)  # aiodownload's overrides set no state
-        if bundle.state == WRITTEN or said == SAID_WRITTEN:
+        if raised is not None:
+            bundle.state = PENDING
+            bundle.error_kind, bundle.error_message = raised
+        elif bundle.state == WRITTEN or said == SAID_WRITTEN:
             bundle.state = WRITTEN
             await measure_own_write(bundle, ds.sha256)
             slot.record(bundle.status, None, None, bundle.url)
@@ -491,13 +515,6 @@ def _skip(bundle: Bundle, message: str) -> None:
 
 
 STRAY_CANCEL = "CancelledError raised by a strategy or hook, not a cancellation of the download"
-
-
-def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:  # no loop runs in this thread
-        return False
 
 
 def being_cancelled() -> bool:

@@ -347,7 +347,9 @@ def effective_user_agent(rs: RequestStrategy) -> str:
 
 
 def _connect_timeout(rs: RequestStrategy) -> float | None:
-    return rs.connect_timeout if rs.connect_timeout is not None else rs.timeout
+    """Seconds to connect; None for no limit (0 says so too, as for aiohttp and curl)."""
+    limit = rs.connect_timeout if rs.connect_timeout is not None else rs.timeout
+    return limit if limit and limit > 0 else None
 
 
 def _descriptor_budget() -> int:
