@@ -153,7 +153,7 @@ def make_plan(
         processes = cluster_cpus(ensure_ray(options.get("ray_address")))
     if processes is None:
         processes = 1
-    if not isinstance(processes, int) or processes < 1:
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
         raise ConfigurationError(f"processes must be a positive integer, got {processes!r}")
     splits = _normalise_splits(split_hosts)
     if isinstance(items, str | bytes | Bundle):

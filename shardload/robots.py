@@ -93,6 +93,7 @@ class RobotRules:
     # Parsed once per host, never per URL (see the module's invariants).
     _rules: tuple[_Rule, ...] = field(init=False, repr=False, compare=False)
     _crawl_delay: float | None = field(init=False, repr=False, compare=False)
+    _weight: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         rules: tuple[_Rule, ...] = ()
@@ -101,6 +102,8 @@ class RobotRules:
             rules, delay = _parse(self.text, self.agent)
         object.__setattr__(self, "_rules", rules)
         object.__setattr__(self, "_crawl_delay", delay)
+        pieces = sum(len(piece) + 56 for rule in rules for piece in rule.pieces)
+        object.__setattr__(self, "_weight", 200 + 2 * len(self.text) + 120 * len(rules) + pieces)
 
     def allows(self, url: str) -> bool:
         parts = urlsplit(url)
@@ -117,6 +120,11 @@ class RobotRules:
             if rule.matches(path):
                 return rule.allow
         return True
+
+    @property
+    def weight(self) -> int:
+        """Roughly the bytes these rules hold in memory (the text, and each parsed rule)."""
+        return self._weight
 
     @property
     def agent(self) -> str:

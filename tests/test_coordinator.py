@@ -163,9 +163,10 @@ def test_processes_asked_for_are_checked_even_when_one_host_runs_in_the_caller(h
         asyncio.run(with_a_client())
 
 
-def test_bad_processes_value(home):
-    with pytest.raises(ConfigurationError):
-        shardload.swarm(["http://127.0.0.2/"], processes=0)
+@pytest.mark.parametrize("processes", [0, -1, "2", 2.0, True])
+def test_bad_processes_value(home, processes):
+    with pytest.raises(ConfigurationError, match="processes must be"):
+        shardload.swarm(["http://127.0.0.2/"], processes=processes)
 
 
 def test_never_more_workers_than_hosts(srv, home):

@@ -297,6 +297,116 @@ def test_an_unreachable_robots_txt_is_asked_again_after_the_breaker_cooldown(hom
 
 
 @pytest.mark.parametrize("processes", [1, 2])
+def test_a_retry_after_on_a_redirect_pauses_the_host(home, processes):
+    """RFC 9110 defines Retry-After on a 3xx too: the redirected request and the host's
+    others waited for nothing (all five requests within 20 ms)."""
+    arrivals: list[tuple[float, bytes]] = []
+
+    def handler(conn: socket.socket, index: int) -> None:
+        while (head := server.recorded(conn)) is not None:
+            arrivals.append((time.monotonic(), head.split(b" ")[1]))
+            if head.startswith(b"GET /r "):
+                conn.sendall(
+                    b"HTTP/1.1 307 Later\r\nRetry-After: 1\r\nLocation: /t\r\n"
+                    b"Content-Length: 0\r\n\r\n"
+                )
+            else:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    strategy = RequestStrategy(concurrent=1)
+    with RawServer(handler) as server:
+        urls = [server.url + "/r"] + [f"{server.url}/o{i}" for i in range(3)]
+        bundles = shardload.swarm(urls, download=make_download(home, strategy), processes=processes)
+    assert [b.state for b in bundles] == ["written"] * 4
+    (redirected, _), *rest = arrivals
+    assert sorted(path for _, path in rest) == [b"/o0", b"/o1", b"/o2", b"/t"]
+    assert min(at for at, _ in rest) - redirected >= 0.9, arrivals
+
+
+@pytest.mark.parametrize(
+    "bounds", [{"timeout": 5, "max_time": 0.6}, {"timeout": 0.6}], ids=["max_time", "timeout"]
+)
+def test_a_robots_txt_dripped_byte_by_byte_is_cut_at_the_attempt_bound(home, bounds):
+    """Its only bound was the 512 KiB cap times the stall timeout: a server sending a byte
+    every 0.1 s (never a stall) held the host's URLs for as long as it liked."""
+    dripped = []
+
+    def handler(conn: socket.socket, index: int) -> None:
+        if server.recorded(conn) is None:
+            return
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+        with contextlib.suppress(OSError):
+            for _ in range(150):  # 15 s at most
+                conn.sendall(b"#")
+                dripped.append(1)
+                time.sleep(0.1)
+
+    strategy = RequestStrategy(robots=True, **bounds)
+    with RawServer(handler) as server:
+        (b,) = shardload.swarm([server.url + "/a"], download=make_download(home, strategy))
+    assert (b.state, b.error_kind) == ("failed", ErrorKind.ROBOTS)
+    assert b.error_message.startswith("robots.txt unreachable (no answer)")
+    assert len(dripped) < 60, len(dripped)  # cut within ~0.6 s, not after the 15 s drip
+
+
+def test_rules_of_idle_hosts_are_kept_within_a_budget_most_recent_first(monkeypatch):
+    """The rules of every host a run had seen stayed in the worker: memory grew with the
+    number of hosts (1,000 hosts x a 24 KB robots.txt: +74 MiB)."""
+    from shardload.robots import RobotRules
+    from shardload.worker import politeness
+
+    rules = RobotRules("User-agent: *\nDisallow: /private\n")
+    monkeypatch.setattr(politeness, "_IDLE_ROBOTS_BYTES", 3 * rules.weight)
+    download = shardload.AioDownload()
+
+    async def drive() -> tuple[list[str], list[str]]:
+        download._bind(asyncio.get_running_loop())
+        for i in range(6):
+            host = f"h{i}:80"
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(rules)
+            download._robots[host] = done
+            download._give_back_slot(host, download._take_slot(host))
+        kept = sorted(download._robots)
+        busy = download._take_slot("h3:80")  # busy again: kept whatever comes
+        for i in range(6, 9):
+            host = f"h{i}:80"
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(rules)
+            download._robots[host] = done
+            download._give_back_slot(host, download._take_slot(host))
+        after = sorted(download._robots)
+        download._give_back_slot("h3:80", busy)
+        return kept, after
+
+    kept, after = asyncio.run(drive())
+    assert kept == ["h3:80", "h4:80", "h5:80"]
+    assert after == ["h3:80", "h6:80", "h7:80", "h8:80"]
+
+
+def test_a_host_whose_rules_were_let_go_fetches_them_again(home, monkeypatch):
+    from shardload.worker import politeness
+
+    monkeypatch.setattr(politeness, "_IDLE_ROBOTS_BYTES", 0)
+
+    def handler(conn: socket.socket, index: int) -> None:
+        while server.recorded(conn) is not None:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    def urls():
+        yield server.url + "/a"
+        time.sleep(0.5)  # /a is done, its host idle: its rules go
+        yield server.url + "/b"
+
+    with RawServer(handler) as server:
+        strategy = RequestStrategy(robots=True)
+        bundles = shardload.swarm(urls(), download=make_download(home, strategy))
+        asked = [head.split(b" ")[1] for head in server.requests]
+    assert [b.state for b in bundles] == ["written", "written"]
+    assert asked == [b"/robots.txt", b"/a", b"/robots.txt", b"/b"]
+
+
+@pytest.mark.parametrize("processes", [1, 2])
 def test_stats_say_a_breaker_opened_even_when_no_url_failed_fast(home, closed_port, processes):
     # Three dead URLs open the breaker with their own attempts: none is left to fail fast, so
     # counting ``breaker_open`` failures alone would report a closed breaker.

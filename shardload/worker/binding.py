@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+from collections import OrderedDict
 from collections.abc import AsyncGenerator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -54,6 +55,8 @@ class LoopBinding(Politeness):
         self._inflight: dict[str, tuple[tuple[UrlParts, str], asyncio.Future[Bundle]]] = {}
         self._robots: dict[str, asyncio.Future[RobotRules]] = {}
         self._robots_until: dict[str, float] = {}  # when an unreachable robots.txt is re-asked
+        self._robots_idle: OrderedDict[str, int] = OrderedDict()  # see Politeness
+        self._robots_idle_weight = 0
 
     async def __aenter__(self) -> Self:
         return self

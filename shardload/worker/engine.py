@@ -452,7 +452,9 @@ class AioDownload(LoopBinding):
                     if here is not None:
                         here.leave(worker)
                 if here is not None:
-                    if not isinstance(step, Outcome):
+                    if isinstance(step, Redirect):
+                        here.record(bundle.status, None, step.retry_after, url)
+                    elif step is None:
                         here.record(bundle.status, None, None, url)
                     elif (
                         here.record(step.status, step.error_kind, step.retry_after, url)

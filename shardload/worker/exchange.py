@@ -230,7 +230,8 @@ class Exchange:
                 if status in REDIRECT_STATUSES:
                     location = headers.get("Location")
                     if location is not None:
-                        return Redirect(location)
+                        after = parse_retry_after(headers.get("Retry-After"), time.time())
+                        return Redirect(location, after)
                     # wget's "Redirection without location": the body is no resource.
                     raise DownloadFailed(ErrorKind.REDIRECT, f"HTTP {status} without a Location")
                 try:
@@ -318,9 +319,11 @@ def _overridden_on_success(ds: DownloadStrategy) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Redirect:
-    """A response that sends the request elsewhere: the engine's next hop."""
+    """A response that sends the request elsewhere: the engine's next hop, after the
+    ``Retry-After`` seconds it asked for, if any (RFC 9110 10.2.3; the host pauses)."""
 
     location: str
+    retry_after: float | None = None
 
 
 def over_time(rs: RequestStrategy) -> str:

@@ -252,7 +252,7 @@ class HostSlot:
             return None
         left = self._open_until - asyncio.get_running_loop().time()
         return (
-            f"circuit open: {self._failures} consecutive connection failures; "
+            f"circuit open: {self._failures} consecutive connection failures or timeouts; "
             f"next probe in {max(0.0, left):.1f} s"
         )
 

@@ -13,12 +13,18 @@ Invariants:
 - a host's robots.txt is fetched once, through its slot (the fetch is the host's first start),
   and its Crawl-delay (capped as a Retry-After is) becomes the host's gap; one that could not
   be read (disallowing all) is asked again by the host's first URL after ``breaker_cooldown``,
-  so a day-long crawl does not write a host off for a passing outage.
+  so a day-long crawl does not write a host off for a passing outage;
+- the rules of a host with URLs in the engine are kept; those of idle hosts are kept, most
+  recently used first, up to ``_IDLE_ROBOTS_BYTES``, so memory follows the busy hosts, not
+  every host the run has seen (a host whose rules were let go fetches them again);
+- a robots.txt fetch takes at most ``max_time`` (or else ``timeout``) seconds in all: a
+  server dripping it byte by byte must not hold its host's URLs for hours.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 
 from ..robots import ALLOW_ALL, RobotRules, rules_from_response
 from ..urls import UrlParts, redirect_target, split_url
@@ -29,6 +35,9 @@ from .http import REDIRECT_STATUSES
 
 _ROBOTS_MAX_BYTES = 512 * 1024
 _ROBOTS_MAX_HOPS = 5  # redirects followed for robots.txt (RFC 9309: at least five)
+# Rules kept for hosts with nothing in flight, by ``RobotRules.weight``: thousands of
+# typical robots.txt files per worker, and a crawl of millions of hosts stays flat.
+_IDLE_ROBOTS_BYTES = 32 * 1024 * 1024
 
 
 class Politeness(Exchange):
@@ -38,6 +47,8 @@ class Politeness(Exchange):
     _hosts: dict[str, HostSlot]
     _robots: dict[str, asyncio.Future[RobotRules]]
     _robots_until: dict[str, float]
+    _robots_idle: OrderedDict[str, int]  # idle hosts with rules kept: their weight, oldest first
+    _robots_idle_weight: int
     _worker_sem: WorkerSlots | None
 
     def _slot(self, host_key: str) -> HostSlot:
@@ -77,13 +88,33 @@ class Politeness(Exchange):
     def _take_slot(self, host_key: str) -> HostSlot:
         slot = self._slot(host_key)
         slot.users += 1
+        weight = self._robots_idle.pop(host_key, None)
+        if weight is not None:
+            self._robots_idle_weight -= weight
         return slot
 
     def _give_back_slot(self, host_key: str, slot: HostSlot) -> None:
         slot.end_probe()
         slot.users -= 1
+        if slot.users == 0:
+            self._keep_idle_rules(host_key)
         if slot.idle() and self._hosts.get(host_key) is slot:
             del self._hosts[host_key]
+
+    def _keep_idle_rules(self, host_key: str) -> None:
+        """The host has nothing in flight: its rules join the idle ones, whose oldest are let
+        go beyond the budget."""
+        known = self._robots.get(host_key)
+        if known is None or not known.done() or known.cancelled():
+            return
+        weight = known.result().weight
+        self._robots_idle[host_key] = weight
+        self._robots_idle_weight += weight
+        while self._robots_idle_weight > _IDLE_ROBOTS_BYTES:
+            oldest, weight = self._robots_idle.popitem(last=False)
+            self._robots_idle_weight -= weight
+            self._robots.pop(oldest, None)
+            self._robots_until.pop(oldest, None)
 
     async def _robots_rules(
         self, parts: UrlParts, slot: HostSlot, asked: bool = True
@@ -120,31 +151,10 @@ class Politeness(Exchange):
         rs = self.request_strategy
         worker = self._worker_slots()
         await slot.enter(worker, breaker=False)  # the rules are wanted even while it is open
+        limit = rs.max_time or rs.timeout or None
         try:
-            for _ in range(_ROBOTS_MAX_HOPS + 1):
-                same_origin = asked and (target.scheme, target.authority) == origin
-                # Its start is the host's first: a slow connect must not shorten a
-                # Crawl-delay counted from it.
-                request = self._request(url, target, same_origin=same_origin, went=slot.went)
-                async with request as response:
-                    location = response.headers.get("Location")
-                    if response.status in REDIRECT_STATUSES and location is not None:
-                        url, target = redirect_target(url, location)
-                        continue
-                    # read(n) returns what is buffered (on aiohttp), not n bytes: gather them.
-                    body = bytearray()
-                    async for piece in response.content.iter_chunked(READ_SIZE):
-                        body += piece
-                        if len(body) >= _ROBOTS_MAX_BYTES:
-                            break
-                    if len(body) >= _ROBOTS_MAX_BYTES:
-                        # Past the cap is ignored (RFC 9309 2.5), and so is the line the cap
-                        # cuts: "Disallow: /private" cut to "Disallow: /" would refuse all.
-                        del body[body.rfind(b"\n", 0, _ROBOTS_MAX_BYTES + 1) + 1 :]
-                    return rules_from_response(
-                        response.status, bytes(body), effective_user_agent(rs)
-                    )
-            return ALLOW_ALL  # a redirect loop: robots.txt unavailable (RFC 9309)
+            async with asyncio.timeout(limit):
+                return await self._read_robots(url, target, origin, asked, slot)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -152,3 +162,35 @@ class Politeness(Exchange):
             return rules_from_response(None, b"", effective_user_agent(rs))
         finally:
             slot.leave(worker)
+
+    async def _read_robots(
+        self,
+        url: str,
+        target: UrlParts,
+        origin: tuple[str, str],
+        asked: bool,
+        slot: HostSlot,
+    ) -> RobotRules:
+        rs = self.request_strategy
+        for _ in range(_ROBOTS_MAX_HOPS + 1):
+            same_origin = asked and (target.scheme, target.authority) == origin
+            # Its start is the host's first: a slow connect must not shorten a
+            # Crawl-delay counted from it.
+            request = self._request(url, target, same_origin=same_origin, went=slot.went)
+            async with request as response:
+                location = response.headers.get("Location")
+                if response.status in REDIRECT_STATUSES and location is not None:
+                    url, target = redirect_target(url, location)
+                    continue
+                # read(n) returns what is buffered (on aiohttp), not n bytes: gather them.
+                body = bytearray()
+                async for piece in response.content.iter_chunked(READ_SIZE):
+                    body += piece
+                    if len(body) >= _ROBOTS_MAX_BYTES:
+                        break
+                if len(body) >= _ROBOTS_MAX_BYTES:
+                    # Past the cap is ignored (RFC 9309 2.5), and so is the line the cap
+                    # cuts: "Disallow: /private" cut to "Disallow: /" would refuse all.
+                    del body[body.rfind(b"\n", 0, _ROBOTS_MAX_BYTES + 1) + 1 :]
+                return rules_from_response(response.status, bytes(body), effective_user_agent(rs))
+        return ALLOW_ALL  # a redirect loop: robots.txt unavailable (RFC 9309)
