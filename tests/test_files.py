@@ -79,6 +79,34 @@ def test_paths_outside_home_or_unwritable_are_refused(srv, home, preset):
     assert not os.path.exists("/etc/shardload-escape")
 
 
+@pytest.mark.parametrize(
+    ("preset", "refused"),
+    [
+        ("n" * 255, False),
+        ("d/" + "n" * 255, False),
+        ("é" * 127, False),  # 254 bytes
+        ("n" * 256, True),
+        ("d/" + "n" * 300 + "/f", True),
+        ("é" * 128, True),  # 128 characters, 256 bytes
+    ],
+)
+def test_a_name_over_255_bytes_fails_before_any_request(srv, home, preset, refused):
+    """It was downloaded, then failed as a disk error (ENAMETOOLONG), which counts as
+    transient: every --retry-transient fetched the whole body again."""
+    bundle = Bundle(srv.base_urls[0] + "/links/1", file_path=preset)
+    shardload.one(bundle, download=make_download(home))
+    if refused:
+        assert (bundle.state, bundle.error_kind, bundle.attempts) == (
+            "failed",
+            ErrorKind.UNSAFE_PATH,
+            0,
+        )
+        assert "over 255 bytes" in (bundle.error_message or "")
+        assert sum(h["requests"] for h in srv.stats()["hosts"].values()) == 0
+    else:
+        assert bundle.state == "written", bundle.error_message
+
+
 def test_custom_get_file_path_outside_home_is_refused(srv, home, tmp_path):
     outside = os.path.join(str(tmp_path), "outside.txt")
 
@@ -580,3 +608,17 @@ def test_a_zombie_process_counts_as_gone():
     finally:
         child.wait()
     assert temps._running(os.getpid())
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [
+        (errno.ENAMETOOLONG, ErrorKind.UNSAFE_PATH),  # a path the file system never takes
+        (errno.ENOSPC, ErrorKind.DISK),  # a full disk: worth another run
+        (errno.EACCES, ErrorKind.DISK),
+    ],
+)
+def test_os_errors_of_a_write_map_to_their_kind(code, kind):
+    from shardload.worker.failures import classify
+
+    assert classify(OSError(code, os.strerror(code)))[0] == kind

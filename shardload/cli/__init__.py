@@ -6,14 +6,23 @@ import signal
 import sys
 from types import FrameType
 
+# What stops a run cleanly (exit 130): Ctrl-C, a kill, and the terminal going away (SIGHUP,
+# as aria2 and wget do; `nohup` sets it ignored, and then it stays ignored).
+STOP_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []),
+)
+
 
 def run() -> int:
-    """The console entry point: ``main()``, with a Ctrl-C or SIGTERM that comes before ``main``
-    handles signals itself (while the imports load, or a long manifest is read for
+    """The console entry point: ``main()``, with a Ctrl-C, SIGTERM or SIGHUP that comes
+    before ``main`` handles signals itself (while the imports load, or a long manifest is read for
     ``--resume``) ending as exit 130 with one line, not a traceback or a death by signal."""
     try:
-        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # not when told to ignore it
-            signal.signal(signal.SIGTERM, _interrupt)
+        for sig in STOP_SIGNALS[1:]:
+            if signal.getsignal(sig) is signal.SIG_DFL:  # not when told to ignore it (nohup)
+                signal.signal(sig, _interrupt)
         from shardload.cli.main import main  # noqa: PLC0415  (inside the guard on purpose)
 
         return main()

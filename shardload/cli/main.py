@@ -1,7 +1,7 @@
 """``shardload INPUT -o OUT``: the batch command. Argv, signals, progress and exit codes live here.
 
-Exit codes: 0 every URL done, 1 some URLs failed, 2 usage error, 130 interrupted (SIGINT/SIGTERM,
-after a clean stop: workers stopped, manifest flushed, partial summary printed).
+Exit codes: 0 every URL done, 1 some URLs failed, 2 usage error, 130 interrupted (SIGINT, SIGTERM,
+SIGHUP; after a clean stop: workers stopped, manifest flushed, partial summary printed).
 """
 
 from __future__ import annotations

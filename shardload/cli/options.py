@@ -38,7 +38,8 @@ manifest: one JSON record per input line (url, path, state, status, bytes, sha25
   invalid URL, bad input), so only transient failures (5xx, 429, network errors, a full
   disk) and never-attempted URLs run.
 exit codes: 0 all done; 1 some URLs failed (including permanent failures skipped by
-  --retry-transient); 2 usage error; 130 interrupted (SIGINT/SIGTERM), manifest kept consistent.
+  --retry-transient); 2 usage error; 130 interrupted (SIGINT/SIGTERM/SIGHUP), manifest kept
+  consistent.
 """
 
 

@@ -1,4 +1,5 @@
-"""SIGINT and SIGTERM for the batch command: a first signal stops the run cleanly, a third exits.
+"""SIGINT, SIGTERM and SIGHUP (``STOP_SIGNALS``) for the batch command: a first signal stops
+the run cleanly, a third exits.
 
 Only the CLI installs these (DESIGN rule 8: a library function never installs signal handlers).
 """
@@ -13,11 +14,13 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
+from shardload.cli import STOP_SIGNALS
 from shardload.cli.summary import EXIT_INTERRUPTED
 
 
 class StopSignals:
-    """SIGINT and SIGTERM raise ``KeyboardInterrupt`` in the main thread, once.
+    """SIGINT, SIGTERM and SIGHUP raise ``KeyboardInterrupt`` in the main thread, once (a
+    signal the process was told to ignore, as ``nohup`` does for SIGHUP, stays ignored).
 
     Inside ``critical()`` (manifest writes, shutdown) the interrupt waits for the section to end.
     After the first, signals are only noted, so the clean stop runs to completion; a third one
@@ -33,8 +36,9 @@ class StopSignals:
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
+            for sig in STOP_SIGNALS:
+                if sig == signal.SIGINT or signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._old[sig] = signal.signal(sig, self._handle)
 
     def restore(self) -> None:
         for sig, handler in self._old.items():

@@ -45,7 +45,8 @@ def _kind(exc: BaseException) -> ErrorKind:
     if isinstance(exc, ConnectionError):
         return ErrorKind.RESET
     if isinstance(exc, OSError):
-        return ErrorKind.DISK
+        # A path too long for the file system stays so: permanent, unlike a full disk.
+        return ErrorKind.UNSAFE_PATH if exc.errno == errno.ENAMETOOLONG else ErrorKind.DISK
     return ErrorKind.STRATEGY
 
 

@@ -72,6 +72,9 @@ def hash_as_read(on: bool) -> None:
     _hash_as_read = on
 
 
+_NAME_MAX = 255  # bytes in one file or folder name: Linux's file systems, macOS, Windows
+
+
 def check_target(home: str, path: str) -> str:
     """The absolute target path if it lies strictly inside home; else ``unsafe_path``."""
     home = absolute(home)
@@ -82,8 +85,19 @@ def check_target(home: str, path: str) -> str:
     if target == home or not contains(home, target):
         raise DownloadFailed(ErrorKind.UNSAFE_PATH, f"path outside the download home: {target}")
     # Inside home (checked above), so the first component follows home's own prefix.
-    if _below(home, target).split(os.sep, 1)[0] == TEMP_DIR_NAME:
+    below = _below(home, target)
+    if below.split(os.sep, 1)[0] == TEMP_DIR_NAME:
         raise DownloadFailed(ErrorKind.UNSAFE_PATH, f"path inside the temporary folder: {target}")
+    # A name no file system takes fails before any request, as the permanent failure it is
+    # (as a disk error after the download, a rerun of transient failures fetched it again).
+    # Shorter than _NAME_MAX / 4 characters, no name can be over _NAME_MAX bytes.
+    if len(below) > _NAME_MAX // 4:
+        for name in below.split(os.sep):
+            if len(os.fsencode(name)) > _NAME_MAX:
+                raise DownloadFailed(
+                    ErrorKind.UNSAFE_PATH,
+                    f"a name in the path is over {_NAME_MAX} bytes: {name[:40]}...",
+                )
     return target
 
 
