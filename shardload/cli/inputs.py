@@ -167,11 +167,15 @@ def iter_parsed(stream: BinaryIO, reserved: Sequence[str] = ()) -> Iterator[Pars
 
     An explicit ``path`` equal to one of ``reserved`` (the manifest and its side-car, relative
     to the output directory), or below one, would replace that file or move it aside into
-    ``<name>/%file``: such a line is a bad line. So is a URL whose default path would, which
-    can only happen when a reserved file sits in a folder below the output directory (a
-    default path starts with a host's folder).
+    ``<name>/%file``: such a line is a bad line. So is a URL whose default path would: a
+    reserved file in a folder below the output directory, or one directly in it whose name
+    is a host's folder (``--manifest out/127.0.0.1_8080``, or a host named manifest.jsonl).
     """
-    nested = [r for r in reserved if os.sep in _norm(r) and not _norm(r).startswith("..")]
+    inside = [_norm(r) for r in reserved if not _norm(r).startswith("..")]
+    nested = [r for r in inside if os.sep in r]
+    # A default path starts with the host's folder, "host" or "host_port": only a URL that
+    # holds a top-level reserved name's host part is worth mapping (a few us) to compare.
+    hints = {r.split("_", 1)[0].lower() for r in inside if os.sep not in r}
     lines = iter_raw_lines(stream)
     lineno = 0
     while True:
@@ -192,7 +196,9 @@ def iter_parsed(stream: BinaryIO, reserved: Sequence[str] = ()) -> Iterator[Pars
             yield BadLine(lineno, key, f"line {lineno}: not UTF-8: {exc}")
             continue
         parsed = parse_line(text, lineno)
-        if isinstance(parsed, InputItem) and (parsed.path or nested):
+        if isinstance(parsed, InputItem) and (
+            parsed.path or nested or any(hint in parsed.url.lower() for hint in hints)
+        ):
             taken = _reserved_by(parsed.path or default_path(parsed.url), reserved)
             if taken is not None:
                 why = f"line {lineno}: 'path' would overwrite {taken} (this run's own file)"

@@ -29,7 +29,15 @@ from shardload.cli.inputs import (
     iter_parsed,
     open_input,
 )
-from shardload.cli.manifest import Action, ManifestWriter, Prior, decide, load_priors
+from shardload.cli.manifest import (
+    Action,
+    ManifestInUse,
+    ManifestWriter,
+    Prior,
+    decide,
+    load_priors,
+    looks_like_manifest,
+)
 from shardload.cli.options import build_parser, make_download, run_options
 from shardload.cli.progress import (
     NullProgress,
@@ -300,16 +308,22 @@ def _own_files_problem(args: argparse.Namespace, stdin: BinaryIO | None) -> str 
         return f"the output directory is not a directory: {args.output}"
     try:
         if args.input == "-":  # `shardload - < out/manifest.jsonl`: stdin is that file
-            source = os.fstat((stdin or sys.stdin).fileno())
+            source: os.stat_result | None = os.fstat((stdin or sys.stdin).fileno())
         else:
             source = os.stat(args.input)
     except (OSError, ValueError, AttributeError):
-        return None  # a pipe without a file, or an input that cannot open: said later
+        source = None  # a pipe without a file, or an input that cannot open: said later
     for name, path in (("manifest", args.manifest), ("per-host file", hosts_path(args.manifest))):
         with contextlib.suppress(OSError):
-            if os.path.samestat(source, os.stat(path)):
+            if source is not None and os.path.samestat(source, os.stat(path)):
                 what = "standard input" if args.input == "-" else "input file"
                 return f"the {what} is also the {name}, which would destroy it: {path}"
+    resume = args.resume or args.retry_transient
+    if not resume and os.path.isfile(args.manifest) and not looks_like_manifest(args.manifest):
+        return (
+            f"{args.manifest} is not a shardload manifest (its first line is no manifest "
+            "record); a new manifest would empty it: remove it or pick another --manifest"
+        )
     return None
 
 
@@ -339,6 +353,8 @@ def _crawl(
     start = time.monotonic()
     try:
         writer = ManifestWriter(manifest, append=priors is not None)
+    except ManifestInUse as exc:
+        return _usage_error(stderr, str(exc))
     except OSError as exc:
         return _usage_error(stderr, f"cannot write the manifest: {exc}")
     progress = make_progress(mode, stderr, interval=args.progress_interval)

@@ -8,6 +8,7 @@ in flight. The reader keeps only the latest record per URL, so an appended histo
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import stat
@@ -127,6 +128,27 @@ def encode(record: Mapping[str, Any]) -> bytes:
     return text.encode("utf-8", "backslashreplace") + b"\n"
 
 
+class ManifestInUse(OSError):
+    """Another run writes this manifest: two runs would empty or interleave each other's."""
+
+
+def looks_like_manifest(path: str | os.PathLike[str]) -> bool:
+    """Whether a file may be replaced by a new manifest: empty, or its first line a manifest
+    record. A mistyped ``--manifest urls.txt`` must not empty the user's URL list."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(1 << 20)
+    except OSError:
+        return True  # nothing readable to lose; opening it for writing says what is wrong
+    if not first.strip():
+        return True
+    try:
+        record = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and "url" in record and "state" in record
+
+
 def _ends_without_newline(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
@@ -163,6 +185,15 @@ class ManifestWriter:
         self._file: IO[bytes] = open(self.path, "ab")  # noqa: SIM115
         # A pipe or a device (`--manifest /dev/stdout`) has nothing to empty.
         self._regular = stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)
+        if self._regular:
+            try:  # held until closed; the kernel lets go if this process dies
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._file.close()
+                raise ManifestInUse(
+                    f"another shardload run is writing {self.path}: wait for it to end, "
+                    "or give this run its own --manifest"
+                ) from None
         self._untouched = self._regular and not append
         self._pending: list[bytes] = [b"\n"] if torn else []
         self._count = 0

@@ -9,6 +9,7 @@ import os
 import resource
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -640,3 +641,57 @@ def test_a_manifest_that_is_a_pipe_is_written_and_gets_no_side_car(
     records = [json.loads(line) for line in received[0].splitlines()]
     assert sorted(r["url"] for r in records) == sorted(urls)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "records"]
+
+
+def test_a_second_run_on_a_manifest_in_use_is_refused(server: LocalServer, tmp_path: Path) -> None:
+    """Two runs into one output folder: the second emptied the shared manifest at its first
+    flush, and 127 of 300 downloaded files had no record."""
+    slow = [f"{server.base_urls[0]}/slow/100/busy{i}" for i in range(20)]
+    src = tmp_path / "slow.txt"
+    src.write_text("".join(f"{url}\n" for url in slow))
+    out = tmp_path / "out"
+    first = subprocess.Popen(
+        cli_command(src, "-o", out, "-p", "1", "--per-host", "1", "-q"),
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        manifest = out / "manifest.jsonl"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not manifest.exists():  # created at its start
+            time.sleep(0.02)
+        urls = "".join(f"{url}\n" for url in _byte_urls(server, "second", 3)).encode()
+        second = run_cli("-", "-o", out, "-q", stdin=urls)
+        assert first.poll() is None, "the first run ended before the second started"
+        _, first_err = first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert second.returncode == 2, second.stderr.decode()
+    assert "another shardload run is writing" in second.stderr.decode()
+    assert first.returncode == 0, first_err.decode()
+    assert sorted(r["url"] for r in read_manifest(manifest)) == sorted(slow)
+
+
+def test_a_manifest_path_naming_a_file_that_is_no_manifest_is_refused(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    """A mistyped ``--manifest urls.txt`` emptied the user's URL list."""
+    urls = "".join(f"{url}\n" for url in _byte_urls(server, "mistyped", 2))
+    listed = tmp_path / "other-urls.txt"
+    listed.write_text(urls)
+    result = run_cli("-", "-o", tmp_path / "out", "--manifest", listed, stdin=urls.encode())
+    assert result.returncode == 2, result.stderr.decode()
+    assert "is not a shardload manifest" in result.stderr.decode()
+    assert listed.read_text() == urls
+    # An earlier manifest, and an empty file, are what a new manifest may replace.
+    for manifest in (tmp_path / "out" / "m.jsonl", tmp_path / "empty.jsonl"):
+        manifest.parent.mkdir(exist_ok=True)
+        manifest.touch()
+        for _ in range(2):
+            again = run_cli("-", "-o", tmp_path / "out", "-q", "--manifest", manifest,
+                            stdin=urls.encode())  # fmt: skip
+            assert again.returncode == 0, again.stderr.decode()
+            assert len(read_manifest(manifest)) == 2

@@ -228,6 +228,25 @@ def test_explicit_path_onto_or_below_the_runs_own_files_is_a_bad_line(path: str,
         assert "would overwrite manifest." in got.reason and got.info == 7
 
 
+@pytest.mark.parametrize(
+    ("url", "reserved", "bad"),
+    [("http://127.0.0.1:8080/ok", "127.0.0.1_8080", True),
+     ("http://127.0.0.1:8081/ok", "127.0.0.1_8080", False),
+     ("http://127.0.0.1/ok", "127.0.0.1_8080", False),
+     ("http://Manifest.JSONL/x", "manifest.jsonl", True),
+     ("http://a/manifest.jsonl", "manifest.jsonl", False),
+     ("http://127.0.0.1:8080/ok", "../127.0.0.1_8080", False)],
+)  # fmt: skip
+def test_a_default_path_below_a_top_level_file_of_the_run_is_a_bad_line(
+    url: str, reserved: str, bad: bool
+) -> None:
+    """``--manifest out/127.0.0.1_8080``: the host's first file moved the manifest aside into
+    ``127.0.0.1_8080/%file`` and the run said it succeeded (only a manifest in a sub-folder
+    was looked for)."""
+    (got,) = list(iter_parsed(io.BytesIO(url.encode()), reserved=[reserved]))
+    assert isinstance(got, BadLine) is bad, got
+
+
 def test_count_items_only_counts_regular_files(tmp_path: Path) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
