@@ -12,6 +12,7 @@ import json
 import os
 import stat
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -45,6 +46,7 @@ from shardload.cli.progress import (
     choose_mode,
     have_tqdm,
     make_progress,
+    terminal_columns,
 )
 from shardload.cli.signals import StopSignals
 from shardload.cli.summary import (
@@ -288,6 +290,7 @@ def run(args: argparse.Namespace, *, stdin: BinaryIO | None, stderr: TextIO) -> 
         return _usage_error(stderr, str(exc))
     try:
         os.makedirs(args.output, exist_ok=True)
+        _check_writable(args.output)
         download = make_download(args)
         resume = args.resume or args.retry_transient
         priors, unreadable = load_priors(args.manifest) if resume else (None, 0)
@@ -300,6 +303,17 @@ def run(args: argparse.Namespace, *, stdin: BinaryIO | None, stderr: TextIO) -> 
         return _crawl(args, stream, priors, download, stderr)
     finally:
         opened.__exit__(None, None, None)
+
+
+def _check_writable(output: str) -> None:
+    """Raise OSError unless a file can be made in the output directory: a read-only or
+    immutable one (where root's access() says yes) failed every URL after its download."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=output, prefix=".shardload-probe-")
+    except OSError as exc:
+        raise OSError(f"cannot write into the output directory {output}: {exc.strerror}") from exc
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _own_files_problem(args: argparse.Namespace, stdin: BinaryIO | None) -> str | None:
@@ -349,7 +363,10 @@ def _crawl(
     manifest = args.manifest
     signals = StopSignals()
     tty = getattr(stderr, "isatty", lambda: False)()
-    mode = choose_mode(args.progress, is_tty=tty, quiet=args.quiet, have_tqdm=have_tqdm())
+    columns = terminal_columns(stderr) if tty else None
+    mode = choose_mode(
+        args.progress, is_tty=tty, quiet=args.quiet, have_tqdm=have_tqdm(), columns=columns
+    )
     start = time.monotonic()
     try:
         writer = ManifestWriter(manifest, append=priors is not None)

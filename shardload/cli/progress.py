@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -191,15 +192,29 @@ class BarProgress(_Base):
         self._bar.close()
 
 
-def choose_mode(mode: str, *, is_tty: bool, quiet: bool, have_tqdm: bool) -> str:
-    """The reporter to use: ``bar``, ``lines`` or ``none``. Pure."""
+def choose_mode(
+    mode: str, *, is_tty: bool, quiet: bool, have_tqdm: bool, columns: int | None = None
+) -> str:
+    """The reporter to use: ``bar``, ``lines`` or ``none``. Pure. ``columns``: the
+    terminal's width where known; one that says 0 (some ptys) would show no bar at all."""
     if quiet or mode == "none":
         return "none"
     if mode == "auto":
-        return "bar" if is_tty and have_tqdm else "lines"
-    if mode == "bar" and not have_tqdm:
+        mode = "bar" if is_tty else "lines"
+    if mode == "bar" and (not have_tqdm or (columns is not None and columns < _BAR_MIN_COLUMNS)):
         return "lines"
     return mode
+
+
+_BAR_MIN_COLUMNS = 20
+
+
+def terminal_columns(stream: TextIO) -> int | None:
+    """The width of the terminal ``stream`` writes to, or None when it is none."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def have_tqdm() -> bool:

@@ -695,3 +695,15 @@ def test_a_manifest_path_naming_a_file_that_is_no_manifest_is_refused(
                             stdin=urls.encode())  # fmt: skip
             assert again.returncode == 0, again.stderr.decode()
             assert len(read_manifest(manifest)) == 2
+
+
+def test_an_output_directory_no_file_can_be_made_in_is_a_usage_error(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    """Every URL was downloaded, then failed as a disk error (root's access() says yes to a
+    read-only or immutable folder; /proc/self is one for everybody)."""
+    urls = "".join(f"{url}\n" for url in _byte_urls(server, "unwritable", 2)).encode()
+    result = run_cli("-", "-o", "/proc/self", "--manifest", tmp_path / "m.jsonl", stdin=urls)
+    assert result.returncode == 2, result.stderr.decode()
+    assert "cannot write into the output directory /proc/self" in result.stderr.decode()
+    assert not (tmp_path / "m.jsonl").exists()

@@ -66,6 +66,18 @@ def test_choose_mode(mode: str, tty: bool, quiet: bool, tqdm: bool, chosen: str)
     assert choose_mode(mode, is_tty=tty, quiet=quiet, have_tqdm=tqdm) == chosen
 
 
+@pytest.mark.parametrize(
+    ("mode", "columns", "chosen"),
+    [("auto", 0, "lines"), ("bar", 0, "lines"), ("auto", 19, "lines"), ("auto", 20, "bar"),
+     ("bar", 120, "bar"), ("auto", None, "bar")],
+)  # fmt: skip
+def test_a_terminal_too_narrow_for_a_bar_gets_lines(
+    mode: str, columns: int | None, chosen: str
+) -> None:
+    """A pty that says 0 columns (``script -qc``) showed nothing at all, not even the end."""
+    assert choose_mode(mode, is_tty=True, quiet=False, have_tqdm=True, columns=columns) == chosen
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 100.0
