@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-size", type=parse_size, metavar="SIZE", help="max response size, e.g. 500K, 10M, 1G")
     add("--low-speed-limit", type=parse_size, metavar="SIZE",
         help="fail an attempt slower than SIZE bytes/s for --low-speed-time seconds")
-    add("--low-speed-time", type=secs, metavar="S", help="see --low-speed-limit (default: 30)")
+    add("--low-speed-time", type=secs, metavar="S",
+        help="see --low-speed-limit (default: 30; alone: a limit of 1 byte/s, as curl)")
     add("--max-redirects", type=int0, metavar="N", help="redirects to follow (default: 10)")
     add("--adaptive", action="store_true", default=None,
         help="per-host concurrency starts at 1, grows while healthy, halves on 429/503")
@@ -190,6 +191,8 @@ def strategy_options(args: argparse.Namespace) -> dict[str, Any]:
     }
     passed = {name: getattr(args, name) for name in PASS_THROUGH}
     options.update({k: v for k, v in passed.items() if v is not None})
+    if args.low_speed_time is not None and args.low_speed_limit is None:
+        options["low_speed_limit"] = 1  # as curl: --speed-time alone means 1 byte/s
     if args.header:
         options["headers"] = dict(args.header)
     return options

@@ -112,6 +112,8 @@ BASE = {
             ["--low-speed-limit", "1K", "--low-speed-time", "10"],
             {**BASE, "low_speed_limit": 1024, "low_speed_time": 10.0},
         ),
+        # curl's --speed-time alone: 1 byte/s (it was silently no limit at all)
+        (["--low-speed-time", "10"], {**BASE, "low_speed_limit": 1, "low_speed_time": 10.0}),
     ],
 )
 def test_strategy_options(argv: list[str], expected: dict[str, Any]) -> None:
