@@ -210,15 +210,19 @@ def _normalise_splits(split_hosts: Mapping[str, int] | None) -> dict[str, int]:
     for host, k in (split_hosts or {}).items():
         if not isinstance(k, int) or k < 1:
             raise ConfigurationError(f"split_hosts[{host!r}] must be a positive integer")
-        # Keys are compared with host_key(url): written any other way, a split never applies.
-        try:
-            key = host_key(host) if "://" in host else normalise_host_key(host)
-        except (DownloadFailed, TypeError) as exc:
-            raise ConfigurationError(
-                f"split_hosts key {host!r} is not a host[:port] or URL: {exc}"
-            ) from exc
-        out[key] = k
+        out[split_key(host)] = k
     return out
+
+
+def split_key(host: str) -> str:
+    """The host key a ``split_hosts`` entry (``host[:port]`` or a URL) applies to."""
+    # Keys are compared with host_key(url): written any other way, a split never applies.
+    try:
+        return host_key(host) if "://" in host else normalise_host_key(host)
+    except (DownloadFailed, TypeError) as exc:
+        raise ConfigurationError(
+            f"split_hosts key {host!r} is not a host[:port] or URL: {exc}"
+        ) from exc
 
 
 def _useful_processes(

@@ -58,7 +58,7 @@ from shardload.cli.summary import (
     format_summary,
 )
 from shardload.errors import ConfigurationError, DownloadFailed, ShardloadError
-from shardload.plan import RunOptions
+from shardload.plan import RunOptions, split_key
 from shardload.worker.files import check_target, find_complete
 
 
@@ -429,6 +429,10 @@ def _crawl(
     interrupted = interrupted or signals.received is not None
     host_stats = getattr(results, "stats", None)
     hosts_file = write_host_stats(os.path.abspath(manifest), host_stats)
+    if not args.quiet and not interrupted and host_stats is not None:
+        for host, _ in args.split_host:
+            if split_key(host) not in host_stats.hosts:
+                _say(stderr, f"shardload: note: --split-host {host} matched no URL (HOST:PORT)")
     if not args.quiet:
         summary = format_summary(
             rec.stats,

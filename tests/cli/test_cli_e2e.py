@@ -707,3 +707,16 @@ def test_an_output_directory_no_file_can_be_made_in_is_a_usage_error(
     assert result.returncode == 2, result.stderr.decode()
     assert "cannot write into the output directory /proc/self" in result.stderr.decode()
     assert not (tmp_path / "m.jsonl").exists()
+
+
+def test_a_split_host_that_matches_no_url_is_noted(server: LocalServer, tmp_path: Path) -> None:
+    """``--split-host 127.0.0.2=2`` (no port) was ignored without a word."""
+    urls = _byte_urls(server, "split", 4)
+    hostport = urls[0].split("/")[2]
+    stdin = "".join(f"{url}\n" for url in urls).encode()
+    for split, noted in ((hostport.split(":")[0], True), (hostport, False)):
+        result = run_cli("-", "-o", tmp_path / split, "-p", "2", "--progress", "none",
+                         "--split-host", f"{split}=2", stdin=stdin)  # fmt: skip
+        assert result.returncode == 0, result.stderr.decode()
+        said = f"--split-host {split} matched no URL" in result.stderr.decode()
+        assert said is noted, result.stderr.decode()
