@@ -124,14 +124,15 @@ class Recorder:
                     self.error = exc
                 self._show(self.progress.tick)
 
-    def close(self, *, ran_nothing: bool = False) -> None:
+    def close(self, *, ran_nothing: bool = False, interrupted: bool = False) -> None:
         """``ran_nothing``: a usage error stopped the run before it began, so the progress
-        ends without a last line and the previous run's manifest stays as it was."""
+        ends without a last line and the previous run's manifest stays as it was; so it
+        does when the run was ``interrupted`` before it had anything to record."""
         with self.lock:
             self._stop.set()
             self._show(self.progress.discard if ran_nothing else self.progress.close)
             try:
-                self.writer.close(keep_previous=ran_nothing)
+                self.writer.close(keep_previous=interrupted, leave_no_trace=ran_nothing)
             except OSError as exc:
                 self.error = self.error or exc
         self._ticker.join()
@@ -419,7 +420,10 @@ def _crawl(
         close = getattr(results, "close", None)
         if close is not None:
             close()
-        rec.close(ran_nothing=usage_error is not None)
+        rec.close(
+            ran_nothing=usage_error is not None,
+            interrupted=interrupted or signals.received is not None,
+        )
         signals.restore()
     if usage_error is not None:
         return _usage_error(stderr, usage_error)

@@ -226,14 +226,15 @@ class ManifestWriter:
         self._file.flush()
         self._last_flush = self._clock()
 
-    def close(self, *, keep_previous: bool = False) -> None:
+    def close(self, *, keep_previous: bool = False, leave_no_trace: bool = False) -> None:
         """Write what is pending and close; ``keep_previous``: if nothing was written yet,
-        leave the file as this writer found it (or absent, as it was)."""
+        leave the previous manifest's records as they are; ``leave_no_trace``: and a file this
+        writer created is removed (absent, as it was)."""
         if self._file.closed:
             return
-        if keep_previous and self._untouched and not self._pending:
+        if (keep_previous or leave_no_trace) and self._untouched and not self._pending:
             self._file.close()
-            if self._created is not None:
+            if self._created is not None and leave_no_trace:
                 self._created.unlink(missing_ok=True)
             return
         try:

@@ -209,3 +209,29 @@ def test_sigint_while_stdin_is_still_open(server: LocalServer, tmp_path: Path) -
         child.stdin.close()
         child.stderr.close()
     assert {r["url"] for r in read_manifest(out / "manifest.jsonl")} == set(urls)
+
+
+def test_a_plain_rerun_interrupted_before_its_first_record_keeps_the_last_manifest(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    """It emptied the previous run's manifest and left nothing in its place."""
+    out = tmp_path / "out"
+    quick = tmp_path / "quick.txt"
+    quick.write_text("".join(f"{url}\n" for url in _slow_urls(server, "quick", 4, 1)))
+    first = subprocess.run(
+        cli_command(quick, "-o", out, "-q"),
+        env=cli_env(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert first.returncode == 0, first.stderr.decode()
+    before = (out / "manifest.jsonl").read_bytes()
+    assert before.count(b"\n") == 4
+    slow = tmp_path / "slow.txt"
+    slow.write_text("".join(f"{url}\n" for url in _slow_urls(server, "late", 4, 10_000)))
+    started = time.monotonic()
+
+    result = _interrupt_when(slow, out, lambda: time.monotonic() - started > 1.0, signal.SIGINT)
+    assert result.returncode == 130, result.stderr.decode()
+    assert (out / "manifest.jsonl").read_bytes() == before

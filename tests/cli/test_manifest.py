@@ -206,15 +206,18 @@ def test_a_writer_closed_before_any_record_can_leave_the_file_as_it_found_it(
     did not exist (also behind a dangling symlink, which must survive) is not created."""
     kept = tmp_path / "kept.jsonl"
     kept.write_bytes(encode(_rec("old")))
-    ManifestWriter(kept, append=False).close(keep_previous=True)
-    assert [r["url"] for r in _lines(kept)] == ["old"]
+    for how in ({"keep_previous": True}, {"leave_no_trace": True}):
+        ManifestWriter(kept, append=False).close(**how)
+        assert [r["url"] for r in _lines(kept)] == ["old"]
     new = tmp_path / "new.jsonl"
-    ManifestWriter(new, append=False).close(keep_previous=True)
+    ManifestWriter(new, append=False).close(leave_no_trace=True)
     assert not new.exists()
+    ManifestWriter(new, append=False).close(keep_previous=True)  # an interrupted first run
+    assert new.read_bytes() == b""
     link = tmp_path / "link.jsonl"
     (tmp_path / "real").mkdir()
     link.symlink_to(tmp_path / "real" / "manifest.jsonl")
-    ManifestWriter(link, append=False).close(keep_previous=True)
+    ManifestWriter(link, append=False).close(leave_no_trace=True)
     assert link.is_symlink() and not link.exists()  # still dangling: nothing created
     with ManifestWriter(kept, append=False):  # without a usage error: emptied
         pass
