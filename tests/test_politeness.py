@@ -323,6 +323,30 @@ def test_a_retry_after_on_a_redirect_pauses_the_host(home, processes):
     assert min(at for at, _ in rest) - redirected >= 0.9, arrivals
 
 
+def test_a_retry_after_on_a_redirect_to_another_host_delays_the_redirected_request(home):
+    """Only the origin host paused: the request to the target went at once."""
+    arrivals: dict[bytes, float] = {}
+
+    def origin(conn: socket.socket, index: int) -> None:
+        while there.recorded(conn) is not None:
+            arrivals[b"origin"] = time.monotonic()
+            conn.sendall(
+                b"HTTP/1.1 302 Found\r\nRetry-After: 1\r\nLocation: "
+                + target.url.encode()
+                + b"/t\r\nContent-Length: 0\r\n\r\n"
+            )
+
+    def answer(conn: socket.socket, index: int) -> None:
+        while target.recorded(conn) is not None:
+            arrivals[b"target"] = time.monotonic()
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    with RawServer(answer, "127.0.0.3") as target, RawServer(origin, "127.0.0.2") as there:
+        (b,) = shardload.swarm([there.url + "/r"], download=make_download(home))
+    assert b.state == "written", b.error_message
+    assert arrivals[b"target"] - arrivals[b"origin"] >= 0.9, arrivals
+
+
 @pytest.mark.parametrize(
     "bounds", [{"timeout": 5, "max_time": 0.6}, {"timeout": 0.6}], ids=["max_time", "timeout"]
 )
@@ -356,7 +380,9 @@ def test_rules_of_idle_hosts_are_kept_within_a_budget_most_recent_first(monkeypa
     from shardload.worker import politeness
 
     rules = RobotRules("User-agent: *\nDisallow: /private\n")
-    monkeypatch.setattr(politeness, "_IDLE_ROBOTS_BYTES", 3 * rules.weight)
+    monkeypatch.setattr(
+        politeness, "_IDLE_ROBOTS_BYTES", 3 * (rules.weight + politeness._IDLE_ENTRY_BYTES)
+    )
     download = shardload.AioDownload()
 
     async def drive() -> tuple[list[str], list[str]]:

@@ -10,6 +10,8 @@ import math
 import os
 import subprocess
 import sys
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -961,3 +963,41 @@ def test_a_network_error_out_of_a_copied_override_is_a_retried_failure_of_its_ki
     (b,) = shardload.swarm([f"http://127.0.0.1:{closed_port}/x"], download=download)
     assert (b.state, b.error_kind, b.attempts) == ("failed", "connect", 2), b.error_message
     assert "ClientConnectorError" in (b.error_message or "")
+
+
+def test_reading_client_in_another_loop_leaves_a_running_download_alone(srv, home):
+    """A copied main holds no count on the engine: reading ``.client`` from a second loop
+    rebound it and closed the first loop's session under its request."""
+    download = CopiedBoth(download_strategy=DownloadStrategy(home=home))
+    done: list[Bundle] = []
+    first = threading.Thread(
+        target=lambda: done.append(
+            asyncio.run(download.main(Bundle(srv.base_urls[0] + "/slow/800/in-flight")))
+        )
+    )
+    first.start()
+    time.sleep(0.3)  # its request is in flight
+
+    async def look() -> object:
+        return download.client
+
+    assert asyncio.run(look()) is None  # held by the other loop
+    first.join(timeout=30)
+    assert done and done[0]._status_msg == "File written", done and done[0].error_message
+
+
+class RaisesItsOwnBug(AiodownloadStyle):
+    async def request_and_download(self, bundle: Bundle) -> Bundle:
+        raise FileNotFoundError(2, "a bug of the override's", "/nowhere")
+
+
+def test_an_override_s_own_error_stays_a_strategy_failure(srv, home):
+    """Only network errors take their kind; an OSError of the override's own was taken for
+    a transient disk failure."""
+    download = RaisesItsOwnBug(
+        download_strategy=DownloadStrategy(home=home),
+        request_strategy=RequestStrategy(max_attempts=3),
+    )
+    (b,) = shardload.swarm([srv.base_urls[0] + "/links/1"], download=download)
+    assert (b.state, b.error_kind, b.attempts) == ("failed", "strategy", 1), b.error_message
+    assert b.error_message.startswith("FileNotFoundError")

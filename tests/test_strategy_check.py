@@ -18,19 +18,17 @@ REFUSED_REQUEST = [
     ("concurrent", -1),
     ("concurrent", "2"),
     ("concurrent", None),
-    ("concurrent", 2.0),
     ("concurrent", True),
     ("max_attempts", None),
     ("max_attempts", "3"),
-    ("max_attempts", -1),
     ("worker_concurrent", 0),
-    ("max_redirects", -1),
     ("breaker_threshold", 1.5),
     ("dns_ttl", -5),
     ("timeout", -1),
     ("timeout", math.nan),
-    ("timeout", math.inf),
     ("timeout", "60"),
+    ("delay", math.inf),  # an endless gap: the host's URLs would never finish
+    ("concurrent", 2.5),
     ("connect_timeout", -0.5),
     ("max_time", -1),
     ("delay", None),
@@ -39,9 +37,19 @@ REFUSED_REQUEST = [
     ("retry_after_cap", -1),
     ("breaker_cooldown", "30"),
     ("low_speed_limit", -1),
-    ("low_speed_time", math.inf),
 ]
 ACCEPTED_REQUEST = [
+    # What ran before the check came (its audit): whole floats, inf as no limit, a float TTL.
+    ("concurrent", 4.0),
+    ("max_attempts", -1),
+    ("max_redirects", -1),
+    ("timeout", math.inf),
+    ("max_time", math.inf),
+    ("retry_after_cap", math.inf),
+    ("breaker_cooldown", math.inf),
+    ("low_speed_time", math.inf),
+    ("dns_ttl", 60.0),
+    ("dns_ttl", 0.5),
     ("concurrent", 1),
     ("max_attempts", 0),
     ("timeout", 0),
@@ -82,7 +90,8 @@ def test_request_strategy_values_a_run_can_use_pass(attr, value):
         ({"chunk_size": 1}, True),
         ({"max_bytes": 0}, True),
         ({"max_bytes": None}, True),
-        ({"chunk_size": 0}, False),
+        ({"chunk_size": 0}, True),  # a hint: reads are at least 1 MiB
+        ({"chunk_size": 65536.0}, True),
         ({"chunk_size": "64k"}, False),
         ({"max_bytes": -1}, False),
         ({"max_bytes": 1.5}, False),
@@ -129,3 +138,19 @@ def test_a_timeout_of_zero_is_no_limit_on_both_clients(srv, home, client, option
     download = make_download(home, RequestStrategy(**{option: 0}), client=client)
     bundle = shardload.one(srv.base_urls[0] + "/links/1", download=download)
     assert bundle.state == "written", bundle.error_message
+
+
+@pytest.mark.parametrize("client", ["lean", "aiohttp"])
+def test_values_that_ran_before_the_check_still_run(srv, home, client):
+    strategy = RequestStrategy(
+        concurrent=4.0,  # type: ignore[arg-type]
+        timeout=math.inf,
+        max_time=math.inf,
+        dns_ttl=60.0,  # type: ignore[arg-type]
+        max_attempts=-1,
+    )
+    download = make_download(home, strategy, client=client, chunk_size=0)
+    bundles = shardload.swarm(
+        [srv.base_urls[0] + f"/links/{i}" for i in range(3)], download=download
+    )
+    assert [b.state for b in bundles] == ["written"] * 3, [b.error_message for b in bundles]

@@ -71,6 +71,13 @@ def _reserved_by(path: str, reserved: Sequence[str]) -> str | None:
     return None
 
 
+def _may_be_below(url: str, hints: set[str], map_all: bool) -> bool:
+    if map_all or not url.isascii():
+        return True
+    lowered = url.lower()
+    return any(hint in lowered for hint in hints)
+
+
 def default_path(url: str) -> str:
     """Where the default strategy puts ``url``, relative to the output directory ("" for a URL
     it cannot map: the download fails that one with its own reason)."""
@@ -175,7 +182,11 @@ def iter_parsed(stream: BinaryIO, reserved: Sequence[str] = ()) -> Iterator[Pars
     nested = [r for r in inside if os.sep in r]
     # A default path starts with the host's folder, "host" or "host_port": only a URL that
     # holds a top-level reserved name's host part is worth mapping (a few us) to compare.
-    hints = {r.split("_", 1)[0].lower() for r in inside if os.sep not in r}
+    # A host can be spelled otherwise (full-width digits, Unicode against punycode) only
+    # with non-ASCII characters: such a URL, or such a name, is always mapped.
+    top = [r for r in inside if os.sep not in r]
+    hints = {r.split("_", 1)[0].lower() for r in top}
+    map_all = not all(r.isascii() for r in top)
     lines = iter_raw_lines(stream)
     lineno = 0
     while True:
@@ -197,7 +208,7 @@ def iter_parsed(stream: BinaryIO, reserved: Sequence[str] = ()) -> Iterator[Pars
             continue
         parsed = parse_line(text, lineno)
         if isinstance(parsed, InputItem) and (
-            parsed.path or nested or any(hint in parsed.url.lower() for hint in hints)
+            parsed.path or nested or (hints and _may_be_below(parsed.url, hints, map_all))
         ):
             taken = _reserved_by(parsed.path or default_path(parsed.url), reserved)
             if taken is not None:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import stat
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -307,14 +307,22 @@ def run(args: argparse.Namespace, *, stdin: BinaryIO | None, stderr: TextIO) -> 
 
 
 def _check_writable(output: str) -> None:
-    """Raise OSError unless a file can be made in the output directory: a read-only or
-    immutable one (where root's access() says yes) failed every URL after its download."""
+    """Raise OSError when no file can be made in the output directory: a read-only or
+    immutable one (where root's access() says yes) failed every URL after its download.
+    The probe is a file with no name (O_TMPFILE), so it leaves nothing behind; a file
+    system that cannot make one is not probed."""
+    nameless = getattr(os, "O_TMPFILE", None)  # Linux's
+    if nameless is None:
+        return
     try:
-        fd, probe = tempfile.mkstemp(dir=output, prefix=".shardload-probe-")
+        fd = os.open(output, nameless | os.O_WRONLY, 0o600)
     except OSError as exc:
-        raise OSError(f"cannot write into the output directory {output}: {exc.strerror}") from exc
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise OSError(
+                f"cannot write into the output directory {output}: {exc.strerror}"
+            ) from exc
+        return
     os.close(fd)
-    os.unlink(probe)
 
 
 def _own_files_problem(args: argparse.Namespace, stdin: BinaryIO | None) -> str | None:

@@ -133,17 +133,26 @@ class ManifestInUse(OSError):
 
 
 def looks_like_manifest(path: str | os.PathLike[str]) -> bool:
-    """Whether a file may be replaced by a new manifest: empty, or its first line a manifest
-    record. A mistyped ``--manifest urls.txt`` must not empty the user's URL list."""
+    """Whether a file may be replaced by a new manifest: blank, or one of its first lines a
+    manifest record. A mistyped ``--manifest urls.txt`` must not empty the user's URL list."""
+    lines: list[bytes] = []
     try:
         with open(path, "rb") as f:
-            first = f.readline(1 << 20)
+            while len(lines) < _LOOKED_AT and (line := f.readline(1 << 20)):
+                if line.strip():
+                    lines.append(line)
     except OSError:
         return True  # nothing readable to lose; opening it for writing says what is wrong
-    if not first.strip():
-        return True
+    # Any of the first lines: the very first may be a record a full disk cut short.
+    return not lines or any(_is_record(line) for line in lines)
+
+
+_LOOKED_AT = 5
+
+
+def _is_record(line: bytes) -> bool:
     try:
-        record = json.loads(first)
+        record = json.loads(line)
     except ValueError:
         return False
     return isinstance(record, dict) and "url" in record and "state" in record
@@ -190,10 +199,14 @@ class ManifestWriter:
                 fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 self._file.close()
+                if self._created is not None:
+                    self._created.unlink(missing_ok=True)
                 raise ManifestInUse(
                     f"another shardload run is writing {self.path}: wait for it to end, "
                     "or give this run its own --manifest"
                 ) from None
+            except OSError:
+                pass  # a file system without locks (NFS without lockd): written unlocked
         self._untouched = self._regular and not append
         self._pending: list[bytes] = [b"\n"] if torn else []
         self._count = 0

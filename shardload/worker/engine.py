@@ -42,7 +42,7 @@ from ..strategy import DownloadStrategy, Outcome, RequestStrategy
 from ..urls import UrlParts, redact, redirect_target, split_url, userinfo
 from .binding import LoopBinding
 from .exchange import Redirect, over_time
-from .failures import classify
+from .failures import classify, network_error
 from .files import check_target, find_complete
 from .hosts import HostSlot
 from .own_writes import measure_own_write, note_before, remove_written
@@ -90,7 +90,9 @@ class AioDownload(LoopBinding):
         except RuntimeError:
             return None
         if self._loop is not loop:
-            if self._busy_elsewhere(loop):
+            # Another loop still running may be using this engine (a copied main holds no
+            # count): rebinding would close its session under it.
+            if self._busy_elsewhere(loop, or_running=True):
                 return None
             self._bind(loop)
         return self._get_session()
@@ -382,7 +384,11 @@ class AioDownload(LoopBinding):
             except Exception as exc:
                 # aiodownload's own request_and_download lets a refused connection or a
                 # timeout out: it is this attempt's failure, of its kind (retried as such).
-                raised = classify(exc, bundle.url)
+                # Anything else is a bug of the override's.
+                if network_error(exc):
+                    raised = classify(exc, bundle.url)
+                else:
+                    raised = (ErrorKind.STRATEGY, f"{type(exc).__name__}: {exc}")
             if bundle.attempts == before:  # an override that made its own request
                 bundle.attempts += 1
         except BaseException:
@@ -470,10 +476,15 @@ class AioDownload(LoopBinding):
                     time_left -= time.monotonic() - started
                     if time_left <= 0:
                         return _failure(bundle, ErrorKind.TIMEOUT, over_time(rs))
+                came_from = parts.host_key
                 try:
                     url, parts = redirect_target(url, step.location)
                 except DownloadFailed as exc:
                     return _failure(bundle, exc.kind, exc.message)
+                if step.retry_after and parts.host_key != came_from:
+                    # The redirected request waits as asked (RFC 9110 10.2.3); on the same
+                    # host, that host's pause holds it.
+                    await asyncio.sleep(min(step.retry_after, rs.retry_after_cap))
                 same_origin = (parts.scheme, parts.authority) == (origin.scheme, origin.authority)
                 if here is not None:
                     if taken:

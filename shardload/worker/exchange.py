@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -124,9 +125,10 @@ class Exchange:
             hooks,
             self._worker_limit() + STALE_TRIES,
         )
-        if not rs.timeout or rs.timeout <= 0:
+        timeout = _limit(rs.timeout)
+        if timeout is None:
             return request
-        return HeadersWithin(request, hooks, rs.timeout, _connect_timeout(rs) or 0.0)
+        return HeadersWithin(request, hooks, timeout, _connect_timeout(rs) or 0.0)
 
     def _aiohttp_request(
         self,
@@ -193,7 +195,10 @@ class Exchange:
 
         rs = self.request_strategy
         return aiohttp.ClientTimeout(
-            total=max_time, sock_connect=_connect_timeout(rs), connect=None, sock_read=rs.timeout
+            total=_limit(max_time),
+            sock_connect=_connect_timeout(rs),
+            connect=None,
+            sock_read=_limit(rs.timeout),
         )
 
     def _worker_limit(self) -> int:
@@ -350,9 +355,14 @@ def effective_user_agent(rs: RequestStrategy) -> str:
 
 
 def _connect_timeout(rs: RequestStrategy) -> float | None:
-    """Seconds to connect; None for no limit (0 says so too, as for aiohttp and curl)."""
-    limit = rs.connect_timeout if rs.connect_timeout is not None else rs.timeout
-    return limit if limit and limit > 0 else None
+    """Seconds to connect; None for no limit."""
+    return _limit(rs.connect_timeout if rs.connect_timeout is not None else rs.timeout)
+
+
+def _limit(seconds: float | None) -> float | None:
+    """A time limit as the clients take it: None for none, which 0 and infinity also say
+    (as for curl; aiohttp rounds a limit up to whole seconds, and cannot round infinity)."""
+    return seconds if seconds and 0 < seconds < math.inf else None
 
 
 def _descriptor_budget() -> int:

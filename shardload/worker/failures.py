@@ -31,6 +31,15 @@ def classify(exc: BaseException, url: str = "") -> tuple[ErrorKind, str]:
     return kind, f"{type(exc).__name__}: {text}"[:500]
 
 
+def network_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failure of the network (a connection, a timeout, TLS, DNS, an
+    HTTP client's error), not of the code that made the request."""
+    aiohttp = sys.modules.get("aiohttp")
+    if aiohttp is not None and isinstance(exc, aiohttp.ClientError | aiohttp.ServerTimeoutError):
+        return True
+    return isinstance(exc, asyncio.TimeoutError | ssl.SSLError | ConnectionError | socket.gaierror)
+
+
 def _kind(exc: BaseException) -> ErrorKind:
     if isinstance(exc, DownloadFailed):
         return exc.kind

@@ -235,7 +235,9 @@ def test_explicit_path_onto_or_below_the_runs_own_files_is_a_bad_line(path: str,
      ("http://127.0.0.1/ok", "127.0.0.1_8080", False),
      ("http://Manifest.JSONL/x", "manifest.jsonl", True),
      ("http://a/manifest.jsonl", "manifest.jsonl", False),
-     ("http://127.0.0.1:8080/ok", "../127.0.0.1_8080", False)],
+     ("http://127.0.0.1:8080/ok", "../127.0.0.1_8080", False),
+     ("http://\uff11\uff12\uff17.0.0.1:8080/b", "127.0.0.1_8080", True),  # full-width digits
+     ("http://\uff4danifest.jsonl/c", "manifest.jsonl", True)],
 )  # fmt: skip
 def test_a_default_path_below_a_top_level_file_of_the_run_is_a_bad_line(
     url: str, reserved: str, bad: bool

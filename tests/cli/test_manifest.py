@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -19,6 +21,7 @@ from shardload.cli.manifest import (
     iter_records,
     latest_priors,
     load_priors,
+    looks_like_manifest,
 )
 
 
@@ -230,3 +233,39 @@ def test_resume_refuses_a_manifest_that_is_not_a_regular_file(tmp_path: Path) ->
     os.mkfifo(fifo)
     with pytest.raises(ValueError, match="regular file"):
         load_priors(fifo)
+
+
+@pytest.mark.parametrize(
+    ("text", "replaceable"),
+    [
+        (b"", True),
+        (b"\n\n", True),
+        (encode({"url": "u", "state": "written"}), True),
+        # a first record a full disk cut short, then records appended by --resume
+        (b'{"url":"u","sta\n' + encode({"url": "v", "state": "failed"}), True),
+        (b"http://a/1\nhttp://a/2\n", False),
+        (b"\nhttp://a/1\n", False),  # a URL list that starts with a blank line
+        (b'{"url": "http://a/1", "path": "x"}\n', False),  # a JSONL input: no state
+    ],
+)
+def test_which_files_a_new_manifest_may_replace(
+    tmp_path: Path, text: bytes, replaceable: bool
+) -> None:
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(text)
+    assert looks_like_manifest(path) is replaceable
+
+
+def test_a_manifest_on_a_file_system_without_locks_is_written_unlocked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NFS without lockd answers ENOLCK: the lock's first version made that a usage error."""
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    path = tmp_path / "m.jsonl"
+    with ManifestWriter(path, append=False) as writer:
+        writer.add({"url": "u", "state": "written"})
+    assert [r["url"] for r in _lines(path)] == ["u"]
