@@ -344,7 +344,7 @@ def _own_files_problem(args: argparse.Namespace, stdin: BinaryIO | None) -> str 
     resume = args.resume or args.retry_transient
     if not resume and os.path.isfile(args.manifest) and not looks_like_manifest(args.manifest):
         return (
-            f"{args.manifest} is not a shardload manifest (its first line is no manifest "
+            f"{args.manifest} is not a shardload manifest (none of its first lines is a "
             "record); a new manifest would empty it: remove it or pick another --manifest"
         )
     return None

@@ -3,6 +3,7 @@
 The writer appends records as bundles finish and flushes them in batches (every ``flush_every``
 records or ``flush_interval`` seconds, whichever comes first), so a crash loses at most the records
 in flight. The reader keeps only the latest record per URL, so an appended history is fine.
+A writer holds an exclusive lock (flock) on its file until it closes: one run per manifest.
 """
 
 from __future__ import annotations
@@ -128,6 +129,9 @@ def encode(record: Mapping[str, Any]) -> bytes:
     return text.encode("utf-8", "backslashreplace") + b"\n"
 
 
+_LOOKED_AT = 5  # lines looked at to tell a manifest from another file
+
+
 class ManifestInUse(OSError):
     """Another run writes this manifest: two runs would empty or interleave each other's."""
 
@@ -145,9 +149,6 @@ def looks_like_manifest(path: str | os.PathLike[str]) -> bool:
         return True  # nothing readable to lose; opening it for writing says what is wrong
     # Any of the first lines: the very first may be a record a full disk cut short.
     return not lines or any(_is_record(line) for line in lines)
-
-
-_LOOKED_AT = 5
 
 
 def _is_record(line: bytes) -> bool:
