@@ -385,22 +385,20 @@ def test_rules_of_idle_hosts_are_kept_within_a_budget_most_recent_first(monkeypa
     )
     download = shardload.AioDownload()
 
+    def visit(hosts: range) -> None:  # each host fetched its rules, then went idle
+        for i in hosts:
+            host = f"h{i}:80"
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(rules)
+            download._robots[host] = done
+            download._give_back_slot(host, download._take_slot(host))
+
     async def drive() -> tuple[list[str], list[str]]:
         download._bind(asyncio.get_running_loop())
-        for i in range(6):
-            host = f"h{i}:80"
-            done = asyncio.get_running_loop().create_future()
-            done.set_result(rules)
-            download._robots[host] = done
-            download._give_back_slot(host, download._take_slot(host))
+        visit(range(6))
         kept = sorted(download._robots)
         busy = download._take_slot("h3:80")  # busy again: kept whatever comes
-        for i in range(6, 9):
-            host = f"h{i}:80"
-            done = asyncio.get_running_loop().create_future()
-            done.set_result(rules)
-            download._robots[host] = done
-            download._give_back_slot(host, download._take_slot(host))
+        visit(range(6, 9))
         after = sorted(download._robots)
         download._give_back_slot("h3:80", busy)
         return kept, after
