@@ -32,7 +32,8 @@ class RunOptions(TypedDict, total=False):
     """Keyword options shared by one/swarm/each and their async twins.
 
     processes: workers (default 1: in the caller's process; with backend="ray", the cluster's
-        CPU count). Never more than there are hosts when the input's size is known.
+        CPU count). Never more than there are hosts in a list, tuple or set of URLs or
+        bundles, nor more than items in an input with a size.
     split_hosts: {"host:port": k} spreads a hot host over k workers, dividing its budget.
     start_method: "spawn" (default) or "forkserver" for local worker processes.
     backend: "local" (default: this machine) or "ray" (actors on a Ray cluster).

@@ -9,7 +9,7 @@ import argparse
 import math
 import os
 import re
-from typing import Any
+from typing import Any, NoReturn
 
 import shardload
 from shardload import AioDownload, BackOff, DownloadStrategy, Lenient, RequestStrategy
@@ -101,8 +101,15 @@ def parse_split(text: str) -> tuple[str, int]:
     return host.strip().lower(), int(count)
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """A usage error is one line, as the CLI's own are, not the whole usage block first."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _OneLineErrors(
         prog="shardload",
         description="Download a list of URLs to disk, fast and politely, on every core.",
         epilog=EPILOG,
@@ -136,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to connect, and per stall while reading (default: 60)")
     add("--connect-timeout", type=secs, metavar="S", help="seconds to connect")
     add("--max-time", type=secs, metavar="S", help="seconds per attempt, whole body included")
-    add("--max-size", type=parse_size, metavar="SIZE", help="max response size, e.g. 500K, 10M, 1G")
+    add("--max-size", type=parse_size, metavar="SIZE",
+        help="max response size, e.g. 500K, 10M, 1G (K = 1024 bytes)")
     add("--low-speed-limit", type=parse_size, metavar="SIZE",
         help="fail an attempt slower than SIZE bytes/s for --low-speed-time seconds")
     add("--low-speed-time", type=secs, metavar="S",

@@ -720,3 +720,16 @@ def test_a_split_host_that_matches_no_url_is_noted(server: LocalServer, tmp_path
         assert result.returncode == 0, result.stderr.decode()
         said = f"--split-host {split} matched no URL" in result.stderr.decode()
         assert said is noted, result.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [["-p", "0"], ["--max-size", "5Q"], ["--bogus"], ["--split-host", "foo"], ["--timeout", "-1"]],
+)
+def test_an_option_error_is_one_line(tmp_path: Path, bad: list[str]) -> None:
+    """guarantees.md: usage errors exit 2 with one line; argparse's printed its whole usage
+    block first (15 lines)."""
+    result = run_cli("-", "-o", tmp_path / "out", *bad, stdin=b"")
+    assert result.returncode == 2
+    (line,) = result.stderr.decode().splitlines()
+    assert line.startswith("shardload: error: ") and line.endswith("(see shardload --help)")
