@@ -78,6 +78,9 @@ class Bundle:
     _shared: bool = field(default=False, init=False, repr=False)
     # True when one of its attempts opened its host's circuit breaker (for the run's stats).
     _opened_breaker: bool = field(default=False, init=False, repr=False)
+    # True when ``info`` is the input item that url_map turned into this bundle (set by the
+    # run, not its owner): the next item it is returned for brings its own.
+    _info_is_item: bool = field(default=False, init=False, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -245,6 +248,38 @@ def _new_attributes(bundle: Bundle, given: dict[str, Any]) -> dict[str, Any] | N
         # behind alone, in every mode, so a run's outcome does not depend on ``processes``.
         own = {k: v for k, v in own.items() if why_unpicklable(v) is None}
     return own or None
+
+
+def sendable(result: Result) -> Result:
+    """``result`` itself if it pickles; else a failure of its bundle (kind ``strategy``)
+    naming the fields a strategy set to something that cannot cross a process."""
+    if why_unpicklable(result) is None:
+        return result
+    bad = [
+        name for name, value in zip(_RESULT_FIELDS, result, strict=True) if why_unpicklable(value)
+    ]
+    seq, path, _, status, attempts, size, _, elapsed = result[:8]
+    message = f"a strategy set {', '.join(bad)} to what cannot be sent back from the worker"
+    return (
+        seq,
+        path if isinstance(path, str) else None,
+        FAILED,
+        status if isinstance(status, int) else None,
+        attempts if isinstance(attempts, int) else 0,
+        size if isinstance(size, int) else 0,
+        None,
+        elapsed if isinstance(elapsed, float) else 0.0,
+        str(ErrorKind.STRATEGY),
+        message,
+        False,
+        None,
+    )
+
+
+_RESULT_FIELDS = (
+    "seq", "file_path", "state", "status", "attempts", "bytes", "sha256", "elapsed",
+    "error_kind", "error_message", "opened_breaker", "attributes",
+)  # fmt: skip
 
 
 def why_unpicklable(value: object) -> str | None:

@@ -40,7 +40,12 @@ from typing import Any
 
 from .bundle import FAILED, Bundle, Job, Result, apply_result, extra_of, why_unpicklable
 from .errors import DownloadFailed, ErrorKind, WorkerKilledAtStart
-from .executors.base import Executor, class_hidden_in_main, interactive_names
+from .executors.base import (
+    Executor,
+    class_hidden_in_main,
+    interactive_names,
+    names_a_worker_lacks,
+)
 from .flow import FlowControl
 from .intake import InputReader, RunMark, describe_error, prepare_item
 from .paths import url_to_relpath
@@ -93,10 +98,12 @@ _ADMIT_STEP = 1024
 
 
 def _wire_info(info: Any) -> Any:
-    """``info`` as sent to a worker process: itself when it pickles, else None (kept here)."""
+    """``info`` as sent to a worker process: itself when a worker can load it, else None
+    (kept here). One that names a class a worker cannot import (a notebook's, or one a script
+    defines under its main guard) would kill the worker on its whole batch."""
     if info is None or isinstance(info, str | int | float | bool):
         return info
-    return info if why_unpicklable(info) is None else None
+    return info if why_unpicklable(info) is None and not names_a_worker_lacks(info) else None
 
 
 async def coordinate(
@@ -191,7 +198,10 @@ async def coordinate(
         if remote:
             info = _wire_info(info)
             if extra is not None and (
-                why_unpicklable(extra) or interactive_names(extra) or class_hidden_in_main(extra[0])
+                why_unpicklable(extra)
+                or class_hidden_in_main(extra[0])
+                or interactive_names(extra[0])
+                or names_a_worker_lacks(extra[1])
             ):
                 extra = None  # a class a worker cannot import (a notebook's): a plain Bundle
         job: Job = (bundle.seq, bundle.url, bundle.params, info, bundle.file_path, extra)

@@ -103,6 +103,12 @@ class RunMark:
         self.live = True
 
 
+def _own(bundle: Bundle) -> Bundle:
+    """The bundle itself, or a copy when it is still pending in a live run."""
+    held = isinstance(bundle._run, RunMark) and bundle._run.live and bundle.state == PENDING
+    return copy.copy(bundle) if held else bundle
+
+
 def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None, run: RunMark) -> Bundle:
     """Turn one input item into a fresh bundle; an item that cannot be used gives a failed one.
 
@@ -112,17 +118,17 @@ def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None, run:
     """
     try:
         if isinstance(item, Bundle):
-            held = isinstance(item._run, RunMark) and item._run.live and item.state == PENDING
-            bundle = copy.copy(item) if held else item
+            bundle = _own(item)
         else:
             try:
                 url = url_map(item) if url_map is not None else item
             except Exception as exc:
                 return _failed_item(seq, item, f"url_map failed: {describe_error(exc)}")
             if isinstance(url, Bundle):
-                bundle = url
-                if bundle.info is None:  # as aiodownload did: the item rides along
-                    bundle.info = item
+                bundle = _own(url)  # url_map may answer one bundle for several items
+                if bundle.info is None or bundle._info_is_item:
+                    bundle.info = item  # as aiodownload did: the item rides along
+                    bundle._info_is_item = True
             elif url is None:
                 return _failed_item(seq, item, "no URL: the item (or url_map's answer) is None")
             elif isinstance(url, _NEVER_URLS) and type(url).__str__ is object.__str__:

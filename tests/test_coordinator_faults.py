@@ -484,6 +484,7 @@ def test_a_worker_whose_pipe_ends_while_it_runs_is_killed(home):
     _inbox_r, inbox = context.Pipe(duplex=False)
     executor = ProcessExecutor({}, 1, home, stop_grace=0.2)
     worker = _Worker(1, process, inbox, outbox)
+    worker.ready.set()  # running: its start was over (a death before that is _started's)
     executor._workers[0] = worker
 
     async def main() -> tuple[Sink, threading.Thread]:

@@ -150,3 +150,30 @@ def test_the_names_a_script_binds_when_imported(tmp_path):
         assert name in names, name
     assert not names & {"Guarded", "hidden", "AlsoGuarded"}
     assert _top_level_names(str(tmp_path / "missing.py")) is None
+
+
+def test_an_info_class_defined_under_the_main_guard_does_not_hang_the_run(tmp_path, server):
+    """A worker cannot import a class the script defines under its main guard: it died on
+    the whole batch's unpickling, its reader gone, and the run waited for ever. The info
+    stays in the caller (as an unpicklable one does) and every item is downloaded."""
+    out = _run_script(
+        tmp_path / "guarded_info.py",
+        f"""
+            import shardload
+            from shardload import AioDownload, DownloadStrategy
+
+            if __name__ == "__main__":
+                class Rec:
+                    def __init__(self, url):
+                        self.url = url
+
+                d = AioDownload(download_strategy=DownloadStrategy(home={str(tmp_path)!r}))
+                hosts = {server.base_urls[:2]!r}
+                recs = [Rec(f"{{hosts[i % 2]}}/links/{{i}}") for i in range(6)]
+                bundles = shardload.swarm(recs, url_map=lambda r: r.url, download=d, processes=2)
+                print("STATES", sorted({{b.state for b in bundles}}))
+                print("INFO", all(b.info is r for b, r in zip(bundles, recs)))
+            """,
+    )
+    assert "STATES ['written']" in out.stdout, out.stderr[-2000:]
+    assert "INFO True" in out.stdout

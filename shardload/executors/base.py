@@ -75,6 +75,17 @@ def names_hidden_in_main(value: object) -> list[str]:
     return [name for name in found if name.split(".", 1)[0] not in defined]
 
 
+def names_a_worker_lacks(value: object) -> list[str]:
+    """``interactive_names`` and ``names_hidden_in_main`` of a value that pickles, searched
+    only when its pickle names ``__main__`` at all (the search pickles it in Python: slow)."""
+    try:
+        if b"__main__" not in pickle.dumps(value, pickle.HIGHEST_PROTOCOL):
+            return []
+    except Exception:
+        return []  # it does not pickle: why_unpicklable says why
+    return interactive_names(value) or names_hidden_in_main(value)
+
+
 def class_hidden_in_main(cls: type) -> bool:
     """``names_hidden_in_main`` for one class, remembered: asked for every bundle of a
     subclass in the input (a program defines few classes)."""

@@ -226,6 +226,9 @@ class _Worker:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+_START_TRIES = 3
+
+
 class ProcessExecutor:
     crosses_processes = True
 
@@ -259,7 +262,7 @@ class ProcessExecutor:
         # All at once: each spends a few hundred ms importing before it is ready. Every spawn
         # is awaited, so none is still starting a process when the others are aborted.
         outcomes = await asyncio.gather(
-            *(self._spawn(shard) for shard in range(self.shards)), return_exceptions=True
+            *(self._first_spawn(shard) for shard in range(self.shards)), return_exceptions=True
         )
         errors = [o for o in outcomes if isinstance(o, BaseException)]
         if errors:
@@ -269,9 +272,21 @@ class ProcessExecutor:
                     f"cannot start {self.shards} worker processes ({errors[0]}): "
                     "use fewer processes"
                 ) from errors[0]
-            if isinstance(errors[0], WorkerKilledAtStart):  # a crash only once the run is on
-                raise ConfigurationError(f"the run could not start: {errors[0]}") from errors[0]
+            if isinstance(errors[0], WorkerKilledAtStart):  # every try: something kills them
+                raise ConfigurationError(
+                    f"the run could not start: {errors[0]} ({_START_TRIES} tries)"
+                ) from errors[0]
             raise errors[0]
+
+    async def _first_spawn(self, shard: int) -> None:
+        """A worker killed by a signal as the run starts (an OOM kill) is started again, as a
+        crash later on is: a few times, since no job of its can be the cause yet."""
+        for tries in range(1, _START_TRIES + 1):
+            try:
+                return await self._spawn(shard)
+            except WorkerKilledAtStart:
+                if tries == _START_TRIES:
+                    raise
 
     async def _spawn(self, shard: int) -> None:
         inbox_r, inbox_w = self._context.Pipe(duplex=False)
@@ -399,7 +414,9 @@ class ProcessExecutor:
         worker.sends.put(_STOP)  # a crashed worker is never told to stop: free its writer
         with contextlib.suppress(OSError):
             worker.outbox.close()
-        if self._workers[shard] is not worker or worker.finishing:
+        # One that never said it was ready is _started's to report (it waits on `ended`):
+        # reported here too, its death at start counted as two crashes, and restarted twice.
+        if self._workers[shard] is not worker or worker.finishing or not worker.ready.is_set():
             return
         pid = worker.process.pid
         if pid is not None:

@@ -212,14 +212,18 @@ class AioDownload(LoopBinding):
             apply_result(bundle, to_result(shared))
             return
         done: asyncio.Future[Bundle] = asyncio.get_running_loop().create_future()
-        self._inflight[path] = (request, done)
+        inflight = self._inflight[path] = (request, done)
         try:
             await self._fetch(bundle, parts)
         except asyncio.CancelledError:
             done.cancel()
             raise
         finally:
-            del self._inflight[path]
+            # Only our own entry: close() may have started afresh while a cancellation (a
+            # worker ending) was on its way here, and a KeyError would turn the cancelled
+            # download into a failure reported as final.
+            if self._inflight.get(path) is inflight:
+                del self._inflight[path]
             if not done.done():
                 done.set_result(bundle)
 

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import ctypes
 import gc
+import os
 import pickle
 import queue
 import signal
@@ -23,7 +24,7 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ..bundle import Result
+from ..bundle import Result, sendable
 from .config import rebuild
 from .files import hash_as_read
 from .shard import ShardWorker
@@ -133,16 +134,32 @@ def _read_loop(inbox: Connection, loop: asyncio.AbstractEventLoop, on_message: A
             message = pickle.loads(inbox.recv_bytes())
         except (EOFError, OSError):
             message = ("abort",)
+        except Exception as exc:
+            # A batch this process cannot load (a class the caller's script defines where a
+            # worker never runs it): end as a crash, so the coordinator isolates the job and
+            # fails it alone, instead of waiting for ever on a worker that reads no more.
+            with contextlib.suppress(OSError):
+                os.write(2, f"shardload worker: cannot load jobs: {exc!r}\n".encode())
+            os._exit(_CANNOT_LOAD)
         with contextlib.suppress(RuntimeError):  # the loop may already be closed
             loop.call_soon_threadsafe(on_message, message)
         if message[0] != "jobs":
             return
 
 
+_CANNOT_LOAD = 70  # EX_SOFTWARE
+
+
 def _write_loop(out: queue.SimpleQueue[list[Result] | None], outbox: Connection) -> None:
     while (results := out.get()) is not None:
         try:
-            outbox.send_bytes(pickle.dumps(results, pickle.HIGHEST_PROTOCOL))
+            blob = pickle.dumps(results, pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            # A strategy set a bundle's own field to what cannot cross (a hash object for
+            # sha256, say): that bundle fails; the thread must live on, or the run hangs.
+            blob = pickle.dumps([sendable(r) for r in results], pickle.HIGHEST_PROTOCOL)
+        try:
+            outbox.send_bytes(blob)
         except OSError:
             return
     outbox.close()
