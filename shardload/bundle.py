@@ -78,9 +78,10 @@ class Bundle:
     _shared: bool = field(default=False, init=False, repr=False)
     # True when one of its attempts opened its host's circuit breaker (for the run's stats).
     _opened_breaker: bool = field(default=False, init=False, repr=False)
-    # True when ``info`` is the input item that url_map turned into this bundle (set by the
-    # run, not its owner): the next item it is returned for brings its own.
-    _info_is_item: bool = field(default=False, init=False, repr=False)
+    # The run that set ``info`` to the input item url_map turned into this bundle: another
+    # item of that run it is returned for brings its own; a later run keeps it, or what the
+    # owner set since.
+    _info_by: object | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -250,6 +251,19 @@ def _new_attributes(bundle: Bundle, given: dict[str, Any]) -> dict[str, Any] | N
     return own or None
 
 
+def sendable_results(results: list[Result]) -> list[Result]:
+    """``results`` as a worker may send them back: a strategy may have set a bundle's own
+    field to what cannot cross (a hash object for sha256, say), and that bundle then fails.
+    Unsent, the coordinator would wait for ever; sent but not loadable there, it would be
+    taken for the worker's crash. Plain fields (the rule) are checked by type alone."""
+    if all(_PLAIN.issuperset(map(type, result)) for result in results):
+        return results
+    return [sendable(result) for result in results]
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})  # what a result's fields are made of
+
+
 def sendable(result: Result) -> Result:
     """``result`` itself if it pickles; else a failure of its bundle (kind ``strategy``)
     naming the fields a strategy set to something that cannot cross a process."""
@@ -280,6 +294,16 @@ _RESULT_FIELDS = (
     "seq", "file_path", "state", "status", "attempts", "bytes", "sha256", "elapsed",
     "error_kind", "error_message", "opened_breaker", "attributes",
 )  # fmt: skip
+
+
+def loadable_pickle(value: object) -> bytes | None:
+    """``value`` pickled, when that pickle also loads back here; else None."""
+    try:
+        pickled = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+        pickle.loads(pickled)
+    except Exception:
+        return None
+    return pickled
 
 
 def why_unpicklable(value: object) -> str | None:

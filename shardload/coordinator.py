@@ -38,7 +38,17 @@ from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .bundle import FAILED, Bundle, Job, Result, apply_result, extra_of, why_unpicklable
+from .bundle import (
+    FAILED,
+    Bundle,
+    Extra,
+    Job,
+    Result,
+    apply_result,
+    extra_of,
+    loadable_pickle,
+    why_unpicklable,
+)
 from .errors import DownloadFailed, ErrorKind, WorkerKilledAtStart
 from .executors.base import (
     Executor,
@@ -97,13 +107,30 @@ class _Events:
 _ADMIT_STEP = 1024
 
 
-def _wire_info(info: Any) -> Any:
+def _wire_info(info: Any, imports_main: bool) -> Any:
     """``info`` as sent to a worker process: itself when a worker can load it, else None
-    (kept here). One that names a class a worker cannot import (a notebook's, or one a script
-    defines under its main guard) would kill the worker on its whole batch."""
+    (kept here). One naming a class a spawned worker cannot import (a notebook's, or one a
+    script defines under its main guard) would kill that worker on its whole batch."""
     if info is None or isinstance(info, str | int | float | bool):
         return info
-    return info if why_unpicklable(info) is None and not names_a_worker_lacks(info) else None
+    pickled = loadable_pickle(info)
+    if pickled is None or (imports_main and names_a_worker_lacks(info, pickled)):
+        return None
+    return info
+
+
+def _extra_crosses(extra: Extra, imports_main: bool) -> bool:
+    """Whether a bundle subclass and its attributes reach a worker as they are (else it goes
+    as a plain Bundle)."""
+    pickled = loadable_pickle(extra)
+    if pickled is None:
+        return False
+    if not imports_main:
+        return True
+    cls, attrs = extra
+    if class_hidden_in_main(cls) or interactive_names(cls):
+        return False
+    return not names_a_worker_lacks(attrs, pickled)
 
 
 async def coordinate(
@@ -196,13 +223,8 @@ async def coordinate(
             leaders[same] = bundle.seq
         info, extra = bundle.info, extra_of(bundle)
         if remote:
-            info = _wire_info(info)
-            if extra is not None and (
-                why_unpicklable(extra)
-                or class_hidden_in_main(extra[0])
-                or interactive_names(extra[0])
-                or names_a_worker_lacks(extra[1])
-            ):
+            info = _wire_info(info, executor.imports_main)
+            if extra is not None and not _extra_crosses(extra, executor.imports_main):
                 extra = None  # a class a worker cannot import (a notebook's): a plain Bundle
         job: Job = (bundle.seq, bundle.url, bundle.params, info, bundle.file_path, extra)
         entry = _Entry(bundle, shard, key, job, same=same)

@@ -103,32 +103,33 @@ class RunMark:
         self.live = True
 
 
-def _own(bundle: Bundle) -> Bundle:
-    """The bundle itself, or a copy when it is still pending in a live run."""
-    held = isinstance(bundle._run, RunMark) and bundle._run.live and bundle.state == PENDING
-    return copy.copy(bundle) if held else bundle
+def _own(bundle: Bundle, run: RunMark) -> Bundle:
+    """The bundle itself, or a copy when this run handed it out already (its caller may
+    hold it still) or it is pending in another live run."""
+    other = isinstance(bundle._run, RunMark) and bundle._run.live and bundle.state == PENDING
+    return copy.copy(bundle) if bundle._run is run or other else bundle
 
 
 def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None, run: RunMark) -> Bundle:
     """Turn one input item into a fresh bundle; an item that cannot be used gives a failed one.
 
-    A caller's bundle is reset and used in place, except one still pending in a live run (the
-    same object twice in the input, or given to two runs at once): that one gets a copy, so
-    each item has its own.
+    A caller's bundle is reset and used in place, except one this run handed out already (the
+    same object twice in the input, or answered by url_map for two items) or one still pending
+    in another live run: that one gets a copy, so each item has its own.
     """
     try:
         if isinstance(item, Bundle):
-            bundle = _own(item)
+            bundle = _own(item, run)
         else:
             try:
                 url = url_map(item) if url_map is not None else item
             except Exception as exc:
                 return _failed_item(seq, item, f"url_map failed: {describe_error(exc)}")
             if isinstance(url, Bundle):
-                bundle = _own(url)  # url_map may answer one bundle for several items
-                if bundle.info is None or bundle._info_is_item:
+                bundle = _own(url, run)  # url_map may answer one bundle for several items
+                if bundle.info is None or bundle._info_by is run:
                     bundle.info = item  # as aiodownload did: the item rides along
-                    bundle._info_is_item = True
+                    bundle._info_by = run
             elif url is None:
                 return _failed_item(seq, item, "no URL: the item (or url_map's answer) is None")
             elif isinstance(url, _NEVER_URLS) and type(url).__str__ is object.__str__:

@@ -13,6 +13,7 @@ import ast
 import functools
 import pickle
 import sys
+import types
 from typing import Any, Protocol
 
 from ..bundle import Job, Result
@@ -32,6 +33,10 @@ class Executor(Protocol):
     shards: int
     # True when jobs are pickled to another process: then ``info`` travels only if it pickles.
     crosses_processes: bool
+    # True when that process loads the caller's classes by importing its main module (spawn,
+    # forkserver), so one the script defines only under its main guard cannot arrive. Ray
+    # pickles such classes by value.
+    imports_main: bool
 
     async def start(self, sink: ExecutorSink) -> None: ...
 
@@ -75,15 +80,42 @@ def names_hidden_in_main(value: object) -> list[str]:
     return [name for name in found if name.split(".", 1)[0] not in defined]
 
 
-def names_a_worker_lacks(value: object) -> list[str]:
-    """``interactive_names`` and ``names_hidden_in_main`` of a value that pickles, searched
-    only when its pickle names ``__main__`` at all (the search pickles it in Python: slow)."""
-    try:
-        if b"__main__" not in pickle.dumps(value, pickle.HIGHEST_PROTOCOL):
-            return []
-    except Exception:
-        return []  # it does not pickle: why_unpicklable says why
-    return interactive_names(value) or names_hidden_in_main(value)
+def names_a_worker_lacks(value: object, pickled: bytes) -> list[str]:
+    """``interactive_names`` and ``names_hidden_in_main`` of ``value`` (``pickled`` is its
+    pickle). The search pickles it again in Python (~40 us), so it runs only when the pickle
+    holds ``__main__`` and, for a script, the name of something its main guard defined."""
+    main = sys.modules.get("__main__")
+    if main is None or b"__main__" not in pickled:
+        return []
+    path = getattr(main, "__file__", None)
+    if not path:
+        return interactive_names(value)
+    hidden = _guarded_names(main, str(path))
+    if not any(name in pickled for name in hidden):
+        return []
+    return names_hidden_in_main(value)
+
+
+def _guarded_names(main: Any, path: str) -> list[bytes]:
+    """The classes and functions (what pickle names rather than copies) that a script's
+    ``__main__`` holds now but does not bind when imported."""
+    defined = _top_level_names(path)
+    names = vars(main)
+    key = (id(names), len(names))
+    cached = _guarded.get(path)
+    if cached is None or cached[0] != key:
+        hidden = [
+            name.encode()
+            for name, obj in names.items()
+            if defined is not None
+            and name not in defined
+            and isinstance(obj, type | types.FunctionType)
+        ]
+        cached = _guarded[path] = (key, hidden)
+    return cached[1]
+
+
+_guarded: dict[str, tuple[tuple[int, int], list[bytes]]] = {}
 
 
 def class_hidden_in_main(cls: type) -> bool:

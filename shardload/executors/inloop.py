@@ -11,6 +11,7 @@ from .base import ExecutorSink
 class InLoopExecutor:
     shards = 1
     crosses_processes = False
+    imports_main = False
 
     def __init__(self, engine: AioDownload) -> None:
         self.engine = engine

@@ -231,6 +231,7 @@ _START_TRIES = 3
 
 class ProcessExecutor:
     crosses_processes = True
+    imports_main = True
 
     def __init__(
         self,

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from ..bundle import Job, Result
+from ..bundle import Job, Result, sendable_results
 from ..errors import ConfigurationError, ShardloadError
 from ..worker.config import rebuild
 from ..worker.files import hash_as_read
@@ -165,7 +165,7 @@ class ShardActor:
         out, self._results = self._results, []
         if self._ready is not None:
             self._ready.clear()
-        return out
+        return sendable_results(out)
 
     async def stop(self) -> None:
         if self._worker is not None:
@@ -175,6 +175,7 @@ class ShardActor:
 
 class RayExecutor:
     crosses_processes = True
+    imports_main = False
 
     def __init__(
         self,

@@ -24,7 +24,7 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ..bundle import Result, sendable
+from ..bundle import Result, sendable_results
 from .config import rebuild
 from .files import hash_as_read
 from .shard import ShardWorker
@@ -152,14 +152,9 @@ _CANNOT_LOAD = 70  # EX_SOFTWARE
 
 def _write_loop(out: queue.SimpleQueue[list[Result] | None], outbox: Connection) -> None:
     while (results := out.get()) is not None:
+        results = sendable_results(results)
         try:
-            blob = pickle.dumps(results, pickle.HIGHEST_PROTOCOL)
-        except Exception:
-            # A strategy set a bundle's own field to what cannot cross (a hash object for
-            # sha256, say): that bundle fails; the thread must live on, or the run hangs.
-            blob = pickle.dumps([sendable(r) for r in results], pickle.HIGHEST_PROTOCOL)
-        try:
-            outbox.send_bytes(blob)
+            outbox.send_bytes(pickle.dumps(results, pickle.HIGHEST_PROTOCOL))
         except OSError:
             return
     outbox.close()
