@@ -91,15 +91,16 @@ class Politeness(Exchange):
     def _take_slot(self, host_key: str) -> HostSlot:
         slot = self._slot(host_key)
         slot.users += 1
-        weight = self._robots_idle.pop(host_key, None)
-        if weight is not None:
-            self._robots_idle_weight -= weight
+        if self._robots_idle:  # empty unless robots.txt is obeyed
+            weight = self._robots_idle.pop(host_key, None)
+            if weight is not None:
+                self._robots_idle_weight -= weight
         return slot
 
     def _give_back_slot(self, host_key: str, slot: HostSlot) -> None:
         slot.end_probe()
         slot.users -= 1
-        if slot.users == 0:
+        if slot.users == 0 and self._robots:
             self._keep_idle_rules(host_key)
         if slot.idle() and self._hosts.get(host_key) is slot:
             del self._hosts[host_key]
