@@ -202,3 +202,34 @@ def test_actors_that_fill_the_cluster_hash_bodies_as_read(srv, home):
 
     assert modes(srv, home, backend="ray", processes=2) == {"True"}
     assert modes(srv, home, backend="ray", processes=1) == {"False"}
+
+
+class LoadsOnlyInTheDriver:
+    """Loads in the caller, and raises when a Ray worker process unpickles it."""
+
+    def __init__(self) -> None:
+        self.state = 1  # pickle calls __setstate__ only for a state that is not empty
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        if ray.get_runtime_context().worker.mode == ray.WORKER_MODE:
+            raise RuntimeError("this object cannot be loaded in a Ray actor")
+        self.__dict__.update(state)
+
+
+@pytest.mark.timeout(120)
+def test_a_job_an_actor_cannot_load_fails_alone_and_the_run_ends(srv, home):
+    """The actor's submit failed as it unpickled the batch, nobody looked at it, and the run
+    waited for ever on the batch's jobs."""
+    urls = urls_for(srv, 8)
+    bundles = shardload.swarm(
+        [
+            shardload.Bundle(u, info=LoadsOnlyInTheDriver() if i == 5 else None)
+            for i, u in enumerate(urls)
+        ],
+        download=make_download(home),
+        backend="ray",
+        processes=2,
+    )
+    states = [(b.state, b.error_kind) for b in bundles]
+    assert states[5] == ("failed", "worker_crash"), bundles[5].error_message
+    assert states[:5] + states[6:] == [("written", None)] * 7

@@ -202,6 +202,7 @@ class RayExecutor:
         self._config = {**config, "hash_as_read": shards >= cpus}
         self._actors: list[tuple[Any, str] | None] = [None] * shards
         self._pollers: list[asyncio.Task[None] | None] = [None] * shards
+        self._submits: set[asyncio.Future[None]] = set()  # batches on their way to an actor
         self._sink: ExecutorSink | None = None
         self._stopping = False
         # Named actors (shardload-<run>-<shard>-<n>) let an operator find and inspect them.
@@ -253,26 +254,47 @@ class RayExecutor:
     def send(self, shard: int, jobs: list[Job]) -> None:
         entry = self._actors[shard]
         if entry is not None:
-            entry[0].submit.remote(jobs)  # a dead actor shows up in its poller
+            actor, prefix = entry
+            # A dead actor shows up in its poller; a batch the actor could not take (a job
+            # whose unpickling fails there) only here: its jobs would be waited for for ever.
+            task = asyncio.ensure_future(
+                self._taken(shard, actor, prefix, actor.submit.remote(jobs))
+            )
+            self._submits.add(task)
+            task.add_done_callback(self._submits.discard)
+
+    async def _taken(self, shard: int, actor: Any, prefix: str, submitted: Any) -> None:
+        try:
+            await submitted
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if self._lost(shard, actor, prefix, exc):
+                with contextlib.suppress(Exception):
+                    self._ray.kill(actor, no_restart=True)
 
     async def _poll(self, shard: int, actor: Any, prefix: str) -> None:
-        sink = self._sink
-        if sink is None:
+        if self._sink is None:
             return
         try:
             while True:
                 results = await actor.take.remote(_POLL_SECONDS)
                 if results:
-                    sink.results(shard, results)
+                    self._sink.results(shard, results)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            current = self._actors[shard]
-            if self._stopping or current is None or current[0] is not actor:
-                return
-            self._actors[shard] = None
-            remove_temp_files(self._home, prefix)
-            sink.crashed(shard, f"ray actor of shard {shard} died: {type(exc).__name__}")
+            self._lost(shard, actor, prefix, exc)
+
+    def _lost(self, shard: int, actor: Any, prefix: str, exc: Exception) -> bool:
+        """Report the shard's actor as crashed, once; False when it was replaced already."""
+        current = self._actors[shard]
+        if self._stopping or current is None or current[0] is not actor or self._sink is None:
+            return False
+        self._actors[shard] = None
+        remove_temp_files(self._home, prefix)
+        self._sink.crashed(shard, f"ray actor of shard {shard} died: {type(exc).__name__}")
+        return True
 
     async def restart(self, shard: int) -> None:
         await self._spawn(shard)
@@ -285,7 +307,7 @@ class RayExecutor:
 
     async def _stop(self, graceful: bool) -> None:
         self._stopping = True
-        for poller in self._pollers:
+        for poller in [*self._pollers, *self._submits]:
             if poller is not None:
                 poller.cancel()
         actors = [a for a in self._actors if a is not None]
