@@ -296,14 +296,19 @@ _RESULT_FIELDS = (
 )  # fmt: skip
 
 
+def _round_trip(value: object) -> bytes:
+    """``value`` pickled, once that pickle is seen to load back here (raises otherwise)."""
+    pickled = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+    pickle.loads(pickled)
+    return pickled
+
+
 def loadable_pickle(value: object) -> bytes | None:
     """``value`` pickled, when that pickle also loads back here; else None."""
     try:
-        pickled = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-        pickle.loads(pickled)
+        return _round_trip(value)
     except Exception:
         return None
-    return pickled
 
 
 def why_unpicklable(value: object) -> str | None:
@@ -311,7 +316,7 @@ def why_unpicklable(value: object) -> str | None:
     and read back (an exception class whose ``__init__`` wants other arguments pickles but
     does not load)."""
     try:
-        pickle.loads(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
+        _round_trip(value)
     except Exception as exc:
         try:
             text = str(exc)

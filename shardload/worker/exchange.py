@@ -125,7 +125,7 @@ class Exchange:
             hooks,
             self._worker_limit() + STALE_TRIES,
         )
-        timeout = _limit(rs.timeout)
+        timeout = time_limit(rs.timeout)
         if timeout is None:
             return request
         return HeadersWithin(request, hooks, timeout, _connect_timeout(rs) or 0.0)
@@ -195,10 +195,10 @@ class Exchange:
 
         rs = self.request_strategy
         return aiohttp.ClientTimeout(
-            total=_limit(max_time),
+            total=time_limit(max_time),
             sock_connect=_connect_timeout(rs),
             connect=None,
-            sock_read=_limit(rs.timeout),
+            sock_read=time_limit(rs.timeout),
         )
 
     def _worker_limit(self) -> int:
@@ -356,10 +356,10 @@ def effective_user_agent(rs: RequestStrategy) -> str:
 
 def _connect_timeout(rs: RequestStrategy) -> float | None:
     """Seconds to connect; None for no limit."""
-    return _limit(rs.connect_timeout if rs.connect_timeout is not None else rs.timeout)
+    return time_limit(rs.connect_timeout if rs.connect_timeout is not None else rs.timeout)
 
 
-def _limit(seconds: float | None) -> float | None:
+def time_limit(seconds: float | None) -> float | None:
     """A time limit as the clients take it: None for none, which 0 and infinity also say
     (as for curl; aiohttp rounds a limit up to whole seconds, and cannot round infinity)."""
     return seconds if seconds and 0 < seconds < math.inf else None

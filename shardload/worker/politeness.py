@@ -28,7 +28,7 @@ from collections import OrderedDict
 
 from ..robots import ALLOW_ALL, RobotRules, rules_from_response
 from ..urls import UrlParts, redirect_target, split_url
-from .exchange import Exchange, effective_user_agent
+from .exchange import Exchange, effective_user_agent, time_limit
 from .files import READ_SIZE
 from .hosts import HostSlot, WorkerSlots
 from .http import REDIRECT_STATUSES
@@ -155,7 +155,7 @@ class Politeness(Exchange):
         rs = self.request_strategy
         worker = self._worker_slots()
         await slot.enter(worker, breaker=False)  # the rules are wanted even while it is open
-        limit = rs.max_time or rs.timeout or None
+        limit = time_limit(rs.max_time) or time_limit(rs.timeout)
         try:
             async with asyncio.timeout(limit):
                 return await self._read_robots(url, target, origin, asked, slot)
