@@ -174,8 +174,27 @@ def test_breaker_state_machine():
         slot.record(500, ErrorKind.HTTP, None, "u")
         slot.record(None, ErrorKind.CONNECT, None, "u")
         assert slot.breaker == CLOSED
+        # Nor a timeout once the host answered (a body cut by max_time): it resets the count.
+        slot.record(200, ErrorKind.TIMEOUT, None, "u")
+        slot.record(200, ErrorKind.TIMEOUT, None, "u")
+        assert slot.breaker == CLOSED
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "limits", [{"max_time": 0.3}, {"low_speed_limit": 100, "low_speed_time": 0.3}]
+)
+def test_bodies_cut_by_a_time_or_speed_limit_never_open_the_breaker(srv, home, limits):
+    """A host that answers at once but sends slowly is reachable: those timeouts counted as
+    connection failures, and its other URLs failed as breaker_open, never requested."""
+    base = srv.base_urls[0]
+    slow = [f"{base}/drip/20?ms=50&n={i}" for i in range(4)]
+    small = [f"{base}/links/{i}" for i in range(6)]
+    strategy = RequestStrategy(concurrent=2, breaker_threshold=2, **limits)
+    bundles = shardload.swarm(slow + small, download=make_download(home, strategy))
+    assert [(b.status, b.error_kind) for b in bundles[:4]] == [(200, ErrorKind.TIMEOUT)] * 4
+    assert all(b.state == "written" for b in bundles[4:]), [b.error_message for b in bundles]
 
 
 def test_adaptive_limit_grows_when_healthy_and_halves_when_throttled():

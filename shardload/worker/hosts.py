@@ -22,8 +22,9 @@ Invariants:
   last, right before the request starts, so a slow or paused host never blocks other hosts;
   the host's start is claimed only once that slot is held, so a wait for it (however long)
   never lets two starts come closer than the gap, nor one start inside a pause;
-- the circuit breaker opens after ``breaker_threshold`` consecutive connection-level failures;
-  while open, requests fail fast; after ``breaker_cooldown`` one probe goes through (others wait
+- the circuit breaker opens after ``breaker_threshold`` consecutive connection-level failures
+  (a timeout counts only before the host answered: a body cut by a time or speed limit is
+  that response's trouble, and the host is reachable); while open, requests fail fast; after ``breaker_cooldown`` one probe goes through (others wait
   for its outcome): any answer from the host closes the breaker, a connection failure opens it
   again, and a probe cancelled before its outcome hands the probe to the next request.
 """
@@ -218,7 +219,11 @@ class HostSlot:
             elif kind is None:
                 self.limit = min(float(self.concurrency), self.limit + 1 / self.limit)
                 self._wake()
-        return self._breaker_record(kind)
+        # A timeout once the host had answered (a body cut by max_time or low_speed_limit, a
+        # stall mid-body) is this response's trouble: the host is reachable.
+        return self._breaker_record(
+            None if status is not None and kind in CONNECTION_KINDS else kind
+        )
 
     def _paused(self) -> bool:
         return self.paused_until > asyncio.get_running_loop().time()
