@@ -15,10 +15,11 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, Unpack
 
 from .bundle import Bundle
+from .intake import Items
 from .plan import RunOptions, make_plan
 from .run import Run
 from .worker.engine import AioDownload
@@ -26,7 +27,7 @@ from .worker.files import find_complete
 
 
 def each(
-    iterable: Iterable[Any],
+    iterable: Items,
     url_map: Callable[[Any], Any] | None = None,
     download: AioDownload | None = None,
     **options: Unpack[RunOptions],
@@ -46,7 +47,7 @@ def each(
 
 
 def swarm(
-    iterable: Iterable[Any],
+    iterable: Items,
     download: AioDownload | None = None,
     *,
     url_map: Callable[[Any], Any] | None = None,
@@ -66,7 +67,7 @@ def one(
 
 
 async def aeach(
-    iterable: Iterable[Any],
+    iterable: Items,
     url_map: Callable[[Any], Any] | None = None,
     download: AioDownload | None = None,
     **options: Unpack[RunOptions],
@@ -100,7 +101,7 @@ def _first_step_closed_by_us(batches: AsyncGenerator[list[Bundle], None]) -> Awa
 
 
 async def aswarm(
-    iterable: Iterable[Any],
+    iterable: Items,
     download: AioDownload | None = None,
     *,
     url_map: Callable[[Any], Any] | None = None,

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict, deque
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +57,7 @@ from .executors.base import (
     names_a_worker_lacks,
 )
 from .flow import FlowControl
-from .intake import InputReader, RunMark, describe_error, prepare_item
+from .intake import InputReader, Items, RunMark, describe_error, prepare_item
 from .paths import url_to_relpath
 from .sharding import shard_for_url
 from .urls import host_key, split_url
@@ -134,7 +134,7 @@ def _extra_crosses(extra: Extra, imports_main: bool) -> bool:
 
 
 async def coordinate(
-    items: Iterable[Any],
+    items: Items,
     executor: Executor,
     *,
     url_map: Callable[[Any], Any] | None = None,

@@ -7,19 +7,26 @@ Invariants:
 - every item gives exactly one bundle: an item that cannot be used (no URL, a failing
   ``url_map``, a ``__str__`` that raises) gives a failed one (``bad_input``) and the rest of
   the input goes on; an exception raised by the iterable itself ends the input and is
-  re-raised in the caller.
+  re-raised in the caller;
+- an async iterable is awaited in the loop that runs the coordinator (the caller's, in
+  ``aeach``), one item at a time, from the same thread; stopping cancels the item awaited.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import copy
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeAlias
 
 from .bundle import PENDING, Bundle
 from .errors import ErrorKind
+
+# What a run reads: an iterable, or in asyncio programs an async iterable too.
+Items: TypeAlias = Iterable[Any] | AsyncIterable[Any]
 
 
 class InputReader:
@@ -27,12 +34,16 @@ class InputReader:
 
     def __init__(
         self,
-        items: Iterable[Any],
+        items: Items,
         prepare: Callable[[int, Any], Bundle],
         wake: Callable[[], None],
         cap: int,
     ) -> None:
-        self._items = items
+        self._items: Iterable[Any]
+        if isinstance(items, AsyncIterable) and not isinstance(items, Iterable):
+            self._items = AsyncItems(items, asyncio.get_running_loop())
+        else:  # an iterable, or what fails as one in the caller
+            self._items = items
         self._prepare = prepare
         self._wake = wake
         self._cap = cap
@@ -92,6 +103,48 @@ class InputReader:
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
+        if isinstance(self._items, AsyncItems):
+            self._items.stop()
+
+
+class AsyncItems:
+    """An async iterable, read as an iterable from a thread other than its loop's."""
+
+    def __init__(self, items: AsyncIterable[Any], loop: asyncio.AbstractEventLoop) -> None:
+        self._items = items
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._pending: concurrent.futures.Future[Any] | None = None
+        self._stopped = False
+
+    def __iter__(self) -> Iterator[Any]:
+        iterator = aiter(self._items)
+        while True:
+            with self._lock:
+                if self._stopped:
+                    return
+                pending = asyncio.run_coroutine_threadsafe(_next(iterator), self._loop)
+                self._pending = pending
+            try:
+                item = pending.result()
+            except concurrent.futures.CancelledError:
+                return  # stopped while it was awaited
+            if item is _END:
+                return
+            yield item
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            if self._pending is not None:
+                self._pending.cancel()
+
+
+_END = object()
+
+
+async def _next(iterator: AsyncIterator[Any]) -> Any:
+    return await anext(iterator, _END)
 
 
 class RunMark:

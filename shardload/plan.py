@@ -6,7 +6,7 @@ back end, an unpicklable strategy, a live client with worker processes) raises a
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Mapping, Sized
+from collections.abc import AsyncGenerator, Callable, Collection, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -16,6 +16,7 @@ from .errors import ConfigurationError, DownloadFailed
 from .executors.base import Executor
 from .executors.inloop import InLoopExecutor
 from .executors.processes import ProcessExecutor, sendable_config
+from .intake import Items
 from .sharding import split_budget
 from .strategy import DownloadStrategy, RequestStrategy
 from .strategy_check import check_download_strategy, check_request_strategy
@@ -49,7 +50,7 @@ class RunOptions(TypedDict, total=False):
 
 @dataclass
 class Plan:
-    items: Iterable[Any]
+    items: Items
     url_map: Callable[[Any], Any] | None
     download: AioDownload
     processes: int
@@ -112,7 +113,7 @@ def _split_budgets(download: AioDownload, split_hosts: Mapping[str, int]) -> dic
 
 
 def make_plan(
-    items: Iterable[Any],
+    items: Items,
     url_map: Callable[[Any], Any] | None,
     download: AioDownload | None,
     options: RunOptions,
@@ -227,7 +228,7 @@ def split_key(host: str) -> str:
 
 
 def _useful_processes(
-    items: Iterable[Any],
+    items: Items,
     url_map: Callable[[Any], Any] | None,
     processes: int,
     splits: Mapping[str, int],

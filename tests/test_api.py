@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import json
@@ -10,6 +11,7 @@ import os
 import threading
 import time
 import typing
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -452,6 +454,44 @@ def test_async_api(srv, home):
         assert bundle.bytes == sizes[name]
         assert read_file(bundle.file_path) == body_for(sizes[name], name)
     assert len(files_under(home)) == 8 + 3 + 1
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_the_async_api_reads_an_async_iterable(srv, home, processes):
+    """An async generator as input (TypeError: not iterable before): awaited in the caller's
+    loop as the run needs items; its failure is raised in the caller; leaving early stops
+    it at the item it was awaiting."""
+    urls = [f"{srv.base_urls[i % 4]}/links/{i}" for i in range(40)]
+    asked: list[int] = []
+
+    async def source(limit: int, fail_at: int | None = None) -> AsyncIterator[str]:
+        for i in range(limit):
+            asked.append(i)
+            if i == fail_at:
+                raise ValueError("the source broke")
+            await asyncio.sleep(0)
+            yield urls[i % len(urls)]
+
+    async def main() -> tuple[list[Bundle], int]:
+        loop = asyncio.get_running_loop()
+        bundles = await shardload.aswarm(source(40), make_download(home), processes=processes)
+        with pytest.raises(ValueError, match="the source broke"):
+            await shardload.aswarm(source(40, fail_at=25), make_download(home))
+        asked.clear()
+        stream = shardload.aeach(source(10**9), download=make_download(home))
+        async with contextlib.aclosing(stream):
+            async for _ in stream:
+                break
+        stopped_at = len(asked)
+        await asyncio.sleep(0.2)
+        assert len(asked) == stopped_at  # nothing more was asked of it once the run ended
+        assert asyncio.all_tasks(loop) == {asyncio.current_task()}
+        return bundles, stopped_at
+
+    bundles, stopped_at = asyncio.run(main())
+    assert [b.url for b in bundles] == urls
+    assert all(b.state == "written" for b in bundles), [b.error_message for b in bundles]
+    assert stopped_at < 100_000  # read as the run needed items, not all at once
 
 
 def test_async_api_uses_a_callers_client_session(srv, home):

@@ -726,6 +726,10 @@ def test_an_aiodownload_style_request_and_download_override_works(srv, home, pro
     assert [b.state for b in bundles] == ["written"] * 3 + ["failed"], [
         b.error_message for b in bundles
     ]
+    # Its own request's status, which it never set on the bundle (None, and a 404 told
+    # from a 500 by nothing but the message "said: Download failed").
+    assert [b.status for b in bundles] == [200] * 3 + [404]
+    assert bundles[3].error_message.startswith("HTTP 404: ")
     for b in bundles[:3]:
         assert b.bytes == os.path.getsize(b.file_path) > 0
         with open(b.file_path, "rb") as f:
@@ -811,6 +815,8 @@ def test_an_aiodownload_override_that_gave_up_gets_no_second_on_fail_nor_retry(
     # "Download attempted" twice, then it gave up at the third: shardload retried as asked.
     assert unavailable.state == "failed" and unavailable.attempts == 3
     assert unavailable.on_fail_calls == 1
+    # Its own decision, not a retry() that said no (the message said so).
+    assert unavailable.error_message == "HTTP 503: request_and_download() said: Download failed"
 
 
 STATUS_ATTEMPT, STATUS_CACHE, STATUS_INIT = "Download attempted", "Cache hit", "Initialized"
@@ -847,6 +853,94 @@ def test_a_main_copied_from_aiodownload_works(srv, home, processes):
     again = shardload.swarm(urls[:1], download=download, processes=processes)
     assert again[0]._status_msg == STATUS_CACHE, again[0].state
     assert again[0].state == "cached", again[0].error_message
+
+
+class VerbatimMain(shardload.AioDownload):
+    """aiodownload 0.2.5's main with no edit: ``with (await ...)``, which Python 3.9 took
+    from asyncio's semaphores (a TypeError for every bundle here before)."""
+
+    async def main(self, bundle: Bundle) -> Bundle:
+        with await self._main_semaphore:  # type: ignore[attr-defined]
+            bundle.file_path = self._download_strategy.get_file_path(bundle)
+            if not (os.path.isfile(bundle.file_path) and self._download_strategy.skip_cached):
+                while bundle._status_msg in (STATUS_ATTEMPT, STATUS_INIT):
+                    await asyncio.sleep(self._request_strategy.get_sleep_time(bundle))
+                    bundle = await self.request_and_download(bundle)
+            else:
+                bundle._status_msg = STATUS_CACHE
+        return bundle
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.parametrize("engine", [CopiedMain, VerbatimMain])
+def test_a_main_copied_from_aiodownload_retries_as_its_strategy_says(srv, home, processes, engine):
+    """The base request_and_download failed the bundle at its first failed attempt, so the
+    copied loop ("while it says Download attempted") never retried; on_fail was not called."""
+    download = engine(download_strategy=CountsOnFail(home=home), request_strategy=QuickLenient(3))
+    key = f"{engine.__name__}{processes}"
+    urls = [
+        f"{srv.base_urls[0]}/flaky/{key}/2/503",  # two failures, then written
+        f"{srv.base_urls[1]}/status/503",  # retried until attempts run out
+        f"{srv.base_urls[2]}/status/404",  # Lenient never retries a 404
+    ]
+    flaky, unavailable, missing = shardload.swarm(urls, download=download, processes=processes)
+    assert (flaky.state, flaky.attempts, flaky.error_kind) == ("written", 3, None)
+    assert flaky._status_msg == "File written" and not hasattr(flaky, "on_fail_calls")
+    assert (unavailable.state, unavailable.attempts, unavailable.status) == ("failed", 3, 503)
+    assert "attempts exhausted (3 of 3)" in unavailable.error_message
+    assert (missing.state, missing.attempts) == ("failed", 1)
+    assert missing._status_msg == "Download failed"
+    assert unavailable.on_fail_calls == missing.on_fail_calls == 1
+    assert requests_for(srv, "/status/503") == 3 and requests_for(srv, "/status/404") == 1
+
+
+def test_the_base_request_and_download_says_download_attempted_for_a_failure_to_retry(srv, home):
+    """Awaited directly, one attempt at a time, as aiodownload's users drove it."""
+    download = shardload.AioDownload(
+        download_strategy=CountsOnFail(home=home), request_strategy=QuickLenient(2)
+    )
+
+    async def drive() -> list[tuple[str, str, str | None]]:
+        bundle = Bundle(srv.base_urls[0] + "/status/500")
+        seen = []
+        for _ in range(2):
+            await download.request_and_download(bundle)
+            seen.append((bundle.state, bundle._status_msg, bundle.error_kind))
+        await download.close()
+        return seen
+
+    assert asyncio.run(drive()) == [
+        ("pending", "Download attempted", "http"),
+        ("failed", "Download failed", "http"),
+    ]
+
+
+def test_aiodownloads_loop_drives_the_engine_as_its_each_did(srv, home):
+    """aiodownload's each ran ``download.loop.run_until_complete(asyncio.wait(tasks))``;
+    ``loop`` did not exist (AttributeError)."""
+    script = f"""
+import asyncio
+from shardload import AioDownload, AioDownloadBundle, DownloadStrategy, swarm
+download = AioDownload(download_strategy=DownloadStrategy(home={home!r}))
+urls = ["{srv.base_urls[0]}/links/1", "{srv.base_urls[1]}/links/2"]
+tasks = [download.loop.create_task(download.main(AioDownloadBundle(u))) for u in urls]
+done, _ = download.loop.run_until_complete(asyncio.wait(tasks))
+print("STATES", *sorted(t.result().state for t in done))
+print("AGAIN", *[b.state for b in swarm(urls, download=download)])
+async def inside():
+    return download.loop is asyncio.get_running_loop()
+print("RUNNING", asyncio.run(inside()))
+"""
+    out = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "STATES written written" in out.stdout, out.stderr[-2000:]
+    assert "AGAIN written written" in out.stdout and "RUNNING True" in out.stdout, out.stderr
+    assert "Unclosed" not in out.stderr and "ResourceWarning" not in out.stderr, out.stderr
 
 
 def test_every_bundle_has_aiodownload_status_word(srv, home):

@@ -20,7 +20,8 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DownloadFailed, ErrorKind
@@ -32,6 +33,12 @@ if TYPE_CHECKING:
     import yarl
 
 Went = Callable[[], None]
+
+# The (status, headers) of each response this session gave while it is set: what an
+# aiodownload-style override's own ``self.client.get(...)`` was answered (it sets no status).
+heard: ContextVar[list[tuple[int, Mapping[str, str]]] | None] = ContextVar(
+    "shardload_heard", default=None
+)
 
 # A connection found spoiled at reuse is closed and another taken. The idle connections of a
 # host are at most as many as were ever in use at once (``limit``): after that many closes the
@@ -201,8 +208,14 @@ def _request_trace() -> aiohttp.TraceConfig:
         if isinstance(hooks, Hooks) and hooks.sent is not None:
             hooks.sent()
 
+    async def answered(_session: object, _context: object, params: Any) -> None:
+        answers = heard.get()
+        if answers is not None:
+            answers.append((params.response.status, params.response.headers))
+
     trace = aiohttp.TraceConfig()
     trace.on_connection_create_end.append(opened)
     trace.on_connection_reuseconn.append(reused)
     trace.on_request_headers_sent.append(head_sent)
+    trace.on_request_end.append(answered)
     return trace

@@ -16,13 +16,15 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import math
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Generator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from ..backoff import decide
+from ..backoff import decide, parse_retry_after
 from ..bundle import (
     CACHED,
     PENDING,
@@ -40,6 +42,7 @@ from ..bundle import (
 from ..errors import NEVER_RETRY_KINDS, DownloadFailed, ErrorKind
 from ..strategy import DownloadStrategy, Outcome, RequestStrategy
 from ..urls import UrlParts, redact, redirect_target, split_url, userinfo
+from .aiohttp_session import heard
 from .binding import LoopBinding
 from .exchange import Redirect, over_time
 from .failures import classify, network_error
@@ -73,6 +76,7 @@ class AioDownload(LoopBinding):
         # (loop, generator): closes what this engine opened in that loop when the loop ends.
         self._closer: tuple[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] | None = None
         self._opened: list[Any] = []  # the clients it will close
+        self._own_loop: asyncio.AbstractEventLoop | None = None  # see ``loop``
         self._reset()
 
     @property
@@ -103,6 +107,22 @@ class AioDownload(LoopBinding):
         self._reset()
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """aiodownload's ``loop``, which its own ``each`` drove the engine in
+        (``download.loop.run_until_complete(download.main(bundle))``): the running event loop,
+        else one of this engine's own, made on first use and closed when the program exits
+        (its clients with it), unless closed before."""
+        try:
+            return asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        own = self.__dict__.get("_own_loop")
+        if own is None or own.is_closed():
+            own = self._own_loop = asyncio.new_event_loop()
+            atexit.register(_close_idle_loop, own)
+        return own
+
+    @property
     def has_client(self) -> bool:
         """Whether the caller gave a session of its own (it cannot leave its event loop)."""
         return self._client is not None
@@ -124,7 +144,7 @@ class AioDownload(LoopBinding):
         if own is not None:
             return own  # type: ignore[no-any-return]
         if self._main_sem is None:
-            self._main_sem = asyncio.BoundedSemaphore(self.request_strategy.concurrent)
+            self._main_sem = MainSemaphore(self.request_strategy.concurrent)
         return self._main_sem
 
     @_main_semaphore.setter
@@ -291,31 +311,41 @@ class AioDownload(LoopBinding):
                 last = outcome
                 # Only whether to retry is decided here: the wait comes from get_sleep_time()
                 # at the top of the loop, and a Retry-After pauses the whole host (record()).
-                wants_retry, retry_error = self._wants_retry(outcome)
-                # An aiodownload override decided itself: it said it would try again, or that
-                # it gave up (and then called on_fail itself).
                 said = said_by_override(bundle)
-                gave_up = said == SAID_GAVE_UP
-                wants_retry = (wants_retry or said == SAID_TRY_AGAIN) and not gave_up
-                decision = decide(
-                    attempts=bundle.attempts,
-                    max_attempts=rs.max_attempts,
-                    wants_retry=wants_retry,
-                    never_retry=outcome.error_kind in NEVER_RETRY_KINDS,
-                    strategy_delay=0.0,
-                    retry_after=None,
-                    retry_after_cap=rs.retry_after_cap,
-                )
-                if not decision.retry:
-                    message = outcome.message + retry_error
-                    if bundle.attempts > 1:
-                        message += f"; {decision.reason}"  # e.g. attempts exhausted (5 of 5)
-                    bundle.fail(outcome.error_kind, message)
-                    if not gave_up:
+                final = self._final_failure(bundle, outcome, said)
+                if final is not None:
+                    bundle.fail(outcome.error_kind, final)
+                    if said != SAID_GAVE_UP:  # one that gave up called on_fail itself
                         await self._on_fail(bundle)
                     return
         finally:
             self._give_back_slot(parts.host_key, slot)
+
+    def _final_failure(self, bundle: Bundle, outcome: Outcome, said: str | None) -> str | None:
+        """None when the failed attempt is to be tried again, else the final failure's message.
+
+        ``said`` is an aiodownload override's word on the attempt: "Download attempted" asks
+        for a retry (within ``max_attempts``), "Download failed" was its own decision to give
+        up, reported as it stands."""
+        if said == SAID_GAVE_UP:
+            return outcome.message
+        rs = self.request_strategy
+        wants_retry, retry_error = self._wants_retry(outcome)
+        decision = decide(
+            attempts=bundle.attempts,
+            max_attempts=rs.max_attempts,
+            wants_retry=wants_retry or said == SAID_TRY_AGAIN,
+            never_retry=outcome.error_kind in NEVER_RETRY_KINDS,
+            strategy_delay=0.0,
+            retry_after=None,
+            retry_after_cap=rs.retry_after_cap,
+        )
+        if decision.retry:
+            return None
+        message = outcome.message + retry_error
+        if bundle.attempts > 1:
+            message += f"; {decision.reason}"  # e.g. attempts exhausted (5 of 5)
+        return message
 
     async def _on_fail(self, bundle: Bundle) -> None:
         """The strategy's ``on_fail``, once the bundle has finally failed. One that raises
@@ -340,7 +370,10 @@ class AioDownload(LoopBinding):
             return False, f"; retry() raised {type(exc).__name__}: {exc}"
 
     async def request_and_download(self, bundle: Bundle) -> Bundle:
-        """One attempt (no retry): request, check, write. Sets the bundle's final state."""
+        """One attempt: request, check, write. As in aiodownload, where ``main`` called it once
+        per attempt while the bundle said "Download attempted": a failure the request strategy
+        would retry (``retry()``, within ``max_attempts``) leaves the bundle pending, with
+        that failure's kind and message; a final one fails it and calls ``on_fail``."""
         if not self._in_this_loop(bundle):  # called directly, as aiodownload allowed
             return bundle
         self._calls += 1
@@ -359,11 +392,20 @@ class AioDownload(LoopBinding):
         outcome = await self._attempt(bundle, parts)
         if outcome is None:
             bundle.state = WRITTEN
+            bundle.error_kind = bundle.error_message = None  # an earlier attempt's
+            return bundle
+        told = _told.get()
+        if told is not None:  # through an override, in shardload's main: it decides
+            told.append(outcome)
+            return bundle.fail(outcome.error_kind, outcome.message)
+        # Called by aiodownload code (a copied main loops on "Download attempted").
+        message = self._final_failure(bundle, outcome, None)
+        if message is None:
+            bundle.state = PENDING
+            bundle.error_kind, bundle.error_message = outcome.error_kind, outcome.message
         else:
-            bundle.fail(outcome.error_kind, outcome.message)
-            told = _told.get()
-            if told is not None:
-                told.append(outcome)
+            bundle.fail(outcome.error_kind, message)
+            await self._on_fail(bundle)
         return bundle
 
     async def _overridden_attempt(self, bundle: Bundle, slot: HostSlot) -> Outcome | None:
@@ -375,6 +417,8 @@ class AioDownload(LoopBinding):
             return Outcome(ErrorKind.BREAKER_OPEN, refused, attempt=bundle.attempts)
         told: list[Outcome] = []
         token = _told.set(told)
+        answers: list[tuple[int, Mapping[str, str]]] = []  # of its own requests on self.client
+        listening = heard.set(answers)
         ds = self.download_strategy
         found = note_before(bundle)  # aiodownload's override calls on_success, which may write
         raised: tuple[ErrorKind, str] | None = None
@@ -400,8 +444,11 @@ class AioDownload(LoopBinding):
             raise
         finally:
             _told.reset(token)
+            heard.reset(listening)
             slot.leave(worker)
-        said = said_by_override(bundle)  # aiodownload's overrides set no state
+        if bundle.status is None and answers:  # aiodownload's overrides set no status
+            bundle.status = answers[-1][0]
+        said = said_by_override(bundle)  # nor a state
         if raised is not None:
             bundle.state = PENDING
             bundle.error_kind, bundle.error_message = raised
@@ -411,22 +458,29 @@ class AioDownload(LoopBinding):
             slot.record(bundle.status, None, None, bundle.url)
             return None
         remove_written(bundle, found, ds.home)  # what a failed attempt wrote is no copy
+        answer = f"HTTP {bundle.status}: " if bundle.status is not None else ""
         if said in (SAID_TRY_AGAIN, SAID_GAVE_UP):  # an aiodownload override rejected a response
             kind = bundle.error_kind or ErrorKind.HTTP
-            message = bundle.error_message or f"request_and_download() said: {said}"
+            message = bundle.error_message or f"{answer}request_and_download() said: {said}"
         else:
             kind = bundle.error_kind or ErrorKind.STRATEGY
             message = bundle.error_message or "request_and_download() did not write the file"
-        # What the base request_and_download saw (a Retry-After, the headers), if it ran.
-        last = told[-1] if told else None
-        retry_after = last.retry_after if last is not None else None
+        # What the base request_and_download saw (a Retry-After, the headers), if it ran; else
+        # what the override's own requests were answered.
+        if told:
+            headers, retry_after = told[-1].headers, told[-1].retry_after
+        elif answers:
+            headers = {str(k): str(v) for k, v in answers[-1][1].items()}
+            retry_after = parse_retry_after(headers.get("Retry-After"), time.time())
+        else:
+            headers, retry_after = {}, None
         if slot.record(bundle.status, kind, retry_after, bundle.url):
             bundle._opened_breaker = True
         return Outcome(
             kind,
             message,
             status=bundle.status,
-            headers=last.headers if last is not None else {},
+            headers=headers,
             retry_after=retry_after,
             attempt=bundle.attempts,
         )
@@ -514,6 +568,42 @@ class AioDownload(LoopBinding):
             ErrorKind.REDIRECT,
             f"too many redirects (max_redirects={rs.max_redirects}), last to {redact(url)}",
         )
+
+
+def _close_idle_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """At exit: what this loop still holds (the engine's clients close as its async
+    generators shut down), then the loop itself."""
+    if loop.is_closed() or loop.is_running():
+        return
+    with contextlib.suppress(Exception):
+        loop.run_until_complete(_shut_down(loop))
+    loop.close()
+
+
+async def _shut_down(loop: asyncio.AbstractEventLoop) -> None:
+    # A closer the engine dropped when it moved to another loop was finalised while this one
+    # stood still: its close was only scheduled, and runs now.
+    await asyncio.sleep(0)
+    await loop.shutdown_asyncgens()
+    others = asyncio.all_tasks(loop) - {asyncio.current_task(loop)}
+    await asyncio.gather(*others, return_exceptions=True)
+
+
+class MainSemaphore(asyncio.BoundedSemaphore):
+    """Also held as aiodownload's ``main`` held it: ``with (await semaphore):`` (Python 3.9
+    took that form from asyncio's locks; ``async with`` works as ever)."""
+
+    def __await__(self) -> Generator[Any, None, contextlib.AbstractContextManager[None]]:
+        yield from self.acquire().__await__()
+        return _Releasing(self)
+
+
+class _Releasing(contextlib.AbstractContextManager[None]):
+    def __init__(self, semaphore: asyncio.BoundedSemaphore) -> None:
+        self._semaphore = semaphore
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._semaphore.release()
 
 
 # The outcomes the base ``request_and_download`` reports to an ``_overridden_attempt`` that
