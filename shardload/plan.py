@@ -180,9 +180,10 @@ def make_plan(
         # The same effective k divides the host's budget and picks its workers: a host can be
         # split at most over its concurrency and over the workers there are.
         rs = download.request_strategy
+        # A jitter alone spaces starts too (0 to jitter seconds apart): not split either.
+        spacing = rs.delay + rs.jitter
         effective = {
-            h: split_budget(rs.concurrent, rs.delay, min(k, processes))[0]
-            for h, k in splits.items()
+            h: split_budget(rs.concurrent, spacing, min(k, processes))[0] for h, k in splits.items()
         }
         splits = {h: k for h, k in effective.items() if k > 1}
     limits = Limits(

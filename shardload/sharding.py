@@ -11,9 +11,10 @@ Rules and invariants:
   and ``split=1`` is the plain rule.
 - ``split_budget`` divides one host's limits between the workers sharing it, so that their sum
   never exceeds the host's own limits: floor-divided concurrency (at least 1 each, with at most
-  ``concurrency`` workers). A host with a ``delay`` is not split at all: workers that do not
-  talk could keep its average rate (each waiting ``delay * k``) but not its minimum gap between
-  two starts, and one worker drives far more than the ``1 / delay`` starts a second it allows.
+  ``concurrency`` workers). A host with a ``delay`` (or a jitter) is not split at all: workers
+  that do not talk could keep its average rate (each waiting ``delay * k``) but not its minimum
+  gap between two starts, and one worker drives far more than the ``1 / delay`` starts a
+  second it allows.
 
 When to split: only for a host that allows much more throughput than one worker process can
 drive (a CDN, an object store, your own server), with a high concurrency and little or no delay.

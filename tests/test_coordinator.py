@@ -88,6 +88,20 @@ def test_a_split_host_with_a_delay_keeps_its_gap_between_starts(srv, home):
     assert min(b - a for a, b in itertools.pairwise(starts)) >= 0.045
 
 
+@pytest.mark.parametrize(
+    ("spacing", "split"), [({}, {"h": 2}), ({"delay": 0.1}, {}), ({"jitter": 0.1}, {})]
+)
+def test_a_host_whose_starts_are_spaced_is_never_split(home, spacing, split):
+    """A jitter alone spaces starts 0 to jitter seconds apart: split, each worker kept its
+    own spacing and the host's average rate doubled."""
+    from shardload.plan import make_plan
+
+    download = make_download(home, RequestStrategy(concurrent=4, **spacing))
+    options = {"processes": 2, "split_hosts": {"h:80": 2}}
+    plan = make_plan(["http://h/a", "http://h/b"], None, download, options, sync=True)
+    assert plan.split_hosts == split
+
+
 def test_a_split_hosts_crawl_delay_holds_as_an_average_rate(srv, home):
     """Each of the k workers sharing a host waits k times its Crawl-delay: the workers do
     not talk, and each kept the whole delay, so the host got k times the rate it asked for."""

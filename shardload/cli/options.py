@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between progress lines (default: 5)")
     add("--split-host", type=parse_split, action="append", default=[], metavar="HOST:PORT=K",
         help="spread a hot host over K workers, dividing its concurrency between them "
-        "(a host with a --delay is not split; repeatable)")
+        "(a host with a --delay or --jitter is not split; repeatable)")
     add("--backend", choices=BACKENDS, default="local",
         help="local: worker processes on this machine (default); ray: actors on a Ray cluster")
     add("--ray-address", metavar="ADDR",

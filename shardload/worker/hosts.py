@@ -24,9 +24,10 @@ Invariants:
   never lets two starts come closer than the gap, nor one start inside a pause;
 - the circuit breaker opens after ``breaker_threshold`` consecutive connection-level failures
   (a timeout counts only before the host answered: a body cut by a time or speed limit is
-  that response's trouble, and the host is reachable); while open, requests fail fast; after ``breaker_cooldown`` one probe goes through (others wait
-  for its outcome): any answer from the host closes the breaker, a connection failure opens it
-  again, and a probe cancelled before its outcome hands the probe to the next request.
+  that response's trouble, and the host is reachable); while open, requests fail fast; after
+  ``breaker_cooldown`` one probe goes through (others wait for its outcome): any answer from
+  the host closes the breaker, a connection failure opens it again, and a probe cancelled
+  before its outcome hands the probe to the next request.
 """
 
 from __future__ import annotations
