@@ -53,6 +53,9 @@ _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 # reserved (RFC 3986), so a stray '%', a space, '<', a control or non-ASCII character.
 _TO_NORMALISE = re.compile(r"%([0-9A-Fa-f]{2})|[^A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+# A browser-style user agent names its bot after "compatible;" (a product token is letters,
+# "_" and "-", RFC 9309 2.2.1).
+_COMPATIBLE = re.compile(r"\(\s*compatible\s*;\s*([A-Za-z_-]+)", re.IGNORECASE)
 
 
 class _Rule(NamedTuple):
@@ -128,7 +131,12 @@ class RobotRules:
 
     @property
     def agent(self) -> str:
-        """Our product token: the user agent before its first '/', or ``*``."""
+        """Our product token: the bot a browser-style user agent names as compatible
+        (``Mozilla/5.0 (compatible; MyBot/1.0)``: ``MyBot``, as Googlebot's does), else the
+        user agent before its first '/', or ``*``."""
+        named = _COMPATIBLE.search(self.user_agent)
+        if named is not None:
+            return named.group(1)
         return self.user_agent.split("/", 1)[0].strip() or "*"
 
     @property

@@ -40,6 +40,28 @@ def test_rules_for_agents(agent, url, allowed, delay):
     assert rules.crawl_delay == delay
 
 
+@pytest.mark.parametrize(
+    ("user_agent", "token"),
+    [
+        ("shardload/0.1 (+https://example.org/bot)", "shardload"),
+        ("MyBot", "MyBot"),
+        ("Mozilla/5.0 (compatible; MyBot/1.0; +http://example.org/bot.html)", "MyBot"),
+        ("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)", "Googlebot"),
+        ("Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0", "Mozilla"),
+        ("", "*"),
+    ],
+)
+def test_the_product_token_of_a_user_agent(user_agent, token):
+    """A browser-style agent was matched as Mozilla, never as the bot it names."""
+    assert RobotRules("", user_agent).agent == token
+
+
+def test_a_browser_style_user_agent_gets_its_bots_group():
+    body = "User-agent: MyBot\nDisallow: /private\n\nUser-agent: *\nDisallow: /"
+    rules = RobotRules(body, "Mozilla/5.0 (compatible; MyBot/1.0)")
+    assert rules.allows("http://h/public") and not rules.allows("http://h/private/x")
+
+
 def _rules(body: str, agent: str = "shardload/1.0") -> RobotRules:
     return RobotRules(body, agent)
 
