@@ -46,7 +46,7 @@ from shardload.cli.progress import (
     choose_mode,
     have_tqdm,
     make_progress,
-    terminal_columns,
+    terminal_size,
 )
 from shardload.cli.signals import StopSignals
 from shardload.cli.summary import (
@@ -372,9 +372,9 @@ def _crawl(
     manifest = args.manifest
     signals = StopSignals()
     tty = getattr(stderr, "isatty", lambda: False)()
-    columns = terminal_columns(stderr) if tty else None
+    size = terminal_size(stderr) if tty else None
     mode = choose_mode(
-        args.progress, is_tty=tty, quiet=args.quiet, have_tqdm=have_tqdm(), columns=columns
+        args.progress, is_tty=tty, quiet=args.quiet, have_tqdm=have_tqdm(), size=size
     )
     start = time.monotonic()
     try:

@@ -10,6 +10,7 @@ import importlib
 import importlib.util
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TextIO
@@ -41,22 +42,23 @@ class Counts:
         return self.processed + self.earlier
 
 
-def format_eta(counts: Counts, elapsed: float) -> str:
-    """Remaining time from the average rate of this run; ``?`` when it cannot be known."""
-    processed = counts.processed
-    if counts.total is None or processed == 0 or elapsed <= 0:
+def format_eta(counts: Counts, rate: float) -> str:
+    """Remaining time at ``rate`` (files/s of this run, lately); ``?`` when it cannot be
+    known."""
+    if counts.total is None:
         return "?"
     remaining = max(0, counts.total - counts.seen)
-    return format_duration(remaining * elapsed / processed)
+    if remaining == 0:
+        return format_duration(0)
+    return format_duration(remaining / rate) if rate > 0 else "?"
 
 
-def format_line(counts: Counts, elapsed: float) -> str:
-    """One plain progress line, for logs and pipes."""
+def format_line(counts: Counts, elapsed: float, rate: float) -> str:
+    """One plain progress line, for logs and pipes; ``rate``: files/s of this run, lately."""
     total = "?" if counts.total is None else f"{counts.total:,}"
     head = f"{counts.seen:,}/{total}"
     if counts.total:
         head += f" ({100 * counts.seen / counts.total:.0f}%)"
-    rate = counts.processed / elapsed if elapsed > 0 else 0.0
     bps = counts.bytes / elapsed if elapsed > 0 else 0.0
     parts = [f"shardload: {head}", f"done {counts.done:,}", f"failed {counts.failed:,}"]
     if counts.skipped:
@@ -66,8 +68,28 @@ def format_line(counts: Counts, elapsed: float) -> str:
     parts.append(f"{rate:,.1f} files/s")
     parts.append(f"{format_bytes(bps)}/s")
     parts.append(f"elapsed {format_duration(elapsed)}")
-    parts.append(f"ETA {format_eta(counts, elapsed)}")
+    parts.append(f"ETA {format_eta(counts, rate)}")
     return " | ".join(parts)
+
+
+class RecentRate:
+    """Files per second over about the last ``window`` seconds (since the start before
+    that), from samples of the processed count, as curl's current speed: a run that slows
+    down (its fast hosts done, its slow ones left) shows the rate it has now, and an ETA
+    that follows it."""
+
+    def __init__(self, start: float, window: float = 5.0) -> None:
+        self._window = window
+        self._samples: deque[tuple[float, int]] = deque([(start, 0)])
+
+    def at(self, now: float, processed: int) -> float:
+        samples = self._samples
+        samples.append((now, processed))
+        # The oldest sample kept is the last one at least a window old.
+        while len(samples) > 2 and now - samples[1][0] >= self._window:
+            samples.popleft()
+        then, before = samples[0]
+        return (processed - before) / (now - then) if now > then else 0.0
 
 
 class Progress(Protocol):
@@ -86,9 +108,14 @@ class _Base:
         self.counts = Counts()
         self._clock = clock
         self._start = clock()
+        self._rate = RecentRate(self._start)
 
     def elapsed(self) -> float:
         return self._clock() - self._start
+
+    def rate(self) -> float:
+        """This run's files/s lately (resumed items left alone are not counted)."""
+        return self._rate.at(self._clock(), self.counts.processed)
 
     def finished(self, state: str, nbytes: int) -> None:
         if state == "failed":
@@ -142,14 +169,22 @@ class LineProgress(_Base):
             self._emit()
 
     def _emit(self) -> None:
-        print(format_line(self.counts, self.elapsed()), file=self._stream, flush=True)
+        line = format_line(self.counts, self.elapsed(), self.rate())
+        print(line, file=self._stream, flush=True)
 
     def close(self) -> None:
         self._emit()
 
 
+# The rate and ETA are this reporter's own (``tick``): tqdm's stop moving once a fast start
+# has made it redraw only every few thousand files, and it counts what a resumed run left
+# alone as throughput.
+_BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
+_COUNTER = "{desc}: {n_fmt} files [{elapsed}{postfix}]"
+
+
 class BarProgress(_Base):
-    """A tqdm bar: files as the unit, failures and MB/s in the postfix."""
+    """A tqdm bar: files as the unit; rate, ETA, MB/s and failures in the postfix."""
 
     def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(clock)
@@ -159,9 +194,9 @@ class BarProgress(_Base):
             unit="file",
             file=stream,
             dynamic_ncols=True,
-            smoothing=0.05,
             mininterval=0.2,
             desc="shardload",
+            bar_format=_COUNTER,
         )
 
     def _advance(self) -> None:
@@ -170,16 +205,21 @@ class BarProgress(_Base):
     def set_total(self, total: int) -> None:
         super().set_total(total)
         self._bar.total = total
+        self._bar.bar_format = _BAR
         self._bar.refresh()
 
     def tick(self) -> None:
         elapsed = self.elapsed()
+        rate = self.rate()
         bps = self.counts.bytes / elapsed if elapsed > 0 else 0.0
-        text = f"failed={self.counts.failed:,} {format_bytes(bps)}/s"
+        text = f"{rate:,.1f} file/s, {format_bytes(bps)}/s"
+        if self.counts.total is not None:
+            text += f", ETA {format_eta(self.counts, rate)}"
+        text += f", failed={self.counts.failed:,}"
         if self.counts.skipped:
-            text = f"skipped={self.counts.skipped:,} " + text
+            text += f" skipped={self.counts.skipped:,}"
         if self.counts.earlier:
-            text = f"earlier={self.counts.earlier:,} " + text
+            text += f" earlier={self.counts.earlier:,}"
         self._bar.set_postfix_str(text, refresh=False)
         self._bar.refresh()
 
@@ -193,15 +233,21 @@ class BarProgress(_Base):
 
 
 def choose_mode(
-    mode: str, *, is_tty: bool, quiet: bool, have_tqdm: bool, columns: int | None = None
+    mode: str,
+    *,
+    is_tty: bool,
+    quiet: bool,
+    have_tqdm: bool,
+    size: tuple[int, int] | None = None,
 ) -> str:
-    """The reporter to use: ``bar``, ``lines`` or ``none``. Pure. ``columns``: the
-    terminal's width where known; one that says 0 (some ptys) would show no bar at all."""
+    """The reporter to use: ``bar``, ``lines`` or ``none``. Pure. ``size``: the terminal's
+    (columns, rows) where known; one that says 0 of either (some ptys) would show no bar."""
     if quiet or mode == "none":
         return "none"
     if mode == "auto":
         mode = "bar" if is_tty else "lines"
-    if mode == "bar" and (not have_tqdm or (columns is not None and columns < _BAR_MIN_COLUMNS)):
+    too_small = size is not None and (size[0] < _BAR_MIN_COLUMNS or size[1] < 1)
+    if mode == "bar" and (not have_tqdm or too_small):
         return "lines"
     return mode
 
@@ -209,12 +255,13 @@ def choose_mode(
 _BAR_MIN_COLUMNS = 20
 
 
-def terminal_columns(stream: TextIO) -> int | None:
-    """The width of the terminal ``stream`` writes to, or None when it is none."""
+def terminal_size(stream: TextIO) -> tuple[int, int] | None:
+    """The (columns, rows) of the terminal ``stream`` writes to, or None when it is none."""
     try:
-        return os.get_terminal_size(stream.fileno()).columns
+        size = os.get_terminal_size(stream.fileno())
     except (OSError, ValueError, AttributeError):
         return None
+    return size.columns, size.lines
 
 
 def have_tqdm() -> bool:

@@ -11,6 +11,7 @@ from shardload.cli.progress import (
     Counts,
     LineProgress,
     NullProgress,
+    RecentRate,
     choose_mode,
     format_eta,
     format_line,
@@ -19,33 +20,49 @@ from shardload.cli.progress import (
 
 
 @pytest.mark.parametrize(
-    ("counts", "elapsed", "eta"),
+    ("counts", "rate", "eta"),
     [
         (Counts(done=10, total=None), 1.0, "?"),
-        (Counts(done=0, total=100), 1.0, "?"),
-        (Counts(done=10, total=100), 0.0, "?"),
-        (Counts(done=10, total=100), 10.0, "0:01:30"),
-        (Counts(done=5, failed=5, earlier=10, total=100), 10.0, "0:01:20"),
-        (Counts(done=5, failed=3, skipped=2, total=100), 10.0, "0:01:30"),
-        (Counts(done=100, total=100), 10.0, "0:00:00"),
+        (Counts(done=0, total=100), 0.0, "?"),
+        (Counts(done=10, total=100), 1.0, "0:01:30"),
+        (Counts(done=5, failed=5, earlier=10, total=100), 1.0, "0:01:20"),
+        (Counts(done=5, failed=3, skipped=2, total=100), 1.0, "0:01:30"),
+        (Counts(done=100, total=100), 0.0, "0:00:00"),
         (Counts(done=120, total=100), 10.0, "0:00:00"),
     ],
 )
-def test_format_eta(counts: Counts, elapsed: float, eta: str) -> None:
-    assert format_eta(counts, elapsed) == eta
+def test_format_eta(counts: Counts, rate: float, eta: str) -> None:
+    assert format_eta(counts, rate) == eta
 
 
 def test_format_line() -> None:
-    line = format_line(Counts(done=90, failed=10, skipped=0, bytes=2_000_000, total=400), 2.0)
+    line = format_line(Counts(done=90, failed=10, skipped=0, bytes=2_000_000, total=400), 2.0, 50)
     assert line == (
         "shardload: 100/400 (25%) | done 90 | failed 10 | 50.0 files/s | 1.0 MB/s"
         " | elapsed 0:00:02 | ETA 0:00:06"
     )
-    unknown = format_line(Counts(done=1, skipped=2, earlier=4), 0.0)
+    unknown = format_line(Counts(done=1, skipped=2, earlier=4), 0.0, 0.0)
     assert unknown.startswith(
         "shardload: 7/? | done 1 | failed 0 | skipped 2 | earlier runs 4 | 0.0 files/s"
     )
     assert unknown.endswith("ETA ?")
+
+
+@pytest.mark.parametrize(
+    ("samples", "rate"),
+    [
+        ([(1.0, 100)], 100.0),  # since the start, under a window
+        ([(5.0, 5000), (10.0, 5000)], 500.0),  # a window (10 s) back: the start
+        ([(5.0, 5000), (10.0, 5000), (15.0, 5050)], 5.0),  # fast, then stalled, then slow
+        ([(5.0, 5000), (10.0, 5000), (21.0, 5000)], 0.0),
+        ([(0.0, 0)], 0.0),
+    ],
+)
+def test_the_recent_rate_follows_a_slowdown(samples: list[tuple[float, int]], rate: float) -> None:
+    """The bar's tqdm rate stayed at a fast start's 1,900 files/s (and its ETA at 0) while
+    the slow hosts left went at 70."""
+    recent = RecentRate(start=0.0, window=10.0)
+    assert [recent.at(now, n) for now, n in samples][-1] == pytest.approx(rate)
 
 
 @pytest.mark.parametrize(
@@ -67,15 +84,17 @@ def test_choose_mode(mode: str, tty: bool, quiet: bool, tqdm: bool, chosen: str)
 
 
 @pytest.mark.parametrize(
-    ("mode", "columns", "chosen"),
-    [("auto", 0, "lines"), ("bar", 0, "lines"), ("auto", 19, "lines"), ("auto", 20, "bar"),
-     ("bar", 120, "bar"), ("auto", None, "bar")],
+    ("mode", "size", "chosen"),
+    [("auto", (0, 24), "lines"), ("bar", (0, 24), "lines"), ("auto", (19, 24), "lines"),
+     ("auto", (20, 24), "bar"), ("bar", (120, 40), "bar"), ("auto", None, "bar"),
+     ("auto", (130, 0), "lines"), ("auto", (130, 1), "bar")],
 )  # fmt: skip
-def test_a_terminal_too_narrow_for_a_bar_gets_lines(
-    mode: str, columns: int | None, chosen: str
+def test_a_terminal_too_small_for_a_bar_gets_lines(
+    mode: str, size: tuple[int, int] | None, chosen: str
 ) -> None:
-    """A pty that says 0 columns (``script -qc``) showed nothing at all, not even the end."""
-    assert choose_mode(mode, is_tty=True, quiet=False, have_tqdm=True, columns=columns) == chosen
+    """A pty that says 0 columns (``script -qc``), or 0 rows, showed nothing at all, not
+    even the end."""
+    assert choose_mode(mode, is_tty=True, quiet=False, have_tqdm=True, size=size) == chosen
 
 
 class Clock:
@@ -119,6 +138,24 @@ def test_bar_progress_writes_to_its_stream() -> None:
     assert "3/5" in out.getvalue()
     assert "skipped=1" in out.getvalue() and "earlier=1" in out.getvalue()
     assert p.counts.done == 1
+
+
+def test_the_bars_rate_and_eta_are_this_runs_own() -> None:
+    """A resumed run's items left alone are no throughput (the bar said 18,585 files/s and
+    ETA 00:00 for a run going at 71), and the rate follows a slowdown."""
+    out = io.StringIO()
+    clock = Clock()
+    p = BarProgress(out, clock=clock)
+    p.set_total(10_100)
+    for _ in range(10_000):
+        p.earlier()
+    clock.now += 10.0
+    for _ in range(50):
+        p.finished("written", 0)
+    p.tick()
+    last = out.getvalue().split("\r")[-1]
+    assert "5.0 file/s" in last and "ETA 0:00:10" in last, last
+    p.close()
 
 
 def test_a_discarded_progress_leaves_nothing_behind() -> None:
