@@ -130,6 +130,7 @@ def encode(record: Mapping[str, Any]) -> bytes:
 
 
 _LOOKED_AT = 5  # lines looked at to tell a manifest from another file
+_BLOCK = 1 << 16
 
 
 class ManifestInUse(OSError):
@@ -185,7 +186,6 @@ class ManifestWriter:
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        torn = append and _ends_without_newline(self.path)
         # What to remove if this writer must leave no trace: the file it creates (the target
         # of a dangling symlink, not the link).
         self._created = None if self.path.exists() else Path(os.path.realpath(self.path))
@@ -209,13 +209,34 @@ class ManifestWriter:
             except OSError:
                 pass  # a file system without locks (NFS without lockd): written unlocked
         self._untouched = self._regular and not append
-        self._pending: list[bytes] = [b"\n"] if torn else []
+        # A crash may have torn the last line: cut off, unless it holds a whole record (which
+        # the resume counted): a line that is not JSON would stop jq or pandas on the file.
+        torn = append and self._regular and _ends_without_newline(self.path)
+        self._pending: list[bytes] = [b"\n"] if torn and not self._cut_torn_line() else []
         self._count = 0
         self._flush_every = flush_every
         self._flush_interval = flush_interval
         self._clock = clock
         self._last_flush = clock()
         self.written = 0
+
+    def _cut_torn_line(self) -> bool:
+        """Truncate the file at its last newline if what follows is no record; True if cut."""
+        with open(self.path, "rb") as f:  # ours is opened to append: it cannot read
+            fd = f.fileno()
+            end = start = os.fstat(fd).st_size
+            while start > 0:  # back to the last newline, a block at a time
+                size = min(_BLOCK, start)
+                block = os.pread(fd, size, start - size)
+                start -= size
+                newline = block.rfind(b"\n")
+                if newline >= 0:
+                    start += newline + 1
+                    break
+            if _is_record(os.pread(fd, end - start, start)):
+                return False
+        os.truncate(self._file.fileno(), start)
+        return True
 
     def add(self, record: Mapping[str, Any]) -> None:
         self._pending.append(encode(record))

@@ -192,14 +192,34 @@ def test_writer_truncates_without_append_and_appends_with(tmp_path: Path) -> Non
     assert [r["url"] for r in _lines(path)] == ["fresh"]
 
 
-def test_writer_append_after_torn_line_starts_a_new_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("torn_at", [0, 7, 18])
+@pytest.mark.parametrize("first", [10, 70_000])  # the torn line's start within a block, or not
+def test_writer_append_cuts_a_torn_last_line(tmp_path: Path, first: int, torn_at: int) -> None:
+    """What a crash tore stayed, a line no JSON reader takes (jq, pandas' read_json)."""
     path = tmp_path / "m.jsonl"
-    path.write_bytes(encode(_rec("u1", state="written")) + b'{"url": "u2", "sta')
+    whole = encode(_rec("u1", state="written", info="i" * first))
+    path.write_bytes(whole + encode(_rec("u2", state="written"))[:torn_at])
     with ManifestWriter(path, append=True) as w:
         w.add(_rec("u2", state="written"))
-    priors, unreadable = load_priors(path)
-    assert priors == {"u1": Prior.DONE, "u2": Prior.DONE}
-    assert unreadable == 1
+    assert path.read_bytes() == whole + encode(_rec("u2", state="written"))
+    assert load_priors(path) == ({"u1": Prior.DONE, "u2": Prior.DONE}, 0)
+
+
+def test_writer_append_keeps_a_whole_record_its_newline_missing(tmp_path: Path) -> None:
+    """The resume counted it as done: cut, its URL would have no record at all."""
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(encode(_rec("u1", state="written"))[:-1])
+    with ManifestWriter(path, append=True) as w:
+        w.add(_rec("u2", state="written"))
+    assert load_priors(path) == ({"u1": Prior.DONE, "u2": Prior.DONE}, 0)
+
+
+def test_a_torn_only_line_is_cut_to_an_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b'{"url": "u1", "sta')
+    with ManifestWriter(path, append=True) as w:
+        w.add(_rec("u1", state="written"))
+    assert path.read_bytes() == encode(_rec("u1", state="written"))
 
 
 def test_a_writer_closed_before_any_record_can_leave_the_file_as_it_found_it(
