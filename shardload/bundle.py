@@ -171,7 +171,25 @@ AioDownloadBundle = Bundle
 # its own, it is (class, those attributes), so that a strategy's override sees them as in
 # aiodownload, where the caller's bundle object itself reached the strategy.
 Extra = tuple[type["Bundle"], dict[str, Any]]
-Job = tuple[int, str, "dict[str, Any] | None", Any, "str | None", "Extra | None"]
+Job = tuple[int, str, "dict[str, Any] | None", Any, "str | None", "Extra | Packed | None"]
+
+
+class Packed(bytes):
+    """An ``info`` or ``extra`` pickled on its own for a spawned worker, which loads it job by
+    job: one naming a class the worker cannot import (defined under the script's main guard,
+    in a notebook, in a module loaded from a file its import path does not reach) then
+    arrives as None (a plain Bundle), instead of failing the whole batch in the worker."""
+
+    __slots__ = ()
+
+    def load(self) -> Any:
+        """The value, or None when it cannot be loaded here."""
+        try:
+            return pickle.loads(self)
+        except Exception:
+            return None
+
+
 # What comes back: (seq, file_path, state, status, attempts, bytes, sha256, elapsed, kind, message,
 # opened_breaker, attrs). ``attrs`` is None, or the attributes of its own that the bundle was
 # given during the download (by a strategy's ``on_success``/``on_fail``, say) and that pickle,
@@ -204,9 +222,14 @@ def extra_of(bundle: Bundle) -> Extra | None:
     return type(bundle), {k: v for k, v in attrs.items() if k not in _FIELDS}
 
 
-def from_job(job: Job) -> Bundle:
-    """The bundle a worker downloads for a job: fresh outcome fields, the caller's inputs."""
+def from_job(job: Job) -> tuple[Bundle, dict[str, Any] | None]:
+    """The bundle a worker downloads for a job (fresh outcome fields, the caller's inputs),
+    and the attributes of its own the job gave it."""
     seq, url, params, info, file_path, extra = job
+    if isinstance(info, Packed):
+        info = info.load()
+    if isinstance(extra, Packed):
+        extra = extra.load()
     if extra is None:
         bundle = Bundle(url, info=info, params=params, file_path=file_path)
     else:
@@ -215,7 +238,7 @@ def from_job(job: Job) -> Bundle:
         Bundle.__init__(bundle, url, info=info, params=params, file_path=file_path)
         bundle.__dict__.update(attrs)
     bundle.seq = seq
-    return bundle
+    return bundle, None if extra is None else extra[1]
 
 
 def to_result(bundle: Bundle, given: dict[str, Any] | None = None) -> Result:

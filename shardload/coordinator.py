@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import pickle
 from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -41,8 +42,8 @@ from typing import Any
 from .bundle import (
     FAILED,
     Bundle,
-    Extra,
     Job,
+    Packed,
     Result,
     apply_result,
     extra_of,
@@ -50,12 +51,7 @@ from .bundle import (
     why_unpicklable,
 )
 from .errors import DownloadFailed, ErrorKind, WorkerKilledAtStart
-from .executors.base import (
-    Executor,
-    class_hidden_in_main,
-    interactive_names,
-    names_a_worker_lacks,
-)
+from .executors.base import Executor
 from .flow import FlowControl
 from .intake import InputReader, Items, RunMark, describe_error, prepare_item
 from .paths import url_to_relpath
@@ -107,30 +103,18 @@ class _Events:
 _ADMIT_STEP = 1024
 
 
-def _wire_info(info: Any, imports_main: bool) -> Any:
-    """``info`` as sent to a worker process: itself when a worker can load it, else None
-    (kept here). One naming a class a spawned worker cannot import (a notebook's, or one a
-    script defines under its main guard) would kill that worker on its whole batch."""
-    if info is None or isinstance(info, str | int | float | bool):
-        return info
-    pickled = loadable_pickle(info)
-    if pickled is None or (imports_main and names_a_worker_lacks(info, pickled)):
-        return None
-    return info
-
-
-def _extra_crosses(extra: Extra, imports_main: bool) -> bool:
-    """Whether a bundle subclass and its attributes reach a worker as they are (else it goes
-    as a plain Bundle)."""
-    pickled = loadable_pickle(extra)
-    if pickled is None:
-        return False
-    if not imports_main:
-        return True
-    cls, attrs = extra
-    if class_hidden_in_main(cls) or interactive_names(cls):
-        return False
-    return not names_a_worker_lacks(attrs, pickled)
+def _wire(value: Any, imports_main: bool) -> Any:
+    """``info`` or ``extra`` as sent to a worker process, or None when it cannot go (it stays
+    here; a bundle without its extra goes as a plain Bundle). A spawned worker gets it pickled
+    on its own (``Packed``), loaded job by job: one naming a class the worker cannot import
+    would otherwise fail its whole batch there. Ray pickles classes by value, so the value
+    itself goes, if it makes the trip."""
+    if imports_main:
+        try:
+            return Packed(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
+        except Exception:
+            return None
+    return value if loadable_pickle(value) is not None else None
 
 
 async def coordinate(
@@ -223,9 +207,10 @@ async def coordinate(
             leaders[same] = bundle.seq
         info, extra = bundle.info, extra_of(bundle)
         if remote:
-            info = _wire_info(info, executor.imports_main)
-            if extra is not None and not _extra_crosses(extra, executor.imports_main):
-                extra = None  # a class a worker cannot import (a notebook's): a plain Bundle
+            if info is not None and not isinstance(info, str | int | float | bool):
+                info = _wire(info, executor.imports_main)
+            if extra is not None:
+                extra = _wire(extra, executor.imports_main)
         job: Job = (bundle.seq, bundle.url, bundle.params, info, bundle.file_path, extra)
         entry = _Entry(bundle, shard, key, job, same=same)
         pending[bundle.seq] = entry

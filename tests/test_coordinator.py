@@ -643,17 +643,27 @@ class LoadsOnlyHere:
 
 def test_a_job_a_worker_cannot_load_fails_alone_and_the_run_ends(srv, home):
     """The worker's reader thread died on the batch and the worker lived on, reading no
-    more: the run hung. Now the worker ends as a crash, and the job is isolated."""
+    more: the run hung. Now the worker ends as a crash, and the job is isolated. An info
+    that does not load there is no such job: it stays in the caller, and its URL is
+    downloaded (its batch died, and it failed as worker_crash)."""
     urls = [f"{srv.base_urls[i % 2]}/links/{i}" for i in range(6)]  # two hosts: two workers
-    items = [(url, LoadsOnlyHere() if i == 3 else None) for i, url in enumerate(urls)]
+    info = LoadsOnlyHere()
     bundles = shardload.swarm(
-        [shardload.Bundle(url, info=info) for url, info in items],
+        [
+            shardload.Bundle(
+                url,
+                info=info if i == 3 else None,
+                params={"p": LoadsOnlyHere()} if i == 4 else None,
+            )
+            for i, url in enumerate(urls)
+        ],
         download=make_download(home),
         processes=2,
     )
     states = [(b.state, b.error_kind) for b in bundles]
-    assert states[3] == ("failed", ErrorKind.WORKER_CRASH), bundles[3].error_message
-    assert states[:3] + states[4:] == [("written", None)] * 5
+    assert states[4] == ("failed", ErrorKind.WORKER_CRASH), bundles[4].error_message
+    assert states[:4] + states[5:] == [("written", None)] * 5
+    assert bundles[3].info is info
 
 
 class TwoArgs(Exception):

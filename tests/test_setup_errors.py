@@ -177,3 +177,58 @@ def test_an_info_class_defined_under_the_main_guard_does_not_hang_the_run(tmp_pa
     )
     assert "STATES ['written']" in out.stdout, out.stderr[-2000:]
     assert "INFO True" in out.stdout
+
+
+def test_classes_from_a_module_a_worker_cannot_import_do_not_fail_the_run(tmp_path, server):
+    """A plugin loaded from a file the import path does not reach: its info objects and
+    bundle subclass failed every item as worker_crash, two dead workers per item, with a
+    "cannot load jobs" line each on stderr. The info stays in the caller, the bundle goes as
+    a plain one, and each URL is downloaded."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "records.py").write_text(
+        textwrap.dedent(
+            """
+            import shardload
+
+            class Record:
+                def __init__(self, url):
+                    self.url = url
+
+            class Tagged(shardload.Bundle):
+                pass
+            """
+        )
+    )
+    out = _run_script(
+        tmp_path / "plugged.py",
+        f"""
+            import importlib.util, sys
+            import shardload
+            from shardload import AioDownload, DownloadStrategy
+
+            def load_plugin():
+                spec = importlib.util.spec_from_file_location(
+                    "records", {str(plugins / "records.py")!r}
+                )
+                module = importlib.util.module_from_spec(spec)
+                sys.modules["records"] = module
+                spec.loader.exec_module(module)
+                return module
+
+            if __name__ == "__main__":
+                records = load_plugin()
+                d = AioDownload(download_strategy=DownloadStrategy(home={str(tmp_path)!r}))
+                hosts = {server.base_urls[:2]!r}
+                recs = [records.Record(f"{{hosts[i % 2]}}/links/{{i}}") for i in range(8)]
+                got = shardload.swarm(recs, url_map=lambda r: r.url, download=d, processes=2)
+                print("INFO", sorted({{b.state for b in got}}), all(
+                    b.info is r for b, r in zip(got, recs)))
+                tagged = [records.Tagged(f"{{hosts[i % 2]}}/links/{{100 + i}}") for i in range(8)]
+                got = shardload.swarm(tagged, download=d, processes=2)
+                print("TAGGED", sorted({{type(b).__name__ + ":" + b.state for b in got}}))
+            """,
+    )
+    assert "INFO ['written'] True" in out.stdout, out.stderr[-2000:]
+    assert "TAGGED ['Tagged:written']" in out.stdout, out.stderr[-2000:]
+    assert "cannot load" not in out.stderr and "Traceback" not in out.stderr, out.stderr

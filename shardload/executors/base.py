@@ -13,7 +13,6 @@ import ast
 import functools
 import pickle
 import sys
-import types
 from typing import Any, Protocol
 
 from ..bundle import Job, Result
@@ -78,56 +77,6 @@ def names_hidden_in_main(value: object) -> list[str]:
     if defined is None:
         return []  # the script cannot be read: nothing to say for sure
     return [name for name in found if name.split(".", 1)[0] not in defined]
-
-
-def names_a_worker_lacks(value: object, pickled: bytes) -> list[str]:
-    """``interactive_names`` and ``names_hidden_in_main`` of ``value`` (``pickled`` is its
-    pickle). The search pickles it again in Python (~40 us), so it runs only when the pickle
-    holds ``__main__`` and, for a script, the name of something its main guard defined."""
-    main = sys.modules.get("__main__")
-    if main is None or b"__main__" not in pickled:
-        return []
-    path = getattr(main, "__file__", None)
-    if not path:
-        return interactive_names(value)
-    hidden = _guarded_names(main, str(path))
-    if not any(name in pickled for name in hidden):
-        return []
-    return names_hidden_in_main(value)
-
-
-def _guarded_names(main: Any, path: str) -> list[bytes]:
-    """The classes and functions (what pickle names rather than copies) that a script's
-    ``__main__`` holds now but does not bind when imported."""
-    defined = _top_level_names(path)
-    names = vars(main)
-    key = (id(names), len(names))
-    cached = _guarded.get(path)
-    if cached is None or cached[0] != key:
-        hidden = [
-            name.encode()
-            for name, obj in names.items()
-            if defined is not None
-            and name not in defined
-            and isinstance(obj, type | types.FunctionType)
-        ]
-        cached = _guarded[path] = (key, hidden)
-    return cached[1]
-
-
-_guarded: dict[str, tuple[tuple[int, int], list[bytes]]] = {}
-
-
-def class_hidden_in_main(cls: type) -> bool:
-    """``names_hidden_in_main`` for one class, remembered: asked for every bundle of a
-    subclass in the input (a program defines few classes)."""
-    hidden = _hidden_classes.get(cls)
-    if hidden is None:
-        hidden = _hidden_classes[cls] = bool(names_hidden_in_main(cls))
-    return hidden
-
-
-_hidden_classes: dict[type, bool] = {}
 
 
 def _main_names(value: object) -> list[str]:

@@ -50,7 +50,7 @@ class ShardWorker:
             self._idle.set()
 
     async def _run(self, job: Job) -> None:
-        bundle = from_job(job)
+        bundle, given = from_job(job)
         try:
             await self.engine.main(bundle)
             if bundle.state == PENDING:  # only a subclass's main() leaves one so
@@ -61,8 +61,7 @@ class ShardWorker:
             bundle.fail(ErrorKind.STRATEGY, STRAY_CANCEL)  # a subclass's main() leaked one
         except Exception as exc:  # main() already maps failures; this is the last net
             bundle.fail(ErrorKind.STRATEGY, f"{type(exc).__name__}: {exc}")
-        extra = job[5]
-        self._out.append(to_result(bundle, None if extra is None else extra[1]))
+        self._out.append(to_result(bundle, given))
         if len(self._out) >= self._batch_size:
             self.flush()
         elif self._flush_handle is None:
