@@ -232,3 +232,35 @@ def test_classes_from_a_module_a_worker_cannot_import_do_not_fail_the_run(tmp_pa
     assert "INFO ['written'] True" in out.stdout, out.stderr[-2000:]
     assert "TAGGED ['Tagged:written']" in out.stdout, out.stderr[-2000:]
     assert "cannot load" not in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_a_strategy_from_a_module_a_worker_cannot_import_gets_a_clear_error(tmp_path, server):
+    """The worker died at start, and the error blamed a missing main guard the script had."""
+    plugin = tmp_path / "plugins" / "strategies.py"
+    plugin.parent.mkdir()
+    plugin.write_text("import shardload\n\nclass Plugged(shardload.DownloadStrategy):\n    pass\n")
+    out = _run_script(
+        tmp_path / "plugged_strategy.py",
+        f"""
+            import importlib.util, sys
+            import shardload
+            from shardload import AioDownload
+
+            if __name__ == "__main__":
+                spec = importlib.util.spec_from_file_location("strategies", {str(plugin)!r})
+                module = importlib.util.module_from_spec(spec)
+                sys.modules["strategies"] = module
+                spec.loader.exec_module(module)
+                d = AioDownload(download_strategy=module.Plugged(home={str(tmp_path)!r}))
+                urls = ["{server.base_urls[0]}/links/1", "{server.base_urls[1]}/links/2"]
+                try:
+                    shardload.swarm(urls, download=d, processes=2)
+                except shardload.ConfigurationError as exc:
+                    print("CLEAR:", exc)
+                print("ONE PROCESS:", shardload.swarm(urls, download=d)[0].ok)
+            """,
+    )
+    assert "CLEAR: Plugged comes from a module worker processes cannot import" in out.stdout, (
+        out.stdout + out.stderr[-2000:]
+    )
+    assert "Traceback" not in out.stderr and "ONE PROCESS: True" in out.stdout

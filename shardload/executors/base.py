@@ -13,6 +13,7 @@ import ast
 import functools
 import pickle
 import sys
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..bundle import Job, Result
@@ -79,13 +80,47 @@ def names_hidden_in_main(value: object) -> list[str]:
     return [name for name in found if name.split(".", 1)[0] not in defined]
 
 
+def unimportable_names(value: object) -> list[str]:
+    """The classes and functions in ``value`` (as pickled) from a module other than
+    ``__main__`` that a fresh interpreter cannot import by its name: one loaded from a file
+    the import path does not reach (a plugin loader's ``spec_from_file_location``), or made
+    in memory. A spawned worker would die at start on it, with an advice that does not apply.
+    Each module is looked up as a new import would, by the finders of ``sys.meta_path``."""
+    return _global_names(value, lambda module: module != "__main__" and not _importable(module))
+
+
+def _importable(module: str) -> bool:
+    top = module.split(".", 1)[0]
+    if top in sys.builtin_module_names:
+        return True
+    return any(_finds(finder, top) for finder in sys.meta_path)
+
+
+def _finds(finder: object, name: str) -> bool:
+    find_spec = getattr(finder, "find_spec", None)
+    try:
+        return find_spec is not None and find_spec(name, None) is not None
+    except Exception:  # a finder of someone else's that cannot answer: the next may
+        return False
+
+
 def _main_names(value: object) -> list[str]:
+    return _global_names(value, lambda module: module == "__main__")
+
+
+def _global_names(value: object, wanted: Callable[[str], bool]) -> list[str]:
+    """The classes and functions ``value`` pickles by name whose module is ``wanted``."""
     found: list[str] = []
+    asked: dict[str, bool] = {}
 
     class Finder(pickle._Pickler):  # the Python pickler: its save_global can be watched
         def save_global(self, obj: Any, name: str | None = None) -> None:
-            if getattr(obj, "__module__", None) == "__main__":
-                found.append(str(name or getattr(obj, "__qualname__", obj)))
+            module = getattr(obj, "__module__", None)
+            if isinstance(module, str):
+                if module not in asked:
+                    asked[module] = wanted(module)
+                if asked[module]:
+                    found.append(str(name or getattr(obj, "__qualname__", obj)))
             super().save_global(obj, name)  # type: ignore[misc]
 
     Finder(_Discard(), pickle.HIGHEST_PROTOCOL).dump(value)

@@ -40,6 +40,7 @@ from .base import (
     ExecutorSink,
     interactive_names,
     names_hidden_in_main,
+    unimportable_names,
 )
 
 _STOP = object()
@@ -168,6 +169,13 @@ def sendable_config(config: dict[str, Any]) -> bytes:
             f"{', '.join(interactive)} is defined in an interactive session (a notebook, "
             "the REPL or python -c), which worker processes cannot import: define it in a "
             ".py module and import it from there, or run with processes=1"
+        )
+    unreachable = unimportable_names(config)
+    if unreachable:
+        raise ConfigurationError(
+            f"{', '.join(unreachable)} comes from a module worker processes cannot import "
+            "by its name (loaded from a file outside the import path, or made in memory): "
+            "put that module where `import` finds it (sys.path), or run with processes=1"
         )
     hidden = names_hidden_in_main(config)
     if hidden:
