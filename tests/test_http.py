@@ -1414,3 +1414,75 @@ def test_the_host_header_keeps_a_trailing_dot() -> None:
             await client.close()
 
     assert b"\r\nHost: a.com.:81\r\n" in asyncio.run(head())
+
+
+def test_decoding_stops_where_its_consumer_stops():
+    """One network read of a gzip bomb (127 KB) was decoded whole (125 MiB) before the size
+    check saw its first piece."""
+    import tracemalloc
+
+    from shardload.worker.http.response import _decoder
+
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    bomb = b"".join([packer.compress(b"\0" * (1 << 20)) for _ in range(64)] + [packer.flush()])
+    decoder = _decoder("gzip")
+    assert decoder is not None
+    tracemalloc.start()
+    try:
+        pieces = decoder.feed(bomb)
+        taken = [len(next(pieces)) for _ in range(3)]
+        pieces.close()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert taken == [1 << 20] * 3
+    assert peak < 8 << 20, peak
+
+
+_BOMBS = """
+import resource, socket, sys, tempfile, threading, zlib
+import shardload
+from shardload import AioDownload, DownloadStrategy, RequestStrategy
+
+packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+BOMB = b"".join([packer.compress(b"\\0" * (1 << 20)) for _ in range(200)] + [packer.flush()])
+HEAD = b"HTTP/1.1 200 OK\\r\\nContent-Encoding: gzip\\r\\nContent-Length: %d\\r\\n" % len(BOMB)
+listener = socket.create_server(("127.0.0.1", 0))
+
+def serve(conn):
+    with conn:
+        conn.recv(65536)
+        conn.sendall(HEAD + b"Connection: close\\r\\n\\r\\n" + BOMB)
+
+def accept():
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+threading.Thread(target=accept, daemon=True).start()
+url = "http://127.0.0.1:%d/bomb/" % listener.getsockname()[1]
+download = AioDownload(
+    download_strategy=DownloadStrategy(home=tempfile.mkdtemp(), max_bytes=10_000_000),
+    request_strategy=RequestStrategy(concurrent=4),
+)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+kinds = {str(b.error_kind) for b in shardload.swarm([url + str(i) for i in range(4)], download)}
+grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print("KINDS", sorted(kinds), "GREW_MIB", grew // 1024)
+"""
+
+
+def test_gzip_bombs_under_max_bytes_stay_small_in_memory(tmp_path):
+    """Four 200 MiB bombs at once under max_bytes=10 MB took a worker to ~500 MB: at the
+    default 64 requests a worker, a hostile host could have it killed for memory."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "bombs.py"
+    script.write_text(_BOMBS)
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
+    )
+    words = out.stdout.split()
+    assert words[:2] == ["KINDS", "['too_large']"], out.stdout + out.stderr[-2000:]
+    assert int(words[3]) < 120, out.stdout

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -160,22 +160,28 @@ class _Decoder:
     def _new(self, wbits: int | None = None) -> Any:
         return zlib.decompressobj(wbits or (16 + zlib.MAX_WBITS if self._gzip else zlib.MAX_WBITS))
 
-    def feed(self, data: Piece) -> list[bytes]:
+    def feed(self, data: Piece) -> Iterator[bytes]:
+        """The decoded pieces of ``data``, one step at a time: a consumer that stops (past
+        ``max_bytes``) stops the decoding, so one read of a bomb never sits in memory whole
+        (127 KB read at once decoded to 125 MiB before the size check saw any of it)."""
+        decoded = False
         try:
-            out = list(self._steps(data))
+            for out in self._steps(data):
+                decoded = True
+                yield out
         except zlib.error as exc:
             if self._first and not self._gzip:
                 # "deflate" is sent both zlib-wrapped (as specified) and raw; accept both.
                 self._zlib = self._new(-zlib.MAX_WBITS)
                 self._first = False
-                return self.feed(data)
+                yield from self.feed(data)
+                return
             raise DownloadFailed(ErrorKind.PROTOCOL, f"cannot decode the body: {exc}") from exc
-        self._idle = 0 if out else self._idle + len(data)
+        self._idle = 0 if decoded else self._idle + len(data)
         if self._idle > _IDLE_LIMIT:
             raise DownloadFailed(
                 ErrorKind.PROTOCOL, f"{self._idle} bytes of the body decoded to nothing"
             )
-        return out
 
     def _steps(self, data: Piece) -> Any:
         while data:
