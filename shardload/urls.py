@@ -184,10 +184,42 @@ def _split_url(url: str, params: Mapping[str, Any] | None) -> UrlParts:
                 scheme,
                 host,
                 None if port == DEFAULT_PORTS[scheme] else port,
-                path or "",
+                _normal_path(path) if path and "%" in path else path or "",
                 query or "",
             )
     return _split_general(url, params)
+
+
+def _normal_path(path: str) -> str:
+    """``path`` with its percent-encoding normalised (RFC 3986 6.2.2.1-2): an escaped
+    unreserved character (``%41``, ``%7e``) decoded, any other escape's hex upper-cased. Two
+    URLs that differ only there name one resource, stored in one file: now they are also one
+    request (``/d/%41`` and ``/d/A`` were two requests, each written over the other). A
+    segment that would decode to ``.`` or ``..`` keeps its escapes: decoded, it would be a
+    dot-segment, another resource."""
+    if "%" not in path:
+        return path
+    segments = path.split("/")
+    for i, segment in enumerate(segments):
+        if "%" in segment:
+            normal = _ESCAPE.sub(_unescape_unreserved, segment)
+            if normal in (".", ".."):
+                normal = _ESCAPE.sub(_upper_escape, segment)
+            segments[i] = normal
+    return "/".join(segments)
+
+
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _unescape_unreserved(match: re.Match[str]) -> str:
+    char = chr(int(match.group(1), 16))
+    return char if char in _UNRESERVED else match.group().upper()
+
+
+def _upper_escape(match: re.Match[str]) -> str:
+    return match.group().upper()
 
 
 def _split_general(url: str, params: Mapping[str, Any] | None) -> UrlParts:
@@ -236,7 +268,7 @@ def _split_general(url: str, params: Mapping[str, Any] | None) -> UrlParts:
         except (TypeError, ValueError, UnicodeError) as exc:
             raise _invalid(url, f"unencodable params: {exc}") from exc
         query = f"{query}&{extra}" if query else extra
-    return UrlParts(scheme, host, port, parts.path, query)
+    return UrlParts(scheme, host, port, _normal_path(parts.path), query)
 
 
 def _query_pairs(params: Mapping[str, Any]) -> list[tuple[str, str | int | float]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -298,7 +299,7 @@ def test_encoded_bodies_are_whole_or_fail(home, encoding, packed, kind, stored):
     [
         ("/plain/a.txt?x=1&y=2", "/plain/a.txt?x=1&y=2"),
         ("", "/"),
-        ("/d%2Fx/%41", "/d%2Fx/%41"),
+        ("/d%2fx/%41", "/d%2Fx/A"),  # escapes normalised (RFC 3986 6.2.2)
         ("/\u00e9t\u00e9?q=\u00fc", "/%C3%A9t%C3%A9?q=%C3%BC"),
         ("/100%/x", "/100%25/x"),
         ('/a"b<c>', "/a%22b%3Cc%3E"),
@@ -306,6 +307,29 @@ def test_encoded_bodies_are_whole_or_fail(home, encoding, packed, kind, stored):
 )
 def test_request_target_keeps_escapes_and_escapes_the_rest(url_tail, sent):
     assert request_target(split_url("http://h" + url_tail)) == sent
+
+
+def test_urls_that_differ_only_in_escapes_are_one_request_and_one_file(home):
+    """``/d/%41`` and ``/d/A`` map to one file but went as two requests: a server that
+    answered them differently left one bundle's sha256 and bytes describing no file."""
+
+    def handler(conn, index):
+        request = server.recorded(conn)
+        if request is not None:
+            conn.sendall(ok(request.split(b" ")[1]))  # the body: the target it was sent
+
+    with RawServer(handler) as server:
+        urls = [
+            server.url + "/d/%41",
+            server.url + "/d/A",
+            server.url + "/d/%7e",
+            server.url + "/d/~",
+        ]
+        bundles = shardload.swarm(urls, download=make_download(home))
+    for b in bundles:
+        with open(b.file_path, "rb") as f:
+            assert (b.sha256, b.bytes) == (hashlib.sha256(body := f.read()).hexdigest(), len(body))
+    assert {open(b.file_path, "rb").read() for b in bundles} == {b"/d/A", b"/d/~"}
 
 
 def test_request_line_and_headers_on_the_wire(home):

@@ -46,7 +46,16 @@ from shardload.urls import (
         ("http://[0:0::1]/", UrlParts("http", "::1", None, "/", "")),
         ("http://[::FFFF:1.2.3.4]/", UrlParts("http", "::ffff:102:304", None, "/", "")),
         ("http://h/a/../b//c", UrlParts("http", "h", None, "/a/../b//c", "")),
-        ("http://h/%2e%2E/%2F", UrlParts("http", "h", None, "/%2e%2E/%2F", "")),
+        # Escapes normalised (RFC 3986 6.2.2): unreserved decoded, others' hex upper-cased;
+        # a segment that would decode to a dot-segment keeps its escapes.
+        ("http://h/%2e%2E/%2f", UrlParts("http", "h", None, "/%2E%2E/%2F", "")),
+        ("http://h/d/%41%7e%2d%5f%30", UrlParts("http", "h", None, "/d/A~-_0", "")),
+        (
+            "http://h/a%2fb%3F/%e2%82%ac/.%2e/x%2e",
+            UrlParts("http", "h", None, "/a%2Fb%3F/%E2%82%AC/.%2E/x.", ""),
+        ),
+        ("http://h/%41?q=%41", UrlParts("http", "h", None, "/A", "q=%41")),  # the query as sent
+        ("http://h/%zz%4", UrlParts("http", "h", None, "/%zz%4", "")),
         ("http://h:65535", UrlParts("http", "h", 65535, "", "")),
         # A space inside is sent as %20 (browsers, wget, aiohttp); a scraped link holds them.
         ("http://h/My Report.pdf", UrlParts("http", "h", None, "/My%20Report.pdf", "")),
