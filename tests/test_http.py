@@ -1023,6 +1023,26 @@ def test_a_redirect_without_location_fails_instead_of_storing_its_body(home, cli
     assert files_under(home) == set() and temp_files(home) == []
 
 
+@pytest.mark.parametrize("status", [b"000", b"042", b"099"])
+def test_a_status_under_100_fails_and_keeps_an_earlier_copy(home, client, status):
+    """Stored as written (status 0, 42, 99) over an earlier good copy, where curl refuses
+    it; aiohttp's path called it a switch of protocols."""
+    answers = [b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood"]
+
+    def handler(conn, index):
+        while server.recorded(conn) is not None:
+            conn.sendall(answers[-1])
+
+    with RawServer(handler) as server:
+        download = make_download(home, client=client)
+        (first,) = shardload.swarm([f"{server.url}/x"], download=download)
+        answers.append(b"HTTP/1.1 %s Weird\r\nContent-Length: 5\r\n\r\nweird" % status)
+        (b,) = shardload.swarm([f"{server.url}/x"], download=download)
+    assert (b.state, b.error_kind) == ("failed", ErrorKind.PROTOCOL), b.error_message
+    assert f"status {status.decode()} is no HTTP status" in b.error_message
+    assert open(first.file_path, "rb").read() == b"good"
+
+
 def _chunked(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data)
 

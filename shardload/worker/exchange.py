@@ -229,7 +229,10 @@ class Exchange:
                 status = bundle.status = response.status
                 headers = response.headers
                 if not lean:
-                    if status < 200:  # the lean client fails a 101 itself
+                    if status < 100:  # the lean client fails these itself, and a 101
+                        why = f"malformed HTTP response: status {status:03d} is no HTTP status"
+                        raise DownloadFailed(ErrorKind.PROTOCOL, why)
+                    if status < 200:
                         raise DownloadFailed(ErrorKind.PROTOCOL, "the server switched protocols")
                     drop_if_body_pending(response)
                 if status in REDIRECT_STATUSES:

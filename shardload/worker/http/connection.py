@@ -127,7 +127,8 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._fail(DownloadFailed(ErrorKind.PROTOCOL, "the server switched protocols"))
         except httptools.HttpParserError as exc:
-            self._fail(DownloadFailed(ErrorKind.PROTOCOL, f"malformed HTTP response: {exc}"))
+            why = exc.__context__ if isinstance(exc.__context__, _BadStatus) else exc
+            self._fail(DownloadFailed(ErrorKind.PROTOCOL, f"malformed HTTP response: {why}"))
         else:
             response = self._response
             if self._trailers > MAX_HEAD and not self.closed:
@@ -235,6 +236,8 @@ class Connection(asyncio.Protocol):
         if not self._expecting:
             return  # that second answer is ignored
         status = self.parser.get_status_code()
+        if status < 100:  # "000" parses; as an answer it means nothing (curl refuses it too)
+            raise _BadStatus(f"status {status:03d} is no HTTP status")
         if 100 <= status < 200:
             self.header_list = []  # an interim answer (100 Continue): the real one follows
             return
@@ -348,3 +351,7 @@ class Connection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.abort()
         self.closed = True
+
+
+class _BadStatus(Exception):
+    """A status line httptools takes and HTTP does not (under 100): raised from its callback."""
