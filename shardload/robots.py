@@ -53,9 +53,10 @@ _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 # reserved (RFC 3986), so a stray '%', a space, '<', a control or non-ASCII character.
 _TO_NORMALISE = re.compile(r"%([0-9A-Fa-f]{2})|[^A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
-# A browser-style user agent names its bot after "compatible;" (a product token is letters,
-# "_" and "-", RFC 9309 2.2.1).
-_COMPATIBLE = re.compile(r"\(\s*compatible\s*;\s*([A-Za-z_-]+)", re.IGNORECASE)
+# A browser-style user agent names its bot after "compatible;", first in its comment or not
+# ("(KHTML, like Gecko; compatible; Googlebot/2.1; ...)"). RFC 9309 2.2.1 gives a product
+# token letters, "_" and "-"; real ones hold digits too (MJ12bot), as robots.txt writes them.
+_COMPATIBLE = re.compile(r"[(;]\s*compatible\s*;\s*([A-Za-z0-9_-]+)", re.IGNORECASE)
 
 
 class _Rule(NamedTuple):

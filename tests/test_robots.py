@@ -48,6 +48,12 @@ def test_rules_for_agents(agent, url, allowed, delay):
         ("Mozilla/5.0 (compatible; MyBot/1.0; +http://example.org/bot.html)", "MyBot"),
         ("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)", "Googlebot"),
         ("Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0", "Mozilla"),
+        ("Mozilla/5.0 (compatible; MJ12bot/v1.4.8; http://mj12bot.com/)", "MJ12bot"),
+        (
+            "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; Googlebot/2.1;"
+            " +http://www.google.com/bot.html) Chrome/120 Safari/537.36",
+            "Googlebot",
+        ),
         ("", "*"),
     ],
 )

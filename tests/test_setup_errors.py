@@ -264,3 +264,30 @@ def test_a_strategy_from_a_module_a_worker_cannot_import_gets_a_clear_error(tmp_
         out.stdout + out.stderr[-2000:]
     )
     assert "Traceback" not in out.stderr and "ONE PROCESS: True" in out.stdout
+
+
+def test_a_script_class_is_sendable_from_a_process_multiprocessing_started(tmp_path, server):
+    """There the script is ``__mp_main__``: its classes were taken for a module no worker
+    can import, and swarm(processes=2) refused them (a regression of this check)."""
+    out = _run_script(
+        tmp_path / "pooled.py",
+        f"""
+            import concurrent.futures, multiprocessing
+            import shardload
+            from shardload import AioDownload, DownloadStrategy
+
+            class Mine(DownloadStrategy):
+                pass
+
+            def job():
+                d = AioDownload(download_strategy=Mine(home={str(tmp_path)!r}))
+                urls = ["{server.base_urls[0]}/links/1", "{server.base_urls[1]}/links/2"]
+                return [b.state for b in shardload.swarm(urls, download=d, processes=2)]
+
+            if __name__ == "__main__":
+                context = multiprocessing.get_context("spawn")
+                with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+                    print("STATES", pool.submit(job).result(timeout=90))
+            """,
+    )
+    assert "STATES ['written', 'written']" in out.stdout, out.stdout + out.stderr[-2000:]

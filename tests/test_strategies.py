@@ -819,6 +819,17 @@ def test_an_aiodownload_override_that_gave_up_gets_no_second_on_fail_nor_retry(
     assert unavailable.error_message == "HTTP 503: request_and_download() said: Download failed"
 
 
+@pytest.mark.parametrize("processes", [1, 2])
+def test_an_aiodownload_override_retried_to_success_reports_the_last_status(srv, home, processes):
+    """The first attempt's 503 stayed on the bundle, written with status 503."""
+    download = GivesUpAsAiodownloadDid(
+        download_strategy=CountsOnFail(home=home), request_strategy=RequestStrategy(max_attempts=3)
+    )
+    path = f"/flaky/last-status-{processes}/1/503"
+    (b,) = shardload.swarm([srv.base_urls[0] + path], download=download, processes=processes)
+    assert (b.state, b.status, b.attempts) == ("written", 200, 2), b.error_message
+
+
 STATUS_ATTEMPT, STATUS_CACHE, STATUS_INIT = "Download attempted", "Cache hit", "Initialized"
 
 

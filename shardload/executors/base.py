@@ -86,7 +86,12 @@ def unimportable_names(value: object) -> list[str]:
     the import path does not reach (a plugin loader's ``spec_from_file_location``), or made
     in memory. A spawned worker would die at start on it, with an advice that does not apply.
     Each module is looked up as a new import would, by the finders of ``sys.meta_path``."""
-    return _global_names(value, lambda module: module != "__main__" and not _importable(module))
+    return _global_names(value, lambda module: module not in _MAINS and not _importable(module))
+
+
+# The running script's module: ``__mp_main__`` in a process multiprocessing started, whose
+# own workers load it from the script's path as well.
+_MAINS = frozenset({"__main__", "__mp_main__"})
 
 
 def _importable(module: str) -> bool:

@@ -425,6 +425,7 @@ class AioDownload(LoopBinding):
         try:
             before = bundle.attempts
             bundle.__dict__.pop("_status_msg", None)  # said by this attempt, or not at all
+            bundle.status = None  # answered to this attempt, or not at all
             try:
                 await self.request_and_download(bundle)
             except asyncio.CancelledError:
