@@ -138,7 +138,7 @@ def test_traversal_in_urls_stays_under_home(srv, home, tmp_path):
         base + "/any/../../../up1": (f"{host}/any/%2E%2E/%2E%2E/%2E%2E/up1", "/any/../../../up1"),
         base + "/any/%2e%2e/%2e%2e/%2E%2E/up2": (
             f"{host}/any/%2E%2E/%2E%2E/%2E%2E/up2",
-            "/any/%2e%2e/%2e%2e/%2E%2E/up2",
+            "/any/%2E%2E/%2E%2E/%2E%2E/up2",  # escapes' hex upper-cased (RFC 3986 6.2.2)
         ),
         base + "/any/..%2F..%2F..%2Fup3": (
             f"{host}/any/..%2F..%2F..%2Fup3",
@@ -622,3 +622,22 @@ def test_os_errors_of_a_write_map_to_their_kind(code, kind):
     from shardload.worker.failures import classify
 
     assert classify(OSError(code, os.strerror(code)))[0] == kind
+
+
+def test_the_temp_folder_goes_once_a_write_a_closed_run_abandoned_ends(tmp_path):
+    """A run closed while a thread still wrote a body left an empty .shardload-tmp: the run
+    could not remove the folder yet, and the thread removed its file after."""
+    from shardload.worker.temp_files import forget_temp_dir, open_temp, temp_dir
+
+    home = str(tmp_path)
+    temp = open_temp(home)
+    release = threading.Event()
+    run = temp.write_in_thread(lambda fd: release.wait(10))
+    writer = threading.Thread(target=run)
+    writer.start()
+    temp.discard()  # the download is cancelled: the thread closes and removes the file
+    forget_temp_dir(home)  # the run ends: its folder still holds that file
+    assert os.path.isdir(temp_dir(home))
+    release.set()
+    writer.join(10)
+    assert not os.path.exists(temp_dir(home))

@@ -69,6 +69,15 @@ def forget_temp_dir(home: str) -> None:
         os.rmdir(temp_dir(home))
 
 
+def _remove_if_forgotten(directory: str) -> None:
+    """A write abandoned by a run that has ended removes its file last: the folder the run
+    could not remove then (``forget_temp_dir``) goes now, if empty and no run uses it (one
+    that makes it again in between finds it gone at its open, and makes it again)."""
+    if absolute(os.path.dirname(directory)) not in _made:
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)
+
+
 class Temp:
     """An open temporary file; ``discard`` closes and removes it.
 
@@ -101,6 +110,7 @@ class Temp:
                     abandoned = self._abandoned
                 if abandoned:
                     self._close()
+                    _remove_if_forgotten(os.path.dirname(self.path))
 
         return run
 
