@@ -1,4 +1,4 @@
-"""robots.txt rules for one host, matched as RFC 9309 says (pure: no IO, stdlib only).
+"""robots.txt rules for one host, matched as RFC 9309 says (pure: no IO).
 
 Policy, by how fetching /robots.txt went (``rules_from_response``):
 
@@ -47,8 +47,9 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
+from .urls import normal_escape
+
 _MAX_RULES = 10_000  # rules kept for our agent; beyond it a file is pathological
-_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 # A well-formed %XX, or a character a URI cannot hold as it is: neither unreserved nor
 # reserved (RFC 3986), so a stray '%', a space, '<', a control or non-ASCII character.
 _TO_NORMALISE = re.compile(r"%([0-9A-Fa-f]{2})|[^A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]")
@@ -162,8 +163,7 @@ def _normalise(text: str) -> str:
     def one(match: re.Match[str]) -> str:
         hex_digits = match.group(1)
         if hex_digits is not None:
-            char = chr(int(hex_digits, 16))
-            return char if char in _UNRESERVED else "%" + hex_digits.upper()
+            return normal_escape(hex_digits)
         raw = match.group(0).encode("utf-8", "surrogatepass")
         return "".join(f"%{byte:02X}" for byte in raw)
 

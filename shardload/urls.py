@@ -202,24 +202,22 @@ def _normal_path(path: str) -> str:
     segments = path.split("/")
     for i, segment in enumerate(segments):
         if "%" in segment:
-            normal = _ESCAPE.sub(_unescape_unreserved, segment)
+            normal = _ESCAPE.sub(lambda match: normal_escape(match.group(1)), segment)
             if normal in (".", ".."):
-                normal = _ESCAPE.sub(_upper_escape, segment)
+                normal = _ESCAPE.sub(lambda match: match.group().upper(), segment)
             segments[i] = normal
     return "/".join(segments)
 
 
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
-_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 
-def _unescape_unreserved(match: re.Match[str]) -> str:
-    char = chr(int(match.group(1), 16))
-    return char if char in _UNRESERVED else match.group().upper()
-
-
-def _upper_escape(match: re.Match[str]) -> str:
-    return match.group().upper()
+def normal_escape(hex_digits: str) -> str:
+    """The normal form of the escape ``%<hex_digits>`` (RFC 3986 6.2.2): an unreserved
+    character decoded, any other escape with its hex upper-cased."""
+    char = chr(int(hex_digits, 16))
+    return char if char in UNRESERVED else "%" + hex_digits.upper()
 
 
 def _split_general(url: str, params: Mapping[str, Any] | None) -> UrlParts:

@@ -34,11 +34,17 @@ if TYPE_CHECKING:
 
 Went = Callable[[], None]
 
-# The (status, headers) of each response this session gave while it is set: what an
-# aiodownload-style override's own ``self.client.get(...)`` was answered (it sets no status).
-heard: ContextVar[list[tuple[int, Mapping[str, str]]] | None] = ContextVar(
+# The (status, headers, Retry-After) of each response this session gave while it is set: what
+# an aiodownload-style override's own ``self.client.get(...)`` was answered (it sets no status).
+heard: ContextVar[list[tuple[int, dict[str, str], str | None]] | None] = ContextVar(
     "shardload_heard", default=None
 )
+
+
+def plain_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Response headers as a plain dict, as an ``Outcome`` carries them across processes."""
+    return {str(k): str(v) for k, v in headers.items()}
+
 
 # A connection found spoiled at reuse is closed and another taken. The idle connections of a
 # host are at most as many as were ever in use at once (``limit``): after that many closes the
@@ -211,7 +217,9 @@ def _request_trace() -> aiohttp.TraceConfig:
     async def answered(_session: object, _context: object, params: Any) -> None:
         answers = heard.get()
         if answers is not None:
-            answers.append((params.response.status, params.response.headers))
+            headers = params.response.headers
+            status = params.response.status
+            answers.append((status, plain_headers(headers), headers.get("Retry-After")))
 
     trace = aiohttp.TraceConfig()
     trace.on_connection_create_end.append(opened)

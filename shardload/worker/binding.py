@@ -8,12 +8,15 @@ Invariants:
 - the clients made in a loop are closed by ``close()``, by the last run's ``end_run``, or when
   that loop shuts down (``_close_at_loop_end``, which holds the clients, not the engine, so a
   download made inside the coroutine that ran it is closed too); a session passed as
-  ``client`` belongs to the caller and is never closed here.
+  ``client`` belongs to the caller and is never closed here;
+- a loop ``loop`` made for the caller (no loop was running) is closed at exit, its async
+  generators, and so the clients opened in it, first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import copy
 from collections import OrderedDict
@@ -42,6 +45,7 @@ class LoopBinding(Politeness):
     # (loop, generator): closes what this engine opened in that loop when the loop ends.
     _closer: tuple[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] | None
     _opened: list[Any]  # the clients it will close
+    _own_loop: asyncio.AbstractEventLoop | None  # see ``loop``
 
     def _reset(self) -> None:
         # Everything below belongs to one event loop: made lazily inside it, useless in another.
@@ -57,6 +61,22 @@ class LoopBinding(Politeness):
         self._robots_until: dict[str, float] = {}  # when an unreachable robots.txt is re-asked
         self._robots_idle: OrderedDict[str, int] = OrderedDict()  # see Politeness
         self._robots_idle_weight = 0
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """aiodownload's ``loop``, which its own ``each`` drove the engine in
+        (``download.loop.run_until_complete(download.main(bundle))``): the running event loop,
+        else one of this engine's own, made on first use and closed when the program exits
+        (its clients with it), unless closed before."""
+        try:
+            return asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        own = getattr(self, "_own_loop", None)  # a subclass may skip __init__
+        if own is None or own.is_closed():
+            own = self._own_loop = asyncio.new_event_loop()
+            atexit.register(_close_idle_loop, own)
+        return own
 
     async def __aenter__(self) -> Self:
         return self
@@ -159,3 +179,22 @@ async def _close_at_loop_end(opened: list[Any], home: str) -> AsyncGenerator[Non
         opened.sort(key=lambda client: isinstance(client, LeanClient))  # popped from the end
         while opened:
             await opened.pop().close()
+
+
+def _close_idle_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """At exit: what this loop still holds (the engine's clients close as its async
+    generators shut down), then the loop itself."""
+    if loop.is_closed() or loop.is_running():
+        return
+    with contextlib.suppress(Exception):
+        loop.run_until_complete(_shut_down(loop))
+    loop.close()
+
+
+async def _shut_down(loop: asyncio.AbstractEventLoop) -> None:
+    # A closer the engine dropped when it moved to another loop was finalised while this one
+    # stood still: its close was only scheduled, and runs now.
+    await asyncio.sleep(0)
+    await loop.shutdown_asyncgens()
+    others = asyncio.all_tasks(loop) - {asyncio.current_task(loop)}
+    await asyncio.gather(*others, return_exceptions=True)

@@ -16,11 +16,10 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import math
 import time
-from collections.abc import AsyncGenerator, Generator, Mapping
+from collections.abc import AsyncGenerator, Generator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -105,22 +104,6 @@ class AioDownload(LoopBinding):
     def client(self, session: aiohttp.ClientSession | None) -> None:
         self._client = session
         self._reset()
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """aiodownload's ``loop``, which its own ``each`` drove the engine in
-        (``download.loop.run_until_complete(download.main(bundle))``): the running event loop,
-        else one of this engine's own, made on first use and closed when the program exits
-        (its clients with it), unless closed before."""
-        try:
-            return asyncio.get_running_loop()
-        except RuntimeError:
-            pass
-        own = self.__dict__.get("_own_loop")
-        if own is None or own.is_closed():
-            own = self._own_loop = asyncio.new_event_loop()
-            atexit.register(_close_idle_loop, own)
-        return own
 
     @property
     def has_client(self) -> bool:
@@ -417,7 +400,7 @@ class AioDownload(LoopBinding):
             return Outcome(ErrorKind.BREAKER_OPEN, refused, attempt=bundle.attempts)
         told: list[Outcome] = []
         token = _told.set(told)
-        answers: list[tuple[int, Mapping[str, str]]] = []  # of its own requests on self.client
+        answers: list[tuple[int, dict[str, str], str | None]] = []  # its own, on self.client
         listening = heard.set(answers)
         ds = self.download_strategy
         found = note_before(bundle)  # aiodownload's override calls on_success, which may write
@@ -471,8 +454,8 @@ class AioDownload(LoopBinding):
         if told:
             headers, retry_after = told[-1].headers, told[-1].retry_after
         elif answers:
-            headers = {str(k): str(v) for k, v in answers[-1][1].items()}
-            retry_after = parse_retry_after(headers.get("Retry-After"), time.time())
+            _, headers, asked = answers[-1]
+            retry_after = parse_retry_after(asked, time.time())
         else:
             headers, retry_after = {}, None
         if slot.record(bundle.status, kind, retry_after, bundle.url):
@@ -569,25 +552,6 @@ class AioDownload(LoopBinding):
             ErrorKind.REDIRECT,
             f"too many redirects (max_redirects={rs.max_redirects}), last to {redact(url)}",
         )
-
-
-def _close_idle_loop(loop: asyncio.AbstractEventLoop) -> None:
-    """At exit: what this loop still holds (the engine's clients close as its async
-    generators shut down), then the loop itself."""
-    if loop.is_closed() or loop.is_running():
-        return
-    with contextlib.suppress(Exception):
-        loop.run_until_complete(_shut_down(loop))
-    loop.close()
-
-
-async def _shut_down(loop: asyncio.AbstractEventLoop) -> None:
-    # A closer the engine dropped when it moved to another loop was finalised while this one
-    # stood still: its close was only scheduled, and runs now.
-    await asyncio.sleep(0)
-    await loop.shutdown_asyncgens()
-    others = asyncio.all_tasks(loop) - {asyncio.current_task(loop)}
-    await asyncio.gather(*others, return_exceptions=True)
 
 
 class MainSemaphore(asyncio.BoundedSemaphore):

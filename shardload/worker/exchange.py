@@ -44,11 +44,12 @@ from .aiohttp_session import (
     drop_if_body_pending,
     encoded_url,
     make_session,
+    plain_headers,
 )
 from .descriptors import open_file_limit
 from .failures import classify
 from .files import READ_SIZE, SpeedGuard, speed_guard
-from .http import ORIGIN_ONLY, REDIRECT_STATUSES, LeanClient
+from .http import ORIGIN_ONLY, REDIRECT_STATUSES, LeanClient, no_status
 from .own_writes import measure_own_write, run_on_success
 
 if TYPE_CHECKING:
@@ -230,7 +231,7 @@ class Exchange:
                 headers = response.headers
                 if not lean:
                     if status < 100:  # the lean client fails these itself, and a 101
-                        why = f"malformed HTTP response: status {status:03d} is no HTTP status"
+                        why = f"malformed HTTP response: {no_status(status)}"
                         raise DownloadFailed(ErrorKind.PROTOCOL, why)
                     if status < 200:
                         raise DownloadFailed(ErrorKind.PROTOCOL, "the server switched protocols")
@@ -249,7 +250,7 @@ class Exchange:
                         error_kind=ErrorKind.HTTP,
                         message=str(exc) or f"HTTP {status}",
                         status=status,
-                        headers=_plain(headers),
+                        headers=plain_headers(headers),
                         retry_after=parse_retry_after(headers.get("Retry-After"), time.time()),
                         attempt=bundle.attempts,
                     )
@@ -287,7 +288,7 @@ class Exchange:
                 error_kind=kind,
                 message=message,
                 status=status,
-                headers=_plain(headers),
+                headers=plain_headers(headers),
                 attempt=bundle.attempts,
             )
 
@@ -387,7 +388,3 @@ def _pool_limit(in_flight: int) -> int:
     over 8 hosts, 500-1,200 connects instead of ~70, each a handshake the server pays too."""
     spare = 2 * (_descriptor_budget() - in_flight)  # an idle connection needs one descriptor
     return in_flight + max(0, min(in_flight, spare))
-
-
-def _plain(headers: Mapping[str, str]) -> dict[str, str]:
-    return {str(k): str(v) for k, v in headers.items()}

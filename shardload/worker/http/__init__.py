@@ -32,6 +32,14 @@ between these modules only.
 """
 
 from .client import ORIGIN_ONLY, REDIRECT_STATUSES, LeanClient, request_target
+from .connection import no_status
 from .response import LeanResponse
 
-__all__ = ["ORIGIN_ONLY", "REDIRECT_STATUSES", "LeanClient", "LeanResponse", "request_target"]
+__all__ = [
+    "ORIGIN_ONLY",
+    "REDIRECT_STATUSES",
+    "LeanClient",
+    "LeanResponse",
+    "no_status",
+    "request_target",
+]

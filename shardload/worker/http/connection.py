@@ -237,7 +237,7 @@ class Connection(asyncio.Protocol):
             return  # that second answer is ignored
         status = self.parser.get_status_code()
         if status < 100:  # "000" parses; as an answer it means nothing (curl refuses it too)
-            raise _BadStatus(f"status {status:03d} is no HTTP status")
+            raise _BadStatus(no_status(status))
         if 100 <= status < 200:
             self.header_list = []  # an interim answer (100 Continue): the real one follows
             return
@@ -355,3 +355,8 @@ class Connection(asyncio.Protocol):
 
 class _BadStatus(Exception):
     """A status line httptools takes and HTTP does not (under 100): raised from its callback."""
+
+
+def no_status(status: int) -> str:
+    """Why a status under 100 is refused (by both clients)."""
+    return f"status {status:03d} is no HTTP status"
