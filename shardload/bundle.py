@@ -82,6 +82,9 @@ class Bundle:
     # item of that run it is returned for brings its own; a later run keeps it, or what the
     # owner set since.
     _info_by: object | None = field(default=None, init=False, repr=False, compare=False)
+    # True while nobody but the run holds the bundle (made from a plain URL, or ``Handed``
+    # over): it may wait on disk and come back as an equal copy. Set for each run.
+    _spare: bool = field(default=False, init=False, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:

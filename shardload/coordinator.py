@@ -13,7 +13,13 @@ Invariants:
   only bundles with a preset path are matched so;
 - memory is bounded: at most ``waiting_cap`` jobs wait in flow control or behind a pending
   request they repeat, at most ``shard_cap`` are outstanding per shard, and the input thread
-  reads at most ``read_ahead`` items ahead;
+  reads at most ``read_ahead`` items ahead. Past ``waiting_cap`` the input is read on only
+  for a slow drain (the jobs in memory would take ``patience`` seconds at the recent pace)
+  while a shard has room and nothing to send: then a lane with ``lane_memory`` jobs in
+  memory parks its further ones on disk (``Spill``, at most ``spill_cap``; a parked lane
+  parks all its new ones, so each lane keeps its order), and memory holds at most
+  ``hard_cap`` (2 x ``waiting_cap``) plus one refill. Only bundles the run owns
+  (``_spare``) are parked: a caller's object waits in memory, or the input waits;
 - the loop never blocks on a worker, a host or the input: it only awaits ``wake``;
 - a crashed shard is restarted and its outstanding jobs resent, up to ``max_restarts`` crashes
   in a row (a result in between starts the count again, so a day-long crawl survives
@@ -52,10 +58,11 @@ from .bundle import (
 )
 from .errors import DownloadFailed, ErrorKind, WorkerKilledAtStart
 from .executors.base import Executor
-from .flow import FlowControl
+from .flow import DrainPace, FlowControl
 from .intake import InputReader, Items, RunMark, describe_error, prepare_item
 from .paths import url_to_relpath
 from .sharding import shard_for_url
+from .spill import Spill
 from .urls import host_key, split_url
 
 
@@ -64,6 +71,12 @@ class Limits:
     shard_cap: int = 512
     lane_cap: int = 16
     waiting_cap: int = 20_000
+    spill_cap: int = 1_000_000  # jobs parked on disk past waiting_cap (~40 bytes each)
+    # Past waiting_cap, the input is read on (and jobs parked) only while a shard has room
+    # and the jobs in memory would take patience seconds to finish at the pace of the last
+    # pace_window seconds.
+    patience: float = 10.0
+    pace_window: float = 2.0
     read_ahead: int = 4096
     max_restarts: int = 3
     dedupe_window: int = 32_768  # answered requests remembered for repeats (~10 MB when full)
@@ -154,6 +167,15 @@ async def coordinate(
     # instead of the whole shard. Halving keeps it to ~2 log2(n) rounds: one at a time, 512
     # slow jobs held the shard's other hosts for minutes.
     isolating: dict[int, deque[list[_Entry]]] = {}
+    # Past waiting_cap, a lane with lane_memory jobs waiting in memory parks the rest of
+    # its jobs on disk, so the input is read on for the other hosts; past hard_cap all do.
+    lane_memory = 4 * limits.lane_cap
+    # Blocks of one refill: a lane keeps no more than that read back from disk, untaken.
+    spill: Spill[tuple[int, str]] = Spill(block=lane_memory)
+    held: deque[Bundle] = deque()  # taken from the input; neither memory nor disk has room
+    pace = DrainPace(limits.pace_window)
+    recheck: asyncio.TimerHandle | None = None
+    hard_cap = 2 * limits.waiting_cap
     reader = InputReader(
         items,
         lambda seq, item: prepare_item(seq, item, url_map, run),
@@ -161,11 +183,11 @@ async def coordinate(
         limits.read_ahead,
     )
 
-    def admit(bundle: Bundle, out: list[Bundle], dirty: set[int]) -> None:
-        nonlocal following
+    def route(bundle: Bundle, out: list[Bundle]) -> tuple[int, str] | None:
+        """The bundle's lane (shard, host key); None when it failed here (added to out)."""
         if bundle.state == FAILED:
             out.append(bundle)
-            return
+            return None
         try:
             key = host_key(bundle.url)
             shard = 0
@@ -177,7 +199,86 @@ async def coordinate(
                 shard = shard_for_url(key, spread, shards, k)
         except DownloadFailed as exc:
             out.append(bundle.fail(exc.kind, exc.message))
-            return
+            return None
+        return shard, key
+
+    def place(bundle: Bundle, out: list[Bundle], dirty: set[int]) -> bool:
+        """Admit a bundle from the input, or park it on disk when its lane has enough
+        waiting in memory; False when memory is full and it cannot go to disk (held)."""
+        lane = route(bundle, out)
+        if lane is None:
+            return True
+        waiting = flow.waiting + following
+        if lane[0] not in dead and (
+            lane in spill
+            or (waiting >= limits.waiting_cap and flow.queued(*lane) >= lane_memory)
+            or waiting >= hard_cap
+        ):
+            if bundle._spare and spill.broken is None and len(spill) < limits.spill_cap:
+                spill.put(lane, (bundle.seq, bundle.url, bundle.file_path, bundle.info))
+                return True
+            if waiting >= hard_cap:
+                return False
+        admit(bundle, *lane, out, dirty)
+        return True
+
+    def unspill(out: list[Bundle], dirty: set[int]) -> None:
+        """Lanes with jobs on disk and few in memory take the next ones back."""
+        for lane in spill.lanes():
+            while (
+                lane in spill
+                and flow.queued(*lane) < lane_memory // 2
+                and flow.waiting + following < hard_cap
+            ):
+                for seq, url, path, info in spill.take(lane, lane_memory):
+                    bundle = Bundle(url, info=info, file_path=path)
+                    bundle._begin()
+                    bundle._run, bundle.seq, bundle._spare = run, seq, True
+                    admit(bundle, *lane, out, dirty)
+
+    def starving() -> bool:
+        """Whether a live shard has room and nothing it may be sent: reading on may find it
+        other hosts' jobs (when the memory is full of one slow host's, say)."""
+        return any(
+            flow.outstanding(shard) < limits.shard_cap and not flow.ready(shard)
+            for shard in range(shards)
+            if shard not in dead
+        )
+
+    def slow_drain(waiting: int) -> bool:
+        nonlocal recheck
+        if not starving():
+            return False
+        seconds = pace.seconds_for(waiting, loop.time())
+        if seconds is None or seconds < limits.patience:
+            # Look again soon: a stuck host sends no result to wake the loop.
+            if recheck is None or recheck.when() <= loop.time():
+                recheck = loop.call_later(limits.pace_window / 4, events.wake.set)
+            return False
+        return True
+
+    def read_input(out: list[Bundle], dirty: set[int]) -> bool:
+        """Admit the next step of the input; True when there may be more to take now."""
+        while held:
+            if not place(held[0], out, dirty):
+                return False
+            held.popleft()
+        waiting = flow.waiting + following
+        if waiting < limits.waiting_cap:
+            step = min(limits.waiting_cap - waiting, _ADMIT_STEP)
+        elif spill.broken is None and len(spill) < limits.spill_cap and slow_drain(waiting):
+            step = _ADMIT_STEP
+        else:
+            return False
+        taken = reader.take(step)
+        for i, bundle in enumerate(taken):
+            if not place(bundle, out, dirty):
+                held.extend(taken[i:])
+                return False
+        return len(taken) == step
+
+    def admit(bundle: Bundle, shard: int, key: str, out: list[Bundle], dirty: set[int]) -> None:
+        nonlocal following
         if shard in dead:
             out.append(bundle.fail(ErrorKind.WORKER_CRASH, dead[shard]))
             return
@@ -329,9 +430,9 @@ async def coordinate(
                 if entry is None:
                     continue  # a job resent after a crash finished twice: keep the first
                 out.append(apply_result(entry.bundle, result))
-                out.extend(
-                    apply_result(bundle, result, shared=True) for bundle in settle(entry, result)
-                )
+                repeats = settle(entry, result)
+                out.extend(apply_result(bundle, result, shared=True) for bundle in repeats)
+                pace.finished += 1 + len(repeats)
                 flow.done(shard, entry.lane)
                 dirty.add(shard)
             restarts[shard] = 0  # it works again: only crashes in a row use up its restarts
@@ -371,15 +472,10 @@ async def coordinate(
                     # An isolated group of several that died holds a culprit: halved next.
                     narrowing = shard in isolating and len(in_hands) > 1
                     crashed(shard, reason, out, narrowing)
+            unspill(out, dirty)
             # Admitted a step at a time, so the first jobs go out (and results come back)
             # while the rest of a large read-ahead is still being admitted.
-            room = min(limits.waiting_cap - flow.waiting - following, _ADMIT_STEP)
-            more = False
-            if room > 0:
-                taken = reader.take(room)
-                more = len(taken) == room
-                for bundle in taken:
-                    admit(bundle, out, dirty)
+            more = read_input(out, dirty)
             for shard in dirty:
                 if shard in restarting or shard in isolating:
                     continue  # sent when its worker is back (restarted()), or one by one
@@ -390,7 +486,7 @@ async def coordinate(
                     executor.send(shard, [e.job for e in entries])
             if out:
                 yield out
-            if not pending and reader.exhausted:
+            if not pending and not held and not spill and reader.exhausted:
                 if reader.error is not None:
                     raise reader.error
                 break
@@ -402,6 +498,9 @@ async def coordinate(
     finally:
         run.live = False  # its bundles that never finished may go to another run as they are
         reader.stop()
+        spill.close()
+        if recheck is not None:
+            recheck.cancel()
         try:
             for task, _ in restarting.values():
                 # A worker half started must be in the executor's list before it is told to

@@ -14,6 +14,7 @@ ring exactly once.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict, deque
 from collections.abc import Hashable
 from typing import Generic, TypeVar
@@ -67,6 +68,15 @@ class FlowControl(Generic[T]):
         if key in self._waiting:
             self._ready[shard][key] = None
 
+    def queued(self, shard: int, lane: Hashable) -> int:
+        """How many of the lane's items wait here."""
+        queue = self._waiting.get((shard, lane))
+        return 0 if queue is None else len(queue)
+
+    def ready(self, shard: int) -> bool:
+        """Whether the shard has a lane with waiting items and room."""
+        return bool(self._ready[shard])
+
     def outstanding(self, shard: int) -> int:
         return self._shard_out[shard]
 
@@ -78,3 +88,28 @@ class FlowControl(Generic[T]):
         self.waiting -= len(out)
         self._ready[shard].clear()
         return out
+
+
+class DrainPace:
+    """How long the jobs waiting would take to finish at the pace of the last ``window``
+    seconds: the coordinator reads on past its memory bound only for a slow drain (a polite
+    or stuck host holding the memory), never for a fast one that frees room soon anyway."""
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self.finished = 0  # the caller counts its finished jobs here
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def seconds_for(self, waiting: int, now: float) -> float | None:
+        """Seconds to finish ``waiting`` jobs at the recent pace (inf with none finished);
+        None until the pace has been watched for a whole window."""
+        samples = self._samples
+        if not samples or now - samples[-1][0] >= self.window / 8:
+            samples.append((now, self.finished))
+        while len(samples) > 1 and samples[1][0] <= now - self.window:
+            samples.popleft()
+        then, count = samples[0]
+        if now - then < self.window:
+            return None
+        done = self.finished - count
+        return math.inf if done <= 0 else waiting * (now - then) / done

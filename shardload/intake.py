@@ -147,6 +147,16 @@ async def _next(iterator: AsyncIterator[Any]) -> Any:
     return await anext(iterator, _END)
 
 
+class Handed:
+    """An input item that is a bundle its caller keeps no reference to (the CLI's lines):
+    the run may hold it as an equal copy, on disk while it waits. Its info must pickle."""
+
+    __slots__ = ("bundle",)
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+
+
 class RunMark:
     """Marks the bundles one run holds, while it is live."""
 
@@ -166,12 +176,16 @@ def _own(bundle: Bundle, run: RunMark) -> Bundle:
 def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None, run: RunMark) -> Bundle:
     """Turn one input item into a fresh bundle; an item that cannot be used gives a failed one.
 
+    A bundle made here from a plain URL, or ``Handed`` over, is the run's own (``_spare``).
     A caller's bundle is reset and used in place, except one this run handed out already (the
     same object twice in the input, or answered by url_map for two items) or one still pending
     in another live run: that one gets a copy, so each item has its own.
     """
+    spare = False
     try:
-        if isinstance(item, Bundle):
+        if isinstance(item, Handed):
+            bundle, spare = item.bundle, True
+        elif isinstance(item, Bundle):
             bundle = _own(item, run)
         else:
             try:
@@ -201,9 +215,11 @@ def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None, run:
                 # aiodownload's default url_map=str kept it.
                 plain = type(url) is str and type(item) is str and url == item
                 bundle = Bundle(url=_text(url), info=None if plain else item)
+                spare = plain
         bundle._begin()
         bundle._run = run
         bundle.seq = seq
+        bundle._spare = spare
     except Exception as exc:  # one unusable item fails alone; the rest of the input goes on
         return _failed_item(seq, item, f"unusable input item: {describe_error(exc)}")
     return bundle

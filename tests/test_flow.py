@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shardload.flow import FlowControl
+from shardload.flow import DrainPace, FlowControl
 
 
 def test_lane_cap_leaves_room_for_other_lanes():
@@ -91,3 +93,44 @@ def test_every_item_taken_exactly_once_within_caps(ops, shard_cap, lane_cap):
         take_all()
     assert sorted(taken) == list(range(len(ops)))
     assert flow.waiting == 0
+
+
+def test_queued_and_ready_say_what_a_lane_and_a_shard_hold():
+    flow: FlowControl[str] = FlowControl(shards=2, shard_cap=10, lane_cap=1)
+    assert flow.queued(0, "a") == 0 and not flow.ready(0)
+    flow.push(0, "a", "a0")
+    flow.push(0, "a", "a1")
+    assert flow.queued(0, "a") == 2 and flow.ready(0) and not flow.ready(1)
+    assert flow.take(0) == ["a0"]
+    # a1 waits, but its lane is at its cap: nothing may be sent to shard 0 now.
+    assert flow.queued(0, "a") == 1 and not flow.ready(0)
+
+
+@pytest.mark.parametrize(
+    ("finished_at", "now", "waiting", "expected"),
+    [
+        ([], 1.0, 100, None),  # watched for less than a window: no pace yet
+        ([], 2.0, 100, math.inf),  # a whole window and nothing finished: never drains
+        ([(1.0, 50)], 2.0, 100, 4.0),  # 50 in 2 s: 100 take 4 s
+        ([(0.5, 1000)], 2.0, 20_000, 40.0),
+        ([(0.5, 10_000)], 2.0, 20_000, 4.0),
+    ],
+)
+def test_drain_pace(finished_at, now, waiting, expected):
+    pace = DrainPace(window=2.0)
+    assert pace.seconds_for(waiting, 0.0) is None
+    for at, count in finished_at:
+        pace.finished += count
+        assert pace.seconds_for(waiting, at) is None
+    assert pace.seconds_for(waiting, now) == expected
+
+
+def test_drain_pace_forgets_what_finished_before_its_window():
+    pace = DrainPace(window=2.0)
+    pace.seconds_for(10, 0.0)
+    pace.finished = 10_000  # a fast start
+    pace.seconds_for(10, 1.0)
+    for t in range(2, 9):
+        pace.seconds_for(10, float(t))
+    # Nothing finished in the last 2 s: the fast start no longer counts.
+    assert pace.seconds_for(10, 9.0) == math.inf

@@ -58,6 +58,7 @@ from shardload.cli.summary import (
     format_summary,
 )
 from shardload.errors import ConfigurationError, DownloadFailed, ShardloadError
+from shardload.intake import Handed
 from shardload.plan import RunOptions, split_key
 from shardload.worker.files import check_target, find_complete
 
@@ -154,7 +155,7 @@ def _items(
     output: str,
     reserved: list[str],
     own_paths: set[int],
-) -> Iterator[str | Bundle]:
+) -> Iterator[str | Handed]:
     """Input items for the library; bad lines and skipped URLs are recorded here instead.
     The place (``seq``) of each item that names its own path goes into ``own_paths``."""
     seq = 0
@@ -184,7 +185,9 @@ def _items(
         else:
             if parsed.path is not None:
                 own_paths.add(seq)
-            yield Bundle(parsed.url, info=parsed.info, file_path=parsed.path)
+            # Handed over: the library may park it on disk (its info is JSON) and answer
+            # with an equal copy.
+            yield Handed(Bundle(parsed.url, info=parsed.info, file_path=parsed.path))
             seq += 1
 
 
@@ -214,8 +217,10 @@ def hosts_path(manifest: str) -> str:
 
 
 def write_host_stats(manifest: str, stats: Any) -> str | None:
-    """Write this run's per-host statistics next to the manifest; returns the path written."""
-    if stats is None or not stats.hosts:
+    """Write this run's per-host statistics next to the manifest; returns the path written.
+    A run with no host to count (a ``--resume`` with nothing left) writes empty statistics:
+    an earlier run's would read as this one's."""
+    if stats is None:
         return None
     if manifest.startswith(("/dev/std", "/dev/fd/", "/proc/")):
         return None  # `--manifest /dev/stdout > f`: stat sees f, but /dev is not its folder

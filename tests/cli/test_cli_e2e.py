@@ -367,6 +367,25 @@ def test_per_host_side_car_adds_up_to_the_manifest(server: LocalServer, tmp_path
     assert "hosts with the most failures" in err and "manifest.hosts.json" in err
 
 
+def test_the_side_car_is_the_latest_runs_also_when_it_counted_no_host(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    src = tmp_path / "urls.txt"
+    src.write_text("\n".join(_byte_urls(server, "latest", 3)) + "\n")
+    out = tmp_path / "out"
+    assert run_cli(src, "-o", out, *FAST).returncode == 0
+    side = out / "manifest.hosts.json"
+    assert json.loads(side.read_text())["total"]["bundles"] == 3
+    # A resume with nothing left to do: the first run's numbers would read as its own.
+    assert run_cli(src, "-o", out, "--resume", *FAST).returncode == 0
+    after = json.loads(side.read_text())
+    assert after["hosts"] == [] and after["total"]["bundles"] == 0
+    # A fresh run over an input with no URL at all.
+    src.write_text("# nothing here\n")
+    assert run_cli(src, "-o", out, *FAST).returncode == 0
+    assert json.loads(side.read_text())["hosts"] == []
+
+
 def test_ray_backend_from_the_command_line(server: LocalServer, tmp_path: Path) -> None:
     urls = _byte_urls(server, "ray", 20)
     src = tmp_path / "urls.txt"

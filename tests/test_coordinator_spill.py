@@ -1,0 +1,240 @@
+"""A host that holds the coordinator's memory does not hold back the hosts after it (DESIGN
+rules 5 and 7): past its memory bound the coordinator parks that host's jobs on disk and reads
+on. Driven with an executor whose one host never answers until told to."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import shardload
+import shardload.coordinator as coordinator_module
+from shardload.bundle import Bundle, Job, Result
+from shardload.coordinator import Limits, coordinate
+from shardload.executors.base import ExecutorSink
+from shardload.flow import FlowControl
+from shardload.intake import Handed
+from shardload.urls import host_key
+
+from .conftest import make_download
+
+STUCK = "127.0.0.2"
+LIMITS = dict(
+    waiting_cap=200, lane_cap=4, read_ahead=64, spill_cap=50_000, patience=1.0, pace_window=0.2
+)
+
+
+class StuckHost:
+    """Answers every job at once, except those of STUCK, held until ``release`` is set."""
+
+    crosses_processes = False
+    imports_main = False
+
+    def __init__(self, shards: int) -> None:
+        self.shards = shards
+        self.release = asyncio.Event()
+        self.jobs: dict[int, Job] = {}  # every job sent, by seq
+        self.sent_twice: list[int] = []
+        self._held: list[tuple[int, Job]] = []
+        self._sink: ExecutorSink | None = None
+
+    async def start(self, sink: ExecutorSink) -> None:
+        self._sink = sink
+
+    def send(self, shard: int, jobs: list[Job]) -> None:
+        for job in jobs:
+            if job[0] in self.jobs:
+                self.sent_twice.append(job[0])
+            self.jobs[job[0]] = job
+            if host_key(job[1]) == STUCK and not self.release.is_set():
+                self._held.append((shard, job))
+            else:
+                self._answer(shard, job)
+
+    def let_go(self) -> None:
+        self.release.set()
+        for shard, job in self._held:
+            self._answer(shard, job)
+        self._held = []
+
+    def _answer(self, shard: int, job: Job) -> None:
+        sink = self._sink
+        if sink is None:
+            raise RuntimeError("not started")
+        result: Result = (job[0], job[4], "written", 200, 1, 0, None, 0.0, None, None, False, None)
+        asyncio.get_running_loop().call_soon(sink.results, shard, [result])
+
+    async def restart(self, shard: int) -> None:
+        raise AssertionError("no worker dies here")
+
+    async def finish(self) -> None:
+        pass
+
+    async def abort(self) -> None:
+        pass
+
+
+@pytest.fixture
+def most_waiting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The most jobs that ever waited in the coordinator's memory (flow control)."""
+    most = [0]
+
+    class Watched(FlowControl[Any]):
+        def push(self, shard: int, lane: Any, item: Any) -> None:
+            super().push(shard, lane, item)
+            most[0] = max(most[0], self.waiting)
+
+    monkeypatch.setattr(coordinator_module, "FlowControl", Watched)
+    return most
+
+
+def run_until_others_done(
+    items: list[Any], executor: StuckHost, others: int, limits: Limits
+) -> tuple[list[Bundle], float | None, int]:
+    """Run to the end; the stuck host is let go once ``others`` other bundles are done, or
+    after 5 s. Returns the bundles, when the others were done (None: not before the 5 s),
+    and how many stuck ones had finished by then."""
+    seen: list[Bundle] = []
+    done_at: list[float] = []
+    stuck_done_then: list[int] = []
+
+    async def main() -> None:
+        start = time.monotonic()
+
+        def let_go_later() -> None:
+            if not executor.release.is_set():
+                executor.let_go()
+
+        asyncio.get_running_loop().call_later(5.0, let_go_later)
+        async with asyncio.timeout(60):
+            async with contextlib.aclosing(coordinate(items, executor, limits=limits)) as batches:
+                async for batch in batches:
+                    seen.extend(batch)
+                    done = [b for b in seen if host_key(b.url) != STUCK]
+                    if not done_at and len(done) == others:
+                        done_at.append(time.monotonic() - start)
+                        stuck_done_then.append(len(seen) - len(done))
+                        executor.let_go()
+
+    asyncio.run(main())
+    return seen, (done_at[0] if done_at else None), (stuck_done_then or [0])[0]
+
+
+def other_urls(n: int) -> list[str]:
+    return [f"http://127.0.0.{3 + i % 5}/o{i}" for i in range(n)]
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_a_stuck_hosts_thousands_at_the_front_do_not_hold_back_the_hosts_after_it(
+    shards, most_waiting
+):
+    items = [f"http://{STUCK}/s{i}" for i in range(3000)] + other_urls(100)
+    executor = StuckHost(shards)
+    limits = Limits(**LIMITS)
+    seen, others_done_at, stuck_done = run_until_others_done(items, executor, 100, limits)
+    # Before: the 200 in memory were all the stuck host's, and the input was read no further.
+    assert others_done_at is not None and others_done_at < 4.0
+    assert stuck_done == 0
+    # Every item once, each job sent once, after the stuck host came back too.
+    assert sorted(b.seq for b in seen) == list(range(len(items)))
+    assert [b.url for b in sorted(seen, key=lambda b: b.seq)] == items
+    assert all(b.state == "written" for b in seen)
+    assert executor.sent_twice == []
+    # Memory stayed bounded: the rest of the stuck host's jobs waited on disk.
+    lane_memory = 4 * limits.lane_cap
+    assert most_waiting[0] <= 2 * limits.waiting_cap + lane_memory
+
+
+def test_jobs_handed_over_come_back_from_disk_with_their_path_and_info(most_waiting):
+    stuck = [
+        Handed(Bundle(f"http://{STUCK}/s{i}", info={"line": i}, file_path=f"p/{i}"))
+        for i in range(1500)
+    ]
+    items: list[Any] = [*stuck, *other_urls(50)]
+    executor = StuckHost(2)
+    seen, others_done_at, _ = run_until_others_done(items, executor, 50, Limits(**LIMITS))
+    assert others_done_at is not None
+    by_seq = {b.seq: b for b in seen}
+    assert len(by_seq) == len(items) == len(seen)
+    for i in range(1500):
+        assert by_seq[i].info == {"line": i} and by_seq[i].file_path == f"p/{i}"
+        assert executor.jobs[i][3] == {"line": i} and executor.jobs[i][4] == f"p/{i}"
+
+
+def test_a_callers_own_bundles_are_never_parked_and_come_back_as_themselves(most_waiting):
+    """A bundle the caller made is its object: it cannot wait on disk as a copy. Memory
+    still stays bounded (the input waits instead)."""
+    mine = [Bundle(f"http://{STUCK}/s{i}", info=object()) for i in range(1000)]
+    executor = StuckHost(1)
+    limits = Limits(**LIMITS)
+    seen, _, _ = run_until_others_done([*mine, *other_urls(10)], executor, 10, limits)
+    assert len(seen) == 1010
+    assert {id(b) for b in seen if host_key(b.url) == STUCK} == {id(b) for b in mine}
+    assert all(b.state == "written" for b in seen)
+    assert most_waiting[0] <= 2 * limits.waiting_cap
+
+
+def test_a_fast_drain_is_waited_for_not_read_past(most_waiting):
+    """When memory is full but drains fast (hosts that answer at once), the input is not
+    read on onto disk: the jobs in memory go soon enough."""
+
+    class Counting:
+        def __init__(self) -> None:
+            self.read = 0
+
+        def __iter__(self) -> Iterator[str]:
+            for i in range(6000):
+                self.read += 1
+                yield f"http://127.0.0.{3 + i % 2}/f{i}"
+
+    items = Counting()
+    executor = StuckHost(1)
+    limits = Limits(**LIMITS)
+    parked: list[int] = []
+    real_put = coordinator_module.Spill.put
+
+    def put(self: Any, lane: Any, record: Any) -> None:
+        parked.append(record[0])
+        real_put(self, lane, record)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(coordinator_module.Spill, "put", put)
+
+        async def main() -> list[Bundle]:
+            seen: list[Bundle] = []
+            async with contextlib.aclosing(coordinate(items, executor, limits=limits)) as it:
+                async for batch in it:
+                    seen.extend(batch)
+            return seen
+
+        seen = asyncio.run(main())
+    assert len(seen) == 6000 and parked == []
+
+
+def test_a_slow_hosts_many_urls_at_the_front_do_not_stall_the_rest_end_to_end(srv, home):
+    """Through the public API, with real workers: 25,000 URLs of a host that answers in
+    0.5 s (2 at a time) fill more than the coordinator's memory bound; the 300 URLs of other
+    hosts after them are done within seconds, not after the hours the slow host needs."""
+    slow = [f"{srv.base_urls[0]}/slow/500/s{i}" for i in range(25_000)]
+    fast = [f"{srv.base_urls[1 + i % 3]}/bytes/10?name=f{i}" for i in range(300)]
+    download = make_download(home, shardload.RequestStrategy(concurrent=2, timeout=5))
+    start = time.monotonic()
+    fast_done = 0
+    with tempfile.TemporaryDirectory():
+        with shardload.each(slow + fast, download=download, processes=2) as run:
+            for bundle in run:
+                if "/bytes/" in bundle.url:
+                    assert bundle.state == "written"
+                    fast_done += 1
+                    if fast_done == len(fast):
+                        break
+                if time.monotonic() - start > 60:
+                    break
+    assert fast_done == len(fast)
+    assert srv.stats()["hosts"][srv.host_key(0)]["requests"] < 1000
