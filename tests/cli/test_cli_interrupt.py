@@ -136,7 +136,8 @@ def test_a_signal_to_the_group_mid_body_leaves_no_temporary_folder(
 
     result = _interrupt_when(src, out, writing, sig, "--progress", "none")
     assert result.returncode == 130, result.stderr.decode()
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.jsonl"]
+    # The run's manifest and its per-host side-car (what it counted: maybe nothing) only.
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.hosts.json", "manifest.jsonl"]
 
 
 def test_a_sighup_under_nohup_is_ignored(server: LocalServer, tmp_path: Path) -> None:

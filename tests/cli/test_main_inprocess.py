@@ -17,6 +17,7 @@ import pytest
 
 import shardload
 from shardload.bundle import Bundle
+from shardload.intake import Handed
 from shardload.cli.main import main
 from shardload.cli.manifest import ManifestWriter
 
@@ -42,6 +43,7 @@ class FakeLibrary:
     def __init__(self, interrupt_after: int | None = None, crash_after: int | None = None):
         self.seen: list[str] = []
         self.received: list[Any] = []  # each item as it arrived, before the fake finishes it
+        self.handed: list[bool] = []  # whether it came as Handed (the library may park it)
         self.interrupt_after = interrupt_after
         self.crash_after = crash_after
         self.closed = False
@@ -55,6 +57,8 @@ class FakeLibrary:
                     raise KeyboardInterrupt
                 if n == self.crash_after:
                     raise RuntimeError("worker pool exploded")
+                self.handed.append(isinstance(item, Handed))
+                item = item.bundle if isinstance(item, Handed) else item
                 self.received.append(copy.copy(item))
                 bundle = _finish(item)
                 self.seen.append(bundle.url)
@@ -136,6 +140,7 @@ def test_jsonl_items_reach_the_library_as_bundles(fake: FakeLibrary, tmp_path: P
     assert len(fake.received) == 4
     first, second, third, plain = fake.received
     assert all(isinstance(item, Bundle) for item in (first, second, third))
+    assert fake.handed[:3] == [True, True, True]  # the CLI holds none of them: may be parked
     assert (first.url, first.file_path, first.info) == ("http://h/ok/j", "a/b.bin", {"k": [1]})
     assert (second.url, second.file_path, second.info) == ("http://h/ok/i", None, "only info")
     assert (third.url, third.file_path, third.info) == ("http://h/ok/p", "c.bin", None)
