@@ -17,9 +17,9 @@ import pytest
 
 import shardload
 from shardload.bundle import Bundle
-from shardload.intake import Handed
 from shardload.cli.main import main
 from shardload.cli.manifest import ManifestWriter
+from shardload.intake import Handed
 
 from .conftest import read_manifest
 
@@ -52,13 +52,13 @@ class FakeLibrary:
         assert options["processes"] >= 1
         self.options = options
         try:
-            for n, item in enumerate(items):
+            for n, given in enumerate(items):
                 if n == self.interrupt_after:
                     raise KeyboardInterrupt
                 if n == self.crash_after:
                     raise RuntimeError("worker pool exploded")
-                self.handed.append(isinstance(item, Handed))
-                item = item.bundle if isinstance(item, Handed) else item
+                self.handed.append(isinstance(given, Handed))
+                item = given.bundle if isinstance(given, Handed) else given
                 self.received.append(copy.copy(item))
                 bundle = _finish(item)
                 self.seen.append(bundle.url)
