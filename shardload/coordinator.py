@@ -15,10 +15,10 @@ Invariants:
   request they repeat, at most ``shard_cap`` are outstanding per shard, and the input thread
   reads at most ``read_ahead`` items ahead. Past ``waiting_cap`` the input is read on only
   for a slow drain (the jobs in memory would take ``patience`` seconds at the recent pace)
-  while a shard has room and nothing to send: then a lane with ``lane_memory`` jobs in
+  while a shard has room and nothing to send: then a lane with ``bound.lane`` jobs in
   memory parks its further ones on disk (``Spill``, at most ``spill_cap``; a parked lane
   parks all its new ones, so each lane keeps its order), and memory holds at most
-  ``hard_cap`` (2 x ``waiting_cap``) plus one refill. Only bundles the run owns
+  ``bound.hard`` (2 x ``waiting_cap``) plus one refill. Only bundles the run owns
   (``_spare``) are parked: a caller's object waits in memory, or the input waits;
 - the loop never blocks on a worker, a host or the input: it only awaits ``wake``;
 - a crashed shard is restarted and its outstanding jobs resent, up to ``max_restarts`` crashes
@@ -58,7 +58,7 @@ from .bundle import (
 )
 from .errors import DownloadFailed, ErrorKind, WorkerKilledAtStart
 from .executors.base import Executor
-from .flow import DrainPace, FlowControl
+from .flow import DrainPace, FlowControl, MemoryBound, Place, place_for
 from .intake import InputReader, Items, RunMark, describe_error, prepare_item
 from .paths import url_to_relpath
 from .sharding import shard_for_url
@@ -167,15 +167,14 @@ async def coordinate(
     # instead of the whole shard. Halving keeps it to ~2 log2(n) rounds: one at a time, 512
     # slow jobs held the shard's other hosts for minutes.
     isolating: dict[int, deque[list[_Entry]]] = {}
-    # Past waiting_cap, a lane with lane_memory jobs waiting in memory parks the rest of
-    # its jobs on disk, so the input is read on for the other hosts; past hard_cap all do.
-    lane_memory = 4 * limits.lane_cap
+    # Past waiting_cap, a lane with 4 x lane_cap jobs waiting in memory parks the rest of
+    # its jobs on disk, so the input is read on for the other hosts; past twice that, all do.
+    bound = MemoryBound(limits.waiting_cap, 2 * limits.waiting_cap, 4 * limits.lane_cap)
     # Blocks of one refill: a lane keeps no more than that read back from disk, untaken.
-    spill: Spill[tuple[int, str]] = Spill(block=lane_memory)
+    spill: Spill[tuple[int, str]] = Spill(block=bound.lane)
     held: deque[Bundle] = deque()  # taken from the input; neither memory nor disk has room
     pace = DrainPace(limits.pace_window)
     recheck: asyncio.TimerHandle | None = None
-    hard_cap = 2 * limits.waiting_cap
     reader = InputReader(
         items,
         lambda seq, item: prepare_item(seq, item, url_map, run),
@@ -208,29 +207,33 @@ async def coordinate(
         lane = route(bundle, out)
         if lane is None:
             return True
-        waiting = flow.waiting + following
-        if lane[0] not in dead and (
-            lane in spill
-            or (waiting >= limits.waiting_cap and flow.queued(*lane) >= lane_memory)
-            or waiting >= hard_cap
-        ):
-            if bundle._spare and spill.broken is None and len(spill) < limits.spill_cap:
-                spill.put(lane, (bundle.seq, bundle.url, bundle.file_path, bundle.info))
-                return True
-            if waiting >= hard_cap:
-                return False
-        admit(bundle, *lane, out, dirty)
-        return True
+        where = Place.MEMORY
+        if lane[0] not in dead:  # fails at once
+            where = place_for(
+                bound,
+                flow.waiting + following,
+                flow.queued(*lane),
+                parked=lane in spill,
+                parkable=bundle._spare and can_park(),
+            )
+        if where is Place.DISK:
+            spill.put(lane, (bundle.seq, bundle.url, bundle.file_path, bundle.info))
+        elif where is Place.MEMORY:
+            admit(bundle, *lane, out, dirty)
+        return where is not Place.HOLD
+
+    def can_park() -> bool:
+        return spill.broken is None and len(spill) < limits.spill_cap
 
     def unspill(out: list[Bundle], dirty: set[int]) -> None:
         """Lanes with jobs on disk and few in memory take the next ones back."""
         for lane in spill.lanes():
             while (
                 lane in spill
-                and flow.queued(*lane) < lane_memory // 2
-                and flow.waiting + following < hard_cap
+                and flow.queued(*lane) < bound.lane // 2
+                and flow.waiting + following < bound.hard
             ):
-                for seq, url, path, info in spill.take(lane, lane_memory):
+                for seq, url, path, info in spill.take(lane, bound.lane):
                     bundle = Bundle(url, info=info, file_path=path)
                     bundle._begin()
                     bundle._run, bundle.seq, bundle._spare = run, seq, True
@@ -266,7 +269,7 @@ async def coordinate(
         waiting = flow.waiting + following
         if waiting < limits.waiting_cap:
             step = min(limits.waiting_cap - waiting, _ADMIT_STEP)
-        elif spill.broken is None and len(spill) < limits.spill_cap and slow_drain(waiting):
+        elif can_park() and slow_drain(waiting):
             step = _ADMIT_STEP
         else:
             return False

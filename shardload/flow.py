@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 from collections import OrderedDict, deque
 from collections.abc import Hashable
+from dataclasses import dataclass
+from enum import Enum
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -113,3 +115,33 @@ class DrainPace:
             return None
         done = self.finished - count
         return math.inf if done <= 0 else waiting * (now - then) / done
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryBound:
+    """How many jobs may wait in memory: ``soft`` before the input is read on past it,
+    ``hard`` in all, ``lane`` per lane once past ``soft`` (more of that lane are parked)."""
+
+    soft: int
+    hard: int
+    lane: int
+
+
+class Place(Enum):
+    MEMORY = "memory"
+    DISK = "disk"
+    HOLD = "hold"  # neither has room: the input waits
+
+
+def place_for(
+    bound: MemoryBound, waiting: int, queued: int, *, parked: bool, parkable: bool
+) -> Place:
+    """Where a job from the input waits: ``waiting`` jobs are in memory, ``queued`` of its
+    lane; ``parked`` when its lane has jobs on disk (a lane keeps its order); ``parkable``
+    when the job may go to disk (the run's own, and the disk has room)."""
+    if parked or waiting >= bound.hard or (waiting >= bound.soft and queued >= bound.lane):
+        if parkable:
+            return Place.DISK
+        if waiting >= bound.hard:
+            return Place.HOLD
+    return Place.MEMORY

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shardload.flow import DrainPace, FlowControl
+from shardload.flow import DrainPace, FlowControl, MemoryBound, Place, place_for
 
 
 def test_lane_cap_leaves_room_for_other_lanes():
@@ -134,3 +134,25 @@ def test_drain_pace_forgets_what_finished_before_its_window():
         pace.seconds_for(10, float(t))
     # Nothing finished in the last 2 s: the fast start no longer counts.
     assert pace.seconds_for(10, 9.0) == math.inf
+
+
+BOUND = MemoryBound(soft=100, hard=200, lane=10)
+
+
+@pytest.mark.parametrize(
+    ("waiting", "queued", "parked", "parkable", "expected"),
+    [
+        (0, 0, False, True, Place.MEMORY),
+        (99, 50, False, True, Place.MEMORY),  # under the soft bound: any lane may grow
+        (100, 9, False, True, Place.MEMORY),  # past it: a lane with few waiting still may
+        (100, 10, False, True, Place.DISK),  # one with its share parks the rest
+        (100, 10, False, False, Place.MEMORY),  # a caller's own object: memory, up to hard
+        (0, 0, True, True, Place.DISK),  # a parked lane parks all its new jobs: its order
+        (0, 0, True, False, Place.MEMORY),
+        (200, 0, False, True, Place.DISK),  # memory full: everything parkable parks
+        (200, 0, False, False, Place.HOLD),  # ... and the rest waits in the input
+        (200, 0, True, False, Place.HOLD),
+    ],
+)
+def test_where_a_job_waits(waiting, queued, parked, parkable, expected):
+    assert place_for(BOUND, waiting, queued, parked=parked, parkable=parkable) is expected
