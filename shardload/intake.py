@@ -176,7 +176,8 @@ def _own(bundle: Bundle, run: RunMark) -> Bundle:
 def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None, run: RunMark) -> Bundle:
     """Turn one input item into a fresh bundle; an item that cannot be used gives a failed one.
 
-    A bundle made here from a plain URL, or ``Handed`` over, is the run's own (``_spare``).
+    A bundle made here from a plain URL (its info, if any, a plain string or number), or
+    ``Handed`` over, is the run's own (``_spare``): it may wait on disk as an equal copy.
     A caller's bundle is reset and used in place, except one this run handed out already (the
     same object twice in the input, or answered by url_map for two items) or one still pending
     in another live run: that one gets a copy, so each item has its own.
@@ -215,7 +216,8 @@ def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None, run:
                 # aiodownload's default url_map=str kept it.
                 plain = type(url) is str and type(item) is str and url == item
                 bundle = Bundle(url=_text(url), info=None if plain else item)
-                spare = plain
+                # A copy of a plain string or number is the same value to its caller.
+                spare = plain or type(item) in _VALUES
         bundle._begin()
         bundle._run = run
         bundle.seq = seq
@@ -226,6 +228,7 @@ def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None, run:
 
 
 _NEVER_URLS = (Mapping, list, tuple, set, frozenset, int, float, complex)
+_VALUES = frozenset({str, bytes, int, float, bool})
 
 
 def _failed_item(seq: int, item: Any, message: str) -> Bundle:

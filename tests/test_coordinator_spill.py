@@ -151,6 +151,34 @@ def test_a_stuck_hosts_thousands_at_the_front_do_not_hold_back_the_hosts_after_i
     assert most_waiting[0] <= 2 * limits.waiting_cap + lane_memory
 
 
+def test_items_url_map_turns_into_urls_park_when_their_info_is_a_plain_value(most_waiting):
+    n = 3000
+
+    def url_map(i: int) -> str:
+        return f"http://{STUCK}/s{i}" if i < n else f"http://127.0.0.{3 + i % 5}/o{i}"
+
+    executor = StuckHost(2)
+
+    async def main() -> tuple[list[Bundle], float | None]:
+        seen: list[Bundle] = []
+        others_at = None
+        start = time.monotonic()
+        async with asyncio.timeout(60):
+            stream = coordinate(range(n + 100), executor, url_map=url_map, limits=Limits(**LIMITS))
+            async with contextlib.aclosing(stream) as batches:
+                async for batch in batches:
+                    seen.extend(batch)
+                    if others_at is None and sum(b.info >= n for b in seen) == 100:
+                        others_at = time.monotonic() - start
+                        executor.let_go()
+        return seen, others_at
+
+    seen, others_at = asyncio.run(main())
+    assert others_at is not None and others_at < 4.0
+    assert sorted(b.info for b in seen) == list(range(n + 100))
+    assert all(b.url == url_map(b.info) and b.state == "written" for b in seen)
+
+
 def test_jobs_handed_over_come_back_from_disk_with_their_path_and_info(most_waiting):
     stuck = [
         Handed(Bundle(f"http://{STUCK}/s{i}", info={"line": i}, file_path=f"p/{i}"))
