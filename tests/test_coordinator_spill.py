@@ -163,6 +163,9 @@ def test_items_url_map_turns_into_urls_park_when_their_info_is_a_plain_value(mos
         seen: list[Bundle] = []
         others_at = None
         start = time.monotonic()
+        asyncio.get_running_loop().call_later(
+            5.0, lambda: executor.release.is_set() or executor.let_go()
+        )
         async with asyncio.timeout(60):
             stream = coordinate(range(n + 100), executor, url_map=url_map, limits=Limits(**LIMITS))
             async with contextlib.aclosing(stream) as batches:
