@@ -250,8 +250,6 @@ async def coordinate(
 
     def slow_drain(waiting: int) -> bool:
         nonlocal recheck
-        if not starving():
-            return False
         seconds = pace.seconds_for(waiting, loop.time())
         if seconds is None or seconds < limits.patience:
             # Look again soon: a stuck host sends no result to wake the loop.
@@ -269,7 +267,10 @@ async def coordinate(
         waiting = flow.waiting + following
         if waiting < limits.waiting_cap:
             step = min(limits.waiting_cap - waiting, _ADMIT_STEP)
-        elif can_park() and slow_drain(waiting):
+        elif can_park() and starving() and (len(spill) > 0 or slow_drain(waiting)):
+            # Once jobs are parked, reading goes on whenever a shard wants more: the pace of
+            # the fast hosts found since would otherwise hide the host that holds the memory
+            # (reading stopped and started, and a sorted input ran at two thirds of its pace).
             step = _ADMIT_STEP
         else:
             return False
