@@ -207,11 +207,14 @@ async def coordinate(
         lane = route(bundle, out)
         if lane is None:
             return True
+        waiting = flow.waiting + following
         where = Place.MEMORY
-        if lane[0] not in dead:  # fails at once
+        # Nothing parked and room in memory (the common case) or a dead shard (fails at
+        # once): admitted without asking.
+        if (spill.count or waiting >= bound.soft) and lane[0] not in dead:
             where = place_for(
                 bound,
-                flow.waiting + following,
+                waiting,
                 flow.queued(*lane),
                 parked=lane in spill,
                 parkable=bundle._spare and can_park(),
@@ -225,11 +228,14 @@ async def coordinate(
     def can_park() -> bool:
         return spill.broken is None and len(spill) < limits.spill_cap
 
-    def unspill(out: list[Bundle], dirty: set[int]) -> None:
-        """Lanes with jobs on disk and few in memory take the next ones back."""
+    def unspill(out: list[Bundle], dirty: set[int]) -> bool:
+        """Lanes with jobs on disk and few in memory take the next ones back; True when it
+        stopped early (a step's worth answered at once: repeats of answered URLs, a dead
+        shard's jobs), so the rest come back in later steps, not in one huge batch."""
         for lane in spill.lanes():
             while (
-                lane in spill
+                len(out) < _ADMIT_STEP
+                and lane in spill
                 and flow.queued(*lane) < bound.lane // 2
                 and flow.waiting + following < bound.hard
             ):
@@ -238,6 +244,7 @@ async def coordinate(
                     bundle._begin()
                     bundle._run, bundle.seq, bundle._spare = run, seq, True
                     admit(bundle, *lane, out, dirty)
+        return len(out) >= _ADMIT_STEP and len(spill) > 0
 
     def starving() -> bool:
         """Whether a live shard has room and nothing it may be sent: reading on may find it
@@ -476,10 +483,10 @@ async def coordinate(
                     # An isolated group of several that died holds a culprit: halved next.
                     narrowing = shard in isolating and len(in_hands) > 1
                     crashed(shard, reason, out, narrowing)
-            unspill(out, dirty)
+            unspilling = unspill(out, dirty)
             # Admitted a step at a time, so the first jobs go out (and results come back)
             # while the rest of a large read-ahead is still being admitted.
-            more = read_input(out, dirty)
+            more = read_input(out, dirty) or unspilling
             for shard in dirty:
                 if shard in restarting or shard in isolating:
                     continue  # sent when its worker is back (restarted()), or one by one

@@ -138,10 +138,9 @@ def place_for(
 ) -> Place:
     """Where a job from the input waits: ``waiting`` jobs are in memory, ``queued`` of its
     lane; ``parked`` when its lane has jobs on disk (a lane keeps its order); ``parkable``
-    when the job may go to disk (the run's own, and the disk has room)."""
-    if parked or waiting >= bound.hard or (waiting >= bound.soft and queued >= bound.lane):
-        if parkable:
-            return Place.DISK
-        if waiting >= bound.hard:
-            return Place.HOLD
-    return Place.MEMORY
+    when the job may go to disk (the run's own, and the disk has room). With memory full, a
+    lane that has nothing parked and few waiting opens no lane on disk (each costs memory
+    of its own): the input waits."""
+    if parkable and (parked or (waiting >= bound.soft and queued >= bound.lane)):
+        return Place.DISK
+    return Place.HOLD if waiting >= bound.hard else Place.MEMORY

@@ -269,3 +269,51 @@ def test_a_slow_hosts_many_urls_at_the_front_do_not_stall_the_rest_end_to_end(sr
                     break
     assert fast_done == len(fast)
     assert srv.stats()["hosts"][srv.host_key(0)]["requests"] < 1000
+
+
+def batches_of(items: Any, executor: StuckHost, limits: Limits) -> list[list[Bundle]]:
+    """Every batch the coordinator yields; the stuck host is let go after 3 s."""
+    out: list[list[Bundle]] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().call_later(3.0, executor.let_go)
+        async with asyncio.timeout(60):
+            async with contextlib.aclosing(coordinate(items, executor, limits=limits)) as it:
+                async for batch in it:
+                    out.append(batch)
+
+    asyncio.run(main())
+    return out
+
+
+def test_parked_repeats_of_an_answered_url_come_back_a_step_at_a_time(most_waiting):
+    """Jobs brought back that finish at once (repeats of an answered URL) do not raise their
+    lane's count in memory: without a bound one pass brought back the whole lane at once."""
+    same = f"http://{STUCK}/same"
+    items = [same] + [f"http://{STUCK}/s{i}" for i in range(1000)] + [same] * 30_000
+    executor = StuckHost(1)
+    batches = batches_of(items, executor, Limits(**LIMITS))
+    assert sum(len(b) for b in batches) == len(items)
+    assert max(len(b) for b in batches) <= 2 * LIMITS["waiting_cap"] + 2048
+    assert sum(1 for b in executor.jobs.values() if b[1] == same) == 1
+
+
+def test_with_memory_full_a_new_host_waits_in_the_input_instead_of_opening_a_lane(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """Repeats of a pending URL fill the memory without any lane holding many jobs: hosts
+    read after them do not each open a lane on disk (each costs memory of its own)."""
+    lanes: list[int] = []
+    real_put = coordinator_module.Spill.put
+
+    def put(self: Any, lane: Any, record: Any) -> None:
+        real_put(self, lane, record)
+        lanes.append(len(self._lanes))
+
+    monkeypatch.setattr(coordinator_module.Spill, "put", put)
+    same = f"http://{STUCK}/same"
+    others = [f"http://127.0.{i // 250}.{2 + i % 250}/x" for i in range(3000)]
+    executor = StuckHost(1)
+    batches = batches_of([same] * 1000 + others, executor, Limits(**LIMITS))
+    assert sum(len(b) for b in batches) == 4000
+    assert max(lanes, default=0) <= 1

@@ -149,8 +149,10 @@ BOUND = MemoryBound(soft=100, hard=200, lane=10)
         (100, 10, False, False, Place.MEMORY),  # a caller's own object: memory, up to hard
         (0, 0, True, True, Place.DISK),  # a parked lane parks all its new jobs: its order
         (0, 0, True, False, Place.MEMORY),
-        (200, 0, False, True, Place.DISK),  # memory full: everything parkable parks
-        (200, 0, False, False, Place.HOLD),  # ... and the rest waits in the input
+        (200, 10, False, True, Place.DISK),  # memory full: a lane with its share parks
+        (200, 0, True, True, Place.DISK),  # ... and so does a parked one
+        (200, 0, False, True, Place.HOLD),  # a new lane opens none on disk: the input waits
+        (200, 0, False, False, Place.HOLD),
         (200, 0, True, False, Place.HOLD),
     ],
 )

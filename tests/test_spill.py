@@ -107,3 +107,34 @@ def test_reading_back_many_blocks(tmp_path, lanes):
     seen = [r[0] for lane in range(lanes) for r in spill.take(lane, 20_000)]
     assert sorted(seen) == list(range(20_000))
     spill.close()
+
+
+class Deep:
+    """Pickles as a recursion too deep for pickle (a JSON info nested ~600 levels does)."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise RecursionError("maximum recursion depth exceeded while pickling")
+
+
+def test_a_record_that_does_not_pickle_breaks_the_spill_not_the_run(tmp_path):
+    spill: Spill[str] = Spill(str(tmp_path), block=2)
+    spill.put("a", (0, None))
+    spill.put("a", (1, Deep()))  # its block fails
+    assert spill.broken is not None and "RecursionError" in spill.broken
+    assert [r[0] for r in spill.take("a", 10)] == [0, 1]
+
+
+def test_a_lane_that_never_drains_does_not_keep_every_block_that_passed(tmp_path, monkeypatch):
+    monkeypatch.setattr("shardload.spill._COMPACT_FROM", 10_000)
+    spill: Spill[str] = Spill(str(tmp_path), block=8)
+    for i in range(8):
+        spill.put("stuck", (i, os.urandom(50).hex()))
+    for i in range(20_000):
+        spill.put("busy", (i, os.urandom(50).hex()))  # random: compresses to its own size
+        if i % 8 == 7:
+            spill.take("busy", 8)
+    file = spill._file
+    assert file is not None
+    assert os.fstat(file.fileno()).st_size < 20_000  # not the ~2 MB that passed through
+    assert [r[0] for r in spill.take("stuck", 100)] == list(range(8))
+    spill.close()
