@@ -256,6 +256,7 @@ async def coordinate(
         )
 
     def slow_drain(waiting: int) -> bool:
+        """Whether the jobs in memory would take ``patience`` seconds at the recent pace."""
         nonlocal recheck
         seconds = pace.seconds_for(waiting, loop.time())
         if seconds is None or seconds < limits.patience:
