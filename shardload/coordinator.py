@@ -59,7 +59,15 @@ from .bundle import (
 from .errors import DownloadFailed, ErrorKind, WorkerKilledAtStart
 from .executors.base import Executor
 from .flow import DrainPace, FlowControl, MemoryBound, Place, place_for
-from .intake import InputReader, Items, RunMark, describe_error, prepare_item
+from .intake import (
+    InputReader,
+    Items,
+    RunMark,
+    describe_error,
+    parked,
+    prepare_item,
+    unparked,
+)
 from .paths import url_to_relpath
 from .sharding import shard_for_url
 from .spill import Spill
@@ -71,7 +79,7 @@ class Limits:
     shard_cap: int = 512
     lane_cap: int = 16
     waiting_cap: int = 20_000
-    spill_cap: int = 1_000_000  # jobs parked on disk past waiting_cap (~40 bytes each)
+    spill_cap: int = 1_000_000  # jobs parked on disk past waiting_cap (~15 bytes each)
     # Past waiting_cap, the input is read on (and jobs parked) only while a shard has room
     # and the jobs in memory would take patience seconds to finish at the pace of the last
     # pace_window seconds.
@@ -220,13 +228,13 @@ async def coordinate(
                 parkable=bundle._spare and can_park(),
             )
         if where is Place.DISK:
-            spill.put(lane, (bundle.seq, bundle.url, bundle.file_path, bundle.info))
+            spill.put(lane, parked(bundle))
         elif where is Place.MEMORY:
             admit(bundle, *lane, out, dirty)
         return where is not Place.HOLD
 
     def can_park() -> bool:
-        return spill.broken is None and len(spill) < limits.spill_cap
+        return spill.broken is None and spill.count < limits.spill_cap
 
     def unspill(out: list[Bundle], dirty: set[int]) -> bool:
         """Lanes with jobs on disk and few in memory take the next ones back; True when it
@@ -239,12 +247,9 @@ async def coordinate(
                 and flow.queued(*lane) < bound.lane // 2
                 and flow.waiting + following < bound.hard
             ):
-                for seq, url, path, info in spill.take(lane, bound.lane):
-                    bundle = Bundle(url, info=info, file_path=path)
-                    bundle._begin()
-                    bundle._run, bundle.seq, bundle._spare = run, seq, True
-                    admit(bundle, *lane, out, dirty)
-        return len(out) >= _ADMIT_STEP and len(spill) > 0
+                for record in spill.take(lane, bound.lane):
+                    admit(unparked(record, run), *lane, out, dirty)
+        return len(out) >= _ADMIT_STEP and spill.count > 0
 
     def starving() -> bool:
         """Whether a live shard has room and nothing it may be sent: reading on may find it
@@ -275,7 +280,7 @@ async def coordinate(
         waiting = flow.waiting + following
         if waiting < limits.waiting_cap:
             step = min(limits.waiting_cap - waiting, _ADMIT_STEP)
-        elif can_park() and starving() and (len(spill) > 0 or slow_drain(waiting)):
+        elif can_park() and starving() and (spill.count > 0 or slow_drain(waiting)):
             # Once jobs are parked, reading goes on whenever a shard wants more: the pace of
             # the fast hosts found since would otherwise hide the host that holds the memory
             # (reading stopped and started, and a sorted input ran at two thirds of its pace).
@@ -498,7 +503,7 @@ async def coordinate(
                     executor.send(shard, [e.job for e in entries])
             if out:
                 yield out
-            if not pending and not held and not spill and reader.exhausted:
+            if not pending and not held and not spill.count and reader.exhausted:
                 if reader.error is not None:
                     raise reader.error
                 break

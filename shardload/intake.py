@@ -185,7 +185,9 @@ def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None, run:
     spare = False
     try:
         if isinstance(item, Handed):
-            bundle, spare = item.bundle, True
+            bundle = item.bundle
+            # What a parked job keeps (``parked``): a subclass's own or params would be lost.
+            spare = type(bundle) is Bundle and bundle.params is None
         elif isinstance(item, Bundle):
             bundle = _own(item, run)
         else:
@@ -218,12 +220,29 @@ def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None, run:
                 bundle = Bundle(url=_text(url), info=None if plain else item)
                 # A copy of a plain string or number is the same value to its caller.
                 spare = plain or type(item) in _VALUES
-        bundle._begin()
-        bundle._run = run
-        bundle.seq = seq
-        bundle._spare = spare
+        _start(bundle, seq, run, spare)
     except Exception as exc:  # one unusable item fails alone; the rest of the input goes on
         return _failed_item(seq, item, f"unusable input item: {describe_error(exc)}")
+    return bundle
+
+
+def _start(bundle: Bundle, seq: int, run: RunMark, spare: bool) -> None:
+    bundle._begin()
+    bundle._run = run
+    bundle.seq = seq
+    bundle._spare = spare
+
+
+def parked(bundle: Bundle) -> tuple[int, str, str | None, Any]:
+    """What a ``_spare`` bundle's job keeps while it waits on disk: all its caller gave."""
+    return bundle.seq, bundle.url, bundle.file_path, bundle.info
+
+
+def unparked(record: tuple[Any, ...], run: RunMark) -> Bundle:
+    """The bundle again, from what ``parked`` kept: an equal copy, started in ``run``."""
+    seq, url, path, info = record
+    bundle = Bundle(url, info=info, file_path=path)
+    _start(bundle, seq, run, spare=True)
     return bundle
 
 

@@ -38,7 +38,6 @@ class _Lane:
     head: list[Record] = field(default_factory=list)  # read back, not yet taken
     blocks: list[tuple[int, int]] = field(default_factory=list)  # (offset, size) on disk
     tail: list[Record] = field(default_factory=list)  # newest, not yet written
-    count: int = 0
 
 
 class Spill(Generic[L]):
@@ -54,11 +53,8 @@ class Spill(Generic[L]):
         self._end = 0
         self._live = 0  # bytes of blocks not yet read back
         self._buffered = 0
-        self.count = 0
+        self.count = 0  # records waiting, in all lanes
         self.broken: str | None = None  # why the last write failed
-
-    def __len__(self) -> int:
-        return self.count
 
     def __contains__(self, lane: object) -> bool:
         return lane in self._lanes
@@ -71,7 +67,6 @@ class Spill(Generic[L]):
         if state is None:
             state = self._lanes[lane] = _Lane()
         state.tail.append(record)
-        state.count += 1
         self.count += 1
         self._buffered += 1
         self._tails[lane] = None

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +18,7 @@ from shardload.bundle import Bundle, Job, Result
 from shardload.coordinator import Limits, coordinate
 from shardload.executors.base import ExecutorSink
 from shardload.flow import FlowControl
-from shardload.intake import Handed
+from shardload.intake import Handed, RunMark, parked, prepare_item, unparked
 from shardload.urls import host_key
 
 from .conftest import make_download
@@ -191,6 +190,7 @@ def test_jobs_handed_over_come_back_from_disk_with_their_path_and_info(most_wait
     executor = StuckHost(2)
     seen, others_done_at, _ = run_until_others_done(items, executor, 50, Limits(**LIMITS))
     assert others_done_at is not None
+    assert most_waiting[0] < 1000  # most of the stuck host's jobs waited on disk
     by_seq = {b.seq: b for b in seen}
     assert len(by_seq) == len(items) == len(seen)
     for i in range(1500):
@@ -257,16 +257,15 @@ def test_a_slow_hosts_many_urls_at_the_front_do_not_stall_the_rest_end_to_end(sr
     download = make_download(home, shardload.RequestStrategy(concurrent=2, timeout=5))
     start = time.monotonic()
     fast_done = 0
-    with tempfile.TemporaryDirectory():
-        with shardload.each(slow + fast, download=download, processes=2) as run:
-            for bundle in run:
-                if "/bytes/" in bundle.url:
-                    assert bundle.state == "written"
-                    fast_done += 1
-                    if fast_done == len(fast):
-                        break
-                if time.monotonic() - start > 60:
+    with shardload.each(slow + fast, download=download, processes=2) as run:
+        for bundle in run:
+            if "/bytes/" in bundle.url:
+                assert bundle.state == "written"
+                fast_done += 1
+                if fast_done == len(fast):
                     break
+            if time.monotonic() - start > 60:
+                break
     assert fast_done == len(fast)
     assert srv.stats()["hosts"][srv.host_key(0)]["requests"] < 1000
 
@@ -317,3 +316,35 @@ def test_with_memory_full_a_new_host_waits_in_the_input_instead_of_opening_a_lan
     batches = batches_of([same] * 1000 + others, executor, Limits(**LIMITS))
     assert sum(len(b) for b in batches) == 4000
     assert max(lanes, default=0) <= 1
+
+
+class Mine(Bundle):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("item", "url_map", "spare"),
+    [
+        ("http://h/a", None, True),  # a plain URL: the run makes the bundle
+        (7, lambda i: f"http://h/{i}", True),  # info 7: a copy is the same value
+        ({"id": 7}, lambda d: f"http://h/{d['id']}", False),  # info is the caller's dict
+        (Bundle("http://h/a"), None, False),  # the caller's own object
+        (Handed(Bundle("http://h/a", info={"line": 1}, file_path="p")), None, True),
+        (Handed(Bundle("http://h/a", params={"q": 1})), None, False),  # params would be lost
+        (Handed(Mine("http://h/a")), None, False),  # so would a subclass
+    ],
+)
+def test_which_items_the_run_owns_and_may_park(item, url_map, spare):
+    run = RunMark()
+    bundle = prepare_item(3, item, url_map, run)
+    assert bundle._spare is spare
+    if spare:
+        back = unparked(parked(bundle), run)
+        assert (back.seq, back.url, back.info, back.file_path, back._spare) == (
+            3,
+            bundle.url,
+            bundle.info,
+            bundle.file_path,
+            True,
+        )
+        assert back._run is run and back.state == "pending"

@@ -18,13 +18,13 @@ def test_each_lane_comes_back_in_order_across_blocks_and_the_unwritten_tail(tmp_
     for i in range(10):
         spill.put("a", (i, f"http://a/{i}", None, None))
         spill.put("b", (100 + i, f"http://b/{i}", "b/path", {"line": i}))
-    assert len(spill) == 20 and "a" in spill and "c" not in spill
+    assert spill.count == 20 and "a" in spill and "c" not in spill
     assert [r[0] for r in spill.take("a", 3)] == [0, 1, 2]
     assert [r[0] for r in spill.take("a", 100)] == list(range(3, 10))
     assert "a" not in spill
     b = spill.take("b", 100)
     assert b[9] == (109, "http://b/9", "b/path", {"line": 9})
-    assert len(spill) == 0 and list(spill.lanes()) == []
+    assert spill.count == 0 and list(spill.lanes()) == []
     spill.close()
 
 
@@ -89,7 +89,7 @@ def test_every_record_comes_back_once_in_its_lanes_order(ops, block, max_buffere
             else:
                 want = [model[lane].popleft() for _ in range(min(count, len(model[lane])))]
                 assert spill.take(lane, count) == want
-            assert len(spill) == sum(len(q) for q in model.values())
+            assert spill.count == sum(len(q) for q in model.values())
             assert {lane for lane in "abc" if lane in spill} == {
                 lane for lane, q in model.items() if q
             }
