@@ -6,20 +6,12 @@ the shard that owns its host, and yields the caller's own bundles back as result
 Invariants:
 - every input item yields exactly one bundle: invalid items fail here, everything else is in
   ``pending`` from admission until its first result; a later duplicate result is dropped;
-- a request (same URL, same preset path, no params) is sent once: a repeat that comes while the
-  first is pending follows it and gets its result; one that comes later gets the result kept
-  for the last ``dedupe_window`` distinct requests (beyond that it is downloaded again). With
+- a request (same URL, same preset path, no params) is sent once (``Repeats``); with
   ``dedupe=False`` (a strategy whose ``get_file_path`` may name one URL's files differently)
   only bundles with a preset path are matched so;
-- memory is bounded: at most ``waiting_cap`` jobs wait in flow control or behind a pending
-  request they repeat, at most ``shard_cap`` are outstanding per shard, and the input thread
-  reads at most ``read_ahead`` items ahead. Past ``waiting_cap`` the input is read on only
-  for a slow drain (the jobs in memory would take ``patience`` seconds at the recent pace)
-  while a shard has room and nothing to send: then a lane with ``bound.lane`` jobs in
-  memory parks its further ones on disk (``Spill``, at most ``spill_cap``; a parked lane
-  parks all its new ones, so each lane keeps its order), and memory holds at most
-  ``bound.hard`` (2 x ``waiting_cap``) plus one refill. Only bundles the run owns
-  (``_spare``) are parked: a caller's object waits in memory, or the input waits;
+- memory is bounded: at most ``shard_cap`` jobs are outstanding per shard, the input thread
+  reads at most ``read_ahead`` items ahead, and ``Admission`` bounds the jobs waiting (in
+  memory up to ``waiting_cap``, past it parked on disk);
 - the loop never blocks on a worker, a host or the input: it only awaits ``wake``;
 - a crashed shard is restarted and its outstanding jobs resent, up to ``max_restarts`` crashes
   in a row (a result in between starts the count again, so a day-long crawl survives
@@ -40,13 +32,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pickle
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .admission import Admission
 from .bundle import (
-    FAILED,
     Bundle,
     Job,
     Packed,
@@ -56,22 +48,11 @@ from .bundle import (
     loadable_pickle,
     why_unpicklable,
 )
-from .errors import DownloadFailed, ErrorKind, WorkerKilledAtStart
+from .errors import ErrorKind, WorkerKilledAtStart
 from .executors.base import Executor
-from .flow import DrainPace, FlowControl, MemoryBound, Place, place_for
-from .intake import (
-    InputReader,
-    Items,
-    RunMark,
-    describe_error,
-    parked,
-    prepare_item,
-    unparked,
-)
-from .paths import url_to_relpath
-from .sharding import shard_for_url
-from .spill import Spill
-from .urls import host_key, split_url
+from .flow import FlowControl
+from .intake import InputReader, Items, RunMark, describe_error, prepare_item
+from .repeats import Repeats, Request
 
 
 @dataclass
@@ -97,7 +78,7 @@ class _Entry:
     lane: str
     job: Job
     sent: bool = False
-    same: tuple[str, str | None] | None = None  # the request's key, when repeats may follow it
+    same: Request | None = None  # the request's key, when repeats may follow it
     crashes: int = 0  # crashes of a worker that had this job in its hands
 
 
@@ -119,9 +100,6 @@ class _Events:
     def crashed(self, shard: int, reason: str) -> None:
         self.crashes.append((shard, reason))
         self.wake.set()
-
-
-_ADMIT_STEP = 1024
 
 
 def _wire(value: Any, imports_main: bool) -> Any:
@@ -162,10 +140,7 @@ async def coordinate(
 
     flow: FlowControl[_Entry] = FlowControl(shards, limits.shard_cap, limits.lane_cap)
     pending: dict[int, _Entry] = {}
-    leaders: dict[tuple[str, str | None], int] = {}  # a pending request's key: its seq
-    followers: dict[int, list[Bundle]] = {}  # a leader's seq: the repeats waiting for it
-    following = 0  # bundles in followers: they wait in memory too (rule 5)
-    answered: OrderedDict[tuple[str, str | None], Result] = OrderedDict()
+    repeats = Repeats(limits.dedupe_window)
     restarts = [0] * shards
     restarting: dict[int, tuple[asyncio.Future[None], str]] = {}  # shard: (restart, reason)
     crash_after_restart: dict[int, str] = {}  # a crash reported while its shard restarted
@@ -175,14 +150,6 @@ async def coordinate(
     # instead of the whole shard. Halving keeps it to ~2 log2(n) rounds: one at a time, 512
     # slow jobs held the shard's other hosts for minutes.
     isolating: dict[int, deque[list[_Entry]]] = {}
-    # Past waiting_cap, a lane with 4 x lane_cap jobs waiting in memory parks the rest of
-    # its jobs on disk, so the input is read on for the other hosts; past twice that, all do.
-    bound = MemoryBound(limits.waiting_cap, 2 * limits.waiting_cap, 4 * limits.lane_cap)
-    # Blocks of one refill: a lane keeps no more than that read back from disk, untaken.
-    spill: Spill[tuple[int, str]] = Spill(block=bound.lane)
-    held: deque[Bundle] = deque()  # taken from the input; neither memory nor disk has room
-    pace = DrainPace(limits.pace_window)
-    recheck: asyncio.TimerHandle | None = None
     reader = InputReader(
         items,
         lambda seq, item: prepare_item(seq, item, url_map, run),
@@ -190,112 +157,7 @@ async def coordinate(
         limits.read_ahead,
     )
 
-    def route(bundle: Bundle, out: list[Bundle]) -> tuple[int, str] | None:
-        """The bundle's lane (shard, host key); None when it failed here (added to out)."""
-        if bundle.state == FAILED:
-            out.append(bundle)
-            return None
-        try:
-            key = host_key(bundle.url)
-            shard = 0
-            if shards > 1:
-                k = split.get(key, 1)
-                # A split host is spread by file path, so one file is only ever written by one
-                # worker. The path includes the params, so bad params fail this bundle here.
-                spread = url_to_relpath(split_url(bundle.url, bundle.params)) if k > 1 else ""
-                shard = shard_for_url(key, spread, shards, k)
-        except DownloadFailed as exc:
-            out.append(bundle.fail(exc.kind, exc.message))
-            return None
-        return shard, key
-
-    def place(bundle: Bundle, out: list[Bundle], dirty: set[int]) -> bool:
-        """Admit a bundle from the input, or park it on disk when its lane has enough
-        waiting in memory; False when memory is full and it cannot go to disk (held)."""
-        lane = route(bundle, out)
-        if lane is None:
-            return True
-        waiting = flow.waiting + following
-        where = Place.MEMORY
-        # Nothing parked and room in memory (the common case) or a dead shard (fails at
-        # once): admitted without asking.
-        if (spill.count or waiting >= bound.soft) and lane[0] not in dead:
-            where = place_for(
-                bound,
-                waiting,
-                flow.queued(*lane),
-                parked=lane in spill,
-                parkable=bundle._spare and can_park(),
-            )
-        if where is Place.DISK:
-            spill.put(lane, parked(bundle))
-        elif where is Place.MEMORY:
-            admit(bundle, *lane, out, dirty)
-        return where is not Place.HOLD
-
-    def can_park() -> bool:
-        return spill.broken is None and spill.count < limits.spill_cap
-
-    def unspill(out: list[Bundle], dirty: set[int]) -> bool:
-        """Lanes with jobs on disk and few in memory take the next ones back; True when it
-        stopped early (a step's worth answered at once: repeats of answered URLs, a dead
-        shard's jobs), so the rest come back in later steps, not in one huge batch."""
-        for lane in spill.lanes():
-            while (
-                len(out) < _ADMIT_STEP
-                and lane in spill
-                and flow.queued(*lane) < bound.lane // 2
-                and flow.waiting + following < bound.hard
-            ):
-                for record in spill.take(lane, bound.lane):
-                    admit(unparked(record, run), *lane, out, dirty)
-        return len(out) >= _ADMIT_STEP and spill.count > 0
-
-    def starving() -> bool:
-        """Whether a live shard has room and nothing it may be sent: reading on may find it
-        other hosts' jobs (when the memory is full of one slow host's, say)."""
-        return any(
-            flow.outstanding(shard) < limits.shard_cap and not flow.ready(shard)
-            for shard in range(shards)
-            if shard not in dead
-        )
-
-    def slow_drain(waiting: int) -> bool:
-        """Whether the jobs in memory would take ``patience`` seconds at the recent pace."""
-        nonlocal recheck
-        seconds = pace.seconds_for(waiting, loop.time())
-        if seconds is None or seconds < limits.patience:
-            # Look again soon: a stuck host sends no result to wake the loop.
-            if recheck is None or recheck.when() <= loop.time():
-                recheck = loop.call_later(limits.pace_window / 4, events.wake.set)
-            return False
-        return True
-
-    def read_input(out: list[Bundle], dirty: set[int]) -> bool:
-        """Admit the next step of the input; True when there may be more to take now."""
-        while held:
-            if not place(held[0], out, dirty):
-                return False
-            held.popleft()
-        waiting = flow.waiting + following
-        if waiting < limits.waiting_cap:
-            step = min(limits.waiting_cap - waiting, _ADMIT_STEP)
-        elif can_park() and starving() and (spill.count > 0 or slow_drain(waiting)):
-            # Once jobs are parked, reading goes on whenever a shard wants more: the pace of
-            # the fast hosts found since would otherwise hide the host that holds the memory
-            # (reading stopped and started, and a sorted input ran at two thirds of its pace).
-            step = _ADMIT_STEP
-        else:
-            return False
-        taken = reader.take(step)
-        for i, bundle in enumerate(taken):
-            if not place(bundle, out, dirty):
-                held.extend(taken[i:])
-                return False
-        return len(taken) == step
-
     def admit(bundle: Bundle, shard: int, key: str, out: list[Bundle], dirty: set[int]) -> None:
-        nonlocal following
         if shard in dead:
             out.append(bundle.fail(ErrorKind.WORKER_CRASH, dead[shard]))
             return
@@ -312,17 +174,13 @@ async def coordinate(
         if bundle.params is None and (dedupe or bundle.file_path is not None):
             same = (bundle.url, bundle.file_path)
         if same is not None:
-            leader = leaders.get(same)
-            if leader is not None:
-                followers.setdefault(leader, []).append(bundle)
-                following += 1
+            if repeats.follow(same, bundle):
                 return
-            known = answered.get(same)
+            known = repeats.answer(same)
             if known is not None:
-                answered.move_to_end(same)
                 out.append(apply_result(bundle, known, shared=True))
                 return
-            leaders[same] = bundle.seq
+            repeats.lead(same, bundle.seq)
         info, extra = bundle.info, extra_of(bundle)
         if remote:
             if info is not None and not isinstance(info, str | int | float | bool):
@@ -369,18 +227,10 @@ async def coordinate(
             dirty.add(shard)
 
     def settle(entry: _Entry, result: Result | None) -> list[Bundle]:
-        """A leader is answered: its followers, and its result kept for later repeats."""
-        nonlocal following
+        """The bundles that repeat the entry's request, now answered."""
         if entry.same is None:
             return []
-        del leaders[entry.same]
-        if result is not None:
-            answered[entry.same] = result
-            if len(answered) > limits.dedupe_window:
-                answered.popitem(last=False)
-        done = followers.pop(entry.bundle.seq, [])
-        following -= len(done)
-        return done
+        return repeats.settle(entry.same, entry.bundle.seq, result)
 
     def crashed(shard: int, reason: str, out: list[Bundle], narrowing: bool = False) -> None:
         if shard in dead:
@@ -447,14 +297,27 @@ async def coordinate(
                 if entry is None:
                     continue  # a job resent after a crash finished twice: keep the first
                 out.append(apply_result(entry.bundle, result))
-                repeats = settle(entry, result)
-                out.extend(apply_result(bundle, result, shared=True) for bundle in repeats)
-                pace.finished += 1 + len(repeats)
+                alike = settle(entry, result)
+                out.extend(apply_result(bundle, result, shared=True) for bundle in alike)
+                admission.pace.finished += 1 + len(alike)
                 flow.done(shard, entry.lane)
                 dirty.add(shard)
             restarts[shard] = 0  # it works again: only crashes in a row use up its restarts
             if shard in isolating and not sent_to(shard):
                 isolate_next(shard, dirty)
+
+    admission = Admission(
+        reader,
+        flow,
+        repeats,
+        limits,
+        shards=shards,
+        split=split,
+        dead=dead,
+        admit=admit,
+        run=run,
+        wake=events.wake,
+    )
 
     # The input is read (bounded by read_ahead) while the workers start: spawned workers take
     # ~0.1 s to import, and the first jobs are ready when they are.
@@ -489,10 +352,7 @@ async def coordinate(
                     # An isolated group of several that died holds a culprit: halved next.
                     narrowing = shard in isolating and len(in_hands) > 1
                     crashed(shard, reason, out, narrowing)
-            unspilling = unspill(out, dirty)
-            # Admitted a step at a time, so the first jobs go out (and results come back)
-            # while the rest of a large read-ahead is still being admitted.
-            more = read_input(out, dirty) or unspilling
+            more = admission.step(out, dirty)
             for shard in dirty:
                 if shard in restarting or shard in isolating:
                     continue  # sent when its worker is back (restarted()), or one by one
@@ -503,7 +363,7 @@ async def coordinate(
                     executor.send(shard, [e.job for e in entries])
             if out:
                 yield out
-            if not pending and not held and not spill.count and reader.exhausted:
+            if not pending and admission.empty and reader.exhausted:
                 if reader.error is not None:
                     raise reader.error
                 break
@@ -515,9 +375,7 @@ async def coordinate(
     finally:
         run.live = False  # its bundles that never finished may go to another run as they are
         reader.stop()
-        spill.close()
-        if recheck is not None:
-            recheck.cancel()
+        admission.close()
         try:
             for task, _ in restarting.values():
                 # A worker half started must be in the executor's list before it is told to

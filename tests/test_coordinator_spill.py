@@ -19,6 +19,7 @@ from shardload.coordinator import Limits, coordinate
 from shardload.executors.base import ExecutorSink
 from shardload.flow import FlowControl
 from shardload.intake import Handed, RunMark, parked, prepare_item, unparked
+from shardload.spill import Spill
 from shardload.urls import host_key
 
 from .conftest import make_download
@@ -228,14 +229,14 @@ def test_a_fast_drain_is_waited_for_not_read_past(most_waiting):
     executor = StuckHost(1)
     limits = Limits(**LIMITS)
     parked: list[int] = []
-    real_put = coordinator_module.Spill.put
+    real_put = Spill.put
 
     def put(self: Any, lane: Any, record: Any) -> None:
         parked.append(record[0])
         real_put(self, lane, record)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(coordinator_module.Spill, "put", put)
+        patch.setattr(Spill, "put", put)
 
         async def main() -> list[Bundle]:
             seen: list[Bundle] = []
@@ -303,13 +304,13 @@ def test_with_memory_full_a_new_host_waits_in_the_input_instead_of_opening_a_lan
     """Repeats of a pending URL fill the memory without any lane holding many jobs: hosts
     read after them do not each open a lane on disk (each costs memory of its own)."""
     lanes: list[int] = []
-    real_put = coordinator_module.Spill.put
+    real_put = Spill.put
 
     def put(self: Any, lane: Any, record: Any) -> None:
         real_put(self, lane, record)
         lanes.append(len(self._lanes))
 
-    monkeypatch.setattr(coordinator_module.Spill, "put", put)
+    monkeypatch.setattr(Spill, "put", put)
     same = f"http://{STUCK}/same"
     others = [f"http://127.0.{i // 250}.{2 + i % 250}/x" for i in range(3000)]
     executor = StuckHost(1)
