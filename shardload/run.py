@@ -135,6 +135,7 @@ class Run(Iterator[Bundle]):
 
     ``stats.hosts`` maps each host key to its ``HostStats`` (requests, bytes, status classes,
     error kinds, latency), ``stats.total`` adds them up; both count the bundles yielded so far.
+    ``received`` counts bytes as they arrive, downloads in progress included.
     ``close()`` (or leaving a ``with`` block, or breaking out of a for loop and dropping the
     iterator) stops the run. One kept in a variable and left unread pauses once
     ``max_undelivered`` finished bundles wait for the caller.
@@ -144,9 +145,18 @@ class Run(Iterator[Bundle]):
         self.stats = RunStats()
         self.processes = plan.processes
         self._plan = plan
+        self._executor = plan.executor
         self._batches: Iterator[list[Bundle]] | None = None
         self._bridge: _Bridge | None = None
         self._current: Iterator[Bundle] = iter(())
+
+    @property
+    def received(self) -> int | None:
+        """Bytes of response bodies received so far, downloads in progress and failed
+        attempts included: what a live progress shows as speed, where ``stats`` counts a
+        bundle's bytes only once it is yielded. Bodies a strategy's own ``on_success`` reads
+        are not counted; None with ``backend="ray"``."""
+        return self._executor.received() if self._executor is not None else None
 
     def __iter__(self) -> Run:
         return self

@@ -60,6 +60,7 @@ from shardload.cli.summary import (
 from shardload.errors import ConfigurationError, DownloadFailed, ShardloadError
 from shardload.intake import Handed
 from shardload.plan import RunOptions, split_key
+from shardload.run import Run
 from shardload.worker.files import check_target, find_complete
 
 
@@ -77,6 +78,7 @@ class Recorder:
         self.stats = RunStats()
         self.lock = threading.Lock()
         self.error: BaseException | None = None
+        self._received: Callable[[], int | None] = lambda: None
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick, args=(interval,), daemon=True)
         self._ticker.start()
@@ -114,6 +116,10 @@ class Recorder:
             if not self.closed:
                 self.progress.set_total(total)
 
+    def follow(self, run: Run) -> None:
+        """Show the bytes the run's workers receive, downloads in progress included."""
+        self._received = lambda: run.received
+
     def _tick(self, interval: float) -> None:
         while not self._stop.wait(interval):
             with self.lock:
@@ -123,6 +129,7 @@ class Recorder:
                     self.writer.flush_if_due()
                 except OSError as exc:  # a full disk: the main loop re-raises it
                     self.error = exc
+                self.progress.counts.received = self._received()
                 self._show(self.progress.tick)
 
     def close(self, *, ran_nothing: bool = False, interrupted: bool = False) -> None:
@@ -131,6 +138,7 @@ class Recorder:
         does when the run was ``interrupted`` before it had anything to record."""
         with self.lock:
             self._stop.set()
+            self.progress.counts.received = self._received()
             self._show(self.progress.discard if ran_nothing else self.progress.close)
             try:
                 self.writer.close(keep_previous=interrupted, leave_no_trace=ran_nothing)
@@ -400,7 +408,7 @@ def _crawl(
     code: int | None = None
     usage_error: str | None = None
     interrupted = False
-    results: Iterator[Bundle] | None = None
+    results: Run | None = None
     signals.install()
     try:
         if args.backend == "ray":
@@ -413,6 +421,7 @@ def _crawl(
         own_paths: set[int] = set()
         items = _items(stream, priors, args.retry_transient, rec, args.output, reserved, own_paths)
         results = shardload.each(items, download=download, **_options(args))
+        rec.follow(results)
         for bundle in results:
             record = bundle.to_record()
             if bundle.seq in own_paths:

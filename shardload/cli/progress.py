@@ -24,7 +24,9 @@ MODES = ("auto", "bar", "lines", "none")
 class Counts:
     """Progress so far. ``total`` is the number of input items when known. ``skipped`` are
     this run's skipped URLs (robots.txt), as in the summary; ``earlier`` are items a resumed
-    run leaves alone (done, or failed for good, in an earlier run)."""
+    run leaves alone (done, or failed for good, in an earlier run). ``bytes`` are those of
+    the files written; ``received``, when the run can tell, all bytes received so far,
+    downloads in progress included (``Run.received``)."""
 
     done: int = 0
     failed: int = 0
@@ -32,6 +34,7 @@ class Counts:
     earlier: int = 0
     bytes: int = 0
     total: int | None = None
+    received: int | None = None
 
     @property
     def processed(self) -> int:
@@ -53,30 +56,30 @@ def format_eta(counts: Counts, rate: float) -> str:
     return format_duration(remaining / rate) if rate > 0 else "?"
 
 
-def format_line(counts: Counts, elapsed: float, rate: float) -> str:
-    """One plain progress line, for logs and pipes; ``rate``: files/s of this run, lately."""
+def format_line(counts: Counts, elapsed: float, rate: float, byte_rate: float) -> str:
+    """One plain progress line, for logs and pipes; ``rate`` (files/s) and ``byte_rate``
+    (bytes/s): this run's, lately."""
     total = "?" if counts.total is None else f"{counts.total:,}"
     head = f"{counts.seen:,}/{total}"
     if counts.total:
         head += f" ({100 * counts.seen / counts.total:.0f}%)"
-    bps = counts.bytes / elapsed if elapsed > 0 else 0.0
     parts = [f"shardload: {head}", f"done {counts.done:,}", f"failed {counts.failed:,}"]
     if counts.skipped:
         parts.append(f"skipped {counts.skipped:,}")
     if counts.earlier:
         parts.append(f"earlier runs {counts.earlier:,}")
     parts.append(f"{rate:,.1f} files/s")
-    parts.append(f"{format_bytes(bps)}/s")
+    parts.append(f"{format_bytes(byte_rate)}/s")
     parts.append(f"elapsed {format_duration(elapsed)}")
     parts.append(f"ETA {format_eta(counts, rate)}")
     return " | ".join(parts)
 
 
 class RecentRate:
-    """Files per second over about the last ``window`` seconds (since the start before
-    that), from samples of the processed count, as curl's current speed: a run that slows
-    down (its fast hosts done, its slow ones left) shows the rate it has now, and an ETA
-    that follows it."""
+    """Files (or bytes) per second over about the last ``window`` seconds (since the start
+    before that), from samples of a count, as curl's current speed: a run that slows down
+    (its fast hosts done, its slow ones left) shows the rate it has now, and an ETA that
+    follows it."""
 
     def __init__(self, start: float, window: float = 5.0) -> None:
         self._window = window
@@ -109,6 +112,7 @@ class _Base:
         self._clock = clock
         self._start = clock()
         self._rate = RecentRate(self._start)
+        self._byte_rate = RecentRate(self._start)
 
     def elapsed(self) -> float:
         return self._clock() - self._start
@@ -116,6 +120,13 @@ class _Base:
     def rate(self) -> float:
         """This run's files/s lately (resumed items left alone are not counted)."""
         return self._rate.at(self._clock(), self.counts.processed)
+
+    def byte_rate(self) -> float:
+        """Bytes/s lately: as received, where the run tells (a large file shows its speed
+        while it downloads), else as files are written."""
+        counts = self.counts
+        done = counts.received if counts.received is not None else counts.bytes
+        return self._byte_rate.at(self._clock(), done)
 
     def finished(self, state: str, nbytes: int) -> None:
         if state == "failed":
@@ -169,7 +180,7 @@ class LineProgress(_Base):
             self._emit()
 
     def _emit(self) -> None:
-        line = format_line(self.counts, self.elapsed(), self.rate())
+        line = format_line(self.counts, self.elapsed(), self.rate(), self.byte_rate())
         print(line, file=self._stream, flush=True)
 
     def close(self) -> None:
@@ -209,10 +220,8 @@ class BarProgress(_Base):
         self._bar.refresh()
 
     def tick(self) -> None:
-        elapsed = self.elapsed()
         rate = self.rate()
-        bps = self.counts.bytes / elapsed if elapsed > 0 else 0.0
-        text = f"{rate:,.1f} file/s, {format_bytes(bps)}/s"
+        text = f"{rate:,.1f} file/s, {format_bytes(self.byte_rate())}/s"
         if self.counts.total is not None:
             text += f", ETA {format_eta(self.counts, rate)}"
         text += f", failed={self.counts.failed:,}"

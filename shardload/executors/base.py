@@ -48,6 +48,11 @@ class Executor(Protocol):
 
     async def abort(self) -> None: ...
 
+    def received(self) -> int | None:
+        """Bytes of bodies its workers received so far, downloads in progress included
+        (``worker.meter``); None when it cannot be read while the run goes on."""
+        ...
+
 
 def interactive_names(value: object) -> list[str]:
     """The classes and functions in ``value`` (as pickled) that live in an interactive

@@ -260,6 +260,9 @@ class ProcessExecutor:
         self._home = home
         self._stop_grace = stop_grace
         self._workers: list[_Worker | None] = [None] * shards
+        # One per shard, kept across its restarts; written by its worker only. 64 bytes each,
+        # so two workers' counters never share a cache line (each write would steal it).
+        self._meters = [self._context.RawArray("Q", 8) for _ in range(shards)]
         self._generations = [0] * shards
         self._sink: ExecutorSink | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -302,7 +305,7 @@ class ProcessExecutor:
         outbox_r, outbox_w = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=worker_main,
-            args=(self._config, inbox_r, outbox_w),
+            args=(self._config, inbox_r, outbox_w, self._meters[shard]),
             name=f"shardload-worker-{shard}",
             daemon=True,
         )
@@ -339,6 +342,9 @@ class ProcessExecutor:
             name=f"shardload-recv-{shard}",
         ).start()
         await self._started(worker)
+
+    def received(self) -> int:
+        return sum(meter[0] for meter in self._meters)
 
     async def _started(self, worker: _Worker) -> None:
         """Wait for the worker's ready message; a worker that dies first is a setup error."""

@@ -45,6 +45,7 @@ from ..bundle import Bundle
 from ..errors import DownloadFailed, ErrorKind
 from ..paths import DISPLACED_NAME, TEMP_DIR_NAME, absolute, contains, displaced_path
 from .inline_writer import InlineWriter, disk_is_fast, write_all
+from .meter import received
 from .temp_files import Temp, forget_temp_dir, open_temp, temp_dir, temp_prefix
 
 if TYPE_CHECKING:
@@ -226,6 +227,7 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
     """Write the response body to ``bundle.file_path`` atomically; sets bytes and sha256
     (unless the strategy's ``sha256`` is off)."""
     guard = speed_guard.get()
+    meter = received.get()
     if bundle.file_path is None:
         raise DownloadFailed(ErrorKind.STRATEGY, "no file path for the bundle")
     home = strategy.home
@@ -251,7 +253,7 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
     pending_size = 0
     tmp = open_temp(home)
     try:
-        inline = InlineWriter(tmp.fd, digest, limit, guard) if sink is not None else None
+        inline = InlineWriter(tmp.fd, digest, limit, guard, meter) if sink is not None else None
         try:
             if sink is not None:
                 sink(inline)
@@ -265,6 +267,8 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
                     raise DownloadFailed(ErrorKind.TOO_LARGE, f"body exceeds max {limit} bytes")
                 if guard is not None:
                     guard.feed(len(chunk))
+                if meter is not None:
+                    meter.value += len(chunk)
                 if as_read is not None:
                     as_read.update(chunk)
                 pending.append(chunk)

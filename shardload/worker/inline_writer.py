@@ -33,6 +33,7 @@ from ..errors import DownloadFailed, ErrorKind
 
 if TYPE_CHECKING:
     from .files import SpeedGuard
+    from .meter import Counter
 
 FAST_WRITES = 200e6  # bytes/s: a 256 KiB write may take 1.3 ms
 SLOW_BUDGET = 0.02  # seconds behind that pace before the disk counts as slow
@@ -62,11 +63,19 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
 class InlineWriter:
     """A body's consumer (``LeanResponse.sink``): returns False for a piece it declines."""
 
-    def __init__(self, fd: int, digest: Any, limit: int | None, guard: SpeedGuard | None) -> None:
+    def __init__(
+        self,
+        fd: int,
+        digest: Any,
+        limit: int | None,
+        guard: SpeedGuard | None,
+        meter: Counter | None = None,
+    ) -> None:
         self.fd = fd
         self.digest = digest
         self.limit = limit
         self.guard = guard
+        self.meter = meter
         self.size = 0  # bytes written
         self.failure: BaseException | None = None
         self._declining = False
@@ -85,6 +94,8 @@ class InlineWriter:
             started = time.monotonic()
             write_all(self.fd, data)
             self.digest.update(data)
+            if self.meter is not None:
+                self.meter.value += len(data)
         except Exception as exc:  # the caller's task raises it
             self.failure = exc
             self._declining = True

@@ -27,10 +27,12 @@ from typing import Any
 from ..bundle import Result, sendable_results
 from .config import rebuild
 from .files import hash_as_read
+from .meter import Counter
 from .shard import ShardWorker
 
 
-def worker_main(config_blob: bytes, inbox: Connection, outbox: Connection) -> None:
+def worker_main(config_blob: bytes, inbox: Connection, outbox: Connection, meter: Any) -> None:
+    """``meter``: shared memory whose first 8 bytes count the bytes received (``meter``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):  # blocked by the coordinator while this started
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
@@ -38,7 +40,7 @@ def worker_main(config_blob: bytes, inbox: Connection, outbox: Connection) -> No
     config = pickle.loads(config_blob)  # imports the caller's strategy modules too
     _collect_less()
     hash_as_read(config.get("hash_as_read", False))
-    run_loop(_serve(config, inbox, outbox))
+    run_loop(_serve(config, inbox, outbox, ctypes.c_uint64.from_buffer(meter)))
 
 
 def _keep_freed_memory() -> None:
@@ -97,7 +99,9 @@ def run_loop(main: Any) -> Any:
     return uvloop.run(main)
 
 
-async def _serve(config: dict[str, Any], inbox: Connection, outbox: Connection) -> None:
+async def _serve(
+    config: dict[str, Any], inbox: Connection, outbox: Connection, meter: Counter
+) -> None:
     # Bound to this loop now, as a run binds it: a subclass's main() never binds it itself,
     # and its self.client (aiodownload's overrides call self.client.get) needs the loop.
     engine = rebuild(config).for_run()
@@ -106,7 +110,9 @@ async def _serve(config: dict[str, Any], inbox: Connection, outbox: Connection) 
     writer = threading.Thread(target=_write_loop, args=(out, outbox), daemon=True)
     writer.start()
     out.put([])  # "ready": the coordinator tells a failed start from a crash by this
-    worker = ShardWorker(engine, emit=out.put, batch_size=config.get("batch_size", 256))
+    worker = ShardWorker(
+        engine, emit=out.put, batch_size=config.get("batch_size", 256), meter=meter
+    )
     stop: asyncio.Future[str] = loop.create_future()
 
     def on_message(message: tuple[Any, ...]) -> None:

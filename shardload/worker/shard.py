@@ -14,6 +14,7 @@ from collections.abc import Callable
 from ..bundle import PENDING, Job, Result, from_job, to_result
 from ..errors import ErrorKind
 from .engine import STRAY_CANCEL, AioDownload, being_cancelled
+from .meter import Counter, received
 
 _FLUSH_WINDOW = 0.002
 
@@ -24,8 +25,10 @@ class ShardWorker:
         engine: AioDownload,
         emit: Callable[[list[Result]], None],
         batch_size: int = 256,
+        meter: Counter | None = None,
     ) -> None:
         self.engine = engine
+        self.meter = meter
         self._emit = emit
         self._batch_size = batch_size
         self._out: list[Result] = []
@@ -51,6 +54,7 @@ class ShardWorker:
 
     async def _run(self, job: Job) -> None:
         bundle, given = from_job(job)
+        received.set(self.meter)  # in this task's own context
         try:
             await self.engine.main(bundle)
             if bundle.state == PENDING:  # only a subclass's main() leaves one so

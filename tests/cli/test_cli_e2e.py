@@ -6,7 +6,9 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import resource
+import socket
 import subprocess
 import threading
 import time
@@ -16,6 +18,7 @@ import pytest
 
 from shardload.testing.server import LocalServer, body_for
 
+from ..raw_server import RawServer, read_request
 from .conftest import cli_command, cli_env, latest, path_counts, read_manifest, run_cli
 
 FAST = ("-p", "2", "--progress", "lines")
@@ -752,3 +755,43 @@ def test_an_option_error_is_one_line(tmp_path: Path, bad: list[str]) -> None:
     assert result.returncode == 2
     (line,) = result.stderr.decode().splitlines()
     assert line.startswith("shardload: error: ") and line.endswith("(see shardload --help)")
+
+
+def test_progress_shows_the_speed_of_a_file_still_downloading(tmp_path: Path) -> None:
+    """A run of one large file showed 0 B/s until the file was complete: the progress counted
+    only finished files' bytes. It now counts bytes as they arrive."""
+    gate = threading.Event()
+
+    def handler(conn: socket.socket, index: int) -> None:
+        if read_request(conn) is None:
+            return
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4000000\r\n\r\n" + b"x" * 2_000_000)
+        gate.wait(30)
+        conn.sendall(b"y" * 2_000_000)
+
+    with RawServer(handler) as server:
+        src = tmp_path / "urls.txt"
+        src.write_text(f"{server.url}/big\n")
+        args = ["--progress", "lines", "--progress-interval", "0.1", "-p", "1"]
+        child = subprocess.Popen(
+            cli_command(src, "-o", tmp_path / "out", *args),
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            env=cli_env(),
+        )
+        try:
+            assert child.stderr is not None
+            lines: list[bytes] = []
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                line = child.stderr.readline()
+                lines.append(line)
+                if not line or (b"done 0 " in line and b" 0 B/s" not in line):
+                    break
+            # Half the file is in, none of it finished: the line says how fast it comes.
+            assert re.search(rb"done 0 \|.* [0-9.]+ [KMG]?B/s", lines[-1]), lines
+            assert b" 0 B/s" not in lines[-1]
+        finally:
+            gate.set()
+            child.communicate(timeout=30)
+    assert child.returncode == 0

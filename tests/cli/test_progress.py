@@ -36,12 +36,13 @@ def test_format_eta(counts: Counts, rate: float, eta: str) -> None:
 
 
 def test_format_line() -> None:
-    line = format_line(Counts(done=90, failed=10, skipped=0, bytes=2_000_000, total=400), 2.0, 50)
+    counts = Counts(done=90, failed=10, skipped=0, bytes=2_000_000, total=400)
+    line = format_line(counts, 2.0, 50, 1_000_000)
     assert line == (
         "shardload: 100/400 (25%) | done 90 | failed 10 | 50.0 files/s | 1.0 MB/s"
         " | elapsed 0:00:02 | ETA 0:00:06"
     )
-    unknown = format_line(Counts(done=1, skipped=2, earlier=4), 0.0, 0.0)
+    unknown = format_line(Counts(done=1, skipped=2, earlier=4), 0.0, 0.0, 0.0)
     assert unknown.startswith(
         "shardload: 7/? | done 1 | failed 0 | skipped 2 | earlier runs 4 | 0.0 files/s"
     )
@@ -171,3 +172,20 @@ def test_a_discarded_progress_leaves_nothing_behind() -> None:
 def test_make_progress_kinds() -> None:
     assert isinstance(make_progress("none", io.StringIO()), NullProgress)
     assert isinstance(make_progress("lines", io.StringIO()), LineProgress)
+
+
+@pytest.mark.parametrize(("received", "shown"), [(5_000_000, "1.0 MB/s"), (None, "20 B/s")])
+def test_the_byte_rate_is_of_bytes_received_where_the_run_tells(
+    received: int | None, shown: str
+) -> None:
+    """Bytes as they arrive (``Run.received``), a large file still downloading included;
+    without them (Ray), the bytes of the files written."""
+    out = io.StringIO()
+    clock = Clock()
+    p = LineProgress(out, interval=5.0, clock=clock)
+    p.counts.received = 0 if received is not None else None
+    clock.now += 5.0
+    p.finished("written", 100)
+    p.counts.received = received
+    p.tick()
+    assert f"| {shown} |" in out.getvalue()

@@ -1,0 +1,61 @@
+"""Run.received: bytes counted as they arrive, downloads in progress included (worker.meter)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+import shardload
+from shardload.bundle import Bundle
+
+from .conftest import make_download
+from .raw_server import RawServer, read_request
+
+BODY = 3 << 20  # over the 1 MiB a worker that hashes as read writes in the callback
+FIRST = 2 << 20  # sent at once; the rest only once the gate opens
+
+
+def _gated(gate: threading.Event) -> Callable[..., None]:
+    def handler(conn: object, index: int) -> None:
+        if read_request(conn) is None:  # type: ignore[arg-type]
+            return
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BODY)  # type: ignore[attr-defined]
+        conn.sendall(b"x" * FIRST)  # type: ignore[attr-defined]
+        gate.wait(30)
+        conn.sendall(b"y" * (BODY - FIRST))  # type: ignore[attr-defined]
+
+    return handler
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_bytes_of_bodies_still_downloading_are_counted(home: str, client: str, processes: int):
+    gate = threading.Event()
+    with (
+        RawServer(_gated(gate), host="127.0.0.1") as a,
+        RawServer(_gated(gate), host="127.0.0.2") as b,
+    ):
+        run = shardload.each(
+            [f"{a.url}/big", f"{b.url}/big"],
+            download=make_download(home, client=client),
+            processes=processes,
+        )
+        assert run.received == 0
+        finished: list[Bundle] = []
+        consumer = threading.Thread(target=lambda: finished.extend(run))
+        consumer.start()
+        try:
+            deadline = time.monotonic() + 30
+            while (run.received or 0) < 2 * FIRST and time.monotonic() < deadline:
+                time.sleep(0.01)
+            # The servers send no more until the gate opens: exactly what has arrived so far.
+            assert run.received == 2 * FIRST
+            assert finished == []
+        finally:
+            gate.set()
+            consumer.join(30)
+    assert [b.state for b in finished] == ["written", "written"]
+    assert [b.bytes for b in finished] == [BODY, BODY]
+    assert run.received == 2 * BODY
