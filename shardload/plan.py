@@ -6,6 +6,7 @@ back end, an unpicklable strategy, a live client with worker processes) raises a
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncGenerator, Callable, Collection, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any, TypedDict
@@ -128,6 +129,13 @@ def make_plan(
         raise ConfigurationError(
             f"a {type(url_map).__name__} was passed where url_map goes; pass it as download="
         )
+    if url_map is not None and not callable(url_map):
+        raise ConfigurationError(
+            f"url_map must be a function of an item, got {type(url_map).__name__}"
+        )
+    if inspect.iscoroutinefunction(url_map):
+        # Its coroutine would be taken for the URL (and never awaited): every item failed.
+        raise ConfigurationError("url_map must be a plain function, not an async one")
     if download is not None and not isinstance(download, AioDownload):
         # swarm(urls, DownloadStrategy(...)): aiodownload took a strategy in no such place.
         raise ConfigurationError(

@@ -149,6 +149,9 @@ class Run(Iterator[Bundle]):
         self._batches: Iterator[list[Bundle]] | None = None
         self._bridge: _Bridge | None = None
         self._current: Iterator[Bundle] = iter(())
+        # One consumer at a time: two threads reading one run each get some of its bundles
+        # (two each starting the run lost all but a few, silently).
+        self._reading = threading.Lock()
 
     @property
     def received(self) -> int | None:
@@ -162,6 +165,10 @@ class Run(Iterator[Bundle]):
         return self
 
     def __next__(self) -> Bundle:
+        with self._reading:
+            return self._next()
+
+    def _next(self) -> Bundle:
         for bundle in self._current:
             self.stats.add(bundle)
             return bundle

@@ -847,3 +847,35 @@ def test_a_closed_client_session_fails_its_bundles_instead_of_being_replaced(srv
 def test_a_download_passed_where_url_map_goes_is_a_configuration_error():
     with pytest.raises(ConfigurationError, match="where url_map goes"):
         list(shardload.each(["http://127.0.0.1:9/x"], shardload.AioDownload()))
+
+
+async def _async_url(item: str) -> str:
+    return item
+
+
+@pytest.mark.parametrize(
+    ("url_map", "message"),
+    [
+        ("http://127.0.0.1:9/", "url_map must be a function of an item, got str"),
+        (_async_url, "not an async one"),
+    ],
+)
+def test_a_url_map_that_cannot_map_is_a_configuration_error(url_map, message):
+    """Each item failed alone (an async url_map's coroutine taken for the URL, never awaited)
+    where one error before any work says what is wrong."""
+    with pytest.raises(ConfigurationError, match=message):
+        shardload.swarm(["a"], url_map=url_map)
+
+
+def test_one_run_read_from_two_threads_gives_every_bundle_once(srv, home):
+    """Both threads started the run: one raised, the other ended after a few bundles, and
+    the rest were lost without an error."""
+    urls = [f"{srv.base_urls[i % 2]}/links/{i}" for i in range(200)]
+    run = shardload.each(urls, download=make_download(home))
+    got: list[list[Bundle]] = [[], []]
+    threads = [threading.Thread(target=lambda mine=mine: mine.extend(run)) for mine in got]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(b.url for b in got[0] + got[1]) == sorted(urls)

@@ -300,6 +300,20 @@ print("STATE", asyncio.run(go()).state)
     assert "nclosed" not in out.stderr and "ResourceWarning" not in out.stderr, out.stderr
 
 
+def test_main_in_a_new_loop_after_one_left_idle_downloads(srv, home):
+    """aiodownload-era code: ``loop.run_until_complete(download.main(b))``, that loop left
+    open, then ``asyncio.run(download.main(b2))``. The second call counted itself as work of
+    the first loop before it looked, and failed "running in another event loop"."""
+    download = make_download(home)
+    loop = asyncio.new_event_loop()
+    try:
+        first = loop.run_until_complete(download.main(Bundle(f"{srv.base_urls[0]}/links/1")))
+        second = asyncio.run(download.main(Bundle(f"{srv.base_urls[0]}/links/2")))
+    finally:
+        loop.close()
+    assert [first.state, second.state] == ["written", "written"], second.error_message
+
+
 def test_a_sync_call_between_two_awaits_in_one_loop_leaves_the_next_download_alone(srv, home):
     """A notebook: ``await download.main(b)``, then ``one(url, download)`` (which runs in a
     loop of its own), then ``await download.main(b)`` again. What the first loop-end closer

@@ -18,6 +18,7 @@ import pytest
 
 import shardload
 from shardload import (
+    AioDownload,
     BackOff,
     Bundle,
     DownloadStrategy,
@@ -467,30 +468,56 @@ def test_a_strategy_that_raises_fails_its_bundle_not_the_batch(srv, home):
     assert temp_files(home) == []
 
 
-class CancelsOnPoison(DownloadStrategy):
-    """Raises CancelledError (as one leaked from a strategy's own awaited work would)."""
+class Fatal(BaseException):
+    """A BaseException of a user's own, as GeneratorExit is one of Python's."""
+
+
+class RaisesOnPoison(DownloadStrategy):
+    """Raises ``error`` for a poison URL from ``where`` (a method of its own, or the engine's
+    ``main``: see ``MainRaisesOnPoison``), as one leaked from a strategy's own awaited work
+    would."""
+
+    def __init__(self, error: type[BaseException], where: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.error, self.where = error, where
+
+    def poisoned(self, bundle: Bundle, where: str) -> None:
+        if where == self.where and "poison" in bundle.url:
+            raise self.error
 
     def get_file_path(self, bundle: Bundle) -> str:
-        if "poison" in bundle.url:
-            raise asyncio.CancelledError
+        self.poisoned(bundle, "get_file_path")
         return super().get_file_path(bundle)
+
+    async def on_success(self, response: Any, bundle: Bundle) -> None:
+        self.poisoned(bundle, "on_success")
+        await super().on_success(response, bundle)
+
+
+class MainRaisesOnPoison(AioDownload):
+    async def main(self, bundle: Bundle) -> Bundle:
+        self.download_strategy.poisoned(bundle, "main")  # type: ignore[attr-defined]
+        return await super().main(bundle)
 
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("processes", [1, 2])
-def test_a_strategy_that_raises_cancelled_error_fails_its_bundle_instead_of_hanging(
-    srv, home, processes
+@pytest.mark.parametrize("where", ["get_file_path", "on_success", "main"])
+@pytest.mark.parametrize("error", [asyncio.CancelledError, GeneratorExit, Fatal])
+def test_a_strategy_that_raises_a_base_exception_fails_its_bundle_instead_of_hanging(
+    srv, home, processes, where, error
 ):
-    """Nobody cancelled the download: passed on, the CancelledError ended the job's task
-    with no result, and the run waited for it for ever."""
+    """Nobody cancelled the download: passed on, the CancelledError (or GeneratorExit, or any
+    BaseException but KeyboardInterrupt and SystemExit) ended the job's task with no result,
+    and the run waited for it for ever."""
     urls = [f"{srv.base_urls[i % 2]}/links/{i}" for i in range(6)] + [
-        f"{srv.base_urls[0]}/links/poison"
+        f"{srv.base_urls[0]}/bytes/10?name=poison"
     ]
-    download = shardload.AioDownload(download_strategy=CancelsOnPoison(home=home))
+    download = MainRaisesOnPoison(download_strategy=RaisesOnPoison(error, where, home=home))
     bundles = shardload.swarm(urls, download=download, processes=processes)
     assert [b.state for b in bundles] == ["written"] * 6 + ["failed"]
     assert bundles[-1].error_kind == ErrorKind.STRATEGY
-    assert "CancelledError" in bundles[-1].error_message
+    assert error.__name__ in bundles[-1].error_message
 
 
 @pytest.mark.parametrize("wait", [math.inf, math.nan])

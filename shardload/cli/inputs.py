@@ -16,6 +16,7 @@ import math
 import os
 import stat
 import sys
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -194,7 +195,7 @@ def iter_parsed(stream: BinaryIO, reserved: Sequence[str] = ()) -> Iterator[Pars
             lineno, raw = next(lines)
         except StopIteration:
             return
-        except (OSError, EOFError, ValueError, gzip.BadGzipFile) as exc:
+        except (OSError, EOFError, ValueError, zlib.error) as exc:  # a corrupt gzip too
             yield BadLine(lineno + 1, f"<input line {lineno + 1}>", f"input read error: {exc}")
             return
         if raw is None:

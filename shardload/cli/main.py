@@ -11,6 +11,7 @@ import contextlib
 import errno
 import json
 import os
+import secrets
 import stat
 import sys
 import threading
@@ -60,7 +61,6 @@ from shardload.cli.summary import (
 from shardload.errors import ConfigurationError, DownloadFailed, ShardloadError
 from shardload.intake import Handed
 from shardload.plan import RunOptions, split_key
-from shardload.run import Run
 from shardload.worker.files import check_target, find_complete
 
 
@@ -116,9 +116,10 @@ class Recorder:
             if not self.closed:
                 self.progress.set_total(total)
 
-    def follow(self, run: Run) -> None:
-        """Show the bytes the run's workers receive, downloads in progress included."""
-        self._received = lambda: run.received
+    def follow(self, run: Iterator[Bundle]) -> None:
+        """Show the bytes the run's workers receive, downloads in progress included
+        (``Run.received``)."""
+        self._received = lambda: getattr(run, "received", None)
 
     def _tick(self, interval: float) -> None:
         while not self._stop.wait(interval):
@@ -237,10 +238,21 @@ def write_host_stats(manifest: str, stats: Any) -> str | None:
             return None  # no side-car beside a pipe or a device
     path = hosts_path(manifest)
     records = [stats.hosts[host].to_record() for host in sorted(stats.hosts)]
+    text = json.dumps({"total": stats.total.to_record(), "hosts": records}, indent=1)
+    # Written beside it and renamed over it: a symlink planted at its name is replaced, not
+    # followed out of the folder, and a crash leaves the old file or the new, never half.
+    temp = f"{path}.{secrets.token_hex(4)}.tmp"
     try:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump({"total": stats.total.to_record(), "hosts": records}, f, indent=1)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
     except OSError:
+        return None
+    try:
+        with open(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(temp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
         return None
     return path
 
@@ -408,7 +420,7 @@ def _crawl(
     code: int | None = None
     usage_error: str | None = None
     interrupted = False
-    results: Run | None = None
+    results: Iterator[Bundle] | None = None
     signals.install()
     try:
         if args.backend == "ray":

@@ -140,11 +140,14 @@ class AioDownload(LoopBinding):
         unless its owner set one."""
         started = time.monotonic()
         bundle._begin()
-        self._calls += 1
+        # Bound first: counted before, this call made the loop it leaves look busy to itself.
+        bound = self._in_this_loop(bundle)
+        self._calls += bound
         try:
-            await self._caught_main(bundle)
+            if bound:
+                await self._caught_main(bundle)
         finally:
-            self._calls -= 1
+            self._calls -= bound
             bundle._run_path = bundle.file_path  # this call's answer, not the bundle's own
         bundle.elapsed = time.monotonic() - started
         return bundle
@@ -170,8 +173,6 @@ class AioDownload(LoopBinding):
             bundle.fail(ErrorKind.STRATEGY, f"main() returned the bundle unfinished{word}")
 
     async def _caught_main(self, bundle: Bundle) -> None:
-        if not self._in_this_loop(bundle):
-            return
         try:
             await self._main(bundle)
         except asyncio.CancelledError:
@@ -180,7 +181,10 @@ class AioDownload(LoopBinding):
             # Nobody cancelled this download: a strategy raised it (or leaked it from work of
             # its own). Passed on, it would end the job's task with no result for ever.
             bundle.fail(ErrorKind.STRATEGY, STRAY_CANCEL)
-        except Exception as exc:  # a bug in a user's strategy must not lose the bundle
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # a bug in a user's strategy must not lose the bundle
+            # GeneratorExit too: asyncio ends the task with any BaseException but these two.
             bundle.fail(ErrorKind.STRATEGY, f"{type(exc).__name__}: {exc}")
 
     async def _main(self, bundle: Bundle) -> None:

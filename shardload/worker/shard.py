@@ -63,7 +63,10 @@ class ShardWorker:
             if being_cancelled():  # aborted: the coordinator owns the job again
                 raise
             bundle.fail(ErrorKind.STRATEGY, STRAY_CANCEL)  # a subclass's main() leaked one
-        except Exception as exc:  # main() already maps failures; this is the last net
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # main() already maps failures; this is the last net
+            # (GeneratorExit too: it would end this task with no result, and the run waits)
             bundle.fail(ErrorKind.STRATEGY, f"{type(exc).__name__}: {exc}")
         self._out.append(to_result(bundle, given))
         if len(self._out) >= self._batch_size:

@@ -389,6 +389,28 @@ def test_the_side_car_is_the_latest_runs_also_when_it_counted_no_host(
     assert json.loads(side.read_text())["hosts"] == []
 
 
+def test_a_symlink_planted_at_the_side_cars_name_is_replaced_not_followed(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    """The side-car was written through a symlink at its name: a file outside the output
+    folder was overwritten."""
+    src = tmp_path / "urls.txt"
+    src.write_text("\n".join(_byte_urls(server, "planted", 2)) + "\n")
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    out.mkdir()
+    outside.write_text("precious")
+    (out / "manifest.hosts.json").symlink_to(outside)
+    assert run_cli(src, "-o", out, *FAST).returncode == 0
+    assert outside.read_text() == "precious"
+    side = out / "manifest.hosts.json"
+    assert not side.is_symlink()
+    assert json.loads(side.read_text())["total"]["bundles"] == 2
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == [
+        "manifest.hosts.json",
+        "manifest.jsonl",
+    ]
+
+
 def test_ray_backend_from_the_command_line(server: LocalServer, tmp_path: Path) -> None:
     urls = _byte_urls(server, "ray", 20)
     src = tmp_path / "urls.txt"

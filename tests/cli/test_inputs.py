@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 import os
+import zlib
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,29 @@ def test_truncated_gzip_becomes_a_bad_line_not_a_crash(tmp_path: Path) -> None:
         got = list(iter_parsed(stream))
     assert isinstance(got[-1], BadLine)
     assert "input read error" in got[-1].reason
+    assert all(isinstance(p, InputItem) for p in got[:-1])
+
+
+def test_corrupt_gzip_becomes_a_bad_line_not_a_crash() -> None:
+    """A flipped byte that zlib itself refuses (zlib.error, not an OSError) aborted the CLI
+    with a traceback; with -p 2, in counting hosts, before anything was downloaded."""
+    whole = gzip.compress(b"".join(b"http://a/%d\n" % i for i in range(2000)))
+    for offset in range(1000, len(whole) - 20, 7):
+        corrupt = bytearray(whole)
+        corrupt[offset] ^= 0xFF
+        try:
+            gzip.decompress(bytes(corrupt))
+        except zlib.error:
+            break
+        except (OSError, EOFError):
+            continue
+    else:
+        pytest.fail("no flip of a byte made zlib fail")
+    with open_input("-", io.BytesIO(bytes(corrupt))) as stream:
+        got = list(iter_parsed(stream))
+    assert isinstance(got[-1], BadLine)
+    assert "input read error" in got[-1].reason
+    assert len(got) - 1 < 2000  # what came before the damage, if a read got that far
     assert all(isinstance(p, InputItem) for p in got[:-1])
 
 
