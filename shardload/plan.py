@@ -133,7 +133,10 @@ def make_plan(
         raise ConfigurationError(
             f"url_map must be a function of an item, got {type(url_map).__name__}"
         )
-    if inspect.iscoroutinefunction(url_map):
+    if url_map is not None and (
+        inspect.iscoroutinefunction(url_map)
+        or inspect.iscoroutinefunction(type(url_map).__call__)  # an object's async __call__
+    ):
         # Its coroutine would be taken for the URL (and never awaited): every item failed.
         raise ConfigurationError("url_map must be a plain function, not an async one")
     if download is not None and not isinstance(download, AioDownload):

@@ -155,10 +155,11 @@ class Run(Iterator[Bundle]):
 
     @property
     def received(self) -> int | None:
-        """Bytes of response bodies received so far, downloads in progress and failed
-        attempts included: what a live progress shows as speed, where ``stats`` counts a
-        bundle's bytes only once it is yielded. Bodies a strategy's own ``on_success`` reads
-        are not counted; None with ``backend="ray"``."""
+        """Bytes of response bodies received so far, as stored (a compressed body counts
+        its decoded size), downloads in progress and failed attempts included: what a live
+        progress shows as speed, where ``stats`` counts a bundle's bytes only once it is
+        yielded. Bodies a strategy's own ``on_success`` reads are not counted; None with
+        ``backend="ray"``."""
         return self._executor.received() if self._executor is not None else None
 
     def __iter__(self) -> Run:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -853,11 +854,18 @@ async def _async_url(item: str) -> str:
     return item
 
 
+class _AsyncMapper:
+    async def __call__(self, item: str) -> str:
+        return item
+
+
 @pytest.mark.parametrize(
     ("url_map", "message"),
     [
         ("http://127.0.0.1:9/", "url_map must be a function of an item, got str"),
         (_async_url, "not an async one"),
+        (functools.partial(_async_url), "not an async one"),
+        (_AsyncMapper(), "not an async one"),
     ],
 )
 def test_a_url_map_that_cannot_map_is_a_configuration_error(url_map, message):

@@ -241,12 +241,17 @@ def write_host_stats(manifest: str, stats: Any) -> str | None:
     text = json.dumps({"total": stats.total.to_record(), "hosts": records}, indent=1)
     # Written beside it and renamed over it: a symlink planted at its name is replaced, not
     # followed out of the folder, and a crash leaves the old file or the new, never half.
-    temp = f"{path}.{secrets.token_hex(4)}.tmp"
+    # A short name: the side-car's own may be as long as the file system allows.
+    temp = os.path.join(os.path.dirname(path), f".shardload-{secrets.token_hex(4)}.tmp")
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
     except OSError:
         return None
     try:
+        with contextlib.suppress(FileNotFoundError):
+            before = os.lstat(path)
+            if stat.S_ISREG(before.st_mode):
+                os.fchmod(fd, stat.S_IMODE(before.st_mode))  # a 0600 side-car stays so
         with open(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(temp, path)

@@ -261,7 +261,8 @@ class ProcessExecutor:
         self._stop_grace = stop_grace
         self._workers: list[_Worker | None] = [None] * shards
         # One per shard, kept across its restarts; written by its worker only. 64 bytes each,
-        # so two workers' counters never share a cache line (each write would steal it).
+        # so two workers' counters lie 64 bytes apart or more, never in one cache line (each
+        # write would take the line from the other core).
         self._meters = [self._context.RawArray("Q", 8) for _ in range(shards)]
         self._generations = [0] * shards
         self._sink: ExecutorSink | None = None

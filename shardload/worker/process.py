@@ -32,7 +32,8 @@ from .shard import ShardWorker
 
 
 def worker_main(config_blob: bytes, inbox: Connection, outbox: Connection, meter: Any) -> None:
-    """``meter``: shared memory whose first 8 bytes count the bytes received (``meter``)."""
+    """``meter``: 64 bytes of shared memory, the first 8 of which count the bytes of bodies
+    this worker receives (``worker.meter``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):  # blocked by the coordinator while this started
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})

@@ -9,6 +9,7 @@ import os
 import re
 import resource
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -409,6 +410,25 @@ def test_a_symlink_planted_at_the_side_cars_name_is_replaced_not_followed(
         "manifest.hosts.json",
         "manifest.jsonl",
     ]
+
+
+def test_the_side_car_keeps_its_mode_and_a_long_name(server: LocalServer, tmp_path: Path) -> None:
+    """Written beside its name and renamed over it, the side-car came back 0644 from 0600,
+    and one whose name was near the file system's limit was not written at all."""
+    src = tmp_path / "urls.txt"
+    src.write_text("\n".join(_byte_urls(server, "mode", 2)) + "\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    manifest = out / ("m" * 238 + ".jsonl")  # its side-car's name: 249 bytes of 255
+    side = manifest.with_name("m" * 238 + ".hosts.json")
+    side.write_text("{}")
+    side.chmod(0o600)
+    assert run_cli(src, "-o", out, "--manifest", manifest, *FAST).returncode == 0
+    assert json.loads(side.read_text())["total"]["bundles"] == 2
+    assert stat.S_IMODE(side.stat().st_mode) == 0o600
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == sorted(
+        [manifest.name, side.name]
+    )
 
 
 def test_ray_backend_from_the_command_line(server: LocalServer, tmp_path: Path) -> None:
