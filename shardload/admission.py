@@ -69,13 +69,17 @@ class Admission:
         # Blocks of one refill: a lane keeps no more than that read back from disk, untaken.
         self._spill: Spill[tuple[int, str]] = Spill(block=self._bound.lane)
         self._held: deque[Bundle] = deque()
-        self.pace = DrainPace(limits.pace_window)
+        self._pace = DrainPace(limits.pace_window)
         self._recheck: asyncio.TimerHandle | None = None
 
     @property
     def empty(self) -> bool:
         """Nothing held or parked: every bundle taken from the input was handed on."""
         return not self._held and not self._spill.count
+
+    def finished(self, count: int) -> None:
+        """``count`` bundles got their results: the pace the drain is measured by."""
+        self._pace.finished += count
 
     def close(self) -> None:
         self._spill.close()
@@ -166,7 +170,7 @@ class Admission:
     def _slow_drain(self, waiting: int) -> bool:
         """Whether the jobs in memory would take ``patience`` seconds at the recent pace."""
         now = self._loop.time()
-        seconds = self.pace.seconds_for(waiting, now)
+        seconds = self._pace.seconds_for(waiting, now)
         if seconds is None or seconds < self._limits.patience:
             # Look again soon: a stuck host sends no result to wake the loop.
             if self._recheck is None or self._recheck.when() <= now:

@@ -299,7 +299,7 @@ async def coordinate(
                 out.append(apply_result(entry.bundle, result))
                 alike = settle(entry, result)
                 out.extend(apply_result(bundle, result, shared=True) for bundle in alike)
-                admission.pace.finished += 1 + len(alike)
+                admission.finished(1 + len(alike))
                 flow.done(shard, entry.lane)
                 dirty.add(shard)
             restarts[shard] = 0  # it works again: only crashes in a row use up its restarts
