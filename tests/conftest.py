@@ -9,9 +9,15 @@ from collections.abc import Iterator
 import pytest
 
 from shardload import AioDownload, DownloadStrategy, RequestStrategy
+from shardload.bundle import Result
 from shardload.testing.server import LocalServer
 
 HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
+
+
+def written_result(seq: int, path: str | None = None, size: int = 0) -> Result:
+    """What a worker sends back for a job it wrote (for fake executors)."""
+    return (seq, path, "written", 200, 1, size, None, 0.0, None, None, False, None)
 
 
 @pytest.fixture(scope="session")

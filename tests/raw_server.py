@@ -101,3 +101,17 @@ class RawServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def gated(gate: threading.Event, size: int, first: int) -> Handler:
+    """A handler that answers one request with a ``size``-byte body: ``first`` bytes at once,
+    the rest only once ``gate`` is set (a download caught half done)."""
+
+    def handler(conn: socket.socket, index: int) -> None:
+        if read_request(conn) is None:
+            return
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"x" * first)
+        gate.wait(30)
+        conn.sendall(b"y" * (size - first))
+
+    return handler

@@ -881,9 +881,19 @@ def test_one_run_read_from_two_threads_gives_every_bundle_once(srv, home):
     urls = [f"{srv.base_urls[i % 2]}/links/{i}" for i in range(200)]
     run = shardload.each(urls, download=make_download(home))
     got: list[list[Bundle]] = [[], []]
-    threads = [threading.Thread(target=lambda mine=mine: mine.extend(run)) for mine in got]
+    errors: list[BaseException] = []
+
+    def read(mine: list[Bundle]) -> None:
+        try:
+            mine.extend(run)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read, args=(mine,), daemon=True) for mine in got]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
     assert sorted(b.url for b in got[0] + got[1]) == sorted(urls)

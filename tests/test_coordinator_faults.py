@@ -25,7 +25,7 @@ from shardload.executors.base import ExecutorSink
 from shardload.executors.processes import ProcessExecutor, _Worker
 from shardload.worker.config import describe
 
-from .conftest import files_under, make_download, temp_files
+from .conftest import files_under, make_download, temp_files, written_result
 
 
 class Sink:
@@ -260,9 +260,7 @@ class LastWordsThenCrash:
     def send(self, shard: int, jobs: list[Job]) -> None:
         assert self._sink is not None
         self.sent.extend(job[0] for job in jobs)
-        results: list[Result] = [
-            (job[0], None, "written", 200, 1, 0, None, 0.0, None, None, False, None) for job in jobs
-        ]
+        results: list[Result] = [written_result(job[0]) for job in jobs]
         loop = asyncio.get_running_loop()
         loop.call_soon(self._sink.results, shard, results)
         if self.restarts == 0:
@@ -317,9 +315,7 @@ class SlowRestart:
 
     def _answer(self, shard: int, jobs: list[Job]) -> None:
         assert self._sink is not None
-        results: list[Result] = [
-            (job[0], None, "written", 200, 1, 0, None, 0.0, None, None, False, None) for job in jobs
-        ]
+        results: list[Result] = [written_result(job[0]) for job in jobs]
         asyncio.get_running_loop().call_soon(self._sink.results, shard, results)
 
     def send(self, shard: int, jobs: list[Job]) -> None:
@@ -654,9 +650,7 @@ class PoisonedWorkers:
             self._dead = True
             loop.call_soon(self._sink.crashed, 0, "killed")
             return
-        results: list[Result] = [
-            (job[0], None, "written", 200, 1, 0, None, 0.0, None, None, False, None) for job in jobs
-        ]
+        results: list[Result] = [written_result(job[0]) for job in jobs]
         loop.call_soon(self._sink.results, 0, results)
 
     async def restart(self, shard: int) -> None:

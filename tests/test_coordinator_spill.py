@@ -7,14 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import shardload
 import shardload.coordinator as coordinator_module
-from shardload.bundle import Bundle, Job, Result
+from shardload.bundle import Bundle, Job
 from shardload.coordinator import Limits, coordinate
 from shardload.executors.base import ExecutorSink
 from shardload.flow import FlowControl
@@ -22,7 +21,7 @@ from shardload.intake import Handed, RunMark, parked, prepare_item, unparked
 from shardload.spill import Spill
 from shardload.urls import host_key
 
-from .conftest import make_download
+from .conftest import make_download, written_result
 
 STUCK = "127.0.0.2"
 LIMITS = dict(
@@ -31,13 +30,15 @@ LIMITS = dict(
 
 
 class StuckHost:
-    """Answers every job at once, except those of STUCK, held until ``release`` is set."""
+    """Answers every job ``delay`` seconds after it came (at once: 0), except those of STUCK,
+    held until ``release`` is set."""
 
     crosses_processes = False
     imports_main = False
 
-    def __init__(self, shards: int) -> None:
+    def __init__(self, shards: int, delay: float = 0.0) -> None:
         self.shards = shards
+        self.delay = delay
         self.release = asyncio.Event()
         self.jobs: dict[int, Job] = {}  # every job sent, by seq
         self.sent_twice: list[int] = []
@@ -67,8 +68,8 @@ class StuckHost:
         sink = self._sink
         if sink is None:
             raise RuntimeError("not started")
-        result: Result = (job[0], job[4], "written", 200, 1, 0, None, 0.0, None, None, False, None)
-        asyncio.get_running_loop().call_soon(sink.results, shard, [result])
+        result = written_result(job[0], job[4])
+        asyncio.get_running_loop().call_later(self.delay, sink.results, shard, [result])
 
     async def restart(self, shard: int) -> None:
         raise AssertionError("no worker dies here")
@@ -94,12 +95,26 @@ def most_waiting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return most
 
 
+@pytest.fixture
+def parked_seqs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The place in the input of each job parked on disk."""
+    seqs: list[int] = []
+    real_put = Spill.put
+
+    def put(self: Any, lane: Any, record: Any) -> None:
+        seqs.append(record[0])
+        real_put(self, lane, record)
+
+    monkeypatch.setattr(Spill, "put", put)
+    return seqs
+
+
 def run_until_others_done(
-    items: list[Any], executor: StuckHost, others: int, limits: Limits
+    items: list[Any], executor: StuckHost, others: int, limits: Limits, release_after: float = 5.0
 ) -> tuple[list[Bundle], float | None, int]:
     """Run to the end; the stuck host is let go once ``others`` other bundles are done, or
-    after 5 s. Returns the bundles, when the others were done (None: not before the 5 s),
-    and how many stuck ones had finished by then."""
+    after ``release_after`` s. Returns the bundles, when the others were done (None: not
+    while the stuck host was held), and how many stuck ones had finished by then."""
     seen: list[Bundle] = []
     done_at: list[float] = []
     stuck_done_then: list[int] = []
@@ -111,13 +126,13 @@ def run_until_others_done(
             if not executor.release.is_set():
                 executor.let_go()
 
-        asyncio.get_running_loop().call_later(5.0, let_go_later)
+        asyncio.get_running_loop().call_later(release_after, let_go_later)
         async with asyncio.timeout(60):
             async with contextlib.aclosing(coordinate(items, executor, limits=limits)) as batches:
                 async for batch in batches:
                     seen.extend(batch)
                     done = [b for b in seen if host_key(b.url) != STUCK]
-                    if not done_at and len(done) == others:
+                    if not done_at and len(done) == others and not executor.release.is_set():
                         done_at.append(time.monotonic() - start)
                         stuck_done_then.append(len(seen) - len(done))
                         executor.let_go()
@@ -178,11 +193,12 @@ def test_items_url_map_turns_into_urls_park_when_their_info_is_a_plain_value(mos
 
     seen, others_at = asyncio.run(main())
     assert others_at is not None and others_at < 4.0
+    assert most_waiting[0] <= 2 * LIMITS["waiting_cap"] + 4 * LIMITS["lane_cap"]
     assert sorted(b.info for b in seen) == list(range(n + 100))
     assert all(b.url == url_map(b.info) and b.state == "written" for b in seen)
 
 
-def test_jobs_handed_over_come_back_from_disk_with_their_path_and_info(most_waiting):
+def test_jobs_handed_over_come_back_from_disk_with_their_path_and_info(most_waiting, parked_seqs):
     stuck = [
         Handed(Bundle(f"http://{STUCK}/s{i}", info={"line": i}, file_path=f"p/{i}"))
         for i in range(1500)
@@ -190,8 +206,9 @@ def test_jobs_handed_over_come_back_from_disk_with_their_path_and_info(most_wait
     items: list[Any] = [*stuck, *other_urls(50)]
     executor = StuckHost(2)
     seen, others_done_at, _ = run_until_others_done(items, executor, 50, Limits(**LIMITS))
-    assert others_done_at is not None
-    assert most_waiting[0] < 1000  # most of the stuck host's jobs waited on disk
+    assert others_done_at is not None and others_done_at < 4.0
+    assert len(parked_seqs) >= 1000  # most of the stuck host's jobs waited on disk
+    assert set(parked_seqs) <= set(range(1500))
     by_seq = {b.seq: b for b in seen}
     assert len(by_seq) == len(items) == len(seen)
     for i in range(1500):
@@ -205,48 +222,31 @@ def test_a_callers_own_bundles_are_never_parked_and_come_back_as_themselves(most
     mine = [Bundle(f"http://{STUCK}/s{i}", info=object()) for i in range(1000)]
     executor = StuckHost(1)
     limits = Limits(**LIMITS)
-    seen, _, _ = run_until_others_done([*mine, *other_urls(10)], executor, 10, limits)
+    seen, _, _ = run_until_others_done([*mine, *other_urls(10)], executor, 10, limits, 1.0)
     assert len(seen) == 1010
     assert {id(b) for b in seen if host_key(b.url) == STUCK} == {id(b) for b in mine}
     assert all(b.state == "written" for b in seen)
     assert most_waiting[0] <= 2 * limits.waiting_cap
 
 
-def test_a_fast_drain_is_waited_for_not_read_past(most_waiting):
-    """When memory is full but drains fast (hosts that answer at once), the input is not
-    read on onto disk: the jobs in memory go soon enough."""
+def test_a_fast_drain_is_waited_for_not_read_past(most_waiting, parked_seqs):
+    """When memory is full but drains fast (hosts that answer within a millisecond), the
+    input is not read on onto disk: the jobs in memory go soon enough."""
+    items = [f"http://127.0.0.{3 + i % 2}/f{i}" for i in range(6000)]
+    executor = StuckHost(1, delay=0.001)
+    limits = Limits(**{**LIMITS, "read_ahead": 4096})
 
-    class Counting:
-        def __init__(self) -> None:
-            self.read = 0
-
-        def __iter__(self) -> Iterator[str]:
-            for i in range(6000):
-                self.read += 1
-                yield f"http://127.0.0.{3 + i % 2}/f{i}"
-
-    items = Counting()
-    executor = StuckHost(1)
-    limits = Limits(**LIMITS)
-    parked: list[int] = []
-    real_put = Spill.put
-
-    def put(self: Any, lane: Any, record: Any) -> None:
-        parked.append(record[0])
-        real_put(self, lane, record)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Spill, "put", put)
-
-        async def main() -> list[Bundle]:
-            seen: list[Bundle] = []
+    async def main() -> list[Bundle]:
+        seen: list[Bundle] = []
+        async with asyncio.timeout(60):
             async with contextlib.aclosing(coordinate(items, executor, limits=limits)) as it:
                 async for batch in it:
                     seen.extend(batch)
-            return seen
+        return seen
 
-        seen = asyncio.run(main())
-    assert len(seen) == 6000 and parked == []
+    seen = asyncio.run(main())
+    assert most_waiting[0] >= limits.waiting_cap  # the memory was full: the case in question
+    assert len(seen) == 6000 and parked_seqs == []
 
 
 def test_a_slow_hosts_many_urls_at_the_front_do_not_stall_the_rest_end_to_end(srv, home):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 
@@ -12,30 +11,18 @@ import shardload
 from shardload.bundle import Bundle
 
 from .conftest import make_download
-from .raw_server import RawServer, read_request
+from .raw_server import RawServer, gated
 
 BODY = 3 << 20  # over the 1 MiB a worker that hashes as read writes in the callback
 FIRST = 2 << 20  # sent at once; the rest only once the gate opens
-
-
-def _gated(gate: threading.Event) -> Callable[..., None]:
-    def handler(conn: object, index: int) -> None:
-        if read_request(conn) is None:  # type: ignore[arg-type]
-            return
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BODY)  # type: ignore[attr-defined]
-        conn.sendall(b"x" * FIRST)  # type: ignore[attr-defined]
-        gate.wait(30)
-        conn.sendall(b"y" * (BODY - FIRST))  # type: ignore[attr-defined]
-
-    return handler
 
 
 @pytest.mark.parametrize("processes", [1, 2])
 def test_bytes_of_bodies_still_downloading_are_counted(home: str, client: str, processes: int):
     gate = threading.Event()
     with (
-        RawServer(_gated(gate), host="127.0.0.1") as a,
-        RawServer(_gated(gate), host="127.0.0.2") as b,
+        RawServer(gated(gate, BODY, FIRST), host="127.0.0.1") as a,
+        RawServer(gated(gate, BODY, FIRST), host="127.0.0.2") as b,
     ):
         run = shardload.each(
             [f"{a.url}/big", f"{b.url}/big"],

@@ -8,9 +8,11 @@ from hypothesis import strategies as st
 from shardload.bundle import Bundle, Result
 from shardload.repeats import Repeats, Request
 
+from .conftest import written_result
 
-def result(seq: int, path: str = "p") -> Result:
-    return (seq, path, "written", 200, 1, 10, None, 0.1, None, None, False, None)
+
+def result(seq: int) -> Result:
+    return written_result(seq, "p", size=10)
 
 
 A: Request = ("http://h/a", None)

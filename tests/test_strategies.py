@@ -520,6 +520,16 @@ def test_a_strategy_that_raises_a_base_exception_fails_its_bundle_instead_of_han
     assert error.__name__ in bundles[-1].error_message
 
 
+@pytest.mark.parametrize("error", [asyncio.CancelledError, GeneratorExit, Fatal])
+def test_a_strategy_that_raises_a_base_exception_fails_a_direct_main_call(srv, home, error):
+    """``await download.main(bundle)``, as aiodownload's callers did, with no worker around it
+    to catch what the engine lets through: the bundle fails, the call returns."""
+    download = AioDownload(download_strategy=RaisesOnPoison(error, "get_file_path", home=home))
+    bundle = asyncio.run(download.main(Bundle(f"{srv.base_urls[0]}/bytes/10?name=poison")))
+    assert (bundle.state, bundle.error_kind) == ("failed", ErrorKind.STRATEGY)
+    assert error.__name__ in bundle.error_message
+
+
 @pytest.mark.parametrize("wait", [math.inf, math.nan])
 def test_an_endless_sleep_from_a_strategy_fails_its_bundle_instead_of_hanging(srv, home, wait):
     class Forever(RequestStrategy):

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import resource
-import socket
 import stat
 import subprocess
 import threading
@@ -19,7 +18,7 @@ import pytest
 
 from shardload.testing.server import LocalServer, body_for
 
-from ..raw_server import RawServer, read_request
+from ..raw_server import RawServer, gated
 from .conftest import cli_command, cli_env, latest, path_counts, read_manifest, run_cli
 
 FAST = ("-p", "2", "--progress", "lines")
@@ -803,15 +802,7 @@ def test_progress_shows_the_speed_of_a_file_still_downloading(tmp_path: Path) ->
     """A run of one large file showed 0 B/s until the file was complete: the progress counted
     only finished files' bytes. It now counts bytes as they arrive."""
     gate = threading.Event()
-
-    def handler(conn: socket.socket, index: int) -> None:
-        if read_request(conn) is None:
-            return
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4000000\r\n\r\n" + b"x" * 2_000_000)
-        gate.wait(30)
-        conn.sendall(b"y" * 2_000_000)
-
-    with RawServer(handler) as server:
+    with RawServer(gated(gate, 4_000_000, 2_000_000)) as server:
         src = tmp_path / "urls.txt"
         src.write_text(f"{server.url}/big\n")
         args = ["--progress", "lines", "--progress-interval", "0.1", "-p", "1"]
