@@ -23,7 +23,7 @@ from .intake import Items
 from .plan import RunOptions, make_plan
 from .run import Run
 from .worker.engine import AioDownload
-from .worker.files import find_complete
+from .worker.tree import find_complete
 
 
 def each(

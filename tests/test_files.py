@@ -18,7 +18,7 @@ from shardload import Bundle, DownloadStrategy, ErrorKind, RequestStrategy
 from shardload.errors import DownloadFailed
 from shardload.paths import absolute
 from shardload.testing.server import body_for
-from shardload.worker import files
+from shardload.worker import files, tree
 from shardload.worker import temp_files as temps
 
 from .conftest import files_under, make_download, temp_files
@@ -265,20 +265,18 @@ def test_a_body_in_pieces_is_written_and_hashed_whole(tmp_path, pieces):
 
 def test_commit_under_a_root_home_walks_whole_directory_names(tmp_path, monkeypatch):
     """home '/' has no trailing part to cut: the first directory is /<name>, not /<name[1:]>."""
-    from shardload.worker import files
-
     made: list[str] = []
-    real = files._enter
+    real = tree._enter
     monkeypatch.setattr(
-        files,
+        tree,
         "_enter",
         lambda parent, name, path, home: made.append(path) or real(parent, name, path, home),
     )
-    files.forget_directories("/")
+    tree.forget_directories("/")
     tmp = tmp_path / "part"
     tmp.write_bytes(b"x")
     final = os.path.join(str(tmp_path), "sub", "f")
-    assert files.commit(str(tmp), final, "/") == final
+    assert tree.commit(str(tmp), final, "/") == final
     assert made[0] == "/" + str(tmp_path).split(os.sep)[1]
     assert open(final, "rb").read() == b"x"
 
@@ -300,11 +298,11 @@ def test_a_file_that_cannot_be_moved_aside_stays_where_it_was(tmp_path, monkeypa
 
     monkeypatch.setattr(os, "mkdir", full)
     with pytest.raises(DownloadFailed) as failed:
-        files.commit(str(part), str(home / "h" / "a" / "b"), str(home))
+        tree.commit(str(part), str(home / "h" / "a" / "b"), str(home))
     assert failed.value.kind == ErrorKind.DISK
     assert (home / "h" / "a").read_bytes() == b"good copy"
     assert [p.name for p in (home / ".shardload-tmp").iterdir()] == []
-    files.forget_directories(str(home))
+    tree.forget_directories(str(home))
 
 
 def test_a_file_goes_to_the_directory_now_at_its_path_after_the_old_one_was_moved(tmp_path):
@@ -317,13 +315,13 @@ def test_a_file_goes_to_the_directory_now_at_its_path_after_the_old_one_was_move
         part = tmp_path / f"part{i}"
         part.write_bytes(b"%d" % i)
         parts.append(str(part))
-    files.commit(parts[0], str(home / "h" / "dir" / "a"), str(home))
+    tree.commit(parts[0], str(home / "h" / "dir" / "a"), str(home))
     os.rename(home / "h" / "dir", home / "h" / "dir.old")
     (home / "h" / "dir").mkdir()
-    landed = files.commit(parts[1], str(home / "h" / "dir" / "b"), str(home))
+    landed = tree.commit(parts[1], str(home / "h" / "dir" / "b"), str(home))
     assert landed == str(home / "h" / "dir" / "b") and open(landed, "rb").read() == b"1"
     assert sorted(os.listdir(home / "h" / "dir.old")) == ["a"]
-    files.forget_directories(str(home))
+    tree.forget_directories(str(home))
 
 
 def test_a_file_another_process_already_moved_aside_is_left_alone(tmp_path):
@@ -335,7 +333,7 @@ def test_a_file_another_process_already_moved_aside_is_left_alone(tmp_path):
     (home / "h" / "a").mkdir(parents=True)
     (home / "h" / "a" / "%file").write_bytes(b"a")
     (home / "h" / "a" / "b").write_bytes(b"b")
-    files._displace(str(home / "h" / "a"), str(home))  # what the late process did
+    tree._displace(str(home / "h" / "a"), str(home))  # what the late process did
     assert sorted(os.listdir(home / "h" / "a")) == ["%file", "b"]
     assert (home / "h" / "a" / "%file").read_bytes() == b"a"
     assert [p.name for p in (home / ".shardload-tmp").iterdir()] == []
@@ -366,7 +364,7 @@ def test_moves_aside_take_turns_between_processes(tmp_path):
         )
         return done.stdout.strip()
 
-    with files._home_locked(str(home)):
+    with tree._home_locked(str(home)):
         assert other_process() == "busy"
     assert other_process() == "taken"
 
@@ -398,16 +396,16 @@ def test_a_lock_someone_else_holds_on_home_fails_the_move_instead_of_freezing_th
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
-        monkeypatch.setattr(files, "_LOCK_WAIT", 0.2)
+        monkeypatch.setattr(tree, "_LOCK_WAIT", 0.2)
         with pytest.raises(DownloadFailed) as failed:
-            files.commit(str(part), str(home / "h" / "a" / "b"), str(home))
+            tree.commit(str(part), str(home / "h" / "a" / "b"), str(home))
         assert failed.value.kind == ErrorKind.DISK and "locked" in failed.value.message
         assert (home / "h" / "a").read_bytes() == b"good copy"
     finally:
         assert holder.stdin is not None
         holder.stdin.close()
         holder.wait(timeout=10)
-        files.forget_directories(str(home))
+        tree.forget_directories(str(home))
 
 
 def test_skip_cached_never_takes_a_file_outside_home_for_a_copy(srv, home, tmp_path):
@@ -437,12 +435,12 @@ def test_a_lookup_never_trusts_a_folder_swapped_for_a_symlink_after_an_earlier_l
     (home / "h" / "dir").mkdir(parents=True)
     (home / "h" / "dir" / "f").write_bytes(b"mine")
     target = str(home / "h" / "dir" / "f")
-    assert files.find_complete(target, str(home)) == (target, 4)
+    assert tree.find_complete(target, str(home)) == (target, 4)
     outside = tmp_path / "outside"
     shutil.copytree(home / swapped, outside)
     shutil.rmtree(home / swapped)
     os.symlink(outside, home / swapped)
-    assert files.find_complete(target, str(home)) is None
+    assert tree.find_complete(target, str(home)) is None
 
 
 @pytest.mark.parametrize("swapped", ["h/dir", "h"])
@@ -451,8 +449,6 @@ def test_a_directory_swapped_for_a_symlink_mid_run_never_leads_a_file_outside_ho
 ):
     """Directories already walked are not walked again for the next file; one that someone
     replaced by a symlink since (the file's own folder, or one above it) is refused."""
-    from shardload.worker import files
-
     home, outside = tmp_path / "home", tmp_path / "outside"
     home.mkdir()
     outside.mkdir()
@@ -461,16 +457,16 @@ def test_a_directory_swapped_for_a_symlink_mid_run_never_leads_a_file_outside_ho
         part = tmp_path / f"part{i}"
         part.write_bytes(b"x")
         parts.append(str(part))
-    first = files.commit(parts[0], str(home / "h" / "dir" / "a"), str(home))
+    first = tree.commit(parts[0], str(home / "h" / "dir" / "a"), str(home))
     assert open(first, "rb").read() == b"x"
     shutil.rmtree(home / swapped)
     (home / swapped).parent.mkdir(parents=True, exist_ok=True)
     os.symlink(outside, home / swapped)
     with pytest.raises(DownloadFailed) as failed:
-        files.commit(parts[1], str(home / "h" / "dir" / "b"), str(home))
+        tree.commit(parts[1], str(home / "h" / "dir" / "b"), str(home))
     assert failed.value.kind == ErrorKind.UNSAFE_PATH
     assert list(outside.iterdir()) == []
-    files.forget_directories(str(home))
+    tree.forget_directories(str(home))
 
 
 @pytest.mark.parametrize("processes", [1, 2])

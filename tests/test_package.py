@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -128,3 +129,20 @@ def test_overrides_typed_as_aiodownload_users_wrote_them_pass_mypy_strict(tmp_pa
         env={**os.environ, "MYPYPATH": str(root)},
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_every_test_docs_guarantees_names_exists() -> None:
+    """docs/guarantees.md names, for each guarantee, the tests that check it: a renamed or
+    removed test must not leave a guarantee pointing at nothing."""
+    root = Path(__file__).resolve().parent
+    text = (root.parent / "docs" / "guarantees.md").read_text()
+    named = set(re.findall(r"`((?:cli/)?test_\w+\.py)(?:::(\w+))?`", text))
+    assert len(named) > 100  # the pattern still matches how the table names tests
+    missing = []
+    for module, test in sorted(named):
+        path = root / module
+        if not path.is_file():
+            missing.append(module)
+        elif test and not re.search(rf"^(?:async )?def {test}\b", path.read_text(), re.M):
+            missing.append(f"{module}::{test}")
+    assert missing == []

@@ -61,7 +61,7 @@ from shardload.cli.summary import (
 from shardload.errors import ConfigurationError, DownloadFailed, ShardloadError
 from shardload.intake import Handed
 from shardload.plan import RunOptions, split_key
-from shardload.worker.files import check_target, find_complete
+from shardload.worker.tree import check_target, find_complete
 
 
 class ManifestFailed(ShardloadError):

@@ -28,7 +28,7 @@ from ..bundle import Bundle
 from ..errors import ErrorKind
 from ..robots import RobotRules
 from ..urls import UrlParts
-from .files import forget_directories
+from .tree import forget_directories
 from .hosts import HostSlot, WorkerSlots
 from .http import LeanClient
 from .politeness import Politeness

@@ -45,7 +45,7 @@ from .aiohttp_session import heard
 from .binding import LoopBinding
 from .exchange import Redirect, over_time
 from .failures import classify, network_error
-from .files import check_target, find_complete
+from .tree import check_target, find_complete
 from .hosts import HostSlot
 from .own_writes import measure_own_write, note_before, remove_written
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..bundle import Bundle
-from .files import regular_in_home
+from .tree import regular_in_home
 
 if TYPE_CHECKING:
     from ..strategy import DownloadStrategy
