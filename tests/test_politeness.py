@@ -886,7 +886,10 @@ def test_the_gap_counts_from_when_a_slow_connection_let_the_request_go(client, s
         srv.stop()
     assert stdout.strip() == "[True, True]", stderr[-2000:]
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-    assert len(gaps) == (1 if spacing == "delay" else 2) and min(gaps) >= 0.49, gaps  # was ~1 ms
+    # Without the fix the gap was ~1 ms. The margin allows for the server's stamp of the first
+    # arrival coming late on a busy machine (its thread was just started), which shortens the
+    # gap it measures: with three busy loops beside it, one run in four measured 0.485 s.
+    assert len(gaps) == (1 if spacing == "delay" else 2) and min(gaps) >= 0.4, gaps
 
 
 _SLOW_CONNECT_CLIENT = """
