@@ -16,7 +16,8 @@ from .coordinator import Limits, coordinate
 from .errors import ConfigurationError, DownloadFailed
 from .executors.base import Executor
 from .executors.inloop import InLoopExecutor
-from .executors.processes import ProcessExecutor, sendable_config
+from .executors.processes import ProcessExecutor
+from .executors.starting import sendable_config
 from .intake import Items
 from .sharding import split_budget
 from .strategy import DownloadStrategy, RequestStrategy

@@ -573,7 +573,7 @@ def test_a_displaced_file_is_followed_only_when_it_is_a_regular_file(tmp_path, h
 
 _MASK_PROBE = """
 import multiprocessing, signal, sys
-from shardload.executors.processes import _Start
+from shardload.executors.starting import Start
 
 def report(conn):
     conn.send(signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))
@@ -588,7 +588,7 @@ def probe(context, start):
 if __name__ == "__main__":
     context = multiprocessing.get_context(sys.argv[1])
     for _ in range(2):  # the first start also starts multiprocessing's helpers
-        probe(context, lambda process: _Start(process, ()).run())
+        probe(context, lambda process: Start(process, ()).run())
     probe(context, lambda process: process.start())  # the caller's own process
     print(signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))
 """

@@ -14,7 +14,7 @@ import pytest
 
 import shardload
 from shardload import AioDownload, DownloadStrategy
-from shardload.executors import processes
+from shardload.executors import starting
 from shardload.executors.processes import ProcessExecutor
 from shardload.testing.server import body_for
 from shardload.worker import files
@@ -117,8 +117,8 @@ def test_a_failed_body_leaves_no_file_when_hashed_as_read(srv, home, client, has
     [(1, 2, False), (2, 2, True), (3, 2, True), (4, 16, False), (16, 16, True)],
 )
 def test_workers_hash_as_read_when_every_core_runs_one(monkeypatch, workers, cores, busy):
-    monkeypatch.setattr(processes.os, "sched_getaffinity", lambda pid: set(range(cores)))
-    assert processes.every_core_busy(workers) is busy
+    monkeypatch.setattr(starting.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert starting.every_core_busy(workers) is busy
     executor = ProcessExecutor({"download_strategy": None}, shards=workers, home="/tmp")
     assert pickle.loads(executor._config)["hash_as_read"] is busy
 

@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 import shardload
 from shardload import AioDownload, BackOff, DownloadStrategy, Lenient, RequestStrategy
 from shardload.cli.progress import MODES
-from shardload.executors.processes import processes_that_fit
+from shardload.executors.starting import processes_that_fit
 from shardload.plan import BACKENDS, RunOptions
 
 DEFAULT_PER_HOST = 4

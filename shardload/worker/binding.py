@@ -28,10 +28,10 @@ from ..bundle import Bundle
 from ..errors import ErrorKind
 from ..robots import RobotRules
 from ..urls import UrlParts
-from .tree import forget_directories
 from .hosts import HostSlot, WorkerSlots
 from .http import LeanClient
 from .politeness import Politeness
+from .tree import forget_directories
 
 if TYPE_CHECKING:
     import aiohttp

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..bundle import Bundle
 from ..errors import DownloadFailed, ErrorKind
-from .tree import commit
 from .inline_writer import InlineWriter, disk_is_fast, write_all
 from .meter import received
 from .temp_files import Temp, open_temp
+from .tree import commit
 
 if TYPE_CHECKING:
     from ..strategy import DownloadStrategy, Response

@@ -24,7 +24,7 @@ from shardload.cli.options import (
     strategy_options,
 )
 from shardload.cli.signals import StopSignals
-from shardload.executors.processes import processes_that_fit
+from shardload.executors.starting import processes_that_fit
 
 
 @pytest.mark.parametrize(
