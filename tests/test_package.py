@@ -68,6 +68,7 @@ def test_a_worker_start_imports_only_what_a_worker_runs() -> None:
         "shardload.api",
         "shardload.coordinator",
         "shardload.executors.processes",
+        "shardload.executors.starting",
         "shardload.run",
         "urllib.robotparser",
         "email.utils",
