@@ -9,19 +9,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import json
 import os
-import secrets
-import stat
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, BinaryIO, TextIO
 
 import shardload
 from shardload.bundle import Bundle
+from shardload.cli.host_stats import hosts_path, write_host_stats
 from shardload.cli.inputs import (
     BadLine,
     InputItem,
@@ -41,119 +39,20 @@ from shardload.cli.manifest import (
     looks_like_manifest,
 )
 from shardload.cli.options import build_parser, make_download, run_options
-from shardload.cli.progress import (
-    NullProgress,
-    Progress,
-    choose_mode,
-    have_tqdm,
-    make_progress,
-    terminal_size,
-)
+from shardload.cli.progress import choose_mode, have_tqdm, make_progress, terminal_size
+from shardload.cli.recorder import ManifestFailed, Recorder
 from shardload.cli.signals import StopSignals
 from shardload.cli.summary import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
-    RunStats,
     exit_code,
     format_summary,
 )
-from shardload.errors import ConfigurationError, DownloadFailed, ShardloadError
+from shardload.errors import ConfigurationError, DownloadFailed
 from shardload.intake import Handed
 from shardload.plan import RunOptions, split_key
 from shardload.worker.tree import check_target, find_complete
-
-
-class ManifestFailed(ShardloadError):
-    """The manifest cannot be written (``Recorder.error`` says why): the run stops."""
-
-
-class Recorder:
-    """Everything a finished or skipped URL updates, under one lock (main loop and ticker)."""
-
-    def __init__(
-        self, writer: ManifestWriter, progress: Progress, signals: StopSignals, interval: float
-    ) -> None:
-        self.writer, self.progress, self.signals = writer, progress, signals
-        self.stats = RunStats()
-        self.lock = threading.Lock()
-        self.error: BaseException | None = None
-        self._received: Callable[[], int | None] = lambda: None
-        self._stop = threading.Event()
-        self._ticker = threading.Thread(target=self._tick, args=(interval,), daemon=True)
-        self._ticker.start()
-
-    @property
-    def closed(self) -> bool:
-        return self._stop.is_set()
-
-    def record(self, record: dict[str, Any], *, repeat: bool = False) -> None:
-        with self.signals.critical(), self.lock:
-            if self.closed:  # the input thread, after a stop: too late to count
-                return
-            try:
-                self.writer.add(record)
-            except OSError as exc:  # a full disk: reported once, as one line, by _crawl
-                self.error = self.error or exc
-            self.stats.add(record, repeat=repeat)
-            fetched = 0 if repeat else int(record.get("bytes") or 0)
-            self._show(self.progress.finished, str(record["state"]), fetched)
-        if self.error is not None:
-            raise ManifestFailed from self.error
-
-    def skip(self, action: Action) -> None:
-        with self.signals.critical(), self.lock:
-            if self.closed:
-                return
-            if action is Action.SKIP_DONE:
-                self.stats.skipped_done += 1
-            else:
-                self.stats.skipped_permanent += 1
-            self._show(self.progress.earlier)
-
-    def set_total(self, total: int) -> None:
-        with self.lock:
-            if not self.closed:
-                self.progress.set_total(total)
-
-    def follow(self, run: Iterator[Bundle]) -> None:
-        """Show the bytes the run's workers receive, downloads in progress included
-        (``Run.received``)."""
-        self._received = lambda: getattr(run, "received", None)
-
-    def _tick(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            with self.lock:
-                if self.closed:
-                    return
-                try:
-                    self.writer.flush_if_due()
-                except OSError as exc:  # a full disk: the main loop re-raises it
-                    self.error = exc
-                self.progress.counts.received = self._received()
-                self._show(self.progress.tick)
-
-    def close(self, *, ran_nothing: bool = False, interrupted: bool = False) -> None:
-        """``ran_nothing``: a usage error stopped the run before it began, so the progress
-        ends without a last line and the previous run's manifest stays as it was; so it
-        does when the run was ``interrupted`` before it had anything to record."""
-        with self.lock:
-            self._stop.set()
-            self.progress.counts.received = self._received()
-            self._show(self.progress.discard if ran_nothing else self.progress.close)
-            try:
-                self.writer.close(keep_previous=interrupted, leave_no_trace=ran_nothing)
-            except OSError as exc:
-                self.error = self.error or exc
-        self._ticker.join()
-
-    def _show(self, update: Callable[..., None], *args: Any) -> None:
-        """Progress goes to stderr, which its reader may have closed (``2>&1 | head``): the
-        crawl then goes on without it. Only the manifest's errors stop a run."""
-        try:
-            update(*args)
-        except OSError:
-            self.progress = NullProgress()
 
 
 def _items(
@@ -217,49 +116,6 @@ def _done_elsewhere(item: InputItem, prior: Prior | None, output: str) -> bool:
     except DownloadFailed:
         return True  # the run fails it with the reason
     return find_complete(target, output) is None
-
-
-def hosts_path(manifest: str) -> str:
-    """The per-host side-car: ``out/manifest.jsonl`` -> ``out/manifest.hosts.json``."""
-    root, ext = os.path.splitext(manifest)
-    return (root if ext == ".jsonl" else manifest) + ".hosts.json"
-
-
-def write_host_stats(manifest: str, stats: Any) -> str | None:
-    """Write this run's per-host statistics next to the manifest; returns the path written.
-    A run with no host to count (a ``--resume`` with nothing left) writes empty statistics:
-    an earlier run's would read as this one's."""
-    if stats is None:
-        return None
-    if manifest.startswith(("/dev/std", "/dev/fd/", "/proc/")):
-        return None  # `--manifest /dev/stdout > f`: stat sees f, but /dev is not its folder
-    with contextlib.suppress(OSError):
-        if not stat.S_ISREG(os.stat(manifest).st_mode):
-            return None  # no side-car beside a pipe or a device
-    path = hosts_path(manifest)
-    records = [stats.hosts[host].to_record() for host in sorted(stats.hosts)]
-    text = json.dumps({"total": stats.total.to_record(), "hosts": records}, indent=1)
-    # Written beside it and renamed over it: a symlink planted at its name is replaced, not
-    # followed out of the folder, and a crash leaves the old file or the new, never half.
-    # A short name: the side-car's own may be as long as the file system allows.
-    temp = os.path.join(os.path.dirname(path), f".shardload-{secrets.token_hex(4)}.tmp")
-    try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
-    except OSError:
-        return None
-    try:
-        with contextlib.suppress(FileNotFoundError):
-            before = os.lstat(path)
-            if stat.S_ISREG(before.st_mode):
-                os.fchmod(fd, stat.S_IMODE(before.st_mode))  # a 0600 side-car stays so
-        with open(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(temp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        return None
-    return path
 
 
 def _count_total(spec: str, rec: Recorder) -> None:

@@ -150,7 +150,7 @@ def test_no_side_car_is_written_into_dev_or_beside_a_pipe(tmp_path) -> None:
     side-car went to /dev/stdout.hosts.json (created in /dev when run as root)."""
     import os
 
-    from shardload.cli.main import hosts_path, write_host_stats
+    from shardload.cli.host_stats import hosts_path, write_host_stats
 
     stats = RunStatsLib()
     stats.add(Bundle("http://a/x", state="written"))
@@ -172,7 +172,7 @@ def test_a_side_car_is_written_beside_a_manifest_on_tmpfs() -> None:
     import os
     import tempfile
 
-    from shardload.cli.main import write_host_stats
+    from shardload.cli.host_stats import write_host_stats
 
     stats = RunStatsLib()
     stats.add(Bundle("http://a/x", state="written"))
