@@ -25,6 +25,8 @@ from shardload import (
     ErrorKind,
     RequestStrategy,
 )
+from shardload import plan as plan_module
+from shardload.coordinator import Limits
 from shardload.plan import make_plan
 from shardload.testing.server import body_for
 
@@ -114,7 +116,10 @@ def test_each_closed_from_another_thread_before_its_first_bundle_is_asked_for(sr
     assert temp_files(home) == []
 
 
-def test_each_reads_input_lazily_and_stops_on_early_close(srv, home):
+def test_each_reads_input_lazily_and_stops_on_early_close(srv, home, monkeypatch):
+    # Jobs are never parked on disk here: on a busy machine the jobs in memory could look
+    # slow to drain, and reading on to park them is test_coordinator_spill.py's subject.
+    monkeypatch.setattr(plan_module, "Limits", functools.partial(Limits, patience=1e9))
     read = 0  # items the input has handed out
 
     def endless():
