@@ -1063,13 +1063,24 @@ class CopiedBoth(CopiedMain, AiodownloadStyle):
 
 
 @pytest.mark.parametrize("processes", [1, 2])
-def test_main_and_request_and_download_both_copied_from_aiodownload(srv, home, processes):
+def test_main_and_request_and_download_both_copied_from_aiodownload(
+    srv, home, processes, closed_port
+):
+    """Also what the pair's own requests were answered: the status (aiodownload's code sets
+    none; it stayed None), and a refused connection it lets out fails as ``connect``, a
+    transient failure (it failed as ``strategy``)."""
     download = CopiedBoth(download_strategy=DownloadStrategy(home=home))
     urls = [f"{srv.base_urls[0]}/echo?n={i}" for i in range(2)] + [srv.base_urls[1] + "/status/404"]
+    urls.append(f"http://127.0.0.1:{closed_port}/x")
     bundles = shardload.swarm(urls, download=download, processes=processes)
-    assert [b.state for b in bundles] == ["written", "written", "failed"], [
-        b.error_message for b in bundles
-    ]
+    assert [(b.state, b.status, b.error_kind) for b in bundles] == [
+        ("written", 200, None),
+        ("written", 200, None),
+        ("failed", 404, "http"),
+        ("failed", None, "connect"),
+    ], [b.error_message for b in bundles]
+    assert bundles[2].error_message == "HTTP 404: main() said: Download failed"
+    assert "ClientConnectorError" in (bundles[3].error_message or "")
 
 
 def test_self_client_is_a_session_when_copied_overrides_are_awaited_directly(srv, home):

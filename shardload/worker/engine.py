@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..bundle import (
     CACHED,
+    PENDING,
     SAID_CACHED,
     SAID_GAVE_UP,
     SAID_WRITTEN,
@@ -37,7 +38,9 @@ from ..bundle import (
 from ..errors import DownloadFailed, ErrorKind
 from ..strategy import DownloadStrategy, Outcome, RequestStrategy
 from ..urls import UrlParts, split_url, userinfo
+from .aiohttp_session import heard
 from .attempts import Attempts, skip
+from .failures import classify, network_error
 from .own_writes import measure_own_write
 from .tree import find_complete
 
@@ -144,6 +147,31 @@ class AioDownload(Attempts):
         bundle.elapsed = time.monotonic() - started
         return bundle
 
+    async def run_job(self, bundle: Bundle) -> None:
+        """``main`` for a job of a run, then ``settle`` for a bundle a subclass's ``main`` left
+        pending. Around an overridden ``main`` (aiodownload's, copied, calls its own
+        ``request_and_download``, whose requests go through ``self.client``): what those
+        requests were answered gives the bundle its status, as aiodownload's code sets none,
+        and a network error it lets out (aiodownload's ``main`` caught only ValueError) fails
+        the bundle as that error's kind, a transient failure, not as a bug of the strategy."""
+        if type(self).main is AioDownload.main:
+            await self.main(bundle)
+        else:
+            answers: list[tuple[int, dict[str, str], str | None]] = []
+            listening = heard.set(answers)
+            try:
+                await self.main(bundle)
+            except Exception as exc:
+                if not network_error(exc):
+                    raise
+                bundle.fail(*classify(exc, bundle.url))
+            finally:
+                heard.reset(listening)
+            if bundle.status is None and answers:
+                bundle.status = answers[-1][0]
+        if bundle.state == PENDING:
+            await self.settle(bundle)
+
     async def settle(self, bundle: Bundle) -> None:
         """After ``main``, for a bundle a subclass's ``main`` left pending: it gets the outcome
         it said in aiodownload's words (its ``main`` said "Cache hit" itself, and relied on
@@ -159,7 +187,10 @@ class AioDownload(Attempts):
                 bundle.state = WRITTEN
                 await measure_own_write(bundle, self.download_strategy.sha256)
         elif said == SAID_GAVE_UP:
-            bundle.fail(bundle.error_kind or ErrorKind.HTTP, "main() said: Download failed")
+            answer = f"HTTP {bundle.status}: " if bundle.status is not None else ""
+            bundle.fail(
+                bundle.error_kind or ErrorKind.HTTP, f"{answer}main() said: Download failed"
+            )
         else:
             word = f" (it said {said!r})" if said else ""
             bundle.fail(ErrorKind.STRATEGY, f"main() returned the bundle unfinished{word}")

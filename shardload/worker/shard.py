@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from ..bundle import PENDING, Job, Result, from_job, to_result
+from ..bundle import Job, Result, from_job, to_result
 from ..errors import ErrorKind
 from .engine import STRAY_CANCEL, AioDownload, being_cancelled
 from .meter import Counter, received
@@ -56,9 +56,7 @@ class ShardWorker:
         bundle, given = from_job(job)
         received.set(self.meter)  # in this task's own context
         try:
-            await self.engine.main(bundle)
-            if bundle.state == PENDING:  # only a subclass's main() leaves one so
-                await self.engine.settle(bundle)
+            await self.engine.run_job(bundle)
         except asyncio.CancelledError:
             if being_cancelled():  # aborted: the coordinator owns the job again
                 raise
