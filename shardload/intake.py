@@ -23,7 +23,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, It
 from typing import Any, TypeAlias
 
 from .bundle import PENDING, Bundle
-from .errors import ErrorKind
+from .errors import DownloadFailed, ErrorKind
 
 # What a run reads: an iterable, or in asyncio programs an async iterable too.
 Items: TypeAlias = Iterable[Any] | AsyncIterable[Any]
@@ -221,6 +221,8 @@ def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None, run:
                 # A copy of a plain string or number is the same value to its caller.
                 spare = plain or type(item) in _VALUES
         _start(bundle, seq, run, spare)
+    except DownloadFailed as exc:
+        return _failed_item(seq, item, exc.message)
     except Exception as exc:  # one unusable item fails alone; the rest of the input goes on
         return _failed_item(seq, item, f"unusable input item: {describe_error(exc)}")
     return bundle
@@ -256,15 +258,22 @@ def _failed_item(seq: int, item: Any, message: str) -> Bundle:
 
 
 def _text(value: Any) -> str:
+    """A URL item as text; bytes must be UTF-8, as the CLI's input lines must: decoded with
+    replacement, ``caf\xe9`` and ``caf\xe8`` became one URL, one request and one file."""
     if isinstance(value, str):
         return value
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
+    if isinstance(value, bytes | bytearray | memoryview):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DownloadFailed(ErrorKind.BAD_INPUT, f"URL bytes are not UTF-8: {exc}") from None
     return str(value)
 
 
 def _safe_text(value: Any) -> str:
     """``_text``, for reporting a failure: the caller's ``__str__`` may be what failed."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "replace")
     try:
         return _text(value)
     except Exception:

@@ -254,6 +254,15 @@ class Page:
         return self.url
 
 
+def test_bytes_items_are_their_utf8_urls(srv, home):
+    """Bytes, a bytearray or a memoryview of a UTF-8 URL are that URL (a memoryview's was
+    "<memory at 0x...>"); only the caller's object rides along as info."""
+    url = f"{srv.base_urls[0]}/bytes/10?name=caf\u00e9"
+    items = [url.encode(), bytearray(url.encode()), memoryview(url.encode())]
+    bundles = shardload.swarm(items, download=make_download(home))
+    assert [(b.url, b.state) for b in bundles] == [(url, "written")] * 3
+
+
 @pytest.mark.parametrize("processes", [1, 2])
 def test_an_item_that_is_not_its_url_string_rides_along_as_info(srv, home, processes):
     pages = [Page(f"{srv.base_urls[i % 2]}/links/{i}") for i in range(4)]
@@ -355,6 +364,10 @@ def test_params_are_a_query_string_on_a_get(srv, home):
         ({"url": "http://127.0.0.1:1/x"}, ErrorKind.BAD_INPUT),  # no url_map to find it
         (("http://127.0.0.1:1/x", "info"), ErrorKind.BAD_INPUT),
         (5, ErrorKind.BAD_INPUT),
+        # Bytes that are not UTF-8 (a Latin-1 list read in binary): decoded with replacement,
+        # caf\xe9 and caf\xe8 were one URL, one request, one file.
+        (b"http://127.0.0.1:1/caf\xe9", ErrorKind.BAD_INPUT),
+        (bytearray(b"http://127.0.0.1:1/caf\xe8"), ErrorKind.BAD_INPUT),
     ],
 )
 def test_bad_items_become_failed_bundles(home, item, kind):
