@@ -291,3 +291,61 @@ def test_a_script_class_is_sendable_from_a_process_multiprocessing_started(tmp_p
             """,
     )
     assert "STATES ['written', 'written']" in out.stdout, out.stdout + out.stderr[-2000:]
+
+
+def test_a_script_read_from_standard_input_gets_a_clear_error(tmp_path, server):
+    """``python - < job.py``: each spawned worker failed to run ``<stdin>`` again, printing a
+    traceback, and the error told the user to add the main guard the script had."""
+    code = f"""
+        import shardload
+        from shardload import AioDownload, DownloadStrategy
+
+        if __name__ == "__main__":
+            d = AioDownload(download_strategy=DownloadStrategy(home={str(tmp_path)!r}))
+            urls = ["{server.base_urls[0]}/links/1", "{server.base_urls[1]}/links/2"]
+            try:
+                shardload.swarm(urls, download=d, processes=2)
+            except shardload.ConfigurationError as exc:
+                print("CLEAR:", exc)
+            print("ONE PROCESS:", shardload.swarm(urls, download=d)[0].ok)
+        """
+    out = subprocess.run(
+        [sys.executable, "-"],
+        input=textwrap.dedent(code),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert "CLEAR: the main script (<stdin>)" in out.stdout, out.stderr[-2000:]
+    assert "processes=1" in out.stdout and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "ONE PROCESS: True" in out.stdout
+
+
+def test_a_daemonic_process_gets_a_clear_error(tmp_path, server):
+    """Inside a ``multiprocessing.Pool`` worker (a daemon), starting workers raised
+    multiprocessing's bare AssertionError out of swarm()."""
+    out = _run_script(
+        tmp_path / "pooled.py",
+        f"""
+            import multiprocessing
+            import shardload
+            from shardload import AioDownload, DownloadStrategy
+
+            def job(processes):
+                d = AioDownload(download_strategy=DownloadStrategy(home={str(tmp_path)!r}))
+                urls = ["{server.base_urls[0]}/links/1", "{server.base_urls[1]}/links/2"]
+                try:
+                    return [b.ok for b in shardload.swarm(urls, download=d, processes=processes)]
+                except shardload.ConfigurationError as exc:
+                    return f"CLEAR: {{exc}}"
+
+            if __name__ == "__main__":
+                with multiprocessing.get_context("spawn").Pool(1) as pool:
+                    print(pool.map(job, [2, 1]))
+            """,
+    )
+    assert "CLEAR: worker processes cannot be started from a daemonic process" in out.stdout, (
+        out.stdout + out.stderr[-2000:]
+    )
+    assert "[True, True]" in out.stdout

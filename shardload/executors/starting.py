@@ -12,9 +12,11 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import pickle
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from multiprocessing import forkserver, resource_tracker
@@ -93,6 +95,26 @@ def _sigint_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
+def _check_can_start_workers() -> None:
+    """Refuse what would fail in every worker's start, with multiprocessing's raw error (an
+    ``AssertionError``) or with a traceback per worker and a misleading hint."""
+    if multiprocessing.current_process().daemon:
+        raise ConfigurationError(
+            "worker processes cannot be started from a daemonic process (a "
+            "multiprocessing.Pool worker, say): run with processes=1 there"
+        )
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if getattr(main, "__spec__", None) is None and path and not os.path.isfile(path):
+        # A spawned worker runs the caller's main script again from its path (its
+        # `if __name__ == "__main__":` block aside); `python - < job.py` has none.
+        raise ConfigurationError(
+            f"the main script ({path}) is not a file worker processes can import (a script "
+            "read from standard input?): save it as a .py file and run that, or run with "
+            "processes=1"
+        )
+
+
 def every_core_busy(local_workers: int) -> bool:
     """Whether this machine's workers are at least as many as the cores this process (and the
     workers it starts) may run on, its affinity mask where the OS has one: then none has a core
@@ -105,8 +127,9 @@ def every_core_busy(local_workers: int) -> bool:
 
 
 def sendable_config(config: dict[str, Any]) -> bytes:
-    """The pickled worker configuration; ``ConfigurationError`` saying why a worker process
-    could not rebuild it."""
+    """The pickled worker configuration; ``ConfigurationError`` saying why worker processes
+    could not start here, or not rebuild it."""
+    _check_can_start_workers()
     try:
         blob = pickle.dumps(config, pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
