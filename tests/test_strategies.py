@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -286,6 +287,32 @@ def test_on_fail_runs_for_a_failing_get_file_path_and_one_that_raises_keeps_the_
     assert named.error_kind == "strategy" and "no name for it" in named.error_message
     assert missing.error_kind == "http" and missing.status == 404
     assert missing.error_message.endswith("; on_fail() raised RuntimeError: on_fail bug")
+
+
+class NamesByInfo(DownloadStrategy):
+    """Returns whatever the bundle's info holds as its path."""
+
+    def get_file_path(self, bundle: Bundle) -> Any:
+        return bundle.info["path"]
+
+
+def test_a_get_file_path_that_returns_no_path_says_so(srv, home):
+    """None, bytes or a number from get_file_path fail the bundle as ``strategy`` with a
+    message that names get_file_path (it was a bare "TypeError: expected str, bytes or
+    os.PathLike object"); a Path is a path."""
+    given = [None, b"a/b", 5, Path("in/a/path")]
+    bundles = shardload.swarm(
+        [Bundle(srv.base_urls[0] + f"/links/{i}", info={"path": p}) for i, p in enumerate(given)],
+        download=shardload.AioDownload(download_strategy=NamesByInfo(home=home)),
+    )
+    assert [(b.state, b.error_message) for b in bundles] == [
+        ("failed", "get_file_path returned NoneType, not a path (a str)"),
+        ("failed", "get_file_path returned bytes, not a path (a str)"),
+        ("failed", "get_file_path returned int, not a path (a str)"),
+        ("written", None),
+    ]
+    assert {b.error_kind for b in bundles[:3]} == {"strategy"}
+    assert bundles[3].file_path == os.path.join(home, "in", "a", "path")
 
 
 class WritesItself(DownloadStrategy):

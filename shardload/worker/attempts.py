@@ -13,6 +13,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from contextvars import ContextVar
 
@@ -55,6 +56,9 @@ class Attempts(LoopBinding):
             raise DownloadFailed(
                 ErrorKind.STRATEGY, f"get_file_path failed: {type(exc).__name__}: {exc}"
             ) from exc
+        if not isinstance(path, str | os.PathLike) or isinstance(os.fspath(path), bytes):
+            message = f"get_file_path returned {type(path).__name__}, not a path (a str)"
+            raise DownloadFailed(ErrorKind.STRATEGY, message)
         return check_target(ds.home, path)
 
     def _final_failure(self, bundle: Bundle, outcome: Outcome, said: str | None) -> str | None:
