@@ -15,10 +15,11 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
 from typing import Any, Unpack
 
 from .bundle import Bundle
+from .errors import ConfigurationError
 from .intake import Items
 from .plan import RunOptions, make_plan
 from .run import Run
@@ -63,7 +64,21 @@ def one(
     **options: Unpack[RunOptions],
 ) -> Bundle:
     """Download one URL (or bundle) and return its bundle."""
-    return swarm([url_or_bundle], download, **options)[0]
+    return swarm([_single(url_or_bundle)], download, **options)[0]
+
+
+def _single(item: Any) -> Any:
+    """``one``'s item: several URLs are a usage error, as one URL given to ``swarm`` is (a
+    list came back as a failed bundle whose URL was the list's text)."""
+    # A record class that says its URL in __str__ (a NamedTuple, say) is one item.
+    str_of: Any = type(item).__str__
+    plain = str_of is object.__str__
+    if plain and isinstance(item, list | tuple | set | frozenset | Mapping | Iterator):
+        raise ConfigurationError(
+            f"one() takes a single URL or bundle, not a {type(item).__name__}: use swarm() "
+            "or each() for several"
+        )
+    return item
 
 
 async def aeach(
@@ -120,7 +135,7 @@ async def aone(
     **options: Unpack[RunOptions],
 ) -> Bundle:
     """``one`` for asyncio programs."""
-    return (await aswarm([url_or_bundle], download, **options))[0]
+    return (await aswarm([_single(url_or_bundle)], download, **options))[0]
 
 
 def _in_order(bundles: list[Bundle]) -> list[Bundle]:

@@ -88,7 +88,9 @@ class Bundle:
 
     @property
     def ok(self) -> bool:
-        """True when the file is on disk and complete (written now or found cached)."""
+        """True when the download succeeded: written now (by shardload: the file is on disk
+        and complete; an ``on_success`` override that stores the body elsewhere, an object
+        store say, is taken at its word) or found cached."""
         return self.state in (WRITTEN, CACHED)
 
     def _begin(self) -> None:

@@ -293,6 +293,19 @@ def test_one_accepts_a_bundle_and_updates_it_in_place(srv, home):
     assert os.path.isfile(bundle.file_path)
 
 
+@pytest.mark.parametrize("several", [list, tuple, set, iter])
+def test_one_given_several_urls_is_a_usage_error(srv, home, several):
+    """As swarm() given one URL is: one([url]) came back as a failed bundle whose URL was
+    the list's text."""
+    with pytest.raises(ConfigurationError, match=r"one\(\) takes a single URL or bundle"):
+        shardload.one(several([srv.base_urls[0] + "/links/1"]), download=make_download(home))
+    with pytest.raises(ConfigurationError, match=r"use swarm\(\)"):
+        asyncio.run(shardload.aone([srv.base_urls[0] + "/links/1"], download=make_download(home)))
+    assert files_under(home) == set()
+    page = _Page(srv.base_urls[0] + "/links/2", 1)  # a NamedTuple whose str() is its URL
+    assert shardload.one(page, download=make_download(home)).ok
+
+
 def test_duplicate_urls_fetched_once_each_input_gets_its_bundle(srv, home):
     url = srv.base_urls[0] + "/bytes/5000?name=dup"
     bundles = shardload.swarm([url, url, url], download=make_download(home))
