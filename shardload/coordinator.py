@@ -124,8 +124,13 @@ async def coordinate(
     split_hosts: Mapping[str, int] | None = None,
     limits: Limits | None = None,
     dedupe: bool = True,
+    on_late: Callable[[list[Bundle]], None] | None = None,
 ) -> AsyncGenerator[list[Bundle], None]:
-    """Yield batches of finished bundles (the caller's own objects) as they complete."""
+    """Yield batches of finished bundles (the caller's own objects) as they complete.
+
+    A run stopped early (closed, cancelled) never yields again: ``on_late`` gets the bundles
+    that finished as it stopped (a file written, or failed for good), which a caller keeping
+    records may still record."""
     limits = limits or Limits()
     split = dict(split_hosts or {})
     shards = executor.shards
@@ -289,6 +294,13 @@ async def coordinate(
                 executor.send(shard, [e.job for e in lost])
             dirty.add(shard)  # what waited in flow control during the restart goes out now
 
+    def answer(entry: _Entry, result: Result, out: list[Bundle]) -> int:
+        """The result to its bundle, and to those that repeat its request; how many."""
+        out.append(apply_result(entry.bundle, result))
+        alike = settle(entry, result)
+        out.extend(apply_result(bundle, result, shared=True) for bundle in alike)
+        return 1 + len(alike)
+
     def take_results(out: list[Bundle], dirty: set[int]) -> None:
         while events.arrived:
             shard, results = events.arrived.popleft()
@@ -296,15 +308,24 @@ async def coordinate(
                 entry = pending.pop(result[0], None)
                 if entry is None:
                     continue  # a job resent after a crash finished twice: keep the first
-                out.append(apply_result(entry.bundle, result))
-                alike = settle(entry, result)
-                out.extend(apply_result(bundle, result, shared=True) for bundle in alike)
-                admission.finished(1 + len(alike))
+                admission.finished(answer(entry, result, out))
                 flow.done(shard, entry.lane)
                 dirty.add(shard)
             restarts[shard] = 0  # it works again: only crashes in a row use up its restarts
             if shard in isolating and not sent_to(shard):
                 isolate_next(shard, dirty)
+
+    def take_late() -> list[Bundle]:
+        """Results that came in once the run was stopping: applied to their bundles, and
+        nothing more sent (the workers are gone)."""
+        out: list[Bundle] = []
+        while events.arrived:
+            _, results = events.arrived.popleft()
+            for result in results:
+                entry = pending.pop(result[0], None)
+                if entry is not None:
+                    answer(entry, result, out)
+        return out
 
     admission = Admission(
         reader,
@@ -387,3 +408,6 @@ async def coordinate(
                 await executor.finish()
             else:
                 await executor.abort()
+                late = take_late()
+                if late and on_late is not None:
+                    on_late(late)

@@ -88,7 +88,10 @@ class Plan:
             start_method=self.start_method,
         )
 
-    def run(self) -> AsyncGenerator[list[Bundle], None]:
+    def run(
+        self, on_late: Callable[[list[Bundle]], None] | None = None
+    ) -> AsyncGenerator[list[Bundle], None]:
+        """The coordinator's batches; ``on_late`` as ``coordinate`` says."""
         executor, self.executor = self.executor, None
         if executor is None:
             raise RuntimeError("a plan runs once")
@@ -102,6 +105,7 @@ class Plan:
             # may name files by info or a bundle's attributes (one URL wanted at two paths).
             dedupe=type(self.download.download_strategy).get_file_path
             is DownloadStrategy.get_file_path,
+            on_late=on_late,
         )
 
 

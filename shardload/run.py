@@ -14,6 +14,7 @@ import contextlib
 import multiprocessing.util  # noqa: F401  (registers its exit handler before ours: see _StopAtExit)
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -38,6 +39,8 @@ class _Bridge:
         self._consumed = threading.Event()
         self._cancel = threading.Event()
         self._stopping = False  # stop() was called: the run's cancellation is its end
+        self._late: list[Bundle] = []  # finished as the run stopped (the loop thread's)
+        self._ended = False  # the caller has seen the end
         self._thread = threading.Thread(target=self._run, daemon=True, name="shardload-loop")
 
     def start(self) -> None:
@@ -63,7 +66,7 @@ class _Bridge:
         )
         watcher.start()
         try:
-            async with contextlib.aclosing(self.plan.run()) as batches:
+            async with contextlib.aclosing(self.plan.run(self._late.extend)) as batches:
                 async for batch in batches:
                     self.out.put(batch)
                     with self._lock:
@@ -98,18 +101,38 @@ class _Bridge:
             self._thread.join()
         _stop_at_exit.running.discard(self)
 
-    def batches(self) -> Iterator[list[Bundle]]:
+    def unread(self) -> list[Bundle]:
+        """After ``stop``: the bundles that finished but never reached the caller."""
+        left: list[Bundle] = []
         while True:
             try:
-                item = self.out.get(timeout=0.25)
+                item = self.out.get_nowait()
             except queue.Empty:
+                break
+            if isinstance(item, list):
+                left.extend(item)
+        return left + self._late
+
+    def take(self, timeout: float | None) -> list[Bundle] | None:
+        """The next batch; None when none came within ``timeout`` seconds (None: no limit);
+        StopIteration once the run has ended."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._ended:
+            wait = 0.25 if deadline is None else min(0.25, deadline - time.monotonic())
+            try:
+                item = self.out.get(timeout=max(0.0, wait))
+            except queue.Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
                 continue
             if item is self._END:
-                return
+                break
             if isinstance(item, BaseException):
                 raise item
             self.consumed(len(item))
-            yield item
+            return item  # type: ignore[no-any-return]
+        self._ended = True
+        raise StopIteration
 
 
 class _StopAtExit:
@@ -137,8 +160,10 @@ class Run(Iterator[Bundle]):
     error kinds, latency), ``stats.total`` adds them up; both count the bundles yielded so far.
     ``received`` counts bytes as they arrive, downloads in progress included.
     ``close()`` (or leaving a ``with`` block, or breaking out of a for loop and dropping the
-    iterator) stops the run. One kept in a variable and left unread pauses once
-    ``max_undelivered`` finished bundles wait for the caller.
+    iterator) stops the run; then ``unread`` holds the bundles that had finished (their files
+    written, or failed for good) but were never yielded, which a program that keeps records
+    may still record (not counted in ``stats``). One kept in a variable and left unread
+    pauses once ``max_undelivered`` finished bundles wait for the caller.
     """
 
     def __init__(self, plan: Plan) -> None:
@@ -146,9 +171,10 @@ class Run(Iterator[Bundle]):
         self.processes = plan.processes
         self._plan = plan
         self._executor = plan.executor
-        self._batches: Iterator[list[Bundle]] | None = None
         self._bridge: _Bridge | None = None
+        self._closed = False
         self._current: Iterator[Bundle] = iter(())
+        self.unread: list[Bundle] = []
         # One consumer at a time: two threads reading one run each get some of its bundles
         # (two each starting the run lost all but a few, silently).
         self._reading = threading.Lock()
@@ -167,39 +193,51 @@ class Run(Iterator[Bundle]):
 
     def __next__(self) -> Bundle:
         with self._reading:
-            return self._next()
+            bundle = self._next(None)
+        if bundle is None:  # never: with no timeout, it waits for one
+            raise StopIteration
+        return bundle
 
-    def _next(self) -> Bundle:
+    def poll(self, timeout: float) -> Bundle | None:
+        """The next bundle, or None when none finished within ``timeout`` seconds; raises
+        StopIteration once the run has ended. For a consumer with more to do than wait: the
+        CLI takes its stop signals between two calls, so none lands while a bundle is on
+        its way from the run to the manifest."""
+        with self._reading:
+            return self._next(timeout)
+
+    def _next(self, timeout: float | None) -> Bundle | None:
         for bundle in self._current:
             self.stats.add(bundle)
             return bundle
-        if self._batches is None:
-            bridge = _Bridge(
-                self._plan, max_undelivered=max(4096, self._plan.limits.shard_cap * self.processes)
-            )
-            self._bridge = bridge
+        if self._closed:
+            raise StopIteration
+        bridge = self._bridge
+        if bridge is None:
+            limit = max(4096, self._plan.limits.shard_cap * self.processes)
+            bridge = self._bridge = _Bridge(self._plan, max_undelivered=limit)
             bridge.start()
-            self._batches = bridge.batches()
         try:
-            while True:
-                self._current = iter(next(self._batches))
+            while (batch := bridge.take(timeout)) is not None:
+                self._current = iter(batch)
                 for bundle in self._current:
                     self.stats.add(bundle)
                     return bundle
-        except StopIteration:
+        except BaseException:  # the end (StopIteration) too
             self.close()
             raise
-        except BaseException:
-            self.close()
-            raise
+        return None
 
     def close(self) -> None:
-        """Stop the run: workers end, temporary files go, no partial file is left."""
+        """Stop the run: workers end, temporary files go, no partial file is left; what had
+        finished but was never yielded goes to ``unread``."""
+        self._closed = True
         bridge, self._bridge = self._bridge, None
+        self.unread.extend(self._current)
+        self._current = iter(())
         if bridge is not None:
             bridge.stop()
-        self._batches = iter(())
-        self._current = iter(())
+            self.unread.extend(bridge.unread())
 
     def __enter__(self) -> Run:
         return self

@@ -147,6 +147,48 @@ def test_each_closed_early_stops_every_worker(srv, home):
     assert temp_files(home) == []
 
 
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_run_closed_early_tells_what_finished_without_being_yielded(srv, home, processes):
+    """Bundles waiting for the caller, and results workers sent once the coordinator stopped
+    taking them (the caller stopped reading: past max_undelivered it waits), are ``unread``
+    after close(): with the yielded ones they name every file on disk. The CLI records them;
+    before, files a stop left behind had no record (up to ~40 in a 200k-URL run)."""
+    urls = [f"{srv.base_urls[i % 4]}/bytes/3?name=u{i}" for i in range(6_000)]
+    run = shardload.each(urls, download=make_download(home), processes=processes)
+    yielded = [next(run)]
+    deadline = time.monotonic() + 30
+    count = -1  # until the files on disk stop growing: the workers have nothing left to do
+    while len(files_under(home)) != count and time.monotonic() < deadline:
+        count = len(files_under(home))
+        time.sleep(0.5)
+    run.close()
+    assert len(run.unread) > 4_096  # more than the caller's queue holds: some came late
+    told = {os.path.relpath(b.file_path, home) for b in yielded + run.unread if b.ok}
+    assert told == files_under(home)
+    assert len({b.seq for b in yielded + run.unread}) == len(yielded) + len(run.unread)
+    assert next(run, None) is None and temp_files(home) == []
+
+
+def test_workers_outlive_a_stop_signal_to_the_process_group(srv, home):
+    """`timeout`, a terminal or a service manager signals a whole process group: a worker
+    killed by SIGTERM or SIGHUP took the results of the files it had just written with it.
+    Workers ignore them, and end when the coordinator says so."""
+    urls = [f"{srv.base_urls[i % 4]}/slow/100/g{i}" for i in range(200)]
+    with shardload.each(urls, download=make_download(home), processes=2) as run:
+        got = [next(run)]
+        workers = multiprocessing.active_children()
+        assert len(workers) == 2
+        for worker in workers:
+            assert worker.pid is not None
+            os.kill(worker.pid, signal.SIGTERM)
+            os.kill(worker.pid, signal.SIGHUP)
+        time.sleep(0.5)
+        assert all(worker.is_alive() for worker in workers)
+        got.extend(run)
+    assert [b.state for b in got] == ["written"] * 200
+    assert multiprocessing.active_children() == []
+
+
 def test_unpicklable_strategy_is_a_clear_error_before_any_work(home):
     class Local(RequestStrategy):  # defined inside a function: cannot be pickled
         pass

@@ -52,6 +52,7 @@ from shardload.cli.summary import (
 from shardload.errors import ConfigurationError, DownloadFailed
 from shardload.intake import Handed
 from shardload.plan import RunOptions, split_key
+from shardload.run import Run
 from shardload.worker.tree import check_target, find_complete
 
 
@@ -97,6 +98,14 @@ def _items(
             # with an equal copy.
             yield Handed(Bundle(parsed.url, info=parsed.info, file_path=parsed.path))
             seq += 1
+
+
+def _record(rec: Recorder, bundle: Bundle, own_paths: set[int]) -> None:
+    record = bundle.to_record()
+    if bundle.seq in own_paths:
+        own_paths.discard(bundle.seq)
+        record["own_path"] = True  # see _done_elsewhere
+    rec.record(record, repeat=bundle._shared)
 
 
 def _done_elsewhere(item: InputItem, prior: Prior | None, output: str) -> bool:
@@ -281,7 +290,8 @@ def _crawl(
     code: int | None = None
     usage_error: str | None = None
     interrupted = False
-    results: Iterator[Bundle] | None = None
+    results: Run | None = None
+    own_paths: set[int] = set()
     signals.install()
     try:
         if args.backend == "ray":
@@ -291,16 +301,19 @@ def _crawl(
             # processes running after we exited.
             with signals.critical():
                 ensure_ray(args.ray_address)
-        own_paths: set[int] = set()
         items = _items(stream, priors, args.retry_transient, rec, args.output, reserved, own_paths)
         results = shardload.each(items, download=download, **_options(args))
         rec.follow(results)
-        for bundle in results:
-            record = bundle.to_record()
-            if bundle.seq in own_paths:
-                own_paths.discard(bundle.seq)
-                record["own_path"] = True  # see _done_elsewhere
-            rec.record(record, repeat=bundle._shared)
+        while True:
+            # A stop signal waits for the bundle on its way to the manifest (it comes at most
+            # 0.25 s late): one raised in between lost the batch it was in.
+            with signals.critical():
+                try:
+                    bundle = results.poll(0.25)
+                except StopIteration:
+                    break
+                if bundle is not None:
+                    _record(rec, bundle, own_paths)
     except KeyboardInterrupt:
         interrupted = True
     except ManifestFailed:
@@ -312,14 +325,20 @@ def _crawl(
         code = EXIT_FAILED
     finally:
         signals.disarm()
-        close = getattr(results, "close", None)
-        if close is not None:
-            close()
-        rec.close(
-            ran_nothing=usage_error is not None,
-            interrupted=interrupted or signals.received is not None,
-        )
-        signals.restore()
+        try:
+            if results is not None:
+                results.close()
+                # Done as the run stopped (files written, or failed for good): recorded, so
+                # the manifest knows every file a stop left on disk, and --resume skips it.
+                with contextlib.suppress(ManifestFailed):
+                    for bundle in results.unread:
+                        _record(rec, bundle, own_paths)
+        finally:
+            rec.close(
+                ran_nothing=usage_error is not None,
+                interrupted=interrupted or signals.received is not None,
+            )
+            signals.restore()
     if usage_error is not None:
         return _usage_error(stderr, usage_error)
     if rec.error is not None:

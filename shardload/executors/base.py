@@ -4,7 +4,8 @@ Contract: ``send`` never blocks the coordinator's loop; every sink callback runs
 coordinator's loop thread; after ``crashed(shard)`` the coordinator owns every job it had sent to
 that shard and not yet seen a result for (it may ``restart`` the shard and send them again);
 ``finish`` is called only when no job is outstanding; ``abort`` stops everything promptly and
-leaves no process behind.
+leaves no process behind, and the results of jobs that finished before it reach the sink
+before it returns (where the executor can: Ray's cannot).
 """
 
 from __future__ import annotations

@@ -317,17 +317,20 @@ class ProcessExecutor:
         forget_temp_dir(self._home)
 
     async def abort(self) -> None:
-        await _in_own_thread(self._reap, self._tell_all("abort"))
+        workers = self._tell_all("abort")
+        await _in_own_thread(self._reap, workers)
+        # What a worker sent before it ended (jobs done as the stop came) is delivered once its
+        # reader thread has read the pipe to its end, which ``ended`` says.
+        with contextlib.suppress(TimeoutError):
+            ended = asyncio.gather(*(worker.ended.wait() for worker in workers))
+            await asyncio.wait_for(ended, self._stop_grace)
         forget_temp_dir(self._home)
 
     def _reap(self, workers: list[_Worker]) -> None:
         for worker in workers:
             worker.process.join(timeout=self._stop_grace)
         for worker in workers:
-            if worker.process.is_alive():
-                worker.process.terminate()
-                worker.process.join(timeout=2)
-            if worker.process.is_alive():
+            if worker.process.is_alive():  # it ignores SIGTERM (worker.process.STOPS)
                 worker.process.kill()
                 worker.process.join()
             if worker.process.pid is not None:

@@ -5,7 +5,8 @@ Invariants:
 - a worker never starts from a configuration it could not rebuild: ``sendable_config`` refuses
   it in the caller, with the reason (unpicklable, defined in a notebook or under
   ``if __name__ == "__main__":``, from a module workers cannot import);
-- SIGINT is blocked in a starting child until its ``worker_main`` ignores it (``Start.run``);
+- the stop signals are blocked in a starting child until its ``worker_main`` ignores them
+  (``Start.run``);
 - an abandoned start's pipe ends are closed only once the start is over (``Start``).
 """
 
@@ -26,7 +27,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from ..worker.descriptors import open_file_limit
-from ..worker.process import worker_main
+from ..worker.process import STOPS, worker_main
 from .base import THE_DOWNLOAD, interactive_names, names_hidden_in_main, unimportable_names
 
 
@@ -46,10 +47,11 @@ class Start:
         self._over = self._abandoned = False
 
     def run(self) -> None:
-        # A terminal's Ctrl-C reaches the whole process group, the child too, before its
-        # worker_main can ignore SIGINT: it would die in its imports with a traceback on the
-        # user's terminal. Blocked in this (start-only) thread, SIGINT stays blocked in the
-        # child across exec until worker_main ignores it; the caller's threads still get it.
+        # A terminal's Ctrl-C (or a SIGTERM to the process group) reaches the child too,
+        # before its worker_main can ignore it: it would die in its imports, with a traceback
+        # on the user's terminal. Blocked in this (start-only) thread, the stop signals stay
+        # blocked in the child across exec until worker_main ignores them; the caller's
+        # threads still get them.
         # multiprocessing's resource tracker, started by the first start, unblocks SIGINT
         # after its own spawn: started first, it leaves the mask alone. The fork server is
         # shared with the caller's own forkserver processes: started first, it does not keep
@@ -58,7 +60,7 @@ class Start:
         resource_tracker.ensure_running()
         if getattr(self.process, "_start_method", None) == "forkserver":
             forkserver.ensure_running()
-        with _sigint_blocked():
+        with _stops_blocked():
             try:
                 self.process.start()
             finally:
@@ -84,11 +86,11 @@ class Start:
 
 
 @contextlib.contextmanager
-def _sigint_blocked() -> Iterator[None]:
+def _stops_blocked() -> Iterator[None]:
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
     try:
         yield
     finally:

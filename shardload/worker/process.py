@@ -4,9 +4,12 @@ Messages in (pickled tuples over a pipe): ("jobs", [Job, ...]), ("finish",), ("a
 End of file on the inbox (the coordinator died) means abort. Messages out: lists of Results;
 the first, empty, says the worker is ready.
 Pipe IO runs in two threads so the event loop never blocks on the coordinator.
-The process ignores SIGINT: Ctrl-C reaches the whole process group, and the coordinator decides
-how its workers stop (DESIGN rule 8 keeps signal handling out of the caller's process; this is
-the worker's own process).
+The process ignores SIGINT, SIGTERM and SIGHUP (``STOPS``): a terminal's Ctrl-C, `timeout`,
+or a service manager stopping its control group signals every process at once, and the
+coordinator decides how its workers stop: killed on such a signal, a worker lost the results of
+the files it had just written, so the caller never heard of them. A worker still ends when the
+coordinator says so or is gone (end of file on its inbox), and a SIGKILL ends it anyway
+(DESIGN rule 8 keeps signal handling out of the caller's process; this is the worker's own).
 """
 
 from __future__ import annotations
@@ -30,13 +33,17 @@ from .files import hash_as_read
 from .meter import Counter
 from .shard import ShardWorker
 
+# Signals sent to a whole process group to stop it.
+STOPS = {signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])}
+
 
 def worker_main(config_blob: bytes, inbox: Connection, outbox: Connection, meter: Any) -> None:
     """``meter``: 64 bytes of shared memory, the first 8 of which count the bytes of bodies
     this worker receives (``worker.meter``)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for stop in STOPS:
+        signal.signal(stop, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):  # blocked by the coordinator while this started
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)
     _keep_freed_memory()
     config = pickle.loads(config_blob)  # imports the caller's strategy modules too
     _collect_less()

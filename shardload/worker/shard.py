@@ -90,12 +90,11 @@ class ShardWorker:
         self.flush()
 
     async def abort(self) -> None:
-        """Cancel every job (their temporary files are removed by the writers' cleanup)."""
+        """Cancel every job (their temporary files are removed by the writers' cleanup), and
+        emit the results of jobs that finished before (their files are written): a caller
+        that stops early may still record them."""
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        self._out = []
+        self.flush()

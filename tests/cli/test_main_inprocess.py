@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,20 @@ def _finish(item: str | Bundle) -> Bundle:
     return bundle
 
 
+class FakeRun:
+    """What the CLI uses of the ``Run`` that ``each`` returns."""
+
+    def __init__(self, bundles: Generator[Bundle, None, None]) -> None:
+        self._bundles = bundles
+        self.unread: list[Bundle] = []
+
+    def poll(self, timeout: float) -> Bundle | None:
+        return next(self._bundles)
+
+    def close(self) -> None:
+        self._bundles.close()
+
+
 class FakeLibrary:
     """Stands in for ``shardload.each``; remembers what it was asked to download."""
 
@@ -48,7 +62,10 @@ class FakeLibrary:
         self.crash_after = crash_after
         self.closed = False
 
-    def each(self, items: Iterable[Any], **options: Any) -> Iterator[Bundle]:
+    def each(self, items: Iterable[Any], **options: Any) -> FakeRun:
+        return FakeRun(self._each(items, **options))
+
+    def _each(self, items: Iterable[Any], **options: Any) -> Generator[Bundle, None, None]:
         assert options["processes"] >= 1
         self.options = options
         try:
