@@ -102,7 +102,10 @@ class _Bridge:
         _stop_at_exit.running.discard(self)
 
     def unread(self) -> list[Bundle]:
-        """After ``stop``: the bundles that finished but never reached the caller."""
+        """After ``stop``: the bundles that finished but never reached the caller. The end
+        mark goes with them: a consumer still waiting in ``take`` (a close() from another
+        thread) ends by ``_ended``."""
+        self._ended = True
         left: list[Bundle] = []
         while True:
             try:
