@@ -15,12 +15,12 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from typing import Any, Unpack
 
 from .bundle import Bundle
 from .errors import ConfigurationError
-from .intake import Items
+from .intake import COLLECTIONS, Items, no_url_in
 from .plan import RunOptions, make_plan
 from .run import Run
 from .worker.engine import AioDownload
@@ -70,10 +70,7 @@ def one(
 def _single(item: Any) -> Any:
     """``one``'s item: several URLs are a usage error, as one URL given to ``swarm`` is (a
     list came back as a failed bundle whose URL was the list's text)."""
-    # A record class that says its URL in __str__ (a NamedTuple, say) is one item.
-    str_of: Any = type(item).__str__
-    plain = str_of is object.__str__
-    if plain and isinstance(item, list | tuple | set | frozenset | Mapping | Iterator):
+    if no_url_in(item, (*COLLECTIONS, Iterator)):
         raise ConfigurationError(
             f"one() takes a single URL or bundle, not a {type(item).__name__}: use swarm() "
             "or each() for several"

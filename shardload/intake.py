@@ -202,9 +202,7 @@ def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None, run:
                     bundle._info_by = run
             elif url is None:
                 return _failed_item(seq, item, "no URL: the item (or url_map's answer) is None")
-            elif isinstance(url, _NEVER_URLS) and type(url).__str__ is object.__str__:
-                # A plain container or number: its str() is never a URL (a record class that
-                # subclasses one and says its URL in __str__ is taken as aiodownload took it).
+            elif no_url_in(url, _NEVER_URLS):
                 name = type(url).__name__
                 if url_map is None:
                     why = f"a {name} is not a URL: pass url_map= to say where its URL is"
@@ -248,7 +246,20 @@ def unparked(record: tuple[Any, ...], run: RunMark) -> Bundle:
     return bundle
 
 
-_NEVER_URLS = (Mapping, list, tuple, set, frozenset, int, float, complex)
+COLLECTIONS = (Mapping, list, tuple, set, frozenset)
+_NEVER_URLS = (*COLLECTIONS, int, float, complex)
+
+
+def no_url_in(value: Any, kinds: tuple[type, ...]) -> bool:
+    """Whether ``value`` is a plain one of ``kinds`` (containers, numbers): its str() is never
+    a URL. A record class that subclasses one and says its URL in __str__ is taken as
+    aiodownload took it."""
+    if not isinstance(value, kinds):
+        return False
+    str_of: Any = type(value).__str__
+    return str_of is object.__str__
+
+
 _VALUES = frozenset({str, bytes, int, float, bool})
 
 

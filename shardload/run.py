@@ -132,8 +132,9 @@ class _Bridge:
                 break
             if isinstance(item, BaseException):
                 raise item
-            self.consumed(len(item))
-            return item  # type: ignore[no-any-return]
+            batch: list[Bundle] = item
+            self.consumed(len(batch))
+            return batch
         self._ended = True
         raise StopIteration
 

@@ -19,6 +19,20 @@ def _run_script(path, code: str) -> subprocess.CompletedProcess[str]:
     return _run_python(str(path))
 
 
+def _swarm_two_hosts(server, indent: str) -> str:
+    """Script lines (the first unindented, the others at ``indent``): the download ``d``
+    asked to run two hosts' URLs over two processes, printing the ConfigurationError it
+    raises as "CLEAR: ..."."""
+    lines = [
+        f'urls = ["{server.base_urls[0]}/links/1", "{server.base_urls[1]}/links/2"]',
+        "try:",
+        "    shardload.swarm(urls, download=d, processes=2)",
+        "except shardload.ConfigurationError as exc:",
+        '    print("CLEAR:", exc)',
+    ]
+    return ("\n" + indent).join(lines)
+
+
 def test_a_script_without_a_main_guard_gets_a_clear_error(tmp_path, server):
     out = _run_script(
         tmp_path / "unguarded.py",
@@ -26,11 +40,7 @@ def test_a_script_without_a_main_guard_gets_a_clear_error(tmp_path, server):
             import shardload
             from shardload import AioDownload, DownloadStrategy
             d = AioDownload(download_strategy=DownloadStrategy(home={str(tmp_path)!r}))
-            urls = ["{server.base_urls[0]}/links/1", "{server.base_urls[1]}/links/2"]
-            try:
-                shardload.swarm(urls, download=d, processes=2)
-            except shardload.ConfigurationError as exc:
-                print("CLEAR:", exc)
+            {_swarm_two_hosts(server, "            ")}
             """,
     )
     assert "CLEAR:" in out.stdout, out.stderr[-2000:]
@@ -52,11 +62,7 @@ def test_a_strategy_defined_in_an_interactive_session_gets_a_clear_error(tmp_pat
             pass
 
         d = AioDownload(download_strategy=Mine(home={str(tmp_path)!r}))
-        urls = ["{server.base_urls[0]}/links/1", "{server.base_urls[1]}/links/2"]
-        try:
-            shardload.swarm(urls, download=d, processes=2)
-        except shardload.ConfigurationError as exc:
-            print("CLEAR:", exc)
+        {_swarm_two_hosts(server, "        ")}
         print("ONE PROCESS:", shardload.swarm(["{server.base_urls[0]}/links/1"], download=d)[0].ok)
         """
     )
@@ -97,11 +103,7 @@ def test_a_strategy_defined_under_the_main_guard_gets_a_clear_error(tmp_path, se
                     pass
 
                 d = AioDownload(download_strategy=Local(home={str(tmp_path)!r}))
-                urls = ["{server.base_urls[0]}/links/1", "{server.base_urls[1]}/links/2"]
-                try:
-                    shardload.swarm(urls, download=d, processes=2)
-                except shardload.ConfigurationError as exc:
-                    print("CLEAR:", exc)
+                {_swarm_two_hosts(server, "                ")}
             """,
     )
     assert "CLEAR: Local is defined inside the main script's" in out.stdout, out.stderr[-2000:]
@@ -252,11 +254,7 @@ def test_a_strategy_from_a_module_a_worker_cannot_import_gets_a_clear_error(tmp_
                 sys.modules["strategies"] = module
                 spec.loader.exec_module(module)
                 d = AioDownload(download_strategy=module.Plugged(home={str(tmp_path)!r}))
-                urls = ["{server.base_urls[0]}/links/1", "{server.base_urls[1]}/links/2"]
-                try:
-                    shardload.swarm(urls, download=d, processes=2)
-                except shardload.ConfigurationError as exc:
-                    print("CLEAR:", exc)
+                {_swarm_two_hosts(server, "                ")}
                 print("ONE PROCESS:", shardload.swarm(urls, download=d)[0].ok)
             """,
     )
@@ -302,11 +300,7 @@ def test_a_script_read_from_standard_input_gets_a_clear_error(tmp_path, server):
 
         if __name__ == "__main__":
             d = AioDownload(download_strategy=DownloadStrategy(home={str(tmp_path)!r}))
-            urls = ["{server.base_urls[0]}/links/1", "{server.base_urls[1]}/links/2"]
-            try:
-                shardload.swarm(urls, download=d, processes=2)
-            except shardload.ConfigurationError as exc:
-                print("CLEAR:", exc)
+            {_swarm_two_hosts(server, "            ")}
             print("ONE PROCESS:", shardload.swarm(urls, download=d)[0].ok)
         """
     out = subprocess.run(

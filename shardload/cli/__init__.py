@@ -6,13 +6,10 @@ import signal
 import sys
 from types import FrameType
 
-# What stops a run cleanly (exit 130): Ctrl-C, a kill, and the terminal going away (SIGHUP,
-# as aria2 and wget do; `nohup` sets it ignored, and then it stays ignored).
-STOP_SIGNALS = (
-    signal.SIGINT,
-    signal.SIGTERM,
-    *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []),
-)
+from shardload.stop_signals import STOP_SIGNALS
+
+# STOP_SIGNALS stop a run cleanly (exit 130): Ctrl-C, a kill, and the terminal going away
+# (SIGHUP, as aria2 and wget do; `nohup` sets it ignored, and then it stays ignored).
 
 
 def run() -> int:

@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-from shardload.cli import STOP_SIGNALS
 from shardload.cli.summary import EXIT_INTERRUPTED
+from shardload.stop_signals import STOP_SIGNALS
 
 
 class StopSignals:

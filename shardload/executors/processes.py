@@ -330,7 +330,7 @@ class ProcessExecutor:
         for worker in workers:
             worker.process.join(timeout=self._stop_grace)
         for worker in workers:
-            if worker.process.is_alive():  # it ignores SIGTERM (worker.process.STOPS)
+            if worker.process.is_alive():  # it ignores SIGTERM (stop_signals)
                 worker.process.kill()
                 worker.process.join()
             if worker.process.pid is not None:

@@ -26,8 +26,9 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from ..errors import ConfigurationError
+from ..stop_signals import STOP_SIGNALS
 from ..worker.descriptors import open_file_limit
-from ..worker.process import STOPS, worker_main
+from ..worker.process import worker_main
 from .base import THE_DOWNLOAD, interactive_names, names_hidden_in_main, unimportable_names
 
 
@@ -90,7 +91,7 @@ def _stops_blocked() -> Iterator[None]:
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield
     finally:

@@ -20,7 +20,8 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     import aiohttp
     import yarl
 
+    from ..bundle import Bundle
+
 Went = Callable[[], None]
 
 # The (status, headers, Retry-After) of each response this session gave while it is set: what
@@ -39,6 +42,20 @@ Went = Callable[[], None]
 heard: ContextVar[list[tuple[int, dict[str, str], str | None]] | None] = ContextVar(
     "shardload_heard", default=None
 )
+
+
+@contextlib.contextmanager
+def listening(bundle: Bundle) -> Iterator[list[tuple[int, dict[str, str], str | None]]]:
+    """What requests through ``self.client`` are answered while it is open; on exit, a bundle
+    whose code set no status (aiodownload's overrides) gets the last answer's."""
+    answers: list[tuple[int, dict[str, str], str | None]] = []
+    token = heard.set(answers)
+    try:
+        yield answers
+    finally:
+        heard.reset(token)
+        if bundle.status is None and answers:
+            bundle.status = answers[-1][0]
 
 
 def plain_headers(headers: Mapping[str, str]) -> dict[str, str]:

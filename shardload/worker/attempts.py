@@ -31,10 +31,10 @@ from ..bundle import (
 from ..errors import NEVER_RETRY_KINDS, DownloadFailed, ErrorKind
 from ..strategy import Outcome
 from ..urls import UrlParts, redact, redirect_target, split_url
-from .aiohttp_session import heard
+from .aiohttp_session import listening
 from .binding import LoopBinding
 from .exchange import Redirect, over_time
-from .failures import classify, network_error
+from .failures import override_failure
 from .hosts import HostSlot
 from .own_writes import measure_own_write, note_before, remove_written
 from .tree import check_target
@@ -157,38 +157,28 @@ class Attempts(LoopBinding):
             return Outcome(ErrorKind.BREAKER_OPEN, refused, attempt=bundle.attempts)
         told: list[Outcome] = []
         token = _told.set(told)
-        answers: list[tuple[int, dict[str, str], str | None]] = []  # its own, on self.client
-        listening = heard.set(answers)
         ds = self.download_strategy
         found = note_before(bundle)  # aiodownload's override calls on_success, which may write
         raised: tuple[ErrorKind, str] | None = None
         try:
-            before = bundle.attempts
-            bundle.__dict__.pop("_status_msg", None)  # said by this attempt, or not at all
-            bundle.status = None  # answered to this attempt, or not at all
-            try:
-                await self.request_and_download(bundle)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # aiodownload's own request_and_download lets a refused connection or a
-                # timeout out: it is this attempt's failure, of its kind (retried as such).
-                # Anything else is a bug of the override's.
-                if network_error(exc):
-                    raised = classify(exc, bundle.url)
-                else:
-                    raised = (ErrorKind.STRATEGY, f"{type(exc).__name__}: {exc}")
-            if bundle.attempts == before:  # an override that made its own request
-                bundle.attempts += 1
+            with listening(bundle) as answers:  # its own requests, on self.client
+                before = bundle.attempts
+                bundle.__dict__.pop("_status_msg", None)  # said by this attempt, or not at all
+                bundle.status = None  # answered to this attempt, or not at all
+                try:
+                    await self.request_and_download(bundle)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    raised = override_failure(exc, bundle.url)
+                if bundle.attempts == before:  # an override that made its own request
+                    bundle.attempts += 1
         except BaseException:
             remove_written(bundle, found, ds.home)
             raise
         finally:
             _told.reset(token)
-            heard.reset(listening)
             slot.leave(worker)
-        if bundle.status is None and answers:  # aiodownload's overrides set no status
-            bundle.status = answers[-1][0]
         said = said_by_override(bundle)  # nor a state
         if raised is not None:
             bundle.state = PENDING

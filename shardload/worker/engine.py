@@ -38,9 +38,9 @@ from ..bundle import (
 from ..errors import DownloadFailed, ErrorKind
 from ..strategy import DownloadStrategy, Outcome, RequestStrategy
 from ..urls import UrlParts, split_url, userinfo
-from .aiohttp_session import heard
+from .aiohttp_session import listening
 from .attempts import Attempts, skip
-from .failures import classify, network_error
+from .failures import override_failure
 from .own_writes import measure_own_write
 from .tree import find_complete
 
@@ -157,18 +157,11 @@ class AioDownload(Attempts):
         if type(self).main is AioDownload.main:
             await self.main(bundle)
         else:
-            answers: list[tuple[int, dict[str, str], str | None]] = []
-            listening = heard.set(answers)
-            try:
-                await self.main(bundle)
-            except Exception as exc:
-                if not network_error(exc):
-                    raise
-                bundle.fail(*classify(exc, bundle.url))
-            finally:
-                heard.reset(listening)
-            if bundle.status is None and answers:
-                bundle.status = answers[-1][0]
+            with listening(bundle):
+                try:
+                    await self.main(bundle)
+                except Exception as exc:
+                    bundle.fail(*override_failure(exc, bundle.url))
         if bundle.state == PENDING:
             await self.settle(bundle)
 

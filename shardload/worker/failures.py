@@ -31,6 +31,15 @@ def classify(exc: BaseException, url: str = "") -> tuple[ErrorKind, str]:
     return kind, f"{type(exc).__name__}: {text}"[:500]
 
 
+def override_failure(exc: Exception, url: str) -> tuple[ErrorKind, str]:
+    """What an exception out of a subclass's ``main`` or ``request_and_download`` means:
+    aiodownload's let a refused connection or a timeout out, a failure of its kind (retried
+    as such); anything else is a bug of the override's."""
+    if network_error(exc):
+        return classify(exc, url)
+    return ErrorKind.STRATEGY, f"{type(exc).__name__}: {exc}"
+
+
 def network_error(exc: BaseException) -> bool:
     """Whether ``exc`` is a failure of the network (a connection, a timeout, TLS, DNS, an
     HTTP client's error), not of the code that made the request."""

@@ -4,7 +4,7 @@ Messages in (pickled tuples over a pipe): ("jobs", [Job, ...]), ("finish",), ("a
 End of file on the inbox (the coordinator died) means abort. Messages out: lists of Results;
 the first, empty, says the worker is ready.
 Pipe IO runs in two threads so the event loop never blocks on the coordinator.
-The process ignores SIGINT, SIGTERM and SIGHUP (``STOPS``): a terminal's Ctrl-C, `timeout`,
+The process ignores SIGINT, SIGTERM and SIGHUP (``STOP_SIGNALS``): a terminal's Ctrl-C, `timeout`,
 or a service manager stopping its control group signals every process at once, and the
 coordinator decides how its workers stop: killed on such a signal, a worker lost the results of
 the files it had just written, so the caller never heard of them. A worker still ends when the
@@ -28,22 +28,20 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ..bundle import Result, sendable_results
+from ..stop_signals import STOP_SIGNALS
 from .config import rebuild
 from .files import hash_as_read
 from .meter import Counter
 from .shard import ShardWorker
 
-# Signals sent to a whole process group to stop it.
-STOPS = {signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])}
-
 
 def worker_main(config_blob: bytes, inbox: Connection, outbox: Connection, meter: Any) -> None:
     """``meter``: 64 bytes of shared memory, the first 8 of which count the bytes of bodies
     this worker receives (``worker.meter``)."""
-    for stop in STOPS:
+    for stop in STOP_SIGNALS:
         signal.signal(stop, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):  # blocked by the coordinator while this started
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     _keep_freed_memory()
     config = pickle.loads(config_blob)  # imports the caller's strategy modules too
     _collect_less()
