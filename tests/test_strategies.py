@@ -992,7 +992,9 @@ def test_the_base_request_and_download_says_download_attempted_for_a_failure_to_
 
 def test_aiodownloads_loop_drives_the_engine_as_its_each_did(srv, home):
     """aiodownload's each ran ``download.loop.run_until_complete(asyncio.wait(tasks))``;
-    ``loop`` did not exist (AttributeError)."""
+    ``loop`` did not exist (AttributeError). Its users also gathered outside the loop
+    (``asyncio.gather`` takes the thread's current loop), which failed while ``loop`` was a
+    loop of the engine's own ("The future belongs to a different loop")."""
     script = f"""
 import asyncio
 from shardload import AioDownload, AioDownloadBundle, DownloadStrategy, swarm
@@ -1001,6 +1003,9 @@ urls = ["{srv.base_urls[0]}/links/1", "{srv.base_urls[1]}/links/2"]
 tasks = [download.loop.create_task(download.main(AioDownloadBundle(u))) for u in urls]
 done, _ = download.loop.run_until_complete(asyncio.wait(tasks))
 print("STATES", *sorted(t.result().state for t in done))
+gathered = asyncio.gather(*[download.main(AioDownloadBundle(u + "?g")) for u in urls])
+print("GATHERED", *[b.state for b in download.loop.run_until_complete(gathered)])
+print("CURRENT", download.loop is asyncio.get_event_loop())
 print("AGAIN", *[b.state for b in swarm(urls, download=download)])
 async def inside():
     return download.loop is asyncio.get_running_loop()
@@ -1015,6 +1020,7 @@ print("RUNNING", asyncio.run(inside()))
     )
     assert "STATES written written" in out.stdout, out.stderr[-2000:]
     assert "AGAIN written written" in out.stdout and "RUNNING True" in out.stdout, out.stderr
+    assert "GATHERED written written" in out.stdout and "CURRENT True" in out.stdout, out.stderr
     assert "Unclosed" not in out.stderr and "ResourceWarning" not in out.stderr, out.stderr
 
 

@@ -9,8 +9,8 @@ Invariants:
   that loop shuts down (``_close_at_loop_end``, which holds the clients, not the engine, so a
   download made inside the coroutine that ran it is closed too); a session passed as
   ``client`` belongs to the caller and is never closed here;
-- a loop ``loop`` made for the caller (no loop was running) is closed at exit, its async
-  generators, and so the clients opened in it, first.
+- the loop ``loop`` gave the caller (no loop was running: the thread's current one) is closed
+  at exit, its async generators, and so the clients opened in it, first.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import asyncio
 import atexit
 import contextlib
 import copy
+import warnings
 from collections import OrderedDict
 from collections.abc import AsyncGenerator
 from types import TracebackType
@@ -66,15 +67,17 @@ class LoopBinding(Politeness):
     def loop(self) -> asyncio.AbstractEventLoop:
         """aiodownload's ``loop``, which its own ``each`` drove the engine in
         (``download.loop.run_until_complete(download.main(bundle))``): the running event loop,
-        else one of this engine's own, made on first use and closed when the program exits
-        (its clients with it), unless closed before."""
+        else this thread's current one (what ``asyncio.get_event_loop()`` and so
+        ``asyncio.gather(...)`` outside a loop use, as aiodownload's was), made and set as current
+        when there is none. It is closed when the program exits (its clients with it), unless
+        closed before."""
         try:
             return asyncio.get_running_loop()
         except RuntimeError:
             pass
         own = getattr(self, "_own_loop", None)  # a subclass may skip __init__
         if own is None or own.is_closed():
-            own = self._own_loop = asyncio.new_event_loop()
+            own = self._own_loop = _current_loop()
             atexit.register(_close_idle_loop, own)
         return own
 
@@ -179,6 +182,22 @@ async def _close_at_loop_end(opened: list[Any], home: str) -> AsyncGenerator[Non
         opened.sort(key=lambda client: isinstance(client, LeanClient))  # popped from the end
         while opened:
             await opened.pop().close()
+
+
+def _current_loop() -> asyncio.AbstractEventLoop:
+    """This thread's current event loop, outside any running one; a new one, set as current,
+    where there is none (or it is closed)."""
+    with warnings.catch_warnings():
+        # Python 3.12+ warns where the policy makes the loop, 3.14 where the policy is asked.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            current = asyncio.get_event_loop_policy().get_event_loop()
+        except RuntimeError:  # none set: another thread, after asyncio.run(), or Python 3.14
+            current = None
+    if current is None or current.is_closed():
+        current = asyncio.new_event_loop()
+        asyncio.set_event_loop(current)
+    return current
 
 
 def _close_idle_loop(loop: asyncio.AbstractEventLoop) -> None:
