@@ -53,6 +53,22 @@ class HostStats:
         self.elapsed_total += bundle.elapsed
         self.elapsed_max = max(self.elapsed_max, bundle.elapsed)
 
+    def absorb(self, other: HostStats) -> None:
+        """Add the counts of bundles counted elsewhere (``other``) to these."""
+        self.bundles += other.bundles
+        self.requests += other.requests
+        self.bytes += other.bytes
+        for mine, theirs in (
+            (self.states, other.states),
+            (self.statuses, other.statuses),
+            (self.errors, other.errors),
+        ):
+            for key, n in theirs.items():
+                mine[key] = mine.get(key, 0) + n
+        self.elapsed_total += other.elapsed_total
+        self.elapsed_max = max(self.elapsed_max, other.elapsed_max)
+        self.breaker_opens += other.breaker_opens
+
     @property
     def failed(self) -> int:
         return self.states.get("failed", 0)
@@ -92,6 +108,12 @@ class RunStats:
             stats = self.hosts[host] = HostStats(host)
         stats.add(bundle)
         self.total.add(bundle)
+
+    def absorb(self, other: RunStats) -> None:
+        """Add the statistics of bundles counted elsewhere (``other``) to these."""
+        for host, theirs in other.hosts.items():
+            self.hosts.setdefault(host, HostStats(host)).absorb(theirs)
+        self.total.absorb(other.total)
 
     def worst_hosts(self, count: int = 10) -> list[HostStats]:
         """Hosts with the most failed bundles, most first (ties: more bundles first)."""

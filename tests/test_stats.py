@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shardload.bundle import Bundle
 from shardload.errors import ErrorKind
-from shardload.stats import RunStats
+from shardload.stats import HostStats, RunStats
 
 
 def _bundle(state: str, *, attempts: int = 1, size: int = 100, shared: bool = False) -> Bundle:
@@ -48,3 +52,55 @@ def test_errors_count_failed_bundles_only(state: str, errors: dict[str, int]) ->
     stats = RunStats()
     stats.add(bundle)
     assert stats.hosts["a:1"].errors == errors and stats.total.errors == errors
+
+
+def _counted(
+    host: str | None,
+    state: str,
+    attempts: int,
+    size: int,
+    status: int | None,
+    elapsed: float,
+    shared: bool,
+) -> Bundle:
+    bundle = _bundle(state, attempts=attempts, size=size, shared=shared)
+    bundle.host, bundle.status, bundle.elapsed = host, status, elapsed
+    if state == "failed":
+        bundle.error_kind = ErrorKind.HTTP if status else ErrorKind.CONNECT
+    return bundle
+
+
+_BUNDLES = st.builds(
+    _counted,
+    st.sampled_from(["a:1", "b:2", None]),
+    st.sampled_from(["written", "cached", "failed", "skipped"]),
+    st.integers(0, 5),
+    st.integers(0, 10**6),
+    st.sampled_from([None, 200, 404, 503]),
+    st.floats(0, 100),
+    st.booleans(),
+)
+
+
+def _fields(stats: HostStats) -> dict[str, object]:
+    fields = dataclasses.asdict(stats)
+    fields["elapsed_total"] = pytest.approx(fields["elapsed_total"])  # summed in another order
+    return fields
+
+
+@given(st.lists(_BUNDLES, max_size=12), st.lists(_BUNDLES, max_size=12))
+def test_absorbing_counts_as_adding_each_bundle(first: list[Bundle], then: list[Bundle]) -> None:
+    """The CLI counts bundles the run did not (bad input lines, those a stop left unread) on
+    its own and absorbs them: the same statistics as one count of all."""
+    together, apart, elsewhere = RunStats(), RunStats(), RunStats()
+    for bundle in first + then:
+        together.add(bundle)
+    for bundle in first:
+        apart.add(bundle)
+    for bundle in then:
+        elsewhere.add(bundle)
+    apart.absorb(elsewhere)
+    assert _fields(apart.total) == _fields(together.total)
+    assert apart.hosts.keys() == together.hosts.keys()
+    for host, stats in apart.hosts.items():
+        assert _fields(stats) == _fields(together.hosts[host])

@@ -87,7 +87,7 @@ def _items(
         elif isinstance(parsed, BadLine):
             failed = Bundle(parsed.key, info=parsed.info, state="failed")
             failed.error_kind, failed.error_message = "bad_input", parsed.reason
-            rec.record(failed.to_record())
+            rec.record(failed.to_record(), uncounted=failed)
         elif parsed.path is None and parsed.info is None:
             yield parsed.url
             seq += 1
@@ -100,12 +100,13 @@ def _items(
             seq += 1
 
 
-def _record(rec: Recorder, bundle: Bundle, own_paths: set[int]) -> None:
+def _record(rec: Recorder, bundle: Bundle, own_paths: set[int], *, unread: bool = False) -> None:
+    """``unread``: left in ``run.unread`` by a stop, so not in the run's statistics."""
     record = bundle.to_record()
     if bundle.seq in own_paths:
         own_paths.discard(bundle.seq)
         record["own_path"] = True  # see _done_elsewhere
-    rec.record(record, repeat=bundle._shared)
+    rec.record(record, repeat=bundle._shared, uncounted=bundle if unread else None)
 
 
 def _done_elsewhere(item: InputItem, prior: Prior | None, output: str) -> bool:
@@ -330,9 +331,9 @@ def _crawl(
                 results.close()
                 # Done as the run stopped (files written, or failed for good): recorded, so
                 # the manifest knows every file a stop left on disk, and --resume skips it.
-                with contextlib.suppress(ManifestFailed):
-                    for bundle in results.unread:
-                        _record(rec, bundle, own_paths)
+                for bundle in results.unread:
+                    with contextlib.suppress(ManifestFailed):  # counted as unrecorded
+                        _record(rec, bundle, own_paths, unread=True)
         finally:
             rec.close(
                 ran_nothing=usage_error is not None,
@@ -346,6 +347,8 @@ def _crawl(
         code = EXIT_FAILED
     interrupted = interrupted or signals.received is not None
     host_stats = getattr(results, "stats", None)
+    if host_stats is not None:
+        host_stats.absorb(rec.hosts)  # the side-car counts every record, as the summary does
     hosts_file = write_host_stats(os.path.abspath(manifest), host_stats)
     if not args.quiet and not interrupted and host_stats is not None:
         for host, _ in args.split_host:
@@ -360,6 +363,7 @@ def _crawl(
             manifest=os.path.abspath(manifest),
             hosts=host_stats.worst_hosts() if host_stats is not None else [],
             hosts_file=hosts_file,
+            unrecorded=writer.unwritten if rec.error is not None else None,
         )
         _say(stderr, summary)
     if interrupted:

@@ -9,6 +9,7 @@ A writer holds an exclusive lock (flock) on its file until it closes: one run pe
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -192,7 +193,9 @@ class ManifestWriter:
         # Opened at once, so that an unwritable manifest stops the run before it starts, but
         # emptied only when the first records are written: a run that ends in a usage error
         # found later (by the library) leaves the previous run's manifest as it was.
-        self._file: IO[bytes] = open(self.path, "ab")  # noqa: SIM115
+        # Unbuffered: a failed write (a full disk) says how far it got, so ``written`` counts
+        # exactly the records the file holds whole.
+        self._file: IO[bytes] = open(self.path, "ab", buffering=0)  # noqa: SIM115
         # A pipe or a device (`--manifest /dev/stdout`) has nothing to empty.
         self._regular = stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)
         if self._regular:
@@ -212,13 +215,15 @@ class ManifestWriter:
         # A crash may have torn the last line: cut off, unless it holds a whole record (which
         # the resume counted): a line that is not JSON would stop jq or pandas on the file.
         torn = append and self._regular and _ends_without_newline(self.path)
-        self._pending: list[bytes] = [b"\n"] if torn and not self._cut_torn_line() else []
-        self._count = 0
+        # The newline that ends a torn record kept whole goes first, counted as no record.
+        self._lead = b"\n" if torn and not self._cut_torn_line() else b""
+        self._pending: list[bytes] = []
         self._flush_every = flush_every
         self._flush_interval = flush_interval
         self._clock = clock
         self._last_flush = clock()
-        self.written = 0
+        self.added = 0  # records given to add()
+        self.written = 0  # records the file holds whole; the rest were lost with a failed write
 
     def _cut_torn_line(self) -> bool:
         """Truncate the file at its last newline if what follows is no record; True if cut."""
@@ -238,10 +243,15 @@ class ManifestWriter:
         os.truncate(self._file.fileno(), start)
         return True
 
+    @property
+    def unwritten(self) -> int:
+        """Records added but not in the file: pending, or lost with a failed write."""
+        return self.added - self.written
+
     def add(self, record: Mapping[str, Any]) -> None:
         self._pending.append(encode(record))
-        self._count += 1
-        if self._count >= self._flush_every:
+        self.added += 1
+        if len(self._pending) >= self._flush_every:
             self.flush()
 
     def flush_if_due(self) -> None:
@@ -253,12 +263,21 @@ class ManifestWriter:
             self._file.truncate(0)
             self._untouched = False
         if self._pending:
-            data = b"".join(self._pending)
+            # A batch that fails is dropped (``unwritten`` counts it), not written again: the
+            # run stops, and the next --resume cuts off the torn line it may have left.
+            data = self._lead + b"".join(self._pending)
             self._pending = []
-            self.written += self._count
-            self._count = 0
-            self._file.write(data)
-        self._file.flush()
+            done = 0
+            try:
+                while done < len(data):
+                    n = self._file.write(memoryview(data)[done:])
+                    if n is None:  # a pipe set non-blocking, full
+                        raise BlockingIOError(errno.EAGAIN, "the manifest's pipe is full")
+                    done += n
+            finally:
+                self.written += data.count(b"\n", len(self._lead), done)
+                if done >= len(self._lead):
+                    self._lead = b""
         self._last_flush = self._clock()
 
     def close(self, *, keep_previous: bool = False, leave_no_trace: bool = False) -> None:

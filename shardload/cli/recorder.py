@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from shardload import stats as run_stats
 from shardload.bundle import Bundle
 from shardload.cli.manifest import Action, ManifestWriter
 from shardload.cli.progress import NullProgress, Progress
@@ -34,6 +35,7 @@ class Recorder:
     ) -> None:
         self.writer, self.progress, self.signals = writer, progress, signals
         self.stats = RunStats()
+        self.hosts = run_stats.RunStats()  # see record()
         self.lock = threading.Lock()
         self.error: BaseException | None = None
         self._received: Callable[[], int | None] = lambda: None
@@ -45,7 +47,12 @@ class Recorder:
     def closed(self) -> bool:
         return self._stop.is_set()
 
-    def record(self, record: dict[str, Any], *, repeat: bool = False) -> None:
+    def record(
+        self, record: dict[str, Any], *, repeat: bool = False, uncounted: Bundle | None = None
+    ) -> None:
+        """``uncounted``: the bundle, where the run's statistics do not count it (a line the
+        CLI failed itself, or one left unread when the run stopped): ``hosts`` counts it, for
+        the side-car's totals to match the manifest's."""
         with self.signals.critical(), self.lock:
             if self.closed:  # the input thread, after a stop: too late to count
                 return
@@ -54,6 +61,8 @@ class Recorder:
             except OSError as exc:  # a full disk: reported once, as one line, by _crawl
                 self.error = self.error or exc
             self.stats.add(record, repeat=repeat)
+            if uncounted is not None:
+                self.hosts.add(uncounted)
             fetched = 0 if repeat else int(record.get("bytes") or 0)
             self._show(self.progress.finished, str(record["state"]), fetched)
         if self.error is not None:

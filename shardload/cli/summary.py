@@ -104,9 +104,18 @@ def format_summary(
     manifest: str | None = None,
     hosts: list[HostStats] | None = None,
     hosts_file: str | None = None,
+    unrecorded: int | None = None,
 ) -> str:
-    """The multi-line summary printed at the end of a run (and after an interrupt)."""
-    lines = ["shardload: interrupted, partial summary" if interrupted else "shardload: summary"]
+    """The multi-line summary printed at the end of a run (and after an interrupt).
+    ``unrecorded``: the run stopped because the manifest could not be written, and this many
+    of the finished URLs are not in it (None: the manifest was written)."""
+    if unrecorded is not None:
+        title = "shardload: stopped (cannot write the manifest), partial summary"
+    elif interrupted:
+        title = "shardload: interrupted, partial summary"
+    else:
+        title = "shardload: summary"
+    lines = [title]
     states = ", ".join(f"{s} {stats.by_state[s]:,}" for s in STATE_ORDER)
     others = sorted(s for s in stats.by_state if s not in STATE_ORDER)
     states += "".join(f", {s} {stats.by_state[s]:,}" for s in others)
@@ -142,7 +151,14 @@ def format_summary(
         lines.append(f"  manifest   {manifest}")
     if hosts_file is not None:
         lines.append(f"  per host   {hosts_file}")
-    if interrupted:
+    if unrecorded is not None:
+        if unrecorded:
+            lines.append(f"  unrecorded {unrecorded:,} finished, not in the manifest")
+        lines.append(
+            "  rerun with --resume to finish once the manifest can be written; "
+            "URLs not in it are fetched again"
+        )
+    elif interrupted:
         lines.append("  rerun with --resume to finish; URLs in flight were not recorded")
     elif stats.transient:
         lines.append(

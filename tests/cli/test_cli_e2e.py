@@ -354,18 +354,20 @@ def test_a_path_with_a_nul_is_an_unsafe_path(server: LocalServer, tmp_path: Path
 def test_per_host_side_car_adds_up_to_the_manifest(server: LocalServer, tmp_path: Path) -> None:
     urls = [*_byte_urls(server, "side", 12), server.base_urls[0] + "/status/404"]
     src = tmp_path / "urls.txt"
-    src.write_text("\n".join(urls) + "\nnot a url\n")
+    # Lines the CLI fails itself (not JSON, no URL) are counted as the manifest counts them.
+    src.write_text("\n".join(urls) + '\nnot a url\n{"url": 5}\n{broken\n')
     out = tmp_path / "out"
     result = run_cli(src, "-o", out, *FAST)
     assert result.returncode == 1
     side = json.loads((out / "manifest.hosts.json").read_text())
     records = read_manifest(out / "manifest.jsonl")
     hosts = {h["host"]: h for h in side["hosts"]}
-    assert sum(h["bundles"] for h in hosts.values()) == side["total"]["bundles"] == 14
+    assert sum(h["bundles"] for h in hosts.values()) == side["total"]["bundles"] == 16
     assert side["total"]["requests"] == sum(r["attempts"] for r in records)
+    assert side["total"]["states"] == {"written": 12, "failed": 4}
     first = server.base_urls[0].removeprefix("http://")
     assert hosts[first]["errors"] == {"http": 1} and hosts[first]["statuses"]["4xx"] == 1
-    assert hosts["-"]["errors"] == {"invalid_url": 1}
+    assert hosts["-"]["errors"] == {"invalid_url": 1, "bad_input": 2}
     err = result.stderr.decode()
     assert "hosts with the most failures" in err and "manifest.hosts.json" in err
 
@@ -653,6 +655,39 @@ def test_a_file_the_disk_refused_is_retried_by_retry_transient(server, tmp_path)
     assert "skipped    1 already done, 0 permanent" in again.stderr.decode()
     record = latest(read_manifest(out / "manifest.jsonl"))[big]
     assert record["state"] == "written" and Path(record["path"]).stat().st_size == 100_000
+
+
+def test_a_manifest_the_disk_refuses_stops_the_run_and_says_what_it_lacks(server, tmp_path):
+    """A manifest over the file-size limit (as a full disk would) stops the run; the summary
+    says how many finished URLs are not in it and to resume, and --resume finishes the job.
+    Before, the summary counted every finished URL as recorded, with no hint, and a stop
+    recorded only the first of the bundles it still held."""
+    urls = tmp_path / "urls.txt"
+    urls.write_text("".join(f"{server.base_urls[i % 3]}/links/{i}\n" for i in range(1500)))
+    out = tmp_path / "out"
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
+
+    command = cli_command(urls, "-o", out, "--progress", "none")
+    first = subprocess.run(
+        command, capture_output=True, env=cli_env(), timeout=60, check=False,
+        preexec_fn=small_files,
+    )  # fmt: skip
+    err = first.stderr.decode()
+    assert first.returncode == 1, err[-2000:]
+    assert "cannot write the manifest: [Errno 27]" in err and "rerun with --resume" in err, err
+    finished = int(re.search(r"finished +([\d,]+)", err)[1].replace(",", ""))  # type: ignore[index]
+    unrecorded = int(re.search(r"unrecorded ([\d,]+)", err)[1].replace(",", ""))  # type: ignore[index]
+    data = (out / "manifest.jsonl").read_bytes()
+    whole = [json.loads(line) for line in data.split(b"\n")[:-1]]  # after it, a torn line
+    assert finished - unrecorded == len(whole) > 0, (finished, unrecorded, len(whole))
+    on_disk = [p for p in out.rglob("*") if p.is_file() and not p.name.startswith("manifest")]
+    assert len(on_disk) == finished  # every file a stop left is in the summary's count
+    again = run_cli(urls, "-o", out, "--progress", "none", "--resume")
+    assert again.returncode == 0, again.stderr.decode()[-2000:]
+    records = latest(read_manifest(out / "manifest.jsonl"))
+    assert len(records) == 1500 and {r["state"] for r in records.values()} == {"written"}
 
 
 def test_a_closed_stderr_sends_nothing_to_stdout(server, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -108,8 +109,11 @@ def _interrupted_run(
     # remove neither themselves); files finished but not yet recorded may exist (complete)
     assert not [p for p in out.rglob("*.part")]
     assert not (out / ".shardload-tmp").exists()
-    on_disk = {p for p in out.rglob("*") if p.is_file() and p.name != "manifest.jsonl"}
+    on_disk = {p for p in out.rglob("*") if p.is_file() and not p.name.startswith("manifest")}
     assert on_disk >= {Path(r["path"]) for r in records}
+    # The side-car counts what the manifest holds, the bundles a stop left unread too.
+    side = json.loads((out / "manifest.hosts.json").read_text())
+    assert side["total"]["bundles"] == len(records)
     return urls, src, out, done
 
 

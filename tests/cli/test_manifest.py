@@ -212,6 +212,44 @@ def test_writer_append_keeps_a_whole_record_its_newline_missing(tmp_path: Path) 
     with ManifestWriter(path, append=True) as w:
         w.add(_rec("u2", state="written"))
     assert load_priors(path) == ({"u1": Prior.DONE, "u2": Prior.DONE}, 0)
+    assert (w.written, w.unwritten) == (1, 0)  # the newline that ends u1 is no record
+
+
+@pytest.mark.parametrize(("whole", "part"), [(0, 0), (0, 5), (1, 0), (1, 5), (2, 0), (2, 5)])
+def test_a_write_the_disk_cuts_short_counts_only_the_whole_records(
+    tmp_path: Path, whole: int, part: int
+) -> None:
+    """A full disk takes part of a batch: ``written`` counts the records the file holds
+    whole, ``unwritten`` the rest (the CLI's summary reports them)."""
+    lines = [encode(_rec(f"u{i}", state="written")) for i in range(3)]
+    room = len(b"".join(lines[:whole])) + part
+    path = tmp_path / "m.jsonl"
+    w = ManifestWriter(path, append=False, flush_every=100)
+    real = w._file
+
+    class FullDisk:  # the kernel's answer to a write past the space left: a short write
+        def __init__(self) -> None:
+            self.left = room
+
+        def write(self, data: memoryview) -> int:
+            if not self.left:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            n = real.write(data[: self.left])
+            self.left -= n
+            return n
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+    w._file = FullDisk()  # type: ignore[assignment]
+    for i in range(3):
+        w.add(_rec(f"u{i}", state="written"))
+    with pytest.raises(OSError, match="No space"):
+        w.flush()
+    assert path.read_bytes() == b"".join(lines)[:room]
+    assert (w.written, w.unwritten) == (whole, 3 - whole)
+    w._file = real
+    w.close()
 
 
 def test_a_torn_only_line_is_cut_to_an_empty_file(tmp_path: Path) -> None:

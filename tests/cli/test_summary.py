@@ -112,6 +112,22 @@ def test_format_summary_interrupted() -> None:
     assert "--resume" in text.splitlines()[-1]
 
 
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_format_summary_after_the_manifest_failed(interrupted: bool) -> None:
+    """The run stopped: the summary says so, how many finished URLs the manifest lacks, and
+    to resume (not to retry the transient failures, a hint for a complete run)."""
+    records = [
+        {"url": f"http://h/{i}", "state": "failed", "error_kind": "connect"} for i in range(3)
+    ]
+    text = format_summary(_stats(*records), 1.0, interrupted=interrupted, unrecorded=2)
+    lines = text.splitlines()
+    assert lines[0] == "shardload: stopped (cannot write the manifest), partial summary"
+    assert "  unrecorded 2 finished, not in the manifest" in lines
+    assert "--resume" in lines[-1] and "--retry-transient" not in text
+    nothing_lost = format_summary(_stats(*records), 1.0, unrecorded=0)
+    assert "unrecorded" not in nothing_lost and "--resume" in nothing_lost
+
+
 def test_format_summary_lists_troubled_hosts_from_run_stats() -> None:
     run = RunStatsLib()
     for i in range(3):
