@@ -137,6 +137,8 @@ class ShardActor:
         self._worker: ShardWorker | None = None
         self._results: list[Result] = []
         self._ready: asyncio.Event | None = None
+        self._stopping = False  # stop() began: a batch that comes now is not started
+        self._stopped = False  # stop() ended: take() returns None once nothing is left
 
     def _the_worker(self) -> ShardWorker:
         if self._worker is None:
@@ -155,22 +157,36 @@ class ShardActor:
         return temp_prefix()
 
     async def submit(self, jobs: list[Job]) -> None:
-        self._the_worker().accept(jobs)
+        # A batch sent just before the stop can arrive after it: its files would be written
+        # once the last results were taken, with nobody to tell of them.
+        if not self._stopping:
+            self._the_worker().accept(jobs)
 
-    async def take(self, wait: float) -> list[Result]:
-        self._the_worker()
-        if not self._results and self._ready is not None:
+    async def take(self, wait: float) -> list[Result] | None:
+        """The results since the last take, waiting up to ``wait`` s for one; None once the
+        actor has stopped and every result was taken."""
+        if not self._stopped:
+            self._the_worker()
+        if not self._results and self._ready is not None and not self._stopped:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ready.wait(), wait)
         out, self._results = self._results, []
         if self._ready is not None:
             self._ready.clear()
+        if not out and self._stopped:
+            return None
         return sendable_results(out)
 
     async def stop(self) -> None:
+        """Cancel the jobs under way; the results of those that finished (the worker's abort
+        sends them) stay for the executor's poller to take."""
+        self._stopping = True
         if self._worker is not None:
             await self._worker.abort()
             await self._worker.engine.close()
+        self._stopped = True
+        if self._ready is not None:
+            self._ready.set()
 
 
 class RayExecutor:
@@ -280,8 +296,7 @@ class RayExecutor:
         if self._sink is None:
             return
         try:
-            while True:
-                results = await actor.take.remote(_POLL_SECONDS)
+            while (results := await actor.take.remote(_POLL_SECONDS)) is not None:
                 if results:
                     self._sink.results(shard, results)
         except asyncio.CancelledError:
@@ -310,17 +325,24 @@ class RayExecutor:
 
     async def _stop(self, graceful: bool) -> None:
         self._stopping = True
-        for poller in [*self._pollers, *self._submits]:
-            if poller is not None:
-                poller.cancel()
+        for submit in list(self._submits):
+            submit.cancel()
         actors = [a for a in self._actors if a is not None]
         if graceful and actors:
-            # Let each actor cancel its jobs (removing their temporary files) before it goes.
+            # Let each actor cancel its jobs (removing their temporary files) before it goes,
+            # and its poller take the results of those that finished meanwhile (the run's late
+            # ones): a poll cancelled here lost the files it told of.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(
                     asyncio.gather(*(a.stop.remote() for a, _ in actors), return_exceptions=True),
                     _STOP_SECONDS,
                 )
+            pollers = [p for p in self._pollers if p is not None]
+            if pollers:
+                await asyncio.wait(pollers, timeout=_STOP_SECONDS)
+        for poller in self._pollers:
+            if poller is not None:
+                poller.cancel()
         for actor, prefix in actors:
             with contextlib.suppress(Exception):
                 self._ray.kill(actor, no_restart=True)
