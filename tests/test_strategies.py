@@ -1010,6 +1010,9 @@ print("AGAIN", *[b.state for b in swarm(urls, download=download)])
 async def inside():
     return download.loop is asyncio.get_running_loop()
 print("RUNNING", asyncio.run(inside()))
+# asyncio.run() leaves the thread with no current loop; loop sets its own again.
+again = download.loop.run_until_complete(asyncio.gather(download.main(AioDownloadBundle(urls[0]))))
+print("AFTER_RUN", *[b.state for b in again])
 """
     out = subprocess.run(
         [sys.executable, "-X", "dev", "-c", script],
@@ -1021,6 +1024,7 @@ print("RUNNING", asyncio.run(inside()))
     assert "STATES written written" in out.stdout, out.stderr[-2000:]
     assert "AGAIN written written" in out.stdout and "RUNNING True" in out.stdout, out.stderr
     assert "GATHERED written written" in out.stdout and "CURRENT True" in out.stdout, out.stderr
+    assert "AFTER_RUN written" in out.stdout, out.stderr
     assert "Unclosed" not in out.stderr and "ResourceWarning" not in out.stderr, out.stderr
 
 

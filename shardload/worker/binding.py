@@ -76,10 +76,11 @@ class LoopBinding(Politeness):
         except RuntimeError:
             pass
         own = getattr(self, "_own_loop", None)  # a subclass may skip __init__
-        if own is None or own.is_closed():
-            own = self._own_loop = _current_loop()
-            atexit.register(_close_idle_loop, own)
-        return own
+        current = _current_loop(own)
+        if current is not own:
+            self._own_loop = current
+            atexit.register(_close_idle_loop, current)
+        return current
 
     async def __aenter__(self) -> Self:
         return self
@@ -184,9 +185,10 @@ async def _close_at_loop_end(opened: list[Any], home: str) -> AsyncGenerator[Non
             await opened.pop().close()
 
 
-def _current_loop() -> asyncio.AbstractEventLoop:
-    """This thread's current event loop, outside any running one; a new one, set as current,
-    where there is none (or it is closed)."""
+def _current_loop(last: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop:
+    """This thread's current event loop, outside any running one. Where there is none (or it
+    is closed), ``last`` (the one handed out before: an ``asyncio.run()`` since unset it) or
+    else a new one, set as current."""
     with warnings.catch_warnings():
         # Python 3.12+ warns where the policy makes the loop, 3.14 where the policy is asked.
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -195,7 +197,7 @@ def _current_loop() -> asyncio.AbstractEventLoop:
         except RuntimeError:  # none set: another thread, after asyncio.run(), or Python 3.14
             current = None
     if current is None or current.is_closed():
-        current = asyncio.new_event_loop()
+        current = last if last is not None and not last.is_closed() else asyncio.new_event_loop()
         asyncio.set_event_loop(current)
     return current
 
