@@ -11,6 +11,8 @@ limit, as in aiohttp and curl; counts are whole numbers (``4.0`` too), never boo
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Mapping
 from numbers import Integral, Real
 from typing import Any
 
@@ -39,6 +41,25 @@ _AMOUNTS = (
 )
 
 
+# RFC 9110's token: what a header name may hold.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+# They frame a request body; a GET has none, and a server told of one waits for it (or reads
+# the next request as its body).
+_FRAMING = frozenset({"content-length", "transfer-encoding"})
+
+
+def header_problem(name: Any, value: Any) -> str | None:
+    """Why a request header cannot be sent as given (None: it can). A value is sent as its
+    ``str``."""
+    if not isinstance(name, str) or not _TOKEN.match(name):
+        return f"{name!r} is not a header name (letters, digits and !#$%&'*+-.^_`|~)"
+    if name.lower() in _FRAMING:
+        return f"{name} frames a request body, and shardload's GET requests have none"
+    if any(c in str(value) for c in "\r\n\0"):
+        return f"the value of {name} holds a line break or a NUL: {str(value)!r}"
+    return None
+
+
 def check_request_strategy(strategy: Any) -> None:
     """Raise ``ConfigurationError`` for the first value of a request strategy that no run can
     use; attributes a subclass removed are left to its own code."""
@@ -49,6 +70,18 @@ def check_request_strategy(strategy: Any) -> None:
     for attr, optional, endless in _AMOUNTS:
         if hasattr(strategy, attr):
             _amount(name, attr, getattr(strategy, attr), optional, endless)
+    headers = getattr(strategy, "headers", None)
+    if headers is not None and not isinstance(headers, Mapping):
+        raise ConfigurationError(f"{name}.headers must map names to values, got {headers!r}")
+    # Refused here, not by every request: a bad name made each URL fail alike (a 400), a
+    # framing header stalled each keep-alive connection until its timeout.
+    for header, value in (headers or {}).items():
+        problem = header_problem(header, value)
+        if problem is not None:
+            raise ConfigurationError(f"{name}.headers: {problem}")
+    agent = getattr(strategy, "user_agent", None)
+    if agent is not None and header_problem("User-Agent", agent) is not None:
+        raise ConfigurationError(f"{name}.user_agent cannot hold a line break: {agent!r}")
 
 
 def check_download_strategy(strategy: Any) -> None:

@@ -84,6 +84,39 @@ def test_request_strategy_values_a_run_can_use_pass(attr, value):
 
 
 @pytest.mark.parametrize(
+    ("headers", "why"),
+    [
+        ({"X(bad)": "1"}, "not a header name"),  # every URL got a 400
+        ({"": "1"}, "not a header name"),
+        ({"X Y": "1"}, "not a header name"),
+        ({b"X": "1"}, "not a header name"),
+        ({"Content-Length": "40"}, "frames a request body"),  # the server waited for 40 bytes
+        ({"transfer-encoding": "chunked"}, "frames a request body"),
+        ({"X": "a\r\nInjected: 1"}, "line break"),
+        ({"X": "a\0"}, "NUL"),
+        ([("X", "1")], "must map names to values"),
+    ],
+)
+def test_request_headers_that_cannot_be_sent_are_refused(headers: Any, why: str) -> None:
+    with pytest.raises(ConfigurationError, match=rf"RequestStrategy\.headers.*{why}"):
+        check_request_strategy(_with("headers", headers))
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"X-A": "1"}, {"Host": "example.org"}, {"Accept": "*/*", "X-Num": 5}, {"X-U": "é"}],
+)
+def test_request_headers_that_can_be_sent_pass(headers: dict[str, Any]) -> None:
+    check_request_strategy(_with("headers", headers))
+    check_request_strategy(RequestStrategy(headers=headers))
+
+
+def test_a_user_agent_with_a_line_break_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match=r"user_agent cannot hold a line break"):
+        check_request_strategy(RequestStrategy(user_agent="x\r\nInjected: 1"))
+
+
+@pytest.mark.parametrize(
     ("kwargs", "ok"),
     [
         ({}, True),

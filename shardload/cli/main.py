@@ -285,9 +285,10 @@ def _crawl(
         threading.Thread(target=_count_total, args=(args.input, rec), daemon=True).start()
     # Resolved: an output directory reached through a symlink is still the manifest's.
     output = os.path.realpath(args.output)
-    reserved = [
-        os.path.relpath(os.path.realpath(p), output) for p in (manifest, hosts_path(manifest))
-    ]
+    # The run's own files, which no download may replace or move aside: the input file too
+    # (read as the run goes, and what --resume reads again).
+    own_files = [manifest, hosts_path(manifest), *([args.input] if args.input != "-" else [])]
+    reserved = [os.path.relpath(os.path.realpath(p), output) for p in own_files]
     code: int | None = None
     usage_error: str | None = None
     interrupted = False

@@ -16,6 +16,7 @@ from shardload import AioDownload, BackOff, DownloadStrategy, Lenient, RequestSt
 from shardload.cli.progress import MODES
 from shardload.executors.starting import processes_that_fit
 from shardload.plan import BACKENDS, RunOptions
+from shardload.strategy_check import header_problem
 
 DEFAULT_PER_HOST = 4
 DEFAULT_ATTEMPTS = 4
@@ -63,7 +64,21 @@ def parse_header(text: str) -> tuple[str, str]:
         raise argparse.ArgumentTypeError(f"not a header: {text!r} (expected 'Name: value')")
     if _line_break(value):
         raise argparse.ArgumentTypeError(f"a header value cannot hold a line break: {text!r}")
+    problem = header_problem(name.strip(), value.strip())
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"not a header to send: {problem}")
     return name.strip(), value.strip()
+
+
+def merge_headers(headers: list[tuple[str, str]]) -> dict[str, str]:
+    """Repeated ``-H`` of one name (in any case) become one header, the values joined by
+    ", " in order, as HTTP defines a repeated field (RFC 9110 5.3); curl sends them as lines."""
+    merged: dict[str, tuple[str, str]] = {}
+    for name, value in headers:
+        key = name.lower()
+        first = merged.get(key)
+        merged[key] = (name, value) if first is None else (first[0], f"{first[1]}, {value}")
+    return dict(merged.values())
 
 
 def parse_user_agent(text: str) -> str:
@@ -162,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="obey robots.txt (Disallow and Crawl-delay)")
     add("--user-agent", type=parse_user_agent, metavar="UA", help="User-Agent header")
     add("-H", "--header", type=parse_header, action="append", default=[],
-        metavar="'NAME: VALUE'", help="extra request header (repeatable)")
+        metavar="'NAME: VALUE'",
+        help="extra request header (repeatable; a name given twice is sent once, its values "
+        "joined by ', ')")
     add("--skip-existing", action="store_true", help="keep files already at their path")
     add("--no-sha256", dest="sha256", action="store_false",
         help="do not hash bodies (the manifest's sha256 is null; ~0.6 CPU-s per GiB saved)")
@@ -202,7 +219,7 @@ def strategy_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.low_speed_time is not None and args.low_speed_limit is None:
         options["low_speed_limit"] = 1  # as curl: --speed-time alone means 1 byte/s
     if args.header:
-        options["headers"] = dict(args.header)
+        options["headers"] = merge_headers(args.header)
     return options
 
 

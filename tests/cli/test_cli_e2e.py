@@ -483,6 +483,58 @@ def test_an_output_directory_reached_through_a_symlink_still_protects_the_manife
     assert "this run's own file" in records[urls[1]]["error_message"]
 
 
+def test_a_path_onto_or_below_the_input_file_is_refused(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    """The URL list inside the output folder (``-o .``, the default): a line's path onto it
+    replaced the list with a body (exit 0), one below it moved the list to ``urls.txt/%file``
+    and the documented ``--resume`` then failed ("Is a directory")."""
+    out = tmp_path / "out"
+    out.mkdir()
+    urls = _byte_urls(server, "inp", 3)
+    lines = [
+        urls[0],
+        json.dumps({"url": urls[1], "path": "urls.txt"}),
+        json.dumps({"url": urls[2], "path": "urls.txt/b"}),
+    ]
+    src = out / "urls.txt"
+    text = "\n".join(lines) + "\n"
+    src.write_text(text)
+    result = run_cli(src, "-o", out, "-q", "-p", "1")
+    assert result.returncode == 1, result.stderr.decode()
+    assert src.read_text() == text
+    records = latest(read_manifest(out / "manifest.jsonl"))
+    assert records[urls[0]]["state"] == "written"
+    for url in urls[1:]:
+        assert records[url]["error_kind"] == "bad_input"
+        assert "would overwrite urls.txt (this run's own file)" in records[url]["error_message"]
+    again = run_cli(src, "-o", out, "-q", "-p", "1", "--resume")
+    assert again.returncode == 1, again.stderr.decode()
+    assert src.read_text() == text
+
+
+def test_repeated_headers_reach_the_server_and_bad_ones_are_usage_errors(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    """``-H`` is repeatable: a name given twice was sent with its last value only. A header
+    that cannot be sent (not a token; a body's framing) is exit 2, not every URL failing."""
+    out = tmp_path / "out"
+    url = f"{server.base_urls[0]}/echo"
+    result = run_cli(
+        "-", "-o", out, "-q", "-p", "1", "-H", "X-Tag: a", "-H", "x-tag: b",
+        stdin=f"{url}\n".encode(),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+    (record,) = read_manifest(out / "manifest.jsonl")
+    echoed = json.loads(Path(record["path"]).read_text())
+    tags = [v for k, v in echoed["headers"].items() if k.lower() == "x-tag"]
+    assert tags == ["a, b"], echoed["headers"]
+    for bad in ("X(bad): 1", "Content-Length: 40"):
+        refused = run_cli("-", "-o", tmp_path / "o2", "-H", bad, stdin=f"{url}\n".encode())
+        assert refused.returncode == 2, (bad, refused.stderr.decode())
+        assert not (tmp_path / "o2" / "manifest.jsonl").exists()
+
+
 def test_a_url_whose_default_path_is_the_manifest_is_refused(
     server: LocalServer, tmp_path: Path
 ) -> None:

@@ -17,6 +17,7 @@ from shardload.cli.options import (
     DEFAULT_PER_HOST,
     build_parser,
     make_download,
+    merge_headers,
     parse_header,
     parse_size,
     parse_split,
@@ -67,11 +68,36 @@ def test_parse_header(text: str, header: tuple[str, str]) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["no colon", ": value", "Two Words: v", "", "X-A: a\r\nX-Injected: 1", "X-A: a\n"]
+    "text",
+    [
+        "no colon",
+        ": value",
+        "Two Words: v",
+        "",
+        "X-A: a\r\nX-Injected: 1",
+        "X-A: a\n",
+        "X(bad): 1",  # not a token: every URL got a 400
+        "Content-Length: 40",  # the server waited for a body the GET never sends
+        "Transfer-Encoding: chunked",
+    ],
 )
 def test_parse_header_rejects(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         parse_header(text)
+
+
+@pytest.mark.parametrize(
+    ("given", "sent"),
+    [
+        ([("X-Tag", "a"), ("X-Tag", "b")], {"X-Tag": "a, b"}),  # only "b" was sent
+        ([("X-Tag", "a"), ("x-tag", "b"), ("Y", "c")], {"X-Tag": "a, b", "Y": "c"}),
+        ([("X-A", "1")], {"X-A": "1"}),
+    ],
+)
+def test_a_repeated_header_is_sent_once_with_every_value(
+    given: list[tuple[str, str]], sent: dict[str, str]
+) -> None:
+    assert merge_headers(given) == sent
 
 
 BASE = {
