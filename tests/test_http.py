@@ -26,7 +26,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import shardload
-from shardload import AioDownload, Bundle, DownloadStrategy, ErrorKind, RequestStrategy
+from shardload import (
+    AioDownload,
+    Bundle,
+    ConfigurationError,
+    DownloadStrategy,
+    ErrorKind,
+    RequestStrategy,
+)
 from shardload.testing.server import body_for
 from shardload.urls import split_url
 from shardload.worker import exchange
@@ -362,12 +369,23 @@ def test_credentials_do_not_follow_a_redirect(srv, home):
         assert "Authorization" not in json.load(f)["headers"]
 
 
-def test_a_header_with_a_line_break_fails_the_bundle_not_the_batch(srv, home):
+def test_a_header_with_a_line_break_is_never_sent(srv, home):
+    """A run refuses it before any work (every URL would fail alike); ``main()`` awaited
+    directly, with no run to check first, fails its bundle."""
+    url = srv.base_urls[0] + "/links/1?crlf"
     strategy = RequestStrategy(headers={"X-A": "1\r\nX-Injected: 2"})
-    bundles = shardload.swarm(
-        [srv.base_urls[0] + "/links/1"] * 2, download=make_download(home, strategy)
-    )
-    assert [b.error_kind for b in bundles] == [ErrorKind.STRATEGY] * 2
+    with pytest.raises(ConfigurationError, match="line break"):
+        shardload.swarm([url] * 2, download=make_download(home, strategy))
+
+    async def direct() -> Bundle:
+        download = make_download(home, strategy)
+        try:
+            return await download.main(Bundle(url))
+        finally:
+            await download.close()
+
+    assert asyncio.run(direct()).error_kind == ErrorKind.STRATEGY
+    assert not any("crlf" in path for path in srv.stats()["paths"])
 
 
 def _client(limit: int = 64, read_timeout: float = 10) -> LeanClient:

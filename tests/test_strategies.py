@@ -1028,6 +1028,26 @@ print("AFTER_RUN", *[b.state for b in again])
     assert "Unclosed" not in out.stderr and "ResourceWarning" not in out.stderr, out.stderr
 
 
+def test_aiodownloads_loop_is_the_callers_sessions(srv, home):
+    """aiodownload's ``loop`` was its ``client=`` session's (``client._loop``): the caller drove
+    the engine there. Here it was the thread's current loop, where the session cannot work."""
+    import aiohttp
+
+    async def make() -> aiohttp.ClientSession:
+        return aiohttp.ClientSession()
+
+    loop = asyncio.new_event_loop()
+    try:
+        session = loop.run_until_complete(make())
+        download = AioDownload(client=session, download_strategy=DownloadStrategy(home=home))
+        assert download.loop is loop
+        bundle = Bundle(f"{srv.base_urls[0]}/links/3")
+        assert download.loop.run_until_complete(download.main(bundle)).state == "written"
+        loop.run_until_complete(session.close())
+    finally:
+        loop.close()
+
+
 def test_every_bundle_has_aiodownload_status_word(srv, home):
     """aiodownload kept ``_status_msg`` on every bundle and its users read it; an override's
     own word wins while it stands."""

@@ -67,14 +67,18 @@ class LoopBinding(Politeness):
     def loop(self) -> asyncio.AbstractEventLoop:
         """aiodownload's ``loop``, which its own ``each`` drove the engine in
         (``download.loop.run_until_complete(download.main(bundle))``): the running event loop,
-        else this thread's current one (what ``asyncio.get_event_loop()`` and so
-        ``asyncio.gather(...)`` outside a loop use, as aiodownload's was), made and set as current
-        when there is none. It is closed when the program exits (its clients with it), unless
-        closed before."""
+        else the loop of the caller's ``client=`` session, else this thread's current one (what
+        ``asyncio.get_event_loop()`` and so ``asyncio.gather(...)`` outside a loop use, as
+        aiodownload's was), made and set as current when there is none. One made or set here
+        is closed when the program exits (its clients with it), unless closed before."""
         try:
             return asyncio.get_running_loop()
         except RuntimeError:
             pass
+        # aiodownload's was the session's when the caller gave one: it cannot leave it.
+        session_loop = getattr(getattr(self, "_client", None), "_loop", None)
+        if isinstance(session_loop, asyncio.AbstractEventLoop) and not session_loop.is_closed():
+            return session_loop
         own = getattr(self, "_own_loop", None)  # a subclass may skip __init__
         current = _current_loop(own)
         if current is not own:
