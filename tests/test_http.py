@@ -416,6 +416,32 @@ def test_open_connections_never_exceed_the_limit(srv):
     assert max(seen) <= 2 and len(seen) == 3 * len(srv.base_urls)
 
 
+def test_went_is_told_once_each_request_is_written_also_on_a_pooled_connection(srv, monkeypatch):
+    """The host slot counts its gap from ``went``: it was told only when a request had waited
+    for a new connection, so on a pooled one the gap counted from the claim, and work the loop
+    did between the claim and the write shortened the gap the server saw."""
+    events: list[str] = []
+    send = Connection.send
+
+    def sending(self: Connection, *args: object) -> asyncio.Future[object]:
+        events.append("write")
+        return send(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Connection, "send", sending)
+
+    async def run() -> None:
+        client = _client()
+        for i in range(3):
+            url = f"{srv.base_urls[0]}/links/{i}"
+            async with client.get(split_url(url), url, True, lambda: events.append("went")) as r:
+                await r.read()
+        assert client._open == 1  # one connection, pooled between the requests
+        await client.close()
+
+    asyncio.run(run())
+    assert events == ["write", "went"] * 3
+
+
 def test_connections_being_opened_count_against_the_limit(srv):
     """An idle connection, then as many requests to other hosts at once as the limit allows:
     the idle one must make room, though none of the new ones is open when they decide."""

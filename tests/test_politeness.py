@@ -19,7 +19,7 @@ import pytest
 import shardload
 from shardload import BackOff, Bundle, ErrorKind, RequestStrategy
 from shardload.errors import is_transient
-from shardload.worker.hosts import CLOSED, OPEN, HostSlot
+from shardload.worker.hosts import CLOSED, OPEN, HostSlot, WorkerSlots
 
 from .conftest import files_under, make_download
 from .raw_server import RawServer, read_request
@@ -810,6 +810,32 @@ def test_redirect_hops_leave_no_host_slot_behind(srv, home):
     same, other, left = asyncio.run(run())
     assert same.ok and other.ok, (same.error_message, other.error_message)
     assert left == {}  # every slot a hop took was given back, so idle hosts are dropped
+
+
+def test_writes_are_never_closer_than_the_gap_on_uvloop() -> None:
+    """The slot counts the gap from each request's write (``went``), in time.monotonic()
+    (uvloop's clock has whole milliseconds: Lenient's 0.25 s measured 0.2491-0.2497 s at a
+    server), so a busy loop between a claim and its write does not shorten the next gap."""
+    import uvloop
+
+    delay = 0.02
+
+    async def run() -> list[float]:
+        slot, worker = HostSlot(1, delay), WorkerSlots(8)
+        written = []
+        for i in range(25):
+            assert await slot.enter(worker) is None
+            if i % 2:
+                time.sleep(0.003)  # the loop busy between the claim and the write
+            slot.went()
+            written.append(time.monotonic())
+            await asyncio.sleep(0)
+            slot.leave(worker)
+        return written
+
+    written = uvloop.run(run())
+    gaps = [b - a for a, b in itertools.pairwise(written)]
+    assert min(gaps) >= delay, sorted(gaps)[:3]
 
 
 def test_a_request_that_waited_for_a_worker_slot_keeps_its_hosts_gap(srv, home):

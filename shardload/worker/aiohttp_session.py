@@ -129,7 +129,7 @@ def drop_if_body_pending(response: Any) -> None:
 
 class Hooks:
     """What shardload's own aiohttp session tells one request (its ``trace_request_ctx``):
-    ``went`` once a new connection is open, ``sent`` once the request's head is written, and
+    ``went`` and ``sent`` once the request's head is written, and
     whether its last connection came from the pool (``reused``)."""
 
     __slots__ = ("reused", "sent", "went")
@@ -218,8 +218,6 @@ def _request_trace() -> aiohttp.TraceConfig:
         hooks = context.trace_request_ctx
         if isinstance(hooks, Hooks):
             hooks.reused = False
-            if hooks.went is not None:
-                hooks.went()
 
     async def reused(_session: object, context: Any, _params: object) -> None:
         hooks = context.trace_request_ctx
@@ -228,8 +226,11 @@ def _request_trace() -> aiohttp.TraceConfig:
 
     async def head_sent(_session: object, context: Any, _params: object) -> None:
         hooks = context.trace_request_ctx
-        if isinstance(hooks, Hooks) and hooks.sent is not None:
-            hooks.sent()
+        if isinstance(hooks, Hooks):
+            if hooks.went is not None:
+                hooks.went()
+            if hooks.sent is not None:
+                hooks.sent()
 
     async def answered(_session: object, _context: object, params: Any) -> None:
         answers = heard.get()

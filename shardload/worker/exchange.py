@@ -11,9 +11,9 @@ Invariants:
   follow hop by hop, under each hop's host slot (a caller's session follows them itself);
 - a caller's origin-only headers (Authorization, Cookie, Host) and URL credentials go to the
   origin asked for only; an Authorization header wins over credentials in the URL;
-- ``went``, when given, is called each time the request waited for a new connection, once it is
-  open (on shardload's own clients; a caller's session cannot tell): the host slot counts its
-  gap from then;
+- ``went``, when given, is called as the request is written, after any wait for a new
+  connection (on shardload's own clients; a caller's session cannot tell): the host slot
+  counts its gap from then;
 - every failure comes back as an ``Outcome`` with its error kind (``failures.classify``);
   only cancellation propagates.
 """

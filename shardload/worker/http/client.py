@@ -122,13 +122,11 @@ class LeanClient:
         """Send the GET and return once the response's headers are in. Redirects are the
         caller's (the engine takes each hop's host slot); ``same_origin`` False is a hop to
         another origin, which gets none of the caller's Authorization or Host. ``went`` is
-        called when the request had to wait for a new connection, once it is open."""
+        called once the request is written (after any wait for a new connection)."""
         head = self._head(parts, url, same_origin)
         conn, reused = await self._acquire(parts)
-        if went is not None and not reused:
-            went()
         try:
-            return await conn.send(head, url, self.read_timeout)
+            return await _sent(conn.send(head, url, self.read_timeout), went)
         except DownloadFailed as exc:
             conn.abort()
             if not (reused and exc.kind == ErrorKind.RESET and not conn._received):
@@ -138,10 +136,8 @@ class LeanClient:
             raise
         # The server had closed the idle connection: the request never reached it.
         conn, _ = await self._acquire(parts, fresh=True)
-        if went is not None:
-            went()
         try:
-            return await conn.send(head, url, self.read_timeout)
+            return await _sent(conn.send(head, url, self.read_timeout), went)
         except BaseException:
             conn.abort()
             raise
@@ -263,6 +259,16 @@ class LeanClient:
     async def close(self) -> None:
         for conn in list(self._lru):
             self._evict(conn)
+
+
+def _sent(
+    answer: asyncio.Future[LeanResponse], went: Callable[[], None] | None
+) -> asyncio.Future[LeanResponse]:
+    """``answer``, the future of a request ``send`` has just written: ``went`` is told now, so
+    the host's next start counts its gap from after the write."""
+    if went is not None:
+        went()
+    return answer
 
 
 def _fixed_headers(headers: Mapping[str, str]) -> str:
