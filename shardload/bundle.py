@@ -143,12 +143,11 @@ class Bundle:
 
     @property
     def status_msg(self) -> str:
-        word = _STATUS_WORDS.get(self.state, self.state)
-        if self.state in (FAILED, SKIPPED) and self.error_kind:
-            word = f"{word} ({self.error_kind}: {self.error_message})"
+        """aiodownload's summary line, as it was (``Status:`` its ``_status_msg`` word): the
+        reason for a failure is in ``error_kind`` and ``error_message``."""
         return (
             f"[URL: {self.url}, File Path: {self.file_path}, "
-            f"Attempts: {self.attempts}, Status: {word}]"
+            f"Attempts: {self.attempts}, Status: {self._status_msg}]"
         )
 
     def to_record(self) -> dict[str, Any]:

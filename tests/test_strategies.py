@@ -1062,6 +1062,13 @@ def test_every_bundle_has_aiodownload_status_word(srv, home):
     assert cached.state == "cached" and cached._status_msg == "Cache hit"
     fresh._status_msg = "Download attempted"
     assert fresh._status_msg == "Download attempted"
+    # status_msg is aiodownload's line as it was: the reason is in error_kind/error_message.
+    assert missing.status_msg == (
+        f"[URL: {missing.url}, File Path: {missing.file_path}, Attempts: 1, "
+        "Status: Download failed]"
+    )
+    assert fresh.status_msg.endswith("Status: Download attempted]")  # an override's word
+    assert cached.status_msg.endswith("Attempts: 0, Status: Cache hit]")
 
 
 def test_a_semaphore_a_subclass_sets_is_the_one_its_main_uses(srv, home):
