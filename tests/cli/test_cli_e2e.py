@@ -682,6 +682,18 @@ def test_a_low_open_file_limit_shrinks_the_default_process_count(server, tmp_pat
     assert refused.returncode == 2 and b"ulimit -n" in refused.stderr, refused.stderr
 
 
+def _run_under_file_size_limit(limit: int, *args: str | Path) -> subprocess.CompletedProcess[bytes]:
+    """The CLI where no file may grow past ``limit`` bytes (EFBIG, as a full disk would)."""
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run(
+        cli_command(*args), capture_output=True, env=cli_env(), timeout=60, check=False,
+        preexec_fn=small_files,
+    )  # fmt: skip
+
+
 def test_a_file_the_disk_refused_is_retried_by_retry_transient(server, tmp_path):
     """A full disk (here a file-size limit) fails a URL as ``disk``: fixed on this machine, not
     at the server, so ``--retry-transient`` fetches it again, and the summary says to."""
@@ -689,15 +701,7 @@ def test_a_file_the_disk_refused_is_retried_by_retry_transient(server, tmp_path)
     urls = tmp_path / "urls.txt"
     urls.write_text(f"{big}\n{small}\n")
     out = tmp_path / "out"
-
-    def small_files() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
-
-    command = cli_command(urls, "-o", out, "--progress", "none")
-    first = subprocess.run(
-        command, capture_output=True, env=cli_env(), timeout=60, check=False,
-        preexec_fn=small_files,
-    )  # fmt: skip
+    first = _run_under_file_size_limit(8192, urls, "-o", out, "--progress", "none")
     assert first.returncode == 1, first.stderr.decode()[-2000:]
     records = latest(read_manifest(out / "manifest.jsonl"))
     assert (records[big]["error_kind"], records[small]["state"]) == ("disk", "written")
@@ -717,15 +721,7 @@ def test_a_manifest_the_disk_refuses_stops_the_run_and_says_what_it_lacks(server
     urls = tmp_path / "urls.txt"
     urls.write_text("".join(f"{server.base_urls[i % 3]}/links/{i}\n" for i in range(1500)))
     out = tmp_path / "out"
-
-    def small_files() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
-
-    command = cli_command(urls, "-o", out, "--progress", "none")
-    first = subprocess.run(
-        command, capture_output=True, env=cli_env(), timeout=60, check=False,
-        preexec_fn=small_files,
-    )  # fmt: skip
+    first = _run_under_file_size_limit(60_000, urls, "-o", out, "--progress", "none")
     err = first.stderr.decode()
     assert first.returncode == 1, err[-2000:]
     assert "cannot write the manifest: [Errno 27]" in err and "rerun with --resume" in err, err
