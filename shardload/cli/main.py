@@ -302,7 +302,7 @@ def _crawl(
             # Started whole or not at all: a Ctrl-C inside ray.init left Ray's helper
             # processes running after we exited.
             with signals.critical():
-                ensure_ray(args.ray_address)
+                ensure_ray(args.ray_address, quiet=args.quiet)
         items = _items(stream, priors, args.retry_transient, rec, args.output, reserved, own_paths)
         results = shardload.each(items, download=download, **_options(args))
         rec.follow(results)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -45,15 +46,21 @@ def import_ray() -> Any:
     return ray
 
 
-def ensure_ray(address: str | None) -> Any:
-    """Ray, initialised: the caller's cluster if already initialised, else ``address``."""
+def ensure_ray(address: str | None, *, quiet: bool = False) -> Any:
+    """Ray, initialised: the caller's cluster if already initialised, else ``address``;
+    ``quiet``: Ray's own notes as it starts (INFO and WARNING lines) are not printed."""
     ray = import_ray()
     if not ray.is_initialized():
         if address:
             _check_reachable(address)
         try:
             with _signal_handlers_kept():
-                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+                ray.init(
+                    address=address,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.ERROR if quiet else logging.INFO,
+                )
         except Exception as exc:  # a bad address, a missing ray[client]: the caller's to fix
             where = f"the Ray cluster at {address!r}" if address else "a local Ray cluster"
             raise ConfigurationError(f"cannot start or reach {where}: {exc}") from exc
