@@ -521,6 +521,26 @@ def test_a_connection_that_sent_more_than_was_asked_is_not_reused(home, extra):
     assert server.connections == (1 if not extra else 4)
 
 
+def test_bytes_past_the_content_length_in_one_packet_as_each_client_reads_them(home, client):
+    """The one documented difference (docs/guarantees.md): the lean client stores the body
+    the answer declared, as curl does; aiohttp parses the surplus as a next answer and fails
+    the URL as ``protocol``. Neither leaves the surplus in a file."""
+
+    def handler(conn, _index):
+        if server.recorded(conn) is not None:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n" + b"q" * 500)
+
+    with RawServer(handler) as server:
+        (bundle,) = shardload.swarm(
+            [f"{server.url}/excess"], download=make_download(home, client=client)
+        )
+    if client == "lean":
+        assert bundle.state == "written" and bundle.bytes == 10
+        assert open(bundle.file_path, "rb").read() == b"q" * 10
+    else:
+        assert bundle.error_kind == ErrorKind.PROTOCOL and files_under(home) == set()
+
+
 def test_bytes_arriving_on_an_idle_pooled_connection_never_answer_the_next_request(home, client):
     """A stray answer sent while the connection sits idle in the pool: aiohttp queued it and
     handed it to the next request (that file held 'STALE', and every later file on the
