@@ -133,7 +133,7 @@ def test_a_ctrl_c_while_ray_starts_waits_for_ray_to_be_up(
 
     started: list[str | None] = []
 
-    def ensure_ray(address: str | None) -> None:
+    def ensure_ray(address: str | None, *, quiet: bool = False) -> None:
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while Ray starts
         started.append(address)  # still reached: the interrupt waited
 
