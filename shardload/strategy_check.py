@@ -3,9 +3,10 @@ naming it, instead of a ``TypeError`` from deep inside a worker, or every URL fa
 (``max_bytes=-1`` made each one ``too_large``; ``concurrent=0`` quietly became 1).
 
 Only what no run can use is refused: a value of the wrong type, NaN, a negative amount, a
-count of hosts' requests under 1, an endless delay, a request header that cannot be sent. Timeouts of 0, None or infinity mean no
-limit, as in aiohttp and curl; counts are whole numbers (``4.0`` too), never booleans;
-``max_attempts`` under 1 means one attempt. Pure: reads attributes, raises, nothing else.
+count of hosts' requests under 1, an endless delay, a request header that cannot be sent.
+Timeouts of 0, None or infinity mean no limit, as in aiohttp and curl; counts are whole
+numbers (``4.0`` too), never booleans; ``max_attempts`` under 1 means one attempt. Pure: reads
+attributes, raises, nothing else.
 """
 
 from __future__ import annotations
