@@ -43,7 +43,9 @@ _LABEL = re.compile(r"[a-z0-9_-]{1,63}", re.ASCII)
 # C0 and C1 controls, DEL, and every Unicode whitespace (``\s`` is ``str.isspace`` on str).
 _BAD_CHAR = re.compile(r"[\x00-\x20\x7f-\x9f\s]")
 _STARTS_LIKE_A_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#]+[/?#]")
-_PORT = re.compile(r"[0-9]{1,5}", re.ASCII)
+# Leading zeros are allowed, as browsers (the WHATWG URL standard) and curl read them; the
+# value is checked apart, and at most 5 digits follow them (int() of a long run is slow).
+_PORT = re.compile(r"0*[0-9]{1,5}", re.ASCII)
 # Optional "scheme:", any run of slashes, then the authority: lenient, so garbage is redacted too.
 _AUTHORITY = re.compile(r"^(?:[^/?#\\@:]*:)?[/\\]*([^/?#\\]*)", re.DOTALL)
 

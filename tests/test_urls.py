@@ -57,6 +57,8 @@ from shardload.urls import (
         ("http://h/%41?q=%41", UrlParts("http", "h", None, "/A", "q=%41")),  # the query as sent
         ("http://h/%zz%4", UrlParts("http", "h", None, "/%zz%4", "")),
         ("http://h:65535", UrlParts("http", "h", 65535, "", "")),
+        ("http://h:030721/x", UrlParts("http", "h", 30721, "/x", "")),  # as curl reads it
+        ("http://h:0000080/", UrlParts("http", "h", None, "/", "")),  # the default port
         # A space inside is sent as %20 (browsers, wget, aiohttp); a scraped link holds them.
         ("http://h/My Report.pdf", UrlParts("http", "h", None, "/My%20Report.pdf", "")),
         ("http://h/q?name=a b#f g", UrlParts("http", "h", None, "/q", "name=a%20b")),
@@ -107,6 +109,8 @@ def test_unsupported_scheme(url: str) -> None:
         "http://h:0/",
         "http://h:99999/",
         "http://h:65536/",
+        "http://h:0000/",
+        "http://h:065536/",
         "http://h:8o/",
         "http://h:-1/",
         "http://h:\uff11\uff12/",
