@@ -173,11 +173,12 @@ def iter_raw_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
 def iter_parsed(stream: BinaryIO, reserved: Sequence[str] = ()) -> Iterator[Parsed]:
     """Every item and bad line of ``stream``. Never raises for bad data or a read error.
 
-    An explicit ``path`` equal to one of ``reserved`` (the manifest and its side-car, relative
-    to the output directory), or below one, would replace that file or move it aside into
-    ``<name>/%file``: such a line is a bad line. So is a URL whose default path would: a
-    reserved file in a folder below the output directory, or one directly in it whose name
-    is a host's folder (``--manifest out/127.0.0.1_8080``, or a host named manifest.jsonl).
+    An explicit ``path`` equal to one of ``reserved`` (the manifest, its side-car and the input
+    file, relative to the output directory), or below one, would replace that file or move it
+    aside into ``<name>/%file``: such a line is a bad line. So is a URL whose default path
+    would: a reserved file in a folder below the output directory, or one directly in it whose
+    name is a host's folder (``--manifest out/127.0.0.1_8080``, or a host named
+    manifest.jsonl).
     """
     inside = [_norm(r) for r in reserved if not _norm(r).startswith("..")]
     nested = [r for r in inside if os.sep in r]
