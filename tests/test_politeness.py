@@ -813,9 +813,10 @@ def test_redirect_hops_leave_no_host_slot_behind(srv, home):
 
 
 def test_writes_are_never_closer_than_the_gap_on_uvloop() -> None:
-    """The slot counts the gap from each request's write (``went``), in time.monotonic()
-    (uvloop's clock has whole milliseconds: Lenient's 0.25 s measured 0.2491-0.2497 s at a
-    server), so a busy loop between a claim and its write does not shorten the next gap."""
+    """The slot counts the gap from each request's write (``went``), so a busy loop between
+    a claim and its write does not shorten the next gap (with ``went`` doing nothing, these
+    gaps come out 3 ms short). That the clients tell ``went`` after every write is
+    test_http's ``test_went_is_told_once_each_request_is_written_also_on_a_pooled_connection``."""
     import uvloop
 
     delay = 0.02

@@ -8,14 +8,12 @@ from types import FrameType
 
 from shardload.stop_signals import STOP_SIGNALS
 
-# STOP_SIGNALS stop a run cleanly (exit 130): Ctrl-C, a kill, and the terminal going away
-# (SIGHUP, as aria2 and wget do; `nohup` sets it ignored, and then it stays ignored).
-
 
 def run() -> int:
     """The console entry point: ``main()``, with a Ctrl-C, SIGTERM or SIGHUP that comes
     before ``main`` handles signals itself (while the imports load, or a long manifest is read for
-    ``--resume``) ending as exit 130 with one line, not a traceback or a death by signal."""
+    ``--resume``) ending as exit 130 with one line, not a traceback or a death by signal. A
+    signal set ignored (SIGHUP under ``nohup``) stays ignored."""
     try:
         for sig in STOP_SIGNALS[1:]:
             if signal.getsignal(sig) is signal.SIG_DFL:  # not when told to ignore it (nohup)

@@ -349,7 +349,7 @@ def _crawl(
     interrupted = interrupted or signals.received is not None
     host_stats = getattr(results, "stats", None)
     if host_stats is not None:
-        host_stats.absorb(rec.hosts)  # the side-car counts every record, as the summary does
+        host_stats.absorb(rec.uncounted)  # the side-car counts every record, as the summary does
     hosts_file = write_host_stats(os.path.abspath(manifest), host_stats)
     if not args.quiet and not interrupted and host_stats is not None:
         for host, _ in args.split_host:

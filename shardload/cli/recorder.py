@@ -35,7 +35,7 @@ class Recorder:
     ) -> None:
         self.writer, self.progress, self.signals = writer, progress, signals
         self.stats = RunStats()
-        self.hosts = run_stats.RunStats()  # see record()
+        self.uncounted = run_stats.RunStats()  # see record()
         self.lock = threading.Lock()
         self.error: BaseException | None = None
         self._received: Callable[[], int | None] = lambda: None
@@ -51,8 +51,8 @@ class Recorder:
         self, record: dict[str, Any], *, repeat: bool = False, uncounted: Bundle | None = None
     ) -> None:
         """``uncounted``: the bundle, where the run's statistics do not count it (a line the
-        CLI failed itself, or one left unread when the run stopped): ``hosts`` counts it, for
-        the side-car's totals to match the manifest's."""
+        CLI failed itself, or one left unread when the run stopped): ``self.uncounted``
+        counts it, so that the side-car's totals match the manifest's."""
         with self.signals.critical(), self.lock:
             if self.closed:  # the input thread, after a stop: too late to count
                 return
@@ -62,7 +62,7 @@ class Recorder:
                 self.error = self.error or exc
             self.stats.add(record, repeat=repeat)
             if uncounted is not None:
-                self.hosts.add(uncounted)
+                self.uncounted.add(uncounted)
             fetched = 0 if repeat else int(record.get("bytes") or 0)
             self._show(self.progress.finished, str(record["state"]), fetched)
         if self.error is not None:

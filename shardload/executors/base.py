@@ -5,7 +5,7 @@ coordinator's loop thread; after ``crashed(shard)`` the coordinator owns every j
 that shard and not yet seen a result for (it may ``restart`` the shard and send them again);
 ``finish`` is called only when no job is outstanding; ``abort`` stops everything promptly and
 leaves no process behind, and the results of jobs that finished before it reach the sink
-before it returns (where the executor can: Ray's cannot).
+before it returns.
 """
 
 from __future__ import annotations
