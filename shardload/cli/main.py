@@ -34,6 +34,7 @@ from shardload.cli.manifest import (
     ManifestInUse,
     ManifestWriter,
     Prior,
+    Priors,
     decide,
     load_priors,
     looks_like_manifest,
@@ -58,7 +59,7 @@ from shardload.worker.tree import check_target, find_complete
 
 def _items(
     stream: BinaryIO,
-    priors: dict[str, Prior | None] | None,
+    priors: Priors | None,
     transient_only: bool,
     rec: Recorder,
     output: str,
@@ -261,7 +262,7 @@ def _options(args: argparse.Namespace) -> RunOptions:
 def _crawl(
     args: argparse.Namespace,
     stream: BinaryIO,
-    priors: dict[str, Prior | None] | None,
+    priors: Priors | None,
     download: Any,
     stderr: TextIO,
 ) -> int:

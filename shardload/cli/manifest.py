@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from shardload.cli.url_table import UrlTable
 from shardload.errors import ErrorKind, is_transient
 
 DONE_STATES = frozenset({"written", "cached"})
@@ -91,9 +92,12 @@ def iter_records(lines: Iterable[bytes]) -> Iterator[dict[str, Any] | None]:
 _KEYS = ("url", "state")
 
 
-def latest_priors(records: Iterable[dict[str, Any] | None]) -> tuple[dict[str, Prior | None], int]:
+Priors = UrlTable[Prior | None]
+
+
+def latest_priors(records: Iterable[dict[str, Any] | None]) -> tuple[Priors, int]:
     """The prior of each URL from its LAST record, and how many lines were unreadable."""
-    priors: dict[str, Prior | None] = {}
+    priors: Priors = UrlTable()
     unreadable = 0
     for record in records:
         if record is None:
@@ -103,7 +107,7 @@ def latest_priors(records: Iterable[dict[str, Any] | None]) -> tuple[dict[str, P
     return priors, unreadable
 
 
-def load_priors(path: str | os.PathLike[str]) -> tuple[dict[str, Prior | None], int]:
+def load_priors(path: str | os.PathLike[str]) -> tuple[Priors, int]:
     """Read a manifest for ``--resume``; a missing manifest means nothing is known yet.
     Raises ``ValueError`` for one that is not a regular file (``/dev/stdout``, a pipe: reading
     it would wait for ever, or read our own output)."""
@@ -114,7 +118,7 @@ def load_priors(path: str | os.PathLike[str]) -> tuple[dict[str, Prior | None], 
         with open(path, "rb") as f:
             priors, unreadable = latest_priors(iter_records(f))
     except FileNotFoundError:
-        return {}, 0
+        return UrlTable(), 0
     # A crash tears at most the last line, which then has no newline: anything else without
     # one record is some other file (a URL list, say), which --resume would append to.
     if not priors and unreadable and (unreadable > 1 or not _ends_without_newline(Path(path))):
