@@ -147,3 +147,34 @@ def test_every_test_docs_guarantees_names_exists() -> None:
         elif test and not re.search(rf"^(?:async )?def {test}\b", path.read_text(), re.M):
             missing.append(f"{module}::{test}")
     assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("name", "clean"),
+    [
+        ("report.pdf", "report.pdf"),
+        ("Crème brûlée", "Creme brulee"),  # accents dropped, the letters kept
+        ("a=1&b=2,c;d", "a_1-b_2.c-d"),
+        ("x/../y?<>|:*", "x..y"),  # path separators and shell characters removed
+        ("日本", ""),
+    ],
+)
+def test_aiodownload_util_clean_filename(name: str, clean: str) -> None:
+    """aiodownload's ``util`` helpers, used by its users' get_file_path overrides, reached
+    as aiodownload's were under ``import shardload as aiodownload``."""
+    assert shardload.util.clean_filename(name) == clean
+
+
+def test_aiodownload_util_paths(tmp_path: Path) -> None:
+    from shardload import util
+
+    assert util.default_url_transform("https://httpbin.org/links/0") == "httpbin.org/links/0"
+    for url in ("http://h/../../etc/passwd", "http://h/a/%2e%2e/%2E%2E/b"):
+        joined = os.path.normpath(os.path.join(tmp_path, util.default_url_transform(url)))
+        assert joined.startswith(f"{tmp_path}{os.sep}h{os.sep}")
+    with pytest.raises(ValueError, match="scheme 'ftp'"):
+        util.default_url_transform("ftp://h/x")
+    target = tmp_path / "a" / "b" / "file"
+    util.make_dirs(str(target))
+    util.make_dirs(str(target))  # already there: fine
+    assert target.parent.is_dir() and not target.exists()

@@ -223,6 +223,29 @@ def test_user_overrides_take_effect(srv, home):
     assert not os.path.exists(os.path.join(home, "flat-201"))
 
 
+def test_raise_for_status_in_assert_response_is_an_http_failure(srv, home):
+    """aiodownload's users wrote assert_response with aiohttp's raise_for_status(): a 503
+    refused that way is a transient http failure, retried as an ``assert`` refusal is."""
+
+    class RaiseForStatus(RequestStrategy):
+        def assert_response(self, response):
+            response.raise_for_status()
+
+        def get_sleep_time(self, bundle):
+            return 0.0
+
+    download = shardload.AioDownload(
+        download_strategy=DownloadStrategy(home=home),
+        request_strategy=RaiseForStatus(max_attempts=2),
+    )
+    busy, gone = shardload.swarm(
+        [srv.base_urls[0] + "/status/503", srv.base_urls[0] + "/status/404"], download=download
+    )
+    assert (busy.state, busy.error_kind, busy.status, busy.attempts) == ("failed", "http", 503, 2)
+    assert (gone.state, gone.error_kind, gone.status, gone.attempts) == ("failed", "http", 404, 1)
+    assert shardload.is_transient(busy.error_kind, busy.status)
+
+
 def test_custom_on_success_and_on_fail_are_called(srv, home):
     calls = []
 
