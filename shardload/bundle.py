@@ -78,6 +78,10 @@ class Bundle:
     _shared: bool = field(default=False, init=False, repr=False)
     # True when one of its attempts opened its host's circuit breaker (for the run's stats).
     _opened_breaker: bool = field(default=False, init=False, repr=False)
+    # Seconds from starting its last request (connecting, if it did) to that response's
+    # headers, None without a response: the host's latency in the run's stats (``elapsed``
+    # also counts the wait for the host's turn, and retries).
+    _latency: float | None = field(default=None, init=False, repr=False, compare=False)
     # The run that set ``info`` to the input item url_map turned into this bundle: another
     # item of that run it is returned for brings its own; a later run keeps it, or what the
     # owner set since.
@@ -108,6 +112,7 @@ class Bundle:
         self.bytes = 0
         self.sha256 = None
         self.elapsed = 0.0
+        self._latency = None
         self.error_kind = self.error_message = None
 
     def fail(self, kind: str, message: str) -> Bundle:
@@ -195,9 +200,9 @@ class Packed(bytes):
 
 
 # What comes back: (seq, file_path, state, status, attempts, bytes, sha256, elapsed, kind, message,
-# opened_breaker, attrs). ``attrs`` is None, or the attributes of its own that the bundle was
-# given during the download (by a strategy's ``on_success``/``on_fail``, say) and that pickle,
-# as aiodownload's caller saw them on its bundle object.
+# opened_breaker, latency, attrs). ``attrs`` is None, or the attributes of its own that the
+# bundle was given during the download (by a strategy's ``on_success``/``on_fail``, say) and
+# that pickle, as aiodownload's caller saw them on its bundle object.
 Result = tuple[
     int,
     "str | None",
@@ -210,6 +215,7 @@ Result = tuple[
     "str | None",
     "str | None",
     bool,
+    "float | None",
     "dict[str, Any] | None",
 ]
 
@@ -261,6 +267,7 @@ def to_result(bundle: Bundle, given: dict[str, Any] | None = None) -> Result:
         kind,
         bundle.error_message,
         bundle._opened_breaker,
+        bundle._latency,
         None if vars(bundle).keys() <= _FIELDS else _new_attributes(bundle, given or {}),
     )
 
@@ -314,12 +321,13 @@ def sendable(result: Result) -> Result:
         message,
         False,
         None,
+        None,
     )
 
 
 _RESULT_FIELDS = (
     "seq", "file_path", "state", "status", "attempts", "bytes", "sha256", "elapsed",
-    "error_kind", "error_message", "opened_breaker", "attributes",
+    "error_kind", "error_message", "opened_breaker", "latency", "attributes",
 )  # fmt: skip
 
 
@@ -368,6 +376,7 @@ def apply_result(bundle: Bundle, result: Result, *, shared: bool = False) -> Bun
         bundle.error_kind,
         bundle.error_message,
         bundle._opened_breaker,
+        bundle._latency,
         attrs,
     ) = result
     bundle._run_path = bundle.file_path  # the run's answer, not the bundle's own

@@ -4,12 +4,15 @@ Every finished bundle is counted exactly once, under the host it was scheduled f
 per-host numbers add up to the bundle counts. ``requests`` counts the attempts a finished
 bundle reports (retries included; not redirect hops, robots.txt fetches, or attempts lost with
 a crashed worker) and ``bytes`` what was downloaded: a repeat of a URL that got its first's
-outcome adds neither, nor does a file found complete on disk (``cached``). Bundles that
-never reached a host (an invalid URL) are counted under ``"-"``. ``errors`` counts the error
-kinds of failed bundles only, as the CLI's summary does: a URL robots.txt kept us from
-requesting is ``skipped`` (in ``states``), not an error. ``breaker_opens`` counts the
-times a host's circuit breaker opened (a failed probe opens it again), from the bundle whose
-attempt opened it.
+outcome adds neither (nor a latency), nor does a file found complete on disk (``cached``).
+Bundles that never reached a host (an invalid URL) are counted under ``"-"``. ``errors``
+counts the error kinds of failed bundles only, as the CLI's summary does: a URL robots.txt
+kept us from requesting is ``skipped`` (in ``states``), not an error. ``breaker_opens``
+counts the times a host's circuit breaker opened (a failed probe opens it again), from the
+bundle whose attempt opened it. ``latency`` is of the bundles that got a response: from
+starting the last request (connecting, if it did) to its headers, as Scrapy's download
+latency; ``elapsed`` is from when a worker took the URL to its end, so the wait for the
+host's turn counts there.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ class HostStats:
     errors: dict[str, int] = field(default_factory=dict)
     elapsed_total: float = 0.0
     elapsed_max: float = 0.0
+    responses: int = 0  # bundles that got a response: what the latency is of
+    latency_total: float = 0.0
+    latency_max: float = 0.0
     breaker_opens: int = 0
 
     def add(self, bundle: Bundle) -> None:
@@ -43,6 +49,10 @@ class HostStats:
             if bundle.state != CACHED:  # its size, but nothing came over the network
                 self.bytes += bundle.bytes
             self.breaker_opens += bundle._opened_breaker
+            if bundle._latency is not None:
+                self.responses += 1
+                self.latency_total += bundle._latency
+                self.latency_max = max(self.latency_max, bundle._latency)
         self.states[bundle.state] = self.states.get(bundle.state, 0) + 1
         if bundle.status is not None:
             klass = f"{bundle.status // 100}xx"
@@ -67,6 +77,9 @@ class HostStats:
                 mine[key] = mine.get(key, 0) + n
         self.elapsed_total += other.elapsed_total
         self.elapsed_max = max(self.elapsed_max, other.elapsed_max)
+        self.responses += other.responses
+        self.latency_total += other.latency_total
+        self.latency_max = max(self.latency_max, other.latency_max)
         self.breaker_opens += other.breaker_opens
 
     @property
@@ -79,6 +92,7 @@ class HostStats:
 
     def to_record(self) -> dict[str, Any]:
         mean = self.elapsed_total / self.bundles if self.bundles else 0.0
+        latency = self.latency_total / self.responses if self.responses else 0.0
         return {
             "host": self.host,
             "bundles": self.bundles,
@@ -87,8 +101,10 @@ class HostStats:
             "states": dict(self.states),
             "statuses": dict(self.statuses),
             "errors": dict(self.errors),
-            "latency_mean": round(mean, 6),
-            "latency_max": round(self.elapsed_max, 6),
+            "latency_mean": round(latency, 6),
+            "latency_max": round(self.latency_max, 6),
+            "elapsed_mean": round(mean, 6),
+            "elapsed_max": round(self.elapsed_max, 6),
             "breaker_opened": self.breaker_opened,
             "breaker_opens": self.breaker_opens,
         }

@@ -132,7 +132,8 @@ class RequestStrategy:
 
     Host health: a 429/503 or a Retry-After pauses the whole host (Retry-After capped at
     ``retry_after_cap``). With ``adaptive`` a host starts at 1 request in flight and grows to
-    ``concurrent`` while healthy, halving on 429/503/timeouts. After ``breaker_threshold``
+    ``concurrent`` on successes whose latency is healthy (at most twice the host's quickest
+    plus 50 ms), halving on 429/503/timeouts. After ``breaker_threshold``
     consecutive connection failures (DNS, refused, TLS, timeout; 0 disables) the host's
     remaining URLs fail fast as ``breaker_open`` until a probe after ``breaker_cooldown``
     seconds succeeds. ``robots`` fetches each host's robots.txt once, skips what it disallows

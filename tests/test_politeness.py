@@ -224,6 +224,42 @@ def test_adaptive_host_ramps_up_within_its_bound(srv, home):
     assert 1 < peak <= 5
 
 
+def test_adaptive_limit_grows_only_on_quick_successes():
+    """Latency that grows with what we send says the host queues us: no more concurrency."""
+
+    async def scenario():
+        slot = HostSlot(8, adaptive=True)
+        slot.record(200, None, None, "u", 0.1)  # the quickest: 0.1 s
+        assert slot.limit == 2
+        for _ in range(20):
+            slot.record(200, None, None, "u", 0.26)  # over 2 x 0.1 + 0.05
+        assert slot.limit == 2
+        slot.record(200, None, None, "u", 0.25)
+        assert slot.limit == 2.5
+        slot.record(200, None, None, "u", 0.02)  # a new quickest: 0.09 s is slow now
+        slot.record(200, None, None, "u", 0.091)
+        assert slot.limit == 2.5 + 1 / 2.5
+        slot.record(200, None, None, "u", None)  # not measured (an override's request)
+        assert slot.limit > 2.9
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_adaptive_host_stops_growing_when_it_queues_our_requests(srv, home, processes):
+    """A host serving one request at a time (150 ms each): a second in flight is answered in
+    300 ms (under 2 x 150 + 50 ms, still healthy), a third in 450 ms: the limit stops at 3,
+    where without the latency it went to 5. A host that answers at once beside it grows."""
+    a, b = srv.base_urls[0], srv.base_urls[1]
+    urls = [f"{a}/queued/150/q{i}" for i in range(20)] + [f"{b}/slow/20/s{i}" for i in range(60)]
+    strategy = RequestStrategy(concurrent=8, adaptive=True)
+    bundles = shardload.swarm(urls, download=make_download(home, strategy), processes=processes)
+    assert all(b.ok for b in bundles)
+    hosts = srv.stats()["hosts"]
+    assert hosts[srv.host_key(0)]["max_concurrency"] <= 3
+    assert hosts[srv.host_key(1)]["max_concurrency"] >= 5
+
+
 def test_robots_disallowed_urls_are_skipped_and_crawl_delay_honoured(srv, home):
     a = srv.base_urls[0]
     urls = [f"{a}/any/private/{i}" for i in range(3)] + [f"{a}/any/public/{i}" for i in range(4)]
@@ -493,6 +529,20 @@ def test_per_host_stats_add_up_to_the_bundles(srv, home, processes):
     assert [h.host for h in stats.worst_hosts()] == [srv.host_key(0), "-"]
     record = host_a.to_record()
     assert record["bundles"] == 11 and record["breaker_opened"] is False
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_per_host_latency_is_the_servers_not_the_queues(srv, home, processes):
+    """Six 100 ms answers one at a time: the last URL waited ~0.5 s for its turn (its
+    elapsed), and still each took the server ~0.1 s (the host's latency)."""
+    urls = [f"{srv.base_urls[0]}/slow/100/lat{i}" for i in range(6)]
+    strategy = RequestStrategy(concurrent=1)
+    with shardload.each(urls, download=make_download(home, strategy), processes=processes) as run:
+        bundles = list(run)
+    assert all(b.ok for b in bundles)
+    record = run.stats.hosts[srv.host_key(0)].to_record()
+    assert 0.1 <= record["latency_mean"] < 0.2 and 0.1 <= record["latency_max"] < 0.3
+    assert record["elapsed_max"] >= 0.55 and record["elapsed_mean"] > record["latency_mean"]
 
 
 def test_a_lone_first_503_does_not_pause_a_host_but_a_second_url_s_does():

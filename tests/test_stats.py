@@ -54,6 +54,27 @@ def test_errors_count_failed_bundles_only(state: str, errors: dict[str, int]) ->
     assert stats.hosts["a:1"].errors == errors and stats.total.errors == errors
 
 
+def test_latency_is_of_the_responses_and_elapsed_of_every_bundle() -> None:
+    """A host held to one request at a time: its URLs' elapsed grows with its queue, the
+    latency is what its server took to answer."""
+    stats = RunStats()
+    for elapsed, latency, shared in [
+        (0.1, 0.1, False),
+        (0.2, 0.1, False),
+        (0.3, 0.1, True),  # a repeat of a URL: no request of its own
+        (0.6, None, False),  # no response (refused, timeout)
+        (0.4, 0.3, False),
+    ]:
+        bundle = _bundle("written", shared=shared)
+        bundle.elapsed, bundle._latency = elapsed, latency
+        stats.add(bundle)
+    record = stats.hosts["a:1"].to_record()
+    assert (record["latency_mean"], record["latency_max"]) == (round(0.5 / 3, 6), 0.3)
+    assert (record["elapsed_mean"], record["elapsed_max"]) == (pytest.approx(0.32), 0.6)
+    assert stats.total.to_record()["latency_mean"] == record["latency_mean"]
+    assert RunStats().total.to_record()["latency_mean"] == 0.0  # nothing answered
+
+
 def _counted(
     host: str | None,
     state: str,
@@ -61,10 +82,12 @@ def _counted(
     size: int,
     status: int | None,
     elapsed: float,
+    latency: float | None,
     shared: bool,
 ) -> Bundle:
     bundle = _bundle(state, attempts=attempts, size=size, shared=shared)
     bundle.host, bundle.status, bundle.elapsed = host, status, elapsed
+    bundle._latency = latency
     if state == "failed":
         bundle.error_kind = ErrorKind.HTTP if status else ErrorKind.CONNECT
     return bundle
@@ -78,13 +101,15 @@ _BUNDLES = st.builds(
     st.integers(0, 10**6),
     st.sampled_from([None, 200, 404, 503]),
     st.floats(0, 100),
+    st.none() | st.floats(0, 100),
     st.booleans(),
 )
 
 
 def _fields(stats: HostStats) -> dict[str, object]:
     fields = dataclasses.asdict(stats)
-    fields["elapsed_total"] = pytest.approx(fields["elapsed_total"])  # summed in another order
+    for total in ("elapsed_total", "latency_total"):  # summed in another order
+        fields[total] = pytest.approx(fields[total])
     return fields
 
 

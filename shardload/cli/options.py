@@ -166,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="see --low-speed-limit (default: 30; alone: a limit of 1 byte/s, as curl)")
     add("--max-redirects", type=int0, metavar="N", help="redirects to follow (default: 10)")
     add("--adaptive", action="store_true", default=None,
-        help="per-host concurrency starts at 1, grows while healthy, halves on 429/503")
+        help="per-host concurrency starts at 1, grows while answers come about as fast as "
+        "the host's quickest, halves on 429/503/timeouts")
     add("--breaker-threshold", type=int0, metavar="N", help="connection failures in a row "
         "that make a host fail fast (default: 5; 0: never)")
     add("--breaker-cooldown", type=secs, metavar="S", help="seconds before probing a host "

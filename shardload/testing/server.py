@@ -82,6 +82,7 @@ class _Stats:
         self.starts: dict[str, list[float]] = defaultdict(list)
         self.paths: dict[str, int] = defaultdict(int)
         self.counters: dict[str, int] = defaultdict(int)
+        self.serial: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)  # see /queued
         # Server-wide, counting only requests started since this reset: one still running from
         # before it (a /hang, a /slow whose client left) neither adds nor, ending, subtracts.
         self.generation = getattr(self, "generation", 0) + 1
@@ -181,6 +182,13 @@ def _build_app(stats: _Stats) -> web.Application:
     async def slow(request: web.Request) -> web.Response:
         await asyncio.sleep(int(request.match_info["ms"]) / 1000)
         return web.Response(text="slow " + request.match_info["name"])
+
+    @routes.get("/queued/{ms}/{name}")
+    async def queued(request: web.Request) -> web.Response:
+        """A host that serves one request at a time: more in flight only wait longer."""
+        async with stats.serial[request.host]:
+            await asyncio.sleep(int(request.match_info["ms"]) / 1000)
+        return web.Response(text="queued " + request.match_info["name"])
 
     async def _raw_start(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
         response = web.StreamResponse(headers=headers)

@@ -250,7 +250,7 @@ class Attempts(LoopBinding):
                     if isinstance(step, Redirect):
                         here.record(bundle.status, None, step.retry_after, url)
                     elif step is None:
-                        here.record(bundle.status, None, None, url)
+                        here.record(bundle.status, None, None, url, bundle._latency)
                     elif (
                         here.record(step.status, step.error_kind, step.retry_after, url)
                         and here is slot

@@ -222,11 +222,14 @@ class Exchange:
         lean = self._owns_requests()
         # aiohttp applies max_time itself (ClientTimeout.total); the lean client does not.
         limit = asyncio.timeout(max_time) if max_time and lean else None
+        bundle._latency = None  # an earlier hop's or attempt's answer is not this one's
+        started = time.monotonic()
         try:
             async with (
                 limit or _NO_LIMIT,
                 self._request(url, parts, same_origin, max_time, went) as response,
             ):
+                bundle._latency = time.monotonic() - started
                 status = bundle.status = response.status
                 headers = response.headers
                 if not lean:

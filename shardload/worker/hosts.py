@@ -2,8 +2,9 @@
 
 Invariants:
 - at most ``limit`` requests of the host are in flight; ``limit`` stays within
-  [1, concurrency] and moves only when adaptive (additive increase on healthy responses,
-  halving on 429/503/timeouts);
+  [1, concurrency] and moves only when adaptive: additive increase on a success whose latency
+  is healthy (at most twice the host's quickest success, plus 50 ms: much slower says the
+  host queues our requests, as TCP Vegas reads its base RTT), halving on 429/503/timeouts;
 - two request starts of the host are at least ``delay`` (+ jitter) seconds apart; the gap
   counts from when the request is written (``went``), so neither a slow connect nor a busy
   loop between the claim and the write eats the gap before the next start;
@@ -51,6 +52,8 @@ _WINDOW = 8
 # Added to a gap counted from a write: the server sees each request a little later than it
 # was written, and by a few tens of microseconds more or less each time.
 _GAP_MARGIN = 0.001
+# A success slower than this times the host's quickest, plus the slack, adds no concurrency.
+_SLOW_FACTOR, _SLOW_SLACK = 2.0, 0.05
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
@@ -72,6 +75,7 @@ class HostSlot:
         self.jitter = max(0.0, jitter)
         self.adaptive = adaptive
         self.limit = 1.0 if adaptive else float(self.concurrency)
+        self._quickest: float | None = None  # the quickest success's latency (adaptive only)
         self.in_flight = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._next_start = 0.0
@@ -204,10 +208,16 @@ class HostSlot:
     # -- what each attempt teaches us --------------------------------------------------------
 
     def record(
-        self, status: int | None, kind: str | None, retry_after: float | None, url: str
+        self,
+        status: int | None,
+        kind: str | None,
+        retry_after: float | None,
+        url: str,
+        latency: float | None = None,
     ) -> bool:
-        """Feed back one request's outcome (kind None = success); ``url`` is what it asked.
-        True when this outcome opened the breaker (the stats say which hosts it opened for)."""
+        """Feed back one request's outcome (kind None = success); ``url`` is what it asked,
+        ``latency`` how long its response's headers took (None: not known). True when this
+        outcome opened the breaker (the stats say which hosts it opened for)."""
         throttled = status in _THROTTLE_STATUSES
         self._recent.append(url if throttled else None)
         if retry_after is not None and (throttled or status is None or status >= 300):
@@ -225,7 +235,7 @@ class HostSlot:
         if self.adaptive:
             if throttled or kind == ErrorKind.TIMEOUT:
                 self.limit = max(1.0, self.limit / 2)
-            elif kind is None:
+            elif kind is None and self._healthy(latency):
                 self.limit = min(float(self.concurrency), self.limit + 1 / self.limit)
                 self._wake()
         # A timeout once the host had answered (a body cut by max_time or low_speed_limit, a
@@ -233,6 +243,13 @@ class HostSlot:
         return self._breaker_record(
             None if status is not None and kind in CONNECTION_KINDS else kind
         )
+
+    def _healthy(self, latency: float | None) -> bool:
+        if latency is None:
+            return True
+        if self._quickest is None or latency < self._quickest:
+            self._quickest = latency
+        return latency <= _SLOW_FACTOR * self._quickest + _SLOW_SLACK
 
     def _paused(self) -> bool:
         return self.paused_until > time.monotonic()
