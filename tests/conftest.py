@@ -17,7 +17,7 @@ HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
 
 def written_result(seq: int, path: str | None = None, size: int = 0) -> Result:
     """What a worker sends back for a job it wrote (for fake executors)."""
-    return (seq, path, "written", 200, 1, size, None, 0.0, None, None, False, None)
+    return (seq, path, "written", 200, 1, size, None, 0.0, None, None, False, None, None)
 
 
 @pytest.fixture(scope="session")
