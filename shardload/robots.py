@@ -245,10 +245,15 @@ def _delay(value: str) -> float | None:
 ALLOW_ALL = RobotRules()
 
 
-def rules_from_response(status: int | None, body: bytes, user_agent: str) -> RobotRules:
-    """The rules to apply given how fetching /robots.txt went (see the module's policy)."""
+def rules_from_response(
+    status: int | None, body: bytes, user_agent: str, why: str | None = None
+) -> RobotRules:
+    """The rules to apply given how fetching /robots.txt went (see the module's policy);
+    ``why`` says what kept it from answering, where it did not."""
     if status is None:
-        return RobotRules(user_agent=user_agent, unreachable="no answer")
+        return RobotRules(
+            user_agent=user_agent, unreachable="no answer" + (f": {why}" if why else "")
+        )
     if 200 <= status < 300:
         return RobotRules(body.decode("utf-8", "replace"), user_agent)
     if status == 429 or 500 <= status < 600:

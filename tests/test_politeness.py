@@ -318,8 +318,8 @@ def test_an_unreachable_robots_txt_disallows_the_host(srv, home, answer):
     assert [b.state for b in bundles] == ["failed"] * 3  # not done: a run's exit 1
     assert all(b.error_kind == ErrorKind.ROBOTS for b in bundles)
     assert is_transient(bundles[0].error_kind, bundles[0].status)  # --retry-transient: again
-    what = "HTTP 503" if answer else "no answer"
-    assert bundles[0].error_message.startswith(f"robots.txt unreachable ({what})")
+    what = "HTTP 503)" if answer else "no answer: "  # and what happened instead
+    assert bundles[0].error_message.startswith(f"robots.txt unreachable ({what}"), bundles[0]
     assert bundles[2].error_message.startswith(f"redirect to {server.url}/c: robots.txt")
     assert asked == [b"/robots.txt"]
 
@@ -424,8 +424,20 @@ def test_a_robots_txt_dripped_byte_by_byte_is_cut_at_the_attempt_bound(home, bou
     with RawServer(handler) as server:
         (b,) = shardload.swarm([server.url + "/a"], download=make_download(home, strategy))
     assert (b.state, b.error_kind) == ("failed", ErrorKind.ROBOTS)
-    assert b.error_message.startswith("robots.txt unreachable (no answer)")
+    assert b.error_message.startswith("robots.txt unreachable (no answer: timed out)")
     assert len(dripped) < 60, len(dripped)  # cut within ~0.6 s, not after the 15 s drip
+
+
+def test_a_host_that_is_down_is_not_blamed_on_its_robots_txt(home, closed_port):
+    """Its URLs fail as robots (RFC 9309: unreachable disallows all, nothing was requested),
+    and the message says why robots.txt was unreachable."""
+    strategy = RequestStrategy(robots=True)
+    urls = [f"http://127.0.0.1:{closed_port}/d{i}" for i in range(2)]
+    bundles = shardload.swarm(urls, download=make_download(home, strategy))
+    assert [(b.state, b.error_kind) for b in bundles] == [("failed", ErrorKind.ROBOTS)] * 2
+    for b in bundles:
+        assert b.error_message.startswith("robots.txt unreachable (no answer: cannot connect")
+        assert "refused" in b.error_message.lower(), b.error_message
 
 
 def test_rules_of_idle_hosts_are_kept_within_a_budget_most_recent_first(monkeypatch):

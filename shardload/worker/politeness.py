@@ -29,6 +29,7 @@ from collections import OrderedDict
 from ..robots import ALLOW_ALL, RobotRules, rules_from_response
 from ..urls import UrlParts, redirect_target, split_url
 from .exchange import Exchange, effective_user_agent, time_limit
+from .failures import classify
 from .files import READ_SIZE
 from .hosts import HostSlot, WorkerSlots
 from .http import REDIRECT_STATUSES
@@ -161,9 +162,11 @@ class Politeness(Exchange):
                 return await self._read_robots(url, target, origin, asked, slot)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
             # No answer: robots.txt is unreachable, which RFC 9309 reads as "disallow all".
-            return rules_from_response(None, b"", effective_user_agent(rs))
+            # Its URLs' failures name the cause: a host that is down is not blamed on robots.
+            why = "timed out" if type(exc) is TimeoutError else classify(exc, url)[1]
+            return rules_from_response(None, b"", effective_user_agent(rs), why)
         finally:
             slot.leave(worker)
 
