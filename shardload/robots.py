@@ -41,7 +41,6 @@ Invariants, and why:
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -239,7 +238,8 @@ def _delay(value: str) -> float | None:
         delay = float(value)
     except ValueError:
         return None
-    return delay if math.isfinite(delay) and delay >= 0 else None
+    # "inf" (or 1e999) asks for the slowest crawl: it is capped where used, as a huge number is.
+    return delay if delay >= 0 else None  # NaN and negatives say nothing
 
 
 ALLOW_ALL = RobotRules()

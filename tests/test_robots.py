@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -279,9 +280,15 @@ def test_crawl_delay_selection(body, agent, delay):
     assert RobotRules(body, agent).crawl_delay == delay
 
 
-@pytest.mark.parametrize("value", ["abc", "-1", "nan", "inf", "-inf", "", "1,5"])
+@pytest.mark.parametrize("value", ["abc", "-1", "nan", "-inf", "", "1,5"])
 def test_bad_crawl_delay_is_ignored(value):
     assert RobotRules(f"User-agent: *\nCrawl-delay: {value}\n", "x").crawl_delay is None
+
+
+@pytest.mark.parametrize("value", ["inf", "Infinity", "1e999"])
+def test_an_endless_crawl_delay_asks_for_the_slowest_crawl(value):
+    """Not ignored (which crawled at full speed): the engine caps it at retry_after_cap."""
+    assert RobotRules(f"User-agent: *\nCrawl-delay: {value}\n", "x").crawl_delay == math.inf
 
 
 def test_rules_are_parsed_once_per_host(monkeypatch):
