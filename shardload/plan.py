@@ -41,6 +41,9 @@ class RunOptions(TypedDict, total=False):
     start_method: "spawn" (default) or "forkserver" for local worker processes.
     backend: "local" (default: this machine) or "ray" (actors on a Ray cluster).
     ray_address: passed to ray.init when Ray is not initialised yet (None: a local cluster).
+    hang_timeout: seconds a worker process's event loop may stand still (stopped, deadlocked,
+        or blocked by a strategy's own code) before the worker is killed and its jobs go to a
+        new one, as after a crash (default 600; 0 or None: never). Local processes only.
     """
 
     processes: int | None
@@ -48,6 +51,10 @@ class RunOptions(TypedDict, total=False):
     start_method: str | None
     backend: str | None
     ray_address: str | None
+    hang_timeout: float | None
+
+
+DEFAULT_HANG_TIMEOUT = 600.0
 
 
 @dataclass
@@ -61,6 +68,7 @@ class Plan:
     limits: Limits
     backend: str = "local"
     ray_address: str | None = None
+    hang_timeout: float | None = DEFAULT_HANG_TIMEOUT
     executor: Executor | None = None
 
     def __post_init__(self) -> None:
@@ -86,6 +94,7 @@ class Plan:
             self.processes,
             home=self.download.download_strategy.home,
             start_method=self.start_method,
+            hang_timeout=self.hang_timeout,
         )
 
     def run(
@@ -216,7 +225,18 @@ def make_plan(
         limits,
         backend=backend,
         ray_address=options.get("ray_address"),
+        hang_timeout=_hang_timeout(options.get("hang_timeout", DEFAULT_HANG_TIMEOUT)),
     )
+
+
+def _hang_timeout(value: object) -> float | None:
+    if value is None or value == 0:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigurationError(
+            f"hang_timeout must be a positive number of seconds, got {value!r}"
+        )
+    return float(value)
 
 
 def _normalise_splits(split_hosts: Mapping[str, int] | None) -> dict[str, int]:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import shardload
-from shardload import ConfigurationError, ErrorKind, RequestStrategy
+from shardload import ConfigurationError, DownloadStrategy, ErrorKind, RequestStrategy
 from shardload.api import _in_order
 from shardload.bundle import Bundle, Job, Result
 from shardload.coordinator import Limits, coordinate
@@ -696,3 +696,53 @@ def test_jobs_that_kill_their_worker_are_found_by_halving_not_one_at_a_time(pois
     assert len(executor.batches[0]) == 8 * Limits().lane_cap
     rounds = len(executor.batches)
     assert rounds <= 8 + len(poisons) * 2 * 8, rounds  # one at a time: over 128
+
+
+def _worker_processes() -> list[multiprocessing.process.BaseProcess]:
+    return [p for p in multiprocessing.active_children() if p.name.startswith("shardload-worker")]
+
+
+def test_a_worker_that_stands_still_is_killed_and_its_jobs_finish_elsewhere(srv, home):
+    """A worker stopped (SIGSTOP here; a deadlock or a blocked loop alike) sends nothing and
+    never ends: without hang_timeout the run waited for it for ever."""
+    urls = [f"{srv.base_urls[i % 4]}/slow/30/still{i}" for i in range(40)]
+    download = make_download(home, RequestStrategy(concurrent=2))
+    with shardload.each(urls, download=download, processes=2, hang_timeout=1.0) as run:
+        finished = iter(run)
+        bundles = [next(finished)]
+        victim = _worker_processes()[0]
+        os.kill(victim.pid, signal.SIGSTOP)
+        bundles += list(finished)
+    assert sorted(b.url for b in bundles) == sorted(urls)
+    assert all(b.ok for b in bundles), [b.error_message for b in bundles if not b.ok]
+    assert not victim.is_alive() and victim.exitcode == -signal.SIGKILL
+    assert temp_files(home) == []
+
+
+class BlocksItsLoop(DownloadStrategy):
+    """A strategy whose own code blocks the worker's event loop on one URL."""
+
+    async def on_success(self, response: Any, bundle: Bundle) -> None:
+        if bundle.url.endswith("/block"):
+            time.sleep(30)
+        await super().on_success(response, bundle)
+
+
+def test_a_url_whose_strategy_blocks_its_worker_fails_alone_as_standing_still(srv, home):
+    urls = [f"{srv.base_urls[i % 2]}/links/{i}" for i in range(20)]
+    urls.insert(7, f"{srv.base_urls[1]}/any/block")
+    download = shardload.AioDownload(download_strategy=BlocksItsLoop(home=home))
+    started = time.monotonic()
+    bundles = shardload.swarm(urls, download=download, processes=2, hang_timeout=0.5)
+    assert time.monotonic() - started < 25  # not one 30 s sleep
+    blocked = bundles.pop(7)
+    assert (blocked.state, blocked.error_kind) == ("failed", ErrorKind.WORKER_CRASH)
+    assert "stood still for" in blocked.error_message and "hang_timeout" in blocked.error_message
+    assert all(b.ok for b in bundles), [b.error_message for b in bundles if not b.ok]
+    assert _worker_processes() == []
+
+
+@pytest.mark.parametrize("value", [-1, "10", True, float("nan")])
+def test_hang_timeout_is_checked(value):
+    with pytest.raises(ConfigurationError, match="hang_timeout"):
+        shardload.swarm(["http://127.0.0.1:1/x"], processes=2, hang_timeout=value)

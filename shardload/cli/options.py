@@ -15,7 +15,7 @@ import shardload
 from shardload import AioDownload, BackOff, DownloadStrategy, Lenient, RequestStrategy
 from shardload.cli.progress import MODES
 from shardload.executors.starting import processes_that_fit
-from shardload.plan import BACKENDS, RunOptions
+from shardload.plan import BACKENDS, DEFAULT_HANG_TIMEOUT, RunOptions
 from shardload.strategy_check import header_problem
 
 DEFAULT_PER_HOST = 4
@@ -200,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="local: worker processes on this machine (default); ray: actors on a Ray cluster")
     add("--ray-address", metavar="ADDR",
         help="Ray cluster to join (default: a running session, else a local cluster)")
+    add("--hang-timeout", type=secs0, metavar="S", default=DEFAULT_HANG_TIMEOUT,
+        help="kill and replace a worker process whose event loop stands still this long, "
+        "its URLs sent again (default: 600; 0: never)")
     add("-q", "--quiet", action="store_true", help="no progress and no summary")
     add("--version", action="version", version=f"shardload {shardload.__version__}")
     # fmt: on
@@ -248,6 +251,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         "processes": processes,
         "backend": args.backend,
         "split_hosts": dict(args.split_host) or None,
+        "hang_timeout": args.hang_timeout,
     }
     if args.ray_address:
         options["ray_address"] = args.ray_address

@@ -20,6 +20,7 @@ import multiprocessing
 import pickle
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -82,6 +83,7 @@ class _Worker:
     finishing: bool = False
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    stood_still: float | None = None  # seconds its loop stood still before it was killed
 
 
 _START_TRIES = 3
@@ -98,6 +100,7 @@ class ProcessExecutor:
         home: str,
         start_method: str | None = None,
         stop_grace: float = 5.0,
+        hang_timeout: float | None = None,
     ) -> None:
         check_descriptors(shards)
         method = start_method or "spawn"  # checked by make_plan: spawn or forkserver
@@ -109,9 +112,12 @@ class ProcessExecutor:
         self.shards = shards
         self._home = home
         self._stop_grace = stop_grace
+        self._hang_timeout = hang_timeout
+        self._watchdog: asyncio.Task[None] | None = None
         self._workers: list[_Worker | None] = [None] * shards
-        # One per shard, kept across its restarts; written by its worker only. 64 bytes each,
-        # so two workers' counters lie 64 bytes apart or more, never in one cache line (each
+        # One per shard, kept across its restarts; written by its worker only: [0] the bytes
+        # of bodies received, [1] its loop's heartbeat (worker.process). 64 bytes each, so
+        # two workers' counters lie 64 bytes apart or more, never in one cache line (each
         # write would take the line from the other core).
         self._meters = [self._context.RawArray("Q", 8) for _ in range(shards)]
         self._generations = [0] * shards
@@ -140,6 +146,29 @@ class ProcessExecutor:
                     f"the run could not start: {errors[0]} ({_START_TRIES} tries)"
                 ) from errors[0]
             raise errors[0]
+        if self._hang_timeout is not None:
+            self._watchdog = asyncio.ensure_future(self._watch(self._hang_timeout))
+
+    async def _watch(self, limit: float) -> None:
+        """Kill a worker whose loop has not beaten for ``limit`` seconds (a SIGSTOP, a
+        deadlock, a strategy blocking it): its pipe then ends, and the shard restarts and
+        resends its jobs as after a crash. Without this, the run would wait for it for ever."""
+        # Per shard: the worker's generation and beat last seen, and when its beat last moved.
+        moved = [(-1, -1, 0.0)] * self.shards
+        while True:
+            await asyncio.sleep(min(1.0, limit / 4))
+            now = time.monotonic()
+            for shard, worker in enumerate(self._workers):
+                # A finishing one too: finish() waits for its end.
+                if worker is None or not worker.ready.is_set() or worker.ended.is_set():
+                    continue
+                beat = self._meters[shard][1]
+                generation, last, since = moved[shard]
+                if (generation, last) != (worker.generation, beat):
+                    moved[shard] = (worker.generation, beat, now)
+                elif now - since >= limit and worker.stood_still is None:
+                    worker.stood_still = now - since
+                    worker.process.kill()
 
     async def _first_spawn(self, shard: int) -> None:
         """A worker killed by a signal as the run starts (an OOM kill) is started again, as a
@@ -288,11 +317,15 @@ class ProcessExecutor:
         if pid is not None:
             remove_temp_files(self._home, temp_prefix(pid))
         code = worker.process.exitcode
-        reason = (
-            f"worker process {pid} was killed by signal {-code}"
-            if code is not None and code < 0
-            else f"worker process {pid} exited unexpectedly (exit code {code})"
-        )
+        if worker.stood_still is not None:
+            reason = (
+                f"worker process {pid} stood still for {worker.stood_still:.1f} s "
+                "(hang_timeout) and was killed"
+            )
+        elif code is not None and code < 0:
+            reason = f"worker process {pid} was killed by signal {-code}"
+        else:
+            reason = f"worker process {pid} exited unexpectedly (exit code {code})"
         if self._sink is not None:
             self._sink.crashed(shard, reason)
 
@@ -312,11 +345,17 @@ class ProcessExecutor:
     async def finish(self) -> None:
         for worker in self._tell_all("finish"):
             await worker.ended.wait()
+        self._stop_watching()
         # A worker that ended its runs removed the folder if it was empty then; one killed
         # (a SIGTERM to the whole process group, an OOM kill) removed nothing.
         forget_temp_dir(self._home)
 
+    def _stop_watching(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+
     async def abort(self) -> None:
+        self._stop_watching()  # a worker that does not stop is killed after stop_grace
         workers = self._tell_all("abort")
         await _in_own_thread(self._reap, workers)
         # What a worker sent before it ended (jobs done as the stop came) is delivered once its

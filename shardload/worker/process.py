@@ -36,8 +36,8 @@ from .shard import ShardWorker
 
 
 def worker_main(config_blob: bytes, inbox: Connection, outbox: Connection, meter: Any) -> None:
-    """``meter``: 64 bytes of shared memory, the first 8 of which count the bytes of bodies
-    this worker receives (``worker.meter``)."""
+    """``meter``: 64 bytes of shared memory: the first 8 count the bytes of bodies this worker
+    receives (``worker.meter``), the next 8 its loop's heartbeats (``hang_timeout``)."""
     for stop in STOP_SIGNALS:
         signal.signal(stop, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):  # blocked by the coordinator while this started
@@ -46,7 +46,8 @@ def worker_main(config_blob: bytes, inbox: Connection, outbox: Connection, meter
     config = pickle.loads(config_blob)  # imports the caller's strategy modules too
     _collect_less()
     hash_as_read(config.get("hash_as_read", False))
-    run_loop(_serve(config, inbox, outbox, ctypes.c_uint64.from_buffer(meter)))
+    received, beats = ctypes.c_uint64.from_buffer(meter), ctypes.c_uint64.from_buffer(meter, 8)
+    run_loop(_serve(config, inbox, outbox, received, beats))
 
 
 def _keep_freed_memory() -> None:
@@ -106,7 +107,7 @@ def run_loop(main: Any) -> Any:
 
 
 async def _serve(
-    config: dict[str, Any], inbox: Connection, outbox: Connection, meter: Counter
+    config: dict[str, Any], inbox: Connection, outbox: Connection, meter: Counter, beats: Counter
 ) -> None:
     # Bound to this loop now, as a run binds it: a subclass's main() never binds it itself,
     # and its self.client (aiodownload's overrides call self.client.get) needs the loop.
@@ -120,6 +121,12 @@ async def _serve(
         engine, emit=out.put, batch_size=config.get("batch_size", 256), meter=meter
     )
     stop: asyncio.Future[str] = loop.create_future()
+
+    def beat() -> None:  # the coordinator kills a worker whose loop stops beating
+        beats.value += 1
+        loop.call_later(_BEAT_SECONDS, beat)
+
+    beat()
 
     def on_message(message: tuple[Any, ...]) -> None:
         if message[0] == "jobs":
@@ -160,6 +167,7 @@ def _read_loop(inbox: Connection, loop: asyncio.AbstractEventLoop, on_message: A
 
 
 _CANNOT_LOAD = 70  # EX_SOFTWARE
+_BEAT_SECONDS = 0.25
 
 
 def _write_loop(out: queue.SimpleQueue[list[Result] | None], outbox: Connection) -> None:

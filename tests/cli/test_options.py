@@ -283,15 +283,18 @@ def test_parse_split_rejects(text: str, why: str) -> None:
 def test_run_options_mapping() -> None:
     args = build_parser().parse_args(
         ["urls.txt", "-p", "3", "--split-host", "a.com=2", "--backend", "ray",
-         "--ray-address", "ray://head:10001"]
+         "--ray-address", "ray://head:10001", "--hang-timeout", "90"]
     )  # fmt: skip
     assert run_options(args) == {
         "processes": 3,
         "backend": "ray",
         "split_hosts": {"a.com": 2},
         "ray_address": "ray://head:10001",
+        "hang_timeout": 90.0,
     }
-    assert run_options(build_parser().parse_args(["u"]))["split_hosts"] is None
+    defaults = run_options(build_parser().parse_args(["u"]))
+    assert defaults["split_hosts"] is None and defaults["hang_timeout"] == 600.0
+    assert run_options(build_parser().parse_args(["u", "--hang-timeout", "0"]))["hang_timeout"] == 0
 
 
 def test_a_ray_address_without_the_ray_backend_is_a_usage_error(
