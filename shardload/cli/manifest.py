@@ -96,13 +96,17 @@ Priors = UrlTable[Prior | None]
 
 
 def latest_priors(records: Iterable[dict[str, Any] | None]) -> tuple[Priors, int]:
-    """The prior of each URL from its LAST record, and how many lines were unreadable."""
+    """The prior of each URL from its LAST record, and how many lines were unreadable.
+
+    A ``bad_input`` record (a line that named the URL but could not be run, such as an empty
+    ``path``) says nothing of the URL's downloads: it never hides another line's record of
+    it, which --resume would fetch again, or --retry-transient skip as permanent."""
     priors: Priors = UrlTable()
     unreadable = 0
     for record in records:
         if record is None:
             unreadable += 1
-        else:
+        elif record.get("error_kind") != ErrorKind.BAD_INPUT or record["url"] not in priors:
             priors[record["url"]] = classify(record)
     return priors, unreadable
 

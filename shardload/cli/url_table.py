@@ -39,7 +39,8 @@ def _fingerprint(url: str) -> tuple[int, int]:
 
 
 class UrlTable(Generic[V]):
-    """``table[url] = value``, ``table.get(url)``, ``len(table)``; nothing is ever removed."""
+    """``table[url] = value``, ``table.get(url)``, ``url in table``, ``len(table)``; nothing
+    is ever removed."""
 
     def __init__(self) -> None:
         self._values: list[V] = []  # code - 1 -> value; code 0 marks an empty slot
@@ -85,6 +86,9 @@ class UrlTable(Generic[V]):
     def get(self, url: str) -> V | None:
         code = self._code[self._slot(*_fingerprint(url))]
         return self._values[code - 1] if code else None
+
+    def __contains__(self, url: object) -> bool:
+        return isinstance(url, str) and bool(self._code[self._slot(*_fingerprint(url))])
 
     def __len__(self) -> int:
         return self._size

@@ -116,6 +116,24 @@ def test_latest_record_wins_and_unreadable_lines_are_counted() -> None:
     )
 
 
+def test_a_bad_line_naming_a_url_never_hides_that_urls_own_record() -> None:
+    """Two input lines name one URL, the second unusable (an empty path): its bad_input
+    record, written before or after the first line's, does not decide what a resume does
+    with the URL (it fetched a written URL again; --retry-transient skipped a real 503)."""
+    bad = _rec(state="failed", error_kind="bad_input", status=None)
+    lines = [
+        encode(_rec("u1", state="written")),
+        encode({**bad, "url": "u1"}),
+        encode(_rec("u2", state="failed", error_kind="http", status=503)),
+        encode({**bad, "url": "u2"}),
+        encode({**bad, "url": "u3"}),  # only the bad line named it: permanent
+    ]
+    expected = {"u1": Prior.DONE, "u2": Prior.TRANSIENT, "u3": Prior.PERMANENT}
+    assert _known(latest_priors(iter_records(lines))) == (expected, 0)
+    first_bad = [lines[1], lines[0], lines[3], lines[2], lines[4]]
+    assert _known(latest_priors(iter_records(first_bad))) == (expected, 0)
+
+
 def test_load_priors_missing_file_is_empty(tmp_path: Path) -> None:
     assert _known(load_priors(tmp_path / "none.jsonl")) == ({}, 0)
 
