@@ -93,15 +93,10 @@ def _aiohttp_kind(exc: BaseException, aiohttp: Any) -> ErrorKind:
         return ErrorKind.RESET
     if isinstance(exc, aiohttp.ClientOSError):
         return ErrorKind.RESET if exc.errno in _RESET_ERRNOS else ErrorKind.CONNECT
-    if (
-        isinstance(exc, aiohttp.ClientResponseError)
-        and type(exc) is aiohttp.ClientResponseError
-        and exc.__cause__ is None
-        and exc.status >= 400
-    ):
+    if type(exc) is aiohttp.ClientResponseError and exc.__cause__ is None:
         # raise_for_status() in an aiodownload-style assert_response: the status refused it,
         # so a 503 stays transient (retried, and by --retry-transient) as an assert would.
-        # (A response aiohttp could not parse is one too, status 400, caused by its parser.)
+        # (A response aiohttp could not parse is one too, caused by its parser: protocol.)
         return ErrorKind.HTTP
     return ErrorKind.PROTOCOL
 

@@ -245,6 +245,7 @@ class HostSlot:
         )
 
     def _healthy(self, latency: float | None) -> bool:
+        """Whether a success came about as fast as the host's quickest (which it may be)."""
         if latency is None:
             return True
         if self._quickest is None or latency < self._quickest:
