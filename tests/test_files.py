@@ -69,7 +69,7 @@ def test_preset_relative_file_path_is_under_home(srv, home):
 
 
 @pytest.mark.parametrize(
-    "preset", ["../escape", "/etc/shardload-escape", "a/../../escape", ".", "a\x00b"]
+    "preset", ["../escape", "/etc/shardload-escape", "a/../../escape", ".", "a\x00b", "a\ud800b"]
 )
 def test_paths_outside_home_or_unwritable_are_refused(srv, home, preset):
     bundle = Bundle(srv.base_urls[0] + "/links/1", file_path=preset)

@@ -106,6 +106,26 @@ def _finite(text: str) -> float:
     return value
 
 
+# The manifest writes an info back out, deeper in the stack than it was read: an info nested
+# near the parser's limit (~1,000) would pass here and then stop the run at its record.
+MAX_INFO_DEPTH = 100
+
+
+def _nested_over(value: Any, depth: int) -> bool:
+    """Whether ``value`` has lists or objects nested more than ``depth`` deep (no recursion)."""
+    level = [value]
+    for _ in range(depth):
+        level = [
+            child
+            for item in level
+            if isinstance(item, dict | list)
+            for child in (item.values() if isinstance(item, dict) else item)
+        ]
+        if not level:
+            return False
+    return any(isinstance(item, dict | list) for item in level)
+
+
 def _parse_json(text: str, lineno: int) -> Parsed:
     try:
         obj = json.loads(text, parse_constant=_not_json, parse_float=_finite)
@@ -113,8 +133,11 @@ def _parse_json(text: str, lineno: int) -> Parsed:
         return BadLine(lineno, _key(text), f"line {lineno}: invalid JSON: {exc}")
     if not isinstance(obj, dict):
         return BadLine(lineno, _key(text), f"line {lineno}: JSON line is not an object")
-    info = obj.get("info")
     url = obj.get("url")
+    if _nested_over(obj.get("info"), MAX_INFO_DEPTH):
+        key = url.strip() if isinstance(url, str) and url.strip() else _key(text)
+        return BadLine(lineno, key, f"line {lineno}: 'info' nested over {MAX_INFO_DEPTH} deep")
+    info = obj.get("info")
     if not isinstance(url, str) or not url.strip():
         why = "missing 'url' field" if url is None else "'url' must be a non-empty string"
         return BadLine(lineno, _key(text), f"line {lineno}: {why}", info)

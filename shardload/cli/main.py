@@ -101,12 +101,22 @@ def _items(
             seq += 1
 
 
-def _record(rec: Recorder, bundle: Bundle, own_paths: set[int], *, unread: bool = False) -> None:
+def _record(
+    rec: Recorder, bundle: Bundle, own_paths: set[int], output: str, *, unread: bool = False
+) -> None:
     """``unread``: left in ``run.unread`` by a stop, so not in the run's statistics."""
     record = bundle.to_record()
     if bundle.seq in own_paths:
         own_paths.discard(bundle.seq)
         record["own_path"] = True  # see _done_elsewhere
+        path = record["path"]
+        if path is not None and not os.path.isabs(path):
+            # Failed before the line's path was resolved (an invalid URL, say): where it
+            # would have gone, as other records say; null where it could never go.
+            try:
+                record["path"] = check_target(output, path)
+            except DownloadFailed:
+                record["path"] = None
     rec.record(record, repeat=bundle._shared, uncounted=bundle if unread else None)
 
 
@@ -316,7 +326,7 @@ def _crawl(
                 except StopIteration:
                     break
                 if bundle is not None:
-                    _record(rec, bundle, own_paths)
+                    _record(rec, bundle, own_paths, args.output)
     except KeyboardInterrupt:
         interrupted = True
     except ManifestFailed:
@@ -335,7 +345,7 @@ def _crawl(
                 # the manifest knows every file a stop left on disk, and --resume skips it.
                 for bundle in results.unread:
                     with contextlib.suppress(ManifestFailed):  # counted as unrecorded
-                        _record(rec, bundle, own_paths, unread=True)
+                        _record(rec, bundle, own_paths, args.output, unread=True)
         finally:
             rec.close(
                 ran_nothing=usage_error is not None,

@@ -98,17 +98,27 @@ Priors = UrlTable[Prior | None]
 def latest_priors(records: Iterable[dict[str, Any] | None]) -> tuple[Priors, int]:
     """The prior of each URL from its LAST record, and how many lines were unreadable.
 
-    A ``bad_input`` record (a line that named the URL but could not be run, such as an empty
-    ``path``) says nothing of the URL's downloads: it never hides another line's record of
-    it, which --resume would fetch again, or --retry-transient skip as permanent."""
+    A record of a line's own failure, not the URL's (``_of_the_line``), never hides another
+    line's record of that URL, which --resume would fetch again, or --retry-transient skip as
+    permanent."""
     priors: Priors = UrlTable()
     unreadable = 0
     for record in records:
         if record is None:
             unreadable += 1
-        elif record.get("error_kind") != ErrorKind.BAD_INPUT or record["url"] not in priors:
+        elif not _of_the_line(record) or record["url"] not in priors:
             priors[record["url"]] = classify(record)
     return priors, unreadable
+
+
+def _of_the_line(record: Mapping[str, Any]) -> bool:
+    """Whether a record's failure was its input line's, and says nothing of the URL's
+    downloads: a line that could not be run (``bad_input``: an empty ``path``, an ``info``
+    nested too deep), or one whose own ``path`` can never be written (``unsafe_path``)."""
+    kind = record.get("error_kind")
+    return kind == ErrorKind.BAD_INPUT or (
+        kind == ErrorKind.UNSAFE_PATH and record.get("own_path") is True
+    )
 
 
 def load_priors(path: str | os.PathLike[str]) -> tuple[Priors, int]:
@@ -123,9 +133,10 @@ def load_priors(path: str | os.PathLike[str]) -> tuple[Priors, int]:
             priors, unreadable = latest_priors(iter_records(f))
     except FileNotFoundError:
         return UrlTable(), 0
-    # A crash tears at most the last line, which then has no newline: anything else without
-    # one record is some other file (a URL list, say), which --resume would append to.
-    if not priors and unreadable and (unreadable > 1 or not _ends_without_newline(Path(path))):
+    # A crash tears at most the last line, which then has no newline and starts as every
+    # record does: anything else without one record is some other file (a URL list, say),
+    # which --resume would cut and append to.
+    if not priors and unreadable and (unreadable > 1 or not _torn_record(Path(path))):
         raise ValueError(
             f"--resume: {path} is not a manifest (none of its {unreadable} lines is a record)"
         )
@@ -167,6 +178,13 @@ def _is_record(line: bytes) -> bool:
     except ValueError:
         return False
     return isinstance(record, dict) and "url" in record and "state" in record
+
+
+def _torn_record(path: Path) -> bool:
+    """Whether a file of one unreadable line is a record a crash cut short."""
+    with open(path, "rb") as f:
+        start = f.read(64).lstrip()
+    return start.startswith(b'{"url":') and _ends_without_newline(path)
 
 
 def _ends_without_newline(path: Path) -> bool:

@@ -41,6 +41,12 @@ def check_target(home: str, path: str) -> str:
     path = os.fspath(path)  # a strategy may return a Path
     if "\0" in path:  # no file system takes it; os calls would raise a bare ValueError
         raise DownloadFailed(ErrorKind.UNSAFE_PATH, f"NUL character in path: {path!r}")
+    if not path.isascii():
+        try:
+            os.fsencode(path)
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800", from JSON): os calls raise
+            why = f"path has characters no file system name can hold: {path!r}"
+            raise DownloadFailed(ErrorKind.UNSAFE_PATH, why) from None
     target = os.path.normpath(path if os.path.isabs(path) else os.path.join(home, path))
     if target == home or not contains(home, target):
         raise DownloadFailed(ErrorKind.UNSAFE_PATH, f"path outside the download home: {target}")

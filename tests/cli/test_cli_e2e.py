@@ -351,6 +351,50 @@ def test_a_path_with_a_nul_is_an_unsafe_path(server: LocalServer, tmp_path: Path
     assert record["error_kind"] == "unsafe_path"
 
 
+def test_lines_that_fail_on_their_own_path_or_info_stop_nothing_now_or_on_resume(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    """From the CLI audit, each line alone broke the run or a resume: an info nested ~990
+    deep stopped the run at its record (RecursionError); a path with a lone surrogate was
+    fetched, then failed as strategy, and made every --resume die at the check of its file; a
+    line's own path outside the folder failed as the URL's latest record, so the URL another
+    line had written was fetched again; a line that failed before its path was resolved
+    recorded that path relative."""
+    name = f"ownfail-{tmp_path.name}"
+    url = f"{server.base_urls[0]}/bytes/10?name={name}"
+    deep = "[" * 989 + "]" * 989
+    lines = [
+        url,
+        json.dumps({"url": url, "path": "a\ud800b"}),
+        json.dumps({"url": url, "path": "../outside.bin"}),
+        json.dumps({"url": "ftp://h/y", "path": "p/q"}),
+        f'{{"url": "{server.base_urls[1]}/bytes/3?name={name}", "info": {deep}}}',
+        f"{server.base_urls[1]}/bytes/4?name={name}",
+    ]
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    result = run_cli(src, "-o", out, "-p", "1", "--progress", "none")
+    assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr.decode()
+    records = read_manifest(out / "manifest.jsonl")
+    dirs = [u.removeprefix("http://").replace(":", "_") for u in server.base_urls]
+    assert sorted((r["error_kind"] or r["state"], r["path"]) for r in records) == sorted(
+        [
+            ("written", str(out.absolute() / dirs[0] / "bytes" / f"10@name={name}")),
+            ("unsafe_path", None),  # the surrogate: refused before any request
+            ("unsafe_path", None),
+            ("unsupported_scheme", str(out.absolute() / "p" / "q")),
+            ("bad_input", None),
+            ("written", str(out.absolute() / dirs[1] / "bytes" / f"4@name={name}")),
+        ]
+    )
+    assert server.stats()["paths"][f"/bytes/10?name={name}"] == 1
+    result = run_cli(src, "-o", out, "-p", "1", "--progress", "none", "--resume")
+    assert b"Traceback" not in result.stderr, result.stderr.decode()
+    assert "skipped    2 already done" in result.stderr.decode()
+    assert server.stats()["paths"][f"/bytes/10?name={name}"] == 1
+
+
 def test_per_host_side_car_adds_up_to_the_manifest(server: LocalServer, tmp_path: Path) -> None:
     urls = [*_byte_urls(server, "side", 12), server.base_urls[0] + "/status/404"]
     src = tmp_path / "urls.txt"

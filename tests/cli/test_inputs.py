@@ -22,6 +22,7 @@ from shardload.cli.inputs import (
     open_input,
     parse_line,
 )
+from shardload.cli.manifest import encode
 
 
 @pytest.mark.parametrize(
@@ -90,6 +91,27 @@ def test_bad_line_keeps_info_and_truncates_key() -> None:
     long = parse_line("{" + "x" * 5000, 1)
     assert isinstance(long, BadLine)
     assert len(long.key) == inputs.KEY_CHARS
+
+
+def _nested(depth: int) -> str:
+    return "[" * (depth - 1) + "{}" + "]" * (depth - 1)
+
+
+@pytest.mark.parametrize("url", ['"http://h/x"', "null"])
+def test_an_info_nested_too_deep_is_a_bad_line_that_carries_none_of_it(url: str) -> None:
+    """The manifest writes info back out deeper in the stack than the parser read it: an info
+    ~1,000 deep was parsed, then stopped the whole run at its record (RecursionError)."""
+    deepest = inputs.MAX_INFO_DEPTH
+    kept = parse_line(f'{{"url": {url}, "info": {_nested(deepest)}}}', 1)
+    assert kept is not None and kept.info is not None
+    assert encode({"url": "u", "info": kept.info})  # what the manifest then does with it
+    for depth in (deepest + 1, 3 * deepest):
+        text = f'{{"url": {url}, "info": {_nested(depth)}}}'
+        parsed = parse_line(text, 7)
+        assert isinstance(parsed, BadLine)
+        assert parsed.reason == f"line 7: 'info' nested over {deepest} deep"
+        assert parsed.info is None
+        assert parsed.key == ("http://h/x" if url != "null" else text[: inputs.KEY_CHARS])
 
 
 def test_json_array_is_bad() -> None:

@@ -116,11 +116,19 @@ def test_latest_record_wins_and_unreadable_lines_are_counted() -> None:
     )
 
 
-def test_a_bad_line_naming_a_url_never_hides_that_urls_own_record() -> None:
-    """Two input lines name one URL, the second unusable (an empty path): its bad_input
-    record, written before or after the first line's, does not decide what a resume does
-    with the URL (it fetched a written URL again; --retry-transient skipped a real 503)."""
-    bad = _rec(state="failed", error_kind="bad_input", status=None)
+@pytest.mark.parametrize(
+    "bad",
+    [
+        _rec(state="failed", error_kind="bad_input", status=None),
+        _rec(state="failed", error_kind="unsafe_path", status=None, own_path=True),
+    ],
+    ids=["bad-input", "own-path-outside-home"],
+)
+def test_a_bad_line_naming_a_url_never_hides_that_urls_own_record(bad: dict[str, Any]) -> None:
+    """Two input lines name one URL, the second unusable (an empty path, or a path of its own
+    outside the output folder): its record, written before or after the first line's, does
+    not decide what a resume does with the URL (it fetched a written URL again;
+    --retry-transient skipped a real 503)."""
     lines = [
         encode(_rec("u1", state="written")),
         encode({**bad, "url": "u1"}),
@@ -132,6 +140,9 @@ def test_a_bad_line_naming_a_url_never_hides_that_urls_own_record() -> None:
     assert _known(latest_priors(iter_records(lines))) == (expected, 0)
     first_bad = [lines[1], lines[0], lines[3], lines[2], lines[4]]
     assert _known(latest_priors(iter_records(first_bad))) == (expected, 0)
+    # The URL's own default path outside home (a symlink planted there) is the URL's failure.
+    own = encode(_rec("u1", state="failed", error_kind="unsafe_path"))
+    assert _known(latest_priors(iter_records([*lines, own])))[0]["u1"] is Prior.PERMANENT
 
 
 def test_load_priors_missing_file_is_empty(tmp_path: Path) -> None:
@@ -145,11 +156,21 @@ def test_load_priors_missing_file_is_empty(tmp_path: Path) -> None:
         (b'{"url": "u3", "sta', ({}, 1)),  # the first record, torn by a crash: a manifest
         (encode(_rec("u1", state="written")) + b"junk\n", ({"u1": Prior.DONE}, 1)),
         (b"http://h/1\n", None),  # a whole line that is no record: not a manifest
+        (b"http://h/1", None),  # nor without its newline: it is no torn record either
         (b"http://h/1\nhttp://h/2", None),
         (b"# urls\nhttp://h/1\nhttp://h/2\n", None),
         (b'{"url": "http://h/1", "path": "a"}\n{"url": "http://h/2"}\n', None),  # JSON input
     ],
-    ids=["empty", "torn-first", "records-and-junk", "one-url", "two-urls", "url-list", "jsonl"],
+    ids=[
+        "empty",
+        "torn-first",
+        "records-and-junk",
+        "one-url",
+        "one-url-no-newline",
+        "two-urls",
+        "url-list",
+        "jsonl",
+    ],
 )
 def test_resume_refuses_a_file_that_holds_no_record(
     tmp_path: Path, content: bytes, read: tuple[dict[str, Prior], int] | None
