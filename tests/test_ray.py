@@ -121,20 +121,29 @@ def test_a_cluster_that_cannot_be_reached_is_a_clear_error(monkeypatch):
         backend.ensure_ray("ray://127.0.0.9:1")
 
 
-def test_an_address_nobody_listens_at_fails_at_once(closed_port):
-    """ray.init would retry such an address for minutes; it is refused before Ray is asked.
+@pytest.mark.parametrize("given", ["argument", "RAY_ADDRESS"])
+def test_an_address_nobody_listens_at_fails_at_once(closed_port, given):
+    """ray.init would retry such an address for minutes (from RAY_ADDRESS too, when no
+    address is given: the CLI hung); it is refused before Ray is asked.
     In a fresh interpreter: this one may hold another test's Ray instance."""
+    address = f"127.0.0.1:{closed_port}"
     code = (
         "import ray\n"
         "from shardload.errors import ConfigurationError\n"
         "from shardload.executors.ray import ensure_ray\n"
         "try:\n"
-        f"    ensure_ray('127.0.0.1:{closed_port}')\n"
+        f"    ensure_ray({address if given == 'argument' else None!r})\n"
         "except ConfigurationError as exc:\n"
         "    print('REFUSED', exc, ray.is_initialized())\n"
     )
+    env = {**os.environ, "RAY_ADDRESS": address} if given == "RAY_ADDRESS" else None
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
     )
     assert out.stdout.startswith("REFUSED"), out.stderr[-2000:]
     assert f"nothing answers at 127.0.0.1:{closed_port}" in out.stdout

@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("-o", "--output", default=".", metavar="DIR", help="download directory (default: .)")
     add("-p", "--processes", type=int1, metavar="N", default=None,
         help=f"worker processes (default: CPU count, {os.cpu_count() or 1}, or fewer when the "
-        "open-file limit, ulimit -n, is too low for them)")
+        "open-file limit, ulimit -n, is too low for them; with --backend ray, the cluster's)")
     add("--concurrency", type=int1, metavar="N", default=64,
         help="requests in flight per worker process (default: 64)")
     add("--per-host", type=int1, metavar="N", default=DEFAULT_PER_HOST,
@@ -242,17 +242,16 @@ def make_download(args: argparse.Namespace) -> Any:
 
 def run_options(args: argparse.Namespace) -> RunOptions:
     """The library's run options (processes, hot hosts, back end) for the parsed options."""
-    processes = args.processes
-    if processes is None:  # the default: the CPU count, as many as descriptors allow
-        processes = os.cpu_count() or 1
-        if args.backend == "local":
-            processes = processes_that_fit(processes)
     options: RunOptions = {
-        "processes": processes,
         "backend": args.backend,
         "split_hosts": dict(args.split_host) or None,
         "hang_timeout": args.hang_timeout,
     }
+    if args.processes is not None:
+        options["processes"] = args.processes
+    elif args.backend == "local":  # the CPU count, as many as descriptors allow
+        options["processes"] = processes_that_fit(os.cpu_count() or 1)
+    # else Ray's default, as the library's: the cluster's CPU count, not this machine's
     if args.ray_address:
         options["ray_address"] = args.ray_address
     return options

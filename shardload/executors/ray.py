@@ -51,8 +51,10 @@ def ensure_ray(address: str | None, *, quiet: bool = False) -> Any:
     ``quiet``: Ray's own notes as it starts (INFO and WARNING lines) are not printed."""
     ray = import_ray()
     if not ray.is_initialized():
-        if address:
-            _check_reachable(address)
+        # With no address, ray.init reads RAY_ADDRESS: an unreachable one hangs as well.
+        named = address or os.environ.get("RAY_ADDRESS")
+        if named:
+            _check_reachable(named)
         try:
             with _signal_handlers_kept():
                 ray.init(
@@ -62,7 +64,7 @@ def ensure_ray(address: str | None, *, quiet: bool = False) -> Any:
                     logging_level=logging.ERROR if quiet else logging.INFO,
                 )
         except Exception as exc:  # a bad address, a missing ray[client]: the caller's to fix
-            where = f"the Ray cluster at {address!r}" if address else "a local Ray cluster"
+            where = f"the Ray cluster at {named!r}" if named else "a local Ray cluster"
             raise ConfigurationError(f"cannot start or reach {where}: {exc}") from exc
     return ray
 

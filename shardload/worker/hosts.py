@@ -193,11 +193,13 @@ class HostSlot:
 
     def slow_to(self, delay: float) -> None:
         """Space this host's starts at least ``delay`` apart from now on, counting from the
-        last start (the robots.txt fetch that told us its Crawl-delay, say)."""
+        last start (the robots.txt fetch that told us its Crawl-delay, say), as ``went``
+        would have counted that gap had it been known then."""
         if delay > self.delay:
             self.delay = delay
             if self._last_start is not None:
-                self._next_start = max(self._next_start, self._last_start + delay)
+                gap = delay + (random.uniform(0.0, self.jitter) if self.jitter else 0.0)
+                self._next_start = max(self._next_start, self._last_start + gap + _GAP_MARGIN)
 
     def pause(self, seconds: float) -> None:
         """Hold every request of this host for ``seconds`` from now."""

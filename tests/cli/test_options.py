@@ -182,6 +182,8 @@ def test_defaults() -> None:
     assert args.output == "."
     assert args.processes is None  # the CPU count, fitted to ulimit -n (run_options)
     assert run_options(args)["processes"] == processes_that_fit(os.cpu_count() or 1)
+    # On Ray, the library's default: the cluster's CPU count (this machine's is the head's).
+    assert "processes" not in run_options(build_parser().parse_args(["in", "--backend", "ray"]))
     assert args.strategy == "backoff"
     assert args.manifest is None and not args.resume and not args.retry_transient
     assert args.progress == "auto"
