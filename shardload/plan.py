@@ -69,6 +69,10 @@ class Plan:
     backend: str = "local"
     ray_address: str | None = None
     hang_timeout: float | None = DEFAULT_HANG_TIMEOUT
+    # processes=1 was asked for, or the input is known to hold no work for a worker: the run
+    # goes on in the caller's process. Otherwise even one worker is a process of its own, so
+    # overrides run where the caller asked for them, a crash kills no caller, hang_timeout holds.
+    in_caller: bool = True
     executor: Executor | None = None
 
     def __post_init__(self) -> None:
@@ -76,7 +80,7 @@ class Plan:
         self.executor = self._make_executor()
 
     def _make_executor(self) -> Executor:
-        if self.processes == 1 and self.backend == "local":
+        if self.in_caller and self.backend == "local":
             return InLoopExecutor(self.download)
         config = describe(self.download)
         config["host_budgets"] = _split_budgets(self.download, self.split_hosts)
@@ -165,7 +169,7 @@ def make_plan(
     backend = options.get("backend") or "local"
     if backend not in BACKENDS:
         raise ConfigurationError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    # Checked here, whatever the process count becomes: one host runs in the caller.
+    # Checked here, whatever the process count becomes: an empty input runs in the caller.
     start_method = options.get("start_method")
     if start_method not in (None, "spawn", "forkserver"):
         raise ConfigurationError(
@@ -186,10 +190,12 @@ def make_plan(
     if isinstance(items, str | bytes | Bundle):
         raise ConfigurationError("pass an iterable of URLs (a list), not a single URL; use one()")
     wanted = processes
-    processes = _useful_processes(items, url_map, processes, splits)
+    useful = _useful_processes(items, url_map, processes, splits)
+    in_caller = wanted == 1 or useful == 0
+    processes = max(1, useful)
     # Checked for the processes asked for, not the ones this input needs: a script tried on
-    # one host (which runs in the caller) must fail as it will on many.
-    if wanted > 1 and backend == "local" and processes == 1:
+    # an empty list (which runs in the caller) must fail as it will on URLs.
+    if wanted > 1 and backend == "local" and in_caller:
         sendable_config(describe(download))
     if (wanted > 1 or backend == "ray") and download.has_client:
         raise ConfigurationError(
@@ -226,6 +232,7 @@ def make_plan(
         backend=backend,
         ray_address=options.get("ray_address"),
         hang_timeout=_hang_timeout(options.get("hang_timeout", DEFAULT_HANG_TIMEOUT)),
+        in_caller=in_caller,
     )
 
 
@@ -270,14 +277,15 @@ def _useful_processes(
     processes: int,
     splits: Mapping[str, int],
 ) -> int:
-    """Never more workers than shards of work, when the input's size is known."""
+    """Never more workers than shards of work, when the input's size is known (0 when it
+    holds none: no URL with a host)."""
     if processes == 1 or not isinstance(items, Sized):
         return processes
     size = len(items)
     # A collection (list, tuple, set, dict keys...) can be walked twice; an iterator cannot,
     # nor can the caller's url_map be asked twice (it may be costly, or count its calls).
     if url_map is not None or size > _COUNT_HOSTS_UP_TO or not isinstance(items, Collection):
-        return max(1, min(processes, size))
+        return min(processes, size)
     lanes = 0
     seen: set[str] = set()
     for item in items:
@@ -291,4 +299,4 @@ def _useful_processes(
             lanes += splits.get(key, 1)
             if lanes >= processes:
                 return processes  # enough hosts for every worker: no need to look further
-    return max(1, min(processes, lanes))
+    return min(processes, lanes)

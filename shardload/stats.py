@@ -90,9 +90,17 @@ class HostStats:
     def breaker_opened(self) -> bool:
         return self.breaker_opens > 0 or ErrorKind.BREAKER_OPEN.value in self.errors
 
+    @property
+    def latency_mean(self) -> float:
+        """Seconds from a request's start to its response's headers, over the responses."""
+        return self.latency_total / self.responses if self.responses else 0.0
+
+    @property
+    def elapsed_mean(self) -> float:
+        """Seconds a bundle took, its waits for the host's turn and its retries included."""
+        return self.elapsed_total / self.bundles if self.bundles else 0.0
+
     def to_record(self) -> dict[str, Any]:
-        mean = self.elapsed_total / self.bundles if self.bundles else 0.0
-        latency = self.latency_total / self.responses if self.responses else 0.0
         return {
             "host": self.host,
             "bundles": self.bundles,
@@ -101,9 +109,9 @@ class HostStats:
             "states": dict(self.states),
             "statuses": dict(self.statuses),
             "errors": dict(self.errors),
-            "latency_mean": round(latency, 6),
+            "latency_mean": round(self.latency_mean, 6),
             "latency_max": round(self.latency_max, 6),
-            "elapsed_mean": round(mean, 6),
+            "elapsed_mean": round(self.elapsed_mean, 6),
             "elapsed_max": round(self.elapsed_max, 6),
             "breaker_opened": self.breaker_opened,
             "breaker_opens": self.breaker_opens,

@@ -244,6 +244,11 @@ def test_never_more_workers_than_hosts(srv, home):
         plan = make_plan(collection, None, make_download(home), {"processes": 8}, sync=True)
         assert plan.processes == hosts
 
+    # An input with no URL to download (empty, or nothing with a host) needs no worker.
+    for nothing in ([], ["http://", "not a url"]):
+        plan = make_plan(nothing, None, make_download(home), {"processes": 8}, sync=True)
+        assert (plan.processes, plan.in_caller) == (1, True)
+
     # And while a run is under way, no more worker processes exist than there are hosts.
     before = set(multiprocessing.active_children())
     for urls, hosts in ((one_host, 1), (two_hosts, 2)):
@@ -252,8 +257,66 @@ def test_never_more_workers_than_hosts(srv, home):
             assert bundle.ok, bundle.error_message
             counts.append(len(set(multiprocessing.active_children()) - before))
         assert len(counts) == len(urls)
-        assert max(counts) == (0 if hosts == 1 else hosts)
+        assert max(counts) == hosts
     assert set(multiprocessing.active_children()) == before
+
+
+def test_one_host_asked_of_worker_processes_runs_in_one_not_in_the_caller(srv, home):
+    """processes=2 over one host ran in the caller's process: a URL that killed its process
+    killed the caller with every result, and overrides ran where README says they do not."""
+    urls = [f"{srv.base_urls[1]}/links/{i}" for i in range(4)]
+    download = shardload.AioDownload(download_strategy=ReportsItsCollector(home=home))
+    bundles = shardload.swarm(urls, download=download, processes=2)
+    assert all(b.ok for b in bundles)
+    (worker,) = {b.collector[0] for b in bundles}
+    assert worker != os.getpid()
+    poisoned = shardload.swarm(
+        [*urls, f"{srv.base_urls[1]}/any/poison"],
+        download=shardload.AioDownload(download_strategy=KillsItsWorker(home=home)),
+        processes=2,
+    )
+    assert [b.error_kind for b in poisoned] == [None] * 4 + [ErrorKind.WORKER_CRASH]
+
+
+START_METHOD_SCRIPT = textwrap.dedent(
+    """
+    import multiprocessing, sys
+    import shardload
+    from shardload import AioDownload, DownloadStrategy
+
+    if __name__ == "__main__":
+        bases, home = sys.argv[1].split(","), sys.argv[2]
+        if sys.argv[3] == "chosen":
+            multiprocessing.set_start_method("forkserver")
+        urls = [f"{bases[i % len(bases)]}/bytes/{100 + i}" for i in range(8)]
+        download = AioDownload(download_strategy=DownloadStrategy(home=home))
+        print("OK", sum(b.ok for b in shardload.swarm(urls, download=download, processes=2)))
+        print("METHOD", multiprocessing.get_start_method(allow_none=True))
+        if sys.argv[3] == "unset":
+            multiprocessing.set_start_method("spawn")  # raised: context has already been set
+            print("SET", multiprocessing.get_start_method())
+    """
+)
+
+
+@pytest.mark.parametrize("caller", ["unset", "chosen"])
+def test_a_run_leaves_the_callers_start_method_as_it_found_it(srv, home, tmp_path, caller):
+    """Starting a worker made multiprocessing fix its default start method, so the caller's
+    own set_start_method() afterwards raised; one the caller chose stays."""
+    script = tmp_path / "script.py"
+    script.write_text(START_METHOD_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), ",".join(srv.base_urls), home, caller],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = (
+        ["OK 8", "METHOD None", "SET spawn"] if caller == "unset" else ["OK 8", "METHOD forkserver"]
+    )
+    assert done.stdout.split("\n")[:-1] == expected
 
 
 @pytest.mark.parametrize("method", ["spawn", "forkserver"])

@@ -68,9 +68,12 @@ def test_latency_is_of_the_responses_and_elapsed_of_every_bundle() -> None:
         bundle = _bundle("written", shared=shared)
         bundle.elapsed, bundle._latency = elapsed, latency
         stats.add(bundle)
-    record = stats.hosts["a:1"].to_record()
+    host = stats.hosts["a:1"]
+    record = host.to_record()
     assert (record["latency_mean"], record["latency_max"]) == (round(0.5 / 3, 6), 0.3)
     assert (record["elapsed_mean"], record["elapsed_max"]) == (pytest.approx(0.32), 0.6)
+    # The names README gives run.stats.hosts: attributes too, not only the record's keys.
+    assert (host.latency_mean, host.elapsed_mean) == (pytest.approx(0.5 / 3), pytest.approx(0.32))
     assert stats.total.to_record()["latency_mean"] == record["latency_mean"]
     assert RunStats().total.to_record()["latency_mean"] == 0.0  # nothing answered
 

@@ -35,7 +35,9 @@ from .starting import (
     Start,
     check_descriptors,
     every_core_busy,
+    hold_start_method,
     preload_in_fork_server,
+    release_start_method,
     sendable_config,
 )
 
@@ -124,10 +126,13 @@ class ProcessExecutor:
         self._sink: ExecutorSink | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
+        self._holding = False  # see hold_start_method
 
     async def start(self, sink: ExecutorSink) -> None:
         self._sink = sink
         self._loop = asyncio.get_running_loop()
+        hold_start_method()
+        self._holding = True
         # All at once: each spends a few hundred ms importing before it is ready. Every spawn
         # is awaited, so none is still starting a process when the others are aborted.
         outcomes = await asyncio.gather(
@@ -349,10 +354,16 @@ class ProcessExecutor:
         # A worker that ended its runs removed the folder if it was empty then; one killed
         # (a SIGTERM to the whole process group, an OOM kill) removed nothing.
         forget_temp_dir(self._home)
+        self._release()
 
     def _stop_watching(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
+
+    def _release(self) -> None:
+        if self._holding:
+            self._holding = False
+            release_start_method()
 
     async def abort(self) -> None:
         self._stop_watching()  # a worker that does not stop is killed after stop_grace
@@ -364,6 +375,7 @@ class ProcessExecutor:
             ended = asyncio.gather(*(worker.ended.wait() for worker in workers))
             await asyncio.wait_for(ended, self._stop_grace)
         forget_temp_dir(self._home)
+        self._release()
 
     def _reap(self, workers: list[_Worker]) -> None:
         for worker in workers:

@@ -31,6 +31,30 @@ from ..worker.descriptors import open_file_limit
 from ..worker.process import worker_main
 from .base import THE_DOWNLOAD, interactive_names, names_hidden_in_main, unimportable_names
 
+# Starting a process fixes the caller's default start method (multiprocessing's spawn code
+# asks for it), after which the caller's own set_start_method() raises: once no run of ours
+# starts processes any more, a default nobody chose is unset again.
+_start_method_lock = threading.Lock()
+_runs_starting = 0
+_unset_before = False
+
+
+def hold_start_method() -> None:
+    """A run is about to start worker processes (its ``release_start_method`` follows)."""
+    global _runs_starting, _unset_before  # noqa: PLW0603  (one process-wide count)
+    with _start_method_lock:
+        if _runs_starting == 0:
+            _unset_before = multiprocessing.get_start_method(allow_none=True) is None
+        _runs_starting += 1
+
+
+def release_start_method() -> None:
+    global _runs_starting  # noqa: PLW0603
+    with _start_method_lock:
+        _runs_starting -= 1
+        if _runs_starting == 0 and _unset_before:
+            multiprocessing.set_start_method(None, force=True)
+
 
 class Start:
     """``process.start()``, run in a thread, and what to do when its caller gives up.
