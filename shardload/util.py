@@ -41,6 +41,6 @@ def default_url_transform(url: str) -> str:
     (``https://httpbin.org/links/0`` -> ``httpbin.org/links/0``). Raises ``ValueError`` for a
     URL that has no file (not http(s), no host)."""
     try:
-        return url_to_relpath(split_url(url, None))
+        return url_to_relpath(split_url(url))
     except DownloadFailed as exc:
         raise ValueError(exc.message) from None

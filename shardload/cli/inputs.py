@@ -133,11 +133,10 @@ def _parse_json(text: str, lineno: int) -> Parsed:
         return BadLine(lineno, _key(text), f"line {lineno}: invalid JSON: {exc}")
     if not isinstance(obj, dict):
         return BadLine(lineno, _key(text), f"line {lineno}: JSON line is not an object")
-    url = obj.get("url")
-    if _nested_over(obj.get("info"), MAX_INFO_DEPTH):
+    url, info = obj.get("url"), obj.get("info")
+    if _nested_over(info, MAX_INFO_DEPTH):
         key = url.strip() if isinstance(url, str) and url.strip() else _key(text)
         return BadLine(lineno, key, f"line {lineno}: 'info' nested over {MAX_INFO_DEPTH} deep")
-    info = obj.get("info")
     if not isinstance(url, str) or not url.strip():
         why = "missing 'url' field" if url is None else "'url' must be a non-empty string"
         return BadLine(lineno, _key(text), f"line {lineno}: {why}", info)

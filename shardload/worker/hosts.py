@@ -173,11 +173,15 @@ class HostSlot:
         now = time.monotonic()
         if max(self._next_start, self.paused_until) > now:
             return False
-        gap = self.delay + (random.uniform(0.0, self.jitter) if self.jitter else 0.0)
+        gap = self._gap_after(self.delay)
         self._next_start = now + gap
         self._last_start = now
         self._gap = gap
         return True
+
+    def _gap_after(self, delay: float) -> float:
+        """Seconds from one start to the next: ``delay`` plus a draw of the jitter."""
+        return delay + (random.uniform(0.0, self.jitter) if self.jitter else 0.0)
 
     def spaced(self) -> bool:
         """Whether starts are spaced at all (only then does ``went`` matter)."""
@@ -198,8 +202,8 @@ class HostSlot:
         if delay > self.delay:
             self.delay = delay
             if self._last_start is not None:
-                gap = delay + (random.uniform(0.0, self.jitter) if self.jitter else 0.0)
-                self._next_start = max(self._next_start, self._last_start + gap + _GAP_MARGIN)
+                gap = self._gap_after(delay) + _GAP_MARGIN
+                self._next_start = max(self._next_start, self._last_start + gap)
 
     def pause(self, seconds: float) -> None:
         """Hold every request of this host for ``seconds`` from now."""
