@@ -72,6 +72,19 @@ def _reserved_by(path: str, reserved: Sequence[str]) -> str | None:
     return None
 
 
+def _from_output(path: str, output: str) -> str:
+    """``path`` as a line spells it (relative to the output directory, absolute, through
+    ``..`` or a symlinked folder), relative to ``output``, a resolved directory. Its last name
+    stays unresolved: a symlink there is replaced by the download, not followed. A path the
+    filesystem cannot take (a NUL, a lone surrogate) is returned as it is: the download
+    refuses it."""
+    parent, name = os.path.split(os.path.join(output, path))
+    try:
+        return os.path.relpath(os.path.join(os.path.realpath(parent), name), output)
+    except (ValueError, OSError):
+        return path
+
+
 def _may_be_below(url: str, hints: set[str], map_all: bool) -> bool:
     if map_all or not url.isascii():
         return True
@@ -192,12 +205,15 @@ def iter_raw_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
         yield lineno, raw.removeprefix(_BOM) if lineno == 1 else raw
 
 
-def iter_parsed(stream: BinaryIO, reserved: Sequence[str] = ()) -> Iterator[Parsed]:
+def iter_parsed(
+    stream: BinaryIO, reserved: Sequence[str] = (), output: str = "."
+) -> Iterator[Parsed]:
     """Every item and bad line of ``stream``. Never raises for bad data or a read error.
 
-    An explicit ``path`` equal to one of ``reserved`` (the manifest, its side-car and the input
-    file, relative to the output directory), or below one, would replace that file or move it
-    aside into ``<name>/%file``: such a line is a bad line. So is a URL whose default path
+    An explicit ``path`` that is one of ``reserved`` (the manifest, its side-car and the input
+    file, relative to ``output``, the resolved output directory), however it is spelled, or
+    below one, would replace that file or move it aside into ``<name>/%file``: such a line is
+    a bad line. So is a URL whose default path
     would: a reserved file in a folder below the output directory, or one directly in it whose
     name is a host's folder (``--manifest out/127.0.0.1_8080``, or a host named
     manifest.jsonl).
@@ -234,7 +250,8 @@ def iter_parsed(stream: BinaryIO, reserved: Sequence[str] = ()) -> Iterator[Pars
         if isinstance(parsed, InputItem) and (
             parsed.path or nested or (hints and _may_be_below(parsed.url, hints, map_all))
         ):
-            taken = _reserved_by(parsed.path or default_path(parsed.url), reserved)
+            wanted = _from_output(parsed.path, output) if parsed.path else default_path(parsed.url)
+            taken = _reserved_by(wanted, reserved)
             if taken is not None:
                 why = f"line {lineno}: 'path' would overwrite {taken} (this run's own file)"
                 parsed = BadLine(lineno, parsed.url, why, parsed.info)

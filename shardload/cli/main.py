@@ -69,7 +69,7 @@ def _items(
     """Input items for the library; bad lines and skipped URLs are recorded here instead.
     The place (``seq``) of each item that names its own path goes into ``own_paths``."""
     seq = 0
-    for parsed in iter_parsed(stream, reserved):
+    for parsed in iter_parsed(stream, reserved, os.path.realpath(output)):
         if rec.closed:
             return
         key = parsed.key if isinstance(parsed, BadLine) else parsed.url

@@ -558,6 +558,36 @@ def test_a_path_onto_or_below_the_input_file_is_refused(
     assert src.read_text() == text
 
 
+def test_a_path_onto_the_runs_own_files_is_refused_however_it_is_spelled(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    """An absolute path, one through ``..`` or through a symlinked folder: the body replaced
+    the manifest (every other record lost, exit 0) or the input file."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "link").symlink_to(out)
+    urls = _byte_urls(server, "spelled", 5)
+    paths = [
+        str(out / "manifest.jsonl"),
+        "../out/manifest.jsonl",
+        "link/manifest.hosts.json",
+        str(out / "." / "urls.txt"),
+    ]
+    lines = [urls[0], *(json.dumps({"url": u, "path": p}) for u, p in zip(urls[1:], paths))]
+    src = out / "urls.txt"
+    text = "\n".join(lines) + "\n"
+    src.write_text(text)
+    result = run_cli(src, "-o", out, "-q", "-p", "1")
+    assert result.returncode == 1, result.stderr.decode()
+    assert src.read_text() == text
+    records = latest(read_manifest(out / "manifest.jsonl"))
+    assert records[urls[0]]["state"] == "written"
+    for url in urls[1:]:
+        assert records[url]["error_kind"] == "bad_input", records[url]
+        assert "(this run's own file)" in records[url]["error_message"]
+    assert json.loads((out / "manifest.hosts.json").read_text())
+
+
 def test_repeated_headers_reach_the_server_and_bad_ones_are_usage_errors(
     server: LocalServer, tmp_path: Path
 ) -> None:

@@ -274,6 +274,25 @@ def test_explicit_path_onto_or_below_the_runs_own_files_is_a_bad_line(path: str,
         assert "would overwrite manifest." in got.reason and got.info == 7
 
 
+def test_an_explicit_path_is_compared_as_the_download_would_resolve_it(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path)
+    paths = {
+        str(tmp_path / "manifest.jsonl"): True,
+        f"../{tmp_path.name}/manifest.jsonl": True,
+        "sub/../manifest.jsonl": True,
+        "link/manifest.jsonl": True,
+        "link/sub/manifest.jsonl": False,
+        str(tmp_path / "manifest.jsonl" / "x"): True,
+        "/elsewhere/manifest.jsonl": False,
+        "a\x00b": False,  # the download refuses it itself
+    }
+    for path, bad in paths.items():
+        line = json.dumps({"url": "http://a/x", "path": path}).encode()
+        (got,) = list(iter_parsed(io.BytesIO(line), ["manifest.jsonl"], str(tmp_path)))
+        assert isinstance(got, BadLine) is bad, path
+
+
 @pytest.mark.parametrize(
     ("url", "reserved", "bad"),
     [("http://127.0.0.1:8080/ok", "127.0.0.1_8080", True),
