@@ -6,6 +6,7 @@ import asyncio
 import errno
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -477,6 +478,19 @@ def test_a_run_leaves_only_the_downloads_in_home(srv, home, processes):
     assert all(b.ok for b in bundles)
     hosts = {os.path.relpath(b.file_path, home).split(os.sep)[0] for b in bundles}
     assert sorted(os.listdir(home)) == sorted(hosts) and len(hosts) == 2
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_files_get_the_mode_the_umask_gives(srv, home, processes):
+    """With umask 002 files were 0644 while the folders shardload made were 0775."""
+    urls = [f"{base}/links/{i}?umask" for base in srv.base_urls[:2] for i in range(2)]
+    before = os.umask(0o002)
+    try:
+        bundles = shardload.swarm(urls, download=make_download(home), processes=processes)
+    finally:
+        os.umask(before)
+    assert all(b.ok for b in bundles)
+    assert {stat.S_IMODE(os.stat(b.file_path).st_mode) for b in bundles} == {0o664}
 
 
 def test_a_write_that_finds_the_temporary_folder_gone_makes_it_again(srv, home):

@@ -149,7 +149,8 @@ def open_temp(home: str) -> Temp:
             # file of an earlier process that had the same pid.
             path = os.path.join(directory, f"{temp_prefix()}{next(_counter)}.part")
             try:
-                return Temp(os.open(path, flags, 0o644), path)
+                # 0o666: the umask decides, as for any file a program creates.
+                return Temp(os.open(path, flags, 0o666), path)
             except FileExistsError:
                 continue
             except FileNotFoundError:
