@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import os
 import shutil
 import stat
@@ -106,6 +107,43 @@ def test_a_name_over_255_bytes_fails_before_any_request(srv, home, preset, refus
         assert sum(h["requests"] for h in srv.stats()["hosts"].values()) == 0
     else:
         assert bundle.state == "written", bundle.error_message
+
+
+def test_a_path_over_path_max_fails_before_any_request(srv, tmp_path):
+    """Each name fit, the whole did not: the file was written (folders are walked by
+    descriptor) but could not be opened by its name, and skip_cached never found it."""
+    home = tmp_path / ("h" * 200) / ("o" * 200) / ("m" * 200)
+    home.mkdir(parents=True)
+    deep = "/".join(["d" * 200] * 19)  # ~3,800 bytes below a ~700-byte home
+    bundle = Bundle(srv.base_urls[0] + "/links/1", file_path=deep)
+    shardload.one(bundle, download=make_download(str(home)))
+    assert (bundle.error_kind, bundle.attempts) == (ErrorKind.UNSAFE_PATH, 0), bundle
+    assert "the path is over 4095 bytes" in (bundle.error_message or "")
+    assert sum(h["requests"] for h in srv.stats()["hosts"].values()) == 0
+
+
+def test_a_path_to_a_files_displaced_place_means_the_file(srv, home):
+    """``x/%file`` asked for moved the file of ``x`` aside onto itself and replaced it; it is
+    where the file of ``x`` lives once ``x`` is a folder, so it means ``x``."""
+    download = make_download(home)
+    first = Bundle(srv.base_urls[0] + "/links/1", file_path="x")
+    second = Bundle(srv.base_urls[0] + "/links/2", file_path="x/%file")
+    shardload.one(first, download=download)
+    shardload.one(second, download=download)
+    assert first.ok and second.ok and second.file_path == os.path.join(home, "x")
+    assert os.path.isfile(os.path.join(home, "x"))
+    # Once x is a folder, that is where the file of x goes, asked for either way.
+    third = Bundle(srv.base_urls[0] + "/links/3", file_path="x/y")
+    again = Bundle(srv.base_urls[0] + "/links/4", file_path="x/%file")
+    shardload.one(third, download=download)
+    shardload.one(again, download=download)
+    assert third.ok and again.ok and again.file_path == os.path.join(home, "x", "%file")
+    assert hashlib.sha256(read(again.file_path)).hexdigest() == again.sha256
+    assert os.path.isfile(os.path.join(home, "x", "y"))
+    for path in ("x/%file/z", "%file"):
+        inner = Bundle(srv.base_urls[0] + "/links/5", file_path=path)
+        shardload.one(inner, download=download)
+        assert inner.error_kind == ErrorKind.UNSAFE_PATH and "reserved" in inner.error_message
 
 
 def test_custom_get_file_path_outside_home_is_refused(srv, home, tmp_path):

@@ -37,7 +37,7 @@ from .exchange import Redirect, over_time
 from .failures import override_failure
 from .hosts import HostSlot
 from .own_writes import measure_own_write, note_before, remove_written
-from .tree import check_target
+from .tree import download_target
 
 
 class Attempts(LoopBinding):
@@ -47,7 +47,7 @@ class Attempts(LoopBinding):
     def _target(self, bundle: Bundle) -> str:
         ds = self.download_strategy
         if bundle.file_path:
-            return check_target(ds.home, bundle.file_path)
+            return download_target(ds.home, bundle.file_path)
         try:
             path = ds.get_file_path(bundle)
         except DownloadFailed:
@@ -59,7 +59,7 @@ class Attempts(LoopBinding):
         if not isinstance(path, str | os.PathLike) or isinstance(os.fspath(path), bytes):
             message = f"get_file_path returned {type(path).__name__}, not a path (a str)"
             raise DownloadFailed(ErrorKind.STRATEGY, message)
-        return check_target(ds.home, path)
+        return download_target(ds.home, path)
 
     def _final_failure(self, bundle: Bundle, outcome: Outcome, said: str | None) -> str | None:
         """None when the failed attempt is to be tried again, else the final failure's message.

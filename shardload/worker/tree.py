@@ -33,6 +33,10 @@ from ..paths import DISPLACED_NAME, TEMP_DIR_NAME, absolute, contains, displaced
 from .temp_files import forget_temp_dir, temp_dir, temp_prefix
 
 _NAME_MAX = 255  # bytes in one file or folder name: Linux's file systems, macOS, Windows
+# Bytes in a whole path (Linux's PATH_MAX, with its NUL): the writer walks folders by
+# descriptor and could write deeper, but no one could open the file by its name afterwards,
+# and skip_cached would never find it.
+_PATH_MAX = 4095
 
 
 def check_target(home: str, path: str) -> str:
@@ -64,7 +68,28 @@ def check_target(home: str, path: str) -> str:
                     ErrorKind.UNSAFE_PATH,
                     f"a name in the path is over {_NAME_MAX} bytes: {name[:40]}...",
                 )
+    if len(target) > _PATH_MAX // 4 and len(os.fsencode(target)) > _PATH_MAX:
+        why = f"the path is over {_PATH_MAX} bytes: {target[:60]}..."
+        raise DownloadFailed(ErrorKind.UNSAFE_PATH, why)
     return target
+
+
+def download_target(home: str, path: str) -> str:
+    """``check_target`` for the path a download is asked to write (a strategy's, a bundle's).
+
+    ``a/%file`` is where the file of ``a`` lives once ``a`` is a folder: asked for, it means
+    the file ``a``, which the commit puts there itself when it must. Written as asked, it
+    moved the file of ``a`` aside onto itself and replaced it. ``%file`` inside a path would
+    make a file's place a folder: refused.
+    """
+    target = check_target(home, path)
+    if DISPLACED_NAME not in target:
+        return target
+    names = _below(absolute(home), target).split(os.sep)
+    if DISPLACED_NAME in names[:-1] or names == [DISPLACED_NAME]:
+        why = f"{DISPLACED_NAME!r} is reserved for a displaced file: {target}"
+        raise DownloadFailed(ErrorKind.UNSAFE_PATH, why)
+    return os.path.dirname(target) if names[-1] == DISPLACED_NAME else target
 
 
 def _below(home: str, path: str) -> str:
