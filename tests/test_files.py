@@ -379,8 +379,8 @@ def test_a_file_another_process_already_moved_aside_is_left_alone(tmp_path):
 
 
 def test_moves_aside_take_turns_between_processes(tmp_path):
-    """The lock is held on home itself, between processes: another process cannot take it
-    while one holds it."""
+    """The lock is held on home's temporary folder, between processes: another process
+    cannot take it while one holds it."""
     home = tmp_path / "home"
     home.mkdir()
     probe = (
@@ -395,7 +395,7 @@ def test_moves_aside_take_turns_between_processes(tmp_path):
 
     def other_process() -> str:
         done = subprocess.run(
-            [sys.executable, "-c", probe, str(home)],
+            [sys.executable, "-c", probe, str(home / ".shardload-tmp")],
             capture_output=True,
             text=True,
             check=True,
@@ -408,16 +408,7 @@ def test_moves_aside_take_turns_between_processes(tmp_path):
     assert other_process() == "taken"
 
 
-def test_a_lock_someone_else_holds_on_home_fails_the_move_instead_of_freezing_the_run(
-    tmp_path, monkeypatch
-):
-    """The wait blocks the event loop: bounded, it fails that one file as ``disk`` with the
-    reason, and the good copy stays where it was."""
-    home = tmp_path / "home"
-    (home / "h").mkdir(parents=True)
-    (home / "h" / "a").write_bytes(b"good copy")
-    part = tmp_path / "part"
-    part.write_bytes(b"b")
+def _hold_lock(path) -> subprocess.Popen[str]:
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -427,24 +418,85 @@ def test_a_lock_someone_else_holds_on_home_fails_the_move_instead_of_freezing_th
             "fcntl.flock(fd, fcntl.LOCK_EX)\n"
             "print('held', flush=True)\n"
             "sys.stdin.read()\n",
-            str(home),
+            str(path),
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    return holder
+
+
+def _release(holder: subprocess.Popen[str]) -> None:
+    assert holder.stdin is not None
+    holder.stdin.close()
+    holder.wait(timeout=10)
+
+
+def test_a_lock_someone_else_holds_fails_the_move_instead_of_freezing_the_run(
+    tmp_path, monkeypatch
+):
+    """The wait blocks the event loop: bounded, it fails that one file as ``disk`` with the
+    reason, and the good copy stays where it was."""
+    home = tmp_path / "home"
+    (home / "h").mkdir(parents=True)
+    (home / ".shardload-tmp").mkdir()
+    (home / "h" / "a").write_bytes(b"good copy")
+    part = tmp_path / "part"
+    part.write_bytes(b"b")
+    holder = _hold_lock(home / ".shardload-tmp")
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
         monkeypatch.setattr(tree, "_LOCK_WAIT", 0.2)
         with pytest.raises(DownloadFailed) as failed:
             tree.commit(str(part), str(home / "h" / "a" / "b"), str(home))
         assert failed.value.kind == ErrorKind.DISK and "locked" in failed.value.message
         assert (home / "h" / "a").read_bytes() == b"good copy"
     finally:
-        assert holder.stdin is not None
-        holder.stdin.close()
-        holder.wait(timeout=10)
+        _release(holder)
         tree.forget_directories(str(home))
+
+
+def test_a_users_own_lock_on_home_stops_no_move(tmp_path, monkeypatch):
+    """``flock out shardload ... -o out``, a cron guard, holds home for the whole run: every
+    move aside waited out the bound, the event loop blocked, and failed as ``disk``."""
+    home = tmp_path / "home"
+    (home / "h").mkdir(parents=True)
+    (home / "h" / "a").write_bytes(b"good copy")
+    part = tmp_path / "part"
+    part.write_bytes(b"b")
+    holder = _hold_lock(home)
+    try:
+        monkeypatch.setattr(tree, "_LOCK_WAIT", 0.2)
+        tree.commit(str(part), str(home / "h" / "a" / "b"), str(home))
+        assert (home / "h" / "a" / "%file").read_bytes() == b"good copy"
+        assert (home / "h" / "a" / "b").read_bytes() == b"b"
+    finally:
+        _release(holder)
+        tree.forget_directories(str(home))
+
+
+def test_a_lock_on_a_temporary_folder_no_longer_at_its_name_is_taken_again(tmp_path, monkeypatch):
+    """A run that ends removes the empty folder and another makes it again: a lock on the
+    old one would not keep the new one's holders out."""
+    home = tmp_path / "home"
+    (home / ".shardload-tmp").mkdir(parents=True)
+    real_flock = tree.fcntl.flock
+    swapped = []
+
+    def flock_then_swap(fd, operation):
+        real_flock(fd, operation)
+        if not swapped:  # another run removes the folder and makes it again
+            os.rmdir(home / ".shardload-tmp")
+            os.mkdir(home / ".shardload-tmp")
+            swapped.append(True)
+
+    monkeypatch.setattr(tree.fcntl, "flock", flock_then_swap)
+    fd = tree._lock_temp_dir(str(home))
+    try:
+        assert swapped and os.path.samestat(os.fstat(fd), os.lstat(home / ".shardload-tmp"))
+    finally:
+        os.close(fd)
 
 
 def test_skip_cached_never_takes_a_file_outside_home_for_a_copy(srv, home, tmp_path):

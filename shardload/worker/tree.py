@@ -324,7 +324,6 @@ def _displace(path: str, home: str) -> None:
     there; writers that only make a missing directory or store a file take no lock, so a
     directory or a newer copy may appear at ``path`` meanwhile, and both are handled.
     """
-    os.makedirs(temp_dir(home), exist_ok=True)
     with _home_locked(home):
         if not stat.S_ISREG(_mode_at_path(path)):
             return  # displaced by another process while we waited (or gone): look again
@@ -352,27 +351,53 @@ def _displace(path: str, home: str) -> None:
 
 @contextlib.contextmanager
 def _home_locked(home: str) -> Iterator[None]:
-    """An exclusive lock between processes, held on home's own directory (no lock file to
-    leave behind). Threads of one process already take turns under ``_directories_lock``.
-    Our holders keep it for microseconds; the wait is bounded, because it blocks the event
-    loop, and a lock someone else took on home must not freeze the run."""
-    fd = os.open(home, _DIRECTORY_FLAGS)
+    """An exclusive lock between processes writing into home, held on its temporary folder
+    (no lock file to leave behind). Not on home itself: a user's own guard may hold that for
+    the whole run (``flock out shardload ... -o out``, a cron guard), and every move aside
+    then waited out the bound and failed. Threads of one process already take turns under
+    ``_directories_lock``. Our holders keep it for microseconds; the wait is bounded, because
+    it blocks the event loop, and a lock someone else took must not freeze the run."""
+    fd = _lock_temp_dir(home)
     try:
-        deadline = time.monotonic() + _LOCK_WAIT
-        pause = 0.001
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    message = f"home is locked by another process for {_LOCK_WAIT:g} s: {home}"
-                    raise DownloadFailed(ErrorKind.DISK, message) from None
-                time.sleep(pause)
-                pause = min(pause * 2, 0.05)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _lock_temp_dir(home: str) -> int:
+    """A descriptor of home's temporary folder, locked. A run that ends removes the folder
+    when it is empty, and another makes it again: a lock taken on a folder that is no longer
+    at its name locks nothing another process would see, so it is taken again."""
+    deadline = time.monotonic() + _LOCK_WAIT
+    directory = temp_dir(home)
+    while True:
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(directory, _DIRECTORY_FLAGS | _NO_FOLLOW)
+        try:
+            _flock(fd, deadline, home)
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samestat(os.fstat(fd), os.lstat(directory)):
+                    return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        if time.monotonic() >= deadline:
+            raise DownloadFailed(ErrorKind.DISK, f"{directory} keeps being removed")
+
+
+def _flock(fd: int, deadline: float, home: str) -> None:
+    pause = 0.001
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                message = f"home is locked by another process for {_LOCK_WAIT:g} s: {home}"
+                raise DownloadFailed(ErrorKind.DISK, message) from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
 
 _LOCK_WAIT = 10.0
