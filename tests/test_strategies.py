@@ -504,6 +504,58 @@ def test_an_on_success_that_calls_super_and_then_reads_its_file_sees_the_final_p
     assert seen == [(b.file_path, body_for(500))] and ".shardload-tmp" not in b.file_path
 
 
+class PostProcess(DownloadStrategy):  # module level: worker processes import it
+    async def on_success(self, response: Any, bundle: Bundle) -> None:
+        await super().on_success(response, bundle)
+        raise ValueError("thumbnail failed")
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_an_on_success_that_fails_after_super_keeps_the_complete_file(srv, home, processes):
+    """super() committed a complete, verified body over a good copy; the override then
+    raised (post-processing): the file was removed, leaving nothing where the copy was."""
+    urls = [f"{base}/bytes/{300 + i}?post" for i, base in enumerate(srv.base_urls[:2])]
+    good = shardload.swarm(urls, download=make_download(home))
+    assert all(b.ok for b in good)
+    again = shardload.swarm(
+        urls,
+        download=shardload.AioDownload(download_strategy=PostProcess(home=home)),
+        processes=processes,
+    )
+    for i, b in enumerate(again):
+        assert b.state == "failed" and "thumbnail failed" in (b.error_message or "")
+        assert open(good[i].file_path, "rb").read() == body_for(300 + i)
+    assert temp_files(home) == []
+
+
+def test_an_on_success_that_changes_the_file_after_super_and_fails_leaves_nothing(srv, home):
+    class Appends(DownloadStrategy):
+        async def on_success(self, response: Any, bundle: Bundle) -> None:
+            await super().on_success(response, bundle)
+            assert bundle.file_path is not None
+            with open(bundle.file_path, "ab") as f:
+                f.write(b"half a trailer")
+            raise OSError("the disk went away")
+
+    url = f"{srv.base_urls[0]}/bytes/310"
+    b = shardload.one(url, download=shardload.AioDownload(download_strategy=Appends(home=home)))
+    assert b.state == "failed" and b.file_path is not None
+    assert not os.path.exists(b.file_path)
+
+
+def test_a_request_and_download_that_fails_after_super_keeps_the_complete_file(srv, home):
+    class Checks(shardload.AioDownload):
+        async def request_and_download(self, bundle: Bundle) -> Any:
+            await super().request_and_download(bundle)
+            raise RuntimeError("checksum list unreachable")
+
+    url = f"{srv.base_urls[0]}/bytes/320"
+    (good,) = shardload.swarm([url], download=make_download(home))
+    b = shardload.one(url, download=Checks(download_strategy=DownloadStrategy(home=home)))
+    assert b.state == "failed" and "checksum list unreachable" in (b.error_message or "")
+    assert open(good.file_path, "rb").read() == body_for(320)
+
+
 def test_a_strategy_that_raises_fails_its_bundle_not_the_batch(srv, home):
     class Broken(RequestStrategy):
         def get_sleep_time(self, bundle):

@@ -36,7 +36,7 @@ from .binding import LoopBinding
 from .exchange import Redirect, over_time
 from .failures import override_failure
 from .hosts import HostSlot
-from .own_writes import measure_own_write, note_before, remove_written
+from .own_writes import measure_own_write, note_before, remove_written, stop_noting
 from .tree import download_target
 
 
@@ -178,6 +178,7 @@ class Attempts(LoopBinding):
             raise
         finally:
             _told.reset(token)
+            stop_noting(found)
             slot.leave(worker)
         said = said_by_override(bundle)  # nor a state
         if raised is not None:

@@ -28,6 +28,7 @@ from ..bundle import Bundle
 from ..errors import DownloadFailed, ErrorKind
 from .inline_writer import InlineWriter, disk_is_fast, write_all
 from .meter import received
+from .own_writes import note_commit
 from .temp_files import Temp, open_temp
 from .tree import commit
 
@@ -156,6 +157,7 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
         os.close(tmp.fd)
         tmp.fd = -1
         bundle.file_path = commit(tmp.path, bundle.file_path, home)
+        note_commit(bundle.file_path)
     except BaseException:
         tmp.discard()
         raise

@@ -13,6 +13,9 @@ Invariants:
   itself, before shardload could keep it; shardload cannot tell an append from a rewrite, so a
   file an override appended to is removed too when the override fails. A file it left as it
   was is left alone;
+- a file shardload's own write committed while the override ran (an override that calls
+  ``super().on_success()`` and then fails) is complete and verified: it stays, as any
+  complete file would, rather than leaving nothing where an earlier copy was;
 - only a file inside home, reached from home without following a symlink, is ever removed;
 - ``bytes`` and ``sha256`` of a file it wrote are measured from the file when it set none.
 
@@ -29,7 +32,8 @@ import hashlib
 import os
 import stat
 import time
-from dataclasses import dataclass
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..bundle import Bundle
@@ -42,17 +46,46 @@ if TYPE_CHECKING:
 _CLOCK_LAG_NS = 50_000_000
 
 
+Identity = tuple[int, int, int, int]  # device, inode, size, mtime
+
+# While an override runs: the identities of the files shardload's own write committed in
+# this task (``note_commit``); None where no override is watched.
+_commits: ContextVar[list[Identity] | None] = ContextVar("own_commits", default=None)
+
+
 @dataclass(frozen=True)
 class Before:
     """What stood at a bundle's path before an override ran, and when it began."""
 
     path: str | None
-    identity: tuple[int, int, int, int] | None  # device, inode, size, mtime
+    identity: Identity | None
     began_ns: int
+    commits: list[Identity]  # committed by shardload's own write since (complete files)
+    token: Token[list[Identity] | None] = field(repr=False)
 
 
 def note_before(bundle: Bundle) -> Before:
-    return Before(bundle.file_path, _identity(bundle.file_path), time.time_ns())
+    """Note what stands at ``bundle``'s path, and the files shardload commits from now on
+    in this task, until ``stop_noting``. An override inside another's shares its list."""
+    commits = _commits.get()
+    if commits is None:
+        commits = []
+    token = _commits.set(commits)
+    return Before(bundle.file_path, _identity(bundle.file_path), time.time_ns(), commits, token)
+
+
+def stop_noting(before: Before) -> None:
+    _commits.reset(before.token)
+
+
+def note_commit(path: str) -> None:
+    """Shardload's own write put a complete file at ``path``: while an override is watched,
+    it is no cut body to remove when that override fails. One ContextVar read otherwise."""
+    commits = _commits.get()
+    if commits is not None:
+        identity = _identity(path)
+        if identity is not None:
+            commits.append(identity)
 
 
 async def run_on_success(strategy: DownloadStrategy, response: Any, bundle: Bundle) -> None:
@@ -67,6 +100,8 @@ async def run_on_success(strategy: DownloadStrategy, response: Any, bundle: Bund
     except BaseException:
         remove_written(bundle, before, strategy.home)
         raise
+    finally:
+        stop_noting(before)
 
 
 def _read_failure(response: Any) -> BaseException | None:
@@ -76,7 +111,7 @@ def _read_failure(response: Any) -> BaseException | None:
     return exception() if callable(exception) else None
 
 
-def _identity(path: str | None) -> tuple[int, int, int, int] | None:
+def _identity(path: str | None) -> Identity | None:
     """The identity of the regular file at ``path``; None where none stands."""
     if path is None:
         return None
@@ -92,12 +127,16 @@ def _identity(path: str | None) -> tuple[int, int, int, int] | None:
 def remove_written(bundle: Bundle, before: Before, home: str) -> None:
     """After a failed attempt: remove what it wrote (see the module's invariants)."""
     now = _identity(before.path)
-    if now is not None and now != before.identity:
+    if now is not None and now != before.identity and now not in before.commits:
         _remove_in_home(before.path, home)
     moved = bundle.file_path
     if moved is not None and moved != before.path:
         now = _identity(moved)
-        if now is not None and now[3] >= before.began_ns - _CLOCK_LAG_NS:
+        if (
+            now is not None
+            and now[3] >= before.began_ns - _CLOCK_LAG_NS
+            and now not in before.commits
+        ):
             _remove_in_home(moved, home)
 
 
