@@ -24,6 +24,7 @@ Rules and invariants:
 
 from __future__ import annotations
 
+import base64
 import functools
 import ipaddress
 import math
@@ -31,7 +32,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import unquote, urlencode, urljoin, urlsplit
 
 from shardload.errors import DownloadFailed, ErrorKind
 
@@ -98,6 +99,26 @@ def userinfo(url: str) -> str:
         return ""
     match = _AUTHORITY.match(url)
     return "" if match is None else match.group(1).rpartition("@")[0]
+
+
+def basic_authorization(url: str) -> str | None:
+    """The ``Authorization`` value for the credentials in ``url``, or None. Both clients send
+    them as UTF-8 (RFC 7617's charset), as curl does: aiohttp's default, Latin-1, made a
+    non-ASCII password work on one client only."""
+    info = userinfo(url)
+    if not info:
+        return None
+    user, _, password = info.partition(":")
+    pair = f"{unquote(user)}:{unquote(password)}".encode()
+    return f"Basic {base64.b64encode(pair).decode('ascii')}"
+
+
+def with_userinfo(url: str, info: str) -> str:
+    """``url`` (absolute, with no credentials of its own) carrying ``info`` ("user:password")."""
+    if not info:
+        return url
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{info}@{rest}"
 
 
 def _shown(url: str) -> str:

@@ -5,6 +5,7 @@ answers no framework sends on purpose)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
@@ -367,6 +368,30 @@ def test_credentials_do_not_follow_a_redirect(srv, home):
     assert b.ok, b.error_message
     with open(b.file_path) as f:
         assert "Authorization" not in json.load(f)["headers"]
+
+
+@pytest.mark.parametrize("client", ["lean", "aiohttp"])
+def test_credentials_follow_a_redirect_to_their_own_origin(srv, home, client):
+    """An absolute Location on the same origin (Apache's /dir -> /dir/) dropped them: the
+    protected target answered 401. A relative one kept them."""
+    base = srv.base_urls[0]
+    start = base.replace("http://", "http://bob:pw@") + "/redirect-to?url=" + base + "/echo"
+    (b,) = shardload.swarm([start], download=make_download(home, client=client))
+    assert b.ok, b.error_message
+    with open(b.file_path) as f:
+        assert json.load(f)["headers"]["Authorization"] == "Basic Ym9iOnB3"
+
+
+@pytest.mark.parametrize("client", ["lean", "aiohttp"])
+def test_non_ascii_credentials_go_as_utf8_on_both_clients(srv, home, client):
+    """RFC 7617's charset, as curl sends them; aiohttp's Latin-1 made a password work on
+    one client only."""
+    url = srv.base_urls[0].replace("http://", "http://j%C3%B6rg:p%C3%A4@") + "/echo"
+    (b,) = shardload.swarm([url], download=make_download(home, client=client))
+    assert b.ok, b.error_message
+    with open(b.file_path) as f:
+        sent = json.load(f)["headers"]["Authorization"]
+    assert base64.b64decode(sent.removeprefix("Basic ")) == "jörg:pä".encode()
 
 
 def test_a_header_with_a_line_break_is_never_sent(srv, home):

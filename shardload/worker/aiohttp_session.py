@@ -104,15 +104,14 @@ def make_session(
     )
 
 
-def encoded_url(parts: UrlParts, credentials: str) -> yarl.URL:
+def encoded_url(parts: UrlParts) -> yarl.URL:
     """The URL of ``parts`` (params included) as the lean client sends it, for aiohttp to send
-    unchanged; ``credentials`` ("user:password" or "") for aiohttp's basic auth."""
+    unchanged."""
     import yarl  # noqa: PLC0415  (comes with aiohttp, see the module's invariants)
 
     host = f"[{parts.host}]" if ":" in parts.host else parts.host
     port = "" if parts.port is None else f":{parts.port}"
-    auth = f"{credentials}@" if credentials else ""
-    return yarl.URL(f"{parts.scheme}://{auth}{host}{port}{request_target(parts)}", encoded=True)
+    return yarl.URL(f"{parts.scheme}://{host}{port}{request_target(parts)}", encoded=True)
 
 
 def drop_if_body_pending(response: Any) -> None:

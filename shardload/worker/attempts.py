@@ -30,7 +30,7 @@ from ..bundle import (
 )
 from ..errors import NEVER_RETRY_KINDS, DownloadFailed, ErrorKind
 from ..strategy import Outcome
-from ..urls import UrlParts, redact, redirect_target, split_url
+from ..urls import UrlParts, redact, redirect_target, split_url, userinfo, with_userinfo
 from .aiohttp_session import listening
 from .binding import LoopBinding
 from .exchange import Redirect, over_time
@@ -276,6 +276,10 @@ class Attempts(LoopBinding):
                     # host, that host's pause holds it.
                     await asyncio.sleep(min(step.retry_after, rs.retry_after_cap))
                 same_origin = (parts.scheme, parts.authority) == (origin.scheme, origin.authority)
+                if same_origin and not userinfo(url):
+                    # The credentials of the URL asked go on to its own origin, as curl -L
+                    # sends them: Apache answers a protected /dir with an absolute /dir/.
+                    url = with_userinfo(url, userinfo(bundle.url))
                 if here is not None:
                     if taken:
                         self._give_back_slot(here_key, here)

@@ -34,7 +34,7 @@ from ..backoff import parse_retry_after
 from ..bundle import Bundle
 from ..errors import DownloadFailed, ErrorKind
 from ..strategy import DEFAULT_USER_AGENT, DownloadStrategy, Outcome, RequestStrategy
-from ..urls import UrlParts, userinfo
+from ..urls import UrlParts, basic_authorization
 from .aiohttp_session import (
     STALE_TRIES,
     HeadersWithin,
@@ -143,25 +143,29 @@ class Exchange:
         the params)."""
         rs = self.request_strategy
         session = self._get_session()
-        credentials = userinfo(url)
+        # Credentials in the URL go as a header (aiohttp would encode them as Latin-1); an
+        # Authorization header of the caller's wins over them, as on the lean client.
+        auth = basic_authorization(url)
         if session is self._client:
             # A caller's session follows redirects itself: its own default headers (say an
             # Authorization) could not be kept from another origin otherwise. aiohttp fails on
-            # the max_redirects-th redirect; shardload follows that many (as curl).
+            # the max_redirects-th redirect; shardload follows that many (as curl). It drops
+            # an Authorization on a redirect to another origin.
+            headers = self._session_headers(session)
+            if auth is not None and not _has_authorization(headers, session.headers):
+                headers["Authorization"] = auth
             return session.get(
-                encoded_url(parts, credentials),
+                encoded_url(parts),
                 allow_redirects=rs.max_redirects > 0,
                 max_redirects=rs.max_redirects + 1,
-                headers=self._session_headers(session),
+                headers=headers,
                 timeout=self._timeout(max_time),  # over the session's own timeout too
             )
         headers = self._headers(same_origin)
-        if credentials and any(k.lower() == "authorization" for k in headers):
-            # The caller's Authorization header wins over credentials in the URL, as on the
-            # lean client (aiohttp refuses to be given both).
-            credentials = ""
+        if auth is not None and not _has_authorization(headers):
+            headers = {**headers, "Authorization": auth}
         return session.get(
-            encoded_url(parts, credentials),
+            encoded_url(parts),
             allow_redirects=False,
             headers=headers,
             timeout=self._timeout(max_time),
@@ -391,3 +395,7 @@ def _pool_limit(in_flight: int) -> int:
     over 8 hosts, 500-1,200 connects instead of ~70, each a handshake the server pays too."""
     spare = 2 * (_descriptor_budget() - in_flight)  # an idle connection needs one descriptor
     return in_flight + max(0, min(in_flight, spare))
+
+
+def _has_authorization(*headers: Mapping[str, str]) -> bool:
+    return any(k.lower() == "authorization" for h in headers for k in h)

@@ -4,17 +4,16 @@ call: the engine follows redirects, each hop under its own host's politeness."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import ipaddress
 import re
 import socket
 import ssl
 from collections.abc import Callable, Mapping
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote
 
 from ...errors import DownloadFailed, ErrorKind
-from ...urls import DEFAULT_PORTS, UrlParts
+from ...urls import DEFAULT_PORTS, UrlParts, basic_authorization
 from ..failures import connect_error
 from .connection import Connection
 from .response import LeanResponse
@@ -285,11 +284,8 @@ def _fixed_headers(headers: Mapping[str, str]) -> str:
 def _basic_auth(url: str) -> str:
     """The Authorization header for credentials in the URL (each hop's own: a redirect to
     another URL does not inherit them), or ''."""
-    parts = urlsplit(url)
-    if parts.username is None:
-        return ""
-    pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-    return f"Authorization: Basic {base64.b64encode(pair.encode('utf-8')).decode('ascii')}\r\n"
+    value = basic_authorization(url)
+    return "" if value is None else f"Authorization: {value}\r\n"
 
 
 @functools.lru_cache(maxsize=4096)
