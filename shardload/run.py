@@ -32,7 +32,11 @@ class _Bridge:
 
     def __init__(self, plan: Plan, max_undelivered: int) -> None:
         self.plan = plan
-        self.out: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # Not a SimpleQueue: a close() from another thread drains it (``unread``) while the
+        # consumer may wait in a timed get, and CPython 3.11's SimpleQueue then blocks that
+        # get for ever when the item it was woken for is taken after its deadline passed
+        # (each() hung about once in 150 such closes). Queue's timed get is plain Python.
+        self.out: queue.Queue[Any] = queue.Queue()
         self._max_undelivered = max_undelivered
         self._undelivered = 0
         self._lock = threading.Lock()
@@ -96,8 +100,9 @@ class _Bridge:
         self._stopping = True
         self._cancel.set()
         # A close() from another thread may come before the consumer's first next() started
-        # the thread: it then starts, sees the cancel, and ends at once.
-        if self._thread.ident is not None:
+        # the thread: it then starts, sees the cancel, and ends at once. One from the loop
+        # thread itself (an abandoned run collected there, in a strategy) cannot wait for it.
+        if self._thread.ident is not None and self._thread is not threading.current_thread():
             self._thread.join()
         _stop_at_exit.running.discard(self)
 
@@ -182,6 +187,9 @@ class Run(Iterator[Bundle]):
         # One consumer at a time: two threads reading one run each get some of its bundles
         # (two each starting the run lost all but a few, silently).
         self._reading = threading.Lock()
+        # Starting the run and closing it, from two threads: a close() between the start's
+        # check and the bridge it makes was lost, and the run went on.
+        self._starting = threading.Lock()
 
     @property
     def received(self) -> int | None:
@@ -214,13 +222,14 @@ class Run(Iterator[Bundle]):
         for bundle in self._current:
             self.stats.add(bundle)
             return bundle
-        if self._closed:
-            raise StopIteration
-        bridge = self._bridge
-        if bridge is None:
-            limit = max(4096, self._plan.limits.shard_cap * self.processes)
-            bridge = self._bridge = _Bridge(self._plan, max_undelivered=limit)
-            bridge.start()
+        with self._starting:
+            if self._closed:
+                raise StopIteration
+            bridge = self._bridge
+            if bridge is None:
+                limit = max(4096, self._plan.limits.shard_cap * self.processes)
+                bridge = self._bridge = _Bridge(self._plan, max_undelivered=limit)
+                bridge.start()
         try:
             while (batch := bridge.take(timeout)) is not None:
                 self._current = iter(batch)
@@ -235,8 +244,9 @@ class Run(Iterator[Bundle]):
     def close(self) -> None:
         """Stop the run: workers end, temporary files go, no partial file is left; what had
         finished but was never yielded goes to ``unread``."""
-        self._closed = True
-        bridge, self._bridge = self._bridge, None
+        with self._starting:
+            self._closed = True
+            bridge, self._bridge = self._bridge, None
         self.unread.extend(self._current)
         self._current = iter(())
         if bridge is not None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import hashlib
 import itertools
 import json
 import os
+import sys
 import threading
 import time
 import typing
@@ -113,6 +115,104 @@ def test_each_closed_from_another_thread_before_its_first_bundle_is_asked_for(sr
     run = shardload.each([f"{srv.base_urls[0]}/slow/2000/early"], download=make_download(home))
     run._bridge = shardload.run._Bridge(run._plan, max_undelivered=4096)  # made, not started
     run.close()  # raised "cannot join thread before it is started"
+    assert temp_files(home) == []
+
+
+def _hold_the_gil(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def test_a_consumer_waiting_for_a_batch_is_never_stranded_by_a_close_draining_it():
+    """close() from another thread drains the bridge's queue while the consumer waits in a
+    timed get: on CPython 3.11's SimpleQueue that get blocked for ever when the item it was
+    woken for was taken, and its deadline passed, before it ran again (each() hung about
+    once in 150 such closes). Holding the GIL makes the interleaving likely (4 in 10)."""
+    stranded = 0
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1.0)
+    try:
+        for _ in range(20):
+            bridge = shardload.run._Bridge(None, max_undelivered=1)  # type: ignore[arg-type]
+            ready, done = threading.Event(), threading.Event()
+
+            def consumer(bridge: typing.Any = bridge, ready=ready, done=done) -> None:
+                ready.set()
+                with contextlib.suppress(StopIteration):
+                    bridge.take(timeout=0.02)
+                done.set()
+
+            threading.Thread(target=consumer, daemon=True).start()
+            ready.wait(5)
+            time.sleep(0.015)
+            bridge.out.put([])
+            _hold_the_gil(0.002)  # the consumer is woken, and waits for the GIL
+            bridge.unread()  # what close() does, from its own thread
+            _hold_the_gil(0.01)  # past the consumer's deadline
+            stranded += not done.wait(1)
+    finally:
+        sys.setswitchinterval(switch)
+    assert stranded == 0
+
+
+def test_a_close_while_the_first_next_starts_the_run_stops_it(srv, home, monkeypatch):
+    """The close() landed between next()'s check and the bridge it made: the run went on
+    and the consumer got every bundle of a closed run."""
+    made = threading.Event()
+    real_init = shardload.run._Bridge.__init__
+
+    def slow_init(self: typing.Any, *args: typing.Any, **kwargs: typing.Any) -> None:
+        made.set()
+        time.sleep(0.3)  # the consumer's thread descheduled right here
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(shardload.run._Bridge, "__init__", slow_init)
+    urls = [f"{srv.base_urls[0]}/slow/3000/first-next-{i}" for i in range(4)]
+    run = shardload.each(urls, download=make_download(home))
+    closer = threading.Thread(target=lambda: (made.wait(10), run.close()))
+    closer.start()
+    try:
+        got = list(run)
+    finally:
+        closer.join()
+    assert got == [] and run._bridge is None
+    assert files_under(home) == set() and temp_files(home) == []
+
+
+class _CollectsGarbage(shardload.DownloadStrategy):
+    async def on_success(self, response: typing.Any, bundle: shardload.Bundle) -> None:
+        await super().on_success(response, bundle)
+        if "late" in bundle.url:
+            gc.collect()
+
+
+def test_an_abandoned_run_collected_on_its_own_loop_thread_stops_quietly(srv, home):
+    """With processes=1 a strategy runs on the run's loop thread; a collection there of
+    the abandoned run tried to join that thread ("cannot join current thread")."""
+    base = srv.base_urls[0]
+    urls = [f"{base}/bytes/5?name=gc-first"] + [
+        f"{base}/slow/{300 + 50 * i}/late{i}" for i in range(4)
+    ]
+    seen: list[str] = []
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda raised: seen.append(repr(raised.exc_value))
+    try:
+        run = shardload.each(
+            urls, download=shardload.AioDownload(download_strategy=_CollectsGarbage(home=home))
+        )
+        next(run)
+        run.cycle = run  # type: ignore[attr-defined]  # only a collection frees it
+        del run
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(
+            t.name == "shardload-loop" for t in threading.enumerate()
+        ):
+            time.sleep(0.05)
+    finally:
+        sys.unraisablehook = hook
+    assert seen == []
+    assert not any(t.name == "shardload-loop" for t in threading.enumerate())
     assert temp_files(home) == []
 
 
