@@ -394,6 +394,19 @@ def test_non_ascii_credentials_go_as_utf8_on_both_clients(srv, home, client):
     assert base64.b64decode(sent.removeprefix("Basic ")) == "jörg:pä".encode()
 
 
+@pytest.mark.parametrize("client", ["lean", "aiohttp"])
+def test_a_300_with_a_location_is_followed(srv, home, client):
+    """Its page was stored as the resource, with status 300."""
+    target = srv.base_urls[0] + "/bytes/77?name=choice"
+    start = srv.base_urls[0] + "/redirect-to?code=300&url=" + target
+    (b,) = shardload.swarm([start], download=make_download(home, client=client))
+    assert (b.state, b.status, b.bytes) == ("written", 200, 77), b.error_message
+    (plain,) = shardload.swarm(
+        [srv.base_urls[0] + "/status/300"], download=make_download(home, client=client)
+    )
+    assert (plain.state, plain.status) == ("written", 300)  # no Location: nothing to follow
+
+
 def test_a_header_with_a_line_break_is_never_sent(srv, home):
     """A run refuses it before any work (every URL would fail alike); ``main()`` awaited
     directly, with no run to check first, fails its bundle."""

@@ -24,7 +24,7 @@ Routes (on every host):
   /drip/{n}?ms=1000                  n bytes, one every ms milliseconds
   /redirect/{n}                      a chain of n redirects ending in 200
   /loop                              redirects to itself forever
-  /redirect-to?url=U                 one redirect to U
+  /redirect-to?url=U[&code=C]        one redirect to U (status C, 302 by default)
   /gzip/{n}                          a gzip body that expands to n zero bytes
   /any/{anything}                    200 with the path, for any path below /any/
   /robots.txt                        ``ROBOTS_TXT``: /any/private/ disallowed, Crawl-delay 0.3
@@ -262,7 +262,8 @@ def _build_app(stats: _Stats) -> web.Application:
 
     @routes.get("/redirect-to")
     async def redirect_to(request: web.Request) -> web.Response:
-        raise web.HTTPFound(request.query["url"])
+        code = int(request.query.get("code", "302"))
+        return web.Response(status=code, headers={"Location": request.query["url"]})
 
     @routes.get("/gzip/{n}")
     async def gzipped(request: web.Request) -> web.Response:

@@ -243,8 +243,10 @@ class Exchange:
                     if status < 200:
                         raise DownloadFailed(ErrorKind.PROTOCOL, "the server switched protocols")
                     drop_if_body_pending(response)
-                if status in REDIRECT_STATUSES:
-                    location = headers.get("Location")
+                location = headers.get("Location")
+                # A 300 names its preferred choice in Location, if it has one (RFC 9110
+                # 15.4.1): followed, as curl -L and wget do; without one, its page is stored.
+                if status in REDIRECT_STATUSES or (status == 300 and location is not None):
                     if location is not None:
                         after = parse_retry_after(headers.get("Retry-After"), time.time())
                         return Redirect(location, after)
