@@ -560,6 +560,30 @@ def test_a_directory_swapped_for_a_symlink_mid_run_never_leads_a_file_outside_ho
     tree.forget_directories(str(home))
 
 
+def test_a_temporary_folder_swapped_for_a_symlink_mid_run_takes_no_body_outside(
+    srv, home, tmp_path
+):
+    """After the first file, ``.shardload-tmp`` moved aside and a symlink to a folder outside
+    put in its place: later bodies were streamed out there, then renamed into home."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    download = make_download(home)
+    urls = [f"{srv.base_urls[0]}/bytes/{2_000_000 + i}?swap" for i in range(2)]
+
+    async def run() -> list[Bundle]:
+        first = await download.main(Bundle(urls[0]))
+        os.rename(os.path.join(home, ".shardload-tmp"), os.path.join(home, "moved"))
+        os.symlink(outside, os.path.join(home, ".shardload-tmp"))
+        second = await download.main(Bundle(urls[1]))
+        await download.close()
+        return [first, second]
+
+    first, second = asyncio.run(run())
+    assert first.ok
+    assert (second.state, second.error_kind) == ("failed", ErrorKind.UNSAFE_PATH)
+    assert list(outside.iterdir()) == []
+
+
 @pytest.mark.parametrize("processes", [1, 2])
 def test_a_run_leaves_only_the_downloads_in_home(srv, home, processes):
     """The temporary folder goes when the run ends, so home holds what was downloaded."""

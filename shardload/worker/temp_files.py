@@ -4,7 +4,8 @@ Invariants:
 - names carry the node and pid of the process writing them, so the coordinator can remove
   what a killed worker left behind, and the first write of a run removes those of this node's
   processes that are gone (never a running process's, nor another node's);
-- a temporary file is created with O_EXCL|O_NOFOLLOW, in a folder that is not a symlink;
+- a temporary file is created with O_EXCL|O_NOFOLLOW, in a folder that is not a symlink
+  (looked at again for every file: one swapped for a symlink mid-run is refused);
 - the folder is removed when an engine's runs end, if empty; a write that finds it gone
   (another run on the same home ended) makes it again.
 """
@@ -142,6 +143,11 @@ def open_temp(home: str) -> Temp:
             _make_temp_dir(directory)
             _remove_orphans(directory)
             made.add(directory)
+        elif os.path.islink(directory):
+            # Swapped for a symlink since it was made: O_NOFOLLOW guards only the file's own
+            # name, and the body would go wherever the link points. One lstat per file; a
+            # swap in the microseconds between it and the open is not covered.
+            raise DownloadFailed(ErrorKind.UNSAFE_PATH, f"{directory} is a symlink")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         lost = 0
         while True:
