@@ -528,20 +528,11 @@ def test_an_output_directory_reached_through_a_symlink_still_protects_the_manife
     assert "this run's own file" in records[urls[1]]["error_message"]
 
 
-def test_a_path_onto_or_below_the_input_file_is_refused(
-    server: LocalServer, tmp_path: Path
-) -> None:
-    """The URL list inside the output folder (``-o .``, the default): a line's path onto it
-    replaced the list with a body (exit 0), one below it moved the list to ``urls.txt/%file``
-    and the documented ``--resume`` then failed ("Is a directory")."""
-    out = tmp_path / "out"
-    out.mkdir()
-    urls = _byte_urls(server, "inp", 3)
-    lines = [
-        urls[0],
-        json.dumps({"url": urls[1], "path": "urls.txt"}),
-        json.dumps({"url": urls[2], "path": "urls.txt/b"}),
-    ]
+def _refused_own_paths(server: LocalServer, out: Path, tag: str, paths: list[str]) -> Path:
+    """Run a list in ``out`` (its first URL plain, one line for each of ``paths``): every
+    path is a bad_input record and the list is left as it was. Returns the list."""
+    urls = _byte_urls(server, tag, len(paths) + 1)
+    lines = [urls[0], *(json.dumps({"url": u, "path": p}) for u, p in zip(urls[1:], paths))]
     src = out / "urls.txt"
     text = "\n".join(lines) + "\n"
     src.write_text(text)
@@ -551,8 +542,21 @@ def test_a_path_onto_or_below_the_input_file_is_refused(
     records = latest(read_manifest(out / "manifest.jsonl"))
     assert records[urls[0]]["state"] == "written"
     for url in urls[1:]:
-        assert records[url]["error_kind"] == "bad_input"
-        assert "would overwrite urls.txt (this run's own file)" in records[url]["error_message"]
+        assert records[url]["error_kind"] == "bad_input", records[url]
+        assert "(this run's own file)" in records[url]["error_message"]
+    return src
+
+
+def test_a_path_onto_or_below_the_input_file_is_refused(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    """The URL list inside the output folder (``-o .``, the default): a line's path onto it
+    replaced the list with a body (exit 0), one below it moved the list to ``urls.txt/%file``
+    and the documented ``--resume`` then failed ("Is a directory")."""
+    out = tmp_path / "out"
+    out.mkdir()
+    src = _refused_own_paths(server, out, "inp", ["urls.txt", "urls.txt/b"])
+    text = src.read_text()
     again = run_cli(src, "-o", out, "-q", "-p", "1", "--resume")
     assert again.returncode == 1, again.stderr.decode()
     assert src.read_text() == text
@@ -566,25 +570,13 @@ def test_a_path_onto_the_runs_own_files_is_refused_however_it_is_spelled(
     out = tmp_path / "out"
     out.mkdir()
     (out / "link").symlink_to(out)
-    urls = _byte_urls(server, "spelled", 5)
-    paths = [
+    spellings = [
         str(out / "manifest.jsonl"),
         "../out/manifest.jsonl",
         "link/manifest.hosts.json",
         str(out / "." / "urls.txt"),
     ]
-    lines = [urls[0], *(json.dumps({"url": u, "path": p}) for u, p in zip(urls[1:], paths))]
-    src = out / "urls.txt"
-    text = "\n".join(lines) + "\n"
-    src.write_text(text)
-    result = run_cli(src, "-o", out, "-q", "-p", "1")
-    assert result.returncode == 1, result.stderr.decode()
-    assert src.read_text() == text
-    records = latest(read_manifest(out / "manifest.jsonl"))
-    assert records[urls[0]]["state"] == "written"
-    for url in urls[1:]:
-        assert records[url]["error_kind"] == "bad_input", records[url]
-        assert "(this run's own file)" in records[url]["error_message"]
+    _refused_own_paths(server, out, "spelled", spellings)
     assert json.loads((out / "manifest.hosts.json").read_text())
 
 
