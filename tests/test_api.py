@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import gc
@@ -668,6 +669,32 @@ def test_a_callers_session_sends_the_strategys_headers_and_user_agent(srv, home)
         assert sent["User-Agent"] == "MyUA/1"
         sent = await fetch({}, RequestStrategy())
         assert sent["User-Agent"].startswith("shardload/")
+
+    asyncio.run(main())
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # aiohttp 3.14 deprecates BasicAuth
+def test_credentials_in_the_url_on_a_callers_session(srv, home):
+    """They go as UTF-8, and a session's own auth or Authorization wins over them (aiohttp
+    refused the request when given both)."""
+    import aiohttp
+
+    url = srv.base_urls[0].replace("http://", "http://j%C3%B6rg:pw@") + "/echo"
+
+    async def sent(**session_options: typing.Any) -> str:
+        async with aiohttp.ClientSession(**session_options) as session:
+            download = shardload.AioDownload(
+                client=session, download_strategy=shardload.DownloadStrategy(home=home)
+            )
+            bundle = await shardload.aone(url, download=download)
+            assert bundle.ok, bundle.error_message
+            return json.loads(read_file(bundle.file_path))["headers"]["Authorization"]
+
+    async def main() -> None:
+        assert await sent() == "Basic " + base64.b64encode("jörg:pw".encode()).decode()
+        own = await sent(auth=aiohttp.BasicAuth("s", "t"))
+        assert own == aiohttp.BasicAuth("s", "t").encode()
+        assert await sent(headers={"Authorization": "Bearer x"}) == "Bearer x"
 
     asyncio.run(main())
 

@@ -213,10 +213,9 @@ def iter_parsed(
     An explicit ``path`` that is one of ``reserved`` (the manifest, its side-car and the input
     file, relative to ``output``, the resolved output directory), however it is spelled, or
     below one, would replace that file or move it aside into ``<name>/%file``: such a line is
-    a bad line. So is a URL whose default path
-    would: a reserved file in a folder below the output directory, or one directly in it whose
-    name is a host's folder (``--manifest out/127.0.0.1_8080``, or a host named
-    manifest.jsonl).
+    a bad line. So is a URL whose default path would: a reserved file in a folder below the
+    output directory, or one directly in it whose name is a host's folder (``--manifest
+    out/127.0.0.1_8080``, or a host named manifest.jsonl).
     """
     inside = [_norm(r) for r in reserved if not _norm(r).startswith("..")]
     nested = [r for r in inside if os.sep in r]

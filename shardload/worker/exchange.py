@@ -152,7 +152,11 @@ class Exchange:
             # the max_redirects-th redirect; shardload follows that many (as curl). It drops
             # an Authorization on a redirect to another origin.
             headers = self._session_headers(session)
-            if auth is not None and not _has_authorization(headers, session.headers):
+            if (
+                auth is not None
+                and session.auth is None  # the session's own auth wins, as its header would
+                and not _has_authorization(headers, session.headers)
+            ):
                 headers["Authorization"] = auth
             return session.get(
                 encoded_url(parts),
