@@ -374,7 +374,7 @@ def _lock_temp_dir(home: str) -> int:
         os.makedirs(directory, exist_ok=True)
         fd = os.open(directory, _DIRECTORY_FLAGS | _NO_FOLLOW)
         try:
-            _flock(fd, deadline, home)
+            _flock(fd, deadline, directory)
             with contextlib.suppress(FileNotFoundError):
                 if os.path.samestat(os.fstat(fd), os.lstat(directory)):
                     return fd
@@ -386,7 +386,7 @@ def _lock_temp_dir(home: str) -> int:
             raise DownloadFailed(ErrorKind.DISK, f"{directory} keeps being removed")
 
 
-def _flock(fd: int, deadline: float, home: str) -> None:
+def _flock(fd: int, deadline: float, directory: str) -> None:
     pause = 0.001
     while True:
         try:
@@ -394,7 +394,7 @@ def _flock(fd: int, deadline: float, home: str) -> None:
             return
         except BlockingIOError:
             if time.monotonic() >= deadline:
-                message = f"home is locked by another process for {_LOCK_WAIT:g} s: {home}"
+                message = f"{directory} is locked by another process for {_LOCK_WAIT:g} s"
                 raise DownloadFailed(ErrorKind.DISK, message) from None
             time.sleep(pause)
             pause = min(pause * 2, 0.05)

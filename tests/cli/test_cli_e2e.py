@@ -528,9 +528,10 @@ def test_an_output_directory_reached_through_a_symlink_still_protects_the_manife
     assert "this run's own file" in records[urls[1]]["error_message"]
 
 
-def _refused_own_paths(server: LocalServer, out: Path, tag: str, paths: list[str]) -> Path:
-    """Run a list in ``out`` (its first URL plain, one line for each of ``paths``): every
-    path is a bad_input record and the list is left as it was. Returns the list."""
+def _refused_own_paths(server: LocalServer, out: Path, tag: str, paths: dict[str, str]) -> Path:
+    """Run a list in ``out`` (its first URL plain, one line for each path of ``paths``): every
+    path is a bad_input record naming the run's file it would overwrite (the path's value),
+    and the list is left as it was. Returns the list."""
     urls = _byte_urls(server, tag, len(paths) + 1)
     lines = [urls[0], *(json.dumps({"url": u, "path": p}) for u, p in zip(urls[1:], paths))]
     src = out / "urls.txt"
@@ -541,9 +542,10 @@ def _refused_own_paths(server: LocalServer, out: Path, tag: str, paths: list[str
     assert src.read_text() == text
     records = latest(read_manifest(out / "manifest.jsonl"))
     assert records[urls[0]]["state"] == "written"
-    for url in urls[1:]:
+    for url, taken in zip(urls[1:], paths.values()):
         assert records[url]["error_kind"] == "bad_input", records[url]
-        assert "(this run's own file)" in records[url]["error_message"]
+        why = f"would overwrite {taken} (this run's own file)"
+        assert why in records[url]["error_message"], records[url]
     return src
 
 
@@ -555,7 +557,7 @@ def test_a_path_onto_or_below_the_input_file_is_refused(
     and the documented ``--resume`` then failed ("Is a directory")."""
     out = tmp_path / "out"
     out.mkdir()
-    src = _refused_own_paths(server, out, "inp", ["urls.txt", "urls.txt/b"])
+    src = _refused_own_paths(server, out, "inp", {"urls.txt": "urls.txt", "urls.txt/b": "urls.txt"})
     text = src.read_text()
     again = run_cli(src, "-o", out, "-q", "-p", "1", "--resume")
     assert again.returncode == 1, again.stderr.decode()
@@ -570,12 +572,12 @@ def test_a_path_onto_the_runs_own_files_is_refused_however_it_is_spelled(
     out = tmp_path / "out"
     out.mkdir()
     (out / "link").symlink_to(out)
-    spellings = [
-        str(out / "manifest.jsonl"),
-        "../out/manifest.jsonl",
-        "link/manifest.hosts.json",
-        str(out / "." / "urls.txt"),
-    ]
+    spellings = {
+        str(out / "manifest.jsonl"): "manifest.jsonl",
+        "../out/manifest.jsonl": "manifest.jsonl",
+        "link/manifest.hosts.json": "manifest.hosts.json",
+        str(out / "." / "urls.txt"): "urls.txt",
+    }
     _refused_own_paths(server, out, "spelled", spellings)
     assert json.loads((out / "manifest.hosts.json").read_text())
 
