@@ -142,6 +142,11 @@ class RequestStrategy:
     under the politeness of the host it goes to. Each worker
     resolves a host once and caches the answer for ``dns_ttl`` seconds (None: for the whole
     run); the hosts of a worker are its own, so no two workers resolve the same host.
+
+    With ``continue_partial`` a retry of a body cut mid-way (a reset, a stall, a short body)
+    asks only for the rest (``Range``, as wget does on its retries), where the server proves
+    the resource unchanged (its strong ETag or Last-Modified as ``If-Range``); a changed one
+    comes whole. The file's sha256 covers the whole body either way.
     """
 
     # Class-level defaults as well (see DownloadStrategy): the values of __init__'s defaults.
@@ -164,6 +169,7 @@ class RequestStrategy:
     low_speed_limit: int = 0
     low_speed_time: float = 30.0
     dns_ttl: int | None = 300
+    continue_partial: bool = True
 
     def __init__(
         self,
@@ -187,6 +193,7 @@ class RequestStrategy:
         low_speed_limit: int = 0,
         low_speed_time: float = 30.0,
         dns_ttl: int | None = 300,
+        continue_partial: bool = True,
     ) -> None:
         self.concurrent = concurrent
         self.max_attempts = max_attempts
@@ -207,6 +214,7 @@ class RequestStrategy:
         self.low_speed_limit = low_speed_limit
         self.low_speed_time = low_speed_time
         self.dns_ttl = dns_ttl
+        self.continue_partial = continue_partial
 
     def assert_response(self, response: Any) -> None:  # Any: see on_success
         """Reject an unsuccessful response (status >= 400) by raising ``AssertionError``; also

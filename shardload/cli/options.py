@@ -25,7 +25,7 @@ STRATEGIES = ("default", "lenient", "backoff")
 PASS_THROUGH = (
     "delay", "jitter", "connect_timeout", "max_time", "user_agent", "low_speed_limit",
     "low_speed_time", "max_redirects", "adaptive", "breaker_threshold", "breaker_cooldown",
-    "robots", "retry_after_cap",
+    "robots", "retry_after_cap", "continue_partial",
 )  # fmt: skip
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 
@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--low-speed-time", type=secs, metavar="S",
         help="see --low-speed-limit (default: 30; alone: a limit of 1 byte/s, as curl)")
     add("--max-redirects", type=int0, metavar="N", help="redirects to follow (default: 10)")
+    add("--no-continue", dest="continue_partial", action="store_false", default=None,
+        help="a retry of a body cut mid-way asks for the whole body again (default: only the "
+        "rest, with Range and If-Range, where the server can prove it unchanged)")
     add("--adaptive", action="store_true", default=None,
         help="per-host concurrency starts at 1, grows while answers come about as fast as "
         "the host's quickest, halves on 429/503/timeouts")

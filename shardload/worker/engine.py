@@ -38,9 +38,11 @@ from ..bundle import (
 from ..errors import DownloadFailed, ErrorKind
 from ..strategy import DownloadStrategy, Outcome, RequestStrategy
 from ..urls import UrlParts, split_url, userinfo
+from . import partial
 from .aiohttp_session import listening
 from .attempts import Attempts, skip
 from .failures import override_failure
+from .hosts import HostSlot
 from .own_writes import measure_own_write
 from .tree import find_complete
 
@@ -270,45 +272,52 @@ class AioDownload(Attempts):
                         bundle.fail(ErrorKind.ROBOTS, rules.refusal)
                         await self._on_fail(bundle)
                     return
-            last: Outcome | None = None  # the previous attempt's failure
-            while True:
-                wait = rs.get_sleep_time(bundle)
-                if wait is not None and not math.isfinite(wait):
-                    # An endless wait would hang the run at its tail; a Retry-After is capped.
-                    message = f"get_sleep_time() returned {wait!r}, not a finite number of seconds"
-                    bundle.fail(ErrorKind.STRATEGY, message)
-                    return
-                if wait and wait > 0:
-                    await asyncio.sleep(wait)
-                if type(self).request_and_download is AioDownload.request_and_download:
-                    outcome = await self._attempt(bundle, parts, slot)
-                else:
-                    outcome = await self._overridden_attempt(bundle, slot)
-                if outcome is None:
-                    bundle.state = WRITTEN
-                    bundle.error_kind = bundle.error_message = None
-                    return
-                if bundle.state == SKIPPED:  # a redirect into a path robots.txt disallows
-                    return
-                if outcome.error_kind == ErrorKind.BREAKER_OPEN:  # failed fast, nothing sent
-                    message = outcome.message
-                    if last is not None:  # what this URL's own attempts met before
-                        message += f"; last attempt: {last.error_kind}: {last.message}"
-                    bundle.fail(outcome.error_kind, message)
-                    await self._on_fail(bundle)
-                    return
-                last = outcome
-                # Only whether to retry is decided here: the wait comes from get_sleep_time()
-                # at the top of the loop, and a Retry-After pauses the whole host (record()).
-                said = said_by_override(bundle)
-                final = self._final_failure(bundle, outcome, said)
-                if final is not None:
-                    bundle.fail(outcome.error_kind, final)
-                    if said != SAID_GAVE_UP:  # one that gave up called on_fail itself
-                        await self._on_fail(bundle)
-                    return
+            with partial.holding(self._continues_cut_bodies()):
+                await self._try(bundle, parts, slot)
         finally:
             self._give_back_slot(parts.host_key, slot)
+
+    async def _try(self, bundle: Bundle, parts: UrlParts, slot: HostSlot) -> None:
+        """The attempts of a download, each after ``get_sleep_time``, until one is written or
+        the last has failed."""
+        rs = self.request_strategy
+        last: Outcome | None = None  # the previous attempt's failure
+        while True:
+            wait = rs.get_sleep_time(bundle)
+            if wait is not None and not math.isfinite(wait):
+                # An endless wait would hang the run at its tail; a Retry-After is capped.
+                message = f"get_sleep_time() returned {wait!r}, not a finite number of seconds"
+                bundle.fail(ErrorKind.STRATEGY, message)
+                return
+            if wait and wait > 0:
+                await asyncio.sleep(wait)
+            if type(self).request_and_download is AioDownload.request_and_download:
+                outcome = await self._attempt(bundle, parts, slot)
+            else:
+                outcome = await self._overridden_attempt(bundle, slot)
+            if outcome is None:
+                bundle.state = WRITTEN
+                bundle.error_kind = bundle.error_message = None
+                return
+            if bundle.state == SKIPPED:  # a redirect into a path robots.txt disallows
+                return
+            if outcome.error_kind == ErrorKind.BREAKER_OPEN:  # failed fast, nothing sent
+                message = outcome.message
+                if last is not None:  # what this URL's own attempts met before
+                    message += f"; last attempt: {last.error_kind}: {last.message}"
+                bundle.fail(outcome.error_kind, message)
+                await self._on_fail(bundle)
+                return
+            last = outcome
+            # Only whether to retry is decided here: the wait comes from get_sleep_time()
+            # at the top of the loop, and a Retry-After pauses the whole host (record()).
+            said = said_by_override(bundle)
+            final = self._final_failure(bundle, outcome, said)
+            if final is not None:
+                bundle.fail(outcome.error_kind, final)
+                if said != SAID_GAVE_UP:  # one that gave up called on_fail itself
+                    await self._on_fail(bundle)
+                return
 
 
 class MainSemaphore(asyncio.BoundedSemaphore):

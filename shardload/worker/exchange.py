@@ -33,8 +33,10 @@ from multidict import CIMultiDictProxy
 from ..backoff import parse_retry_after
 from ..bundle import Bundle
 from ..errors import DownloadFailed, ErrorKind
+from ..ranges import conflicting
 from ..strategy import DEFAULT_USER_AGENT, DownloadStrategy, Outcome, RequestStrategy
 from ..urls import UrlParts, basic_authorization
+from . import partial
 from .aiohttp_session import (
     STALE_TRIES,
     HeadersWithin,
@@ -93,6 +95,17 @@ class Exchange:
             and type(self.request_strategy).assert_response is RequestStrategy.assert_response
         )
 
+    def _continues_cut_bodies(self) -> bool:
+        """Whether a body cut mid-way is kept for the next attempt to continue (``ranges``):
+        only where shardload writes the body itself (an override of ``on_success`` would
+        read a range as the whole body), and the caller's headers ask for no range."""
+        rs = self.request_strategy
+        return (
+            bool(getattr(rs, "continue_partial", True))
+            and not _overridden_on_success(self.download_strategy)
+            and not conflicting(getattr(rs, "headers", {}) or {})
+        )
+
     def _get_lean(self) -> LeanClient:
         if self._lean is None:
             rs = self.request_strategy
@@ -113,16 +126,18 @@ class Exchange:
         same_origin: bool = True,
         max_time: float | None = None,
         went: Went | None = None,
+        extra: Mapping[str, str] | None = None,
     ) -> Any:
         """``async with`` this for the response of one GET of ``parts`` (a bundle's params
-        included; ``url`` as given, for its credentials and messages). Redirects come back as
-        responses (the engine follows them hop by hop), except on a caller's own session."""
+        included; ``url`` as given, for its credentials and messages), with the ``extra``
+        headers of this request. Redirects come back as responses (the engine follows them
+        hop by hop), except on a caller's own session."""
         if self._owns_requests():
-            return self._get_lean().get(parts, url, same_origin, went)
+            return self._get_lean().get(parts, url, same_origin, went, extra)
         rs = self.request_strategy
         hooks = Hooks(went)
         request = PastStaleConnections(
-            lambda: self._aiohttp_request(url, parts, same_origin, max_time, hooks),
+            lambda: self._aiohttp_request(url, parts, same_origin, max_time, hooks, extra),
             hooks,
             self._worker_limit() + STALE_TRIES,
         )
@@ -138,6 +153,7 @@ class Exchange:
         same_origin: bool,
         max_time: float | None,
         hooks: Hooks,
+        extra: Mapping[str, str] | None = None,
     ) -> Any:
         """The GET on aiohttp, of the URL as the lean client would send it (``parts`` hold
         the params)."""
@@ -158,6 +174,7 @@ class Exchange:
                 and not _has_authorization(headers, session.headers)
             ):
                 headers["Authorization"] = auth
+            headers.update(extra or {})
             return session.get(
                 encoded_url(parts),
                 allow_redirects=rs.max_redirects > 0,
@@ -168,6 +185,8 @@ class Exchange:
         headers = self._headers(same_origin)
         if auth is not None and not _has_authorization(headers):
             headers = {**headers, "Authorization": auth}
+        if extra:
+            headers = {**headers, **extra}
         return session.get(
             encoded_url(parts),
             allow_redirects=False,
@@ -228,6 +247,7 @@ class Exchange:
         status: int | None = None
         headers: Mapping[str, str] = {}
         lean = self._owns_requests()
+        extra = partial.range_headers()  # the rest of a body cut in the last attempt
         # aiohttp applies max_time itself (ClientTimeout.total); the lean client does not.
         limit = asyncio.timeout(max_time) if max_time and lean else None
         bundle._latency = None  # an earlier hop's or attempt's answer is not this one's
@@ -235,7 +255,7 @@ class Exchange:
         try:
             async with (
                 limit or _NO_LIMIT,
-                self._request(url, parts, same_origin, max_time, went) as response,
+                self._request(url, parts, same_origin, max_time, went, extra) as response,
             ):
                 bundle._latency = time.monotonic() - started
                 status = bundle.status = response.status
@@ -256,6 +276,10 @@ class Exchange:
                         return Redirect(location, after)
                     # wget's "Redirection without location": the body is no resource.
                     raise DownloadFailed(ErrorKind.REDIRECT, f"HTTP {status} without a Location")
+                if extra is not None and status == 416:
+                    partial.forget()
+                    why = "HTTP 416 to the request for the rest of a cut body: the next attempt"
+                    raise DownloadFailed(ErrorKind.TRUNCATED, f"{why} starts over")
                 try:
                     rs.assert_response(response)
                 except AssertionError as exc:

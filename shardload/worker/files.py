@@ -21,14 +21,19 @@ import asyncio
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from ..bundle import Bundle
 from ..errors import DownloadFailed, ErrorKind
+from ..ranges import Continuable, continuable, continues
+from . import partial
+from .failures import classify
 from .inline_writer import InlineWriter, disk_is_fast, write_all
 from .meter import received
 from .own_writes import note_commit
+from .partial import Kept
 from .temp_files import Temp, open_temp
 from .tree import commit
 
@@ -97,9 +102,23 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
     # A 204 has no body whatever its Content-Length says (RFC 9110).
     declared = response.content_length if response.status != 204 else None
     encoded = response.headers.get("Content-Encoding", "identity").lower() != "identity"
-    if limit is not None and declared is not None and declared > limit and not encoded:
-        raise DownloadFailed(ErrorKind.TOO_LARGE, f"Content-Length {declared} > max {limit}")
-    digest = hashlib.sha256() if strategy.sha256 else None
+    held = partial.holder()
+    kept = _continued(response, held, encoded)
+    offset = kept.size if kept is not None else 0
+    whole = offset + declared if declared is not None else None
+    if limit is not None and whole is not None and whole > limit and not encoded:
+        partial.drop(kept)
+        raise DownloadFailed(ErrorKind.TOO_LARGE, f"Content-Length {whole} > max {limit}")
+    if kept is None:
+        tmp = open_temp(home)
+        digest = hashlib.sha256() if strategy.sha256 else None
+    else:
+        tmp = partial.reopen(kept, home)
+        try:
+            digest = await _hash_kept(tmp, offset) if strategy.sha256 else None
+        except BaseException:
+            tmp.discard()
+            raise
     # Hashed as read: by the response as each piece arrives (the lean client's tap; only for a
     # body stored as sent), else here piece by piece. Otherwise the writer thread hashes.
     hash_here = digest is not None and _hash_as_read
@@ -110,12 +129,15 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
     sink = getattr(response, "sink", None) if tap and big and disk_is_fast() else None
     as_read = digest if hash_here and (tap is None or sink is not None) else None
     to_writer = None if hash_here else digest
-    size = 0
+    size = offset
     pending: list[bytes | memoryview] = []  # the lean client hands views (no copy)
     pending_size = 0
-    tmp = open_temp(home)
     try:
-        inline = InlineWriter(tmp.fd, digest, limit, guard, meter) if sink is not None else None
+        inline = (
+            InlineWriter(tmp.fd, digest, None if limit is None else limit - offset, guard, meter)
+            if sink is not None
+            else None
+        )
         try:
             if sink is not None:
                 sink(inline)
@@ -123,7 +145,7 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
                 tap(digest)
             async for chunk in response.content.iter_chunked(max(strategy.chunk_size, READ_SIZE)):
                 if inline is not None:
-                    size, inline = inline.handover(), None
+                    size, inline = offset + inline.handover(), None
                 size += len(chunk)
                 if limit is not None and size > limit:
                     raise DownloadFailed(ErrorKind.TOO_LARGE, f"body exceeds max {limit} bytes")
@@ -145,10 +167,10 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
             elif tap is not None:
                 tap(None)
         if inline is not None:
-            size = inline.handover()
-        if declared is not None and not encoded and size != declared:
+            size = offset + inline.handover()
+        if whole is not None and not encoded and size != whole:
             raise DownloadFailed(
-                ErrorKind.TRUNCATED, f"got {size} of {declared} bytes (Content-Length)"
+                ErrorKind.TRUNCATED, f"got {size} of {whole} bytes (Content-Length)"
             )
         if pending and size > _INLINE_LIMIT:
             await _write_in_thread(tmp, pending, to_writer)
@@ -158,6 +180,10 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
         tmp.fd = -1
         bundle.file_path = commit(tmp.path, bundle.file_path, home)
         note_commit(bundle.file_path)
+    except Exception as exc:
+        if not (held is not None and _keep(exc, held, tmp, pending, response, kept, encoded)):
+            tmp.discard()
+        raise
     except BaseException:
         tmp.discard()
         raise
@@ -165,10 +191,75 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
     bundle.sha256 = digest.hexdigest() if digest is not None else None
 
 
+def _continued(response: Response, held: partial.Holder | None, encoded: bool) -> Kept | None:
+    """The body kept from this download's last attempt, if this response continues it; a
+    kept body it does not continue is removed (a 200 brings the whole body again)."""
+    kept = held.take() if held is not None else None
+    if kept is None:
+        return None
+    if response.status == 206:
+        if not encoded and continues(response.headers.get("Content-Range"), kept.size, kept.total):
+            return kept
+        partial.drop(kept)
+        answer = response.headers.get("Content-Range")
+        coded = " (coded)" if encoded else ""
+        raise DownloadFailed(
+            ErrorKind.TRUNCATED,
+            f"HTTP 206 with Content-Range {answer!r}{coded} does not continue the {kept.size}"
+            f" of {kept.total} bytes kept: the next attempt starts over",
+        )
+    partial.drop(kept)
+    return None
+
+
+def _keep(
+    exc: Exception,
+    held: partial.Holder,
+    tmp: Temp,
+    pending: list[bytes | memoryview],
+    response: Response,
+    kept: Kept | None,
+    encoded: bool,
+) -> bool:
+    """Keep what a body cut mid-way wrote, for the next attempt to continue (``ranges``);
+    False where it cannot be continued (the caller removes it)."""
+    kind = exc.kind if isinstance(exc, DownloadFailed) else classify(exc, "")[0]
+    if kind not in _CUT or tmp.fd < 0 or encoded:
+        return False
+    if kept is not None:  # a continuation cut again: the first answer still names the body
+        resumable: Continuable | None = Continuable(kept.validator, kept.total)
+    elif response.status == 200:
+        resumable = continuable(response.headers, response.content_length)
+    else:
+        resumable = None
+    if resumable is None:
+        return False
+    try:
+        _write_and_hash(tmp.fd, pending, None)  # what was read and not yet written
+    except OSError:
+        return False
+    return partial.keep(held, tmp, resumable.validator, resumable.total)
+
+
+# A body cut by the network: the rest may come on the next attempt.
+_CUT = frozenset({ErrorKind.TRUNCATED, ErrorKind.RESET, ErrorKind.TIMEOUT})
+
+
+async def _hash_kept(tmp: Temp, size: int) -> Any:
+    """The sha256 of the kept bytes, read back in a thread (up to a whole body's)."""
+    found: list[Any] = []
+    await _in_thread(tmp, lambda fd: found.append(partial.hash_prefix(fd, size)))
+    return found[0]
+
+
 async def _write_in_thread(tmp: Temp, chunks: list[bytes | memoryview], digest: Any) -> None:
-    """One batch written in a thread. A cancelled caller leaves it to finish there, and the
-    file open until it has (``Temp``)."""
-    run = tmp.write_in_thread(lambda fd: _write_and_hash(fd, chunks, digest))
+    await _in_thread(tmp, lambda fd: _write_and_hash(fd, chunks, digest))
+
+
+async def _in_thread(tmp: Temp, work: Callable[[int], None]) -> None:
+    """``work(fd)`` on the file in a thread. A cancelled caller leaves it to finish there,
+    and the file open until it has (``Temp``)."""
+    run = tmp.write_in_thread(work)
     try:
         writing = asyncio.get_running_loop().run_in_executor(None, run)
     except BaseException:

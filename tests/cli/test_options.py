@@ -129,6 +129,7 @@ BASE = {
         (["-H", "A: 1", "-H", "B: 2"], {**BASE, "headers": {"A": "1", "B": "2"}}),
         (["--robots", "--adaptive"], {**BASE, "robots": True, "adaptive": True}),
         (["--max-redirects", "0"], {**BASE, "max_redirects": 0}),
+        (["--no-continue"], {**BASE, "continue_partial": False}),
         (
             ["--breaker-threshold", "0", "--breaker-cooldown", "5"],
             {**BASE, "breaker_threshold": 0, "breaker_cooldown": 5.0},

@@ -49,17 +49,21 @@ class _Request:
         url: str,
         same_origin: bool,
         went: Callable[[], None] | None,
+        extra: Mapping[str, str] | None,
     ) -> None:
         self._client = client
         self._parts = parts
         self._url = url
         self._same_origin = same_origin
         self._went = went
+        self._extra = extra
         self._response: LeanResponse | None = None
 
     async def __aenter__(self) -> LeanResponse:
         client = self._client
-        self._response = await client.fetch(self._parts, self._url, self._same_origin, self._went)
+        self._response = await client.fetch(
+            self._parts, self._url, self._same_origin, self._went, self._extra
+        )
         return self._response
 
     async def __aexit__(self, *exc: object) -> None:
@@ -108,8 +112,9 @@ class LeanClient:
         url: str,
         same_origin: bool = True,
         went: Callable[[], None] | None = None,
+        extra: Mapping[str, str] | None = None,
     ) -> _Request:
-        return _Request(self, parts, url, same_origin, went)
+        return _Request(self, parts, url, same_origin, went, extra)
 
     async def fetch(
         self,
@@ -117,12 +122,14 @@ class LeanClient:
         url: str,
         same_origin: bool = True,
         went: Callable[[], None] | None = None,
+        extra: Mapping[str, str] | None = None,
     ) -> LeanResponse:
         """Send the GET and return once the response's headers are in. Redirects are the
         caller's (the engine takes each hop's host slot); ``same_origin`` False is a hop to
         another origin, which gets none of the caller's Authorization or Host. ``went`` is
-        called once the request is written (after any wait for a new connection)."""
-        head = self._head(parts, url, same_origin)
+        called once the request is written (after any wait for a new connection); ``extra``
+        headers are this request's own (a range of a cut body)."""
+        head = self._head(parts, url, same_origin, extra)
         conn, reused = await self._acquire(parts)
         try:
             return await _sent(conn.send(head, url, self.read_timeout), went)
@@ -141,8 +148,12 @@ class LeanClient:
             conn.abort()
             raise
 
-    def _head(self, parts: UrlParts, url: str, same_origin: bool) -> bytes:
+    def _head(
+        self, parts: UrlParts, url: str, same_origin: bool, extra: Mapping[str, str] | None = None
+    ) -> bytes:
         fixed = self._fixed if same_origin else self._fixed_elsewhere
+        if extra:
+            fixed += "".join(f"{name}: {value}\r\n" for name, value in extra.items())
         auth = ""
         if "@" in url and not (same_origin and self._has_auth):
             auth = _basic_auth(url)
