@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import copy
+import os
 import threading
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
@@ -219,6 +220,11 @@ def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None, run:
                 # A copy of a plain string or number is the same value to its caller.
                 spare = plain or type(item) in _VALUES
         _start(bundle, seq, run, spare)
+        if bundle.file_path is not None and not _is_path(bundle.file_path):
+            # Caught here, it fails alone: a swarm() that met it while ordering its results
+            # raised, and every other result was lost.
+            name = type(bundle.file_path).__name__
+            return bundle.fail(ErrorKind.BAD_INPUT, f"file_path is a {name}, not a path (a str)")
     except DownloadFailed as exc:
         return _failed_item(seq, item, exc.message)
     except Exception as exc:  # one unusable item fails alone; the rest of the input goes on
@@ -261,6 +267,12 @@ def no_url_in(value: Any, kinds: tuple[type, ...]) -> bool:
 
 
 _VALUES = frozenset({str, bytes, int, float, bool})
+
+
+def _is_path(value: Any) -> bool:
+    return isinstance(value, str) or (
+        isinstance(value, os.PathLike) and isinstance(os.fspath(value), str)
+    )
 
 
 def _failed_item(seq: int, item: Any, message: str) -> Bundle:

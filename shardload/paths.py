@@ -6,12 +6,17 @@ The rule (``url_to_relpath``), on a URL already split and normalised by ``shardl
    ``https://httpbin.org/links/0`` -> ``httpbin.org/links/0``, ``http://127.0.0.1:8080/links/3``
    -> ``127.0.0.1_8080/links/3``. In the host, ``_`` is escaped (``%5F``) so the port suffix is
    unambiguous; IPv6 hosts are written without brackets, ``:`` escaped.
-2. The path, less one leading ``/``, is split on ``/``. Each segment is fully percent-decoded to
+2. The path, less one leading ``/``, is split on ``/``. Each segment is percent-decoded to
    bytes (so ``%2F`` is a ``/`` *inside* a name, a real ``/`` separates directories) and then
    escaped: every byte outside ``A-Za-z0-9-._~+,=`` becomes ``%XX`` (uppercase hex), ``%``
    included. A segment of dots only is escaped entirely (``..`` -> ``%2E%2E``), and the leading
    dot of a segment starting with ``.shardload`` (any case) is escaped, since ``.shardload*`` is
-   reserved for the writer's temporary directory ``TEMP_DIR_NAME``.
+   reserved for the writer's temporary directory ``TEMP_DIR_NAME``. Two escapes are not
+   decoded, because the request keeps them, so they name another resource than the character
+   they spell (RFC 3986 2.2): that of a character a segment may hold as written
+   (``!$&'()*+,;=:@[]``), and the escaped dots of a dot-segment (``%2e%2e``). Each becomes
+   ``%=XX``: ``/C%2B%2B`` -> ``C%=2B%=2B`` beside ``/C++`` -> ``C++``, ``/%2e%2e`` ->
+   ``%=2E%=2E`` beside ``/..`` -> ``%2E%2E``.
 3. An empty segment (a trailing slash, an empty path, a ``//`` run) is named ``INDEX_NAME``
    (``%index``): ``http://h`` and ``http://h/`` -> ``h/%index``, ``http://h/a/`` -> ``h/a/%index``,
    ``http://h/a//b`` -> ``h/a/%index/b``.
@@ -25,13 +30,14 @@ The rule (``url_to_relpath``), on a URL already split and normalised by ``shardl
 
 Invariants: every component is ASCII, non-empty, not ``.`` or ``..``, free of ``/``, ``\\`` and
 NUL, never starts with ``.shardload``; the result is relative, so it stays under home. Escaping
-only ever produces ``%`` followed by two hex digits, so the reserved names (``%index``, ``%file``,
-``%long``) and markers (``%~``) never collide with a URL-derived name: the mapping is injective
-over (host key, decoded path segments, query), up to blake2b collisions. Equivalent spellings of
-one wire URL share a file, by design: ``/a b`` and ``/a%20b``, ``/%41`` and ``/A``; so do ``http``
-and ``https`` of the same host, port, path and query (the scheme is not part of the path). Dot
-segments are not resolved (``/a/../b`` is stored under ``a/%2E%2E/b``). The result is a pure
-function of the URL: no randomness, no environment, always ``/``-joined whatever ``os.sep`` is.
+only ever produces ``%`` followed by two hex digits, or ``%=`` and two, so the reserved names
+(``%index``, ``%file``, ``%long``) and markers (``%~``) never collide with a URL-derived name:
+the mapping is injective over (host key, request target), up to blake2b collisions. Spellings
+of one request target share a file, by design: ``/a b`` and ``/a%20b``, ``/%41`` and ``/A``; so
+do ``http`` and ``https`` of the same host, port, path and query (the scheme is not part of the
+path). Dot segments are not resolved (``/a/../b`` is stored under ``a/%2E%2E/b``). The result
+is a pure function of the URL: no randomness, no environment, always ``/``-joined whatever
+``os.sep`` is.
 Names are case-sensitive: on a case-insensitive filesystem ``/A`` and ``/a`` may collide.
 
 Files and directories: when a URL's file path is also needed as a directory by another URL
@@ -83,10 +89,14 @@ def _digest(text: str) -> str:
 
 
 def _prefix(name: str, size: int) -> str:
-    """The first ``size`` characters of an escaped name, shortened so no ``%XX`` is split."""
+    """The first ``size`` characters of an escaped name, shortened so no ``%XX`` or ``%=XX``
+    is split."""
     cut = min(size, len(name))
-    pct = name.rfind("%", max(0, cut - 2), cut)
-    return name[:pct] if pct >= 0 and cut < len(name) and pct + 3 > cut else name[:cut]
+    pct = name.rfind("%", max(0, cut - 3), cut)
+    if pct < 0 or cut >= len(name):
+        return name[:cut]
+    end = pct + (4 if name.startswith("%=", pct) else 3)
+    return name[:pct] if end > cut else name[:cut]
 
 
 def _fit(name: str) -> str:
@@ -120,10 +130,40 @@ def _segment_names(path: str) -> list[str]:
     """Rules 2 and 3 for a path less its leading ``/``."""
     if _PLAIN_PATH.fullmatch(path):
         return [segment or INDEX_NAME for segment in path.split("/")]
-    return [
-        _escape(unquote_to_bytes(segment.encode("utf-8", "surrogatepass"))) or INDEX_NAME
-        for segment in path.split("/")
-    ]
+    return [_segment_name(segment) or INDEX_NAME for segment in path.split("/")]
+
+
+# Characters a path segment may hold as written (RFC 3986's reserved ones, less the
+# delimiters it cannot): escaped, they are another request target, so their escape gets a
+# name of its own, "%=XX" (rule 2).
+_LITERAL_ON_WIRE = frozenset(b"!$&'()*+,;=:@[]")
+_DOT_TOKEN = re.compile(rb"%2[Ee]|\.")
+_TOKEN = re.compile(rb"%([0-9A-Fa-f]{2})|[^%]+|%")
+
+
+def _segment_name(segment: str) -> str:
+    """Rule 2 for one segment."""
+    raw = segment.encode("utf-8", "surrogatepass")
+    if b"%" not in raw:
+        return _escape(raw)
+    if unquote_to_bytes(raw) in (b".", b".."):
+        # A dot-segment spelled with escapes ("%2E.") goes as spelled (``urls``), another
+        # request than "..": its escapes keep their own names.
+        return "".join("%2E" if tok == b"." else "%=2E" for tok in _DOT_TOKEN.findall(raw))
+    out: list[str] = []
+    run = bytearray()
+    for match in _TOKEN.finditer(raw):
+        hexdigits = match.group(1)
+        if hexdigits is not None and int(hexdigits, 16) in _LITERAL_ON_WIRE:
+            out.append(_escape(bytes(run)) if run else "")
+            run.clear()
+            out.append("%=" + hexdigits.decode("ascii").upper())
+        elif hexdigits is not None:
+            run.append(int(hexdigits, 16))
+        else:
+            run += match.group()
+    out.append(_escape(bytes(run)) if run else "")
+    return "".join(out)
 
 
 def url_to_relpath(parts: UrlParts) -> str:

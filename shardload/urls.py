@@ -225,7 +225,12 @@ def _normal_path(path: str) -> str:
     segments = path.split("/")
     for i, segment in enumerate(segments):
         if "%" in segment:
-            normal = _ESCAPE.sub(lambda match: normal_escape(match.group(1)), segment)
+            # One pass, a bare '%' escaped as it goes: decoding "%61" in "%%61a" must not
+            # make a new escape ("%aa") out of the bare '%' before it.
+            normal = _ESCAPE_OR_BARE.sub(
+                lambda match: normal_escape(match.group(1)) if match.group(1) else "%25",
+                segment,
+            )
             if normal in (".", ".."):
                 normal = _ESCAPE.sub(lambda match: match.group().upper(), segment)
             segments[i] = normal
@@ -233,6 +238,7 @@ def _normal_path(path: str) -> str:
 
 
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_ESCAPE_OR_BARE = re.compile(r"%([0-9A-Fa-f]{2})?")
 UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 

@@ -492,6 +492,22 @@ def test_bad_items_become_failed_bundles(home, item, kind):
     assert files_under(home) == set()
 
 
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_bundle_whose_file_path_is_no_path_fails_alone(srv, home, processes):
+    """swarm() raised TypeError while ordering its results, and every result was lost."""
+    urls = [f"{srv.base_urls[i % 2]}/links/{i}" for i in range(4)]
+    items = [urls[0], Bundle(urls[1], file_path=5), Bundle(urls[2], file_path=b"x"), urls[3]]
+    bundles = shardload.swarm(items, download=make_download(home), processes=processes)
+    assert [b.state for b in bundles] == ["written", "failed", "failed", "written"]
+    assert bundles[1] is items[1] and bundles[2] is items[2]
+    assert [(b.error_kind, b.error_message) for b in bundles[1:3]] == [
+        ("bad_input", "file_path is a int, not a path (a str)"),
+        ("bad_input", "file_path is a bytes, not a path (a str)"),
+    ]
+    streamed = list(shardload.each(items, download=make_download(home), processes=processes))
+    assert sorted(b.state for b in streamed) == ["failed", "failed", "written", "written"]
+
+
 class _Page(typing.NamedTuple):
     url: str
     rank: int

@@ -318,26 +318,40 @@ def test_request_target_keeps_escapes_and_escapes_the_rest(url_tail, sent):
 
 
 def test_urls_that_differ_only_in_escapes_are_one_request_and_one_file(home):
-    """``/d/%41`` and ``/d/A`` map to one file but went as two requests: a server that
-    answered them differently left one bundle's sha256 and bytes describing no file."""
+    """``/d/%41`` and ``/d/A`` map to one file but went as two requests; ``/d/C++`` and
+    ``/d/C%2B%2B`` went as two and mapped to one file: a server that answered them
+    differently left one bundle's sha256 and bytes describing no file."""
 
     def handler(conn, index):
         request = server.recorded(conn)
         if request is not None:
             conn.sendall(ok(request.split(b" ")[1]))  # the body: the target it was sent
 
+    # Each path, and the request target it goes as: escapes of unreserved characters are
+    # decoded (one request, one file); a reserved character and its escape, or a dot-segment
+    # and its escaped spelling, are two requests (RFC 3986 2.2), so two files.
+    sent = {
+        "/d/%41": "/d/A",
+        "/d/A": "/d/A",
+        "/d/%7e": "/d/~",
+        "/d/~": "/d/~",
+        "/d/C++": "/d/C++",
+        "/d/C%2b%2B": "/d/C%2B%2B",
+        "/d/a:b=1": "/d/a:b=1",
+        "/d/a%3Ab%3D1": "/d/a%3Ab%3D1",
+        "/e/x/../y": "/e/x/../y",
+        "/e/x/%2e%2E/y": "/e/x/%2E%2E/y",
+        "/e/x/.%2e/y": "/e/x/.%2E/y",
+        "/f/%%61a": "/f/%25aa",  # a bare '%' stays one: not read as the escape %aa
+        "/f/%aa": "/f/%AA",
+    }
     with RawServer(handler) as server:
-        urls = [
-            server.url + "/d/%41",
-            server.url + "/d/A",
-            server.url + "/d/%7e",
-            server.url + "/d/~",
-        ]
-        bundles = shardload.swarm(urls, download=make_download(home))
-    for b in bundles:
+        bundles = shardload.swarm([server.url + p for p in sent], download=make_download(home))
+    for b, target in zip(bundles, sent.values(), strict=True):
         with open(b.file_path, "rb") as f:
-            assert (b.sha256, b.bytes) == (hashlib.sha256(body := f.read()).hexdigest(), len(body))
-    assert {open(b.file_path, "rb").read() for b in bundles} == {b"/d/A", b"/d/~"}
+            assert f.read() == target.encode(), b.url
+        assert b.sha256 == hashlib.sha256(target.encode()).hexdigest()
+    assert len({b.file_path for b in bundles}) == len(set(sent.values()))
 
 
 def test_request_line_and_headers_on_the_wire(home):

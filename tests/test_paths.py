@@ -6,7 +6,6 @@ import ntpath
 import os
 import re
 import types
-from urllib.parse import unquote_to_bytes
 
 import pytest
 from hypothesis import assume, example, given, settings
@@ -25,6 +24,7 @@ from shardload.paths import (
     url_to_relpath,
 )
 from shardload.urls import UrlParts, split_url
+from shardload.worker.http import request_target
 
 
 def rel(url: str) -> str:
@@ -45,14 +45,20 @@ def rel(url: str) -> str:
         ("http://h?q=1", "h/%index@q=1"),
         ("http://h/a?b=1", "h/a@b=1"),
         ("http://h/a_b_1", "h/a_b_1"),
-        ("http://h/a%40b=1", "h/a%40b=1"),
+        ("http://h/a%40b=1", "h/a%=40b=1"),
         ("http://h/a@b=1", "h/a%40b=1"),
         ("http://h/a?", "h/a"),
         ("http://h/a#frag", "h/a"),
         ("http://h/a/../b", "h/a/%2E%2E/b"),
-        ("http://h/%2e%2E/x", "h/%2E%2E/x"),
+        ("http://h/%2e%2E/x", "h/%=2E%=2E/x"),
         ("http://h/./x", "h/%2E/x"),
         ("http://h/.../x", "h/%2E%2E%2E/x"),
+        ("http://h/%2e../x", "h/%2E%2E%2E/x"),  # goes as "..." (not a dot-segment): one file
+        ("http://h/.%2E/x", "h/%2E%=2E/x"),
+        ("http://h/C++/C%2b%2B", "h/C++/C%=2B%=2B"),
+        ("http://h/a%3Ab%40c%41", "h/a%=3Ab%=40cA"),
+        ("http://h/%5B1%5D%20x", "h/%=5B1%=5D%20x"),
+        ("http://h/%%61a", "h/%25aa"),
         ("http://h/a%2Fb/c", "h/a%2Fb/c"),
         ("http://h/a%2fb", "h/a%2Fb"),
         ("http://h/a\\b", "h/a%5Cb"),
@@ -121,6 +127,14 @@ def test_long_component_never_splits_an_escape() -> None:
         prefix = name.split("%~")[0]
         assert re.fullmatch(r"a*(%C3%BC)*(%C3)?", prefix), prefix
         assert len(prefix) in (118, 119, 120)
+
+
+def test_long_component_never_splits_an_escape_kept_apart() -> None:
+    for pad in range(5):
+        name = rel("http://h/" + "a" * pad + "%2B" * 100).split("/")[1]
+        prefix = name.split("%~")[0]
+        assert re.fullmatch(r"a*(%=2B)*", prefix), prefix
+        assert len(prefix) in (117, 118, 119, 120)
 
 
 def test_long_query() -> None:
@@ -289,7 +303,7 @@ any_parts = st.builds(
     query=st.text(),
 )
 
-_RESERVED_PCT = re.compile(r"%(index|file|long|~)")
+_RESERVED_PCT = re.compile(r"%(index|file|long|~|=[0-9A-F]{2})")
 
 
 def check_safe(relpath: str) -> None:
@@ -316,8 +330,7 @@ def check_safe(relpath: str) -> None:
 def wire_key(url: str) -> tuple[str, tuple[bytes, ...], str]:
     """What distinguishes two URLs on the wire, for the injectivity property."""
     parts = split_url(url)
-    segments = parts.path.removeprefix("/").split("/")
-    return parts.host_key, tuple(unquote_to_bytes(s) for s in segments), parts.query
+    return parts.host_key, request_target(parts)
 
 
 @given(urls())
@@ -484,8 +497,7 @@ def test_is_within_agrees_with_commonpath(path: str) -> None:
 @settings(max_examples=500)
 def test_the_plain_path_shortcut_agrees_with_the_general_rule(path):
     general = [
-        paths_module._escape(unquote_to_bytes(segment.encode("utf-8", "surrogatepass")))
-        or paths_module.INDEX_NAME
+        paths_module._segment_name(segment) or paths_module.INDEX_NAME
         for segment in path.split("/")
     ]
     assert paths_module._segment_names(path) == general

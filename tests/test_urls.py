@@ -55,7 +55,7 @@ from shardload.urls import (
             UrlParts("http", "h", None, "/a%2Fb%3F/%E2%82%AC/.%2E/x.", ""),
         ),
         ("http://h/%41?q=%41", UrlParts("http", "h", None, "/A", "q=%41")),  # the query as sent
-        ("http://h/%zz%4", UrlParts("http", "h", None, "/%zz%4", "")),
+        ("http://h/%zz%4", UrlParts("http", "h", None, "/%25zz%254", "")),
         ("http://h:65535", UrlParts("http", "h", 65535, "", "")),
         ("http://h:030721/x", UrlParts("http", "h", 30721, "/x", "")),  # as curl reads it
         ("http://h:0000080/", UrlParts("http", "h", None, "/", "")),  # the default port

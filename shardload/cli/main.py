@@ -110,9 +110,10 @@ def _record(
         own_paths.discard(bundle.seq)
         record["own_path"] = True  # see _done_elsewhere
         path = record["path"]
-        if path is not None and not os.path.isabs(path):
-            # Failed before the line's path was resolved (an invalid URL, say): where it
-            # would have gone, as other records say; null where it could never go.
+        if path is not None:
+            # Failed before the line's path was resolved (an invalid URL, a path outside
+            # the folder): where it would have gone, as other records say; null where it
+            # could never go. A resolved one comes back as it is.
             try:
                 record["path"] = check_target(output, path)
             except DownloadFailed:

@@ -359,7 +359,7 @@ def test_lines_that_fail_on_their_own_path_or_info_stop_nothing_now_or_on_resume
     fetched, then failed as strategy, and made every --resume die at the check of its file; a
     line's own path outside the folder failed as the URL's latest record, so the URL another
     line had written was fetched again; a line that failed before its path was resolved
-    recorded that path relative."""
+    recorded that path relative (and an absolute one outside the folder as it was)."""
     name = f"ownfail-{tmp_path.name}"
     url = f"{server.base_urls[0]}/bytes/10?name={name}"
     deep = "[" * 989 + "]" * 989
@@ -367,6 +367,7 @@ def test_lines_that_fail_on_their_own_path_or_info_stop_nothing_now_or_on_resume
         url,
         json.dumps({"url": url, "path": "a\ud800b"}),
         json.dumps({"url": url, "path": "../outside.bin"}),
+        json.dumps({"url": url, "path": str(tmp_path / "outside-too.bin")}),
         json.dumps({"url": "ftp://h/y", "path": "p/q"}),
         f'{{"url": "{server.base_urls[1]}/bytes/3?name={name}", "info": {deep}}}',
         f"{server.base_urls[1]}/bytes/4?name={name}",
@@ -383,6 +384,7 @@ def test_lines_that_fail_on_their_own_path_or_info_stop_nothing_now_or_on_resume
             ("written", str(out.absolute() / dirs[0] / "bytes" / f"10@name={name}")),
             ("unsafe_path", None),  # the surrogate: refused before any request
             ("unsafe_path", None),
+            ("unsafe_path", None),  # absolute, outside: null as the relative one is
             ("unsupported_scheme", str(out.absolute() / "p" / "q")),
             ("bad_input", None),
             ("written", str(out.absolute() / dirs[1] / "bytes" / f"4@name={name}")),
