@@ -120,6 +120,22 @@ def rest(body: bytes = BODY, upto: int | None = None, content_range: bytes | Non
     return answer
 
 
+def chunked_rest(body: bytes = BODY, upto: int = 200_000):
+    """A 206 for the range asked, chunked (no Content-Length), whose chunks end at ``upto``."""
+
+    def answer(head: bytes) -> tuple[bytes, bool]:
+        first = int(re.search(rb"Range: bytes=(\d+)-", head).group(1))  # type: ignore[union-attr]
+        part = body[first:upto]
+        return (
+            b"HTTP/1.1 206 Partial Content\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Range: bytes %d-%d/%d\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+            % (first, len(body) - 1, len(body), len(part), part),
+            False,
+        )
+
+    return answer
+
+
 def status(code: int):
     def answer(head: bytes) -> tuple[bytes, bool]:
         return b"HTTP/1.1 %d X\r\nContent-Length: 0\r\n\r\n" % code, False
@@ -181,6 +197,15 @@ def test_a_body_cut_twice_goes_on_from_where_each_cut_it(home, client):
         assert offsets[0] is None and 0 < offsets[1] <= 100_000 < offsets[2] <= 200_000
     # The ETag of the first answer still names the body.
     assert script.header(2, b"If-Range") == ETAG
+
+
+def test_a_continuation_without_a_length_is_held_to_the_whole_length(home, client):
+    """A chunked 206 that ends short of the length its Content-Range names is no whole body:
+    it is kept, and the next attempt goes on from where it ended."""
+    script = Script(cut(), chunked_rest(), rest())
+    bundle = run(script, home, client)
+    assert_whole(bundle)
+    assert script.offsets() == [None, CUT, 200_000]
 
 
 def test_a_large_body_written_as_it_arrives_is_continued(home, monkeypatch):

@@ -1646,3 +1646,34 @@ def test_gzip_bombs_under_max_bytes_stay_small_in_memory(tmp_path):
     words = out.stdout.split()
     assert words[:2] == ["KINDS", "['too_large']"], out.stdout + out.stderr[-2000:]
     assert int(words[3]) < 120, out.stdout
+
+
+def test_a_last_attempt_that_got_no_answer_reports_no_status(home, client):
+    """The first attempt's 500 stayed on the bundle of a last attempt that timed out (so in
+    the manifest, and the host's 5xx count)."""
+    gate = threading.Event()
+
+    def handler(conn, index):
+        if server.recorded(conn) is None:
+            return
+        if index == 0:
+            conn.sendall(b"HTTP/1.1 500 Oops\r\nContent-Length: 3\r\nConnection: close\r\n\r\nerr")
+        else:
+            gate.wait(10)  # never answered: a read timeout
+
+    strategy = RequestStrategy(max_attempts=2, timeout=0.5)
+    with RawServer(handler) as server:
+        (b,) = shardload.swarm(
+            [server.url + "/x"], download=make_download(home, strategy, client=client)
+        )
+        gate.set()
+    assert (b.state, b.error_kind, b.status, b.attempts) == ("failed", "timeout", None, 2)
+
+
+def test_a_refused_connection_reads_the_same_on_every_event_loop(home, closed_port):
+    """uvloop said "Connection refused", asyncio's own loop "Connect call failed (...)"."""
+    url = f"http://127.0.0.1:{closed_port}/x"
+    (on_uvloop,) = shardload.swarm([url], download=make_download(home))
+    on_asyncio = asyncio.run(shardload.aone(url, download=make_download(home)))
+    expected = f"cannot connect to 127.0.0.1:{closed_port}: Connection refused"
+    assert on_uvloop.error_message == on_asyncio.error_message == expected

@@ -239,6 +239,7 @@ class Attempts(LoopBinding):
                     return Outcome(ErrorKind.BREAKER_OPEN, refused, attempt=bundle.attempts)
                 if hop == 0:
                     bundle.attempts += 1
+                    bundle.status = None  # an earlier attempt's answer is not this one's
                 if time_left is not None:
                     started = time.monotonic()
                 went = here.went if here is not None and here.spaced() else None

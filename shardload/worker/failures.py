@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import socket
 import ssl
 import sys
@@ -113,5 +114,8 @@ def connect_error(exc: BaseException, host: str, port: int) -> tuple[ErrorKind, 
         return ErrorKind.TLS, f"TLS handshake with {where} failed: {exc}"[:500]
     if isinstance(exc, socket.gaierror):
         return ErrorKind.DNS, f"cannot resolve {host}: {exc}"[:500]
-    reason = (exc.strerror if isinstance(exc, OSError) else None) or exc
+    # From the errno: uvloop and asyncio's own loop word a refusal differently ("Connection
+    # refused", "Connect call failed (...)"), and one download must read the same on both.
+    errno_ = exc.errno if isinstance(exc, OSError) else None
+    reason = (os.strerror(errno_) if errno_ else None) or exc
     return ErrorKind.CONNECT, f"cannot connect to {where}: {reason}"[:500]

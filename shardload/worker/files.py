@@ -106,6 +106,8 @@ async def stream_to_file(response: Response, bundle: Bundle, strategy: DownloadS
     kept = _continued(response, held, encoded)
     offset = kept.size if kept is not None else 0
     whole = offset + declared if declared is not None else None
+    if kept is not None:
+        whole = kept.total  # as its Content-Range said, declared length or not (chunked)
     if limit is not None and whole is not None and whole > limit and not encoded:
         partial.drop(kept)
         raise DownloadFailed(ErrorKind.TOO_LARGE, f"Content-Length {whole} > max {limit}")
