@@ -176,7 +176,7 @@ def test_traversal_in_urls_stays_under_home(srv, home, tmp_path):
     expected = {
         base + "/any/../../../up1": (f"{host}/any/%2E%2E/%2E%2E/%2E%2E/up1", "/any/../../../up1"),
         base + "/any/%2e%2e/%2e%2e/%2E%2E/up2": (
-            f"{host}/any/%2E%2E/%2E%2E/%2E%2E/up2",
+            f"{host}/any/%=2E%=2E/%=2E%=2E/%=2E%=2E/up2",  # sent as escaped: apart from ".."
             "/any/%2E%2E/%2E%2E/%2E%2E/up2",  # escapes' hex upper-cased (RFC 3986 6.2.2)
         ),
         base + "/any/..%2F..%2F..%2Fup3": (
