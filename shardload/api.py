@@ -141,7 +141,9 @@ def _in_order(bundles: list[Bundle]) -> list[Bundle]:
     # checking those alone spares a stat per file at the tail of every run.
     directories: set[str] = set()
     for bundle in bundles:
-        path = bundle.file_path if bundle.ok else None  # a failed one's may be no path at all
+        path = bundle.file_path
+        if not isinstance(path, str | os.PathLike):  # a bundle refused for it (intake)
+            continue
         while path and (path := os.path.dirname(path)) not in directories:
             directories.add(path)
     for bundle in bundles:
