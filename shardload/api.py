@@ -21,6 +21,7 @@ from typing import Any, Unpack
 from .bundle import Bundle
 from .errors import ConfigurationError
 from .intake import COLLECTIONS, Items, no_url_in
+from .paths import is_text_path
 from .plan import RunOptions, make_plan
 from .run import Run
 from .worker.engine import AioDownload
@@ -142,7 +143,7 @@ def _in_order(bundles: list[Bundle]) -> list[Bundle]:
     directories: set[str] = set()
     for bundle in bundles:
         path = bundle.file_path
-        if not isinstance(path, str | os.PathLike):  # a bundle refused for it (intake)
+        if not is_text_path(path):  # a bundle refused for it (intake)
             continue
         while path and (path := os.path.dirname(path)) not in directories:
             directories.add(path)

@@ -42,19 +42,28 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if _SECONDS.fullmatch(text):
         seconds = float(text)
         return seconds if math.isfinite(seconds) else sys.float_info.max
+    when = http_date(text)
+    if when is None:
+        return None
+    delta = when - now
+    return _clamp(delta) if math.isfinite(delta) else None
+
+
+def http_date(value: str) -> float | None:
+    """The POSIX time an HTTP-date names (RFC 9110 5.6.7; a date without a zone is UTC);
+    None if unusable."""
     from email.utils import parsedate_to_datetime  # noqa: PLC0415  (rare: kept off worker start)
 
     try:
-        when = parsedate_to_datetime(text)
+        when = parsedate_to_datetime(value.strip())
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     try:
-        delta = when.timestamp() - now
+        return when.timestamp()
     except (OverflowError, OSError, ValueError):
         return None
-    return _clamp(delta) if math.isfinite(delta) else None
 
 
 def exponential_delay(attempt: int, base: float = 0.25, cap: float = 60.0) -> float:

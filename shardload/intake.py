@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import copy
-import os
 import threading
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
@@ -25,6 +24,7 @@ from typing import Any, TypeAlias
 
 from .bundle import PENDING, Bundle
 from .errors import DownloadFailed, ErrorKind
+from .paths import is_text_path
 
 # What a run reads: an iterable, or in asyncio programs an async iterable too.
 Items: TypeAlias = Iterable[Any] | AsyncIterable[Any]
@@ -220,7 +220,7 @@ def prepare_item(seq: int, item: Any, url_map: Callable[[Any], Any] | None, run:
                 # A copy of a plain string or number is the same value to its caller.
                 spare = plain or type(item) in _VALUES
         _start(bundle, seq, run, spare)
-        if bundle.file_path is not None and not _is_path(bundle.file_path):
+        if bundle.file_path is not None and not is_text_path(bundle.file_path):
             # Caught here, it fails alone: a swarm() that met it while ordering its results
             # raised, and every other result was lost.
             name = type(bundle.file_path).__name__
@@ -267,12 +267,6 @@ def no_url_in(value: Any, kinds: tuple[type, ...]) -> bool:
 
 
 _VALUES = frozenset({str, bytes, int, float, bool})
-
-
-def _is_path(value: Any) -> bool:
-    return isinstance(value, str) or (
-        isinstance(value, os.PathLike) and isinstance(os.fspath(value), str)
-    )
 
 
 def _failed_item(seq: int, item: Any, message: str) -> Bundle:

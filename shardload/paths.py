@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os.path
+import os
 import re
 from urllib.parse import unquote_to_bytes
 
@@ -82,6 +82,13 @@ def _escape(raw: bytes, table: tuple[str, ...] = _TABLE) -> str:
     if raw[: len(_RESERVED_PREFIX)].lower() == _RESERVED_PREFIX:
         out = "%2E" + out[1:]
     return out
+
+
+def is_text_path(value: object) -> bool:
+    """Whether ``value`` is a path as shardload takes one: a str, or a path-like of a str."""
+    return isinstance(value, str) or (
+        isinstance(value, os.PathLike) and isinstance(os.fspath(value), str)
+    )
 
 
 def _digest(text: str) -> str:

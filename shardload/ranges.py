@@ -18,7 +18,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC
+
+from .backoff import http_date
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +57,7 @@ def strong_validator(headers: Mapping[str, str]) -> str | None:
     date = headers.get("Date")
     if modified is None or date is None:
         return None
-    modified_at, date_at = _http_date(modified), _http_date(date)
+    modified_at, date_at = http_date(modified), http_date(date)
     if modified_at is None or date_at is None or date_at - modified_at < 1:
         return None
     return modified.strip()
@@ -96,18 +97,3 @@ def conflicting(headers: Mapping[str, str]) -> bool:
 # A strong entity tag: a quoted string of visible characters but the quote (RFC 9110 8.8.3).
 _ETAG = re.compile(r'"[\x21\x23-\x7e\x80-\xff]*"')
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d{1,19})-(\d{1,19})/(\d{1,19})", re.IGNORECASE)
-
-
-def _http_date(value: str) -> float | None:
-    from email.utils import parsedate_to_datetime  # noqa: PLC0415  (only when a body is cut)
-
-    try:
-        when = parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    try:
-        return when.timestamp()
-    except (OverflowError, OSError, ValueError):
-        return None

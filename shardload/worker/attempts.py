@@ -13,7 +13,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from contextvars import ContextVar
 
@@ -29,6 +28,7 @@ from ..bundle import (
     said_by_override,
 )
 from ..errors import NEVER_RETRY_KINDS, DownloadFailed, ErrorKind
+from ..paths import is_text_path
 from ..strategy import Outcome
 from ..urls import UrlParts, redact, redirect_target, split_url, userinfo, with_userinfo
 from .aiohttp_session import listening
@@ -56,7 +56,7 @@ class Attempts(LoopBinding):
             raise DownloadFailed(
                 ErrorKind.STRATEGY, f"get_file_path failed: {type(exc).__name__}: {exc}"
             ) from exc
-        if not isinstance(path, str | os.PathLike) or isinstance(os.fspath(path), bytes):
+        if not is_text_path(path):
             message = f"get_file_path returned {type(path).__name__}, not a path (a str)"
             raise DownloadFailed(ErrorKind.STRATEGY, message)
         return download_target(ds.home, path)

@@ -225,8 +225,7 @@ def _keep(
 ) -> bool:
     """Keep what a body cut mid-way wrote, for the next attempt to continue (``ranges``);
     False where it cannot be continued (the caller removes it)."""
-    kind = exc.kind if isinstance(exc, DownloadFailed) else classify(exc, "")[0]
-    if kind not in _CUT or tmp.fd < 0 or encoded:
+    if classify(exc)[0] not in _CUT or tmp.fd < 0 or encoded:
         return False
     if kept is not None:  # a continuation cut again: the first answer still names the body
         resumable: Continuable | None = Continuable(kept.validator, kept.total)

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..errors import DownloadFailed, ErrorKind
 from ..ranges import range_request
-from .temp_files import Temp, temp_dir
+from .temp_files import Temp, refuse_symlink, temp_dir
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +117,7 @@ def reopen(kept: Kept, home: str) -> Temp:
     # Read as well: its sha256 is computed again through the same descriptor.
     flags = os.O_RDWR | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
     try:
-        if os.path.islink(temp_dir(home)):
-            raise DownloadFailed(ErrorKind.UNSAFE_PATH, f"{temp_dir(home)} is a symlink")
+        refuse_symlink(temp_dir(home))
         fd = os.open(kept.path, flags)
     except DownloadFailed:
         drop(kept)

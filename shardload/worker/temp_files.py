@@ -143,11 +143,11 @@ def open_temp(home: str) -> Temp:
             _make_temp_dir(directory)
             _remove_orphans(directory)
             made.add(directory)
-        elif os.path.islink(directory):
-            # Swapped for a symlink since it was made: O_NOFOLLOW guards only the file's own
+        else:
+            # Swapped for a symlink since it was made? O_NOFOLLOW guards only the file's own
             # name, and the body would go wherever the link points. One lstat per file; a
             # swap in the microseconds between it and the open is not covered.
-            raise DownloadFailed(ErrorKind.UNSAFE_PATH, f"{directory} is a symlink")
+            refuse_symlink(directory)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         lost = 0
         while True:
@@ -216,5 +216,10 @@ _FOLDER_RACES = 50  # each lost race needs another run to end at that very momen
 def _make_temp_dir(directory: str) -> None:
     with contextlib.suppress(FileExistsError):  # made, and removed again, by other runs
         os.makedirs(directory, exist_ok=True)
+    refuse_symlink(directory)
+
+
+def refuse_symlink(directory: str) -> None:
+    """``unsafe_path`` when home's temporary folder is a symlink."""
     if os.path.islink(directory):
         raise DownloadFailed(ErrorKind.UNSAFE_PATH, f"{directory} is a symlink")
